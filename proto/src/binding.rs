@@ -1,0 +1,425 @@
+//! Binding requests and responses (RFC 8489 §3, RFC 5780 §6-§7), without
+//! allocation: the server side parses a request and writes the answer, the
+//! client side writes a request and parses the answer.
+
+use std::net::SocketAddr;
+
+use crate::integrity::{self, IntegrityError};
+use crate::raw::{self, attr, method, Attributes, Class, RawError};
+use crate::writer::{BufferTooSmall, Writer};
+
+/// RFC 5780 §7.2: CHANGE-REQUEST flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ChangeRequest {
+    /// Answer from the other IP address.
+    pub ip: bool,
+    /// Answer from the other port.
+    pub port: bool,
+}
+
+impl ChangeRequest {
+    /// No change: answer from where the request arrived.
+    pub const NONE: ChangeRequest = ChangeRequest {
+        ip: false,
+        port: false,
+    };
+    /// Change both the address and the port.
+    pub const BOTH: ChangeRequest = ChangeRequest {
+        ip: true,
+        port: true,
+    };
+    /// Change the port only.
+    pub const PORT: ChangeRequest = ChangeRequest {
+        ip: false,
+        port: true,
+    };
+
+    fn to_u32(self) -> u32 {
+        (if self.ip { 0x4 } else { 0 }) | (if self.port { 0x2 } else { 0 })
+    }
+
+    fn from_u32(v: u32) -> Self {
+        ChangeRequest {
+            ip: v & 0x4 != 0,
+            port: v & 0x2 != 0,
+        }
+    }
+
+    /// Whether any change is asked for.
+    pub fn any(self) -> bool {
+        self.ip || self.port
+    }
+}
+
+/// Most unknown comprehension-required attributes reported in one 420.
+pub const MAX_UNKNOWN: usize = 4;
+
+/// A Binding request as the server sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Transaction ID to echo.
+    pub transaction_id: [u8; 12],
+    /// CHANGE-REQUEST, if present (RFC 5780 §7.2).
+    pub change: Option<ChangeRequest>,
+    /// RESPONSE-PORT, if present (RFC 5780 §7.5).
+    pub response_port: Option<u16>,
+    /// Whether the request carried a (valid) FINGERPRINT; the answer then
+    /// carries one too (RFC 8489 §7.3).
+    pub fingerprint: bool,
+    /// Unknown comprehension-required attributes (first [`MAX_UNKNOWN`]);
+    /// when `unknown_len > 0` the answer is a 420 (RFC 8489 §6.3.1.1).
+    pub unknown: [u16; MAX_UNKNOWN],
+    /// Number of valid entries in `unknown`.
+    pub unknown_len: usize,
+}
+
+impl Request {
+    /// Unknown comprehension-required attributes found.
+    pub fn unknown(&self) -> &[u16] {
+        &self.unknown[..self.unknown_len]
+    }
+}
+
+/// What the server should do with a datagram that is not a usable Binding
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Not STUN or malformed: drop silently (RFC 8489 §6.3).
+    #[error("malformed STUN message: {0}")]
+    Malformed(#[from] RawError),
+    /// A STUN message, but not a Binding request: another handler's job, or
+    /// drop.
+    #[error("not a Binding request (type {0:#06x})")]
+    NotBindingRequest(u16),
+    /// FINGERPRINT present but wrong: drop (RFC 8489 §7.3).
+    #[error("bad FINGERPRINT")]
+    BadFingerprint,
+    /// An attribute the server understands has a malformed value: answer 400.
+    #[error("malformed attribute {0:#06x}")]
+    BadAttribute(u16, [u8; 12]),
+}
+
+/// Parse a Binding request that fills the whole datagram (or the whole stream
+/// frame). Attributes the server does not act on (SOFTWARE, USERNAME,
+/// integrity, ICE attributes...) are skipped; unknown comprehension-required
+/// ones are collected for a 420.
+pub fn parse_request(buf: &[u8]) -> Result<Request, RequestError> {
+    let h = raw::parse_datagram(buf)?;
+    if h.method() != method::BINDING || h.class() != Class::Request {
+        return Err(RequestError::NotBindingRequest(h.msg_type));
+    }
+    let mut req = Request {
+        transaction_id: h.transaction_id,
+        change: None,
+        response_port: None,
+        fingerprint: false,
+        unknown: [0; MAX_UNKNOWN],
+        unknown_len: 0,
+    };
+    for a in Attributes::new(buf, &h) {
+        let a = a?;
+        match a.typ {
+            attr::CHANGE_REQUEST => {
+                let v: [u8; 4] = a
+                    .value
+                    .try_into()
+                    .map_err(|_| RequestError::BadAttribute(a.typ, h.transaction_id))?;
+                req.change = Some(ChangeRequest::from_u32(u32::from_be_bytes(v)));
+            }
+            attr::RESPONSE_PORT => {
+                // RFC 5780 §7.5: a 16-bit port followed by 2 bytes of padding.
+                if a.value.len() != 4 {
+                    return Err(RequestError::BadAttribute(a.typ, h.transaction_id));
+                }
+                req.response_port = Some(u16::from_be_bytes([a.value[0], a.value[1]]));
+            }
+            attr::FINGERPRINT => {
+                match integrity::check_fingerprint(buf, &h) {
+                    Ok(_) => req.fingerprint = true,
+                    Err(IntegrityError::Malformed(e)) => return Err(e.into()),
+                    Err(_) => return Err(RequestError::BadFingerprint),
+                }
+            }
+            // Understood or harmless in a Binding request: ICE connectivity
+            // checks (RFC 8445 §7.1) and authenticated Bindings carry these.
+            attr::USERNAME
+            | attr::MESSAGE_INTEGRITY
+            | attr::MESSAGE_INTEGRITY_SHA256
+            | attr::USERHASH
+            | attr::REALM
+            | attr::NONCE
+            | attr::PRIORITY
+            | attr::USE_CANDIDATE => {}
+            t if attr::is_comprehension_required(t) => {
+                if req.unknown_len < MAX_UNKNOWN && !req.unknown().contains(&t) {
+                    req.unknown[req.unknown_len] = t;
+                    req.unknown_len += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(req)
+}
+
+/// The addresses a server reports in a success response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuccessFields {
+    /// The client's reflexive address (XOR-MAPPED-ADDRESS).
+    pub mapped: SocketAddr,
+    /// Where the response is sent from (RESPONSE-ORIGIN, RFC 5780 §7.3).
+    pub response_origin: Option<SocketAddr>,
+    /// The alternate address and port (OTHER-ADDRESS, RFC 5780 §7.4).
+    pub other_address: Option<SocketAddr>,
+    /// Add FINGERPRINT (when the request had one).
+    pub fingerprint: bool,
+}
+
+/// Write a Binding success response. No SOFTWARE, no MAPPED-ADDRESS: the
+/// answer stays small so the server is a poor reflection amplifier.
+pub fn write_success(
+    out: &mut [u8],
+    transaction_id: &[u8; 12],
+    f: &SuccessFields,
+) -> Result<usize, BufferTooSmall> {
+    let mut w = Writer::new(out, method::BINDING, Class::Success, transaction_id)?;
+    w.xor_address(attr::XOR_MAPPED_ADDRESS, f.mapped)?;
+    if let Some(a) = f.response_origin {
+        w.address(attr::RESPONSE_ORIGIN, a)?;
+    }
+    if let Some(a) = f.other_address {
+        w.address(attr::OTHER_ADDRESS, a)?;
+    }
+    if f.fingerprint {
+        w.fingerprint()
+    } else {
+        Ok(w.finish())
+    }
+}
+
+/// Write an error response for `method` with `code` and no reason phrase,
+/// listing `unknown` attributes when the code is 420 (RFC 8489 §14.9).
+pub fn write_error(
+    out: &mut [u8],
+    method: u16,
+    transaction_id: &[u8; 12],
+    code: u16,
+    unknown: &[u16],
+    fingerprint: bool,
+) -> Result<usize, BufferTooSmall> {
+    let mut w = Writer::new(out, method, Class::Error, transaction_id)?;
+    w.error_code(code, "")?;
+    if !unknown.is_empty() {
+        w.unknown_attributes(unknown)?;
+    }
+    if fingerprint {
+        w.fingerprint()
+    } else {
+        Ok(w.finish())
+    }
+}
+
+/// Options for a client Binding request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// CHANGE-REQUEST flags; `None` leaves the attribute out.
+    pub change: Option<ChangeRequest>,
+    /// RESPONSE-PORT (RFC 5780 §7.5).
+    pub response_port: Option<u16>,
+    /// Add FINGERPRINT.
+    pub fingerprint: bool,
+}
+
+/// Write a Binding request.
+pub fn write_request(
+    out: &mut [u8],
+    transaction_id: &[u8; 12],
+    opts: &RequestOptions,
+) -> Result<usize, BufferTooSmall> {
+    let mut w = Writer::new(out, method::BINDING, Class::Request, transaction_id)?;
+    if let Some(c) = opts.change {
+        w.u32(attr::CHANGE_REQUEST, c.to_u32())?;
+    }
+    if let Some(p) = opts.response_port {
+        w.u32(attr::RESPONSE_PORT, (p as u32) << 16)?;
+    }
+    if opts.fingerprint {
+        w.fingerprint()
+    } else {
+        Ok(w.finish())
+    }
+}
+
+/// A Binding response as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    /// Transaction ID, to match with the request.
+    pub transaction_id: [u8; 12],
+    /// `Ok` for a success response, `Err(code)` for an error response.
+    pub outcome: Result<(), u16>,
+    /// XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS from servers that send only that.
+    pub mapped: Option<SocketAddr>,
+    /// RESPONSE-ORIGIN (RFC 5780 §7.3), or SOURCE-ADDRESS (RFC 3489).
+    pub response_origin: Option<SocketAddr>,
+    /// OTHER-ADDRESS (RFC 5780 §7.4), or CHANGED-ADDRESS (RFC 3489).
+    pub other_address: Option<SocketAddr>,
+}
+
+/// Why a datagram is not a usable Binding response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("malformed STUN message: {0}")]
+    Malformed(#[from] RawError),
+    #[error("not a Binding response (type {0:#06x})")]
+    NotBindingResponse(u16),
+    #[error("bad FINGERPRINT")]
+    BadFingerprint,
+}
+
+/// Parse a Binding success or error response.
+pub fn parse_response(buf: &[u8]) -> Result<Response, ResponseError> {
+    let h = raw::parse_datagram(buf)?;
+    let class = h.class();
+    if h.method() != method::BINDING || !matches!(class, Class::Success | Class::Error) {
+        return Err(ResponseError::NotBindingResponse(h.msg_type));
+    }
+    let tid = h.transaction_id;
+    let mut r = Response {
+        transaction_id: tid,
+        outcome: Ok(()),
+        mapped: None,
+        response_origin: None,
+        other_address: None,
+    };
+    let mut xor_mapped = None;
+    let mut code = None;
+    for a in Attributes::new(buf, &h) {
+        let a = a?;
+        match a.typ {
+            attr::XOR_MAPPED_ADDRESS => xor_mapped = raw::decode_xor_address(a.value, &tid),
+            attr::MAPPED_ADDRESS => r.mapped = raw::decode_address(a.value),
+            attr::RESPONSE_ORIGIN => r.response_origin = raw::decode_address(a.value),
+            attr::SOURCE_ADDRESS if r.response_origin.is_none() => {
+                r.response_origin = raw::decode_address(a.value)
+            }
+            attr::OTHER_ADDRESS => r.other_address = raw::decode_address(a.value),
+            attr::CHANGED_ADDRESS if r.other_address.is_none() => {
+                r.other_address = raw::decode_address(a.value)
+            }
+            attr::ERROR_CODE if a.value.len() >= 4 => {
+                code = Some((a.value[2] & 0x7) as u16 * 100 + a.value[3] as u16)
+            }
+            attr::FINGERPRINT => {
+                integrity::check_fingerprint(buf, &h).map_err(|_| ResponseError::BadFingerprint)?;
+            }
+            _ => {}
+        }
+    }
+    if xor_mapped.is_some() {
+        r.mapped = xor_mapped;
+    }
+    if class == Class::Error {
+        // An error response without ERROR-CODE is malformed; report it as 400
+        // rather than inventing a success.
+        r.outcome = Err(code.unwrap_or(400));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn request_round_trip_with_rfc5780_attributes() {
+        let mut buf = [0u8; 64];
+        let tid = [1u8; 12];
+        let opts = RequestOptions {
+            change: Some(ChangeRequest::BOTH),
+            response_port: Some(4242),
+            fingerprint: true,
+        };
+        let n = write_request(&mut buf, &tid, &opts).unwrap();
+        let r = parse_request(&buf[..n]).unwrap();
+        assert_eq!(r.transaction_id, tid);
+        assert_eq!(r.change, Some(ChangeRequest::BOTH));
+        assert_eq!(r.response_port, Some(4242));
+        assert!(r.fingerprint);
+        assert!(r.unknown().is_empty());
+    }
+
+    #[test]
+    fn bad_fingerprint_and_unknown_attributes() {
+        let mut buf = [0u8; 64];
+        let n = write_request(
+            &mut buf,
+            &[2; 12],
+            &RequestOptions {
+                fingerprint: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        buf[n - 1] ^= 0xFF;
+        assert_eq!(parse_request(&buf[..n]), Err(RequestError::BadFingerprint));
+
+        let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &[3; 12]).unwrap();
+        w.u32(attr::PADDING, 0).unwrap();
+        w.u32(0x7777, 0).unwrap();
+        w.u32(attr::SOFTWARE, 0).unwrap();
+        let n = w.finish();
+        let r = parse_request(&buf[..n]).unwrap();
+        assert_eq!(r.unknown(), &[attr::PADDING, 0x7777]);
+    }
+
+    #[test]
+    fn success_response_round_trip() {
+        let mut buf = [0u8; 128];
+        let tid = [4u8; 12];
+        let f = SuccessFields {
+            mapped: addr("[2001:db8::5]:40000"),
+            response_origin: Some(addr("192.0.2.1:3478")),
+            other_address: Some(addr("192.0.2.2:3479")),
+            fingerprint: true,
+        };
+        let n = write_success(&mut buf, &tid, &f).unwrap();
+        let r = parse_response(&buf[..n]).unwrap();
+        assert_eq!(r.outcome, Ok(()));
+        assert_eq!(r.mapped, Some(f.mapped));
+        assert_eq!(r.response_origin, f.response_origin);
+        assert_eq!(r.other_address, f.other_address);
+    }
+
+    #[test]
+    fn error_response_round_trip() {
+        let mut buf = [0u8; 64];
+        let n = write_error(&mut buf, method::BINDING, &[5; 12], 420, &[attr::CHANGE_REQUEST], false)
+            .unwrap();
+        // No reason phrase, no SOFTWARE: 20 header + 8 ERROR-CODE + 8 UNKNOWN-ATTRIBUTES.
+        assert_eq!(n, 36);
+        let r = parse_response(&buf[..n]).unwrap();
+        assert_eq!(r.outcome, Err(420));
+    }
+
+    #[test]
+    fn sizes_are_small() {
+        let mut buf = [0u8; 128];
+        let f = SuccessFields {
+            mapped: addr("192.0.2.9:1"),
+            response_origin: None,
+            other_address: None,
+            fingerprint: false,
+        };
+        assert_eq!(write_success(&mut buf, &[0; 12], &f).unwrap(), 32);
+        let f = SuccessFields {
+            response_origin: Some(addr("192.0.2.1:1")),
+            other_address: Some(addr("192.0.2.2:2")),
+            ..f
+        };
+        assert_eq!(write_success(&mut buf, &[0; 12], &f).unwrap(), 56);
+    }
+}

@@ -1,0 +1,1 @@
+//! natkit-runtime (being written)

@@ -1,0 +1,106 @@
+//! Start every listener, wait for a signal, shut down cleanly.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use natkit_runtime::shutdown::{self, Shutdown, Signal};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::info;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::responder::Responder;
+use crate::stream::{self, StreamContext};
+use crate::udp;
+
+/// Run the server until SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.clamp(1, 4))
+        .thread_name("natkit-stun-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let shutdown = Shutdown::new();
+    let metrics = Metrics::new();
+    let responder = Arc::new(
+        Responder::new(cfg.endpoints()).map_err(|e| anyhow::anyhow!("invalid endpoints: {e}"))?,
+    );
+    let workers = udp::start(responder.clone(), cfg.threads, &metrics, &shutdown)?;
+    for e in responder.endpoints() {
+        info!(
+            addr = %e.addr,
+            rfc5780 = e.rfc5780.is_some(),
+            threads = cfg.threads,
+            "listening on UDP"
+        );
+    }
+    let result = rt.block_on(serve_async(&cfg, responder, metrics, shutdown.clone()));
+    shutdown.trigger();
+    for w in workers {
+        let _ = w.join();
+    }
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    info!("stopped");
+    result
+}
+
+async fn serve_async(
+    cfg: &Config,
+    responder: Arc<Responder>,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let ctx = StreamContext {
+        responder: responder.clone(),
+        metrics: metrics.clone(),
+        idle_timeout: cfg.tcp_idle_timeout,
+        slots: Arc::new(Semaphore::new(cfg.max_tcp_connections)),
+        shutdown: shutdown.clone(),
+    };
+    if cfg.tcp {
+        for (i, e) in responder.endpoints().iter().enumerate() {
+            let l = TcpListener::bind(e.addr)
+                .await
+                .with_context(|| format!("cannot bind TCP {}", e.addr))?;
+            info!(addr = %e.addr, "listening on TCP");
+            tokio::spawn(stream::serve(l, i, None, ctx.clone()));
+        }
+    }
+    if let Some((cert, key)) = &cfg.tls {
+        let tls = natkit_runtime::tls::server_config(cert, key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        for addr in &cfg.tls_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind TLS {addr}"))?;
+            info!(%addr, "listening on TLS");
+            tokio::spawn(stream::serve(
+                l,
+                Responder::STREAM_ONLY,
+                Some(acceptor.clone()),
+                ctx.clone(),
+            ));
+        }
+    }
+    if let Some(addr) = cfg.metrics {
+        let bound = natkit_runtime::metrics_http::serve(addr, metrics.registry.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!(addr = %bound.local_addr, "serving /metrics and /healthz");
+    }
+    loop {
+        match shutdown::signal()
+            .await
+            .context("cannot install signal handlers")?
+        {
+            Signal::Hangup => info!("SIGHUP: natkit-stun has nothing to reload"),
+            s => {
+                info!(signal = ?s, "shutting down");
+                break;
+            }
+        }
+    }
+    Ok(())
+}

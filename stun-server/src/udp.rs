@@ -1,0 +1,143 @@
+//! The UDP data path: per core, one thread per endpoint, each with its own
+//! SO_REUSEPORT socket, so the kernel spreads clients over cores and no two
+//! threads share a receive queue. Datagrams come in with recvmmsg and go out
+//! with sendmmsg, in batches; buffers are allocated once per thread.
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use natkit_runtime::batch::{self, RecvBatch, SendBatch, UdpSocketOptions};
+use natkit_runtime::shutdown::Shutdown;
+use tracing::warn;
+
+use crate::metrics::{Metrics, Tally};
+use crate::responder::{Outcome, Responder, Transport, MAX_REPLY_LEN};
+
+/// Datagrams per recvmmsg/sendmmsg call.
+const BATCH: usize = 64;
+/// Receive buffer per datagram: larger than any Binding request we answer;
+/// longer datagrams are truncated and then fail the length check.
+const RECV_BUF: usize = 1500;
+/// How often a blocked worker wakes to look for shutdown.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Bind `threads` groups of sockets, one socket per endpoint in each group,
+/// and start one worker per socket. Returns the join handles.
+pub fn start(
+    responder: Arc<Responder>,
+    threads: usize,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let mut groups = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let mut group = Vec::with_capacity(responder.endpoints().len());
+        for e in responder.endpoints() {
+            let opts = UdpSocketOptions {
+                reuse_port: true,
+                recv_timeout: Some(POLL),
+                ..Default::default()
+            };
+            let s = batch::udp_socket(e.addr, &opts)
+                .with_context(|| format!("cannot bind UDP {}", e.addr))?;
+            group.push(s);
+        }
+        groups.push(Arc::new(group));
+    }
+    let mut handles = Vec::new();
+    for (g, group) in groups.into_iter().enumerate() {
+        for local in 0..group.len() {
+            let (group, responder, shutdown) = (group.clone(), responder.clone(), shutdown.clone());
+            let counters = metrics.counters(Transport::Udp);
+            let send_errors = metrics.send_errors.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("udp-{g}-{local}"))
+                .spawn(move || {
+                    worker(&group, local, &responder, &shutdown, |tally, errors| {
+                        tally.flush(&counters);
+                        if errors > 0 {
+                            send_errors.inc_by(errors);
+                        }
+                    })
+                })
+                .context("cannot start UDP worker thread")?;
+            handles.push(h);
+        }
+    }
+    Ok(handles)
+}
+
+/// One worker: receive on `group[local]`, answer from whichever socket the
+/// responder picks (RFC 5780 CHANGE-REQUEST answers from another endpoint).
+fn worker(
+    group: &[UdpSocket],
+    local: usize,
+    responder: &Responder,
+    shutdown: &Shutdown,
+    mut flush: impl FnMut(&mut Tally, u64),
+) {
+    let mut rx = RecvBatch::new(BATCH, RECV_BUF);
+    let mut tx: Vec<SendBatch> = group
+        .iter()
+        .map(|_| SendBatch::new(BATCH, MAX_REPLY_LEN))
+        .collect();
+    let mut tally = Tally::default();
+    let mut scratch = [0u8; MAX_REPLY_LEN];
+    while !shutdown.is_triggered() {
+        let n = match rx.recv(&group[local]) {
+            Ok(n) => n,
+            Err(e) if is_transient(&e) => continue,
+            Err(e) => {
+                warn!(error = %e, "UDP receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        for d in rx.iter().take(n) {
+            if d.truncated {
+                tally.message(Outcome::Malformed, d.data.len());
+                continue;
+            }
+            // RFC 5780 may answer from another endpoint's socket, known only
+            // after deciding: write into a scratch buffer, then copy the few
+            // dozen bytes into that socket's send slot.
+            let (o, r) = responder.respond(Transport::Udp, local, d.source, d.data, &mut scratch);
+            tally.message(o, d.data.len());
+            if let Some(r) = r {
+                let queued = tx[r.from].push_with(r.to, |buf| {
+                    buf[..r.len].copy_from_slice(&scratch[..r.len]);
+                    r.len
+                });
+                if queued == Ok(true) {
+                    tally.sent(r.len);
+                }
+            }
+        }
+        let mut errors = 0;
+        for (i, b) in tx.iter_mut().enumerate() {
+            if b.is_empty() {
+                continue;
+            }
+            match b.flush(&group[i]) {
+                Ok(stats) => errors += stats.failed as u64,
+                Err(e) => {
+                    // Whole-batch failure: drop it rather than retry forever.
+                    warn!(error = %e, "UDP send failed");
+                    errors += b.len() as u64;
+                    b.clear();
+                }
+            }
+        }
+        flush(&mut tally, errors);
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+    )
+}
