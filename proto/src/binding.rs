@@ -63,6 +63,9 @@ pub struct Request {
     pub change: Option<ChangeRequest>,
     /// RESPONSE-PORT, if present (RFC 5780 §7.5).
     pub response_port: Option<u16>,
+    /// Length of the PADDING value, if present (RFC 5780 §7.6): the answer
+    /// carries PADDING of the same length, so it fragments like the request.
+    pub padding: Option<u16>,
     /// Whether the request carried a (valid) FINGERPRINT; the answer then
     /// carries one too (RFC 8489 §7.3).
     pub fingerprint: bool,
@@ -112,6 +115,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Request, RequestError> {
         transaction_id: h.transaction_id,
         change: None,
         response_port: None,
+        padding: None,
         fingerprint: false,
         unknown: [0; MAX_UNKNOWN],
         unknown_len: 0,
@@ -133,13 +137,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Request, RequestError> {
                 }
                 req.response_port = Some(u16::from_be_bytes([a.value[0], a.value[1]]));
             }
-            attr::FINGERPRINT => {
-                match integrity::check_fingerprint(buf, &h) {
-                    Ok(_) => req.fingerprint = true,
-                    Err(IntegrityError::Malformed(e)) => return Err(e.into()),
-                    Err(_) => return Err(RequestError::BadFingerprint),
-                }
-            }
+            attr::PADDING => req.padding = Some(a.value.len() as u16),
+            attr::FINGERPRINT => match integrity::check_fingerprint(buf, &h) {
+                Ok(_) => req.fingerprint = true,
+                Err(IntegrityError::Malformed(e)) => return Err(e.into()),
+                Err(_) => return Err(RequestError::BadFingerprint),
+            },
             // Understood or harmless in a Binding request: ICE connectivity
             // checks (RFC 8445 §7.1) and authenticated Bindings carry these.
             attr::USERNAME
@@ -150,11 +153,12 @@ pub fn parse_request(buf: &[u8]) -> Result<Request, RequestError> {
             | attr::NONCE
             | attr::PRIORITY
             | attr::USE_CANDIDATE => {}
-            t if attr::is_comprehension_required(t) => {
-                if req.unknown_len < MAX_UNKNOWN && !req.unknown().contains(&t) {
-                    req.unknown[req.unknown_len] = t;
-                    req.unknown_len += 1;
-                }
+            t if attr::is_comprehension_required(t)
+                && req.unknown_len < MAX_UNKNOWN
+                && !req.unknown().contains(&t) =>
+            {
+                req.unknown[req.unknown_len] = t;
+                req.unknown_len += 1;
             }
             _ => {}
         }
@@ -171,6 +175,8 @@ pub struct SuccessFields {
     pub response_origin: Option<SocketAddr>,
     /// The alternate address and port (OTHER-ADDRESS, RFC 5780 §7.4).
     pub other_address: Option<SocketAddr>,
+    /// Length of a PADDING attribute to add (RFC 5780 §7.6), if any.
+    pub padding: Option<u16>,
     /// Add FINGERPRINT (when the request had one).
     pub fingerprint: bool,
 }
@@ -189,6 +195,9 @@ pub fn write_success(
     }
     if let Some(a) = f.other_address {
         w.address(attr::OTHER_ADDRESS, a)?;
+    }
+    if let Some(n) = f.padding {
+        w.attribute(attr::PADDING, n as usize)?.fill(0);
     }
     if f.fingerprint {
         w.fingerprint()
@@ -226,6 +235,8 @@ pub struct RequestOptions {
     pub change: Option<ChangeRequest>,
     /// RESPONSE-PORT (RFC 5780 §7.5).
     pub response_port: Option<u16>,
+    /// PADDING of this many bytes (RFC 5780 §7.6).
+    pub padding: Option<u16>,
     /// Add FINGERPRINT.
     pub fingerprint: bool,
 }
@@ -242,6 +253,9 @@ pub fn write_request(
     }
     if let Some(p) = opts.response_port {
         w.u32(attr::RESPONSE_PORT, (p as u32) << 16)?;
+    }
+    if let Some(n) = opts.padding {
+        w.attribute(attr::PADDING, n as usize)?.fill(0);
     }
     if opts.fingerprint {
         w.fingerprint()
@@ -341,10 +355,12 @@ mod tests {
         let opts = RequestOptions {
             change: Some(ChangeRequest::BOTH),
             response_port: Some(4242),
+            padding: Some(6),
             fingerprint: true,
         };
         let n = write_request(&mut buf, &tid, &opts).unwrap();
         let r = parse_request(&buf[..n]).unwrap();
+        assert_eq!(r.padding, Some(6));
         assert_eq!(r.transaction_id, tid);
         assert_eq!(r.change, Some(ChangeRequest::BOTH));
         assert_eq!(r.response_port, Some(4242));
@@ -368,12 +384,12 @@ mod tests {
         assert_eq!(parse_request(&buf[..n]), Err(RequestError::BadFingerprint));
 
         let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &[3; 12]).unwrap();
-        w.u32(attr::PADDING, 0).unwrap();
+        w.u32(attr::RESPONSE_ADDRESS, 0).unwrap();
         w.u32(0x7777, 0).unwrap();
         w.u32(attr::SOFTWARE, 0).unwrap();
         let n = w.finish();
         let r = parse_request(&buf[..n]).unwrap();
-        assert_eq!(r.unknown(), &[attr::PADDING, 0x7777]);
+        assert_eq!(r.unknown(), &[attr::RESPONSE_ADDRESS, 0x7777]);
     }
 
     #[test]
@@ -384,6 +400,7 @@ mod tests {
             mapped: addr("[2001:db8::5]:40000"),
             response_origin: Some(addr("192.0.2.1:3478")),
             other_address: Some(addr("192.0.2.2:3479")),
+            padding: Some(5),
             fingerprint: true,
         };
         let n = write_success(&mut buf, &tid, &f).unwrap();
@@ -397,8 +414,15 @@ mod tests {
     #[test]
     fn error_response_round_trip() {
         let mut buf = [0u8; 64];
-        let n = write_error(&mut buf, method::BINDING, &[5; 12], 420, &[attr::CHANGE_REQUEST], false)
-            .unwrap();
+        let n = write_error(
+            &mut buf,
+            method::BINDING,
+            &[5; 12],
+            420,
+            &[attr::CHANGE_REQUEST],
+            false,
+        )
+        .unwrap();
         // No reason phrase, no SOFTWARE: 20 header + 8 ERROR-CODE + 8 UNKNOWN-ATTRIBUTES.
         assert_eq!(n, 36);
         let r = parse_response(&buf[..n]).unwrap();
@@ -412,6 +436,7 @@ mod tests {
             mapped: addr("192.0.2.9:1"),
             response_origin: None,
             other_address: None,
+            padding: None,
             fingerprint: false,
         };
         assert_eq!(write_success(&mut buf, &[0; 12], &f).unwrap(), 32);

@@ -153,7 +153,10 @@ mod tests {
             next_frame(&[0x16, 3, 1, 0, 0xA5, 1, 0, 0], false, 1024),
             Err(FramingError::BadCookie)
         );
-        assert_eq!(next_frame(&[0xFF; 24], true, 1024), Err(FramingError::NotStun(0xFF)));
+        assert_eq!(
+            next_frame(&[0xFF; 24], true, 1024),
+            Err(FramingError::NotStun(0xFF))
+        );
         let mut bad = [0u8; 20];
         bad[1] = 1;
         assert_eq!(next_frame(&bad, false, 1024), Err(FramingError::BadCookie));

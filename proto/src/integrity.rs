@@ -31,8 +31,7 @@ fn hmac_sha1_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
 }
 
 fn hmac_sha256_parts(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut m =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
     for p in parts {
         m.update(p);
     }
@@ -240,7 +239,10 @@ pub fn verify(msg: &[u8], header: &Header, key: &[u8]) -> Result<IntegrityKind, 
         }
         let mac = hmac_sha1_parts(
             key,
-            &[&header_with_length(msg, a.offset + 24), &msg[HEADER_LEN..a.offset]],
+            &[
+                &header_with_length(msg, a.offset + 24),
+                &msg[HEADER_LEN..a.offset],
+            ],
         );
         return if constant_time_eq(&mac, a.value) {
             Ok(IntegrityKind::Sha1)

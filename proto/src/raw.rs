@@ -311,7 +311,12 @@ pub fn xor_address(addr: SocketAddr, transaction_id: &[u8; 12]) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) => {
             let o = ip.octets();
-            let x = [o[0] ^ cookie[0], o[1] ^ cookie[1], o[2] ^ cookie[2], o[3] ^ cookie[3]];
+            let x = [
+                o[0] ^ cookie[0],
+                o[1] ^ cookie[1],
+                o[2] ^ cookie[2],
+                o[3] ^ cookie[3],
+            ];
             SocketAddr::new(IpAddr::V4(Ipv4Addr::from(x)), port)
         }
         IpAddr::V6(ip) => {
@@ -334,8 +339,18 @@ mod tests {
 
     #[test]
     fn message_type_round_trips_method_and_class() {
-        for method in [method::BINDING, method::ALLOCATE, method::CHANNEL_BIND, 0xFFF] {
-            for class in [Class::Request, Class::Indication, Class::Success, Class::Error] {
+        for method in [
+            method::BINDING,
+            method::ALLOCATE,
+            method::CHANNEL_BIND,
+            0xFFF,
+        ] {
+            for class in [
+                Class::Request,
+                Class::Indication,
+                Class::Success,
+                Class::Error,
+            ] {
                 let t = message_type(method, class);
                 let h = Header {
                     msg_type: t,

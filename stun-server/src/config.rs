@@ -136,14 +136,19 @@ impl Config {
             },
             tls_listen,
             metrics: args.metrics.or(file.metrics),
-            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             threads: args
                 .threads
                 .or(file.threads)
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             tcp: args.tcp.or(file.tcp).unwrap_or(true),
             tcp_idle_timeout: Duration::from_secs(
-                args.tcp_idle_timeout.or(file.tcp_idle_timeout).unwrap_or(30),
+                args.tcp_idle_timeout
+                    .or(file.tcp_idle_timeout)
+                    .unwrap_or(30),
             ),
             max_tcp_connections: args
                 .max_tcp_connections
@@ -231,7 +236,10 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen, vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]
+        );
         assert!(c.tcp);
         assert_eq!(c.endpoints().len(), 1);
     }
@@ -242,7 +250,12 @@ mod tests {
         let e: Vec<String> = c.endpoints().iter().map(|e| e.addr.to_string()).collect();
         assert_eq!(
             e,
-            ["127.0.0.1:3478", "127.0.0.1:3479", "127.0.0.2:3478", "127.0.0.2:3479"]
+            [
+                "127.0.0.1:3478",
+                "127.0.0.1:3479",
+                "127.0.0.2:3478",
+                "127.0.0.2:3479"
+            ]
         );
         assert!(parse(&["--listen", "127.0.0.1:3478", "--other", "127.0.0.2:3478"]).is_err());
         assert!(parse(&["--listen", "127.0.0.1:3478", "--other", "[::1]:3479"]).is_err());
@@ -254,7 +267,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("natkit-stun-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
-        std::fs::write(&good, "listen = [\"127.0.0.1:4000\"]\ntcp = false\nthreads = 3\n").unwrap();
+        std::fs::write(
+            &good,
+            "listen = [\"127.0.0.1:4000\"]\ntcp = false\nthreads = 3\n",
+        )
+        .unwrap();
         let c = parse(&["--config", good.to_str().unwrap(), "--threads", "2"]).unwrap();
         assert_eq!(c.listen[0].port(), 4000);
         assert!(!c.tcp);
@@ -262,7 +279,10 @@ mod tests {
 
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "listen = [\"127.0.0.1:4000\"]\nlisen = 1\n").unwrap();
-        let e = format!("{:#}", parse(&["--config", bad.to_str().unwrap()]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            parse(&["--config", bad.to_str().unwrap()]).unwrap_err()
+        );
         assert!(e.contains("lisen"), "{e}");
         assert!(e.contains("bad.toml"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -53,7 +53,9 @@ impl Metrics {
             "Replies the kernel refused to send",
         )
         .expect("valid metric");
-        registry.register(Box::new(send_errors.clone())).expect("unique metric");
+        registry
+            .register(Box::new(send_errors.clone()))
+            .expect("unique metric");
         let connections_open = IntGaugeVec::new(
             Opts::new("natkit_stun_connections_open", "Open TCP/TLS connections"),
             &["transport"],
@@ -109,7 +111,9 @@ impl Metrics {
     }
 
     pub fn connection(&self, t: Transport, result: &str) {
-        self.connections.with_label_values(&[t.label(), result]).inc();
+        self.connections
+            .with_label_values(&[t.label(), result])
+            .inc();
     }
 
     pub fn connection_closed(&self, t: Transport, reason: &str) {

@@ -102,8 +102,9 @@ pub struct Responder {
     square: Option<[[usize; 2]; 2]>,
 }
 
-/// Largest answer the responder writes: header, XOR-MAPPED-ADDRESS,
-/// RESPONSE-ORIGIN and OTHER-ADDRESS for IPv6, FINGERPRINT.
+/// Largest answer to an unpadded request: header, XOR-MAPPED-ADDRESS,
+/// RESPONSE-ORIGIN and OTHER-ADDRESS for IPv6, FINGERPRINT. Answers to
+/// requests with PADDING (RFC 5780 §7.6) are as long as the request plus this.
 pub const MAX_REPLY_LEN: usize = 20 + 3 * 24 + 8;
 
 impl Responder {
@@ -180,11 +181,20 @@ impl Responder {
         let tid = req.transaction_id;
         let fp = req.fingerprint;
         if !req.unknown().is_empty() {
-            return self.error(local, src, &tid, raw::method::BINDING, 420, req.unknown(), fp, out);
+            return self.error(
+                local,
+                src,
+                &tid,
+                raw::method::BINDING,
+                420,
+                req.unknown(),
+                fp,
+                out,
+            );
         }
         let position = self.endpoints.get(local).and_then(|e| e.rfc5780);
         let change = req.change.unwrap_or(ChangeRequest::NONE);
-        let uses_rfc5780 = change.any() || req.response_port.is_some();
+        let uses_rfc5780 = change.any() || req.response_port.is_some() || req.padding.is_some();
         let (Some(square), Some((a, p))) = (self.square, position) else {
             if uses_rfc5780 {
                 // RFC 5780 §6.1: without an alternate address the server
@@ -192,8 +202,10 @@ impl Responder {
                 // listing the attribute.
                 let which: &[u16] = if change.any() {
                     &[attr::CHANGE_REQUEST]
-                } else {
+                } else if req.response_port.is_some() {
                     &[attr::RESPONSE_PORT]
+                } else {
+                    &[attr::PADDING]
                 };
                 return self.error(local, src, &tid, raw::method::BINDING, 420, which, fp, out);
             }
@@ -219,6 +231,7 @@ impl Responder {
             mapped: src,
             response_origin: Some(self.endpoints[from].addr),
             other_address: Some(other),
+            padding: req.padding,
             fingerprint: fp,
         };
         match binding::write_success(out, &tid, &f) {
@@ -239,6 +252,7 @@ impl Responder {
             mapped: src,
             response_origin: None,
             other_address: None,
+            padding: None,
             fingerprint,
         };
         match binding::write_success(out, tid, &f) {
@@ -326,7 +340,14 @@ mod tests {
         let cases = [
             (ChangeRequest::NONE, 0, "192.0.2.1:3478"),
             (ChangeRequest::PORT, 1, "192.0.2.1:3479"),
-            (ChangeRequest { ip: true, port: false }, 2, "192.0.2.2:3478"),
+            (
+                ChangeRequest {
+                    ip: true,
+                    port: false,
+                },
+                2,
+                "192.0.2.2:3478",
+            ),
             (ChangeRequest::BOTH, 3, "192.0.2.2:3479"),
         ];
         for (change, from, origin) in cases {
@@ -400,15 +421,24 @@ mod tests {
         let r = square();
         let mut out = [0u8; MAX_REPLY_LEN];
         let src = a("203.0.113.5:1");
-        assert_eq!(r.respond(Transport::Udp, 0, src, b"garbage", &mut out), (Outcome::Malformed, None));
+        assert_eq!(
+            r.respond(Transport::Udp, 0, src, b"garbage", &mut out),
+            (Outcome::Malformed, None)
+        );
         // Wrong cookie.
         let mut req = [0u8; 64];
         let n = write_request(&mut req, &[1; 12], &RequestOptions::default()).unwrap();
         let mut bad = req;
         bad[5] ^= 1;
-        assert_eq!(r.respond(Transport::Udp, 0, src, &bad[..n], &mut out).0, Outcome::Malformed);
+        assert_eq!(
+            r.respond(Transport::Udp, 0, src, &bad[..n], &mut out).0,
+            Outcome::Malformed
+        );
         // Truncated.
-        assert_eq!(r.respond(Transport::Udp, 0, src, &req[..n - 1], &mut out).0, Outcome::Malformed);
+        assert_eq!(
+            r.respond(Transport::Udp, 0, src, &req[..n - 1], &mut out).0,
+            Outcome::Malformed
+        );
         // Bad fingerprint.
         let n = write_request(
             &mut req,
@@ -420,18 +450,40 @@ mod tests {
         )
         .unwrap();
         req[n - 1] ^= 1;
-        assert_eq!(r.respond(Transport::Udp, 0, src, &req[..n], &mut out).0, Outcome::BadFingerprint);
+        assert_eq!(
+            r.respond(Transport::Udp, 0, src, &req[..n], &mut out).0,
+            Outcome::BadFingerprint
+        );
         // An Allocate request to a STUN server: 400 with the Allocate method.
-        let mut w = natkit_proto::writer::Writer::new(&mut req, raw::method::ALLOCATE, Class::Request, &[2; 12]).unwrap();
+        let mut w = natkit_proto::writer::Writer::new(
+            &mut req,
+            raw::method::ALLOCATE,
+            Class::Request,
+            &[2; 12],
+        )
+        .unwrap();
         w.u32(attr::REQUESTED_TRANSPORT, 17 << 24).unwrap();
         let n = w.finish();
         let (o, reply) = r.respond(Transport::Udp, 0, src, &req[..n], &mut out);
         assert_eq!(o, Outcome::Error(400));
         let h = raw::parse_datagram(&out[..reply.unwrap().len]).unwrap();
-        assert_eq!((h.method(), h.class()), (raw::method::ALLOCATE, Class::Error));
+        assert_eq!(
+            (h.method(), h.class()),
+            (raw::method::ALLOCATE, Class::Error)
+        );
         // A Binding indication is a keepalive: no answer.
-        let n = natkit_proto::writer::Writer::new(&mut req, raw::method::BINDING, Class::Indication, &[3; 12]).unwrap().finish();
-        assert_eq!(r.respond(Transport::Udp, 0, src, &req[..n], &mut out), (Outcome::Indication, None));
+        let n = natkit_proto::writer::Writer::new(
+            &mut req,
+            raw::method::BINDING,
+            Class::Indication,
+            &[3; 12],
+        )
+        .unwrap()
+        .finish();
+        assert_eq!(
+            r.respond(Transport::Udp, 0, src, &req[..n], &mut out),
+            (Outcome::Indication, None)
+        );
     }
 
     #[test]

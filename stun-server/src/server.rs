@@ -85,9 +85,15 @@ async fn serve_async(
         }
     }
     if let Some(addr) = cfg.metrics {
-        let bound = natkit_runtime::metrics_http::serve(addr, metrics.registry.clone(), shutdown.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let health = natkit_runtime::metrics_http::Health::new();
+        let bound = natkit_runtime::metrics_http::spawn(
+            addr,
+            metrics.registry.clone(),
+            health,
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!(addr = %bound.local_addr, "serving /metrics and /healthz");
     }
     loop {

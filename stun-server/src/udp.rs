@@ -18,9 +18,9 @@ use crate::responder::{Outcome, Responder, Transport, MAX_REPLY_LEN};
 
 /// Datagrams per recvmmsg/sendmmsg call.
 const BATCH: usize = 64;
-/// Receive buffer per datagram: larger than any Binding request we answer;
-/// longer datagrams are truncated and then fail the length check.
-const RECV_BUF: usize = 1500;
+/// Receive buffer per datagram: room for RFC 5780 §7.6 PADDING up to a
+/// jumbo-free MTU and then some; longer datagrams are truncated and dropped.
+const RECV_BUF: usize = 4096;
 /// How often a blocked worker wakes to look for shutdown.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -85,7 +85,7 @@ fn worker(
         .map(|_| SendBatch::new(BATCH, MAX_REPLY_LEN))
         .collect();
     let mut tally = Tally::default();
-    let mut scratch = [0u8; MAX_REPLY_LEN];
+    let mut scratch = vec![0u8; RECV_BUF + MAX_REPLY_LEN];
     while !shutdown.is_triggered() {
         let n = match rx.recv(&group[local]) {
             Ok(n) => n,
@@ -96,6 +96,7 @@ fn worker(
                 continue;
             }
         };
+        let mut direct_errors = 0u64;
         for d in rx.iter().take(n) {
             if d.truncated {
                 tally.message(Outcome::Malformed, d.data.len());
@@ -106,17 +107,25 @@ fn worker(
             // dozen bytes into that socket's send slot.
             let (o, r) = responder.respond(Transport::Udp, local, d.source, d.data, &mut scratch);
             tally.message(o, d.data.len());
-            if let Some(r) = r {
-                let queued = tx[r.from].push_with(r.to, |buf| {
-                    buf[..r.len].copy_from_slice(&scratch[..r.len]);
-                    r.len
-                });
-                if queued == Ok(true) {
-                    tally.sent(r.len);
+            let Some(r) = r else { continue };
+            if r.len > MAX_REPLY_LEN {
+                // A padded RFC 5780 answer: rare and large, sent on its own
+                // rather than making every batch slot this big.
+                match group[r.from].send_to(&scratch[..r.len], r.to) {
+                    Ok(_) => tally.sent(r.len),
+                    Err(_) => direct_errors += 1,
                 }
+                continue;
+            }
+            let queued = tx[r.from].push_with(r.to, |buf| {
+                buf[..r.len].copy_from_slice(&scratch[..r.len]);
+                r.len
+            });
+            if queued == Ok(true) {
+                tally.sent(r.len);
             }
         }
-        let mut errors = 0;
+        let mut errors = direct_errors;
         for (i, b) in tx.iter_mut().enumerate() {
             if b.is_empty() {
                 continue;
@@ -138,6 +147,8 @@ fn worker(
 fn is_transient(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
     )
 }

@@ -1,137 +1,15 @@
 //! natkit-stun through its public interface: the binary, its flags, its
 //! sockets and its metrics endpoint. Loopback only.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::{TcpStream, UdpSocket};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::*;
 use natkit_proto::binding::{parse_response, write_request, ChangeRequest, RequestOptions};
-
-/// A running natkit-stun, killed on drop.
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(args: &[String]) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start natkit-stun");
-        Server { child }
-    }
-
-    /// Wait until a Binding request to `addr` is answered.
-    fn wait_ready(&mut self, addr: SocketAddr) {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("natkit-stun exited early: {status}");
-            }
-            if binding(&s, addr, RequestOptions::default()).is_some() {
-                return;
-            }
-        }
-        panic!("natkit-stun did not answer on {addr}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port free for UDP and TCP on 127.0.0.1 and 127.0.0.2.
-fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = u.local_addr().unwrap().port();
-        let ok = TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && UdpSocket::bind(("127.0.0.2", p)).is_ok()
-            && TcpListener::bind(("127.0.0.2", p)).is_ok();
-        if ok {
-            return p;
-        }
-    }
-}
-
-/// Send one Binding request and return (response, the address it came from).
-fn binding(
-    s: &UdpSocket,
-    to: SocketAddr,
-    opts: RequestOptions,
-) -> Option<(natkit_proto::binding::Response, SocketAddr)> {
-    let tid: [u8; 12] = rand_tid();
-    let mut buf = [0u8; 128];
-    let n = write_request(&mut buf, &tid, &opts).unwrap();
-    s.send_to(&buf[..n], to).unwrap();
-    let mut rx = [0u8; 1500];
-    loop {
-        let (n, from) = s.recv_from(&mut rx).ok()?;
-        if let Ok(r) = parse_response(&rx[..n]) {
-            if r.transaction_id == tid {
-                return Some((r, from));
-            }
-        }
-    }
-}
-
-fn rand_tid() -> [u8; 12] {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(1);
-    let mut t = [0u8; 12];
-    t[..8].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    t[8..].copy_from_slice(&std::process::id().to_be_bytes());
-    t
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn metrics(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name_and_labels} not found in:\n{text}"))
-}
-
-fn rfc5780_server(extra: &[&str]) -> (Server, SocketAddr, SocketAddr, u16) {
-    let (p, q, m) = (free_port(), free_port(), free_port());
-    let primary = addr(&format!("127.0.0.1:{p}"));
-    let other = addr(&format!("127.0.0.2:{q}"));
-    let mut args: Vec<String> = vec![
-        "--listen".into(),
-        primary.to_string(),
-        "--other".into(),
-        other.to_string(),
-        "--metrics".into(),
-        format!("127.0.0.1:{m}"),
-        "--threads".into(),
-        "2".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut srv = Server::start(&args);
-    srv.wait_ready(primary);
-    (srv, primary, other, m)
-}
 
 #[test]
 fn rfc5780_change_request_response_origin_other_address() {
@@ -145,7 +23,13 @@ fn rfc5780_change_request_response_origin_other_address() {
     let cases = [
         (ChangeRequest::NONE, format!("127.0.0.1:{p}")),
         (ChangeRequest::PORT, format!("127.0.0.1:{q}")),
-        (ChangeRequest { ip: true, port: false }, format!("127.0.0.2:{p}")),
+        (
+            ChangeRequest {
+                ip: true,
+                port: false,
+            },
+            format!("127.0.0.2:{p}"),
+        ),
         (ChangeRequest::BOTH, format!("127.0.0.2:{q}")),
     ];
     for (change, origin) in cases {
@@ -182,6 +66,27 @@ fn rfc5780_change_request_response_origin_other_address() {
     let (n, _) = target.recv_from(&mut rx).expect("answer at RESPONSE-PORT");
     let r = parse_response(&rx[..n]).unwrap();
     assert_eq!(r.mapped, Some(me));
+
+    // PADDING (RFC 5780 §7.6): a request padded past the MTU gets an answer
+    // padded the same, so both fragment alike.
+    let opts = RequestOptions {
+        change: Some(ChangeRequest::BOTH),
+        padding: Some(1500),
+        ..Default::default()
+    };
+    let mut big = [0u8; 1600];
+    let n = write_request(&mut big, &[8; 12], &opts).unwrap();
+    client.send_to(&big[..n], primary).unwrap();
+    let mut rx = [0u8; 4096];
+    let (len, from) = client
+        .recv_from(&mut rx)
+        .expect("answer to a padded request");
+    assert_eq!(from, other);
+    assert!(
+        len >= 1500 + 20,
+        "answer of {len} bytes carries the padding"
+    );
+    assert_eq!(parse_response(&rx[..len]).unwrap().outcome, Ok(()));
 }
 
 #[test]
@@ -228,11 +133,11 @@ fn bad_input_is_counted_and_the_server_keeps_serving() {
     bad_fp[n - 1] ^= 0xFF;
     let garbage: Vec<u8> = (0..200u32).map(|i| (i * 7919 % 251) as u8).collect();
     let bad: Vec<Vec<u8>> = vec![
-        good[..n - 3].to_vec(),   // truncated
+        good[..n - 3].to_vec(), // truncated
         wrong_cookie[..n].to_vec(),
         garbage,
-        vec![0u8; 3000],          // oversized
-        vec![],                   // empty
+        vec![0u8; 3000], // oversized
+        vec![],          // empty
     ];
     for b in &bad {
         client.send_to(b, primary).unwrap();
@@ -242,10 +147,26 @@ fn bad_input_is_counted_and_the_server_keeps_serving() {
     let (r, _) = binding(&client, primary, RequestOptions::default()).unwrap();
     assert_eq!(r.outcome, Ok(()));
     let text = metrics(m);
-    assert!(metric(&text, "natkit_stun_messages_total{outcome=\"malformed\",transport=\"udp\"}") >= 4.0);
-    assert!(metric(&text, "natkit_stun_messages_total{outcome=\"bad_fingerprint\",transport=\"udp\"}") >= 1.0);
-    assert!(metric(&text, "natkit_stun_messages_total{outcome=\"success\",transport=\"udp\"}") >= 2.0);
-    assert!(metric(&text, "natkit_stun_bytes_received_total{transport=\"udp\"}") > 3000.0);
+    assert!(
+        metric(
+            &text,
+            "natkit_stun_messages_total{outcome=\"malformed\",transport=\"udp\"}"
+        ) >= 4.0
+    );
+    assert!(
+        metric(
+            &text,
+            "natkit_stun_messages_total{outcome=\"bad_fingerprint\",transport=\"udp\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "natkit_stun_messages_total{outcome=\"success\",transport=\"udp\"}"
+        ) >= 2.0
+    );
+    // The oversized datagram counts as the 1500 bytes read of it.
+    assert!(metric(&text, "natkit_stun_bytes_received_total{transport=\"udp\"}") > 1500.0);
     assert!(metric(&text, "natkit_stun_bytes_sent_total{transport=\"udp\"}") > 0.0);
 }
 
@@ -286,7 +207,12 @@ fn tcp_binding_idle_timeout_and_connection_cap() {
     )
     .unwrap();
     c.write_all(&buf[..n]).unwrap();
-    assert_eq!(parse_response(&read_stun_frame(&mut c).unwrap()).unwrap().outcome, Err(400));
+    assert_eq!(
+        parse_response(&read_stun_frame(&mut c).unwrap())
+            .unwrap()
+            .outcome,
+        Err(400)
+    );
 
     // A half-open peer (half a header, then silence) is closed after the
     // idle timeout.
@@ -296,30 +222,61 @@ fn tcp_binding_idle_timeout_and_connection_cap() {
     let t = Instant::now();
     let mut one = [0u8; 1];
     assert_eq!(half.read(&mut one).unwrap_or(0), 0);
-    assert!(t.elapsed() < Duration::from_secs(4), "closed after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        t.elapsed()
+    );
 
-    // Cap of two: with `c` and one more open, a third is refused.
-    let mut c2 = TcpStream::connect(primary).unwrap();
-    c2.write_all(&buf[..n1]).unwrap();
-    c2.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let _ = read_stun_frame(&mut c2);
+    // Cap of two: with two connections open, a third is refused.
+    drop((c, half));
+    std::thread::sleep(Duration::from_millis(200));
+    let n1 = write_request(&mut buf, &[4; 12], &RequestOptions::default()).unwrap();
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(primary).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.write_all(&buf[..n1]).unwrap();
+        if let Err(e) = read_stun_frame(&mut c) {
+            panic!("not answered within the cap: {e}\n{}", metrics(m));
+        }
+        open.push(c);
+    }
     let mut c3 = TcpStream::connect(primary).unwrap();
     c3.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let _ = c3.write_all(&buf[..n1]);
-    assert!(read_stun_frame(&mut c3).is_err(), "third connection must be refused");
+    assert!(
+        read_stun_frame(&mut c3).is_err(),
+        "third connection must be refused"
+    );
+    drop(open);
 
     // Garbage on a stream closes that connection, not the server.
+    std::thread::sleep(Duration::from_millis(200));
     let mut g = TcpStream::connect(primary).unwrap();
-    drop(c);
-    drop(c2);
     g.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let _ = g.write_all(b"\xff\xff\xff\xff garbage garbage garbage");
     assert_eq!(g.read(&mut one).unwrap_or(0), 0);
 
     let text = metrics(m);
-    assert!(metric(&text, "natkit_stun_connections_total{result=\"rejected_cap\",transport=\"tcp\"}") >= 1.0);
-    assert!(metric(&text, "natkit_stun_connections_closed_total{reason=\"idle\",transport=\"tcp\"}") >= 1.0);
-    assert!(metric(&text, "natkit_stun_messages_total{outcome=\"success\",transport=\"tcp\"}") >= 3.0);
+    assert!(
+        metric(
+            &text,
+            "natkit_stun_connections_total{result=\"rejected_cap\",transport=\"tcp\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "natkit_stun_connections_closed_total{reason=\"idle\",transport=\"tcp\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &text,
+            "natkit_stun_messages_total{outcome=\"success\",transport=\"tcp\"}"
+        ) >= 3.0
+    );
 }
 
 #[test]
@@ -353,11 +310,9 @@ fn tls_binding() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(
-        std::sync::Arc::new(config),
-        "localhost".try_into().unwrap(),
-    )
-    .unwrap();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
     let tcp = TcpStream::connect(tls_addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let local = tcp.local_addr().unwrap();
@@ -386,7 +341,10 @@ fn sigterm_stops_cleanly() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "did not stop on SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -405,7 +363,11 @@ fn check_config_names_the_bad_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("threds"), "{err}");
     let good = dir.join("good.toml");
-    std::fs::write(&good, "listen = [\"127.0.0.1:3478\"]\nother = \"127.0.0.2:3479\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "listen = [\"127.0.0.1:3478\"]\nother = \"127.0.0.2:3479\"\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
         .args(["--check-config", "--config", good.to_str().unwrap()])
         .output()
@@ -418,6 +380,10 @@ fn check_config_names_the_bad_key() {
         .env("NATKIT_STUN_OTHER", "127.0.0.1:3479")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "same IP for --other must be refused");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "same IP for --other must be refused"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

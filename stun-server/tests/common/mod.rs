@@ -1,0 +1,137 @@
+//! Harness shared by natkit-stun's integration tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use natkit_proto::binding::{parse_response, write_request, RequestOptions};
+
+/// A running natkit-stun, killed on drop.
+pub struct Server {
+    pub child: Child,
+}
+
+impl Server {
+    pub fn start(args: &[String]) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start natkit-stun");
+        Server { child }
+    }
+
+    /// Wait until a Binding request to `addr` is answered.
+    pub fn wait_ready(&mut self, addr: SocketAddr) {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("natkit-stun exited early: {status}");
+            }
+            if binding(&s, addr, RequestOptions::default()).is_some() {
+                return;
+            }
+        }
+        panic!("natkit-stun did not answer on {addr}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free for UDP and TCP on 127.0.0.1 and 127.0.0.2.
+pub fn free_port() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        let ok = TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && UdpSocket::bind(("127.0.0.2", p)).is_ok()
+            && TcpListener::bind(("127.0.0.2", p)).is_ok();
+        if ok {
+            return p;
+        }
+    }
+}
+
+/// Send one Binding request and return (response, the address it came from).
+pub fn binding(
+    s: &UdpSocket,
+    to: SocketAddr,
+    opts: RequestOptions,
+) -> Option<(natkit_proto::binding::Response, SocketAddr)> {
+    let tid: [u8; 12] = rand_tid();
+    let mut buf = [0u8; 128];
+    let n = write_request(&mut buf, &tid, &opts).unwrap();
+    s.send_to(&buf[..n], to).unwrap();
+    let mut rx = [0u8; 1500];
+    loop {
+        let (n, from) = s.recv_from(&mut rx).ok()?;
+        if let Ok(r) = parse_response(&rx[..n]) {
+            if r.transaction_id == tid {
+                return Some((r, from));
+            }
+        }
+    }
+}
+
+pub fn rand_tid() -> [u8; 12] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    let mut t = [0u8; 12];
+    t[..8].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    t[8..].copy_from_slice(&std::process::id().to_be_bytes());
+    t
+}
+
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+pub fn metrics(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name_and_labels} not found in:\n{text}"))
+}
+
+/// Start natkit-stun in RFC 5780 mode on 127.0.0.1 and 127.0.0.2 with metrics;
+/// returns (server, primary, other, metrics port).
+pub fn rfc5780_server(extra: &[&str]) -> (Server, SocketAddr, SocketAddr, u16) {
+    let (p, q, m) = (free_port(), free_port(), free_port());
+    let primary = addr(&format!("127.0.0.1:{p}"));
+    let other = addr(&format!("127.0.0.2:{q}"));
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        primary.to_string(),
+        "--other".into(),
+        other.to_string(),
+        "--metrics".into(),
+        format!("127.0.0.1:{m}"),
+        "--threads".into(),
+        "2".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut srv = Server::start(&args);
+    srv.wait_ready(primary);
+    (srv, primary, other, m)
+}
