@@ -1,1 +1,26 @@
-//! natkit-runtime (being written)
+//! natkit-runtime: what natkit's binaries share outside the protocol.
+//!
+//! Protocol code lives in `natkit-proto` (sans-IO); this crate is the I/O and process plumbing
+//! around it:
+//!
+//! - [`batch`]: batched UDP I/O on Linux (`recvmmsg`/`sendmmsg` over preallocated buffers, one
+//!   destination per datagram) and [`batch::udp_socket`] (SO_REUSEPORT, big buffers, V6ONLY).
+//! - [`metrics_http`]: Prometheus text at `GET /metrics` and `GET /healthz` (settable 200/503),
+//!   a hyper task that stops with the [`shutdown::Shutdown`] handle.
+//! - [`logging`]: `tracing` to stderr for servers (text or JSON, `RUST_LOG`) and for the CLI
+//!   (warnings only by default).
+//! - [`shutdown`]: which of SIGTERM/SIGINT/SIGHUP came, and a cloneable shutdown flag for tasks
+//!   and blocking worker threads.
+//! - [`tls`]: a rustls (ring) server configuration from PEM certificate and key files, with
+//!   errors that name the file.
+//! - [`config`]: loading a server's TOML file with errors that name file, key and line.
+
+#![warn(missing_docs)]
+
+#[cfg(target_os = "linux")]
+pub mod batch;
+pub mod config;
+pub mod logging;
+pub mod metrics_http;
+pub mod shutdown;
+pub mod tls;

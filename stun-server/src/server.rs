@@ -69,8 +69,7 @@ async fn serve_async(
         }
     }
     if let Some((cert, key)) = &cfg.tls {
-        let tls = natkit_runtime::tls::server_config(cert, key)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let acceptor = natkit_runtime::tls::acceptor(cert, key)?;
         for addr in &cfg.tls_listen {
             let l = TcpListener::bind(addr)
                 .await
