@@ -21,6 +21,7 @@
 //! | [`nonce`] | stateless nonces: HMAC over client address and time |
 //! | [`transaction`] | client transaction retransmission timer (RFC 8489 §6.2.1) |
 //! | [`discovery`] | RFC 5780 NAT behavior discovery probes, as a state machine |
+//! | [`turn`] | TURN client (and the relay's protocol core), sans-IO |
 
 pub mod binding;
 pub mod channel_data;
@@ -33,6 +34,7 @@ pub mod nonce;
 pub mod raw;
 pub mod rest;
 pub mod transaction;
+pub mod turn;
 pub mod writer;
 
 pub use stun_rs;

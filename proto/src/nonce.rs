@@ -1,1 +1,400 @@
-//! (being written)
+//! Stateless nonces for the long-term credential mechanism (RFC 8489 §9.2).
+//!
+//! A nonce carries its own issue time and a MAC over that time and the
+//! client's transport address, keyed with a server secret. The server keeps
+//! no nonce table: a nonce it gets back is checked by recomputing the MAC, so
+//! nothing can be flooded and restarts with the same key keep nonces valid.
+//!
+//! Layout (40 ASCII characters, well under RFC 8489 §14.10's 128):
+//!
+//! ```text
+//! "obMatJos2"  "gAAA"            base64url(timestamp[8] || mac[12])
+//! nonce cookie security features  27 characters, no padding
+//! ```
+//!
+//! The nonce cookie (RFC 8489 §9.2) comes first so clients see that this
+//! server supports PASSWORD-ALGORITHMS and may pick SHA-256. The MAC covers
+//! the cookie and feature bits too, so a man in the middle cannot clear the
+//! bit to bid the client down to MD5 without the nonce failing (§9.2.1).
+//! Every character is a letter, digit, `-` or `_`: `qdtext` in the
+//! quoted-string grammar RFC 8489 §14.10 asks for.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use rand::RngCore;
+
+use crate::integrity::{constant_time_eq, hmac_sha256};
+use crate::rest::unix_secs;
+
+/// RFC 8489 §9.2: nonces starting with this tell the client the server
+/// implements RFC 8489 (and so its security feature bits follow).
+pub const NONCE_COOKIE: &str = "obMatJos2";
+
+/// RFC 8489 §18.1 "STUN Security Features": bit 0 (the most significant of
+/// the 24) is "Password algorithms".
+pub const FEATURE_PASSWORD_ALGORITHMS: u32 = 1 << 23;
+/// RFC 8489 §18.1: bit 1 is "Username anonymity" (USERHASH).
+pub const FEATURE_USERNAME_ANONYMITY: u32 = 1 << 22;
+
+/// The features natkit advertises: password algorithms (MD5 and SHA-256).
+const FEATURES: u32 = FEATURE_PASSWORD_ALGORITHMS;
+
+/// Length of the prefix: cookie plus 4 base64 characters of feature bits.
+const PREFIX_LEN: usize = NONCE_COOKIE.len() + 4;
+/// Bytes of truncated HMAC-SHA256: 96 bits is plenty against forgery within
+/// a nonce's lifetime of minutes.
+const MAC_LEN: usize = 12;
+/// Timestamp bytes (Unix seconds, big endian).
+const TS_LEN: usize = 8;
+/// Length of an issued nonce in characters.
+pub const NONCE_LEN: usize = PREFIX_LEN + (4 * (TS_LEN + MAC_LEN)).div_ceil(3);
+
+/// The secret that signs and checks nonces.
+#[derive(Clone)]
+pub struct NonceKey {
+    key: [u8; 32],
+    prefix: [u8; PREFIX_LEN],
+}
+
+impl fmt::Debug for NonceKey {
+    // A secret: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NonceKey(..)")
+    }
+}
+
+/// An issued nonce, held on the stack.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Nonce {
+    buf: [u8; NONCE_LEN],
+}
+
+impl Nonce {
+    /// The nonce text, to put in a NONCE attribute.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into the buffer.
+        std::str::from_utf8(&self.buf).unwrap_or_default()
+    }
+}
+
+impl AsRef<str> for Nonce {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Nonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Nonce({:?})", self.as_str())
+    }
+}
+
+/// Why a nonce was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NonceError {
+    /// A nonce we issued to this client, but too old (or, after a clock
+    /// step, too far in the future). TURN answers 438 (Stale Nonce) with a
+    /// fresh nonce (RFC 8489 §9.2.4, RFC 8656 §7).
+    #[error("stale nonce")]
+    Stale,
+    /// Not a nonce this server issued to this client: forged, tampered,
+    /// issued to another address, or not a nonce of ours at all.
+    #[error("invalid nonce")]
+    Invalid,
+}
+
+impl NonceKey {
+    /// A fresh random key from the operating system's generator.
+    pub fn random() -> Self {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        Self::from_bytes(key)
+    }
+
+    /// A key from known bytes (shared between servers behind one name, or
+    /// kept across restarts).
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix[..NONCE_COOKIE.len()].copy_from_slice(NONCE_COOKIE.as_bytes());
+        // RFC 8489 §9.2: the 24 feature bits as 4 characters of base64.
+        let bits = FEATURES.to_be_bytes();
+        let written = STANDARD
+            .encode_slice(&bits[1..], &mut prefix[NONCE_COOKIE.len()..])
+            .unwrap_or(0);
+        debug_assert_eq!(written, 4);
+        NonceKey { key, prefix }
+    }
+
+    fn mac(&self, ts: &[u8; TS_LEN], client: SocketAddr) -> [u8; 32] {
+        // prefix || timestamp || family || address || port
+        let mut input = [0u8; PREFIX_LEN + TS_LEN + 1 + 16 + 2];
+        let mut n = 0;
+        for part in [&self.prefix[..], &ts[..]] {
+            input[n..n + part.len()].copy_from_slice(part);
+            n += part.len();
+        }
+        // A dual-stack socket may report an IPv4 client as ::ffff:a.b.c.d;
+        // treat both spellings as the same client.
+        match client.ip().to_canonical() {
+            IpAddr::V4(ip) => {
+                input[n] = 4;
+                input[n + 1..n + 5].copy_from_slice(&ip.octets());
+                n += 5;
+            }
+            IpAddr::V6(ip) => {
+                input[n] = 6;
+                input[n + 1..n + 17].copy_from_slice(&ip.octets());
+                n += 17;
+            }
+        }
+        input[n..n + 2].copy_from_slice(&client.port().to_be_bytes());
+        n += 2;
+        hmac_sha256(&self.key, &input[..n])
+    }
+
+    /// Issue a nonce for `client` at time `now`.
+    pub fn issue(&self, client: SocketAddr, now: SystemTime) -> Nonce {
+        let ts = unix_secs(now).to_be_bytes();
+        let mac = self.mac(&ts, client);
+        let mut payload = [0u8; TS_LEN + MAC_LEN];
+        payload[..TS_LEN].copy_from_slice(&ts);
+        payload[TS_LEN..].copy_from_slice(&mac[..MAC_LEN]);
+        let mut buf = [0u8; NONCE_LEN];
+        buf[..PREFIX_LEN].copy_from_slice(&self.prefix);
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(payload, &mut buf[PREFIX_LEN..])
+            .unwrap_or(0);
+        debug_assert_eq!(written, NONCE_LEN - PREFIX_LEN);
+        Nonce { buf }
+    }
+
+    /// Check a nonce a client sent back: issued by this key, to `client`,
+    /// no more than `max_age` before `now`.
+    pub fn verify(
+        &self,
+        nonce: &str,
+        client: SocketAddr,
+        now: SystemTime,
+        max_age: Duration,
+    ) -> Result<(), NonceError> {
+        let b = nonce.as_bytes();
+        if b.len() != NONCE_LEN || b[..PREFIX_LEN] != self.prefix {
+            return Err(NonceError::Invalid);
+        }
+        // One spare byte: the decoder wants room for its length estimate.
+        let mut payload = [0u8; TS_LEN + MAC_LEN + 1];
+        match URL_SAFE_NO_PAD.decode_slice(&b[PREFIX_LEN..], &mut payload) {
+            Ok(n) if n == TS_LEN + MAC_LEN => {}
+            _ => return Err(NonceError::Invalid),
+        }
+        let mut ts = [0u8; TS_LEN];
+        ts.copy_from_slice(&payload[..TS_LEN]);
+        let mac = self.mac(&ts, client);
+        if !constant_time_eq(&mac[..MAC_LEN], &payload[TS_LEN..TS_LEN + MAC_LEN]) {
+            return Err(NonceError::Invalid);
+        }
+        // Only now is the timestamp trusted. One from the future can only
+        // come from our own clock having stepped back; accept it within
+        // max_age so a small step does not fail every client at once.
+        let issued = u64::from_be_bytes(ts);
+        let now = unix_secs(now);
+        let max_age = max_age.as_secs();
+        let fresh = if issued <= now {
+            now - issued <= max_age
+        } else {
+            issued - now <= max_age
+        };
+        if fresh {
+            Ok(())
+        } else {
+            Err(NonceError::Stale)
+        }
+    }
+}
+
+/// The RFC 8489 §9.2 security feature bits of a nonce, if it starts with
+/// the nonce cookie (for clients deciding whether to offer SHA-256).
+pub fn security_features(nonce: &str) -> Option<u32> {
+    let rest = nonce.strip_prefix(NONCE_COOKIE)?;
+    let chars = rest.as_bytes().get(..4)?;
+    let mut bits = [0u8; 3];
+    match STANDARD.decode_slice(chars, &mut bits) {
+        Ok(3) => Some(u32::from_be_bytes([0, bits[0], bits[1], bits[2]])),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn client() -> SocketAddr {
+        "192.0.2.10:40000".parse().unwrap()
+    }
+
+    const MAX: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn shape_is_a_short_quoted_string_safe_cookie_nonce() {
+        let k = NonceKey::random();
+        let n = k.issue(client(), at(1_700_000_000));
+        let s = n.as_str();
+        assert_eq!(s.len(), NONCE_LEN);
+        assert_eq!(NONCE_LEN, 40);
+        assert!(s.len() < 128);
+        assert!(s.starts_with("obMatJos2gAAA"), "{s}");
+        assert!(s
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_eq!(security_features(s), Some(FEATURE_PASSWORD_ALGORITHMS));
+        assert_eq!(n.to_string(), s);
+    }
+
+    #[test]
+    fn valid_within_max_age() {
+        let k = NonceKey::from_bytes([1; 32]);
+        let n = k.issue(client(), at(1_000));
+        assert_eq!(k.verify(n.as_str(), client(), at(1_000), MAX), Ok(()));
+        assert_eq!(k.verify(n.as_str(), client(), at(1_600), MAX), Ok(()));
+        // Same key bytes on another server instance: still valid.
+        let k2 = NonceKey::from_bytes([1; 32]);
+        assert_eq!(k2.verify(n.as_str(), client(), at(1_100), MAX), Ok(()));
+    }
+
+    #[test]
+    fn expired_is_stale_not_invalid() {
+        let k = NonceKey::from_bytes([2; 32]);
+        let n = k.issue(client(), at(1_000));
+        assert_eq!(
+            k.verify(n.as_str(), client(), at(1_601), MAX),
+            Err(NonceError::Stale)
+        );
+        // Far in the future after a clock step back: stale too.
+        assert_eq!(
+            k.verify(n.as_str(), client(), at(100), MAX),
+            Err(NonceError::Stale)
+        );
+        assert_eq!(k.verify(n.as_str(), client(), at(500), MAX), Ok(()));
+    }
+
+    #[test]
+    fn other_client_or_key_is_invalid() {
+        let k = NonceKey::from_bytes([3; 32]);
+        let n = k.issue(client(), at(1_000));
+        for other in [
+            "192.0.2.10:40001",
+            "192.0.2.11:40000",
+            "[2001:db8::1]:40000",
+        ] {
+            assert_eq!(
+                k.verify(n.as_str(), other.parse().unwrap(), at(1_000), MAX),
+                Err(NonceError::Invalid),
+                "{other}"
+            );
+        }
+        let mapped: SocketAddr = "[::ffff:192.0.2.10]:40000".parse().unwrap();
+        assert_eq!(k.verify(n.as_str(), mapped, at(1_000), MAX), Ok(()));
+        assert_eq!(
+            NonceKey::from_bytes([4; 32]).verify(n.as_str(), client(), at(1_000), MAX),
+            Err(NonceError::Invalid)
+        );
+    }
+
+    #[test]
+    fn tampering_anywhere_is_invalid() {
+        let k = NonceKey::from_bytes([5; 32]);
+        let n = k.issue(client(), at(1_000));
+        let s = n.as_str();
+        for i in 0..s.len() {
+            for repl in ['A', 'z', '0', '-', '_', '+', '/', '='] {
+                let mut t = s.as_bytes().to_vec();
+                if t[i] == repl as u8 {
+                    continue;
+                }
+                t[i] = repl as u8;
+                let t = String::from_utf8(t).unwrap();
+                assert_eq!(
+                    k.verify(&t, client(), at(1_000), MAX),
+                    Err(NonceError::Invalid),
+                    "{t}"
+                );
+            }
+        }
+        // Clearing the PASSWORD-ALGORITHMS bit (a bid-down) is caught.
+        let bid_down = s.replacen("gAAA", "AAAA", 1);
+        assert_eq!(
+            k.verify(&bid_down, client(), at(1_000), MAX),
+            Err(NonceError::Invalid)
+        );
+        // Moving the timestamp forward to extend a nonce's life fails.
+        let mut payload = URL_SAFE_NO_PAD.decode(&s[PREFIX_LEN..]).unwrap();
+        payload[7] = payload[7].wrapping_add(100);
+        let forged = format!("{}{}", &s[..PREFIX_LEN], URL_SAFE_NO_PAD.encode(&payload));
+        assert_eq!(
+            k.verify(&forged, client(), at(1_000), MAX),
+            Err(NonceError::Invalid)
+        );
+    }
+
+    #[test]
+    fn garbage_is_invalid_and_never_panics() {
+        let k = NonceKey::from_bytes([6; 32]);
+        let valid = k.issue(client(), at(1_000)).to_string();
+        let cases = [
+            String::new(),
+            "x".into(),
+            NONCE_COOKIE.into(),
+            "obMatJos2gAAA".into(),
+            "f//499k954d6OL34oL9FSTvy64sA".into(),
+            valid[..NONCE_LEN - 1].into(),
+            format!("{valid}A"),
+            "obMatJos2gAAA€€€€€€€€€".into(),
+            format!("{}{}", &valid[..PREFIX_LEN], "é".repeat(13) + "x"),
+            "\0".repeat(NONCE_LEN),
+        ];
+        for c in &cases {
+            assert_eq!(
+                k.verify(c, client(), at(1_000), MAX),
+                Err(NonceError::Invalid),
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn security_features_of_foreign_nonces() {
+        // RFC 8489 Appendix B.1 uses "obMatJos2AAAC...".
+        assert_eq!(
+            security_features("obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA"),
+            Some(2)
+        );
+        assert_eq!(security_features("obMatJos2wAAA"), Some(0xC0_0000));
+        assert_eq!(security_features("f//499k954d6OL34oL9FSTvy64sA"), None);
+        assert_eq!(security_features("obMatJos2gA"), None);
+        assert_eq!(security_features("obMatJos2!!!!"), None);
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let d = format!("{:?}", NonceKey::from_bytes([0xAB; 32]));
+        assert!(
+            !d.contains("171") && !d.to_lowercase().contains("ab"),
+            "{d}"
+        );
+    }
+}

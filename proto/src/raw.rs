@@ -303,6 +303,17 @@ pub fn decode_xor_address(value: &[u8], transaction_id: &[u8; 12]) -> Option<Soc
     Some(xor_address(plain, transaction_id))
 }
 
+/// Decode an ERROR-CODE attribute value (RFC 8489 §14.8) into its numeric
+/// code (class × 100 + number). `None` when the value is too short or the
+/// code is outside 300-699 (or its number part above 99).
+pub fn decode_error_code(value: &[u8]) -> Option<u16> {
+    if value.len() < 4 || value[3] > 99 {
+        return None;
+    }
+    let code = (value[2] & 0x7) as u16 * 100 + value[3] as u16;
+    (300..700).contains(&code).then_some(code)
+}
+
 /// XOR an address with the magic cookie and transaction ID. The operation is
 /// its own inverse, so it both encodes and decodes.
 pub fn xor_address(addr: SocketAddr, transaction_id: &[u8; 12]) -> SocketAddr {

@@ -1,0 +1,240 @@
+//! Zero-allocation parsing of the TURN attributes of a request or
+//! indication (RFC 8656 §18, RFC 8489 §14), for the relay's control path.
+
+use std::net::SocketAddr;
+
+use crate::integrity::IntegrityKind;
+use crate::raw::{self, attr, Attributes, Header, RawError};
+
+/// Most XOR-PEER-ADDRESS attributes one CreatePermission may carry; more is
+/// answered with 400 rather than buffered.
+pub const MAX_PEERS: usize = 8;
+/// Most unknown comprehension-required attributes reported in a 420.
+pub const MAX_UNKNOWN: usize = 4;
+
+/// RFC 8656 §18.3: the REQUESTED-TRANSPORT protocol number for UDP.
+pub const TRANSPORT_UDP: u8 = 17;
+/// REQUESTED-ADDRESS-FAMILY / ADDITIONAL-ADDRESS-FAMILY value for IPv4.
+pub const FAMILY_IPV4: u8 = 0x01;
+/// REQUESTED-ADDRESS-FAMILY / ADDITIONAL-ADDRESS-FAMILY value for IPv6.
+pub const FAMILY_IPV6: u8 = 0x02;
+
+/// The attributes of one TURN message that the relay acts on.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnRequest<'a> {
+    /// The checked header.
+    pub header: Header,
+    pub username: Option<&'a str>,
+    pub realm: Option<&'a str>,
+    pub nonce: Option<&'a str>,
+    /// Which integrity attribute the message carries, if any (not yet
+    /// verified).
+    pub integrity: Option<IntegrityKind>,
+    /// PASSWORD-ALGORITHM's algorithm number (RFC 8489 §14.12).
+    pub password_algorithm: Option<u16>,
+    /// The raw value of PASSWORD-ALGORITHMS, if present (RFC 8489 §14.11).
+    pub password_algorithms: Option<&'a [u8]>,
+    /// REQUESTED-TRANSPORT protocol number.
+    pub requested_transport: Option<u8>,
+    /// LIFETIME in seconds.
+    pub lifetime: Option<u32>,
+    pub dont_fragment: bool,
+    /// EVEN-PORT, with its R (reserve next port) bit.
+    pub even_port: Option<bool>,
+    pub reservation_token: Option<u64>,
+    pub requested_family: Option<u8>,
+    pub additional_family: Option<u8>,
+    /// XOR-PEER-ADDRESS values, decoded.
+    pub peers: [Option<SocketAddr>; MAX_PEERS],
+    pub peer_count: usize,
+    pub channel: Option<u16>,
+    /// DATA attribute value, borrowed from the message.
+    pub data: Option<&'a [u8]>,
+    /// Unknown comprehension-required attributes (answer 420).
+    pub unknown: [u16; MAX_UNKNOWN],
+    pub unknown_count: usize,
+    /// An understood attribute with a malformed value, or too many peers
+    /// (answer 400).
+    pub bad_attribute: Option<u16>,
+}
+
+impl<'a> TurnRequest<'a> {
+    /// The decoded peer addresses.
+    pub fn peers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.peers[..self.peer_count].iter().flatten().copied()
+    }
+
+    /// The unknown comprehension-required attributes.
+    pub fn unknown(&self) -> &[u16] {
+        &self.unknown[..self.unknown_count]
+    }
+}
+
+fn text(v: &[u8]) -> Option<&str> {
+    std::str::from_utf8(v).ok()
+}
+
+fn u32_of(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.try_into().ok()?))
+}
+
+/// Parse a STUN message (already known to start with a valid header) for the
+/// attributes the relay needs. Attributes after MESSAGE-INTEGRITY other than
+/// MESSAGE-INTEGRITY-SHA256 and FINGERPRINT are ignored (RFC 8489 §14.5).
+pub fn parse(msg: &[u8]) -> Result<TurnRequest<'_>, RawError> {
+    let header = raw::parse_datagram(msg)?;
+    let tid = header.transaction_id;
+    let mut r = TurnRequest {
+        header,
+        username: None,
+        realm: None,
+        nonce: None,
+        integrity: None,
+        password_algorithm: None,
+        password_algorithms: None,
+        requested_transport: None,
+        lifetime: None,
+        dont_fragment: false,
+        even_port: None,
+        reservation_token: None,
+        requested_family: None,
+        additional_family: None,
+        peers: [None; MAX_PEERS],
+        peer_count: 0,
+        channel: None,
+        data: None,
+        unknown: [0; MAX_UNKNOWN],
+        unknown_count: 0,
+        bad_attribute: None,
+    };
+    let bad = |r: &mut TurnRequest, t: u16| {
+        r.bad_attribute.get_or_insert(t);
+    };
+    for a in Attributes::new(msg, &header) {
+        let a = a?;
+        let v = a.value;
+        if r.integrity.is_some()
+            && !matches!(a.typ, attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT)
+        {
+            continue;
+        }
+        match a.typ {
+            attr::USERNAME => match text(v) {
+                Some(s) if v.len() <= 513 => r.username = Some(s),
+                _ => bad(&mut r, a.typ),
+            },
+            attr::REALM => match text(v) {
+                Some(s) => r.realm = Some(s),
+                None => bad(&mut r, a.typ),
+            },
+            attr::NONCE => match text(v) {
+                Some(s) => r.nonce = Some(s),
+                None => bad(&mut r, a.typ),
+            },
+            attr::MESSAGE_INTEGRITY => r.integrity = Some(IntegrityKind::Sha1),
+            attr::MESSAGE_INTEGRITY_SHA256 => r.integrity = Some(IntegrityKind::Sha256),
+            attr::FINGERPRINT => {}
+            attr::PASSWORD_ALGORITHM => {
+                if v.len() >= 4 {
+                    r.password_algorithm = Some(u16::from_be_bytes([v[0], v[1]]));
+                } else {
+                    bad(&mut r, a.typ);
+                }
+            }
+            attr::PASSWORD_ALGORITHMS => r.password_algorithms = Some(v),
+            attr::REQUESTED_TRANSPORT => match v {
+                [p, _, _, _] => r.requested_transport = Some(*p),
+                _ => bad(&mut r, a.typ),
+            },
+            attr::LIFETIME => match u32_of(v) {
+                Some(l) => r.lifetime = Some(l),
+                None => bad(&mut r, a.typ),
+            },
+            attr::DONT_FRAGMENT => r.dont_fragment = true,
+            attr::EVEN_PORT => match v.first() {
+                Some(b) => r.even_port = Some(b & 0x80 != 0),
+                None => bad(&mut r, a.typ),
+            },
+            attr::RESERVATION_TOKEN => match <[u8; 8]>::try_from(v) {
+                Ok(b) => r.reservation_token = Some(u64::from_be_bytes(b)),
+                Err(_) => bad(&mut r, a.typ),
+            },
+            attr::REQUESTED_ADDRESS_FAMILY => match v {
+                [f, _, _, _] => r.requested_family = Some(*f),
+                _ => bad(&mut r, a.typ),
+            },
+            attr::ADDITIONAL_ADDRESS_FAMILY => match v {
+                [f, _, _, _] => r.additional_family = Some(*f),
+                _ => bad(&mut r, a.typ),
+            },
+            attr::XOR_PEER_ADDRESS => match raw::decode_xor_address(v, &tid) {
+                Some(p) if r.peer_count < MAX_PEERS => {
+                    r.peers[r.peer_count] = Some(p);
+                    r.peer_count += 1;
+                }
+                _ => bad(&mut r, a.typ),
+            },
+            attr::CHANNEL_NUMBER => match v {
+                [a0, a1, _, _] => r.channel = Some(u16::from_be_bytes([*a0, *a1])),
+                _ => bad(&mut r, a.typ),
+            },
+            attr::DATA => r.data = Some(v),
+            attr::SOFTWARE | attr::ICMP => {}
+            t if attr::is_comprehension_required(t) => {
+                if r.unknown_count < MAX_UNKNOWN && !r.unknown().contains(&t) {
+                    r.unknown[r.unknown_count] = t;
+                    r.unknown_count += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raw::{method, Class};
+    use crate::writer::Writer;
+
+    #[test]
+    fn parses_allocate_and_ignores_after_integrity() {
+        let mut buf = [0u8; 256];
+        let tid = [1u8; 12];
+        let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &tid).unwrap();
+        w.u32(attr::REQUESTED_TRANSPORT, (TRANSPORT_UDP as u32) << 24)
+            .unwrap();
+        w.u32(attr::LIFETIME, 1200).unwrap();
+        w.bytes(attr::EVEN_PORT, &[0x80]).unwrap();
+        w.bytes(attr::USERNAME, b"alice").unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, "192.0.2.4:5".parse().unwrap())
+            .unwrap();
+        w.message_integrity(b"k").unwrap();
+        w.u32(attr::LIFETIME, 0).unwrap(); // after MI: must be ignored
+        let n = w.fingerprint().unwrap();
+        let r = parse(&buf[..n]).unwrap();
+        assert_eq!(r.requested_transport, Some(TRANSPORT_UDP));
+        assert_eq!(r.lifetime, Some(1200));
+        assert_eq!(r.even_port, Some(true));
+        assert_eq!(r.username, Some("alice"));
+        assert_eq!(r.integrity, Some(IntegrityKind::Sha1));
+        assert_eq!(
+            r.peers().collect::<Vec<_>>(),
+            vec!["192.0.2.4:5".parse().unwrap()]
+        );
+        assert!(r.bad_attribute.is_none() && r.unknown().is_empty());
+    }
+
+    #[test]
+    fn malformed_values_are_flagged() {
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[2; 12]).unwrap();
+        w.bytes(attr::LIFETIME, &[1, 2]).unwrap();
+        w.u32(0x0033, 0).unwrap();
+        let n = w.finish();
+        let r = parse(&buf[..n]).unwrap();
+        assert_eq!(r.bad_attribute, Some(attr::LIFETIME));
+        assert_eq!(r.unknown(), &[0x0033]);
+    }
+}

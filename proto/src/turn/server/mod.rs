@@ -1,0 +1,1091 @@
+//! The relay's protocol core (RFC 8656, RFC 6156), sans-IO.
+//!
+//! One [`Server`] owns the allocations of one shard (one worker thread of
+//! the relay). The driver hands it client messages and peer datagrams with
+//! the current time and gets back what to send where. What needs the
+//! outside world (binding relay sockets, the peer policy, quotas shared
+//! between shards, the wall clock for REST expiry) comes through [`Env`],
+//! which tests fake.
+//!
+//! The data path never allocates: ChannelData and Send indications are
+//! relayed as slices of the received buffer, and peer data is wrapped in
+//! place, in headroom the driver leaves in front of it ([`HEADROOM`]).
+
+mod allocation;
+mod auth;
+
+pub use allocation::{Allocation, Bucket, Channel, ClientKey, RelayId, Via};
+pub use auth::{AuthError, Authenticator, Credentials, UnauthLimiter, OFFERED_ALGORITHMS};
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::channel_data;
+use crate::demux::{self, PacketKind};
+use crate::integrity::IntegrityKind;
+use crate::nonce::NonceKey;
+use crate::raw::{self, attr, method, Class};
+use crate::turn::request::{self, TurnRequest, FAMILY_IPV4, FAMILY_IPV6, TRANSPORT_UDP};
+use crate::writer::{BufferTooSmall, Writer};
+
+use auth::Verified;
+
+/// Bytes the driver must leave free in front of peer data so it can be
+/// wrapped in place: a Data indication to an IPv6 peer takes 20 (header) +
+/// 24 (XOR-PEER-ADDRESS) + 4 (DATA header).
+pub const HEADROOM: usize = 48;
+/// Bytes the driver must leave free after peer data: DATA and stream
+/// ChannelData padding (RFC 8656 §12.5).
+pub const TAILROOM: usize = 3;
+
+/// RFC 8656 §9: permissions last 300 seconds.
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// RFC 8656 §12: channel bindings last 600 seconds.
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub realm: String,
+    /// How long a nonce stays fresh before 438.
+    pub nonce_ttl: Duration,
+    /// RFC 8656 §7.2: default and maximum allocation lifetimes.
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub max_permissions: usize,
+    pub max_channels: usize,
+    /// Bytes per second per allocation, each direction counted; 0 = no limit.
+    pub bandwidth: u64,
+    /// 401 answers per second per source IP (burst 4x); 0 = no limit.
+    pub unauth_rate: u32,
+    /// Refuse new allocations (drain).
+    pub draining: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            realm: "natkit".into(),
+            nonce_ttl: Duration::from_secs(600),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_permissions: 32,
+            max_channels: 32,
+            bandwidth: 0,
+            unauth_rate: 20,
+            draining: false,
+        }
+    }
+}
+
+/// What a relay socket request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayRequest {
+    /// 0 for IPv4, 1 for IPv6.
+    pub family: usize,
+    /// EVEN-PORT: an even port; with `reserve`, also hold the next one.
+    pub even_port: bool,
+    pub reserve: bool,
+    /// RESERVATION-TOKEN from an earlier EVEN-PORT allocation.
+    pub token: Option<u64>,
+    pub dont_fragment: bool,
+}
+
+/// A relay socket the driver opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedRelay {
+    pub id: RelayId,
+    /// The relayed transport address (what XOR-RELAYED-ADDRESS says: the
+    /// external address when the relay is behind a 1:1 NAT).
+    pub addr: SocketAddr,
+    /// Token for the reserved next port, when `reserve` was asked.
+    pub token: Option<u64>,
+}
+
+/// Why no relay socket could be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayError {
+    /// No relay address of that family (440).
+    Family,
+    /// Port range exhausted (508).
+    NoPorts,
+    /// Unknown or expired reservation token (508).
+    BadToken,
+}
+
+/// Why a quota refused an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaError {
+    PerUser,
+    Total,
+}
+
+/// The outside world, as the core needs it.
+pub trait Env {
+    /// Wall clock, for REST credential expiry and nonces.
+    fn system_now(&self) -> SystemTime;
+    /// Open a relay socket.
+    fn open_relay(&mut self, req: RelayRequest) -> Result<OpenedRelay, RelayError>;
+    /// Close a relay socket.
+    fn close_relay(&mut self, id: RelayId);
+    /// Whether `peer` may be relayed to: the deny and allow lists, with the
+    /// relayed addresses of this relay's allocations always allowed.
+    fn peer_allowed(&self, peer: SocketAddr) -> bool;
+    /// Whether some port of `ip` may be relayed to (the lists allow it, or it
+    /// is an address this relay relays from). Used to re-check permissions,
+    /// which are per IP, after a reload.
+    fn peer_ip_allowed(&self, ip: IpAddr) -> bool;
+    /// Count one more allocation for `user`, within the quotas.
+    fn acquire_allocation(&mut self, user: &str) -> Result<(), QuotaError>;
+    /// Give back an allocation slot.
+    fn release_allocation(&mut self, user: &str);
+}
+
+/// Why a datagram was dropped, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// Not STUN or ChannelData, or malformed.
+    Malformed,
+    /// ChannelData or Send indication without an allocation.
+    NoAllocation,
+    /// ChannelData on an unbound channel.
+    NoChannel,
+    /// No permission for the peer (RFC 8656 §9).
+    NoPermission,
+    /// Peer on the deny list.
+    DeniedPeer,
+    /// Bandwidth quota.
+    Quota,
+    /// 401 answer suppressed by the per-source limit.
+    RateLimited,
+    /// A response or indication that needs no answer.
+    Ignored,
+}
+
+impl Drop {
+    /// Metric labels, in [`Drop::index`] order.
+    pub const LABELS: [&'static str; 8] = [
+        "malformed",
+        "no_allocation",
+        "no_channel",
+        "no_permission",
+        "denied_peer",
+        "quota",
+        "rate_limited",
+        "ignored",
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What to do with a client message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Send `out[..len]` back to the client.
+    Reply(usize),
+    /// Send `msg[data]` to `peer` from relay socket `relay`.
+    Relay {
+        relay: RelayId,
+        peer: SocketAddr,
+        data: Range<usize>,
+    },
+    /// Nothing to send.
+    Drop(Drop),
+}
+
+/// What to do with a peer datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAction {
+    /// Send `buf[range]` to the client.
+    Forward {
+        client: ClientKey,
+        range: Range<usize>,
+    },
+    Drop(Drop),
+}
+
+/// Counters the driver turns into metrics. Plain integers: the shard is
+/// single-threaded; the driver reads and resets them once per batch.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Allocate outcomes: success, then error codes.
+    pub allocations: u64,
+    pub allocate_errors: HashMap<u16, u64>,
+    pub auth_failures: u64,
+    pub permissions: u64,
+    pub channels: u64,
+    pub drops: [u64; 8],
+    /// Packets and bytes client → peer, peer → client.
+    pub to_peer: (u64, u64),
+    pub to_client: (u64, u64),
+    /// Allocations that ended (expired, deleted, or their client went away).
+    pub allocations_closed: u64,
+}
+
+/// One shard's allocations.
+pub struct Server {
+    cfg: Config,
+    creds: Arc<Credentials>,
+    auth: Authenticator,
+    limiter: UnauthLimiter,
+    allocations: Vec<Option<Allocation>>,
+    free: Vec<u32>,
+    by_client: HashMap<ClientKey, u32>,
+    by_relay: HashMap<RelayId, u32>,
+    live: usize,
+    next_sweep: Instant,
+    pub stats: Stats,
+}
+
+/// Allocation slot index.
+type Slot = u32;
+
+impl Server {
+    /// A shard with this config, credentials and nonce key (all shards of a
+    /// relay share the key, so a nonce from one verifies on another).
+    pub fn new(cfg: Config, creds: Arc<Credentials>, nonce_key: NonceKey, now: Instant) -> Self {
+        let auth = Authenticator::new(cfg.realm.clone(), nonce_key, cfg.nonce_ttl);
+        let limiter = UnauthLimiter::new(
+            cfg.unauth_rate,
+            cfg.unauth_rate.saturating_mul(4),
+            4096,
+            now,
+        );
+        Server {
+            cfg,
+            creds,
+            auth,
+            limiter,
+            allocations: Vec::new(),
+            free: Vec::new(),
+            by_client: HashMap::new(),
+            by_relay: HashMap::new(),
+            live: 0,
+            next_sweep: now,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Replace the credentials (SIGHUP); live allocations keep their keys.
+    pub fn set_credentials(&mut self, creds: Arc<Credentials>) {
+        self.creds = creds;
+    }
+
+    /// Refuse new allocations from now on (SIGTERM drain); existing ones
+    /// keep relaying and may refresh.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.cfg.draining = draining;
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.live
+    }
+
+    /// The allocation of a client, if any.
+    pub fn allocation(&self, client: &ClientKey) -> Option<&Allocation> {
+        self.by_client
+            .get(client)
+            .and_then(|&s| self.allocations[s as usize].as_ref())
+    }
+
+    /// When [`Server::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_sweep
+    }
+
+    /// Expire allocations, permissions and channels.
+    pub fn handle_timeout(&mut self, env: &mut impl Env, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + Duration::from_secs(1);
+        for s in 0..self.allocations.len() {
+            let expired = match &mut self.allocations[s] {
+                Some(a) if a.expires <= now => true,
+                Some(a) => {
+                    a.sweep(now);
+                    false
+                }
+                None => false,
+            };
+            if expired {
+                self.remove(env, s as Slot);
+            }
+        }
+    }
+
+    /// A client's stream connection closed: its allocation goes with it
+    /// (RFC 8656 §3.1: over TCP the allocation lives as long as the
+    /// connection).
+    pub fn client_gone(&mut self, env: &mut impl Env, client: &ClientKey) {
+        if let Some(&s) = self.by_client.get(client) {
+            self.remove(env, s);
+        }
+    }
+
+    /// Re-check every permission and channel against the peer policy (after
+    /// a reload changed the lists).
+    pub fn revalidate_peers(&mut self, env: &impl Env) {
+        for a in self.allocations.iter_mut().flatten() {
+            a.permissions.retain(|&(ip, _)| env.peer_ip_allowed(ip));
+            a.channels.retain(|c| env.peer_allowed(c.peer));
+        }
+    }
+
+    fn remove(&mut self, env: &mut impl Env, s: Slot) {
+        let Some(a) = self.allocations[s as usize].take() else {
+            return;
+        };
+        self.by_client.remove(&a.client);
+        for (id, _) in a.relays.iter().flatten() {
+            self.by_relay.remove(id);
+            env.close_relay(*id);
+        }
+        env.release_allocation(&a.username);
+        self.free.push(s);
+        self.live -= 1;
+        self.stats.allocations_closed += 1;
+    }
+
+    // ---------------------------------------------------------------- data
+
+    /// A message from a client: STUN or ChannelData. Replies are written to
+    /// `out` (at least 256 bytes).
+    pub fn handle_client(
+        &mut self,
+        env: &mut impl Env,
+        client: ClientKey,
+        msg: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> ClientAction {
+        match demux::classify(msg, true) {
+            PacketKind::ChannelData => self.client_channel_data(client, msg, now),
+            PacketKind::Stun => self.client_stun(env, client, msg, now, out),
+            _ => self.drop(Drop::Malformed),
+        }
+    }
+
+    fn drop<T: From<Drop>>(&mut self, d: Drop) -> T {
+        self.stats.drops[d.index()] += 1;
+        T::from(d)
+    }
+
+    /// RFC 8656 §12.4: ChannelData from the client goes to the bound peer.
+    #[inline]
+    fn client_channel_data(&mut self, client: ClientKey, msg: &[u8], now: Instant) -> ClientAction {
+        let Ok(cd) = channel_data::decode(msg) else {
+            return self.drop(Drop::Malformed);
+        };
+        let Some(&s) = self.by_client.get(&client) else {
+            return self.drop(Drop::NoAllocation);
+        };
+        let Some(a) = self.allocations[s as usize].as_mut() else {
+            return self.drop(Drop::NoAllocation);
+        };
+        let Some(ch) = a.channel(cd.channel, now).copied() else {
+            return self.drop(Drop::NoChannel);
+        };
+        // The channel's permission may have lapsed (RFC 8656 §12: channels
+        // and permissions are refreshed separately).
+        if !a.permitted(ch.peer.ip(), now) {
+            return self.drop(Drop::NoPermission);
+        }
+        let Some((relay, _)) = a.relay_for(ch.peer.ip()) else {
+            return self.drop(Drop::NoPermission);
+        };
+        let len = cd.data.len();
+        if self.cfg.bandwidth > 0
+            && !a
+                .bucket
+                .take(len as u64, self.cfg.bandwidth, self.cfg.bandwidth, now)
+        {
+            return self.drop(Drop::Quota);
+        }
+        self.stats.to_peer.0 += 1;
+        self.stats.to_peer.1 += len as u64;
+        ClientAction::Relay {
+            relay,
+            peer: ch.peer,
+            data: channel_data::HEADER_LEN..channel_data::HEADER_LEN + len,
+        }
+    }
+
+    /// A datagram from `peer` arrived on relay socket `relay`, its data at
+    /// `buf[data]`, with [`HEADROOM`] free before and [`TAILROOM`] after.
+    /// Wraps it in place as ChannelData or a Data indication.
+    pub fn handle_peer(
+        &mut self,
+        relay: RelayId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        data: Range<usize>,
+        now: Instant,
+    ) -> PeerAction {
+        debug_assert!(data.start >= HEADROOM && buf.len() >= data.end + TAILROOM);
+        let Some(&s) = self.by_relay.get(&relay) else {
+            return self.drop(Drop::NoAllocation);
+        };
+        let Some(a) = self.allocations[s as usize].as_mut() else {
+            return self.drop(Drop::NoAllocation);
+        };
+        // RFC 8656 §10.3 / §12.5: only peers with a permission get through.
+        if !a.permitted(peer.ip(), now) {
+            return self.drop(Drop::NoPermission);
+        }
+        let len = data.len();
+        if self.cfg.bandwidth > 0
+            && !a
+                .bucket
+                .take(len as u64, self.cfg.bandwidth, self.cfg.bandwidth, now)
+        {
+            return self.drop(Drop::Quota);
+        }
+        let stream = a.client.via.is_stream();
+        let client = a.client;
+        let range = if let Some(ch) = a.channel_to(peer, now) {
+            let start = data.start - channel_data::HEADER_LEN;
+            match channel_data::write_header(&mut buf[start..], ch.number, len, stream) {
+                Ok(n) => start..start + n,
+                Err(_) => return self.drop(Drop::Malformed),
+            }
+        } else {
+            match write_data_indication(buf, &data, peer) {
+                Some(r) => r,
+                None => return self.drop(Drop::Malformed),
+            }
+        };
+        self.stats.to_client.0 += 1;
+        self.stats.to_client.1 += len as u64;
+        PeerAction::Forward { client, range }
+    }
+
+    // --------------------------------------------------------------- control
+
+    fn client_stun(
+        &mut self,
+        env: &mut impl Env,
+        client: ClientKey,
+        msg: &[u8],
+        now: Instant,
+        out: &mut [u8],
+    ) -> ClientAction {
+        let Ok(req) = request::parse(msg) else {
+            return self.drop(Drop::Malformed);
+        };
+        let h = req.header;
+        if h.class() == Class::Indication {
+            return match h.method() {
+                method::SEND => self.send_indication(env, client, msg, &req, now),
+                _ => self.drop(Drop::Ignored),
+            };
+        }
+        if h.class() != Class::Request {
+            return self.drop(Drop::Ignored);
+        }
+        if let Some(fp) = fingerprint_check(msg, &h) {
+            if !fp {
+                return self.drop(Drop::Malformed);
+            }
+        }
+        let m = h.method();
+        let tid = h.transaction_id;
+        // Binding: a plain STUN server on the same ports (RFC 8656 §6).
+        if m == method::BINDING {
+            return self.reply(
+                out,
+                |w| w.xor_address(attr::XOR_MAPPED_ADDRESS, client.addr),
+                m,
+                Class::Success,
+                &tid,
+                None,
+            );
+        }
+        if !matches!(
+            m,
+            method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND
+        ) {
+            return self.error(out, m, &tid, 400, None);
+        }
+        if !req.unknown().is_empty() {
+            let unknown = req.unknown;
+            let n = req.unknown_count;
+            return self.reply(
+                out,
+                |w| {
+                    w.error_code(420, "")?;
+                    w.unknown_attributes(&unknown[..n])
+                },
+                m,
+                Class::Error,
+                &tid,
+                None,
+            );
+        }
+        // Authenticate (RFC 8656 §5): every request but Binding.
+        let sys = env.system_now();
+        let verified = match self
+            .auth
+            .verify(&self.creds, msg, &h, &req, client.addr, sys)
+        {
+            Ok(v) => v,
+            Err(e) => return self.auth_failure(e, client, m, &tid, now, sys, out),
+        };
+        let (v, username) = verified;
+        if req.bad_attribute.is_some() {
+            return self.error(out, m, &tid, 400, Some(v));
+        }
+        match m {
+            method::ALLOCATE => self.allocate(env, client, &req, v, username, now, out),
+            method::REFRESH => self.refresh(env, client, &req, v, &username, now, out),
+            method::CREATE_PERMISSION => {
+                self.create_permission(env, client, &req, v, &username, now, out)
+            }
+            _ => self.channel_bind(env, client, &req, v, &username, now, out),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn auth_failure(
+        &mut self,
+        e: AuthError,
+        client: ClientKey,
+        m: u16,
+        tid: &[u8; 12],
+        now: Instant,
+        sys: SystemTime,
+        out: &mut [u8],
+    ) -> ClientAction {
+        let code = match e {
+            AuthError::Missing => 401,
+            AuthError::StaleNonce => 438,
+            AuthError::BadRequest => return self.error(out, m, tid, 400, None),
+            AuthError::Unauthorized | AuthError::Expired | AuthError::UnknownUser => {
+                self.stats.auth_failures += 1;
+                401
+            }
+        };
+        if !self.limiter.allow(client.addr.ip(), now) {
+            return self.drop(Drop::RateLimited);
+        }
+        let nonce = self.auth.nonce(client.addr, sys);
+        let realm = self.auth.realm.clone();
+        // RFC 8489 §9.2.4: 401 and 438 carry REALM, NONCE and the
+        // PASSWORD-ALGORITHMS we accept; nothing else, no reason phrase.
+        self.reply(
+            out,
+            |w| {
+                w.error_code(code, "")?;
+                w.bytes(attr::REALM, realm.as_bytes())?;
+                w.bytes(attr::NONCE, nonce.as_str().as_bytes())?;
+                w.bytes(attr::PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS)
+            },
+            m,
+            Class::Error,
+            tid,
+            None,
+        )
+    }
+
+    fn error(
+        &mut self,
+        out: &mut [u8],
+        m: u16,
+        tid: &[u8; 12],
+        code: u16,
+        v: Option<Verified>,
+    ) -> ClientAction {
+        if m == method::ALLOCATE {
+            *self.stats.allocate_errors.entry(code).or_default() += 1;
+        }
+        self.reply(out, |w| w.error_code(code, ""), m, Class::Error, tid, v)
+    }
+
+    /// Write a response: `body` adds attributes, then integrity (when the
+    /// request was authenticated) and FINGERPRINT.
+    fn reply(
+        &mut self,
+        out: &mut [u8],
+        body: impl FnOnce(&mut Writer<'_>) -> Result<(), BufferTooSmall>,
+        m: u16,
+        class: Class,
+        tid: &[u8; 12],
+        v: Option<Verified>,
+    ) -> ClientAction {
+        let write = || -> Result<usize, BufferTooSmall> {
+            let mut w = Writer::new(out, m, class, tid)?;
+            body(&mut w)?;
+            if let Some(v) = v {
+                match v.kind {
+                    IntegrityKind::Sha1 => w.message_integrity(v.key.as_bytes())?,
+                    IntegrityKind::Sha256 => w.message_integrity_sha256(v.key.as_bytes())?,
+                }
+            }
+            w.fingerprint()
+        };
+        match write() {
+            Ok(n) => ClientAction::Reply(n),
+            Err(_) => self.drop(Drop::Malformed),
+        }
+    }
+
+    /// RFC 8656 §7.2.
+    #[allow(clippy::too_many_arguments)]
+    fn allocate(
+        &mut self,
+        env: &mut impl Env,
+        client: ClientKey,
+        req: &TurnRequest<'_>,
+        v: Verified,
+        username: String,
+        now: Instant,
+        out: &mut [u8],
+    ) -> ClientAction {
+        let m = method::ALLOCATE;
+        let tid = req.header.transaction_id;
+        if let Some(&s) = self.by_client.get(&client) {
+            let a = self.allocations[s as usize].as_ref().expect("indexed");
+            // A retransmitted Allocate gets the same success again.
+            if a.allocate_tid == tid && *a.username == *username {
+                return self.allocate_success(s, req, v, out, now);
+            }
+            return self.error(out, m, &tid, 437, Some(v));
+        }
+        if self.cfg.draining {
+            return self.error(out, m, &tid, 508, Some(v));
+        }
+        match req.requested_transport {
+            None => return self.error(out, m, &tid, 400, Some(v)),
+            Some(TRANSPORT_UDP) => {}
+            Some(_) => return self.error(out, m, &tid, 442, Some(v)),
+        }
+        // RFC 8656 §7.2 step 4-6: EVEN-PORT, RESERVATION-TOKEN and the
+        // address family attributes exclude one another in these ways.
+        let token = req.reservation_token;
+        if token.is_some() && (req.even_port.is_some() || req.requested_family.is_some()) {
+            return self.error(out, m, &tid, 400, Some(v));
+        }
+        if req.additional_family.is_some() && req.requested_family.is_some() {
+            return self.error(out, m, &tid, 400, Some(v));
+        }
+        let family = match req.requested_family {
+            None | Some(FAMILY_IPV4) => 0,
+            Some(FAMILY_IPV6) => 1,
+            Some(_) => return self.error(out, m, &tid, 440, Some(v)),
+        };
+        let dual = match req.additional_family {
+            None => false,
+            Some(FAMILY_IPV6) => true,
+            // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6.
+            Some(_) => return self.error(out, m, &tid, 400, Some(v)),
+        };
+        if env.acquire_allocation(&username).is_err() {
+            return self.error(out, m, &tid, 486, Some(v));
+        }
+        let first = env.open_relay(RelayRequest {
+            family,
+            even_port: req.even_port.is_some(),
+            reserve: req.even_port == Some(true),
+            token,
+            dont_fragment: req.dont_fragment,
+        });
+        let first = match first {
+            Ok(r) => r,
+            Err(e) => {
+                env.release_allocation(&username);
+                let code = if e == RelayError::Family { 440 } else { 508 };
+                return self.error(out, m, &tid, code, Some(v));
+            }
+        };
+        let mut relays = [None, None];
+        relays[family] = Some((first.id, first.addr));
+        // Dual allocation: the IPv6 half is best effort (RFC 8656 §7.2: on
+        // failure, ADDRESS-ERROR-CODE in the success response).
+        if dual {
+            if let Ok(r) = env.open_relay(RelayRequest {
+                family: 1,
+                even_port: false,
+                reserve: false,
+                token: None,
+                dont_fragment: req.dont_fragment,
+            }) {
+                relays[1] = Some((r.id, r.addr));
+            }
+        }
+        let lifetime = self.lifetime(req.lifetime);
+        let alloc = Allocation {
+            client,
+            relays,
+            username: username.into(),
+            key: v.key,
+            integrity: v.kind,
+            expires: now + lifetime,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            allocate_tid: tid,
+            reservation: first.token,
+            bucket: Bucket::new(now, self.cfg.bandwidth),
+        };
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.allocations[s as usize] = Some(alloc);
+                s
+            }
+            None => {
+                self.allocations.push(Some(alloc));
+                (self.allocations.len() - 1) as Slot
+            }
+        };
+        for (id, _) in relays.iter().flatten() {
+            self.by_relay.insert(*id, s);
+        }
+        self.by_client.insert(client, s);
+        self.live += 1;
+        self.stats.allocations += 1;
+        self.allocate_success(s, req, v, out, now)
+    }
+
+    fn allocate_success(
+        &mut self,
+        s: Slot,
+        req: &TurnRequest<'_>,
+        v: Verified,
+        out: &mut [u8],
+        now: Instant,
+    ) -> ClientAction {
+        let a = self.allocations[s as usize].as_ref().expect("live");
+        let relays = a.relays;
+        let client = a.client.addr;
+        let token = a.reservation;
+        let lifetime = a.expires.saturating_duration_since(now).as_secs() as u32;
+        let want_v6_too = req.additional_family == Some(FAMILY_IPV6) && relays[1].is_none();
+        let tid = req.header.transaction_id;
+        self.reply(
+            out,
+            |w| {
+                for (_, addr) in relays.iter().flatten() {
+                    w.xor_address(attr::XOR_RELAYED_ADDRESS, *addr)?;
+                }
+                if want_v6_too {
+                    // RFC 8656 §7.2: the IPv6 half failed; 440 covers both
+                    // "no IPv6 relay address" and "no IPv6 port left".
+                    let val = w.attribute(attr::ADDRESS_ERROR_CODE, 4)?;
+                    val.copy_from_slice(&[FAMILY_IPV6, 0, 4, 40]);
+                }
+                w.u32(attr::LIFETIME, lifetime)?;
+                if let Some(t) = token {
+                    w.u64(attr::RESERVATION_TOKEN, t)?;
+                }
+                w.xor_address(attr::XOR_MAPPED_ADDRESS, client)
+            },
+            method::ALLOCATE,
+            Class::Success,
+            &tid,
+            Some(v),
+        )
+    }
+
+    fn lifetime(&self, requested: Option<u32>) -> Duration {
+        // RFC 8656 §7.2: the client's value, capped at the maximum, and not
+        // below the default.
+        let want = requested.map_or(self.cfg.default_lifetime, |s| Duration::from_secs(s as u64));
+        want.clamp(self.cfg.default_lifetime, self.cfg.max_lifetime)
+    }
+
+    /// The allocation for a request other than Allocate, checking it was
+    /// made with the same username (RFC 8656 §5: else 441).
+    fn owned(&self, client: &ClientKey, username: &str) -> Result<Slot, u16> {
+        let &s = self.by_client.get(client).ok_or(437u16)?;
+        let a = self.allocations[s as usize].as_ref().ok_or(437u16)?;
+        if *a.username != *username {
+            return Err(441);
+        }
+        Ok(s)
+    }
+
+    /// RFC 8656 §8.
+    #[allow(clippy::too_many_arguments)]
+    fn refresh(
+        &mut self,
+        env: &mut impl Env,
+        client: ClientKey,
+        req: &TurnRequest<'_>,
+        v: Verified,
+        username: &str,
+        now: Instant,
+        out: &mut [u8],
+    ) -> ClientAction {
+        let m = method::REFRESH;
+        let tid = req.header.transaction_id;
+        let s = match self.owned(&client, username) {
+            Ok(s) => s,
+            Err(code) => return self.error(out, m, &tid, code, Some(v)),
+        };
+        if let Some(f) = req.requested_family {
+            let idx = match f {
+                FAMILY_IPV4 => 0,
+                FAMILY_IPV6 => 1,
+                _ => return self.error(out, m, &tid, 440, Some(v)),
+            };
+            let a = self.allocations[s as usize].as_ref().expect("live");
+            if a.relays[idx].is_none() {
+                return self.error(out, m, &tid, 443, Some(v));
+            }
+        }
+        let lifetime = match req.lifetime {
+            Some(0) => {
+                self.remove(env, s);
+                Duration::ZERO
+            }
+            l => {
+                let d = self.lifetime(l);
+                if let Some(a) = self.allocations[s as usize].as_mut() {
+                    a.expires = now + d;
+                }
+                d
+            }
+        };
+        self.reply(
+            out,
+            |w| w.u32(attr::LIFETIME, lifetime.as_secs() as u32),
+            m,
+            Class::Success,
+            &tid,
+            Some(v),
+        )
+    }
+
+    /// RFC 8656 §9.
+    #[allow(clippy::too_many_arguments)]
+    fn create_permission(
+        &mut self,
+        env: &mut impl Env,
+        client: ClientKey,
+        req: &TurnRequest<'_>,
+        v: Verified,
+        username: &str,
+        now: Instant,
+        out: &mut [u8],
+    ) -> ClientAction {
+        let m = method::CREATE_PERMISSION;
+        let tid = req.header.transaction_id;
+        let s = match self.owned(&client, username) {
+            Ok(s) => s,
+            Err(code) => return self.error(out, m, &tid, code, Some(v)),
+        };
+        if req.peer_count == 0 {
+            return self.error(out, m, &tid, 400, Some(v));
+        }
+        let a = self.allocations[s as usize].as_ref().expect("live");
+        for peer in req.peers() {
+            if a.relay_for(peer.ip()).is_none() {
+                return self.error(out, m, &tid, 443, Some(v));
+            }
+            if !env.peer_allowed(peer) {
+                self.stats.drops[Drop::DeniedPeer.index()] += 1;
+                return self.error(out, m, &tid, 403, Some(v));
+            }
+        }
+        let max = self.cfg.max_permissions;
+        let a = self.allocations[s as usize].as_mut().expect("live");
+        // All or nothing (RFC 8656 §9.2): check room before installing.
+        let fresh = req
+            .peers()
+            .filter(|p| {
+                !a.permissions
+                    .iter()
+                    .any(|(ip, e)| *ip == p.ip() && *e > now)
+            })
+            .count();
+        a.permissions.retain(|&(_, e)| e > now);
+        if a.permissions.len() + fresh > max {
+            return self.error(out, m, &tid, 508, Some(v));
+        }
+        for peer in req.peers() {
+            a.permit(peer.ip(), now + PERMISSION_LIFETIME, now, max);
+        }
+        self.stats.permissions += fresh as u64;
+        self.reply(out, |_| Ok(()), m, Class::Success, &tid, Some(v))
+    }
+
+    /// RFC 8656 §11.
+    #[allow(clippy::too_many_arguments)]
+    fn channel_bind(
+        &mut self,
+        env: &mut impl Env,
+        client: ClientKey,
+        req: &TurnRequest<'_>,
+        v: Verified,
+        username: &str,
+        now: Instant,
+        out: &mut [u8],
+    ) -> ClientAction {
+        let m = method::CHANNEL_BIND;
+        let tid = req.header.transaction_id;
+        let s = match self.owned(&client, username) {
+            Ok(s) => s,
+            Err(code) => return self.error(out, m, &tid, code, Some(v)),
+        };
+        let (Some(number), Some(peer), 1) = (req.channel, req.peers().next(), req.peer_count)
+        else {
+            return self.error(out, m, &tid, 400, Some(v));
+        };
+        if !channel_data::is_valid_channel(number) {
+            return self.error(out, m, &tid, 400, Some(v));
+        }
+        let a = self.allocations[s as usize].as_ref().expect("live");
+        if a.relay_for(peer.ip()).is_none() {
+            return self.error(out, m, &tid, 443, Some(v));
+        }
+        if !env.peer_allowed(peer) {
+            self.stats.drops[Drop::DeniedPeer.index()] += 1;
+            return self.error(out, m, &tid, 403, Some(v));
+        }
+        // RFC 8656 §11.2: the number may not be bound to another peer, nor
+        // the peer to another number (including recently expired ones).
+        let conflict = a
+            .channels
+            .iter()
+            .any(|c| (c.number == number) != (c.peer == peer));
+        if conflict {
+            return self.error(out, m, &tid, 400, Some(v));
+        }
+        let max_c = self.cfg.max_channels;
+        let max_p = self.cfg.max_permissions;
+        let a = self.allocations[s as usize].as_mut().expect("live");
+        let existing = a.channels.iter_mut().find(|c| c.number == number);
+        match existing {
+            Some(c) => c.expires = now + CHANNEL_LIFETIME,
+            None => {
+                a.channels
+                    .retain(|c| c.expires + Duration::from_secs(300) > now);
+                if a.channels.len() >= max_c {
+                    return self.error(out, m, &tid, 508, Some(v));
+                }
+                a.channels.push(Channel {
+                    number,
+                    peer,
+                    expires: now + CHANNEL_LIFETIME,
+                });
+                self.stats.channels += 1;
+            }
+        }
+        // RFC 8656 §11.2: binding also installs or refreshes the permission.
+        if !a.permit(peer.ip(), now + PERMISSION_LIFETIME, now, max_p) {
+            return self.error(out, m, &tid, 508, Some(v));
+        }
+        self.reply(out, |_| Ok(()), m, Class::Success, &tid, Some(v))
+    }
+
+    /// RFC 8656 §10.2: a Send indication's DATA goes to XOR-PEER-ADDRESS if
+    /// a permission exists. Indications are never answered.
+    fn send_indication(
+        &mut self,
+        env: &mut impl Env,
+        client: ClientKey,
+        msg: &[u8],
+        req: &TurnRequest<'_>,
+        now: Instant,
+    ) -> ClientAction {
+        let (Some(peer), Some(data)) = (req.peers().next(), req.data) else {
+            return self.drop(Drop::Malformed);
+        };
+        let Some(&s) = self.by_client.get(&client) else {
+            return self.drop(Drop::NoAllocation);
+        };
+        let Some(a) = self.allocations[s as usize].as_mut() else {
+            return self.drop(Drop::NoAllocation);
+        };
+        if !a.permitted(peer.ip(), now) {
+            return self.drop(Drop::NoPermission);
+        }
+        let Some((relay, _)) = a.relay_for(peer.ip()) else {
+            return self.drop(Drop::NoPermission);
+        };
+        if self.cfg.bandwidth > 0
+            && !a.bucket.take(
+                data.len() as u64,
+                self.cfg.bandwidth,
+                self.cfg.bandwidth,
+                now,
+            )
+        {
+            return self.drop(Drop::Quota);
+        }
+        // The permission is per IP; the port is checked here (no sending
+        // to the relay's own listeners through a relay-to-relay permission).
+        if !env.peer_allowed(peer) {
+            return self.drop(Drop::DeniedPeer);
+        }
+        let start = data.as_ptr() as usize - msg.as_ptr() as usize;
+        self.stats.to_peer.0 += 1;
+        self.stats.to_peer.1 += data.len() as u64;
+        ClientAction::Relay {
+            relay,
+            peer,
+            data: start..start + data.len(),
+        }
+    }
+}
+
+impl From<Drop> for ClientAction {
+    fn from(d: Drop) -> Self {
+        ClientAction::Drop(d)
+    }
+}
+
+impl From<Drop> for PeerAction {
+    fn from(d: Drop) -> Self {
+        PeerAction::Drop(d)
+    }
+}
+
+/// `Some(valid)` when the message has a FINGERPRINT.
+fn fingerprint_check(msg: &[u8], h: &raw::Header) -> Option<bool> {
+    match crate::integrity::check_fingerprint(msg, h) {
+        Ok(true) => Some(true),
+        Ok(false) => None,
+        Err(_) => Some(false),
+    }
+}
+
+/// Wrap `buf[data]` in a Data indication in place (RFC 8656 §10.3): header,
+/// XOR-PEER-ADDRESS and the DATA attribute header go into the headroom.
+fn write_data_indication(
+    buf: &mut [u8],
+    data: &Range<usize>,
+    peer: SocketAddr,
+) -> Option<Range<usize>> {
+    let addr_len = if peer.is_ipv4() { 12 } else { 24 };
+    let len = data.len();
+    let start = data.start.checked_sub(20 + addr_len + 4)?;
+    let padded = (len + 3) & !3;
+    let end = data.start + padded;
+    if end > buf.len() || len > u16::MAX as usize - 64 {
+        return None;
+    }
+    let tid: [u8; 12] = rand::random();
+    let msg = &mut buf[start..end];
+    // Header and XOR-PEER-ADDRESS through the writer, into a scratch copy
+    // of the headroom, then the DATA header by hand: the data stays put.
+    let mut head = [0u8; 20 + 24];
+    let mut w = Writer::new(&mut head, method::DATA, Class::Indication, &tid).ok()?;
+    w.xor_address(attr::XOR_PEER_ADDRESS, peer).ok()?;
+    let hl = w.finish();
+    msg[..hl].copy_from_slice(&head[..hl]);
+    let total_attrs = (hl - 20) + 4 + padded;
+    msg[2..4].copy_from_slice(&(total_attrs as u16).to_be_bytes());
+    msg[hl..hl + 2].copy_from_slice(&attr::DATA.to_be_bytes());
+    msg[hl + 2..hl + 4].copy_from_slice(&(len as u16).to_be_bytes());
+    msg[hl + 4 + len..].fill(0);
+    Some(start..end)
+}
+
+#[cfg(test)]
+mod tests;

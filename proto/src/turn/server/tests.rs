@@ -1,0 +1,1002 @@
+//! The relay core driven message by message with a fake environment and a
+//! simulated clock: no sockets, deterministic.
+
+use super::*;
+use crate::integrity::{LongTermKey, PasswordAlgorithm};
+use crate::raw::{parse_datagram, Attributes};
+use crate::rest::RestSecrets;
+
+const REALM: &str = "natkit";
+
+struct FakeEnv {
+    now: SystemTime,
+    next: u32,
+    open: HashMap<RelayId, SocketAddr>,
+    v6: bool,
+    ports_left: usize,
+    denied: Vec<IpAddr>,
+    per_user: HashMap<String, usize>,
+    max_per_user: usize,
+}
+
+impl FakeEnv {
+    fn new() -> Self {
+        FakeEnv {
+            now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            next: 1,
+            open: HashMap::new(),
+            v6: false,
+            ports_left: 100,
+            denied: vec!["10.0.0.1".parse().unwrap()],
+            per_user: HashMap::new(),
+            max_per_user: 10,
+        }
+    }
+}
+
+impl Env for FakeEnv {
+    fn system_now(&self) -> SystemTime {
+        self.now
+    }
+    fn open_relay(&mut self, req: RelayRequest) -> Result<OpenedRelay, RelayError> {
+        if req.family == 1 && !self.v6 {
+            return Err(RelayError::Family);
+        }
+        if req.token == Some(0xBAD) {
+            return Err(RelayError::BadToken);
+        }
+        if self.ports_left == 0 {
+            return Err(RelayError::NoPorts);
+        }
+        self.ports_left -= 1;
+        let id = self.next;
+        self.next += 1;
+        let port = 50000 + 2 * id as u16;
+        let addr: SocketAddr = if req.family == 0 {
+            SocketAddr::new("203.0.113.1".parse().unwrap(), port)
+        } else {
+            SocketAddr::new("2001:db8::1".parse().unwrap(), port)
+        };
+        self.open.insert(id, addr);
+        Ok(OpenedRelay {
+            id,
+            addr,
+            token: req.reserve.then_some(0x1234_5678),
+        })
+    }
+    fn close_relay(&mut self, id: RelayId) {
+        self.open.remove(&id);
+    }
+    fn peer_allowed(&self, peer: SocketAddr) -> bool {
+        !self.denied.contains(&peer.ip())
+    }
+    fn peer_ip_allowed(&self, ip: IpAddr) -> bool {
+        !self.denied.contains(&ip)
+    }
+    fn acquire_allocation(&mut self, user: &str) -> Result<(), QuotaError> {
+        let n = self.per_user.entry(user.into()).or_default();
+        if *n >= self.max_per_user {
+            return Err(QuotaError::PerUser);
+        }
+        *n += 1;
+        Ok(())
+    }
+    fn release_allocation(&mut self, user: &str) {
+        *self.per_user.get_mut(user).unwrap() -= 1;
+    }
+}
+
+fn server(cfg: Config) -> (Server, FakeEnv, Instant) {
+    let mut users = HashMap::new();
+    users.insert("alice".to_string(), "secret".to_string());
+    users.insert("bob".to_string(), "hunter2".to_string());
+    let creds = Credentials::new(users, RestSecrets::new(["restsecret"]));
+    let t0 = Instant::now();
+    let s = Server::new(cfg, Arc::new(creds), NonceKey::from_bytes([7; 32]), t0);
+    (s, FakeEnv::new(), t0)
+}
+
+fn client(port: u16) -> ClientKey {
+    ClientKey {
+        addr: SocketAddr::new("198.51.100.7".parse().unwrap(), port),
+        via: Via::Udp(0),
+    }
+}
+
+/// Credentials a test client signs with.
+#[derive(Clone)]
+struct Auth {
+    user: String,
+    pass: String,
+    nonce: String,
+    sha256: bool,
+}
+
+fn build(
+    m: u16,
+    class: Class,
+    tid: [u8; 12],
+    body: impl FnOnce(&mut Writer<'_>),
+    auth: Option<&Auth>,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 1024];
+    let mut w = Writer::new(&mut buf, m, class, &tid).unwrap();
+    body(&mut w);
+    if let Some(a) = auth {
+        w.bytes(attr::USERNAME, a.user.as_bytes()).unwrap();
+        w.bytes(attr::REALM, REALM.as_bytes()).unwrap();
+        w.bytes(attr::NONCE, a.nonce.as_bytes()).unwrap();
+        let alg = if a.sha256 {
+            w.bytes(attr::PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS)
+                .unwrap();
+            w.bytes(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0]).unwrap();
+            PasswordAlgorithm::Sha256
+        } else {
+            PasswordAlgorithm::Md5
+        };
+        let key = LongTermKey::derive(alg, &a.user, REALM, &a.pass);
+        if a.sha256 {
+            w.message_integrity_sha256(key.as_bytes()).unwrap();
+        } else {
+            w.message_integrity(key.as_bytes()).unwrap();
+        }
+    }
+    let n = w.fingerprint().unwrap();
+    buf.truncate(n);
+    buf
+}
+
+struct Resp {
+    class: Class,
+    code: Option<u16>,
+    attrs: Vec<(u16, Vec<u8>)>,
+    tid: [u8; 12],
+}
+
+impl Resp {
+    fn get(&self, t: u16) -> Option<&[u8]> {
+        self.attrs
+            .iter()
+            .find(|(a, _)| *a == t)
+            .map(|(_, v)| &v[..])
+    }
+    fn all(&self, t: u16) -> Vec<&[u8]> {
+        self.attrs
+            .iter()
+            .filter(|(a, _)| *a == t)
+            .map(|(_, v)| &v[..])
+            .collect()
+    }
+    fn addr(&self, t: u16) -> Option<SocketAddr> {
+        raw::decode_xor_address(self.get(t)?, &self.tid)
+    }
+}
+
+fn parse(out: &[u8]) -> Resp {
+    let h = parse_datagram(out).unwrap();
+    let attrs: Vec<_> = Attributes::new(out, &h)
+        .map(|a| a.unwrap())
+        .map(|a| (a.typ, a.value.to_vec()))
+        .collect();
+    let code = attrs
+        .iter()
+        .find(|(t, _)| *t == attr::ERROR_CODE)
+        .map(|(_, v)| (v[2] & 7) as u16 * 100 + v[3] as u16);
+    Resp {
+        class: h.class(),
+        code,
+        attrs,
+        tid: h.transaction_id,
+    }
+}
+
+fn send(s: &mut Server, env: &mut FakeEnv, c: ClientKey, msg: &[u8], now: Instant) -> Option<Resp> {
+    let mut out = [0u8; 512];
+    match s.handle_client(env, c, msg, now, &mut out) {
+        ClientAction::Reply(n) => Some(parse(&out[..n])),
+        _ => None,
+    }
+}
+
+fn tid(n: u8) -> [u8; 12] {
+    [n; 12]
+}
+
+fn udp_transport(w: &mut Writer<'_>) {
+    w.u32(attr::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+}
+
+/// 401 then an authenticated Allocate; returns the relayed address and auth.
+fn allocate(
+    s: &mut Server,
+    env: &mut FakeEnv,
+    c: ClientKey,
+    user: &str,
+    pass: &str,
+    sha256: bool,
+    now: Instant,
+) -> (SocketAddr, Auth) {
+    let r = send(
+        s,
+        env,
+        c,
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(1),
+            udp_transport,
+            None,
+        ),
+        now,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(401));
+    assert_eq!(r.get(attr::REALM), Some(REALM.as_bytes()));
+    assert_eq!(r.get(attr::PASSWORD_ALGORITHMS), Some(OFFERED_ALGORITHMS));
+    assert!(r.get(attr::SOFTWARE).is_none());
+    let nonce = String::from_utf8(r.get(attr::NONCE).unwrap().to_vec()).unwrap();
+    let auth = Auth {
+        user: user.into(),
+        pass: pass.into(),
+        nonce,
+        sha256,
+    };
+    let r = send(
+        s,
+        env,
+        c,
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(2),
+            udp_transport,
+            Some(&auth),
+        ),
+        now,
+    )
+    .unwrap();
+    assert_eq!((r.class, r.code), (Class::Success, None), "{:?}", r.code);
+    assert_eq!(r.addr(attr::XOR_MAPPED_ADDRESS), Some(c.addr));
+    let lifetime = u32::from_be_bytes(r.get(attr::LIFETIME).unwrap().try_into().unwrap());
+    assert_eq!(lifetime, 600);
+    let want_mi = if sha256 {
+        attr::MESSAGE_INTEGRITY_SHA256
+    } else {
+        attr::MESSAGE_INTEGRITY
+    };
+    assert!(
+        r.get(want_mi).is_some(),
+        "response is signed like the request"
+    );
+    (r.addr(attr::XOR_RELAYED_ADDRESS).unwrap(), auth)
+}
+
+/// `auth` with a nonce issued to `c` (nonces are bound to the client's
+/// address).
+fn rebind(s: &mut Server, env: &mut FakeEnv, c: ClientKey, auth: &Auth, now: Instant) -> Auth {
+    let r = send(
+        s,
+        env,
+        c,
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(99),
+            udp_transport,
+            None,
+        ),
+        now,
+    )
+    .unwrap();
+    let nonce = String::from_utf8(r.get(attr::NONCE).unwrap().to_vec()).unwrap();
+    Auth {
+        nonce,
+        ..auth.clone()
+    }
+}
+
+fn permission(peer: SocketAddr) -> impl Fn(&mut Writer<'_>) {
+    move |w| w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap()
+}
+
+#[test]
+fn allocate_md5_and_sha256_and_verify_response_integrity() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let (relayed, _) = allocate(&mut s, &mut env, client(1000), "alice", "secret", false, t0);
+    assert_eq!(relayed.ip().to_string(), "203.0.113.1");
+    let (_, auth) = allocate(&mut s, &mut env, client(1001), "bob", "hunter2", true, t0);
+    assert_eq!(s.allocation_count(), 2);
+    // The response verifies with the client's key.
+    let msg = build(method::REFRESH, Class::Request, tid(9), |_| {}, Some(&auth));
+    let mut out = [0u8; 512];
+    let ClientAction::Reply(n) = s.handle_client(&mut env, client(1001), &msg, t0, &mut out) else {
+        panic!("no reply")
+    };
+    let key = LongTermKey::derive(PasswordAlgorithm::Sha256, "bob", REALM, "hunter2");
+    let h = parse_datagram(&out[..n]).unwrap();
+    assert_eq!(
+        crate::integrity::verify(&out[..n], &h, key.as_bytes()),
+        Ok(IntegrityKind::Sha256)
+    );
+}
+
+#[test]
+fn wrong_password_stale_nonce_and_rate_limit() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let c = client(1000);
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(1),
+            udp_transport,
+            None,
+        ),
+        t0,
+    )
+    .unwrap();
+    let nonce = String::from_utf8(r.get(attr::NONCE).unwrap().to_vec()).unwrap();
+    let bad = Auth {
+        user: "alice".into(),
+        pass: "wrong".into(),
+        nonce: nonce.clone(),
+        sha256: false,
+    };
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(2),
+            udp_transport,
+            Some(&bad),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(401));
+    assert_eq!(s.stats.auth_failures, 1);
+    assert_eq!(s.allocation_count(), 0);
+    // Unknown user: 401 too.
+    let ghost = Auth {
+        user: "mallory".into(),
+        ..bad.clone()
+    };
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(3),
+            udp_transport,
+            Some(&ghost),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(401));
+    // A nonce from the past: 438 with a fresh nonce.
+    env.now += Duration::from_secs(3600);
+    let good = Auth {
+        pass: "secret".into(),
+        ..bad
+    };
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(4),
+            udp_transport,
+            Some(&good),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(438));
+    let fresh = String::from_utf8(r.get(attr::NONCE).unwrap().to_vec()).unwrap();
+    assert_ne!(fresh, nonce);
+    // A nonce issued to another client address is not accepted.
+    let r = send(
+        &mut s,
+        &mut env,
+        client(2000),
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(5),
+            udp_transport,
+            Some(&Auth {
+                nonce: fresh,
+                ..good
+            }),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(401));
+    // The 401 limiter: 20/s with a burst of 80 per source IP.
+    let answered = (0..200u8)
+        .filter(|i| {
+            send(
+                &mut s,
+                &mut env,
+                client(3000),
+                &build(
+                    method::ALLOCATE,
+                    Class::Request,
+                    tid(*i),
+                    udp_transport,
+                    None,
+                ),
+                t0,
+            )
+            .is_some()
+        })
+        .count();
+    assert!(answered <= 80, "{answered} answers");
+    assert!(s.stats.drops[Drop::RateLimited.index()] >= 100);
+}
+
+#[test]
+fn rest_credentials_and_expiry_on_allocate_and_refresh() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let creds = crate::rest::generate(b"restsecret", "carol", Duration::from_secs(60), env.now);
+    let c = client(1000);
+    let (_, auth) = allocate(
+        &mut s,
+        &mut env,
+        c,
+        &creds.username,
+        &creds.password,
+        false,
+        t0,
+    );
+    env.now += Duration::from_secs(120);
+    // Fresh nonce, same (now expired) credentials: refused on Refresh.
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(method::REFRESH, Class::Request, tid(7), |_| {}, None),
+        t0,
+    )
+    .unwrap();
+    let nonce = String::from_utf8(r.get(attr::NONCE).unwrap().to_vec()).unwrap();
+    let auth = Auth { nonce, ..auth };
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(method::REFRESH, Class::Request, tid(8), |_| {}, Some(&auth)),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(401));
+    // And on Allocate from a new client.
+    let r = send(
+        &mut s,
+        &mut env,
+        client(1001),
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(9),
+            udp_transport,
+            None,
+        ),
+        t0,
+    )
+    .unwrap();
+    let nonce = String::from_utf8(r.get(attr::NONCE).unwrap().to_vec()).unwrap();
+    let auth = Auth { nonce, ..auth };
+    let r = send(
+        &mut s,
+        &mut env,
+        client(1001),
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(10),
+            udp_transport,
+            Some(&auth),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(401));
+}
+
+#[test]
+fn allocate_errors() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let c = client(1000);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let c2 = client(1001);
+    let auth2 = rebind(&mut s, &mut env, c2, &auth, t0);
+    let code =
+        |s: &mut Server, env: &mut FakeEnv, c: ClientKey, t: u8, body: &dyn Fn(&mut Writer<'_>)| {
+            let a = if c == c2 { &auth2 } else { &auth };
+            send(
+                s,
+                env,
+                c,
+                &build(method::ALLOCATE, Class::Request, tid(t), body, Some(a)),
+                t0,
+            )
+            .unwrap()
+            .code
+        };
+    // Retransmission of the Allocate that worked: the same success.
+    assert_eq!(code(&mut s, &mut env, c, 2, &udp_transport), None);
+    // Another Allocate on the same 5-tuple: 437.
+    assert_eq!(code(&mut s, &mut env, c, 3, &udp_transport), Some(437));
+    assert_eq!(code(&mut s, &mut env, c2, 4, &|_| {}), Some(400));
+    assert_eq!(
+        code(&mut s, &mut env, c2, 5, &|w| w
+            .u32(attr::REQUESTED_TRANSPORT, 6 << 24)
+            .unwrap()),
+        Some(442)
+    );
+    assert_eq!(
+        code(&mut s, &mut env, c2, 6, &|w| {
+            udp_transport(w);
+            w.u32(attr::REQUESTED_ADDRESS_FAMILY, 0x02 << 24).unwrap();
+        }),
+        Some(440)
+    );
+    assert_eq!(
+        code(&mut s, &mut env, c2, 7, &|w| {
+            udp_transport(w);
+            w.u64(attr::RESERVATION_TOKEN, 0xBAD).unwrap();
+        }),
+        Some(508)
+    );
+    assert_eq!(
+        code(&mut s, &mut env, c2, 8, &|w| {
+            udp_transport(w);
+            w.u64(attr::RESERVATION_TOKEN, 1).unwrap();
+            w.bytes(attr::EVEN_PORT, &[0]).unwrap();
+        }),
+        Some(400)
+    );
+    assert_eq!(
+        code(&mut s, &mut env, c2, 9, &|w| {
+            udp_transport(w);
+            w.u32(0x0030, 0).unwrap();
+        }),
+        Some(420)
+    );
+    env.max_per_user = 1;
+    assert_eq!(code(&mut s, &mut env, c2, 10, &udp_transport), Some(486));
+    env.max_per_user = 10;
+    env.ports_left = 0;
+    assert_eq!(code(&mut s, &mut env, c2, 11, &udp_transport), Some(508));
+    env.ports_left = 10;
+    s.set_draining(true);
+    assert_eq!(code(&mut s, &mut env, c2, 12, &udp_transport), Some(508));
+    s.set_draining(false);
+    // EVEN-PORT with R: a reservation token comes back.
+    let r = send(
+        &mut s,
+        &mut env,
+        c2,
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(13),
+            |w| {
+                udp_transport(w);
+                w.bytes(attr::EVEN_PORT, &[0x80]).unwrap();
+            },
+            Some(&auth2),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, None);
+    assert_eq!(
+        r.get(attr::RESERVATION_TOKEN),
+        Some(&0x1234_5678u64.to_be_bytes()[..])
+    );
+}
+
+#[test]
+fn dual_stack_allocation_reports_the_missing_family() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let c = client(1000);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let dual = |w: &mut Writer<'_>| {
+        udp_transport(w);
+        w.u32(attr::ADDITIONAL_ADDRESS_FAMILY, 0x02 << 24).unwrap();
+    };
+    let a1 = rebind(&mut s, &mut env, client(1001), &auth, t0);
+    let r = send(
+        &mut s,
+        &mut env,
+        client(1001),
+        &build(method::ALLOCATE, Class::Request, tid(3), dual, Some(&a1)),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.all(attr::XOR_RELAYED_ADDRESS).len(), 1);
+    assert_eq!(r.get(attr::ADDRESS_ERROR_CODE), Some(&[2, 0, 4, 40][..]));
+    env.v6 = true;
+    let a2 = rebind(&mut s, &mut env, client(1002), &auth, t0);
+    let r = send(
+        &mut s,
+        &mut env,
+        client(1002),
+        &build(method::ALLOCATE, Class::Request, tid(4), dual, Some(&a2)),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.all(attr::XOR_RELAYED_ADDRESS).len(), 2);
+}
+
+#[test]
+fn permissions_channels_and_the_data_path() {
+    let (mut s, mut env, t0) = server(Config {
+        max_permissions: 2,
+        ..Config::default()
+    });
+    let c = client(1000);
+    let (relayed, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let peer: SocketAddr = "192.0.2.50:7000".parse().unwrap();
+    let denied: SocketAddr = "10.0.0.1:7000".parse().unwrap();
+    let v6peer: SocketAddr = "[2001:db8::9]:7000".parse().unwrap();
+    let cp = |s: &mut Server, env: &mut FakeEnv, t: u8, body: &dyn Fn(&mut Writer<'_>)| {
+        send(
+            s,
+            env,
+            c,
+            &build(
+                method::CREATE_PERMISSION,
+                Class::Request,
+                tid(t),
+                body,
+                Some(&auth),
+            ),
+            t0,
+        )
+        .unwrap()
+        .code
+    };
+    assert_eq!(cp(&mut s, &mut env, 3, &|_| {}), Some(400));
+    assert_eq!(cp(&mut s, &mut env, 4, &permission(denied)), Some(403));
+    assert_eq!(cp(&mut s, &mut env, 5, &permission(v6peer)), Some(443));
+
+    // Data from the peer before any permission is dropped.
+    let mut buf = [0u8; 128];
+    buf[HEADROOM..HEADROOM + 5].copy_from_slice(b"hello");
+    let relay_id = *env.open.keys().next().unwrap();
+    assert_eq!(
+        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, t0),
+        PeerAction::Drop(Drop::NoPermission)
+    );
+    assert_eq!(cp(&mut s, &mut env, 6, &permission(peer)), None);
+    // Now it arrives as a Data indication.
+    let PeerAction::Forward { client: to, range } =
+        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, t0)
+    else {
+        panic!("not forwarded")
+    };
+    assert_eq!(to, c);
+    let r = parse(&buf[range]);
+    assert_eq!(r.class, Class::Indication);
+    assert_eq!(r.addr(attr::XOR_PEER_ADDRESS), Some(peer));
+    assert_eq!(r.get(attr::DATA), Some(&b"hello"[..]));
+
+    // A Send indication goes to the peer, zero-copy.
+    let msg = build(
+        method::SEND,
+        Class::Indication,
+        tid(7),
+        |w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+            w.bytes(attr::DATA, b"ping").unwrap();
+        },
+        None,
+    );
+    let mut out = [0u8; 256];
+    let ClientAction::Relay {
+        relay,
+        peer: p,
+        data,
+    } = s.handle_client(&mut env, c, &msg, t0, &mut out)
+    else {
+        panic!("not relayed")
+    };
+    assert_eq!((relay, p, &msg[data]), (relay_id, peer, &b"ping"[..]));
+    // Send to a peer without permission: dropped silently.
+    let other: SocketAddr = "192.0.2.51:7000".parse().unwrap();
+    let msg = build(
+        method::SEND,
+        Class::Indication,
+        tid(8),
+        |w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, other).unwrap();
+            w.bytes(attr::DATA, b"ping").unwrap();
+        },
+        None,
+    );
+    assert_eq!(
+        s.handle_client(&mut env, c, &msg, t0, &mut out),
+        ClientAction::Drop(Drop::NoPermission)
+    );
+
+    // ChannelBind: bad numbers, then a channel; conflicting rebinds fail.
+    let cb = |s: &mut Server, env: &mut FakeEnv, t: u8, n: u16, p: SocketAddr| {
+        send(
+            s,
+            env,
+            c,
+            &build(
+                method::CHANNEL_BIND,
+                Class::Request,
+                tid(t),
+                |w| {
+                    w.u32(attr::CHANNEL_NUMBER, (n as u32) << 16).unwrap();
+                    w.xor_address(attr::XOR_PEER_ADDRESS, p).unwrap();
+                },
+                Some(&auth),
+            ),
+            t0,
+        )
+        .unwrap()
+        .code
+    };
+    assert_eq!(cb(&mut s, &mut env, 9, 0x3FFF, peer), Some(400));
+    assert_eq!(cb(&mut s, &mut env, 10, 0x4000, denied), Some(403));
+    assert_eq!(cb(&mut s, &mut env, 11, 0x4000, peer), None);
+    assert_eq!(cb(&mut s, &mut env, 12, 0x4000, peer), None, "refresh");
+    assert_eq!(
+        cb(&mut s, &mut env, 13, 0x4001, peer),
+        Some(400),
+        "peer on another channel"
+    );
+    assert_eq!(
+        cb(&mut s, &mut env, 14, 0x4000, other),
+        Some(400),
+        "channel to another peer"
+    );
+    // Permission quota of 2: `other` fits via ChannelBind, a third does not.
+    assert_eq!(cb(&mut s, &mut env, 15, 0x4001, other), None);
+    assert_eq!(
+        cp(
+            &mut s,
+            &mut env,
+            16,
+            &permission("192.0.2.52:1".parse().unwrap())
+        ),
+        Some(508)
+    );
+
+    // ChannelData both ways.
+    let mut cd = [0u8; 16];
+    let n = channel_data::encode(&mut cd, 0x4000, b"abc", false).unwrap();
+    let ClientAction::Relay {
+        relay,
+        peer: p,
+        data,
+    } = s.handle_client(&mut env, c, &cd[..n], t0, &mut out)
+    else {
+        panic!("not relayed")
+    };
+    assert_eq!((relay, p, &cd[data]), (relay_id, peer, &b"abc"[..]));
+    let n = channel_data::encode(&mut cd, 0x4ABC, b"abc", false).unwrap();
+    assert_eq!(
+        s.handle_client(&mut env, c, &cd[..n], t0, &mut out),
+        ClientAction::Drop(Drop::NoChannel)
+    );
+    let PeerAction::Forward { range, .. } =
+        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, t0)
+    else {
+        panic!("not forwarded")
+    };
+    let got = channel_data::decode(&buf[range]).unwrap();
+    assert_eq!((got.channel, got.data), (0x4000, &b"hello"[..]));
+    assert_eq!(s.stats.to_peer.0, 2);
+    assert_eq!(s.stats.to_client.0, 2);
+    let _ = relayed;
+
+    // Permissions lapse after 300 s unless refreshed; channels after 600 s.
+    let later = t0 + Duration::from_secs(301);
+    assert_eq!(
+        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, later),
+        PeerAction::Drop(Drop::NoPermission)
+    );
+}
+
+#[test]
+fn stream_clients_get_padded_channel_data() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let c = ClientKey {
+        addr: "198.51.100.7:1000".parse().unwrap(),
+        via: Via::Stream(42),
+    };
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let peer: SocketAddr = "192.0.2.50:7000".parse().unwrap();
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::CHANNEL_BIND,
+            Class::Request,
+            tid(5),
+            |w| {
+                w.u32(attr::CHANNEL_NUMBER, 0x4000 << 16).unwrap();
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+            },
+            Some(&auth),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, None);
+    let mut buf = [0u8; 128];
+    let relay_id = *env.open.keys().next().unwrap();
+    let PeerAction::Forward { range, .. } =
+        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, t0)
+    else {
+        panic!("not forwarded")
+    };
+    assert_eq!(range.len(), 12, "4 + 5 padded to 12");
+    // The connection closing ends the allocation.
+    s.client_gone(&mut env, &c);
+    assert_eq!(s.allocation_count(), 0);
+    assert!(env.open.is_empty());
+}
+
+#[test]
+fn refresh_delete_expiry_and_wrong_user() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let c = client(1000);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    // Same 5-tuple, other user: 441.
+    let bob = Auth {
+        user: "bob".into(),
+        pass: "hunter2".into(),
+        ..auth.clone()
+    };
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(method::REFRESH, Class::Request, tid(3), |_| {}, Some(&bob)),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(441));
+    // Refresh to 1200 s, capped at the maximum for a larger ask.
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::REFRESH,
+            Class::Request,
+            tid(4),
+            |w| w.u32(attr::LIFETIME, 99_999).unwrap(),
+            Some(&auth),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.get(attr::LIFETIME), Some(&3600u32.to_be_bytes()[..]));
+    // Expiry by the clock.
+    s.handle_timeout(&mut env, t0 + Duration::from_secs(3599));
+    assert_eq!(s.allocation_count(), 1);
+    s.handle_timeout(&mut env, t0 + Duration::from_secs(3601));
+    assert_eq!(s.allocation_count(), 0);
+    assert!(env.open.is_empty(), "relay socket closed");
+    assert_eq!(env.per_user["alice"], 0, "quota slot returned");
+    // Delete with LIFETIME 0.
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::REFRESH,
+            Class::Request,
+            tid(5),
+            |w| w.u32(attr::LIFETIME, 0).unwrap(),
+            Some(&auth),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.code, r.get(attr::LIFETIME)),
+        (None, Some(&[0u8, 0, 0, 0][..]))
+    );
+    assert_eq!(s.allocation_count(), 0);
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(method::REFRESH, Class::Request, tid(6), |_| {}, Some(&auth)),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(437));
+}
+
+#[test]
+fn bandwidth_quota_drops_excess() {
+    let (mut s, mut env, t0) = server(Config {
+        bandwidth: 100,
+        ..Config::default()
+    });
+    let c = client(1000);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let peer: SocketAddr = "192.0.2.50:7000".parse().unwrap();
+    send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::CHANNEL_BIND,
+            Class::Request,
+            tid(5),
+            |w| {
+                w.u32(attr::CHANNEL_NUMBER, 0x4000 << 16).unwrap();
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+            },
+            Some(&auth),
+        ),
+        t0,
+    );
+    let mut cd = [0u8; 64];
+    let n = channel_data::encode(&mut cd, 0x4000, &[1; 40], false).unwrap();
+    let mut out = [0u8; 256];
+    let sent = (0..10)
+        .filter(|_| {
+            matches!(
+                s.handle_client(&mut env, c, &cd[..n], t0, &mut out),
+                ClientAction::Relay { .. }
+            )
+        })
+        .count();
+    assert_eq!(sent, 2, "100 bytes of budget, 40 per packet");
+    assert_eq!(s.stats.drops[Drop::Quota.index()], 8);
+}
+
+#[test]
+fn binding_is_answered_and_garbage_dropped() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let c = client(1000);
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(method::BINDING, Class::Request, tid(1), |_| {}, None),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.addr(attr::XOR_MAPPED_ADDRESS), Some(c.addr));
+    let mut out = [0u8; 256];
+    assert_eq!(
+        s.handle_client(&mut env, c, b"\xff\xffgarbage", t0, &mut out),
+        ClientAction::Drop(Drop::Malformed)
+    );
+    assert_eq!(
+        s.handle_client(&mut env, c, &[0x40, 0, 0, 9, 1], t0, &mut out),
+        ClientAction::Drop(Drop::Malformed)
+    );
+    assert_eq!(
+        s.handle_client(&mut env, c, &[0x40, 0, 0, 1, 1], t0, &mut out),
+        ClientAction::Drop(Drop::NoAllocation)
+    );
+}
