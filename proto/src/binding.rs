@@ -51,9 +51,6 @@ impl ChangeRequest {
     }
 }
 
-/// Most unknown comprehension-required attributes reported in one 420.
-pub const MAX_UNKNOWN: usize = 4;
-
 /// A Binding request as the server sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
@@ -69,17 +66,15 @@ pub struct Request {
     /// Whether the request carried a (valid) FINGERPRINT; the answer then
     /// carries one too (RFC 8489 §7.3).
     pub fingerprint: bool,
-    /// Unknown comprehension-required attributes (first [`MAX_UNKNOWN`]);
-    /// when `unknown_len > 0` the answer is a 420 (RFC 8489 §6.3.1.1).
-    pub unknown: [u16; MAX_UNKNOWN],
-    /// Number of valid entries in `unknown`.
-    pub unknown_len: usize,
+    /// Unknown comprehension-required attributes; when there are any the
+    /// answer is a 420 (RFC 8489 §6.3.1.1).
+    pub unknown: raw::Unknown,
 }
 
 impl Request {
     /// Unknown comprehension-required attributes found.
     pub fn unknown(&self) -> &[u16] {
-        &self.unknown[..self.unknown_len]
+        self.unknown.as_slice()
     }
 }
 
@@ -117,8 +112,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Request, RequestError> {
         response_port: None,
         padding: None,
         fingerprint: false,
-        unknown: [0; MAX_UNKNOWN],
-        unknown_len: 0,
+        unknown: raw::Unknown::default(),
     };
     for a in Attributes::new(buf, &h) {
         let a = a?;
@@ -153,14 +147,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Request, RequestError> {
             | attr::NONCE
             | attr::PRIORITY
             | attr::USE_CANDIDATE => {}
-            t if attr::is_comprehension_required(t)
-                && req.unknown_len < MAX_UNKNOWN
-                && !req.unknown().contains(&t) =>
-            {
-                req.unknown[req.unknown_len] = t;
-                req.unknown_len += 1;
-            }
-            _ => {}
+            t => req.unknown.note(t),
         }
     }
     Ok(req)

@@ -270,6 +270,42 @@ impl<'a> Iterator for Attributes<'a> {
     }
 }
 
+/// The unknown comprehension-required attributes of a request, for a 420
+/// answer's UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1.1). Keeps the first
+/// [`Unknown::CAPACITY`], which is all a client needs to see what failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unknown {
+    types: [u16; Unknown::CAPACITY],
+    len: usize,
+}
+
+impl Unknown {
+    /// Most attribute types kept.
+    pub const CAPACITY: usize = 4;
+
+    /// Record `t` if it is comprehension-required (the caller has already
+    /// decided it does not understand it).
+    pub fn note(&mut self, t: u16) {
+        if attr::is_comprehension_required(t)
+            && self.len < Self::CAPACITY
+            && !self.as_slice().contains(&t)
+        {
+            self.types[self.len] = t;
+            self.len += 1;
+        }
+    }
+
+    /// The recorded types.
+    pub fn as_slice(&self) -> &[u16] {
+        &self.types[..self.len]
+    }
+
+    /// Whether none was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Address family codes used in address attributes (RFC 8489 §14.1).
 pub const FAMILY_IPV4: u8 = 0x01;
 /// IPv6 family code.

@@ -9,8 +9,6 @@ use crate::raw::{self, attr, Attributes, Header, RawError};
 /// Most XOR-PEER-ADDRESS attributes one CreatePermission may carry; more is
 /// answered with 400 rather than buffered.
 pub const MAX_PEERS: usize = 8;
-/// Most unknown comprehension-required attributes reported in a 420.
-pub const MAX_UNKNOWN: usize = 4;
 
 /// RFC 8656 §18.3: the REQUESTED-TRANSPORT protocol number for UDP.
 pub const TRANSPORT_UDP: u8 = 17;
@@ -51,8 +49,7 @@ pub struct TurnRequest<'a> {
     /// DATA attribute value, borrowed from the message.
     pub data: Option<&'a [u8]>,
     /// Unknown comprehension-required attributes (answer 420).
-    pub unknown: [u16; MAX_UNKNOWN],
-    pub unknown_count: usize,
+    pub unknown: raw::Unknown,
     /// An understood attribute with a malformed value, or too many peers
     /// (answer 400).
     pub bad_attribute: Option<u16>,
@@ -66,7 +63,7 @@ impl<'a> TurnRequest<'a> {
 
     /// The unknown comprehension-required attributes.
     pub fn unknown(&self) -> &[u16] {
-        &self.unknown[..self.unknown_count]
+        self.unknown.as_slice()
     }
 }
 
@@ -103,8 +100,7 @@ pub fn parse(msg: &[u8]) -> Result<TurnRequest<'_>, RawError> {
         peer_count: 0,
         channel: None,
         data: None,
-        unknown: [0; MAX_UNKNOWN],
-        unknown_count: 0,
+        unknown: raw::Unknown::default(),
         bad_attribute: None,
     };
     let bad = |r: &mut TurnRequest, t: u16| {
@@ -180,13 +176,7 @@ pub fn parse(msg: &[u8]) -> Result<TurnRequest<'_>, RawError> {
             },
             attr::DATA => r.data = Some(v),
             attr::SOFTWARE | attr::ICMP => {}
-            t if attr::is_comprehension_required(t) => {
-                if r.unknown_count < MAX_UNKNOWN && !r.unknown().contains(&t) {
-                    r.unknown[r.unknown_count] = t;
-                    r.unknown_count += 1;
-                }
-            }
-            _ => {}
+            t => r.unknown.note(t),
         }
     }
     Ok(r)

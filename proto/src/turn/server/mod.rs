@@ -8,8 +8,8 @@
 //! which tests fake.
 //!
 //! The data path never allocates: ChannelData and Send indications are
-//! relayed as slices of the received buffer, and peer data is wrapped in
-//! place, in headroom the driver leaves in front of it ([`HEADROOM`]).
+//! relayed as slices of the received buffer, and peer data is framed by
+//! [`Framing::write`] straight into the driver's send buffer.
 
 mod allocation;
 mod auth;
@@ -33,13 +33,10 @@ use crate::writer::{BufferTooSmall, Writer};
 
 use auth::Verified;
 
-/// Bytes the driver must leave free in front of peer data so it can be
-/// wrapped in place: a Data indication to an IPv6 peer takes 20 (header) +
-/// 24 (XOR-PEER-ADDRESS) + 4 (DATA header).
-pub const HEADROOM: usize = 48;
-/// Bytes the driver must leave free after peer data: DATA and stream
-/// ChannelData padding (RFC 8656 §12.5).
-pub const TAILROOM: usize = 3;
+/// Most bytes [`Framing::write`] adds around peer data: a Data indication
+/// to an IPv6 peer takes 20 (header) + 24 (XOR-PEER-ADDRESS) + 4 (DATA
+/// header) in front and up to 3 bytes of padding after.
+pub const MAX_FRAMING: usize = 48 + 3;
 
 /// RFC 8656 §9: permissions last 300 seconds.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -198,15 +195,39 @@ pub enum ClientAction {
     Drop(Drop),
 }
 
-/// What to do with a peer datagram.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerAction {
-    /// Send `buf[range]` to the client.
-    Forward {
-        client: ClientKey,
-        range: Range<usize>,
-    },
-    Drop(Drop),
+/// Where a peer datagram goes and how it is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRoute {
+    pub client: ClientKey,
+    pub framing: Framing,
+}
+
+/// How peer data is framed for the client (RFC 8656 §10.3, §12.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// ChannelData on this channel; padded on streams.
+    Channel { number: u16, stream: bool },
+    /// A Data indication from this peer.
+    Indication { peer: SocketAddr },
+}
+
+impl Framing {
+    /// Write the framed message into `out`; `None` if it does not fit.
+    #[inline]
+    pub fn write(&self, out: &mut [u8], data: &[u8]) -> Option<usize> {
+        match *self {
+            Framing::Channel { number, stream } => {
+                channel_data::encode(out, number, data, stream).ok()
+            }
+            Framing::Indication { peer } => {
+                let tid: [u8; 12] = rand::random();
+                let mut w = Writer::new(out, method::DATA, Class::Indication, &tid).ok()?;
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer).ok()?;
+                w.bytes(attr::DATA, data).ok()?;
+                Some(w.finish())
+            }
+        }
+    }
 }
 
 /// Counters the driver turns into metrics. Plain integers: the shard is
@@ -417,53 +438,46 @@ impl Server {
         }
     }
 
-    /// A datagram from `peer` arrived on relay socket `relay`, its data at
-    /// `buf[data]`, with [`HEADROOM`] free before and [`TAILROOM`] after.
-    /// Wraps it in place as ChannelData or a Data indication.
-    pub fn handle_peer(
+    /// A datagram of `len` bytes from `peer` arrived on relay socket
+    /// `relay`: to which client, framed how ([`Framing::write`])?
+    #[inline]
+    pub fn route_peer(
         &mut self,
         relay: RelayId,
         peer: SocketAddr,
-        buf: &mut [u8],
-        data: Range<usize>,
+        len: usize,
         now: Instant,
-    ) -> PeerAction {
-        debug_assert!(data.start >= HEADROOM && buf.len() >= data.end + TAILROOM);
+    ) -> Result<PeerRoute, Drop> {
         let Some(&s) = self.by_relay.get(&relay) else {
-            return self.drop(Drop::NoAllocation);
+            return Err(self.drop(Drop::NoAllocation));
         };
         let Some(a) = self.allocations[s as usize].as_mut() else {
-            return self.drop(Drop::NoAllocation);
+            return Err(self.drop(Drop::NoAllocation));
         };
         // RFC 8656 §10.3 / §12.5: only peers with a permission get through.
         if !a.permitted(peer.ip(), now) {
-            return self.drop(Drop::NoPermission);
+            return Err(self.drop(Drop::NoPermission));
         }
-        let len = data.len();
         if self.cfg.bandwidth > 0
             && !a
                 .bucket
                 .take(len as u64, self.cfg.bandwidth, self.cfg.bandwidth, now)
         {
-            return self.drop(Drop::Quota);
+            return Err(self.drop(Drop::Quota));
         }
-        let stream = a.client.via.is_stream();
-        let client = a.client;
-        let range = if let Some(ch) = a.channel_to(peer, now) {
-            let start = data.start - channel_data::HEADER_LEN;
-            match channel_data::write_header(&mut buf[start..], ch.number, len, stream) {
-                Ok(n) => start..start + n,
-                Err(_) => return self.drop(Drop::Malformed),
-            }
-        } else {
-            match write_data_indication(buf, &data, peer) {
-                Some(r) => r,
-                None => return self.drop(Drop::Malformed),
-            }
+        let framing = match a.channel_to(peer, now) {
+            Some(ch) => Framing::Channel {
+                number: ch.number,
+                stream: a.client.via.is_stream(),
+            },
+            None => Framing::Indication { peer },
         };
         self.stats.to_client.0 += 1;
         self.stats.to_client.1 += len as u64;
-        PeerAction::Forward { client, range }
+        Ok(PeerRoute {
+            client: a.client,
+            framing,
+        })
     }
 
     // --------------------------------------------------------------- control
@@ -515,12 +529,11 @@ impl Server {
         }
         if !req.unknown().is_empty() {
             let unknown = req.unknown;
-            let n = req.unknown_count;
             return self.reply(
                 out,
                 |w| {
                     w.error_code(420, "")?;
-                    w.unknown_attributes(&unknown[..n])
+                    w.unknown_attributes(unknown.as_slice())
                 },
                 m,
                 Class::Error,
@@ -1040,12 +1053,6 @@ impl From<Drop> for ClientAction {
     }
 }
 
-impl From<Drop> for PeerAction {
-    fn from(d: Drop) -> Self {
-        PeerAction::Drop(d)
-    }
-}
-
 /// `Some(valid)` when the message has a FINGERPRINT.
 fn fingerprint_check(msg: &[u8], h: &raw::Header) -> Option<bool> {
     match crate::integrity::check_fingerprint(msg, h) {
@@ -1053,38 +1060,6 @@ fn fingerprint_check(msg: &[u8], h: &raw::Header) -> Option<bool> {
         Ok(false) => None,
         Err(_) => Some(false),
     }
-}
-
-/// Wrap `buf[data]` in a Data indication in place (RFC 8656 §10.3): header,
-/// XOR-PEER-ADDRESS and the DATA attribute header go into the headroom.
-fn write_data_indication(
-    buf: &mut [u8],
-    data: &Range<usize>,
-    peer: SocketAddr,
-) -> Option<Range<usize>> {
-    let addr_len = if peer.is_ipv4() { 12 } else { 24 };
-    let len = data.len();
-    let start = data.start.checked_sub(20 + addr_len + 4)?;
-    let padded = (len + 3) & !3;
-    let end = data.start + padded;
-    if end > buf.len() || len > u16::MAX as usize - 64 {
-        return None;
-    }
-    let tid: [u8; 12] = rand::random();
-    let msg = &mut buf[start..end];
-    // Header and XOR-PEER-ADDRESS through the writer, into a scratch copy
-    // of the headroom, then the DATA header by hand: the data stays put.
-    let mut head = [0u8; 20 + 24];
-    let mut w = Writer::new(&mut head, method::DATA, Class::Indication, &tid).ok()?;
-    w.xor_address(attr::XOR_PEER_ADDRESS, peer).ok()?;
-    let hl = w.finish();
-    msg[..hl].copy_from_slice(&head[..hl]);
-    let total_attrs = (hl - 20) + 4 + padded;
-    msg[2..4].copy_from_slice(&(total_attrs as u16).to_be_bytes());
-    msg[hl..hl + 2].copy_from_slice(&attr::DATA.to_be_bytes());
-    msg[hl + 2..hl + 4].copy_from_slice(&(len as u16).to_be_bytes());
-    msg[hl + 4 + len..].fill(0);
-    Some(start..end)
 }
 
 #[cfg(test)]

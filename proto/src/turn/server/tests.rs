@@ -650,7 +650,7 @@ fn permissions_channels_and_the_data_path() {
         ..Config::default()
     });
     let c = client(1000);
-    let (relayed, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
     let peer: SocketAddr = "192.0.2.50:7000".parse().unwrap();
     let denied: SocketAddr = "10.0.0.1:7000".parse().unwrap();
     let v6peer: SocketAddr = "[2001:db8::9]:7000".parse().unwrap();
@@ -677,21 +677,14 @@ fn permissions_channels_and_the_data_path() {
 
     // Data from the peer before any permission is dropped.
     let mut buf = [0u8; 128];
-    buf[HEADROOM..HEADROOM + 5].copy_from_slice(b"hello");
     let relay_id = *env.open.keys().next().unwrap();
-    assert_eq!(
-        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, t0),
-        PeerAction::Drop(Drop::NoPermission)
-    );
+    assert_eq!(s.route_peer(relay_id, peer, 5, t0), Err(Drop::NoPermission));
     assert_eq!(cp(&mut s, &mut env, 6, &permission(peer)), None);
     // Now it arrives as a Data indication.
-    let PeerAction::Forward { client: to, range } =
-        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, t0)
-    else {
-        panic!("not forwarded")
-    };
-    assert_eq!(to, c);
-    let r = parse(&buf[range]);
+    let route = s.route_peer(relay_id, peer, 5, t0).unwrap();
+    assert_eq!(route.client, c);
+    let n = route.framing.write(&mut buf, b"hello").unwrap();
+    let r = parse(&buf[..n]);
     assert_eq!(r.class, Class::Indication);
     assert_eq!(r.addr(attr::XOR_PEER_ADDRESS), Some(peer));
     assert_eq!(r.get(attr::DATA), Some(&b"hello"[..]));
@@ -798,22 +791,18 @@ fn permissions_channels_and_the_data_path() {
         s.handle_client(&mut env, c, &cd[..n], t0, &mut out),
         ClientAction::Drop(Drop::NoChannel)
     );
-    let PeerAction::Forward { range, .. } =
-        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, t0)
-    else {
-        panic!("not forwarded")
-    };
-    let got = channel_data::decode(&buf[range]).unwrap();
+    let route = s.route_peer(relay_id, peer, 5, t0).unwrap();
+    let n = route.framing.write(&mut buf, b"hello").unwrap();
+    let got = channel_data::decode(&buf[..n]).unwrap();
     assert_eq!((got.channel, got.data), (0x4000, &b"hello"[..]));
     assert_eq!(s.stats.to_peer.0, 2);
     assert_eq!(s.stats.to_client.0, 2);
-    let _ = relayed;
 
     // Permissions lapse after 300 s unless refreshed; channels after 600 s.
     let later = t0 + Duration::from_secs(301);
     assert_eq!(
-        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, later),
-        PeerAction::Drop(Drop::NoPermission)
+        s.route_peer(relay_id, peer, 5, later),
+        Err(Drop::NoPermission)
     );
 }
 
@@ -846,12 +835,12 @@ fn stream_clients_get_padded_channel_data() {
     assert_eq!(r.code, None);
     let mut buf = [0u8; 128];
     let relay_id = *env.open.keys().next().unwrap();
-    let PeerAction::Forward { range, .. } =
-        s.handle_peer(relay_id, peer, &mut buf, HEADROOM..HEADROOM + 5, t0)
-    else {
-        panic!("not forwarded")
-    };
-    assert_eq!(range.len(), 12, "4 + 5 padded to 12");
+    let route = s.route_peer(relay_id, peer, 5, t0).unwrap();
+    assert_eq!(
+        route.framing.write(&mut buf, b"hello"),
+        Some(12),
+        "4 + 5 padded to 12"
+    );
     // The connection closing ends the allocation.
     s.client_gone(&mut env, &c);
     assert_eq!(s.allocation_count(), 0);

@@ -1,0 +1,103 @@
+//! Errors of the TURN client: what the server answered (each one a user can
+//! act on) and misuse of the API.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why a TURN request (Allocate, Refresh, CreatePermission, ChannelBind)
+/// failed. Codes are RFC 8656 §19 and RFC 8489 §14.8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// 401 after the request carried credentials: wrong username or
+    /// password (or expired REST credentials).
+    #[error("the server refused the credentials (401 Unauthorized)")]
+    WrongCredentials,
+    /// The server kept answering 438 (Stale Nonce) with fresh nonces.
+    #[error("stale nonce loop: the server answered 438 {attempts} times in a row")]
+    StaleNonceLoop {
+        /// How many 438 answers were received for the request.
+        attempts: u8,
+    },
+    /// 486: the user's allocation quota is reached.
+    #[error("allocation quota reached (486)")]
+    QuotaReached,
+    /// 403: refused by server policy, e.g. a peer address the relay denies.
+    #[error("forbidden by the server's policy (403)")]
+    Forbidden,
+    /// 508: the server has no capacity (ports, memory) for this request.
+    #[error("the server has insufficient capacity (508)")]
+    InsufficientCapacity,
+    /// 437: no allocation matches (expired, or another client's 5-tuple).
+    #[error("allocation mismatch (437): the allocation does not exist")]
+    AllocationMismatch,
+    /// 442: the server does not relay the requested transport.
+    #[error("unsupported transport protocol (442)")]
+    UnsupportedTransport,
+    /// 440: the server does not support the requested address family.
+    #[error("address family not supported (440)")]
+    AddressFamilyNotSupported,
+    /// 443: the peer's address family differs from the relayed address's.
+    #[error("peer address family mismatch (443)")]
+    PeerAddressFamilyMismatch,
+    /// The server never answered: RFC 8489 §6.2 retransmissions exhausted.
+    #[error("no answer from the TURN server after {attempts} sends over {waited:?}")]
+    Timeout {
+        /// Time from the first send until giving up.
+        waited: Duration,
+        /// How many times the request was sent.
+        attempts: u32,
+    },
+    /// An authentic response lacked an attribute it must carry.
+    #[error("malformed response from the server: {0}")]
+    Malformed(&'static str),
+    /// The request would not fit in a STUN message (absurdly long
+    /// username, realm or nonce).
+    #[error("request too large for a STUN message")]
+    RequestTooLarge,
+    /// Any other error code.
+    #[error("the server answered error {0}")]
+    Other(u16),
+}
+
+impl ClientError {
+    /// The error for an error response code (401 and 438 are handled by the
+    /// client before they get here).
+    pub(crate) fn from_code(code: u16) -> Self {
+        match code {
+            401 => ClientError::WrongCredentials,
+            403 => ClientError::Forbidden,
+            437 => ClientError::AllocationMismatch,
+            440 => ClientError::AddressFamilyNotSupported,
+            442 => ClientError::UnsupportedTransport,
+            443 => ClientError::PeerAddressFamilyMismatch,
+            486 => ClientError::QuotaReached,
+            508 => ClientError::InsufficientCapacity,
+            c => ClientError::Other(c),
+        }
+    }
+}
+
+/// A call on the [`Client`](super::Client) that cannot be carried out now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    /// There is no allocation (not yet allocated, closed or failed).
+    #[error("no TURN allocation")]
+    NotAllocated,
+    /// No permission was requested for this peer's IP address
+    /// (RFC 8656 §9: the relay drops data to peers without one).
+    #[error("no permission for peer {0}")]
+    NoPermission(SocketAddr),
+    /// The allocation has no relayed address of the peer's family
+    /// (RFC 8656 §9.1 would answer 443).
+    #[error("no relayed address of the family of peer {0}")]
+    FamilyNotRelayed(SocketAddr),
+    /// All 4096 channel numbers are bound.
+    #[error("all channel numbers are in use")]
+    ChannelsExhausted,
+    /// The output buffer cannot hold the message.
+    #[error("output buffer too small")]
+    BufferTooSmall,
+    /// The data does not fit in one ChannelData or Send indication.
+    #[error("data of {0} bytes is too large for one message")]
+    DataTooLarge(usize),
+}
