@@ -3,6 +3,7 @@
 mod bench;
 mod netcheck;
 mod stun;
+mod udp_driver;
 
 use clap::{Parser, Subcommand};
 
