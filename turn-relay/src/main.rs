@@ -1,0 +1,28 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use natkit_turn::config::{Args, Config};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match Config::resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("natkit-turn: configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("natkit-turn: configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    natkit_runtime::logging::init(cfg.log_format, "info");
+    match natkit_turn::server::run(cfg, args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("natkit-turn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

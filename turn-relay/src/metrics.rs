@@ -1,0 +1,188 @@
+//! Prometheus metrics, live: workers add their counters once per batch, so
+//! a scrape sees traffic as it happens, not at the end of a session.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use natkit_proto::turn::server::{Drop, Stats};
+
+/// All of natkit-turn's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub allocations: IntGauge,
+    allocation_attempts: IntCounterVec,
+    pub allocations_closed: IntCounter,
+    pub auth_failures: IntCounter,
+    pub permissions: IntCounter,
+    pub channels: IntCounter,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    drops: IntCounterVec,
+    pub send_errors: IntCounter,
+    pub connections_open: IntGaugeVec,
+    pub connections: IntCounterVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter =
+            |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let m = Metrics {
+            allocations: reg(
+                &r,
+                IntGauge::new("natkit_turn_allocations", "Live allocations").expect("valid"),
+            ),
+            allocation_attempts: vec(
+                "natkit_turn_allocation_attempts_total",
+                "Authenticated Allocate requests by outcome (success or the error code sent)",
+                &["outcome"],
+            ),
+            allocations_closed: counter(
+                "natkit_turn_allocations_closed_total",
+                "Allocations ended: expired, deleted, or their connection closed",
+            ),
+            auth_failures: counter(
+                "natkit_turn_auth_failures_total",
+                "Requests with wrong, unknown or expired credentials",
+            ),
+            permissions: counter(
+                "natkit_turn_permissions_created_total",
+                "Permissions installed (refreshes not counted)",
+            ),
+            channels: counter(
+                "natkit_turn_channels_bound_total",
+                "Channels bound (refreshes not counted)",
+            ),
+            packets: vec(
+                "natkit_turn_relayed_packets_total",
+                "Packets relayed, by direction (to_peer, to_client)",
+                &["direction"],
+            ),
+            bytes: vec(
+                "natkit_turn_relayed_bytes_total",
+                "Application bytes relayed, by direction (to_peer, to_client)",
+                &["direction"],
+            ),
+            drops: vec(
+                "natkit_turn_dropped_total",
+                "Datagrams dropped, by reason",
+                &["reason"],
+            ),
+            send_errors: counter(
+                "natkit_turn_send_errors_total",
+                "Datagrams the kernel refused to send",
+            ),
+            connections_open: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("natkit_turn_connections_open", "Open TCP/TLS client connections"),
+                    &["transport"],
+                )
+                .expect("valid"),
+            ),
+            connections: vec(
+                "natkit_turn_connections_total",
+                "TCP/TLS client connections by transport and result (accepted, rejected_cap, tls_failed)",
+                &["transport", "result"],
+            ),
+            registry: r,
+        };
+        // Series that exist from the start, so dashboards show zeros.
+        for d in ["to_peer", "to_client"] {
+            m.packets.with_label_values(&[d]);
+            m.bytes.with_label_values(&[d]);
+        }
+        for d in Drop::LABELS {
+            m.drops.with_label_values(&[d]);
+        }
+        m.allocation_attempts.with_label_values(&["success"]);
+        m
+    }
+
+    /// Counter handles a worker keeps, so the hot path does no label lookup.
+    pub fn worker(&self) -> WorkerCounters {
+        WorkerCounters {
+            to_peer: (
+                self.packets.with_label_values(&["to_peer"]),
+                self.bytes.with_label_values(&["to_peer"]),
+            ),
+            to_client: (
+                self.packets.with_label_values(&["to_client"]),
+                self.bytes.with_label_values(&["to_client"]),
+            ),
+            drops: Drop::LABELS.map(|l| self.drops.with_label_values(&[l])),
+            alloc_success: self.allocation_attempts.with_label_values(&["success"]),
+            metrics: self.clone(),
+            allocations: 0,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A worker's resolved counters.
+pub struct WorkerCounters {
+    to_peer: (IntCounter, IntCounter),
+    to_client: (IntCounter, IntCounter),
+    drops: [IntCounter; Drop::LABELS.len()],
+    alloc_success: IntCounter,
+    metrics: Metrics,
+    /// This worker's share of the allocations gauge.
+    allocations: i64,
+}
+
+impl WorkerCounters {
+    /// Move a shard's counters into the metrics and zero them.
+    pub fn flush(&mut self, stats: &mut Stats, live_allocations: usize, send_errors: u64) {
+        let s = std::mem::take(stats);
+        add(&self.to_peer.0, s.to_peer.0);
+        add(&self.to_peer.1, s.to_peer.1);
+        add(&self.to_client.0, s.to_client.0);
+        add(&self.to_client.1, s.to_client.1);
+        for (c, n) in self.drops.iter().zip(s.drops) {
+            add(c, n);
+        }
+        let m = &self.metrics;
+        add(&self.alloc_success, s.allocations);
+        for (code, n) in s.allocate_errors {
+            add(
+                &m.allocation_attempts
+                    .with_label_values(&[&code.to_string()]),
+                n,
+            );
+        }
+        add(&m.auth_failures, s.auth_failures);
+        add(&m.permissions, s.permissions);
+        add(&m.channels, s.channels);
+        add(&m.allocations_closed, s.allocations_closed);
+        add(&m.send_errors, send_errors);
+        let live = live_allocations as i64;
+        if live != self.allocations {
+            m.allocations.add(live - self.allocations);
+            self.allocations = live;
+        }
+    }
+}
+
+#[inline]
+fn add(c: &IntCounter, n: u64) {
+    if n > 0 {
+        c.inc_by(n);
+    }
+}

@@ -1,0 +1,244 @@
+//! Start the shards and listeners, then wait for signals: SIGHUP reloads
+//! users, secrets, peer lists and the TLS certificate; SIGTERM drains
+//! (refuse new allocations, keep relaying for the grace period); SIGINT or a
+//! second SIGTERM stops at once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use natkit_runtime::batch::{self, UdpSocketOptions};
+use natkit_runtime::metrics_http::{self, Health};
+use natkit_runtime::shutdown::{self, Shutdown, Signal};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{error, info, warn};
+
+use crate::config::{Args, Config};
+use crate::metrics::Metrics;
+use crate::ports::PortPool;
+use crate::shared::{RelayAddress, Reloadable, Shared};
+use crate::stream::{self, SharedAcceptor, StreamContext};
+use crate::worker::{self, WorkerSetup};
+
+/// Run the relay until it is told to stop. `args` are kept to re-read the
+/// configuration on SIGHUP.
+pub fn run(cfg: Config, args: Args) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let shutdown = Shutdown::new();
+    let relay = cfg.relay.map(|r| {
+        r.map(|r| RelayAddress {
+            bind: r.bind,
+            advertised: r.advertised,
+        })
+    });
+    let listeners = cfg.listen.clone();
+    let mut bound_listeners = listeners.clone();
+    bound_listeners.extend(&cfg.tls_listen);
+    let shared = Arc::new(Shared::new(
+        Reloadable {
+            credentials: Arc::new(cfg.credentials()),
+            policy: Arc::new(cfg.peer_policy(&bound_listeners)),
+        },
+        PortPool::new(cfg.min_port, cfg.max_port),
+        relay,
+        cfg.max_allocations,
+        cfg.user_quota,
+    ));
+
+    // One shard per thread, each with its own SO_REUSEPORT socket on every
+    // listen address.
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    for index in 0..cfg.threads {
+        let mut socks = Vec::new();
+        for addr in &listeners {
+            let opts = UdpSocketOptions {
+                reuse_port: true,
+                nonblocking: true,
+                ..Default::default()
+            };
+            socks.push(
+                batch::udp_socket(*addr, &opts)
+                    .with_context(|| format!("cannot bind UDP {addr}"))?,
+            );
+        }
+        let (handle, body) = worker::create(WorkerSetup {
+            index,
+            listeners: socks,
+            core: cfg.core_config(),
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        })
+        .context("cannot start a relay worker")?;
+        handles.push(handle);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("relay-{index}"))
+                .spawn(body)
+                .context("cannot start a relay worker thread")?,
+        );
+    }
+    for addr in &listeners {
+        info!(%addr, threads = cfg.threads, "listening on UDP");
+    }
+    for r in relay.iter().flatten() {
+        info!(bind = %r.bind, advertised = %r.advertised, ports = %format!("{}-{}", cfg.min_port, cfg.max_port), "relaying");
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("natkit-turn-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(serve_async(
+        cfg,
+        args,
+        shared,
+        Arc::new(handles),
+        metrics,
+        shutdown.clone(),
+    ));
+    shutdown.trigger();
+    for t in threads {
+        let _ = t.join();
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    info!("stopped");
+    result
+}
+
+async fn serve_async(
+    cfg: Config,
+    args: Args,
+    shared: Arc<Shared>,
+    workers: Arc<Vec<worker::WorkerHandle>>,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let ctx = StreamContext {
+        workers,
+        metrics: metrics.clone(),
+        idle_timeout: cfg.tcp_idle_timeout,
+        slots: Arc::new(Semaphore::new(cfg.max_tcp_connections)),
+        shutdown: shutdown.clone(),
+        next_conn: Arc::new(AtomicU64::new(0)),
+    };
+    if cfg.tcp {
+        for addr in &cfg.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind TCP {addr}"))?;
+            info!(%addr, "listening on TCP");
+            tokio::spawn(stream::serve(l, None, ctx.clone()));
+        }
+    }
+    let mut acceptor: Option<SharedAcceptor> = None;
+    if let Some((cert, key)) = &cfg.tls {
+        let a: SharedAcceptor = Arc::new(RwLock::new(natkit_runtime::tls::acceptor(cert, key)?));
+        for addr in &cfg.tls_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind TLS {addr}"))?;
+            info!(%addr, "listening on TLS");
+            tokio::spawn(stream::serve(l, Some(a.clone()), ctx.clone()));
+        }
+        acceptor = Some(a);
+    }
+    let health = Health::new();
+    if let Some(addr) = cfg.metrics {
+        let m = metrics_http::spawn(
+            addr,
+            metrics.registry.clone(),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!(addr = %m.local_addr, "serving /metrics and /healthz");
+    }
+    let bound_listeners: Vec<SocketAddr> =
+        cfg.listen.iter().chain(&cfg.tls_listen).copied().collect();
+    loop {
+        let sig = shutdown::signal()
+            .await
+            .context("cannot install signal handlers")?;
+        match sig {
+            Signal::Hangup => reload(&args, &shared, acceptor.as_ref(), &bound_listeners),
+            Signal::Interrupt => {
+                info!("SIGINT: stopping");
+                return Ok(());
+            }
+            Signal::Terminate => {
+                drain(&cfg, &shared, &health).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// SIGTERM: refuse new allocations, keep relaying until the grace period
+/// ends or a second SIGTERM/SIGINT comes.
+async fn drain(cfg: &Config, shared: &Shared, health: &Health) {
+    info!(
+        grace_secs = cfg.drain_grace.as_secs(),
+        allocations = shared.total_allocations(),
+        "SIGTERM: draining; new allocations are refused"
+    );
+    shared.draining.store(true, Ordering::Relaxed);
+    health.set_ready(false);
+    let deadline = tokio::time::sleep(cfg.drain_grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                info!(allocations = shared.total_allocations(), "drain grace period over: stopping");
+                return;
+            }
+            s = shutdown::signal() => match s {
+                Ok(Signal::Hangup) => continue,
+                _ => {
+                    info!("second signal during drain: stopping now");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// SIGHUP: re-read the configuration; apply users, secrets, peer lists and
+/// the TLS certificate. Anything else needs a restart, and a broken file
+/// keeps the running configuration.
+fn reload(
+    args: &Args,
+    shared: &Shared,
+    acceptor: Option<&SharedAcceptor>,
+    listeners: &[SocketAddr],
+) {
+    let cfg = match Config::resolve(args) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("SIGHUP: configuration not reloaded, keeping the running one: {e:#}");
+            return;
+        }
+    };
+    if let (Some(a), Some((cert, key))) = (acceptor, &cfg.tls) {
+        match natkit_runtime::tls::acceptor(cert, key) {
+            Ok(new) => *a.write().unwrap_or_else(|e| e.into_inner()) = new,
+            Err(e) => warn!("SIGHUP: keeping the old TLS certificate: {e:#}"),
+        }
+    }
+    shared.reload(Reloadable {
+        credentials: Arc::new(cfg.credentials()),
+        policy: Arc::new(cfg.peer_policy(listeners)),
+    });
+    info!(
+        users = cfg.users.len(),
+        secrets = cfg.auth_secrets.len(),
+        "SIGHUP: reloaded users, secrets, peer lists and TLS certificate"
+    );
+}

@@ -1,0 +1,562 @@
+//! One shard of the relay: a thread with its own mio poll, its own
+//! SO_REUSEPORT listener sockets, the relay sockets of the allocations it
+//! made, and the sans-IO [`Server`] core that owns those allocations.
+//!
+//! The kernel hashes each client's 5-tuple to one listener socket, so a
+//! client's messages always reach the shard that holds its allocation: no
+//! locks on the data path. Listeners are read with recvmmsg; answers and
+//! peer data to clients leave in sendmmsg batches, flushed once per poll
+//! round. TCP/TLS clients reach a shard through its inbox.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use natkit_proto::turn::server::{
+    ClientAction, ClientKey, Config as CoreConfig, Env, OpenedRelay, QuotaError, RelayError,
+    RelayId, RelayRequest, Server, Via, MAX_FRAMING,
+};
+use natkit_runtime::batch::{RecvBatch, SendBatch};
+use natkit_runtime::shutdown::Shutdown;
+use tokio::sync::mpsc::Sender as StreamSender;
+use tracing::{debug, warn};
+
+use crate::metrics::{Metrics, WorkerCounters};
+use crate::peer_policy::{PeerPolicy, Verdict};
+use crate::ports::PortRequest;
+use crate::shared::Shared;
+
+/// Datagrams per recvmmsg/sendmmsg.
+const BATCH: usize = 64;
+/// Largest datagram relayed. Bigger ones are truncated by the kernel and
+/// dropped as malformed.
+pub const MAX_DATAGRAM: usize = 8192;
+/// Longest a shard sleeps without looking at timers and signals.
+const TICK: Duration = Duration::from_millis(100);
+
+const WAKER: Token = Token(0);
+const LISTENER_BASE: usize = 1;
+const RELAY_BASE: usize = 1 << 20;
+
+/// A message for a shard from the TCP/TLS side.
+pub enum Inbox {
+    /// A connection opened; its outbound queue.
+    Opened {
+        conn: u64,
+        tx: StreamSender<Vec<u8>>,
+    },
+    /// One framed STUN or ChannelData message from a connection.
+    Message {
+        conn: u64,
+        addr: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// The connection closed: its allocation ends (RFC 8656 §3.1).
+    Closed { conn: u64, addr: SocketAddr },
+}
+
+/// How the rest of the relay reaches a shard.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    tx: Sender<Inbox>,
+    waker: Arc<Waker>,
+}
+
+impl WorkerHandle {
+    /// Queue a message and wake the shard. Returns false if it has stopped.
+    pub fn send(&self, m: Inbox) -> bool {
+        if self.tx.send(m).is_err() {
+            return false;
+        }
+        self.waker.wake().is_ok()
+    }
+}
+
+/// One relay socket.
+struct RelaySock {
+    sock: mio::net::UdpSocket,
+    bound: SocketAddr,
+    advertised: SocketAddr,
+}
+
+/// The shard's relay sockets, by [`RelayId`].
+struct RelayTable {
+    socks: Vec<Option<RelaySock>>,
+    free: Vec<u32>,
+}
+
+/// The [`Env`] a shard gives its core: relay sockets, policy, quotas.
+struct WorkerEnv<'a> {
+    shared: &'a Shared,
+    policy: &'a PeerPolicy,
+    relays: &'a mut RelayTable,
+    registry: &'a Registry,
+    now: Instant,
+}
+
+impl Env for WorkerEnv<'_> {
+    fn system_now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn open_relay(&mut self, req: RelayRequest) -> Result<OpenedRelay, RelayError> {
+        let Some(ra) = self.shared.relay[req.family] else {
+            return Err(RelayError::Family);
+        };
+        let pr = PortRequest {
+            even: req.even_port,
+            reserve_next: req.reserve,
+            token: req.token,
+            dont_fragment: req.dont_fragment,
+        };
+        let opened = self
+            .shared
+            .ports
+            .open(ra.bind, pr, self.now)
+            .map_err(|e| match e {
+                crate::ports::PortError::BadToken => RelayError::BadToken,
+                _ => RelayError::NoPorts,
+            })?;
+        let mut sock = mio::net::UdpSocket::from_std(opened.socket);
+        let id = match self.relays.free.pop() {
+            Some(id) => id,
+            None => {
+                self.relays.socks.push(None);
+                (self.relays.socks.len() - 1) as u32
+            }
+        };
+        if let Err(e) = self.registry.register(
+            &mut sock,
+            Token(RELAY_BASE + id as usize),
+            Interest::READABLE,
+        ) {
+            warn!(error = %e, "cannot register relay socket");
+            self.relays.free.push(id);
+            self.shared.ports.release(ra.bind, opened.port);
+            return Err(RelayError::NoPorts);
+        }
+        let bound = SocketAddr::new(ra.bind, opened.port);
+        let advertised = SocketAddr::new(ra.advertised, opened.port);
+        self.shared.add_relayed(&[bound, advertised]);
+        self.relays.socks[id as usize] = Some(RelaySock {
+            sock,
+            bound,
+            advertised,
+        });
+        Ok(OpenedRelay {
+            id,
+            addr: advertised,
+            token: opened.token,
+        })
+    }
+
+    fn close_relay(&mut self, id: RelayId) {
+        let Some(slot) = self.relays.socks.get_mut(id as usize) else {
+            return;
+        };
+        if let Some(mut r) = slot.take() {
+            let _ = self.registry.deregister(&mut r.sock);
+            self.shared.remove_relayed(&[r.bound, r.advertised]);
+            drop(r.sock);
+            self.shared.ports.release(r.bound.ip(), r.bound.port());
+            self.relays.free.push(id);
+        }
+    }
+
+    fn peer_allowed(&self, peer: SocketAddr) -> bool {
+        // The common case first: an ordinary peer the policy allows, with
+        // no lock. Then the relay-to-relay exception.
+        matches!(self.policy.check(peer), Verdict::Allowed) || self.shared.is_relayed(peer)
+    }
+
+    fn peer_ip_allowed(&self, ip: std::net::IpAddr) -> bool {
+        self.policy.ip_allowed(ip)
+            || self
+                .shared
+                .relay
+                .iter()
+                .flatten()
+                .any(|r| r.bind == ip || r.advertised == ip)
+    }
+
+    fn acquire_allocation(&mut self, user: &str) -> Result<(), QuotaError> {
+        self.shared.acquire(user)
+    }
+
+    fn release_allocation(&mut self, user: &str) {
+        self.shared.release(user);
+    }
+}
+
+/// Everything a shard needs to start.
+pub struct WorkerSetup {
+    pub index: usize,
+    /// Its own SO_REUSEPORT socket on each UDP listen address, in order.
+    pub listeners: Vec<UdpSocket>,
+    pub core: CoreConfig,
+    pub shared: Arc<Shared>,
+    pub metrics: Metrics,
+    pub shutdown: Shutdown,
+}
+
+/// Create a shard: returns its handle and the thread body to run.
+pub fn create(setup: WorkerSetup) -> io::Result<(WorkerHandle, impl FnOnce() + Send)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, inbox) = std::sync::mpsc::channel();
+    let mut listeners = Vec::new();
+    for (i, s) in setup.listeners.into_iter().enumerate() {
+        s.set_nonblocking(true)?;
+        let mut m = mio::net::UdpSocket::from_std(s);
+        poll.registry()
+            .register(&mut m, Token(LISTENER_BASE + i), Interest::READABLE)?;
+        listeners.push(m);
+    }
+    let (creds, policy) = setup.shared.current();
+    let core = Server::new(
+        setup.core,
+        creds,
+        setup.shared.nonce_key.clone(),
+        Instant::now(),
+    );
+    let n = listeners.len();
+    let w = Worker {
+        index: setup.index,
+        poll,
+        listeners,
+        relays: RelayTable {
+            socks: Vec::new(),
+            free: Vec::new(),
+        },
+        core,
+        generation: setup.shared.generation.load(Ordering::Acquire),
+        policy,
+        shared: setup.shared,
+        inbox,
+        streams: HashMap::new(),
+        rx: RecvBatch::new(BATCH, MAX_DATAGRAM),
+        tx: (0..n)
+            .map(|_| SendBatch::new(BATCH, MAX_DATAGRAM + MAX_FRAMING))
+            .collect(),
+        out: vec![0u8; 1024],
+        counters: setup.metrics.worker(),
+        send_errors: 0,
+        shutdown: setup.shutdown,
+        draining: false,
+    };
+    Ok((WorkerHandle { tx, waker }, move || w.run()))
+}
+
+struct Worker {
+    index: usize,
+    poll: Poll,
+    listeners: Vec<mio::net::UdpSocket>,
+    relays: RelayTable,
+    core: Server,
+    shared: Arc<Shared>,
+    policy: Arc<PeerPolicy>,
+    generation: u64,
+    inbox: Receiver<Inbox>,
+    streams: HashMap<u64, StreamSender<Vec<u8>>>,
+    rx: RecvBatch,
+    tx: Vec<SendBatch>,
+    out: Vec<u8>,
+    counters: WorkerCounters,
+    send_errors: u64,
+    shutdown: Shutdown,
+    draining: bool,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        while !self.shutdown.is_triggered() {
+            let now = Instant::now();
+            let timeout = self
+                .core
+                .poll_timeout()
+                .saturating_duration_since(now)
+                .min(TICK);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    warn!(error = %e, "poll failed");
+                }
+                continue;
+            }
+            let now = Instant::now();
+            self.housekeeping(now);
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.drain_inbox(now),
+                    Token(t) if t >= RELAY_BASE => {
+                        self.drain_relay((t - RELAY_BASE) as RelayId, now)
+                    }
+                    Token(t) => self.drain_listener(t - LISTENER_BASE, now),
+                }
+            }
+            self.flush();
+        }
+        debug!(worker = self.index, "stopped");
+    }
+
+    /// Reloads, drain, timers, metrics.
+    fn housekeeping(&mut self, now: Instant) {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.generation = generation;
+            let (creds, policy) = self.shared.current();
+            self.core.set_credentials(creds);
+            self.policy = policy;
+            let env = WorkerEnv {
+                shared: &self.shared,
+                policy: &self.policy,
+                relays: &mut self.relays,
+                registry: self.poll.registry(),
+                now,
+            };
+            self.core.revalidate_peers(&env);
+        }
+        let draining = self.shared.draining.load(Ordering::Relaxed);
+        if draining != self.draining {
+            self.draining = draining;
+            self.core.set_draining(draining);
+        }
+        if now >= self.core.poll_timeout() {
+            let mut env = WorkerEnv {
+                shared: &self.shared,
+                policy: &self.policy,
+                relays: &mut self.relays,
+                registry: self.poll.registry(),
+                now,
+            };
+            self.core.handle_timeout(&mut env, now);
+            if self.index == 0 {
+                self.shared.ports.sweep(now);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        for (i, b) in self.tx.iter_mut().enumerate() {
+            if b.is_empty() {
+                continue;
+            }
+            match b.flush(&self.listeners[i]) {
+                Ok(s) => self.send_errors += s.failed as u64,
+                Err(e) => {
+                    debug!(error = %e, "listener send failed");
+                    self.send_errors += b.len() as u64;
+                    b.clear();
+                }
+            }
+        }
+        let live = self.core.allocation_count();
+        self.counters.flush(
+            &mut self.core.stats,
+            live,
+            std::mem::take(&mut self.send_errors),
+        );
+    }
+
+    fn drain_listener(&mut self, i: usize, now: Instant) {
+        let Worker {
+            listeners,
+            relays,
+            core,
+            shared,
+            policy,
+            rx,
+            tx,
+            out,
+            send_errors,
+            poll,
+            ..
+        } = self;
+        let Some(sock) = listeners.get(i) else { return };
+        loop {
+            let n = match rx.recv(sock) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "listener receive failed");
+                    return;
+                }
+            };
+            let mut env = WorkerEnv {
+                shared,
+                policy,
+                relays,
+                registry: poll.registry(),
+                now,
+            };
+            for d in rx.iter() {
+                if d.truncated {
+                    core.stats.drops[natkit_proto::turn::server::Drop::Malformed.index()] += 1;
+                    continue;
+                }
+                let client = ClientKey {
+                    addr: d.source,
+                    via: Via::Udp(i as u16),
+                };
+                match core.handle_client(&mut env, client, d.data, now, out) {
+                    ClientAction::Reply(len) => {
+                        if tx[i].is_full() {
+                            flush_one(&mut tx[i], sock, send_errors);
+                        }
+                        let _ = tx[i].push(d.source, &out[..len]);
+                    }
+                    ClientAction::Relay { relay, peer, data } => {
+                        relay_send(env.relays, relay, peer, &d.data[data], send_errors)
+                    }
+                    ClientAction::Drop(_) => {}
+                }
+            }
+            // recvmmsg returned less than a full batch: the queue was empty
+            // a moment ago, and anything newer raises a new edge.
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    fn drain_relay(&mut self, id: RelayId, now: Instant) {
+        let Worker {
+            listeners,
+            relays,
+            core,
+            rx,
+            tx,
+            streams,
+            send_errors,
+            ..
+        } = self;
+        loop {
+            let Some(Some(r)) = relays.socks.get(id as usize) else {
+                return;
+            };
+            let n = match rx.recv(&r.sock) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // ICMP errors surface here (ECONNREFUSED): not fatal.
+                    debug!(error = %e, "relay receive failed");
+                    return;
+                }
+            };
+            for d in rx.iter() {
+                if d.truncated {
+                    core.stats.drops[natkit_proto::turn::server::Drop::Malformed.index()] += 1;
+                    continue;
+                }
+                let Ok(route) = core.route_peer(id, d.source, d.data.len(), now) else {
+                    continue;
+                };
+                match route.client.via {
+                    Via::Udp(l) => {
+                        let l = l as usize;
+                        if tx[l].is_full() {
+                            flush_one(&mut tx[l], &listeners[l], send_errors);
+                        }
+                        let _ = tx[l].push_with(route.client.addr, |buf| {
+                            route.framing.write(buf, d.data).unwrap_or(0)
+                        });
+                    }
+                    Via::Stream(conn) => {
+                        let mut v = vec![0u8; d.data.len() + MAX_FRAMING];
+                        if let Some(n) = route.framing.write(&mut v, d.data) {
+                            v.truncate(n);
+                            // A slow TCP client loses datagrams, as UDP would.
+                            if let Some(s) = streams.get(&conn) {
+                                if s.try_send(v).is_err() {
+                                    *send_errors += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    fn drain_inbox(&mut self, now: Instant) {
+        loop {
+            let m = match self.inbox.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+            };
+            let mut env = WorkerEnv {
+                shared: &self.shared,
+                policy: &self.policy,
+                relays: &mut self.relays,
+                registry: self.poll.registry(),
+                now,
+            };
+            match m {
+                Inbox::Opened { conn, tx } => {
+                    self.streams.insert(conn, tx);
+                }
+                Inbox::Closed { conn, addr } => {
+                    self.streams.remove(&conn);
+                    let key = ClientKey {
+                        addr,
+                        via: Via::Stream(conn),
+                    };
+                    self.core.client_gone(&mut env, &key);
+                }
+                Inbox::Message { conn, addr, data } => {
+                    let key = ClientKey {
+                        addr,
+                        via: Via::Stream(conn),
+                    };
+                    match self
+                        .core
+                        .handle_client(&mut env, key, &data, now, &mut self.out)
+                    {
+                        ClientAction::Reply(len) => {
+                            if let Some(s) = self.streams.get(&conn) {
+                                if s.try_send(self.out[..len].to_vec()).is_err() {
+                                    self.send_errors += 1;
+                                }
+                            }
+                        }
+                        ClientAction::Relay {
+                            relay,
+                            peer,
+                            data: r,
+                        } => relay_send(env.relays, relay, peer, &data[r], &mut self.send_errors),
+                        ClientAction::Drop(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn flush_one(b: &mut SendBatch, sock: &mio::net::UdpSocket, errors: &mut u64) {
+    match b.flush(sock) {
+        Ok(s) => *errors += s.failed as u64,
+        Err(_) => {
+            *errors += b.len() as u64;
+            b.clear();
+        }
+    }
+}
+
+/// Send client data to a peer from the allocation's relay socket.
+#[inline]
+fn relay_send(relays: &RelayTable, id: RelayId, peer: SocketAddr, data: &[u8], errors: &mut u64) {
+    let Some(Some(r)) = relays.socks.get(id as usize) else {
+        return;
+    };
+    if r.sock.send_to(data, peer).is_err() {
+        *errors += 1;
+    }
+}

@@ -1,0 +1,399 @@
+//! Harness for natkit-turn's integration tests: the binary on loopback, and
+//! natkit's sans-IO TURN client behind a small blocking driver.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use natkit_proto::binding::{self, RequestOptions};
+use natkit_proto::framing::{self, FrameKind};
+use natkit_proto::transaction;
+use natkit_proto::turn::client::{Client, ClientError, Config, Credentials, Event, Transport};
+
+pub const USER: &str = "alice";
+pub const PASS: &str = "wonderland";
+/// Longest one step may take.
+pub const STEP: Duration = Duration::from_secs(10);
+
+static NEXT_RANGE: AtomicU16 = AtomicU16::new(0);
+
+/// A loopback port free for UDP and TCP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port");
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "natkit-turn-{tag}-{}-{}",
+            std::process::id(),
+            NEXT_RANGE.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running natkit-turn, killed by PID on drop.
+pub struct Relay {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub metrics: u16,
+}
+
+impl Relay {
+    /// Start on a free loopback port with relay ports of its own, user
+    /// `alice`, metrics, and `extra` flags.
+    pub fn start(extra: &[&str]) -> Relay {
+        let port = free_port();
+        let metrics = free_port();
+        let range = NEXT_RANGE.fetch_add(1, Ordering::SeqCst);
+        let base = 30_000 + (std::process::id() % 50) as u16 * 400 + (range % 8) * 50;
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--relay-ip".into(),
+            "127.0.0.1".into(),
+            "--min-port".into(),
+            base.to_string(),
+            "--max-port".into(),
+            (base + 49).to_string(),
+            "--user".into(),
+            format!("{USER}:{PASS}"),
+            "--metrics".into(),
+            format!("127.0.0.1:{metrics}"),
+            "--threads".into(),
+            "2".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_with(args, port, metrics)
+    }
+
+    pub fn start_with(args: Vec<String>, port: u16, metrics: u16) -> Relay {
+        let child = Command::new(env!("CARGO_BIN_EXE_natkit-turn"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("NATKIT_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("start natkit-turn");
+        let mut r = Relay {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            metrics,
+        };
+        r.wait_ready();
+        r
+    }
+
+    fn wait_ready(&mut self) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let end = Instant::now() + STEP;
+        let mut buf = [0u8; 512];
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("natkit-turn exited early: {status}");
+            }
+            let tid = transaction::new_transaction_id();
+            let n = binding::write_request(&mut buf, &tid, &RequestOptions::default()).unwrap();
+            sock.send_to(&buf[..n], self.addr).unwrap();
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if binding::parse_response(&buf[..n]).is_ok_and(|r| r.transaction_id == tid) {
+                    return;
+                }
+            }
+        }
+        panic!("natkit-turn did not come up on {}", self.addr);
+    }
+
+    /// GET a path of the metrics endpoint; returns (status line, body).
+    pub fn http(&self, path: &str) -> (String, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
+        s.set_read_timeout(Some(STEP)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    }
+
+    /// The value of one metric series (name with labels, as printed).
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {series} not found in:\n{body}"))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's PID.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Wait for the process to exit; its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < end,
+                "natkit-turn did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a node reaches the server.
+enum Link {
+    Udp(UdpSocket, SocketAddr),
+    Tcp { stream: TcpStream, buf: Vec<u8> },
+}
+
+impl Link {
+    fn send(&mut self, bytes: &[u8]) {
+        match self {
+            Link::Udp(s, server) => {
+                let _ = s.send_to(bytes, *server);
+            }
+            Link::Tcp { stream, .. } => {
+                let end = Instant::now() + STEP;
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    match stream.write(rest) {
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < end => {
+                            std::thread::sleep(Duration::from_millis(1))
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn recv_all(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut tmp = [0u8; 65_536];
+        match self {
+            Link::Udp(s, server) => {
+                while let Ok((n, from)) = s.recv_from(&mut tmp) {
+                    if from == *server {
+                        out.push(tmp[..n].to_vec());
+                    }
+                }
+            }
+            Link::Tcp { stream, buf } => {
+                while let Ok(n) = stream.read(&mut tmp) {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                }
+                while let Ok(Some(f)) = framing::next_frame(buf, true, 70_000) {
+                    let end = match f.kind {
+                        FrameKind::Stun => f.message_len,
+                        FrameKind::ChannelData => f.consumed,
+                    };
+                    out.push(buf[..end].to_vec());
+                    buf.drain(..f.consumed);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// natkit's TURN client with a blocking driver.
+pub struct Node {
+    pub client: Client,
+    link: Link,
+    pub events: Vec<Event>,
+}
+
+impl Node {
+    pub fn new(server: SocketAddr, transport: Transport, user: &str, pass: &str) -> Node {
+        let mut cfg = Config::new(server, transport, Credentials::new(user, pass));
+        // Loopback: no need to wait the RFC's 39.5 s for a lost answer.
+        cfg.transaction.rto = Duration::from_millis(100);
+        Node::with_config(cfg)
+    }
+
+    pub fn with_config(cfg: Config) -> Node {
+        let (server, transport) = (cfg.server, cfg.transport);
+        let local = if server.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let link = match transport {
+            Transport::Udp => {
+                let s = UdpSocket::bind(local).unwrap();
+                s.set_nonblocking(true).unwrap();
+                Link::Udp(s, server)
+            }
+            _ => {
+                let s = TcpStream::connect(server).unwrap();
+                s.set_nodelay(true).unwrap();
+                s.set_nonblocking(true).unwrap();
+                Link::Tcp {
+                    stream: s,
+                    buf: Vec::new(),
+                }
+            }
+        };
+        Node {
+            client: Client::new(cfg, Instant::now()),
+            link,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn step(&mut self) {
+        let now = Instant::now();
+        if self.client.poll_timeout().is_some_and(|t| t <= now) {
+            self.client.handle_timeout(now);
+        }
+        while let Some(t) = self.client.poll_transmit() {
+            self.link.send(&t.payload);
+        }
+        for msg in self.link.recv_all() {
+            self.client.handle_input(&msg, Instant::now());
+        }
+        while let Some(t) = self.client.poll_transmit() {
+            self.link.send(&t.payload);
+        }
+        while let Some(e) = self.client.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// Step until `pick` finds an event (removing it), bounded by STEP.
+    pub fn wait<T>(&mut self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        let end = Instant::now() + STEP;
+        loop {
+            self.step();
+            if let Some(i) = self.events.iter().position(|e| pick(e).is_some()) {
+                return pick(&self.events.remove(i)).unwrap();
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}: {:?}",
+                self.events
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Wait for the allocation: its relayed address, or the failure.
+    pub fn allocated(&mut self) -> Result<SocketAddr, ClientError> {
+        self.wait("allocation", |e| match e {
+            Event::Allocated { relayed, .. } => Some(Ok(relayed[0])),
+            Event::Failed(err) => Some(Err(err.clone())),
+            _ => None,
+        })
+    }
+
+    /// Allocate or panic.
+    pub fn allocate(server: SocketAddr, transport: Transport) -> (Node, SocketAddr) {
+        let mut n = Node::new(server, transport, USER, PASS);
+        let relayed = n.allocated().expect("allocation");
+        (n, relayed)
+    }
+
+    /// Create a permission; Ok or the error the server gave.
+    pub fn permit(&mut self, peer: SocketAddr) -> Result<(), ClientError> {
+        self.client.create_permission(peer, Instant::now()).unwrap();
+        self.wait("permission", |e| match e {
+            Event::PermissionCreated { .. } => Some(Ok(())),
+            Event::PermissionFailed { error, .. } => Some(Err(error.clone())),
+            _ => None,
+        })
+    }
+
+    /// Bind a channel; Ok or the error the server gave.
+    pub fn bind(&mut self, peer: SocketAddr) -> Result<u16, ClientError> {
+        self.client.bind_channel(peer, Instant::now()).unwrap();
+        self.wait("channel", |e| match e {
+            Event::ChannelBound { channel, .. } => Some(Ok(*channel)),
+            Event::ChannelFailed { error, .. } => Some(Err(error.clone())),
+            _ => None,
+        })
+    }
+
+    pub fn send(&mut self, peer: SocketAddr, data: &[u8]) {
+        let mut buf = vec![0u8; data.len() + 64];
+        let n = self.client.send_to(peer, data, &mut buf).unwrap();
+        self.link.send(&buf[..n]);
+    }
+
+    /// Data received from peers within `limit`.
+    pub fn recv_for(&mut self, limit: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
+        let end = Instant::now() + limit;
+        let mut got = Vec::new();
+        while Instant::now() < end {
+            self.step();
+            self.events.retain(|e| match e {
+                Event::Data { peer, data } => {
+                    got.push((*peer, data.clone()));
+                    false
+                }
+                _ => true,
+            });
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got
+    }
+
+    /// Wait for one datagram from a peer.
+    pub fn recv(&mut self) -> (SocketAddr, Vec<u8>) {
+        self.wait("data", |e| match e {
+            Event::Data { peer, data } => Some((*peer, data.clone())),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! natkit-turn through its public interface: the binary, its flags, its
+//! sockets, its metrics endpoint and its signals. Loopback only.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use natkit_proto::turn::client::{ClientError, Transport};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Two clients relayed through one server reach each other through their
+/// relayed addresses, on loopback, with the default deny list on: the
+/// relay-to-relay rule (issue 7).
+#[test]
+fn two_allocations_exchange_data_through_each_others_relayed_address() {
+    let relay = Relay::start(&[]);
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let (mut a, ra) = Node::allocate(relay.addr, transport);
+        let (mut b, rb) = Node::allocate(relay.addr, transport);
+        assert_eq!(ra.ip().to_string(), "127.0.0.1");
+        a.permit(rb).expect("A may reach B's relayed address");
+        b.permit(ra).expect("B may reach A's relayed address");
+        // Send indications both ways.
+        a.send(rb, b"hello from a");
+        assert_eq!(b.recv(), (ra, b"hello from a".to_vec()));
+        b.send(ra, b"hello from b");
+        assert_eq!(a.recv(), (rb, b"hello from b".to_vec()));
+        // Then channels: ChannelData both ways.
+        a.bind(rb).unwrap();
+        b.bind(ra).unwrap();
+        for i in 0..20u8 {
+            a.send(rb, &[i; 100]);
+            assert_eq!(b.recv(), (ra, vec![i; 100]));
+            b.send(ra, &[i; 1000]);
+            assert_eq!(a.recv(), (rb, vec![i; 1000]));
+        }
+    }
+    assert!(relay.metric("natkit_turn_relayed_packets_total{direction=\"to_peer\"}") >= 84.0);
+    assert!(relay.metric("natkit_turn_relayed_packets_total{direction=\"to_client\"}") >= 84.0);
+}
+
+/// Every default deny range is refused on CreatePermission and
+/// ChannelBind with 403, including IPv4 hidden in IPv6 forms.
+#[test]
+fn default_deny_list_refuses_private_and_special_peers() {
+    let relay = Relay::start(&[]);
+    let (mut a, _) = Node::allocate(relay.addr, Transport::Udp);
+    let denied = [
+        "127.0.0.1:9",
+        "10.1.2.3:9",
+        "172.16.0.1:9",
+        "192.168.1.1:9",
+        "100.64.0.1:9",
+        "169.254.169.254:80",
+        "0.0.0.1:9",
+        "224.0.0.1:9",
+        "255.255.255.255:9",
+    ];
+    for p in denied {
+        assert_eq!(a.permit(addr(p)), Err(ClientError::Forbidden), "{p}");
+    }
+    assert_eq!(a.bind(addr("10.0.0.1:9")), Err(ClientError::Forbidden));
+    // The allocation survives refusals and still works.
+    let (mut b, rb) = Node::allocate(relay.addr, Transport::Udp);
+    a.permit(rb).unwrap();
+    let _ = &mut b;
+    assert!(relay.metric("natkit_turn_dropped_total{reason=\"denied_peer\"}") >= 10.0);
+}
+
+#[test]
+fn ipv6_relay_refuses_embedded_ipv4_and_special_v6_peers() {
+    let port = free_port();
+    let metrics = free_port();
+    let args: Vec<String> = [
+        "--listen",
+        &format!("[::1]:{port}"),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--relay-ip",
+        "::1",
+        "--relay-ip",
+        "127.0.0.1",
+        "--user",
+        &format!("{USER}:{PASS}"),
+        "--metrics",
+        &format!("127.0.0.1:{metrics}"),
+        "--min-port",
+        "41000",
+        "--max-port",
+        "41049",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let relay = Relay::start_with(args, port, metrics);
+    let server6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let mut cfg = natkit_proto::turn::client::Config::new(
+        server6,
+        Transport::Udp,
+        natkit_proto::turn::client::Credentials::new(USER, PASS),
+    );
+    // Dual: an IPv4 and an IPv6 relayed address (RFC 8656 §7.2), so an
+    // IPv4-mapped peer is judged as the IPv4 peer it is.
+    cfg.family = natkit_proto::turn::client::AddressFamily::Dual;
+    let mut n = Node::with_config(cfg);
+    let _ = &relay;
+    n.allocated().expect("dual allocation");
+    let relayed = n.client.relayed_addresses().to_vec();
+    assert_eq!(relayed.len(), 2, "{relayed:?}");
+    assert!(relayed.iter().any(|a| a.is_ipv6()) && relayed.iter().any(|a| a.is_ipv4()));
+    for p in [
+        "[::1]:9",
+        "[::ffff:127.0.0.1]:9",
+        "[::ffff:10.0.0.1]:9",
+        "[64:ff9b::a00:1]:9",
+        "[2002:a00:1::1]:9",
+        "[fe80::1]:9",
+        "[fc00::1]:9",
+        "[ff02::1]:9",
+        "[2001::1]:9",
+        "[::]:9",
+    ] {
+        assert_eq!(n.permit(addr(p)), Err(ClientError::Forbidden), "{p}");
+    }
+}
+
+/// --allow-peer opens a range; the relay's own listening address stays
+/// closed (no TURN loops) even inside it.
+#[test]
+fn allow_peer_reaches_loopback_but_never_the_relays_own_listener() {
+    let relay = Relay::start(&["--allow-peer", "127.0.0.0/8"]);
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    echo.set_read_timeout(Some(STEP)).unwrap();
+    let peer = echo.local_addr().unwrap();
+    let (mut a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    a.permit(peer).unwrap();
+    a.send(peer, b"ping");
+    let mut buf = [0u8; 64];
+    let (n, from) = echo.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from), (&b"ping"[..], relayed));
+    echo.send_to(b"pong", relayed).unwrap();
+    assert_eq!(a.recv(), (peer, b"pong".to_vec()));
+    // The listener itself: refused on ChannelBind (per address).
+    assert_eq!(a.bind(relay.addr), Err(ClientError::Forbidden));
+}
+
+#[test]
+fn quotas_per_user_permissions_and_401_rate() {
+    let relay = Relay::start(&[
+        "--user-quota",
+        "1",
+        "--max-permissions",
+        "1",
+        "--allow-peer",
+        "127.0.0.0/8",
+    ]);
+    let (mut a, _) = Node::allocate(relay.addr, Transport::Udp);
+    let mut second = Node::new(relay.addr, Transport::Udp, USER, PASS);
+    assert_eq!(second.allocated(), Err(ClientError::QuotaReached));
+    a.permit(addr("127.0.0.5:1")).unwrap();
+    assert_eq!(
+        a.permit(addr("127.0.0.6:1")),
+        Err(ClientError::InsufficientCapacity)
+    );
+    assert!(relay.metric("natkit_turn_allocation_attempts_total{outcome=\"486\"}") >= 1.0);
+    // A flood of unauthenticated Allocates from one address: most are not
+    // answered (20/s, burst 80).
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut req = [0u8; 64];
+    let mut w = natkit_proto::writer::Writer::new(
+        &mut req,
+        natkit_proto::raw::method::ALLOCATE,
+        natkit_proto::raw::Class::Request,
+        &[1; 12],
+    )
+    .unwrap();
+    w.u32(natkit_proto::raw::attr::REQUESTED_TRANSPORT, 17 << 24)
+        .unwrap();
+    let n = w.finish();
+    for _ in 0..300 {
+        s.send_to(&req[..n], relay.addr).unwrap();
+    }
+    let mut answers = 0;
+    let mut buf = [0u8; 512];
+    while s.recv_from(&mut buf).is_ok() {
+        answers += 1;
+    }
+    assert!(
+        answers < 150,
+        "{answers} answers to 300 unauthenticated requests"
+    );
+    assert!(relay.metric("natkit_turn_dropped_total{reason=\"rate_limited\"}") >= 100.0);
+}
+
+#[test]
+fn wrong_credentials_and_rest_secrets_with_rotation() {
+    let relay = Relay::start(&["--auth-secret", "new-secret", "--auth-secret", "old-secret"]);
+    let mut n = Node::new(relay.addr, Transport::Udp, USER, "not-the-password");
+    assert_eq!(n.allocated(), Err(ClientError::WrongCredentials));
+    let now = std::time::SystemTime::now();
+    for secret in ["new-secret", "old-secret"] {
+        let c =
+            natkit_proto::rest::generate(secret.as_bytes(), "carol", Duration::from_secs(600), now);
+        let mut n = Node::new(relay.addr, Transport::Udp, &c.username, &c.password);
+        n.allocated().unwrap_or_else(|e| panic!("{secret}: {e:?}"));
+    }
+    let c = natkit_proto::rest::generate(
+        b"new-secret",
+        "carol",
+        Duration::ZERO,
+        now - Duration::from_secs(60),
+    );
+    let mut n = Node::new(relay.addr, Transport::Udp, &c.username, &c.password);
+    assert_eq!(n.allocated(), Err(ClientError::WrongCredentials), "expired");
+    let c = natkit_proto::rest::generate(b"unknown-secret", "carol", Duration::from_secs(600), now);
+    let mut n = Node::new(relay.addr, Transport::Udp, &c.username, &c.password);
+    assert_eq!(n.allocated(), Err(ClientError::WrongCredentials));
+    assert!(relay.metric("natkit_turn_auth_failures_total") >= 3.0);
+}
+
+/// Metrics are live, and /healthz answers.
+#[test]
+fn metrics_are_live() {
+    let relay = Relay::start(&[]);
+    let (status, body) = relay.http("/healthz");
+    assert!(status.contains("200"), "{status} {body}");
+    let (mut a, ra) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut b, rb) = Node::allocate(relay.addr, Transport::Udp);
+    assert_eq!(relay.metric("natkit_turn_allocations"), 2.0);
+    a.permit(rb).unwrap();
+    b.permit(ra).unwrap();
+    a.bind(rb).unwrap();
+    for _ in 0..10 {
+        a.send(rb, &[7; 500]);
+        b.recv();
+    }
+    assert!(relay.metric("natkit_turn_relayed_bytes_total{direction=\"to_peer\"}") >= 5000.0);
+    assert!(relay.metric("natkit_turn_channels_bound_total") >= 1.0);
+    assert!(relay.metric("natkit_turn_permissions_created_total") >= 2.0);
+    assert!(relay.metric("natkit_turn_allocation_attempts_total{outcome=\"success\"}") >= 2.0);
+    a.client.close(std::time::Instant::now());
+    a.wait("close", |e| {
+        matches!(e, natkit_proto::turn::client::Event::Closed).then_some(())
+    });
+    assert_eq!(relay.metric("natkit_turn_allocations"), 1.0);
+    let (status, _) = relay.http("/nope");
+    assert!(status.contains("404"));
+}
+
+/// SIGHUP reloads users and peer lists without dropping allocations.
+#[test]
+fn sighup_reloads_users_and_keeps_allocations() {
+    let dir = TempDir::new("reload");
+    let cfg = dir.0.join("turn.toml");
+    let port = free_port();
+    let metrics = free_port();
+    let write = |users: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = [\"127.0.0.1:{port}\"]\nrelay-ip = [\"127.0.0.1\"]\nmin-port = 42000\nmax-port = 42049\nmetrics = \"127.0.0.1:{metrics}\"\n{users}"
+            ),
+        )
+        .unwrap();
+    };
+    write(&format!(
+        "[users]\n{USER} = \"{PASS}\"\nbob = \"builder\"\n"
+    ));
+    let relay = Relay::start_with(
+        vec!["--config".into(), cfg.display().to_string()],
+        port,
+        metrics,
+    );
+    let (mut a, ra) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut b, rb) = Node::allocate(relay.addr, Transport::Udp);
+    a.permit(rb).unwrap();
+    b.permit(ra).unwrap();
+    // Drop bob, keep alice.
+    write(&format!("[users]\n{USER} = \"{PASS}\"\n"));
+    relay.signal(libc::SIGHUP);
+    let end = std::time::Instant::now() + STEP;
+    loop {
+        let mut bob = Node::new(relay.addr, Transport::Udp, "bob", "builder");
+        if bob.allocated() == Err(ClientError::WrongCredentials) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "reload did not take effect"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The allocations made before the reload still relay.
+    a.send(rb, b"still here");
+    assert_eq!(b.recv(), (ra, b"still here".to_vec()));
+    // A broken file is refused and the old config stays.
+    std::fs::write(&cfg, "this is not toml = = =").unwrap();
+    relay.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, _) = Node::allocate(relay.addr, Transport::Udp);
+}
+
+/// SIGTERM drains: new allocations are refused, existing ones relay until
+/// the grace period ends, then the process exits cleanly.
+#[test]
+fn sigterm_drains_then_exits() {
+    let mut relay = Relay::start(&["--drain-grace", "2"]);
+    let (mut a, ra) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut b, rb) = Node::allocate(relay.addr, Transport::Udp);
+    a.permit(rb).unwrap();
+    b.permit(ra).unwrap();
+    relay.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _) = relay.http("/healthz");
+    assert!(
+        status.contains("503"),
+        "draining relays report unhealthy: {status}"
+    );
+    let mut c = Node::new(relay.addr, Transport::Udp, USER, PASS);
+    assert_eq!(c.allocated(), Err(ClientError::InsufficientCapacity));
+    a.send(rb, b"during drain");
+    assert_eq!(b.recv(), (ra, b"during drain".to_vec()));
+    let status = relay.wait_exit(Duration::from_secs(6));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn garbage_is_dropped_and_the_relay_keeps_serving() {
+    let relay = Relay::start(&[]);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 10],
+        vec![0x40, 0x00, 0xff, 0xff, 1, 2],
+        vec![0, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42],
+        vec![0u8; 9000],
+    ];
+    for j in &junk {
+        s.send_to(j, relay.addr).unwrap();
+    }
+    let (_a, _) = Node::allocate(relay.addr, Transport::Udp);
+    assert!(relay.metric("natkit_turn_dropped_total{reason=\"malformed\"}") >= 3.0);
+}
+
+#[test]
+fn check_config_refuses_an_open_relay_and_names_bad_keys() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natkit-turn"))
+        .args(["--check-config", "--listen", "127.0.0.1:3478"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--user") && err.contains("--auth-secret"),
+        "{err}"
+    );
+    let dir = TempDir::new("cc");
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = [\"127.0.0.1:3478\"]\nrelay-ip = [\"127.0.0.1\"]\nmin-prot = 3\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natkit-turn"))
+        .args([
+            "--check-config",
+            "--config",
+            bad.to_str().unwrap(),
+            "--user",
+            "a:b",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("min-prot"));
+}
