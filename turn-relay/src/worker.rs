@@ -193,6 +193,20 @@ impl Env for WorkerEnv<'_> {
     }
 }
 
+/// The [`WorkerEnv`] of a worker, borrowing only the fields it needs, so
+/// the core (another field) stays free to borrow mutably.
+macro_rules! worker_env {
+    ($w:expr, $now:expr) => {
+        WorkerEnv {
+            shared: &$w.shared,
+            policy: &$w.policy,
+            relays: &mut $w.relays,
+            registry: $w.poll.registry(),
+            now: $now,
+        }
+    };
+}
+
 /// Everything a shard needs to start.
 pub struct WorkerSetup {
     pub index: usize,
@@ -312,13 +326,7 @@ impl Worker {
             let (creds, policy) = self.shared.current();
             self.core.set_credentials(creds);
             self.policy = policy;
-            let env = WorkerEnv {
-                shared: &self.shared,
-                policy: &self.policy,
-                relays: &mut self.relays,
-                registry: self.poll.registry(),
-                now,
-            };
+            let env = worker_env!(self, now);
             self.core.revalidate_peers(&env);
         }
         let draining = self.shared.draining.load(Ordering::Relaxed);
@@ -327,13 +335,7 @@ impl Worker {
             self.core.set_draining(draining);
         }
         if now >= self.core.poll_timeout() {
-            let mut env = WorkerEnv {
-                shared: &self.shared,
-                policy: &self.policy,
-                relays: &mut self.relays,
-                registry: self.poll.registry(),
-                now,
-            };
+            let mut env = worker_env!(self, now);
             self.core.handle_timeout(&mut env, now);
             if self.index == 0 {
                 self.shared.ports.sweep(now);
@@ -492,13 +494,7 @@ impl Worker {
                 Ok(m) => m,
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
             };
-            let mut env = WorkerEnv {
-                shared: &self.shared,
-                policy: &self.policy,
-                relays: &mut self.relays,
-                registry: self.poll.registry(),
-                now,
-            };
+            let mut env = worker_env!(self, now);
             match m {
                 Inbox::Opened { conn, tx } => {
                     self.streams.insert(conn, tx);

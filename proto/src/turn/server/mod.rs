@@ -266,6 +266,15 @@ pub struct Server {
 /// Allocation slot index.
 type Slot = u32;
 
+/// An authenticated request, as the method handlers see it.
+struct Authed<'r, 'm> {
+    client: ClientKey,
+    req: &'r TurnRequest<'m>,
+    v: Verified,
+    username: String,
+    now: Instant,
+}
+
 impl Server {
     /// A shard with this config, credentials and nonce key (all shards of a
     /// relay share the key, so a nonce from one verifies on another).
@@ -554,13 +563,18 @@ impl Server {
         if req.bad_attribute.is_some() {
             return self.error(out, m, &tid, 400, Some(v));
         }
+        let cx = Authed {
+            client,
+            req: &req,
+            v,
+            username,
+            now,
+        };
         match m {
-            method::ALLOCATE => self.allocate(env, client, &req, v, username, now, out),
-            method::REFRESH => self.refresh(env, client, &req, v, &username, now, out),
-            method::CREATE_PERMISSION => {
-                self.create_permission(env, client, &req, v, &username, now, out)
-            }
-            _ => self.channel_bind(env, client, &req, v, &username, now, out),
+            method::ALLOCATE => self.allocate(env, cx, out),
+            method::REFRESH => self.refresh(env, cx, out),
+            method::CREATE_PERMISSION => self.create_permission(env, cx, out),
+            _ => self.channel_bind(env, cx, out),
         }
     }
 
@@ -649,17 +663,9 @@ impl Server {
     }
 
     /// RFC 8656 §7.2.
-    #[allow(clippy::too_many_arguments)]
-    fn allocate(
-        &mut self,
-        env: &mut impl Env,
-        client: ClientKey,
-        req: &TurnRequest<'_>,
-        v: Verified,
-        username: String,
-        now: Instant,
-        out: &mut [u8],
-    ) -> ClientAction {
+    fn allocate(&mut self, env: &mut impl Env, cx: Authed<'_, '_>, out: &mut [u8]) -> ClientAction {
+        let Authed { client, req, v, now, .. } = cx;
+        let username = cx.username.as_str();
         let m = method::ALLOCATE;
         let tid = req.header.transaction_id;
         if let Some(&s) = self.by_client.get(&client) {
@@ -823,17 +829,9 @@ impl Server {
     }
 
     /// RFC 8656 §8.
-    #[allow(clippy::too_many_arguments)]
-    fn refresh(
-        &mut self,
-        env: &mut impl Env,
-        client: ClientKey,
-        req: &TurnRequest<'_>,
-        v: Verified,
-        username: &str,
-        now: Instant,
-        out: &mut [u8],
-    ) -> ClientAction {
+    fn refresh(&mut self, env: &mut impl Env, cx: Authed<'_, '_>, out: &mut [u8]) -> ClientAction {
+        let Authed { client, req, v, now, .. } = cx;
+        let username = cx.username.as_str();
         let m = method::REFRESH;
         let tid = req.header.transaction_id;
         let s = match self.owned(&client, username) {
@@ -875,17 +873,9 @@ impl Server {
     }
 
     /// RFC 8656 §9.
-    #[allow(clippy::too_many_arguments)]
-    fn create_permission(
-        &mut self,
-        env: &mut impl Env,
-        client: ClientKey,
-        req: &TurnRequest<'_>,
-        v: Verified,
-        username: &str,
-        now: Instant,
-        out: &mut [u8],
-    ) -> ClientAction {
+    fn create_permission(&mut self, env: &mut impl Env, cx: Authed<'_, '_>, out: &mut [u8]) -> ClientAction {
+        let Authed { client, req, v, now, .. } = cx;
+        let username = cx.username.as_str();
         let m = method::CREATE_PERMISSION;
         let tid = req.header.transaction_id;
         let s = match self.owned(&client, username) {
@@ -928,17 +918,9 @@ impl Server {
     }
 
     /// RFC 8656 §11.
-    #[allow(clippy::too_many_arguments)]
-    fn channel_bind(
-        &mut self,
-        env: &mut impl Env,
-        client: ClientKey,
-        req: &TurnRequest<'_>,
-        v: Verified,
-        username: &str,
-        now: Instant,
-        out: &mut [u8],
-    ) -> ClientAction {
+    fn channel_bind(&mut self, env: &mut impl Env, cx: Authed<'_, '_>, out: &mut [u8]) -> ClientAction {
+        let Authed { client, req, v, now, .. } = cx;
+        let username = cx.username.as_str();
         let m = method::CHANNEL_BIND;
         let tid = req.header.transaction_id;
         let s = match self.owned(&client, username) {
