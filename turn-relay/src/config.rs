@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long, env = "NATKIT_TURN_REALM")]
     pub realm: Option<String>,
 
-    /// Static user (repeatable). In the file: a [users] table, name = "password".
+    /// Static user (repeatable). In the file: a `[users]` table, name = "password".
     #[arg(
         long,
         env = "NATKIT_TURN_USER",
@@ -350,6 +350,11 @@ impl Config {
         } else {
             parse_users(&args.user)?
         };
+        let auth_secrets = list(&args.auth_secret, file.auth_secret, Vec::new);
+        // Before anything else: the most important refusal comes first.
+        if users.is_empty() && auth_secrets.is_empty() {
+            bail!("natkit-turn refuses to run an open relay: give --user or --auth-secret (or [users] / auth-secret in the config file)");
+        }
         let relay_ips = list(&args.relay_ip, file.relay_ip, Vec::new);
         let external = list(&args.external_ip, file.external_ip, Vec::new);
         let relay = relay_addresses(&relay_ips, &external, &listen, &tls_listen)?;
@@ -364,7 +369,7 @@ impl Config {
                 .or(file.realm)
                 .unwrap_or_else(|| DEFAULT_REALM.into()),
             users,
-            auth_secrets: list(&args.auth_secret, file.auth_secret, Vec::new),
+            auth_secrets,
             relay,
             min_port: args.min_port.or(file.min_port).unwrap_or(DEFAULT_MIN_PORT),
             max_port: args.max_port.or(file.max_port).unwrap_or(DEFAULT_MAX_PORT),
@@ -405,9 +410,6 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.users.is_empty() && self.auth_secrets.is_empty() {
-            bail!("natkit-turn refuses to run an open relay: give --user or --auth-secret (or [users] / auth-secret in the config file)");
-        }
         for (name, pass) in &self.users {
             check_user(name, pass)?;
         }
@@ -621,7 +623,7 @@ fn relay_addresses(
                 [] => {}
                 [one] => binds[f] = Some(*one),
                 many => bail!(
-                    "relay-ip: cannot be derived: the listen addresses have several {} IPs ({}); pass --relay-ip",
+                    "relay-ip: cannot be derived: the listen addresses have several {} addresses ({}); pass --relay-ip",
                     family_name(f),
                     many.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(", ")
                 ),
@@ -977,6 +979,8 @@ mod tests {
 
     #[test]
     fn the_default_listen_address_needs_a_relay_ip() {
+        let e = format!("{:#}", parse_raw(&[]).unwrap_err());
+        assert!(e.contains("refuses to run an open relay"), "{e}");
         let e = format!("{:#}", parse_raw(&["--user", "a:b"]).unwrap_err());
         assert!(e.contains("relay-ip") && e.contains("--relay-ip"), "{e}");
         assert!(e.contains("0.0.0.0:3478"), "{e}");

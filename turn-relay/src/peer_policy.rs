@@ -14,6 +14,8 @@
 //!    (`0.0.0.0:3478`, `[::]:3478`) stands for that port on every relay IP
 //!    (of both families: a `[::]` socket may accept IPv4 too), on loopback
 //!    and on the unspecified address itself (which Linux delivers locally).
+//!    A listener on one of the relay's own IPs also stands for that port on
+//!    the others: behind a 1:1 NAT the external IP hairpins to it.
 //! 2. **The operator's deny list** (`--deny-peer`).
 //! 3. **The operator's allow list** (`--allow-peer`): this is how tests reach
 //!    peers on loopback (`--allow-peer 127.0.0.0/8`), and how a private
@@ -292,11 +294,14 @@ impl PeerPolicy {
                 return false;
             }
             let lip = l.ip();
+            let own = |a: &IpAddr| self.relay_ips.binary_search(a).is_ok();
             lip == ip
                 // A datagram to 0.0.0.0 or :: is delivered to the local host.
                 || (ip.is_unspecified() && (lip.is_loopback() || lip.is_unspecified()))
-                || (lip.is_unspecified()
-                    && (ip.is_loopback() || self.relay_ips.binary_search(&ip).is_ok()))
+                || (lip.is_unspecified() && (ip.is_loopback() || own(&ip)))
+                // The relay's own addresses alias each other: an external
+                // IP hairpins through a 1:1 NAT to the listener's IP.
+                || (own(&lip) && own(&ip))
         })
     }
 }
@@ -758,6 +763,31 @@ mod tests {
             vec![ip("198.51.100.9")],
         );
         assert_eq!(p.check(sa("198.51.100.9:3478")), relay);
+    }
+
+    #[test]
+    fn a_listener_is_reached_through_the_external_ip_too() {
+        // Behind a 1:1 NAT: listening on the internal address, advertised
+        // as 203.0.113.5, which the NAT hairpins back to the listener.
+        let p = PeerPolicy::new(
+            nets(&["0.0.0.0/0"]),
+            vec![],
+            vec![sa("10.0.0.5:3478")],
+            vec![ip("10.0.0.5"), ip("203.0.113.5")],
+        );
+        let relay = Verdict::Denied(DenyReason::RelayAddress);
+        assert_eq!(p.check(sa("203.0.113.5:3478")), relay);
+        assert_eq!(p.check(sa("10.0.0.5:3478")), relay);
+        assert!(p.check(sa("203.0.113.5:3479")).is_allowed());
+        assert!(p.check(sa("203.0.113.6:3478")).is_allowed());
+        // Without the listener's IP among the relay's own IPs, nothing else aliases it.
+        let p = PeerPolicy::new(
+            nets(&["0.0.0.0/0"]),
+            vec![],
+            vec![sa("10.0.0.5:3478")],
+            vec![ip("203.0.113.5")],
+        );
+        assert!(p.check(sa("203.0.113.5:3478")).is_allowed());
     }
 
     #[test]

@@ -176,12 +176,14 @@ impl Env for WorkerEnv<'_> {
 
     fn peer_ip_allowed(&self, ip: std::net::IpAddr) -> bool {
         self.policy.ip_allowed(ip)
-            || self
-                .shared
-                .relay
-                .iter()
-                .flatten()
-                .any(|r| r.bind == ip || r.advertised == ip)
+    }
+
+    fn is_relay_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.shared
+            .relay
+            .iter()
+            .flatten()
+            .any(|r| r.bind == ip || r.advertised == ip)
     }
 
     fn acquire_allocation(&mut self, user: &str) -> Result<(), QuotaError> {

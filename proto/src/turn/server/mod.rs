@@ -131,10 +131,14 @@ pub trait Env {
     /// Whether `peer` may be relayed to: the deny and allow lists, with the
     /// relayed addresses of this relay's allocations always allowed.
     fn peer_allowed(&self, peer: SocketAddr) -> bool;
-    /// Whether some port of `ip` may be relayed to (the lists allow it, or it
-    /// is an address this relay relays from). Used to re-check permissions,
-    /// which are per IP, after a reload.
+    /// Whether the peer lists allow some port of `ip`. Permissions are per
+    /// IP (RFC 8656 §9), so CreatePermission asks this (or
+    /// [`Env::peer_allowed`] for the exact address, for the relay-to-relay
+    /// rule); sends and channels are checked per address.
     fn peer_ip_allowed(&self, ip: IpAddr) -> bool;
+    /// Whether `ip` is one this relay relays from: permissions for it come
+    /// from the relay-to-relay rule and survive a reload.
+    fn is_relay_ip(&self, ip: IpAddr) -> bool;
     /// Count one more allocation for `user`, within the quotas.
     fn acquire_allocation(&mut self, user: &str) -> Result<(), QuotaError>;
     /// Give back an allocation slot.
@@ -363,7 +367,8 @@ impl Server {
     /// a reload changed the lists).
     pub fn revalidate_peers(&mut self, env: &impl Env) {
         for a in self.allocations.iter_mut().flatten() {
-            a.permissions.retain(|&(ip, _)| env.peer_ip_allowed(ip));
+            a.permissions
+                .retain(|&(ip, _)| env.peer_ip_allowed(ip) || env.is_relay_ip(ip));
             a.channels.retain(|c| env.peer_allowed(c.peer));
         }
     }
@@ -664,7 +669,13 @@ impl Server {
 
     /// RFC 8656 §7.2.
     fn allocate(&mut self, env: &mut impl Env, cx: Authed<'_, '_>, out: &mut [u8]) -> ClientAction {
-        let Authed { client, req, v, now, .. } = cx;
+        let Authed {
+            client,
+            req,
+            v,
+            now,
+            ..
+        } = cx;
         let username = cx.username.as_str();
         let m = method::ALLOCATE;
         let tid = req.header.transaction_id;
@@ -704,7 +715,7 @@ impl Server {
             // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6.
             Some(_) => return self.error(out, m, &tid, 400, Some(v)),
         };
-        if env.acquire_allocation(&username).is_err() {
+        if env.acquire_allocation(username).is_err() {
             return self.error(out, m, &tid, 486, Some(v));
         }
         let first = env.open_relay(RelayRequest {
@@ -717,7 +728,7 @@ impl Server {
         let first = match first {
             Ok(r) => r,
             Err(e) => {
-                env.release_allocation(&username);
+                env.release_allocation(username);
                 let code = if e == RelayError::Family { 440 } else { 508 };
                 return self.error(out, m, &tid, code, Some(v));
             }
@@ -814,7 +825,8 @@ impl Server {
         // RFC 8656 §7.2: the client's value, capped at the maximum, and not
         // below the default.
         let want = requested.map_or(self.cfg.default_lifetime, |s| Duration::from_secs(s as u64));
-        want.clamp(self.cfg.default_lifetime, self.cfg.max_lifetime)
+        let floor = self.cfg.default_lifetime.min(self.cfg.max_lifetime);
+        want.clamp(floor, self.cfg.max_lifetime)
     }
 
     /// The allocation for a request other than Allocate, checking it was
@@ -830,7 +842,13 @@ impl Server {
 
     /// RFC 8656 §8.
     fn refresh(&mut self, env: &mut impl Env, cx: Authed<'_, '_>, out: &mut [u8]) -> ClientAction {
-        let Authed { client, req, v, now, .. } = cx;
+        let Authed {
+            client,
+            req,
+            v,
+            now,
+            ..
+        } = cx;
         let username = cx.username.as_str();
         let m = method::REFRESH;
         let tid = req.header.transaction_id;
@@ -873,8 +891,19 @@ impl Server {
     }
 
     /// RFC 8656 §9.
-    fn create_permission(&mut self, env: &mut impl Env, cx: Authed<'_, '_>, out: &mut [u8]) -> ClientAction {
-        let Authed { client, req, v, now, .. } = cx;
+    fn create_permission(
+        &mut self,
+        env: &mut impl Env,
+        cx: Authed<'_, '_>,
+        out: &mut [u8],
+    ) -> ClientAction {
+        let Authed {
+            client,
+            req,
+            v,
+            now,
+            ..
+        } = cx;
         let username = cx.username.as_str();
         let m = method::CREATE_PERMISSION;
         let tid = req.header.transaction_id;
@@ -890,7 +919,7 @@ impl Server {
             if a.relay_for(peer.ip()).is_none() {
                 return self.error(out, m, &tid, 443, Some(v));
             }
-            if !env.peer_allowed(peer) {
+            if !env.peer_ip_allowed(peer.ip()) && !env.peer_allowed(peer) {
                 self.stats.drops[Drop::DeniedPeer.index()] += 1;
                 return self.error(out, m, &tid, 403, Some(v));
             }
@@ -918,8 +947,19 @@ impl Server {
     }
 
     /// RFC 8656 §11.
-    fn channel_bind(&mut self, env: &mut impl Env, cx: Authed<'_, '_>, out: &mut [u8]) -> ClientAction {
-        let Authed { client, req, v, now, .. } = cx;
+    fn channel_bind(
+        &mut self,
+        env: &mut impl Env,
+        cx: Authed<'_, '_>,
+        out: &mut [u8],
+    ) -> ClientAction {
+        let Authed {
+            client,
+            req,
+            v,
+            now,
+            ..
+        } = cx;
         let username = cx.username.as_str();
         let m = method::CHANNEL_BIND;
         let tid = req.header.transaction_id;

@@ -73,6 +73,9 @@ impl Env for FakeEnv {
     fn peer_ip_allowed(&self, ip: IpAddr) -> bool {
         !self.denied.contains(&ip)
     }
+    fn is_relay_ip(&self, ip: IpAddr) -> bool {
+        ip.to_string() == "203.0.113.1"
+    }
     fn acquire_allocation(&mut self, user: &str) -> Result<(), QuotaError> {
         let n = self.per_user.entry(user.into()).or_default();
         if *n >= self.max_per_user {
