@@ -67,7 +67,9 @@ impl Coturn {
         let range = NEXT_RANGE.fetch_add(1, Ordering::SeqCst);
         // 50 relay ports per server, above the usual ephemeral range start
         // of other tools, offset by our PID so that two test runs differ.
-        let base = 20_000 + (std::process::id() % 100) as u16 * 200 + (range % 4) * 50;
+        // 25000-27999: apart from the other test binaries' relay ranges and
+        // below the ephemeral ports.
+        let base = 25_000 + ((std::process::id() % 15) as u16 * 4 + range % 4) * 50;
         let dir = std::env::temp_dir().join(format!("natkit-coturn-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pidfile = dir.join("turn.pid");

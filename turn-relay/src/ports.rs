@@ -393,10 +393,15 @@ mod tests {
     /// and ::1 right now, and not handed to another test of this process.
     /// Below the Linux ephemeral range (32768+), where other tests' sockets
     /// land.
+    /// A block of `n` ports free right now, in 21000-24999 (a range no other
+    /// test of the workspace uses, below the ephemeral ports). Test runners
+    /// like nextest give each test its own process, so the starting point
+    /// comes from the PID, not only from a counter.
     fn free_block(n: u16) -> u16 {
         static NEXT: AtomicU16 = AtomicU16::new(0);
+        let start = (std::process::id() % 400) as u16 * 10;
         for _ in 0..200 {
-            let base = 21000 + NEXT.fetch_add(n + n % 2, Ordering::Relaxed) % 9000;
+            let base = 21000 + (start + NEXT.fetch_add(n + n % 2, Ordering::Relaxed)) % 3990;
             let base = base + base % 2;
             let probe: Result<Vec<_>, _> = (base..base + n)
                 .flat_map(|p| {

@@ -90,9 +90,9 @@ fn ipv6_relay_refuses_embedded_ipv4_and_special_v6_peers() {
         "--metrics",
         &format!("127.0.0.1:{metrics}"),
         "--min-port",
-        "41000",
+        "20000",
         "--max-port",
-        "41049",
+        "20049",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -265,7 +265,7 @@ fn sighup_reloads_users_and_keeps_allocations() {
         std::fs::write(
             &cfg,
             format!(
-                "listen = [\"127.0.0.1:{port}\"]\nrelay-ip = [\"127.0.0.1\"]\nmin-port = 42000\nmax-port = 42049\nmetrics = \"127.0.0.1:{metrics}\"\n{users}"
+                "listen = [\"127.0.0.1:{port}\"]\nrelay-ip = [\"127.0.0.1\"]\nmin-port = 20050\nmax-port = 20099\nmetrics = \"127.0.0.1:{metrics}\"\n{users}"
             ),
         )
         .unwrap();

@@ -68,7 +68,11 @@ impl Relay {
         let port = free_port();
         let metrics = free_port();
         let range = NEXT_RANGE.fetch_add(1, Ordering::SeqCst);
-        let base = 30_000 + (std::process::id() % 50) as u16 * 400 + (range % 8) * 50;
+        // 12000-19999: relay ports of these tests, apart from the other test
+        // binaries' ranges and below the ephemeral ports. The PID spreads
+        // processes (nextest runs each test in its own); a port another
+        // process holds is skipped by the relay anyway.
+        let base = 12_000 + ((std::process::id() % 40) as u16 * 4 + range % 4) * 50;
         let mut args: Vec<String> = vec![
             "--listen".into(),
             format!("127.0.0.1:{port}"),
@@ -395,5 +399,35 @@ impl Node {
             Event::Data { peer, data } => Some((*peer, data.clone())),
             _ => None,
         })
+    }
+}
+
+impl Relay {
+    /// `start` and wait until the TCP listener and the metrics endpoint
+    /// accept connections too: the relay answers on UDP a moment before it
+    /// listens on TCP and serves metrics, and `start` waits only for UDP.
+    pub fn start_serving(extra: &[&str]) -> Relay {
+        let r = Relay::start(extra);
+        r.wait_serving();
+        r
+    }
+
+    /// Wait (bounded by [`STEP`]) until the TCP listener accepts a
+    /// connection and `/healthz` answers.
+    pub fn wait_serving(&self) {
+        let end = Instant::now() + STEP;
+        loop {
+            let tcp = TcpStream::connect(self.addr).is_ok();
+            let metrics = TcpStream::connect(("127.0.0.1", self.metrics)).is_ok();
+            if tcp && metrics {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "natkit-turn on {} not serving TCP ({tcp}) and metrics ({metrics}) after {STEP:?}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
