@@ -12,14 +12,25 @@
 
 /// Channel numbers a client may bind (RFC 8656 §12).
 pub const CHANNEL_MIN: u16 = 0x4000;
-/// Highest valid channel number.
+/// Highest valid channel number (RFC 8656 §12).
 pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Highest channel number of RFC 5766 §11, which RFC 8656 narrowed to
+/// 0x4FFF for RFC 7983 multiplexing. RFC 5766 clients still pick numbers up
+/// to here (coturn's turnutils_uclient does, at random), so the relay and the
+/// framing accept them; natkit's own client binds only the RFC 8656 range.
+pub const RFC5766_CHANNEL_MAX: u16 = 0x7FFF;
 /// Size of the ChannelData header.
 pub const HEADER_LEN: usize = 4;
 
-/// Whether `n` is a valid channel number.
+/// Whether `n` is a channel number of RFC 8656 (what natkit binds).
 pub fn is_valid_channel(n: u16) -> bool {
     (CHANNEL_MIN..=CHANNEL_MAX).contains(&n)
+}
+
+/// Whether `n` is a channel number of RFC 5766 or RFC 8656: what ChannelData
+/// framing and the relay accept.
+pub fn is_channel_number(n: u16) -> bool {
+    (CHANNEL_MIN..=RFC5766_CHANNEL_MAX).contains(&n)
 }
 
 /// Why bytes are not a ChannelData message.
@@ -27,7 +38,7 @@ pub fn is_valid_channel(n: u16) -> bool {
 pub enum ChannelDataError {
     #[error("shorter than the ChannelData header")]
     Truncated,
-    #[error("channel number {0:#06x} outside 0x4000-0x4FFF")]
+    #[error("channel number {0:#06x} outside 0x4000-0x7FFF")]
     BadChannel(u16),
     #[error("length field {declared} exceeds the {available} bytes present")]
     LengthMismatch { declared: usize, available: usize },
@@ -51,7 +62,7 @@ pub fn decode(buf: &[u8]) -> Result<ChannelData<'_>, ChannelDataError> {
         return Err(ChannelDataError::Truncated);
     }
     let channel = u16::from_be_bytes([buf[0], buf[1]]);
-    if !is_valid_channel(channel) {
+    if !is_channel_number(channel) {
         return Err(ChannelDataError::BadChannel(channel));
     }
     let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
@@ -87,7 +98,7 @@ pub fn write_header(
     data_len: usize,
     stream: bool,
 ) -> Result<usize, ChannelDataError> {
-    if !is_valid_channel(channel) {
+    if !is_channel_number(channel) {
         return Err(ChannelDataError::BadChannel(channel));
     }
     let total = framed_len(data_len, stream);
@@ -135,9 +146,11 @@ mod tests {
     fn rejects_bad_input() {
         assert_eq!(decode(&[0x40]), Err(ChannelDataError::Truncated));
         assert_eq!(
-            decode(&[0x50, 0, 0, 0]),
-            Err(ChannelDataError::BadChannel(0x5000))
+            decode(&[0x80, 0, 0, 0]),
+            Err(ChannelDataError::BadChannel(0x8000))
         );
+        // RFC 5766's wider range still frames.
+        assert_eq!(decode(&[0x7F, 0xFF, 0, 0]).unwrap().channel, 0x7FFF);
         assert_eq!(
             decode(&[0x40, 0, 0, 5, 1]),
             Err(ChannelDataError::LengthMismatch {

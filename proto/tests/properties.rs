@@ -197,7 +197,7 @@ fn exercise_all_parsers(bytes: &[u8]) {
     let _ = binding::parse_response(bytes);
     let cd = channel_data::decode(bytes);
     if let Ok(cd) = cd {
-        assert!(channel_data::is_valid_channel(cd.channel));
+        assert!(channel_data::is_channel_number(cd.channel));
         assert!(cd.data.len() + channel_data::HEADER_LEN <= bytes.len());
     }
     for allow in [false, true] {
@@ -402,7 +402,7 @@ proptest! {
 
     #[test]
     fn channel_data_rejects_channels_out_of_range(
-        channel in any::<u16>().prop_filter("invalid", |c| !channel_data::is_valid_channel(*c)),
+        channel in any::<u16>().prop_filter("invalid", |c| !channel_data::is_channel_number(*c)),
         data in prop::collection::vec(any::<u8>(), 0..16),
     ) {
         let mut buf = [0u8; 32];

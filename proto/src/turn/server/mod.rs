@@ -401,8 +401,12 @@ impl Server {
         out: &mut [u8],
     ) -> ClientAction {
         match demux::classify(msg, true) {
-            PacketKind::ChannelData => self.client_channel_data(client, msg, now),
             PacketKind::Stun => self.client_stun(env, client, msg, now, out),
+            // Nothing but STUN and ChannelData reaches a relay's listener,
+            // so 0x40-0x7F is ChannelData here, RFC 5766 numbers included.
+            PacketKind::ChannelData | PacketKind::Quic if msg[0] < 0x80 => {
+                self.client_channel_data(client, msg, now)
+            }
             _ => self.drop(Drop::Malformed),
         }
     }
@@ -971,7 +975,9 @@ impl Server {
         else {
             return self.error(out, m, &tid, 400, Some(v));
         };
-        if !channel_data::is_valid_channel(number) {
+        // RFC 8656 §11.2 asks for 0x4000-0x4FFF; RFC 5766 clients use up to
+        // 0x7FFF, and refusing them breaks deployed software.
+        if !channel_data::is_channel_number(number) {
             return self.error(out, m, &tid, 400, Some(v));
         }
         let a = self.allocations[s as usize].as_ref().expect("live");

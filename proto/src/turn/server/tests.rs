@@ -752,6 +752,7 @@ fn permissions_channels_and_the_data_path() {
         .code
     };
     assert_eq!(cb(&mut s, &mut env, 9, 0x3FFF, peer), Some(400));
+    assert_eq!(cb(&mut s, &mut env, 9, 0x8000, peer), Some(400));
     assert_eq!(cb(&mut s, &mut env, 10, 0x4000, denied), Some(403));
     assert_eq!(cb(&mut s, &mut env, 11, 0x4000, peer), None);
     assert_eq!(cb(&mut s, &mut env, 12, 0x4000, peer), None, "refresh");
@@ -991,4 +992,45 @@ fn binding_is_answered_and_garbage_dropped() {
         s.handle_client(&mut env, c, &[0x40, 0, 0, 1, 1], t0, &mut out),
         ClientAction::Drop(Drop::NoAllocation)
     );
+}
+
+/// RFC 5766 clients (coturn's turnutils_uclient among them) bind channel
+/// numbers up to 0x7FFF; the relay accepts and relays them.
+#[test]
+fn rfc5766_channel_numbers_are_accepted() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let c = client(1000);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let peer: SocketAddr = "192.0.2.50:7000".parse().unwrap();
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::CHANNEL_BIND,
+            Class::Request,
+            tid(5),
+            |w| {
+                w.u32(attr::CHANNEL_NUMBER, 0x7ABC << 16).unwrap();
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+            },
+            Some(&auth),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, None);
+    let mut cd = [0u8; 16];
+    let n = channel_data::encode(&mut cd, 0x7ABC, b"old", false).unwrap();
+    let mut out = [0u8; 256];
+    let ClientAction::Relay { peer: p, data, .. } =
+        s.handle_client(&mut env, c, &cd[..n], t0, &mut out)
+    else {
+        panic!("not relayed")
+    };
+    assert_eq!((p, &cd[data]), (peer, &b"old"[..]));
+    let relay_id = *env.open.keys().next().unwrap();
+    let route = s.route_peer(relay_id, peer, 3, t0).unwrap();
+    let n = route.framing.write(&mut cd, b"new").unwrap();
+    assert_eq!(channel_data::decode(&cd[..n]).unwrap().channel, 0x7ABC);
 }
