@@ -1,8 +1,10 @@
 //! `natkit`: diagnose NATs, probe STUN/TURN servers, benchmark servers.
 
 mod bench;
+mod creds;
 mod netcheck;
 mod stun;
+mod turn;
 mod udp_driver;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,10 @@ enum Command {
     /// Load-test a server and print figures.
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Check a TURN server: allocate, relay round trips through it, close.
+    Turn(turn::Args),
+    /// Mint REST-style TURN credentials from a shared secret.
+    Creds(creds::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +38,8 @@ fn main() -> std::process::ExitCode {
         Command::Stun(a) => stun::run(a),
         Command::Netcheck(a) => netcheck::run(a),
         Command::Bench(c) => bench::run(c),
+        Command::Turn(a) => turn::run(a),
+        Command::Creds(a) => creds::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

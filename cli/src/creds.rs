@@ -1,0 +1,231 @@
+//! `natkit creds --secret S --user U --ttl 1h`: mint REST-style TURN
+//! credentials (draft-uberti-behave-turn-rest, coturn's `use-auth-secret`)
+//! the way a web service hands them to its clients, with the RTCIceServer
+//! entry a browser takes (W3C WebRTC §4.2.1). The credential code is
+//! `natkit_proto::rest`.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::bail;
+use natkit_proto::rest;
+use serde::Serialize;
+
+/// Flags of `natkit creds`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The shared secret configured on the TURN server (coturn's
+    /// static-auth-secret, natkit-turn's --auth-secret).
+    #[arg(long, value_name = "SECRET")]
+    pub secret: String,
+    /// Who the credentials are for (the part after the expiry in the
+    /// username); empty gives a timestamp-only username.
+    #[arg(long, short = 'u', value_name = "USER", default_value = "")]
+    pub user: String,
+    /// How long they stay valid: N, Ns, Nm, Nh or Nd.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: Duration,
+    /// A TURN URI for the RTCIceServer entry (RFC 7065), e.g.
+    /// turn:turn.example.org:3478?transport=udp; repeat for several.
+    #[arg(long = "url", value_name = "URI", value_parser = parse_url)]
+    pub urls: Vec<String>,
+    /// Print only JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The RTCIceServer dictionary (W3C WebRTC, `RTCIceServer`).
+#[derive(Debug, Serialize)]
+struct IceServer<'a> {
+    urls: &'a [String],
+    username: &'a str,
+    credential: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct Output<'a> {
+    username: &'a str,
+    password: &'a str,
+    /// Unix seconds.
+    expires_at: u64,
+    /// RFC 3339, UTC.
+    expires: String,
+    ttl_s: u64,
+    ice_server: IceServer<'a>,
+}
+
+/// Run `natkit creds`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.secret.is_empty() {
+        // An empty HMAC key would let anyone mint the same credentials.
+        bail!("--secret must not be empty");
+    }
+    if args.user.contains(rest::SEPARATOR) && args.user.starts_with(|c: char| c.is_ascii_digit()) {
+        // Harmless to the server (the expiry is before the first ':'),
+        // but likely a username pasted in by mistake.
+        eprintln!(
+            "warning: --user {:?} looks like a REST username already; it becomes the user part",
+            args.user
+        );
+    }
+    let c = rest::generate(
+        args.secret.as_bytes(),
+        &args.user,
+        args.ttl,
+        SystemTime::now(),
+    );
+    let out = Output {
+        username: &c.username,
+        password: &c.password,
+        expires_at: c.expires_at,
+        expires: rfc3339(c.expires_at),
+        ttl_s: args.ttl.as_secs(),
+        ice_server: IceServer {
+            urls: &args.urls,
+            username: &c.username,
+            credential: &c.password,
+        },
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("username    {}", out.username);
+    println!("password    {}", out.password);
+    println!("expires     {} ({} s from now)", out.expires, out.ttl_s);
+    println!("ice server  {}", serde_json::to_string(&out.ice_server)?);
+    if args.urls.is_empty() {
+        eprintln!(
+            "note: no --url given: an RTCIceServer needs at least one, \
+             e.g. --url turn:turn.example.org:3478"
+        );
+    }
+    Ok(())
+}
+
+/// `90`, `90s`, `15m`, `1h`, `7d`.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let mult: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        u => return Err(format!("unknown unit {u:?} in {s:?}: use s, m, h or d")),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected N, Ns, Nm, Nh or Nd"))?;
+    let secs = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("duration {s:?} is too long"))?;
+    if secs == 0 {
+        return Err("the ttl must be at least 1 s".into());
+    }
+    // Beyond ~a century the expiry is meaningless and may overflow on
+    // servers that store it in 32 bits.
+    if secs > 100 * 365 * 86_400 {
+        return Err(format!("duration {s:?} is too long (at most 100 years)"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// A TURN or STUN URI (RFC 7065, RFC 7064), checked only for its scheme
+/// and host: browsers reject an RTCIceServer with anything else.
+fn parse_url(s: &str) -> Result<String, String> {
+    let rest = ["turn:", "turns:", "stun:", "stuns:"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+        .ok_or_else(|| format!("{s:?} is not a turn:, turns:, stun: or stuns: URI"))?;
+    if rest.is_empty() || rest.starts_with('?') || rest.starts_with("//") {
+        return Err(format!(
+            "{s:?} has no host (RFC 7065: turn:HOST[:PORT][?transport=udp|tcp])"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Unix seconds as an RFC 3339 UTC time, e.g. `2026-11-25T13:36:11Z`.
+fn rfc3339(unix: u64) -> String {
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
+/// calendar (H. Hinnant's `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("2d"), Ok(Duration::from_secs(172_800)));
+        for bad in [
+            "",
+            "h",
+            "0",
+            "0h",
+            "1w",
+            "-1h",
+            "1.5h",
+            "99999999999999999999d",
+            "36600d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn urls_need_a_scheme_and_host() {
+        assert!(parse_url("turn:turn.example.org:3478?transport=tcp").is_ok());
+        assert!(parse_url("turns:[2001:db8::1]:5349").is_ok());
+        for bad in [
+            "turn.example.org",
+            "http://x",
+            "turn:",
+            "turn:?transport=udp",
+            "turn://x",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        // 2000-02-29 (a leap day of a century leap year) 12:34:56.
+        assert_eq!(rfc3339(951_827_696), "2000-02-29T12:34:56Z");
+        assert_eq!(rfc3339(1_764_081_371), "2025-11-25T14:36:11Z");
+        assert_eq!(rfc3339(4_102_444_800), "2100-01-01T00:00:00Z");
+        // Consecutive days around a year end.
+        assert_eq!(rfc3339(1_735_689_599), "2024-12-31T23:59:59Z");
+        assert_eq!(rfc3339(1_735_689_600), "2025-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,545 @@
+//! `natkit turn SERVER[:PORT]`: check a TURN server end to end. Allocate
+//! (twice by default), create permissions, bind a channel, relay a few round
+//! trips through the server and close, reporting each step with its timing.
+//!
+//! By default the peer is the command's own second allocation on the same
+//! server: A sends ChannelData to B's relayed address, B gets it as a Data
+//! indication and echoes it with a Send indication, and A gets the echo as
+//! ChannelData (RFC 8656 §11, §12), so one run exercises both data paths of
+//! the relay. With `--peer` the peer is any UDP echo service.
+//!
+//! The protocol is `natkit_proto::turn::client` (sans-IO); this module owns
+//! the sockets (one connection per allocation: RFC 8656 §2 ties an
+//! allocation to its 5-tuple) and the clock.
+
+mod args;
+mod conn;
+mod failure;
+mod report;
+mod session;
+mod tls;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use natkit_proto::turn::client::{AddressFamily, Client, Config, Event};
+
+use crate::udp_driver;
+use conn::{Conn, TlsConnectError};
+use failure::{Doing, Failure, Who};
+use report::{AllocationOut, Printer, RoundTripOut};
+use session::{Alloc, Session};
+
+use args::{credentials, target};
+pub use args::{Args, TransportArg};
+
+/// How long to wait for the allocations' deletion when giving up after an
+/// error: the error is what matters, a silent server must not hold it back.
+const CLEANUP_WAIT: Duration = Duration::from_secs(2);
+
+/// Run `natkit turn`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut out = Printer::new(args.json);
+    let result = probe(&args, &mut out);
+    let failure = result.err();
+    out.finish(failure.as_ref())?;
+    match failure {
+        None => Ok(()),
+        Some(f) => Err(f.into()),
+    }
+}
+
+fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {
+    let (creds, rest) = credentials(args)?;
+    let (spec, transport) = target(args)?;
+    out.report.server_name = spec.to_string();
+    out.report.transport = transport_name(transport);
+    out.report.username = creds.username.clone();
+    out.report.credentials = if rest { "rest" } else { "static" };
+    let trust = match transport {
+        TransportArg::Tls if args.insecure => {
+            eprintln!(
+                "warning: --insecure: the server's certificate is not verified; \
+                 anyone on the path could pose as the server"
+            );
+            Some(tls::Trust::Insecure)
+        }
+        TransportArg::Tls => Some(match &args.ca {
+            Some(f) => tls::Trust::CaFile(f.clone()),
+            None => tls::Trust::System,
+        }),
+        _ => {
+            if args.insecure || args.ca.is_some() || args.tls_name.is_some() {
+                eprintln!("warning: --ca, --insecure and --tls-name apply to --transport tls only");
+            }
+            None
+        }
+    };
+    let tls_setup = match &trust {
+        Some(t) => {
+            let config =
+                tls::client_config(t).map_err(|e| Failure::new("tls", format!("{e:#}")))?;
+            let name = args.tls_name.as_deref().unwrap_or(&spec.host);
+            let name =
+                tls::server_name(name).map_err(|e| Failure::new("usage", format!("{e:#}")))?;
+            Some((config, name))
+        }
+        None => None,
+    };
+
+    // Resolve.
+    let t = Instant::now();
+    // The server's family need not be the peer's: the relayed address
+    // family is asked for separately (RFC 6156).
+    let server =
+        udp_driver::resolve(&spec, None).map_err(|e| Failure::new("dns", format!("{e:#}")))?;
+    out.report.server = Some(server);
+    let how = if spec.host.parse::<std::net::IpAddr>().is_ok() {
+        "an address, no lookup".to_string()
+    } else {
+        format!("resolved {}", spec.host)
+    };
+    out.step("resolve", t.elapsed(), format!("{server} ({how})"));
+
+    let who = Who {
+        username: creds.username.clone(),
+        rest,
+        server,
+        stream: transport != TransportArg::Udp,
+    };
+
+    // Connect: one socket or connection per allocation.
+    let names: &[&'static str] = if args.peer.is_some() {
+        &["A"]
+    } else {
+        &["A", "B"]
+    };
+    let connect_timeout = args.timing.config().budget().max(Duration::from_secs(1));
+    let mut pending = Vec::new();
+    for &name in names {
+        let t = Instant::now();
+        let (conn, local, detail) = match transport {
+            TransportArg::Udp => {
+                let (c, l) =
+                    Conn::udp(server).map_err(|e| Failure::new("connect", format!("{e:#}")))?;
+                (c, l, None)
+            }
+            TransportArg::Tcp => {
+                let (c, l) = Conn::tcp(server, connect_timeout)
+                    .map_err(|e| connect_failure(server, "TCP", &e))?;
+                (c, l, Some(format!("{name} {l} -> {server} over TCP")))
+            }
+            TransportArg::Tls => {
+                let Some((config, sni)) = &tls_setup else {
+                    return Err(Failure::new("tls", "TLS was not set up"));
+                };
+                let (c, l, info) = Conn::tls(server, sni.clone(), config.clone(), connect_timeout)
+                    .map_err(|e| tls_failure(server, e, connect_timeout))?;
+                let d = format!(
+                    "{name} {l} -> {server} over TLS: {} {}, handshake {}",
+                    info.version,
+                    info.cipher,
+                    udp_driver::millis(info.handshake)
+                );
+                out.report.tls.get_or_insert(report::TlsOut {
+                    version: info.version,
+                    cipher: info.cipher,
+                    handshake_ms: udp_driver::json_ms(info.handshake),
+                });
+                (c, l, Some(d))
+            }
+        };
+        if let Some(d) = detail {
+            out.step("connect", t.elapsed(), d);
+        }
+        let mut cfg = Config::new(server, transport.into(), creds.clone());
+        cfg.transaction = args.timing.config();
+        if args.peer.is_some_and(|p| p.is_ipv6()) {
+            // RFC 6156: relay to an IPv6 peer from an IPv6 relayed address.
+            cfg.family = AddressFamily::V6;
+        }
+        pending.push(Pending {
+            name,
+            cfg,
+            conn,
+            local,
+        });
+    }
+    let mut session = Session {
+        allocs: Vec::new(),
+        who,
+    };
+    let result = relay_check(args, pending, &mut session, out);
+    if result.is_err() {
+        // Free what was allocated; the error is the news, not this.
+        let _ = session.close(Some(Instant::now() + CLEANUP_WAIT));
+    }
+    result
+}
+
+/// A connected allocation not yet asked for: [`Client::new`] sends the
+/// Allocate at once.
+struct Pending {
+    name: &'static str,
+    cfg: Config,
+    conn: Conn,
+    local: SocketAddr,
+}
+
+fn relay_check(
+    args: &Args,
+    pending: Vec<Pending>,
+    s: &mut Session,
+    out: &mut Printer,
+) -> Result<(), Failure> {
+    // Allocate (RFC 8656 §7), A then B: each timing is its own, and a
+    // quota of one allocation always stops B, not a random one of the two.
+    let mut relayed = Vec::new();
+    for (i, p) in pending.into_iter().enumerate() {
+        let t0 = Instant::now();
+        s.allocs.push(Alloc {
+            name: p.name,
+            client: Client::new(p.cfg, t0),
+            conn: p.conn,
+            local: p.local,
+            auth: None,
+            events: VecDeque::new(),
+            data: VecDeque::new(),
+        });
+        let got = s.wait_each(&[i], None, |_, ev| match ev {
+            Event::Allocated {
+                relayed,
+                mapped,
+                lifetime,
+            } => Some(Ok((relayed, mapped, lifetime))),
+            Event::Failed(e) => Some(Err(e)),
+            _ => None,
+        })?;
+        let a = &s.allocs[i];
+        let Some((res, at)) = got[i].clone() else {
+            return Err(Failure::new("io", "allocation did not finish"));
+        };
+        match res {
+            Ok((r, mapped, lifetime)) => {
+                let auth = a.auth.clone();
+                let mut detail = format!(
+                    "relayed {}, mapped {mapped}, lifetime {} s",
+                    join(&r),
+                    lifetime.as_secs()
+                );
+                if let Some(au) = &auth {
+                    detail += &format!(
+                        ", auth {} ({}), realm {:?}",
+                        au.algorithm, au.integrity, au.realm
+                    );
+                }
+                let took = at - t0;
+                out.step(step_name("allocate", a.name), took, detail);
+                out.report.allocations.push(AllocationOut {
+                    name: a.name,
+                    local: a.local,
+                    relayed: r.clone(),
+                    mapped,
+                    lifetime_s: lifetime.as_secs(),
+                    allocate_ms: udp_driver::json_ms(took),
+                    realm: auth.as_ref().map(|x| x.realm.clone()),
+                    password_algorithm: auth.as_ref().map(|x| x.algorithm),
+                    integrity: auth.as_ref().map(|x| x.integrity),
+                });
+                relayed.push(r);
+            }
+            Err(e) => return Err(failure::from_client(&e, Doing::Allocate(a.name), &s.who)),
+        }
+    }
+
+    // The peer of A, and of B the other way.
+    let (peer_of_a, peer_of_b) = match args.peer {
+        Some(p) => (p, None),
+        None => {
+            // The client reports Allocated only with a relayed address.
+            let first = |i: usize| {
+                relayed
+                    .get(i)
+                    .and_then(|r: &Vec<SocketAddr>| r.first().copied())
+                    .ok_or_else(|| Failure::new("io", "allocation without a relayed address"))
+            };
+            (first(1)?, Some(first(0)?))
+        }
+    };
+    out.report.peer = Some(report::PeerOut {
+        address: peer_of_a,
+        kind: if args.peer.is_some() {
+            "given"
+        } else {
+            "own_allocation"
+        },
+    });
+
+    // CreatePermission (RFC 8656 §9), both ways.
+    let t = Instant::now();
+    let mut targets = vec![(0usize, peer_of_a)];
+    if let Some(p) = peer_of_b {
+        targets.push((1, p));
+    }
+    for &(i, p) in &targets {
+        let now = Instant::now();
+        s.allocs[i]
+            .client
+            .create_permission(p, now)
+            .map_err(|e| Failure::new("usage", format!("permission for {p}: {e}")))?;
+    }
+    let which: Vec<usize> = targets.iter().map(|t| t.0).collect();
+    let got = s.wait_each(&which, None, |_, ev| match ev {
+        Event::PermissionCreated { peers } => Some(Ok(peers)),
+        Event::PermissionFailed { peers, error } => Some(Err((peers, error, false))),
+        Event::Failed(e) => Some(Err((Vec::new(), e, true))),
+        _ => None,
+    })?;
+    for &(i, p) in &targets {
+        match got[i].as_ref().map(|g| &g.0) {
+            Some(Ok(_)) => {}
+            Some(Err((_, e, true))) => {
+                return Err(failure::from_client(
+                    e,
+                    Doing::Allocate(s.allocs[i].name),
+                    &s.who,
+                ))
+            }
+            Some(Err((_, e, false))) => {
+                return Err(failure::from_client(
+                    e,
+                    Doing::Peer("permission", p),
+                    &s.who,
+                ))
+            }
+            None => return Err(Failure::new("io", "permission did not finish")),
+        }
+    }
+    let detail: Vec<String> = targets
+        .iter()
+        .map(|&(i, p)| format!("{} -> {}", s.allocs[i].name, p.ip()))
+        .collect();
+    out.step("permission", t.elapsed(), detail.join(", "));
+
+    // ChannelBind (RFC 8656 §11) from A to its peer only: the echo from B
+    // then travels as a Send indication, so both data paths are used.
+    let t = Instant::now();
+    let channel = s.allocs[0]
+        .client
+        .bind_channel(peer_of_a, Instant::now())
+        .map_err(|e| Failure::new("usage", format!("channel to {peer_of_a}: {e}")))?;
+    let got = s.wait_each(&[0], None, |_, ev| match ev {
+        Event::ChannelBound { channel, .. } => Some(Ok(channel)),
+        Event::ChannelFailed { error, .. } => Some(Err((error, false))),
+        Event::Failed(e) => Some(Err((e, true))),
+        _ => None,
+    })?;
+    match got[0].as_ref().map(|g| &g.0) {
+        Some(Ok(_)) => {}
+        Some(Err((e, true))) => return Err(failure::from_client(e, Doing::Allocate("A"), &s.who)),
+        Some(Err((e, false))) => {
+            return Err(failure::from_client(
+                e,
+                Doing::Peer("channel bind", peer_of_a),
+                &s.who,
+            ))
+        }
+        None => return Err(Failure::new("io", "channel bind did not finish")),
+    }
+    out.report.channel = Some(channel);
+    out.step(
+        "channel",
+        t.elapsed(),
+        format!("A bound channel {channel:#06x} to {peer_of_a}"),
+    );
+
+    // Round trips.
+    let rt = round_trips(args, s, peer_of_a, peer_of_b)?;
+    let summary = rt.summary();
+    let lost = rt.sent - rt.received;
+    out.report.round_trip = Some(rt.clone());
+    if rt.received == 0 {
+        let message = match peer_of_b {
+            None => format!(
+                "no echo from {peer_of_a} through the relay after {} messages \
+                 (the peer must send UDP datagrams back)",
+                rt.sent
+            ),
+            Some(_) => format!(
+                "no data came back through the relay: A sent {} messages to B's relayed address \
+                 {peer_of_a}, B received {}",
+                rt.sent,
+                rt.b_received.unwrap_or(0)
+            ),
+        };
+        return Err(Failure::new("no_echo", message));
+    }
+    out.step_text("round trip", summary);
+    if lost > 0 {
+        eprintln!(
+            "warning: {lost} of {} round trips got no echo within {} ms",
+            rt.sent, args.data_timeout_ms
+        );
+    }
+
+    // Delete the allocations.
+    let t = Instant::now();
+    let problems = s.close(None)?;
+    out.report.closed = Some(problems.is_empty());
+    if problems.is_empty() {
+        let names: Vec<&str> = s.allocs.iter().map(|a| a.name).collect();
+        out.step(
+            "close",
+            t.elapsed(),
+            format!("{} deleted (Refresh, LIFETIME 0)", names.join(" and ")),
+        );
+    } else {
+        out.step(
+            "close",
+            t.elapsed(),
+            format!("not confirmed: {}", problems.join("; ")),
+        );
+        eprintln!(
+            "warning: deleting the allocations failed: {}",
+            problems.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Send `args.count` payloads from A to `peer_of_a` and time each echo. B
+/// (when it is the peer) echoes every message from A's relayed address
+/// back to `peer_of_b`.
+fn round_trips(
+    args: &Args,
+    s: &mut Session,
+    peer_of_a: SocketAddr,
+    peer_of_b: Option<SocketAddr>,
+) -> Result<RoundTripOut, Failure> {
+    let mut rtts = Vec::new();
+    let mut a_to_b = None;
+    let mut b_to_a = None;
+    let mut b_received = 0u32;
+    let tag: u64 = rand::random();
+    let wait = Duration::from_millis(args.data_timeout_ms);
+    for seq in 0..args.count {
+        // Payload: a run tag and the sequence number, padded; an echo of an
+        // earlier (late) round never matches a later one.
+        let mut payload = vec![0u8; args.size as usize];
+        payload[..8].copy_from_slice(&tag.to_be_bytes());
+        payload[8..12].copy_from_slice(&seq.to_be_bytes());
+        for (i, b) in payload.iter_mut().enumerate().skip(12) {
+            *b = i as u8;
+        }
+        let sent_at = Instant::now();
+        let who = s.who.clone();
+        s.allocs[0].send_data(peer_of_a, &payload, &who)?;
+        let got = s.wait(Some(sent_at + wait), |s| {
+            if let (Some(back), Some(b)) = (peer_of_b, s.allocs.get_mut(1)) {
+                while let Some(d) = b.data.pop_front() {
+                    if d.peer == back {
+                        b_received += 1;
+                        a_to_b = Some(d.channel);
+                        b.send_data(back, &d.data, &s.who)?;
+                    }
+                }
+            }
+            let a = &mut s.allocs[0];
+            while let Some(d) = a.data.pop_front() {
+                if d.peer == peer_of_a && d.data == payload {
+                    b_to_a = Some(d.channel);
+                    return Ok(Some(d.at - sent_at));
+                }
+            }
+            Ok(None)
+        })?;
+        if let Some(rtt) = got {
+            rtts.push(rtt);
+        }
+    }
+    Ok(RoundTripOut::new(
+        args.count,
+        args.size,
+        &rtts,
+        peer_of_b.map(|_| b_received),
+        peer_of_b.and(a_to_b).map(path_name),
+        b_to_a.map(path_name),
+    ))
+}
+
+fn path_name(channel: Option<u16>) -> &'static str {
+    match channel {
+        Some(_) => "ChannelData",
+        None => "Data indication",
+    }
+}
+
+fn step_name(step: &str, name: &str) -> String {
+    format!("{step} {name}")
+}
+
+fn join(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+fn transport_name(t: TransportArg) -> &'static str {
+    match t {
+        TransportArg::Udp => "udp",
+        TransportArg::Tcp => "tcp",
+        TransportArg::Tls => "tls",
+    }
+}
+
+fn connect_failure(server: SocketAddr, over: &str, e: &std::io::Error) -> Failure {
+    let hint = match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => " (nothing listens there, or a firewall refuses)",
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            " (no answer: server down, or a firewall drops the packets)"
+        }
+        _ => "",
+    };
+    Failure::new(
+        "connect",
+        format!("cannot connect to {server} over {over}: {e}{hint}"),
+    )
+}
+
+fn tls_failure(server: SocketAddr, e: TlsConnectError, timeout: Duration) -> Failure {
+    match e {
+        TlsConnectError::Connect(e) => connect_failure(server, "TCP (for TLS)", &e),
+        TlsConnectError::Handshake(e) => {
+            let hint = match e {
+                rustls::Error::InvalidCertificate(_) => {
+                    "; use --ca FILE to trust the server's CA or self-signed certificate \
+                     (or --insecure to skip the check)"
+                }
+                _ => "",
+            };
+            Failure::new(
+                "tls",
+                format!("TLS handshake with {server} failed: {e}{hint}"),
+            )
+        }
+        TlsConnectError::Io(e) => {
+            let why = match e.kind() {
+                // SO_RCVTIMEO ran out (see Conn::tls).
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    format!("no TLS answer within {}", udp_driver::secs(timeout))
+                }
+                _ => e.to_string(),
+            };
+            Failure::new(
+                "tls",
+                format!(
+                    "TLS handshake with {server} failed: {why} \
+                     (is it a TLS port? try --transport tcp)"
+                ),
+            )
+        }
+    }
+}
