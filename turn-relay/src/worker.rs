@@ -36,6 +36,9 @@ const BATCH: usize = 64;
 /// Largest datagram relayed. Bigger ones are truncated by the kernel and
 /// dropped as malformed.
 pub const MAX_DATAGRAM: usize = 8192;
+/// Receive errors tolerated in one drain before leaving a socket for the
+/// next readiness event.
+const MAX_RECV_ERRORS: u32 = 8;
 /// Longest a shard sleeps without looking at timers and signals.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -382,14 +385,20 @@ impl Worker {
             ..
         } = self;
         let Some(sock) = listeners.get(i) else { return };
+        let mut errors = 0;
         loop {
             let n = match rx.recv(sock) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
+                // A pending ICMP error (ECONNREFUSED after a client went
+                // away) is reported once, ahead of any queued data: read on,
+                // or the queue would wait for the next edge. Bounded.
+                Err(e) if errors < MAX_RECV_ERRORS => {
                     debug!(error = %e, "listener receive failed");
-                    return;
+                    errors += 1;
+                    continue;
                 }
+                Err(_) => return,
             };
             let mut env = WorkerEnv {
                 shared,
@@ -439,6 +448,7 @@ impl Worker {
             send_errors,
             ..
         } = self;
+        let mut errors = 0;
         loop {
             let Some(Some(r)) = relays.socks.get(id as usize) else {
                 return;
@@ -446,11 +456,14 @@ impl Worker {
             let n = match rx.recv(&r.sock) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // ICMP errors surface here (ECONNREFUSED): not fatal.
+                // ICMP errors from peers (ECONNREFUSED) surface here, once,
+                // ahead of queued data: read on, bounded.
+                Err(e) if errors < MAX_RECV_ERRORS => {
                     debug!(error = %e, "relay receive failed");
-                    return;
+                    errors += 1;
+                    continue;
                 }
+                Err(_) => return,
             };
             for d in rx.iter() {
                 if d.truncated {
