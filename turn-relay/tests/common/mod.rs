@@ -111,6 +111,7 @@ impl Relay {
             metrics,
         };
         r.wait_ready();
+        r.wait_serving();
         r
     }
 
@@ -403,15 +404,6 @@ impl Node {
 }
 
 impl Relay {
-    /// `start` and wait until the TCP listener and the metrics endpoint
-    /// accept connections too: the relay answers on UDP a moment before it
-    /// listens on TCP and serves metrics, and `start` waits only for UDP.
-    pub fn start_serving(extra: &[&str]) -> Relay {
-        let r = Relay::start(extra);
-        r.wait_serving();
-        r
-    }
-
     /// Wait (bounded by [`STEP`]) until the TCP listener accepts a
     /// connection and `/healthz` answers.
     pub fn wait_serving(&self) {
