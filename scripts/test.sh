@@ -4,9 +4,11 @@
 #   bash scripts/test.sh
 #
 # 1. Makes sure what the tests need is installed. The interop tests run
-#    coturn's `turnserver` and `turnutils_*` on loopback; when they are missing
-#    and we are root on Debian/Ubuntu, this installs the `coturn` package with
-#    apt-get (and says so). Otherwise it prints what to install and stops.
+#    coturn's `turnserver` and `turnutils_*` on loopback, and headless Chromium
+#    in a network namespace the test creates (iproute2); a DNS test runs under
+#    `unshare --net`. When any is missing and we are root on Debian/Ubuntu,
+#    this installs the packages with apt-get (and says so). Otherwise it prints
+#    what to install and stops.
 # 2. cargo fmt --check, cargo clippy -D warnings, then the tests of every crate
 #    and target (cargo-nextest when installed, it runs test binaries in
 #    parallel; cargo test otherwise), then the doc tests (nextest skips those).

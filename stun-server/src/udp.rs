@@ -32,21 +32,28 @@ pub fn start(
     metrics: &Metrics,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    let mut groups = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        let mut group = Vec::with_capacity(responder.endpoints().len());
-        for e in responder.endpoints() {
-            let opts = UdpSocketOptions {
-                reuse_port: true,
-                recv_timeout: Some(POLL),
-                ..Default::default()
-            };
-            let s = batch::udp_socket(e.addr, &opts)
-                .with_context(|| format!("cannot bind UDP {}", e.addr))?;
-            group.push(s);
-        }
-        groups.push(Arc::new(group));
+    // One SO_REUSEPORT group per endpoint, then one socket of each group
+    // per thread group.
+    let opts = UdpSocketOptions {
+        recv_timeout: Some(POLL),
+        ..Default::default()
+    };
+    let mut per_endpoint = Vec::new();
+    for e in responder.endpoints() {
+        let socks = batch::udp_socket_group(e.addr, threads, &opts)
+            .with_context(|| format!("cannot bind UDP {}", e.addr))?;
+        per_endpoint.push(socks.into_iter());
     }
+    let groups: Vec<Arc<Vec<UdpSocket>>> = (0..threads)
+        .map(|_| {
+            Arc::new(
+                per_endpoint
+                    .iter_mut()
+                    .map(|it| it.next().expect("one socket per thread"))
+                    .collect(),
+            )
+        })
+        .collect();
     let mut handles = Vec::new();
     for (g, group) in groups.into_iter().enumerate() {
         for local in 0..group.len() {

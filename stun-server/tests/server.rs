@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -386,4 +386,23 @@ fn check_config_names_the_bad_key() {
         "same IP for --other must be refused"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Another process's SO_REUSEPORT socket on the port: natkit-stun must not
+/// silently join its group and split the traffic; it refuses to start.
+#[test]
+fn refuses_a_port_another_process_holds() {
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let taken = other.local_addr().unwrap().as_socket().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
+        .args(["--listen", &taken.to_string(), "--tcp", "false"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
 }

@@ -52,19 +52,21 @@ pub fn run(cfg: Config, args: Args) -> anyhow::Result<()> {
     // listen address.
     let mut handles = Vec::new();
     let mut threads = Vec::new();
+    let opts = UdpSocketOptions {
+        nonblocking: true,
+        ..Default::default()
+    };
+    let mut groups = Vec::new();
+    for addr in &listeners {
+        let socks = batch::udp_socket_group(*addr, cfg.threads, &opts)
+            .with_context(|| format!("cannot bind UDP {addr}"))?;
+        groups.push(socks.into_iter());
+    }
     for index in 0..cfg.threads {
-        let mut socks = Vec::new();
-        for addr in &listeners {
-            let opts = UdpSocketOptions {
-                reuse_port: true,
-                nonblocking: true,
-                ..Default::default()
-            };
-            socks.push(
-                batch::udp_socket(*addr, &opts)
-                    .with_context(|| format!("cannot bind UDP {addr}"))?,
-            );
-        }
+        let socks = groups
+            .iter_mut()
+            .map(|g| g.next().expect("one socket per thread"))
+            .collect();
         let (handle, body) = worker::create(WorkerSetup {
             index,
             listeners: socks,

@@ -24,7 +24,7 @@ mod sys;
 
 pub use recv::{Datagram, RecvBatch};
 pub use send::{FlushStats, PushError, SendBatch};
-pub use socket::{udp_socket, UdpSocketOptions};
+pub use socket::{udp_socket, udp_socket_group, UdpSocketOptions};
 
 /// Largest batch the kernel accepts in one call (`UIO_MAXIOV`); larger `vlen` is silently capped.
 const MAX_BATCH: usize = 1024;

@@ -116,11 +116,73 @@ pub fn udp_socket(addr: SocketAddr, opts: &UdpSocketOptions) -> io::Result<UdpSo
     Ok(sock.into())
 }
 
+/// Binds `count` SO_REUSEPORT sockets to `addr`, one per worker thread, so
+/// the kernel spreads flows across them.
+///
+/// Any process of the same user can join a reuse-port group and silently
+/// take a share of the traffic, and a group we join would share ours: so the
+/// address is first bound once *without* SO_REUSEPORT, which fails with
+/// `AddrInUse` if anyone holds it. With port 0, the first socket picks the
+/// port and the others join it. `opts.reuse_port` is ignored (always on).
+pub fn udp_socket_group(
+    addr: SocketAddr,
+    count: usize,
+    opts: &UdpSocketOptions,
+) -> io::Result<Vec<UdpSocket>> {
+    let reuse = UdpSocketOptions {
+        reuse_port: true,
+        ..opts.clone()
+    };
+    let mut addr = addr;
+    if addr.port() != 0 {
+        let probe = UdpSocketOptions {
+            reuse_port: false,
+            recv_buffer: None,
+            send_buffer: None,
+            ..opts.clone()
+        };
+        drop(udp_socket(addr, &probe).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{addr} is in use by another socket or process: {e}"),
+            )
+        })?);
+    }
+    let mut socks = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let s = udp_socket(addr, &reuse)?;
+        addr = s.local_addr()?;
+        socks.push(s);
+    }
+    Ok(socks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::batch::test_util::*;
     use crate::batch::RecvBatch;
+
+    #[test]
+    fn socket_group_refuses_an_address_someone_holds() {
+        let reuse = UdpSocketOptions {
+            reuse_port: true,
+            ..opts()
+        };
+        // Another process's reuse-port socket: we must not join its group.
+        let other = udp_socket(v4_any(), &reuse).unwrap();
+        let taken = other.local_addr().unwrap();
+        let err = udp_socket_group(taken, 2, &opts()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("in use"), "{err}");
+        // A free address: every socket of the group on one port.
+        let group = udp_socket_group(v4_any(), 3, &opts()).unwrap();
+        let a = group[0].local_addr().unwrap();
+        assert_ne!(a.port(), 0);
+        assert!(group.iter().all(|s| s.local_addr().unwrap() == a));
+        let group2 = udp_socket_group(SocketAddr::new(a.ip(), 0), 1, &opts()).unwrap();
+        assert_ne!(group2[0].local_addr().unwrap(), a);
+    }
 
     #[test]
     fn reuse_port_lets_sockets_share_an_address() {
