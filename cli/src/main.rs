@@ -10,7 +10,11 @@ mod udp_driver;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "natkit", version, about = "NAT traversal toolkit: diagnose, probe, benchmark")]
+#[command(
+    name = "natkit",
+    version,
+    about = "NAT traversal toolkit: diagnose, probe, benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
