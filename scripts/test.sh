@@ -80,13 +80,13 @@ step() {
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+# Doc tests first: the test runner's summary stays the last word of the log.
+step doctest cargo test --workspace --doc
 if cargo nextest --version >/dev/null 2>&1; then
     step test cargo nextest run --workspace --all-targets --no-fail-fast
 else
     step test cargo test --workspace --all-targets --no-fail-fast
 fi
-step doctest cargo test --workspace --doc
-
 if ((${#failed[@]})); then
     say "FAILED: ${failed[*]}"
     exit 1

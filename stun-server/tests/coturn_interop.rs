@@ -15,8 +15,7 @@ fn blocks(out: &str) -> Vec<(String, String, String)> {
         let field = |key: &str| {
             block
                 .lines()
-                .filter(|l| l.contains(key))
-                .last()
+                .rfind(|l| l.contains(key))
                 .and_then(|l| l.rsplit(' ').next())
                 .unwrap_or_default()
                 .to_string()
