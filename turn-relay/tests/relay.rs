@@ -381,3 +381,76 @@ fn check_config_refuses_an_open_relay_and_names_bad_keys() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("min-prot"));
 }
+
+/// Behind a 1:1 NAT the relay advertises the external address; the relay
+/// socket still binds the internal one.
+#[test]
+fn external_ip_is_advertised() {
+    let relay = Relay::start(&["--external-ip", "203.0.113.7/127.0.0.1"]);
+    let (a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    assert_eq!(relayed.ip().to_string(), "203.0.113.7");
+    let _ = a;
+}
+
+/// The total allocation quota holds across users and shards.
+#[test]
+fn total_allocation_quota() {
+    let relay = Relay::start(&["--max-allocations", "2", "--user", "bob:builder"]);
+    let (_a, _) = Node::allocate(relay.addr, Transport::Udp);
+    let mut b = Node::new(relay.addr, Transport::Udp, "bob", "builder");
+    b.allocated().expect("second allocation fits");
+    let mut c = Node::new(relay.addr, Transport::Udp, "bob", "builder");
+    assert_eq!(c.allocated(), Err(ClientError::QuotaReached));
+}
+
+/// SIGHUP applies a new peer list: a range allowed before is refused after,
+/// and permissions into it are dropped.
+#[test]
+fn sighup_reloads_peer_lists() {
+    let dir = TempDir::new("reload-peers");
+    let cfg = dir.0.join("turn.toml");
+    let port = free_port();
+    let metrics = free_port();
+    let write = |allow: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = [\"127.0.0.1:{port}\"]\nrelay-ip = [\"127.0.0.1\"]\nmin-port = 20100\nmax-port = 20149\nmetrics = \"127.0.0.1:{metrics}\"\n{allow}[users]\n{USER} = \"{PASS}\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("allow-peer = [\"127.0.0.0/8\"]\n");
+    let relay = Relay::start_with(
+        vec!["--config".into(), cfg.display().to_string()],
+        port,
+        metrics,
+    );
+    // 127.0.0.2: not the relay's own IP, whose permissions the
+    // relay-to-relay rule keeps.
+    let echo = UdpSocket::bind("127.0.0.2:0").unwrap();
+    echo.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let peer = echo.local_addr().unwrap();
+    let (mut a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    a.permit(peer).unwrap();
+    echo.send_to(b"before", relayed).unwrap();
+    assert_eq!(a.recv(), (peer, b"before".to_vec()));
+    write("");
+    relay.signal(libc::SIGHUP);
+    // The client asks once per IP, so each try names another loopback IP.
+    let mut last = 10u8;
+    loop {
+        let other = SocketAddr::from(([127, 0, 0, last], 9));
+        if a.permit(other) == Err(ClientError::Forbidden) {
+            break;
+        }
+        last += 1;
+        assert!(last < 100, "reload did not take effect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The installed permission went with the reload: the peer's data no
+    // longer gets through.
+    echo.send_to(b"after", relayed).unwrap();
+    assert!(a.recv_for(Duration::from_millis(300)).is_empty());
+}

@@ -264,6 +264,8 @@ pub struct Server {
     by_relay: HashMap<RelayId, u32>,
     live: usize,
     next_sweep: Instant,
+    /// Whether the request being answered carried FINGERPRINT.
+    request_fingerprint: bool,
     pub stats: Stats,
 }
 
@@ -301,6 +303,7 @@ impl Server {
             by_relay: HashMap::new(),
             live: 0,
             next_sweep: now,
+            request_fingerprint: false,
             stats: Stats::default(),
         }
     }
@@ -521,7 +524,9 @@ impl Server {
         if h.class() != Class::Request {
             return self.drop(Drop::Ignored);
         }
-        if let Some(fp) = fingerprint_check(msg, &h) {
+        let fp = fingerprint_check(msg, &h);
+        self.request_fingerprint = fp == Some(true);
+        if let Some(fp) = fp {
             if !fp {
                 return self.drop(Drop::Malformed);
             }
@@ -644,7 +649,9 @@ impl Server {
     }
 
     /// Write a response: `body` adds attributes, then integrity (when the
-    /// request was authenticated) and FINGERPRINT.
+    /// request was authenticated) and FINGERPRINT (when authenticated, or
+    /// when the request had one: an unauthenticated answer stays as small as
+    /// it can, which is what limits reflection).
     fn reply(
         &mut self,
         out: &mut [u8],
@@ -654,6 +661,7 @@ impl Server {
         tid: &[u8; 12],
         v: Option<Verified>,
     ) -> ClientAction {
+        let fingerprint = self.request_fingerprint;
         let write = || -> Result<usize, BufferTooSmall> {
             let mut w = Writer::new(out, m, class, tid)?;
             body(&mut w)?;
@@ -663,7 +671,11 @@ impl Server {
                     IntegrityKind::Sha256 => w.message_integrity_sha256(v.key.as_bytes())?,
                 }
             }
-            w.fingerprint()
+            if v.is_some() || fingerprint {
+                w.fingerprint()
+            } else {
+                Ok(w.finish())
+            }
         };
         match write() {
             Ok(n) => ClientAction::Reply(n),

@@ -1034,3 +1034,38 @@ fn rfc5766_channel_numbers_are_accepted() {
     let n = route.framing.write(&mut cd, b"new").unwrap();
     assert_eq!(channel_data::decode(&cd[..n]).unwrap().channel, 0x7ABC);
 }
+
+/// What a spoofed request can make the relay send (reflection): answers to
+/// unauthenticated requests carry no SOFTWARE, no reason phrase, and no
+/// FINGERPRINT unless the request had one.
+#[test]
+fn unauthenticated_answers_are_small() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let c = client(1000);
+    let mut out = [0u8; 512];
+    let mut req = [0u8; 64];
+    let mut w = Writer::new(&mut req, method::ALLOCATE, Class::Request, &tid(1)).unwrap();
+    udp_transport(&mut w);
+    let n = w.finish();
+    assert_eq!(n, 28);
+    let ClientAction::Reply(len) = s.handle_client(&mut env, c, &req[..n], t0, &mut out) else {
+        panic!("no 401")
+    };
+    // 20 + ERROR-CODE 8 + REALM "natkit" 12 + NONCE 44 + PASSWORD-ALGORITHMS 12.
+    assert_eq!(len, 96, "401 is x{:.1}", len as f64 / n as f64);
+    let r = parse(&out[..len]);
+    assert!(r.get(attr::FINGERPRINT).is_none() && r.get(attr::SOFTWARE).is_none());
+    let w = Writer::new(&mut req, method::BINDING, Class::Request, &tid(2)).unwrap();
+    let n = w.finish();
+    let ClientAction::Reply(len) = s.handle_client(&mut env, c, &req[..n], t0, &mut out) else {
+        panic!("no Binding answer")
+    };
+    assert_eq!(len, 32, "Binding: header + XOR-MAPPED-ADDRESS");
+    // With FINGERPRINT in the request, the answer has one too.
+    let w = Writer::new(&mut req, method::BINDING, Class::Request, &tid(3)).unwrap();
+    let n = w.fingerprint().unwrap();
+    let ClientAction::Reply(len) = s.handle_client(&mut env, c, &req[..n], t0, &mut out) else {
+        panic!("no Binding answer")
+    };
+    assert_eq!(len, 40);
+}
