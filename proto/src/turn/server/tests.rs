@@ -1069,3 +1069,37 @@ fn unauthenticated_answers_are_small() {
     };
     assert_eq!(len, 40);
 }
+
+#[test]
+fn channel_quota_per_allocation() {
+    let (mut s, mut env, t0) = server(Config {
+        max_channels: 1,
+        ..Config::default()
+    });
+    let c = client(1000);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let bind = |s: &mut Server, env: &mut FakeEnv, t: u8, n: u16, p: &str| {
+        let peer: SocketAddr = p.parse().unwrap();
+        send(
+            s,
+            env,
+            c,
+            &build(
+                method::CHANNEL_BIND,
+                Class::Request,
+                tid(t),
+                |w| {
+                    w.u32(attr::CHANNEL_NUMBER, (n as u32) << 16).unwrap();
+                    w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+                },
+                Some(&auth),
+            ),
+            t0,
+        )
+        .unwrap()
+        .code
+    };
+    assert_eq!(bind(&mut s, &mut env, 3, 0x4000, "192.0.2.1:1"), None);
+    assert_eq!(bind(&mut s, &mut env, 4, 0x4001, "192.0.2.2:1"), Some(508));
+    assert_eq!(bind(&mut s, &mut env, 5, 0x4000, "192.0.2.1:1"), None, "refresh fits");
+}
