@@ -5,12 +5,17 @@
 //! no nonce table: a nonce it gets back is checked by recomputing the MAC, so
 //! nothing can be flooded and restarts with the same key keep nonces valid.
 //!
-//! Layout (40 ASCII characters, well under RFC 8489 §14.10's 128):
+//! Layout (29 ASCII characters, well under RFC 8489 §14.10's 128):
 //!
 //! ```text
-//! "obMatJos2"  "gAAA"            base64url(timestamp[8] || mac[12])
-//! nonce cookie security features  27 characters, no padding
+//! "obMatJos2"  "gAAA"            base64url(timestamp[4] || mac[8])
+//! nonce cookie security features  16 characters, no padding
 //! ```
+//!
+//! Short on purpose: the nonce rides in every 401 and 438, which anyone can
+//! draw with a spoofed source address, so each byte is reflection. A 32-bit
+//! timestamp lasts until 2106; a 64-bit MAC cannot be guessed online within
+//! a nonce's minutes of life, one request per guess.
 //!
 //! The nonce cookie (RFC 8489 §9.2) comes first so clients see that this
 //! server supports PASSWORD-ALGORITHMS and may pick SHA-256. The MAC covers
@@ -45,11 +50,11 @@ const FEATURES: u32 = FEATURE_PASSWORD_ALGORITHMS;
 
 /// Length of the prefix: cookie plus 4 base64 characters of feature bits.
 const PREFIX_LEN: usize = NONCE_COOKIE.len() + 4;
-/// Bytes of truncated HMAC-SHA256: 96 bits is plenty against forgery within
-/// a nonce's lifetime of minutes.
-const MAC_LEN: usize = 12;
-/// Timestamp bytes (Unix seconds, big endian).
-const TS_LEN: usize = 8;
+/// Bytes of truncated HMAC-SHA256: 64 bits, against forgery by online
+/// guessing within a nonce's lifetime of minutes.
+const MAC_LEN: usize = 8;
+/// Timestamp bytes (Unix seconds, big endian, 32 bits: until 2106).
+const TS_LEN: usize = 4;
 /// Length of an issued nonce in characters.
 pub const NONCE_LEN: usize = PREFIX_LEN + (4 * (TS_LEN + MAC_LEN)).div_ceil(3);
 
@@ -164,7 +169,7 @@ impl NonceKey {
 
     /// Issue a nonce for `client` at time `now`.
     pub fn issue(&self, client: SocketAddr, now: SystemTime) -> Nonce {
-        let ts = unix_secs(now).to_be_bytes();
+        let ts = (unix_secs(now).min(u32::MAX as u64) as u32).to_be_bytes();
         let mac = self.mac(&ts, client);
         let mut payload = [0u8; TS_LEN + MAC_LEN];
         payload[..TS_LEN].copy_from_slice(&ts);
@@ -206,7 +211,7 @@ impl NonceKey {
         // Only now is the timestamp trusted. One from the future can only
         // come from our own clock having stepped back; accept it within
         // max_age so a small step does not fail every client at once.
-        let issued = u64::from_be_bytes(ts);
+        let issued = u32::from_be_bytes(ts) as u64;
         let now = unix_secs(now);
         let max_age = max_age.as_secs();
         let fresh = if issued <= now {
@@ -255,7 +260,7 @@ mod tests {
         let n = k.issue(client(), at(1_700_000_000));
         let s = n.as_str();
         assert_eq!(s.len(), NONCE_LEN);
-        assert_eq!(NONCE_LEN, 40);
+        assert_eq!(NONCE_LEN, 29);
         assert!(s.len() < 128);
         assert!(s.starts_with("obMatJos2gAAA"), "{s}");
         assert!(s
