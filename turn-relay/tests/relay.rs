@@ -454,3 +454,124 @@ fn sighup_reloads_peer_lists() {
     echo.send_to(b"after", relayed).unwrap();
     assert!(a.recv_for(Duration::from_millis(300)).is_empty());
 }
+
+/// Passwords, secrets and keys never reach the log, even at debug level and
+/// when authentication fails.
+#[test]
+fn secrets_never_reach_the_log() {
+    let dir = TempDir::new("log");
+    let log = dir.0.join("turn.log");
+    let port = free_port();
+    let metrics = free_port();
+    let password = "pw-Zq8vT1xK";
+    let secret = "secret-Wm3pR7yB";
+    let args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--relay-ip",
+        "127.0.0.1",
+        "--min-port",
+        "20350",
+        "--max-port",
+        "20399",
+        "--user",
+        &format!("{USER}:{password}"),
+        "--auth-secret",
+        secret,
+        "--metrics",
+        &format!("127.0.0.1:{metrics}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut relay = Relay::start_logged(args, port, metrics, &log, &[("RUST_LOG", "trace")]);
+    let (mut a, _) = {
+        let mut n = Node::new(relay.addr, Transport::Udp, USER, password);
+        let r = n.allocated().expect("allocation");
+        (n, r)
+    };
+    let mut wrong = Node::new(relay.addr, Transport::Udp, USER, "not-it");
+    assert_eq!(wrong.allocated(), Err(ClientError::WrongCredentials));
+    let c = natkit_proto::rest::generate(
+        secret.as_bytes(),
+        "carol",
+        Duration::from_secs(60),
+        std::time::SystemTime::now(),
+    );
+    let mut rest = Node::new(relay.addr, Transport::Udp, &c.username, &c.password);
+    rest.allocated().expect("REST allocation");
+    a.client.close(std::time::Instant::now());
+    relay.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(200));
+    relay.signal(libc::SIGINT);
+    relay.wait_exit(STEP);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("listening on UDP"),
+        "the log was written: {text}"
+    );
+    for s in [password, secret, c.password.as_str()] {
+        assert!(!text.contains(s), "{s} leaked into the log");
+    }
+}
+
+/// A TLS handshake with the relay, trusting only `ca`: whether it works.
+fn tls_handshake(addr: SocketAddr, ca: &rcgen::CertifiedKey) -> bool {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(STEP)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    // A Binding request over TLS: answered only after a good handshake.
+    let mut req = [0u8; 20];
+    let n = natkit_proto::binding::write_request(&mut req, &[4; 12], &Default::default()).unwrap();
+    if tls.write_all(&req[..n]).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 20];
+    tls.read_exact(&mut head).is_ok()
+}
+
+/// SIGHUP reloads the TLS certificate: new handshakes present the new one.
+#[test]
+fn sighup_reloads_the_tls_certificate() {
+    let dir = TempDir::new("tls");
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let write = |ck: &rcgen::CertifiedKey| {
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    };
+    let old = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let new = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    write(&old);
+    let tls_port = free_port();
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let relay = Relay::start(&[
+        "--tls-listen",
+        &tls_addr.to_string(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(tls_handshake(tls_addr, &old));
+    assert!(!tls_handshake(tls_addr, &new));
+    write(&new);
+    relay.signal(libc::SIGHUP);
+    let end = std::time::Instant::now() + STEP;
+    while !tls_handshake(tls_addr, &new) {
+        assert!(std::time::Instant::now() < end, "certificate not reloaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!tls_handshake(tls_addr, &old));
+}

@@ -94,15 +94,39 @@ impl Relay {
     }
 
     pub fn start_with(args: Vec<String>, port: u16, metrics: u16) -> Relay {
+        let stderr = if std::env::var_os("NATKIT_TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        Self::spawn(args, port, metrics, stderr, &[])
+    }
+
+    /// Start with its log (stderr) written to `log`, with extra environment.
+    pub fn start_logged(
+        args: Vec<String>,
+        port: u16,
+        metrics: u16,
+        log: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Relay {
+        let file = std::fs::File::create(log).unwrap();
+        Self::spawn(args, port, metrics, Stdio::from(file), env)
+    }
+
+    fn spawn(
+        args: Vec<String>,
+        port: u16,
+        metrics: u16,
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> Relay {
         let child = Command::new(env!("CARGO_BIN_EXE_natkit-turn"))
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("NATKIT_TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(stderr)
             .spawn()
             .expect("start natkit-turn");
         let mut r = Relay {
