@@ -1,0 +1,422 @@
+//! Connectivity checks (RFC 8445 §7): sending them, answering the peer's,
+//! processing responses, role conflicts, peer-reflexive candidates.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use natkit_proto::integrity;
+use natkit_proto::raw::Class;
+use natkit_proto::transaction::{Action, Transaction};
+use rand::Rng;
+
+use super::{is_base, Agent, Check, IceState, InputError, PairState};
+use crate::candidate::{Candidate, CandidateKind};
+use crate::event::{Event, PairFailure, Transmit};
+use crate::wire::{self, CheckRequest, Message};
+use crate::Role;
+
+/// Most local peer-reflexive candidates learned (one per NAT mapping the
+/// peer reports; a handful in practice).
+const MAX_LOCAL_PRFLX: usize = 32;
+
+impl Agent {
+    fn local_prflx(&self) -> usize {
+        self.local
+            .iter()
+            .filter(|c| c.kind == CandidateKind::PeerReflexive)
+            .count()
+    }
+
+    /// Send a check on pair `p` (RFC 8445 §7.2.4).
+    pub(super) fn start_check(
+        &mut self,
+        p: usize,
+        now: Instant,
+        use_candidate: bool,
+        consent: bool,
+    ) {
+        let Some(rc) = &self.remote_creds else { return };
+        let pair = &self.pairs[p];
+        let (l, r) = (&self.local[pair.local], &self.remote[pair.remote]);
+        let username = format!("{}:{}", rc.ufrag, self.local_creds.ufrag);
+        let tid: [u8; 12] = self.rng.gen();
+        let req = CheckRequest {
+            username: &username,
+            key: rc.pwd.as_bytes(),
+            priority: l.peer_reflexive_priority(),
+            role: self.role,
+            tiebreaker: self.tiebreaker,
+            use_candidate,
+        };
+        // The buffer fits the largest check; an error cannot happen with
+        // validated credentials, and skipping the check is the safe outcome.
+        let Ok(payload) = wire::request(&tid, &req) else {
+            return;
+        };
+        let (from, to) = (l.base, r.addr);
+        self.transmits.push_back(Transmit {
+            from,
+            to,
+            payload: payload.clone(),
+        });
+        self.checks.push(Check {
+            tid,
+            pair: p,
+            tx: Transaction::new(now, self.cfg.check_retransmit),
+            payload,
+            from,
+            to,
+            role: self.role,
+            use_candidate,
+            consent,
+            cancelled: false,
+        });
+        if !consent {
+            let pair = &mut self.pairs[p];
+            pair.nominate = false;
+            if pair.state != PairState::Succeeded {
+                pair.state = PairState::InProgress;
+            }
+        }
+    }
+
+    pub(super) fn run_transactions(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.checks.len() {
+            match self.checks[i].tx.handle_timeout(now) {
+                Action::Retransmit if self.checks[i].cancelled => {}
+                Action::Retransmit => {
+                    let c = &self.checks[i];
+                    self.transmits.push_back(Transmit {
+                        from: c.from,
+                        to: c.to,
+                        payload: c.payload.clone(),
+                    });
+                }
+                Action::TimedOut { sent, waited } => {
+                    let c = self.checks.swap_remove(i);
+                    // A nominating check that times out fails its pair; an
+                    // ordinary one only if the pair is still waiting for it
+                    // (another check may have succeeded meanwhile).
+                    let pending = self.pairs[c.pair].state == PairState::InProgress
+                        && !self
+                            .checks
+                            .iter()
+                            .any(|o| o.pair == c.pair && !o.consent && !o.cancelled);
+                    if !c.consent && !c.cancelled && (c.use_candidate || pending) {
+                        self.fail_pair(c.pair, PairFailure::TimedOut { sent, waited });
+                    }
+                    continue;
+                }
+                Action::Wait => {}
+            }
+            i += 1;
+        }
+    }
+
+    pub(super) fn fail_pair(&mut self, p: usize, why: PairFailure) {
+        if self.nominating == Some(p) {
+            self.nominating = None;
+        }
+        let pair = &mut self.pairs[p];
+        pair.state = PairState::Failed;
+        pair.failure = Some(why);
+        pair.nominate = false;
+    }
+
+    /// RFC 8445 §7.3: answer a check from the peer.
+    pub(super) fn on_request(
+        &mut self,
+        from: SocketAddr,
+        to_local: SocketAddr,
+        bytes: &[u8],
+        m: &Message<'_>,
+        now: Instant,
+    ) -> Result<(), InputError> {
+        // RFC 8445 §7.3: USERNAME is "our ufrag:peer ufrag", MESSAGE-INTEGRITY
+        // keyed with our password. Anything else is dropped unanswered, so
+        // unauthenticated senders cannot use us as a reflector.
+        let username = m.username.ok_or(InputError::UnknownUsername)?;
+        let ours = username
+            .split(|&b| b == b':')
+            .next()
+            .filter(|u| *u == self.local_creds.ufrag.as_bytes() && username.contains(&b':'));
+        if ours.is_none() {
+            return Err(InputError::UnknownUsername);
+        }
+        integrity::verify(bytes, &m.header, self.local_creds.pwd.as_bytes())
+            .map_err(|_| InputError::Unauthenticated)?;
+        let tid = m.header.transaction_id;
+        if !m.unknown.is_empty() {
+            // RFC 8489 §6.3.1.1: 420 with UNKNOWN-ATTRIBUTES.
+            self.answer_error(tid, 420, m.unknown.as_slice(), from, to_local);
+            return Ok(());
+        }
+        // RFC 8445 §7.3.1.1: role conflicts.
+        match (self.role, m.controlling, m.controlled) {
+            (Role::Controlling, Some(theirs), _) => {
+                if self.tiebreaker >= theirs {
+                    self.answer_error(tid, 487, &[], from, to_local);
+                    return Ok(());
+                }
+                self.switch_role(Role::Controlled);
+            }
+            (Role::Controlled, _, Some(theirs)) => {
+                if self.tiebreaker >= theirs {
+                    self.switch_role(Role::Controlling);
+                } else {
+                    self.answer_error(tid, 487, &[], from, to_local);
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+        // RFC 8445 §7.3.1.2: success with the source as XOR-MAPPED-ADDRESS.
+        if let Ok(payload) = wire::success(&tid, from, self.local_creds.pwd.as_bytes()) {
+            self.transmits.push_back(Transmit {
+                from: to_local,
+                to: from,
+                payload,
+            });
+        }
+        if matches!(self.state, IceState::Failed | IceState::Disconnected) {
+            return Ok(());
+        }
+        let Some(li) = self
+            .local
+            .iter()
+            .position(|c| is_base(c) && c.base == to_local)
+        else {
+            return Ok(());
+        };
+        let ri = match self.remote.iter().position(|c| c.addr == from) {
+            Some(ri) => ri,
+            None => {
+                // RFC 8445 §7.3.1.3: a peer-reflexive remote candidate, with
+                // the PRIORITY of the check and a fresh foundation.
+                let Some(priority) = m.priority.filter(|&p| p > 0) else {
+                    return Ok(());
+                };
+                if self.remote.len() >= self.cfg.max_remote_candidates {
+                    return Ok(());
+                }
+                let foundation = self.fresh_remote_foundation();
+                self.remote.push(Candidate::remote(
+                    CandidateKind::PeerReflexive,
+                    from,
+                    priority,
+                    &foundation,
+                ));
+                self.remote.len() - 1
+            }
+        };
+        let Some(p) = self.try_pair(li, ri) else {
+            return Ok(());
+        };
+        // RFC 8445 §7.3.1.5: USE-CANDIDATE at the controlled agent.
+        // A nomination of a pair below the selected one is a stale
+        // retransmission from before a renomination (the controlling agent
+        // only renominates upwards): following it would split the agents.
+        if m.use_candidate && self.role == Role::Controlled && self.outranks_selected(p) {
+            self.pairs[p].remote_nominated = true;
+            if self.pairs[p].state == PairState::Succeeded {
+                self.pairs[p].nominated = true;
+                self.select(p, now);
+                return Ok(());
+            }
+        }
+        // RFC 8445 §7.3.1.4: triggered checks.
+        match self.pairs[p].state {
+            PairState::Frozen | PairState::Waiting => {
+                self.pairs[p].state = PairState::Waiting;
+                self.enqueue_triggered(p);
+            }
+            PairState::Failed => {
+                self.pairs[p].state = PairState::Waiting;
+                self.pairs[p].failure = None;
+                self.enqueue_triggered(p);
+            }
+            PairState::InProgress => {
+                // The peer's check got through while ours may have been
+                // lost: cancel ours and check again now, which the path just
+                // proved likely to work.
+                for c in &mut self.checks {
+                    if c.pair == p && !c.consent {
+                        c.cancelled = true;
+                    }
+                }
+                self.pairs[p].state = PairState::Waiting;
+                self.enqueue_triggered(p);
+            }
+            PairState::Succeeded => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn fresh_remote_foundation(&mut self) -> String {
+        loop {
+            self.prflx_count += 1;
+            let f = format!("prflx{}", self.prflx_count);
+            if !self.remote.iter().any(|r| r.foundation == f) {
+                return f;
+            }
+        }
+    }
+
+    pub(super) fn answer_error(
+        &mut self,
+        tid: [u8; 12],
+        code: u16,
+        unknown: &[u16],
+        to: SocketAddr,
+        from: SocketAddr,
+    ) {
+        if let Ok(payload) = wire::error(&tid, code, unknown, self.local_creds.pwd.as_bytes()) {
+            self.transmits.push_back(Transmit { from, to, payload });
+        }
+    }
+
+    pub(super) fn switch_role(&mut self, role: Role) {
+        if self.role == role {
+            return;
+        }
+        self.role = role;
+        self.recompute_priorities();
+        self.nominating = None;
+        for p in &mut self.pairs {
+            p.nominate = false;
+        }
+        self.events.push_back(Event::RoleChanged(role));
+    }
+
+    /// RFC 8445 §7.2.5: a response to one of our checks.
+    pub(super) fn on_response(
+        &mut self,
+        from: SocketAddr,
+        to_local: SocketAddr,
+        bytes: &[u8],
+        m: &Message<'_>,
+        now: Instant,
+    ) -> Result<(), InputError> {
+        let i = self
+            .checks
+            .iter()
+            .position(|c| c.tid == m.header.transaction_id)
+            .ok_or(InputError::UnknownTransaction)?;
+        // Responses are signed with the password the request used: the
+        // peer's (RFC 8445 §7.2.5.1).
+        let key = self
+            .remote_creds
+            .as_ref()
+            .ok_or(InputError::UnknownTransaction)?;
+        integrity::verify(bytes, &m.header, key.pwd.as_bytes())
+            .map_err(|_| InputError::Unauthenticated)?;
+        let class = m.header.class();
+        if (class == Class::Success && m.xor_mapped.is_none())
+            || (class == Class::Error && m.error_code.is_none())
+        {
+            return Err(InputError::IncompleteResponse);
+        }
+        let mut c = self.checks.swap_remove(i);
+        let rtt = c.tx.on_response(now).and_then(|x| x.rtt());
+        let p = c.pair;
+        // RFC 8445 §7.2.5.2.1: the response must come from where the request
+        // went, and arrive where it left from.
+        if from != c.to || to_local != c.from {
+            if !c.consent && self.pairs[p].state != PairState::Succeeded {
+                self.fail_pair(p, PairFailure::NonSymmetric { from, to: to_local });
+            }
+            return Ok(());
+        }
+        if class == Class::Error {
+            let code = m.error_code.unwrap_or_default();
+            if c.consent {
+                return Ok(());
+            }
+            if code == 487 {
+                // RFC 8445 §7.2.5.1: switch to the role opposite of the one
+                // the request claimed (unless already done) and retry.
+                if c.role == self.role {
+                    self.switch_role(c.role.flip());
+                }
+                if self.nominating == Some(p) {
+                    self.nominating = None;
+                }
+                if self.pairs[p].state != PairState::Succeeded {
+                    self.pairs[p].state = PairState::Waiting;
+                }
+                self.enqueue_triggered(p);
+            } else {
+                self.fail_pair(p, PairFailure::ErrorResponse(code));
+            }
+            return Ok(());
+        }
+        let Some(mapped) = m.xor_mapped else {
+            return Err(InputError::IncompleteResponse);
+        };
+        if let Some(r) = rtt {
+            self.pairs[p].rtt = Some(r);
+        }
+        if c.consent {
+            // RFC 7675 §5.1: an answered check renews consent.
+            if self.selected == Some(p) {
+                if let Some(cs) = &mut self.consent {
+                    cs.expires = now + self.cfg.consent_timeout;
+                }
+            }
+            return Ok(());
+        }
+        // RFC 8445 §7.2.5.3.1: the mapped address names the valid pair's
+        // local candidate; an unknown one is peer-reflexive.
+        let vi = match self
+            .local
+            .iter()
+            .position(|l| l.addr == mapped && l.base == c.from)
+        {
+            Some(vi) => vi,
+            // Bounded: a peer answering with ever-new mapped addresses must
+            // not grow our list without end; past the cap the pair reports
+            // its base instead.
+            None if self.local_prflx() >= MAX_LOCAL_PRFLX => self.pairs[p].local,
+            None => {
+                let prio = self.local[self.pairs[p].local].peer_reflexive_priority();
+                let cand = Candidate::peer_reflexive_local(mapped, c.from, prio);
+                self.events
+                    .push_back(Event::PeerReflexiveCandidate(cand.clone()));
+                self.local.push(cand);
+                self.local.len() - 1
+            }
+        };
+        {
+            let pair = &mut self.pairs[p];
+            pair.state = PairState::Succeeded;
+            pair.failure = None;
+            pair.valid_local = Some(vi);
+            pair.succeeded_at.get_or_insert(now);
+        }
+        // RFC 8445 §7.2.5.3.3: unfreeze the pairs of the same foundation.
+        for q in 0..self.pairs.len() {
+            if self.pairs[q].state == PairState::Frozen
+                && self.same_foundation(&self.pairs[q], &self.pairs[p])
+            {
+                self.pairs[q].state = PairState::Waiting;
+            }
+        }
+        // RFC 8445 §7.2.5.3.4 / §8.1.1: nomination completes.
+        let nominated = ((c.use_candidate && self.role == Role::Controlling)
+            || (self.role == Role::Controlled && self.pairs[p].remote_nominated))
+            && self.outranks_selected(p);
+        if nominated {
+            if self.nominating == Some(p) {
+                self.nominating = None;
+            }
+            self.pairs[p].nominated = true;
+            self.select(p, now);
+        } else if self.selected == Some(p) {
+            if let Some(cs) = &mut self.consent {
+                cs.expires = now + self.cfg.consent_timeout;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! Agent configuration.
+
+use std::time::Duration;
+
+use natkit_proto::transaction;
+
+use crate::Role;
+
+/// How an [`crate::Agent`] behaves. `Default` gives RFC 8445 / RFC 7675
+/// values tuned for fast connection.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The role the agent starts in (RFC 8445 §6.1.1: the offerer is
+    /// usually controlling). Role conflicts are resolved on the wire.
+    pub role: Role,
+    /// Ta, the pacing interval between new checks (RFC 8445 §14.2: 50 ms by
+    /// default).
+    pub ta: Duration,
+    /// Retransmission timer of each check. ICE uses a shorter RTO than plain
+    /// STUN (RFC 8445 §14.3): checks run on paths that are about to carry
+    /// interactive traffic, and a dead pair should not hold up failure
+    /// reporting for the 39.5 s of RFC 8489's defaults. The default (RTO
+    /// 250 ms, Rc 6, Rm 8) sends at 0, 0.25, 0.75, 1.75, 3.75 and 7.75 s and
+    /// fails a pair at 9.75 s.
+    pub check_retransmit: transaction::Config,
+    /// How long the controlling agent waits, after a pair first succeeds,
+    /// for a higher-priority pair before nominating it anyway (regular
+    /// nomination, RFC 8445 §8.1.1). It nominates at once when no
+    /// higher-priority pair can still succeed.
+    pub nomination_delay: Duration,
+    /// Whether the controlling agent nominates again when a higher-priority
+    /// pair succeeds after selection (e.g. a direct pair after the relay
+    /// won), and keeps checking the remaining pairs to find one. RFC 8445
+    /// §8.1.1 nominates once per session; this is natkit's extension, and a
+    /// controlled natkit agent always follows the latest nomination.
+    pub renominate: bool,
+    /// RFC 7675 §5.1: consent checks on the selected pair every this much,
+    /// randomized to 0.8-1.2 times it. They double as keepalives (RFC 8445
+    /// §11).
+    pub consent_interval: Duration,
+    /// RFC 7675 §5.1: consent is lost when no check was answered for this
+    /// long (30 s).
+    pub consent_timeout: Duration,
+    /// RFC 8445 §6.1.2.5: the most candidate pairs kept (100).
+    pub max_pairs: usize,
+    /// The most remote candidates kept (signalled and peer-reflexive).
+    pub max_remote_candidates: usize,
+    /// Seed for the agent's random numbers (credentials, tie-breaker,
+    /// transaction IDs, jitter). `None` seeds from the operating system;
+    /// tests set it for reproducible runs. Never set it in production:
+    /// credentials and transaction IDs must be unpredictable.
+    pub seed: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            role: Role::Controlling,
+            ta: Duration::from_millis(50),
+            check_retransmit: transaction::Config {
+                rto: Duration::from_millis(250),
+                rc: 6,
+                rm: 8,
+            },
+            nomination_delay: Duration::from_millis(150),
+            renominate: true,
+            consent_interval: Duration::from_secs(5),
+            consent_timeout: Duration::from_secs(30),
+            max_pairs: 100,
+            max_remote_candidates: 100,
+            seed: None,
+        }
+    }
+}

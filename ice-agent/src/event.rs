@@ -1,0 +1,131 @@
+//! What the agent tells its driver: events, datagrams to send, and the
+//! descriptions of pairs in them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::candidate::Candidate;
+use crate::Role;
+
+/// A datagram the driver must send from the local address `from` (a
+/// candidate's base: a host socket, or a TURN allocation for a relayed
+/// base) to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The local base to send from.
+    pub from: SocketAddr,
+    /// Destination.
+    pub to: SocketAddr,
+    /// The datagram.
+    pub payload: Vec<u8>,
+}
+
+/// The pair the agent selected.
+///
+/// Application data goes from `local.base` to `remote.addr`. `local` is the
+/// valid pair's local candidate (RFC 8445 §7.2.5.3.2): for a check from a
+/// host base it is the server- or peer-reflexive candidate the peer saw,
+/// so its type says which kind of path won.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedPair {
+    /// Our side.
+    pub local: Candidate,
+    /// The peer's side.
+    pub remote: Candidate,
+    /// Round-trip time of the last check on the pair with an unambiguous
+    /// sample (no retransmission, RFC 6298 §3 Karn's rule).
+    pub rtt: Option<Duration>,
+}
+
+impl fmt::Display for SelectedPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.local, self.remote)?;
+        if let Some(rtt) = self.rtt {
+            write!(f, " rtt {:.1} ms", rtt.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a candidate pair failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairFailure {
+    /// No response to any of the check's transmissions (RFC 8445 §7.2.5.2,
+    /// RFC 8489 §6.2.1).
+    TimedOut {
+        /// How many times the check was sent.
+        sent: u32,
+        /// Time from the first send to giving up.
+        waited: Duration,
+    },
+    /// The peer answered with an error (other than 487, which is retried).
+    ErrorResponse(u16),
+    /// The response came from, or arrived on, other addresses than the
+    /// request used (RFC 8445 §7.2.5.2.1).
+    NonSymmetric {
+        /// Where the response came from.
+        from: SocketAddr,
+        /// The local address it arrived on.
+        to: SocketAddr,
+    },
+}
+
+impl fmt::Display for PairFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PairFailure::TimedOut { sent, waited } => write!(
+                f,
+                "no response to {sent} checks in {:.1} s",
+                waited.as_secs_f64()
+            ),
+            PairFailure::ErrorResponse(code) => write!(f, "peer answered error {code}"),
+            PairFailure::NonSymmetric { from, to } => {
+                write!(f, "response from {from} on {to}: addresses not symmetric")
+            }
+        }
+    }
+}
+
+/// A pair that was tried and failed, listed in [`Event::Failed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedPair {
+    /// Our candidate (a base: host or relayed).
+    pub local: Candidate,
+    /// The peer's candidate.
+    pub remote: Candidate,
+    /// Why it failed.
+    pub reason: PairFailure,
+}
+
+impl fmt::Display for FailedPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}: {}", self.local, self.remote, self.reason)
+    }
+}
+
+/// Something the driver or the application may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A pair was selected for the first time (since creation or the last
+    /// ICE restart): the application can start sending.
+    Connected(SelectedPair),
+    /// The selected pair changed (a better pair was nominated): move the
+    /// application's traffic to it.
+    SelectedPairChanged(SelectedPair),
+    /// RFC 7675: no check on the selected pair was answered for the consent
+    /// timeout. The application must stop sending on it; an ICE restart may
+    /// find another path.
+    ConsentLost(SelectedPair),
+    /// Every pair failed after the peer signalled end-of-candidates
+    /// (RFC 8445 §8.1.3, RFC 8838 §8): no connection without an ICE
+    /// restart. Lists every pair tried and why it failed.
+    Failed(Vec<FailedPair>),
+    /// Role conflict resolution changed our role (RFC 8445 §7.3.1.1,
+    /// §7.2.5.1).
+    RoleChanged(Role),
+    /// A local peer-reflexive candidate was learned from a check
+    /// (RFC 8445 §7.2.5.3.1). It is not signalled (RFC 8445 §5.1.3); the
+    /// event is informational.
+    PeerReflexiveCandidate(crate::Candidate),
+}

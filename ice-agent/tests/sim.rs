@@ -1,0 +1,574 @@
+//! Two agents on a simulated network with a simulated clock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, Filtering, Mapping, Nat, Sim};
+use natkit_ice::{CandidateKind, Event, IceState, PairFailure, PairState, Role, SelectedPair};
+
+const A_HOSTS: &[&str] = &["192.0.2.1:1000", "[2001:db8::1]:1000"];
+const B_HOSTS: &[&str] = &["198.51.100.2:2000", "[2001:db8::2]:2000"];
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Both agents' selected pairs are the two ends of one path: each side's
+/// local address is the other's remote address.
+fn assert_same_path(a: &SelectedPair, b: &SelectedPair) {
+    assert_eq!(a.local.addr, b.remote.addr, "A local vs B remote");
+    assert_eq!(a.remote.addr, b.local.addr, "A remote vs B local");
+}
+
+fn final_selected(sim: &Sim, i: usize) -> SelectedPair {
+    sim.nodes[i].agent.selected_pair().expect("selected pair")
+}
+
+#[test]
+fn host_to_host_connects_and_both_sides_agree() {
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 1), config(Role::Controlled, 2)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        7,
+    );
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(2), |s| s.both_connected()));
+    let (a, b) = (sim.connected(0).unwrap(), sim.connected(1).unwrap());
+    assert_same_path(a, b);
+    // RFC 8421: the IPv6 pair has the higher priority and wins.
+    assert!(a.local.addr.is_ipv6(), "{a}");
+    assert_eq!(a.local.kind, CandidateKind::Host);
+    assert_eq!(a.remote.kind, CandidateKind::Host);
+    // 10 ms each way: one check round trip.
+    assert_eq!(a.rtt, Some(ms(20)));
+    // Host pairs connect in a few round trips, not seconds.
+    assert!(
+        sim.connected_at(0).unwrap() < ms(300),
+        "{:?}",
+        sim.connected_at(0)
+    );
+    assert_eq!(sim.nodes[0].agent.state(), IceState::Connected);
+    assert_eq!(sim.nodes[1].agent.state(), IceState::Connected);
+
+    // Both agents order pairs alike: mirrored pairs have equal priorities
+    // (RFC 8445 §6.1.2.3 uses the controlling side's priority as G on both).
+    let la = sim.nodes[0].agent.check_list();
+    let lb = sim.nodes[1].agent.check_list();
+    assert_eq!(la.len(), 2);
+    for p in &la {
+        let q = lb
+            .iter()
+            .find(|q| q.local.addr == p.remote.addr && q.remote.addr == p.local.addr)
+            .expect("mirrored pair");
+        assert_eq!(p.priority, q.priority);
+    }
+    // Let it settle: no role change, the selection stays, nothing refused.
+    sim.run_for(Duration::from_secs(3), |_| false);
+    assert_same_path(&final_selected(&sim, 0), &final_selected(&sim, 1));
+    for n in &sim.nodes {
+        assert_eq!(n.refused, 0);
+        assert!(!n
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::RoleChanged(_) | Event::Failed(_))));
+    }
+}
+
+#[test]
+fn lossy_link_still_connects() {
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 3), config(Role::Controlled, 4)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        11,
+    );
+    sim.loss = 0.3;
+    sim.delay = ms(40);
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(10), |s| s.both_connected()));
+    sim.run_for(Duration::from_secs(1), |_| false);
+    assert_same_path(&final_selected(&sim, 0), &final_selected(&sim, 1));
+}
+
+#[test]
+fn trickled_candidates_arriving_late() {
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 5), config(Role::Controlled, 6)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        13,
+    );
+    // Credentials first; candidates trickle later: B's reach A at 1 s,
+    // A's reach B at 1.5 s.
+    sim.give_credentials(0, 1);
+    sim.give_credentials(1, 0);
+    assert!(!sim.run(ms(1000), |s| s.both_connected()));
+    assert_eq!(sim.delivered, 0, "no candidates, no checks");
+    sim.give_candidates(1, 0, true);
+    assert!(sim.run(ms(1500), |s| s.both_connected()));
+    assert!(sim.connected_at(0).unwrap() >= ms(1000));
+    assert!(sim.connected_at(1).unwrap() >= ms(1000));
+    // B learned A only from A's checks: a peer-reflexive remote candidate.
+    let b = sim.connected(1).unwrap().clone();
+    assert_eq!(b.remote.kind, CandidateKind::PeerReflexive);
+    sim.run(ms(1500), |_| false);
+    sim.give_candidates(0, 1, true);
+    sim.run(ms(3000), |_| false);
+    // The trickled candidate replaced the peer-reflexive one (RFC 8838).
+    let r = sim.nodes[1]
+        .agent
+        .remote_candidates()
+        .iter()
+        .find(|c| c.addr == b.remote.addr)
+        .unwrap();
+    assert_eq!(r.kind, CandidateKind::Host);
+    assert_same_path(&final_selected(&sim, 0), &final_selected(&sim, 1));
+    assert_eq!(sim.nodes[1].agent.state(), IceState::Connected);
+}
+
+fn role_conflict(role: Role, seeds: (u64, u64)) {
+    let mut sim = Sim::new(
+        [config(role, seeds.0), config(role, seeds.1)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        17,
+    );
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(3), |s| s.both_connected()));
+    sim.run_for(Duration::from_secs(1), |_| false);
+    let (ra, rb) = (sim.nodes[0].agent.role(), sim.nodes[1].agent.role());
+    assert_ne!(ra, rb, "roles must end up different");
+    // Exactly one agent changed role.
+    let changes: usize = sim
+        .nodes
+        .iter()
+        .map(|n| {
+            n.events
+                .iter()
+                .filter(|(_, e)| matches!(e, Event::RoleChanged(_)))
+                .count()
+        })
+        .sum();
+    assert_eq!(changes, 1);
+    assert_same_path(&final_selected(&sim, 0), &final_selected(&sim, 1));
+}
+
+#[test]
+fn role_conflict_both_controlling_resolves() {
+    role_conflict(Role::Controlling, (21, 22));
+    role_conflict(Role::Controlling, (23, 24));
+}
+
+#[test]
+fn role_conflict_both_controlled_resolves() {
+    role_conflict(Role::Controlled, (25, 26));
+}
+
+#[test]
+fn symmetric_nat_connects_through_peer_reflexive_candidates() {
+    symmetric_nat(Role::Controlling);
+    symmetric_nat(Role::Controlled);
+}
+
+fn symmetric_nat(nat_side_role: Role) {
+    let stun: std::net::SocketAddr = "203.0.113.200:3478".parse().unwrap();
+    let nat = Nat::new(
+        "203.0.113.1",
+        Mapping::AddressAndPortDependent,
+        Filtering::AddressAndPortDependent,
+    );
+    let mut sim = Sim::new(
+        [config(nat_side_role, 31), config(nat_side_role.flip(), 32)],
+        [&["10.0.0.1:1000"], &["198.51.100.2:2000"]],
+        [Some(nat), None],
+        19,
+    );
+    let srflx = sim.gather_srflx(0, "10.0.0.1:1000".parse().unwrap(), stun);
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(3), |s| s.both_connected()));
+    let (a, b) = (sim.connected(0).unwrap(), sim.connected(1).unwrap());
+    assert_same_path(a, b);
+    // The NAT gave the check a new mapping: A learns it as a peer-reflexive
+    // local candidate, B as a peer-reflexive remote one.
+    assert_eq!(a.local.kind, CandidateKind::PeerReflexive);
+    assert_eq!(a.local.base, "10.0.0.1:1000".parse().unwrap());
+    assert_ne!(a.local.addr, srflx.addr);
+    assert_eq!(b.remote.kind, CandidateKind::PeerReflexive);
+    assert_eq!(b.local.kind, CandidateKind::Host);
+    assert!(sim.nodes[0]
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::PeerReflexiveCandidate(_))));
+}
+
+#[test]
+fn endpoint_independent_nat_connects_through_the_server_reflexive_candidate() {
+    let stun: std::net::SocketAddr = "203.0.113.200:3478".parse().unwrap();
+    let nat = Nat::new(
+        "203.0.113.1",
+        Mapping::EndpointIndependent,
+        Filtering::AddressDependent,
+    );
+    let mut sim = Sim::new(
+        [config(Role::Controlled, 33), config(Role::Controlling, 34)],
+        [&["10.0.0.1:1000"], &["198.51.100.2:2000"]],
+        [Some(nat), None],
+        23,
+    );
+    let srflx = sim.gather_srflx(0, "10.0.0.1:1000".parse().unwrap(), stun);
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(3), |s| s.both_connected()));
+    let (a, b) = (sim.connected(0).unwrap(), sim.connected(1).unwrap());
+    assert_same_path(a, b);
+    assert_eq!(a.local.kind, CandidateKind::ServerReflexive);
+    assert_eq!(a.local.addr, srflx.addr);
+    assert_eq!(b.remote.kind, CandidateKind::ServerReflexive);
+}
+
+#[test]
+fn total_loss_fails_in_bounded_time_listing_every_pair() {
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 41), config(Role::Controlled, 42)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        29,
+    );
+    sim.loss = 1.0;
+    sim.exchange_all();
+    let failed = |s: &Sim, i: usize| {
+        s.nodes[i]
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Failed(_)))
+    };
+    // Budget: pairs paced at Ta, each failing after the 9.75 s retransmission
+    // budget of the default config.
+    assert!(sim.run(Duration::from_secs(12), |s| failed(s, 0) && failed(s, 1)));
+    for n in &sim.nodes {
+        let (at, tried) = n
+            .events
+            .iter()
+            .find_map(|(t, e)| match e {
+                Event::Failed(v) => Some((*t, v.clone())),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            at >= Duration::from_millis(9750),
+            "failed too early: {at:?}"
+        );
+        assert_eq!(tried.len(), 2, "{tried:?}");
+        for f in &tried {
+            assert_eq!(
+                f.reason,
+                PairFailure::TimedOut {
+                    sent: 6,
+                    waited: ms(9750)
+                }
+            );
+            // Readable for a user.
+            assert!(f.to_string().contains("no response to 6 checks"), "{f}");
+        }
+        assert_eq!(n.agent.state(), IceState::Failed);
+        assert!(n
+            .agent
+            .check_list()
+            .iter()
+            .all(|p| p.state == PairState::Failed));
+        assert!(n.agent.poll_timeout().is_none(), "a failed agent sleeps");
+    }
+}
+
+#[test]
+fn consent_is_kept_then_lost_after_the_peer_vanishes() {
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 51), config(Role::Controlled, 52)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        31,
+    );
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(2), |s| s.both_connected()));
+    // A minute with the peer present: consent checks keep it.
+    let before = sim.delivered;
+    sim.run_for(Duration::from_secs(60), |_| false);
+    // At least one consent request and answer per agent per 6 s.
+    assert!(
+        sim.delivered - before >= 4 * 10,
+        "{}",
+        sim.delivered - before
+    );
+    let lost = |s: &Sim, i: usize| {
+        s.nodes[i]
+            .events
+            .iter()
+            .find_map(|(t, e)| matches!(e, Event::ConsentLost(_)).then_some(*t))
+    };
+    assert_eq!(lost(&sim, 0), None);
+    assert_eq!(lost(&sim, 1), None);
+    // The peer vanishes.
+    sim.nodes[1].down = true;
+    let gone = sim.elapsed();
+    assert!(sim.run_for(Duration::from_secs(40), |s| lost(s, 0).is_some()));
+    let after = lost(&sim, 0).unwrap() - gone;
+    // RFC 7675: consent expires 30 s after the last answered check, which
+    // was at most one consent interval (6 s with jitter) before the peer left.
+    assert!(
+        after > Duration::from_secs(23) && after <= Duration::from_secs(30),
+        "{after:?}"
+    );
+    assert_eq!(sim.nodes[0].agent.state(), IceState::Disconnected);
+}
+
+#[test]
+fn simulation_is_deterministic() {
+    let run = || {
+        let mut sim = Sim::new(
+            [config(Role::Controlling, 61), config(Role::Controlled, 62)],
+            [A_HOSTS, B_HOSTS],
+            [None, None],
+            37,
+        );
+        sim.loss = 0.2;
+        sim.exchange_all();
+        sim.run(Duration::from_secs(5), |_| false);
+        (
+            sim.delivered,
+            sim.connected_at(0),
+            sim.connected(0).cloned(),
+            sim.connected_at(1),
+        )
+    };
+    assert_eq!(run(), run());
+}
+
+fn count(sim: &Sim, i: usize, f: impl Fn(&Event) -> bool) -> usize {
+    sim.nodes[i].events.iter().filter(|(_, e)| f(e)).count()
+}
+
+#[test]
+fn a_better_pair_trickled_after_connecting_is_renominated() {
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 71), config(Role::Controlled, 72)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        41,
+    );
+    sim.give_credentials(0, 1);
+    sim.give_credentials(1, 0);
+    // Only the IPv4 candidates at first.
+    let v4 = |s: &Sim, i: usize| {
+        let c = s.nodes[i].agent.local_candidates()[0].clone();
+        assert!(c.addr.is_ipv4());
+        natkit_ice::Candidate::remote(c.kind, c.addr, c.priority, &c.foundation)
+    };
+    let (ca, cb) = (v4(&sim, 0), v4(&sim, 1));
+    sim.nodes[1].agent.add_remote_candidate(ca).unwrap();
+    sim.nodes[0].agent.add_remote_candidate(cb).unwrap();
+    assert!(sim.run(ms(1000), |s| s.both_connected()));
+    assert!(sim.connected(0).unwrap().local.addr.is_ipv4());
+    // Then the rest (IPv6, preferred) trickles in.
+    sim.give_candidates(0, 1, true);
+    sim.give_candidates(1, 0, true);
+    sim.run_for(ms(1000), |_| false);
+    for i in 0..2 {
+        assert_eq!(
+            count(&sim, i, |e| matches!(e, Event::SelectedPairChanged(_))),
+            1,
+            "node {i}"
+        );
+        assert!(final_selected(&sim, i).local.addr.is_ipv6());
+    }
+    assert_same_path(&final_selected(&sim, 0), &final_selected(&sim, 1));
+}
+
+#[test]
+fn ice_restart_connects_again() {
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 81), config(Role::Controlled, 82)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        43,
+    );
+    sim.exchange_all();
+    assert!(sim.run(ms(1000), |s| s.both_connected()));
+    let old = sim.nodes[0].agent.local_credentials().clone();
+    // RFC 8445 §9: both sides restart with fresh credentials.
+    sim.nodes[0].agent.restart();
+    sim.nodes[1].agent.restart();
+    assert_ne!(sim.nodes[0].agent.local_credentials(), &old);
+    assert_eq!(sim.nodes[0].agent.state(), IceState::New);
+    sim.exchange_all();
+    let connected_twice =
+        |s: &Sim| (0..2).all(|i| count(s, i, |e| matches!(e, Event::Connected(_))) == 2);
+    assert!(sim.run_for(ms(1000), connected_twice));
+    assert_same_path(&final_selected(&sim, 0), &final_selected(&sim, 1));
+    for n in &sim.nodes {
+        assert_eq!(n.agent.state(), IceState::Connected);
+    }
+}
+
+fn two_nats(mapping: Mapping, filtering: Filtering) -> Sim {
+    let stun: std::net::SocketAddr = "192.0.2.200:3478".parse().unwrap();
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 91), config(Role::Controlled, 92)],
+        [&["10.0.0.1:1000"], &["10.0.1.1:2000"]],
+        [
+            Some(Nat::new("203.0.113.1", mapping, filtering)),
+            Some(Nat::new("198.51.100.1", mapping, filtering)),
+        ],
+        47,
+    );
+    sim.gather_srflx(0, "10.0.0.1:1000".parse().unwrap(), stun);
+    sim.gather_srflx(1, "10.0.1.1:2000".parse().unwrap(), stun);
+    sim
+}
+
+#[test]
+fn two_port_restricted_cone_nats_punch_through() {
+    let mut sim = two_nats(
+        Mapping::EndpointIndependent,
+        Filtering::AddressAndPortDependent,
+    );
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(3), |s| s.both_connected()));
+    let (a, b) = (sim.connected(0).unwrap(), sim.connected(1).unwrap());
+    assert_same_path(a, b);
+    assert_eq!(a.local.kind, CandidateKind::ServerReflexive);
+    assert_eq!(a.remote.kind, CandidateKind::ServerReflexive);
+    assert_eq!(b.local.kind, CandidateKind::ServerReflexive);
+}
+
+#[test]
+fn two_symmetric_nats_fail_listing_what_was_tried() {
+    let mut sim = two_nats(
+        Mapping::AddressAndPortDependent,
+        Filtering::AddressAndPortDependent,
+    );
+    sim.exchange_all();
+    let failed = |s: &Sim| {
+        s.nodes[0].events.iter().find_map(|(_, e)| match e {
+            Event::Failed(v) => Some(v.clone()),
+            _ => None,
+        })
+    };
+    assert!(sim.run(Duration::from_secs(20), |s| failed(s).is_some()));
+    let tried = failed(&sim).unwrap();
+    // A's host base against B's host and server-reflexive candidates.
+    let mut remotes: Vec<_> = tried.iter().map(|f| f.remote.kind).collect();
+    remotes.sort_by_key(|k| k.as_str());
+    assert_eq!(
+        remotes,
+        [CandidateKind::Host, CandidateKind::ServerReflexive]
+    );
+    assert!(tried
+        .iter()
+        .all(|f| matches!(f.reason, PairFailure::TimedOut { .. })));
+    assert!(sim.connected(0).is_none() && sim.connected(1).is_none());
+}
+
+#[test]
+fn two_symmetric_nats_connect_through_a_relay() {
+    let mut sim = two_nats(
+        Mapping::AddressAndPortDependent,
+        Filtering::AddressAndPortDependent,
+    );
+    let relay = sim.add_relay(
+        1,
+        "192.0.2.100:50000".parse().unwrap(),
+        "192.0.2.100:3478".parse().unwrap(),
+    );
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(5), |s| s.both_connected()));
+    let (a, b) = (sim.connected(0).unwrap(), sim.connected(1).unwrap());
+    assert_same_path(a, b);
+    assert_eq!(b.local.kind, CandidateKind::Relayed);
+    assert_eq!(b.local.addr, relay.addr);
+    assert_eq!(a.remote.kind, CandidateKind::Relayed);
+    // A reached the relay through its symmetric NAT: peer-reflexive on A.
+    assert_eq!(a.local.kind, CandidateKind::PeerReflexive);
+}
+
+/// Found by the chaos test: a retransmitted nomination of the first pair,
+/// delayed past the renomination of a better one, must not pull the
+/// controlled agent back (the agents would use different paths).
+#[test]
+fn stale_nomination_retransmission_does_not_split_the_agents() {
+    let seed = 14315009977393556772;
+    let mut sim = Sim::new(
+        [
+            config(Role::Controlling, seed),
+            config(Role::Controlling, seed ^ 1),
+        ],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        seed,
+    );
+    sim.loss = 0.05531055020215378;
+    sim.delay = ms(51);
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(30), |s| s.both_connected()));
+    sim.run_for(Duration::from_secs(3), |_| false);
+    assert_same_path(&final_selected(&sim, 0), &final_selected(&sim, 1));
+    // The scenario really renominated (else it tests nothing).
+    assert!((0..2).any(|i| count(&sim, i, |e| matches!(e, Event::SelectedPairChanged(_))) > 0));
+}
+
+mod chaos {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn nat(kind: u8, ip: &str) -> Option<Nat> {
+        match kind {
+            0 => None,
+            1 => Some(Nat::new(
+                ip,
+                Mapping::EndpointIndependent,
+                Filtering::AddressAndPortDependent,
+            )),
+            _ => Some(Nat::new(
+                ip,
+                Mapping::AddressAndPortDependent,
+                Filtering::AddressAndPortDependent,
+            )),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the loss, delay, roles and NAT in front of A (B is
+        /// public), both agents connect and end up on the same path.
+        #[test]
+        fn agents_connect_and_agree(
+            seed in any::<u64>(),
+            loss in 0.0f64..0.12,
+            delay in 1u64..150,
+            roles in (any::<bool>(), any::<bool>()),
+            nat_kind in 0u8..3,
+        ) {
+            let role = |c: bool| if c { Role::Controlling } else { Role::Controlled };
+            let a_hosts: &[&str] = if nat_kind == 0 { A_HOSTS } else { &["10.0.0.1:1000"] };
+            let mut sim = Sim::new(
+                [config(role(roles.0), seed), config(role(roles.1), seed ^ 1)],
+                [a_hosts, B_HOSTS],
+                [nat(nat_kind, "203.0.113.1"), None],
+                seed,
+            );
+            if nat_kind != 0 {
+                sim.gather_srflx(0, "10.0.0.1:1000".parse().unwrap(), "192.0.2.200:3478".parse().unwrap());
+            }
+            sim.loss = loss;
+            sim.delay = ms(delay);
+            sim.exchange_all();
+            prop_assert!(sim.run(Duration::from_secs(30), |s| s.both_connected()));
+            sim.run_for(Duration::from_secs(3), |_| false);
+            let (a, b) = (final_selected(&sim, 0), final_selected(&sim, 1));
+            prop_assert_eq!(a.local.addr, b.remote.addr);
+            prop_assert_eq!(a.remote.addr, b.local.addr);
+            prop_assert_ne!(sim.nodes[0].agent.role(), sim.nodes[1].agent.role());
+        }
+    }
+}
