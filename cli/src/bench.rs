@@ -8,7 +8,12 @@
 
 mod epoll;
 mod histogram;
+mod memory;
 mod stun;
+mod turn;
+mod turn_load;
+mod turn_setup;
+mod window;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -16,6 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 pub use stun::StunArgs;
+pub use turn::TurnArgs;
 
 /// Longest run accepted: every load loop is bounded in time.
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
@@ -25,12 +31,16 @@ pub const MAX_DURATION: Duration = Duration::from_secs(600);
 pub enum Command {
     /// Binding requests per second and latency percentiles of a STUN server.
     Stun(StunArgs),
+    /// Relayed packets per second, loss and round-trip latency of a TURN
+    /// relay (ChannelData to peers and back), and its allocation rate.
+    Turn(TurnArgs),
 }
 
 /// Run a benchmark subcommand.
 pub fn run(c: Command) -> anyhow::Result<()> {
     match c {
         Command::Stun(a) => stun::run(a),
+        Command::Turn(a) => turn::run(a),
     }
 }
 

@@ -21,7 +21,7 @@ use natkit_proto::turn::server::{
     ClientAction, ClientKey, Config as CoreConfig, Env, OpenedRelay, QuotaError, RelayError,
     RelayId, RelayRequest, Server, Via, MAX_FRAMING,
 };
-use natkit_runtime::batch::{RecvBatch, SendBatch};
+use natkit_runtime::batch::{gso, RecvBatch, SendBatch};
 use natkit_runtime::shutdown::Shutdown;
 use tokio::sync::mpsc::Sender as StreamSender;
 use tracing::{debug, warn};
@@ -263,6 +263,7 @@ pub fn create(setup: WorkerSetup) -> io::Result<(WorkerHandle, impl FnOnce() + S
             .map(|_| SendBatch::new(BATCH, MAX_DATAGRAM + MAX_FRAMING))
             .collect(),
         out: vec![0u8; 1024],
+        relay_out: RelayOut::new(),
         counters: setup.metrics.worker(),
         send_errors: 0,
         shutdown: setup.shutdown,
@@ -285,6 +286,7 @@ struct Worker {
     rx: RecvBatch,
     tx: Vec<SendBatch>,
     out: Vec<u8>,
+    relay_out: RelayOut,
     counters: WorkerCounters,
     send_errors: u64,
     shutdown: Shutdown,
@@ -382,6 +384,7 @@ impl Worker {
             out,
             send_errors,
             poll,
+            relay_out,
             ..
         } = self;
         let Some(sock) = listeners.get(i) else { return };
@@ -407,7 +410,7 @@ impl Worker {
                 registry: poll.registry(),
                 now,
             };
-            for d in rx.iter() {
+            for (k, d) in rx.iter().enumerate() {
                 if d.truncated {
                     core.stats.drops[natkit_proto::turn::server::Drop::Malformed.index()] += 1;
                     continue;
@@ -424,11 +427,13 @@ impl Worker {
                         let _ = tx[i].push(d.source, &out[..len]);
                     }
                     ClientAction::Relay { relay, peer, data } => {
-                        relay_send(env.relays, relay, peer, &d.data[data], send_errors)
+                        relay_out.stage(relay, peer, k, data)
                     }
                     ClientAction::Drop(_) => {}
                 }
             }
+            // Before the next receive overwrites the batch's buffers.
+            relay_out.flush(env.relays, rx, send_errors);
             // recvmmsg returned less than a full batch: the queue was empty
             // a moment ago, and anything newer raises a new edge.
             if n < BATCH {
@@ -558,6 +563,119 @@ fn flush_one(b: &mut SendBatch, sock: &mio::net::UdpSocket, errors: &mut u64) {
             *errors += b.len() as u64;
             b.clear();
         }
+    }
+}
+
+/// Client → peer datagrams of one receive batch, staged and then sent
+/// grouped by relay socket and peer: a run of equal-size datagrams for one
+/// peer leaves as one GSO train (one trip through the kernel's send path
+/// instead of one per datagram), anything else one `sendto` each. Order
+/// within a flow is kept (the sort is stable); flows are independent.
+struct RelayOut {
+    /// (relay socket, peer, index in the receive batch, data range).
+    staged: Vec<(RelayId, SocketAddr, usize, std::ops::Range<usize>)>,
+    /// One train, copied together.
+    train: Vec<u8>,
+    /// Cleared after the kernel refuses GSO once (old kernel, odd device).
+    gso: bool,
+}
+
+impl RelayOut {
+    fn new() -> Self {
+        RelayOut {
+            staged: Vec::with_capacity(BATCH),
+            train: Vec::with_capacity(gso::MAX_TRAIN_BYTES),
+            gso: true,
+        }
+    }
+
+    #[inline]
+    fn stage(
+        &mut self,
+        relay: RelayId,
+        peer: SocketAddr,
+        index: usize,
+        data: std::ops::Range<usize>,
+    ) {
+        self.staged.push((relay, peer, index, data));
+    }
+
+    fn flush(&mut self, relays: &RelayTable, rx: &RecvBatch, errors: &mut u64) {
+        if self.staged.is_empty() {
+            return;
+        }
+        self.staged
+            .sort_by_key(|&(relay, peer, _, _)| (relay, peer));
+        let staged = std::mem::take(&mut self.staged);
+        let data = |k: usize, r: &std::ops::Range<usize>| rx.get(k).map(|d| &d.data[r.clone()]);
+        let mut i = 0;
+        while i < staged.len() {
+            let (relay, peer, k, ref r) = staged[i];
+            let Some(Some(sock)) = relays.socks.get(relay as usize) else {
+                i += 1;
+                continue;
+            };
+            // The train: following datagrams of this flow with the first's
+            // size (the last of a train may be shorter), within GSO limits.
+            let seg = r.len();
+            let mut end = i + 1;
+            let mut bytes = seg;
+            while self.gso
+                && seg > 0
+                && end < staged.len()
+                && end - i < gso::MAX_SEGMENTS
+                && staged[end].0 == relay
+                && staged[end].1 == peer
+                && staged[end].3.len() <= seg
+                && bytes + staged[end].3.len() <= gso::MAX_TRAIN_BYTES
+            {
+                bytes += staged[end].3.len();
+                end += 1;
+                if staged[end - 1].3.len() < seg {
+                    break;
+                }
+            }
+            if end - i == 1 {
+                if let Some(d) = data(k, r) {
+                    if sock.sock.send_to(d, peer).is_err() {
+                        *errors += 1;
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            self.train.clear();
+            for (_, _, k, r) in &staged[i..end] {
+                if let Some(d) = data(*k, r) {
+                    self.train.extend_from_slice(d);
+                }
+            }
+            match gso::send_segments(&sock.sock, &self.train, seg, Some(peer)) {
+                Ok(_) => {}
+                // A full socket buffer drops the train, as it would drop
+                // the datagrams one by one.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => *errors += (end - i) as u64,
+                Err(e) => {
+                    // Not for this train (EMSGSIZE: a segment too large for
+                    // the path), or no GSO here at all: one by one, and no
+                    // more trains from this worker in the second case.
+                    if e.raw_os_error() != Some(libc::EMSGSIZE) {
+                        debug!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
+                        self.gso = false;
+                    }
+                    for (_, _, k, r) in &staged[i..end] {
+                        if let Some(d) = data(*k, r) {
+                            if sock.sock.send_to(d, peer).is_err() {
+                                *errors += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            i = end;
+        }
+        self.staged = staged;
+        self.staged.clear();
     }
 }
 

@@ -575,3 +575,37 @@ fn sighup_reloads_the_tls_certificate() {
     }
     assert!(!tls_handshake(tls_addr, &old));
 }
+
+/// A burst from one client to one peer leaves the relay as GSO segment
+/// trains: every datagram arrives, separately, whole and in order, also
+/// when sizes change within the burst.
+#[test]
+fn bursts_to_one_peer_arrive_whole_and_in_order() {
+    let relay = Relay::start(&["--allow-peer", "127.0.0.0/8"]);
+    let peer_sock = UdpSocket::bind("127.0.0.2:0").unwrap();
+    peer_sock.set_read_timeout(Some(STEP)).unwrap();
+    let peer = peer_sock.local_addr().unwrap();
+    let (mut a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    a.bind(peer).unwrap();
+    let sizes: Vec<usize> = (0..150)
+        .map(|i| match i {
+            0..=99 => 300,
+            100..=109 => 17,
+            110..=119 => 1200,
+            _ => 40 + i % 7,
+        })
+        .collect();
+    for (i, &n) in sizes.iter().enumerate() {
+        let mut d = vec![(i % 251) as u8; n];
+        d[0] = i as u8;
+        a.send(peer, &d);
+    }
+    let mut buf = [0u8; 2048];
+    for (i, &n) in sizes.iter().enumerate() {
+        let (len, from) = peer_sock.recv_from(&mut buf).expect("datagram lost");
+        assert_eq!(from, relayed);
+        assert_eq!(len, n, "datagram {i} arrived whole");
+        assert_eq!(buf[0], i as u8, "in order");
+        assert!(buf[1..len].iter().all(|&b| b == (i % 251) as u8));
+    }
+}

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::epoll::Epoll;
 use super::histogram::Histogram;
+use super::window::{parse_transaction_id, transaction_id, Answer, Window};
 use super::{check_target, parse_duration, parse_run_duration, process_cpu_time, resolve};
 
 /// Datagrams per sendmmsg/recvmmsg call.
@@ -93,52 +94,10 @@ impl Plan {
     }
 }
 
-/// One request slot of a socket's window.
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot {
-    /// Send time, nanoseconds since the start.
-    sent_at: u64,
-    /// Bumped at each send, so an answer to an earlier use of the slot (a late
-    /// response after a timeout) does not match.
-    generation: u32,
-    /// A request is in flight.
-    busy: bool,
-    /// It was sent during the measurement window (it counts as sent, and as
-    /// lost if it times out).
-    counted: bool,
-}
-
 /// A connected socket and its window of requests.
 struct Flow {
     sock: UdpSocket,
-    slots: Box<[Slot]>,
-    /// Indices of idle slots (a stack; capacity = window, never grows).
-    free: Vec<u16>,
-}
-
-/// Transaction ID layout: a per-thread random salt (4 bytes), the flow index
-/// (2), the slot index (2) and the slot's generation (4). RFC 8489 §5 wants
-/// IDs hard to guess for security; a benchmark only needs them unique and
-/// cheap to map back to a slot.
-fn transaction_id(salt: [u8; 4], flow: u16, slot: u16, generation: u32) -> [u8; 12] {
-    let mut t = [0u8; 12];
-    t[0..4].copy_from_slice(&salt);
-    t[4..6].copy_from_slice(&flow.to_be_bytes());
-    t[6..8].copy_from_slice(&slot.to_be_bytes());
-    t[8..12].copy_from_slice(&generation.to_be_bytes());
-    t
-}
-
-/// Inverse of [`transaction_id`] for IDs carrying `salt`.
-fn parse_transaction_id(t: &[u8; 12], salt: [u8; 4]) -> Option<(u16, u16, u32)> {
-    if t[0..4] != salt {
-        return None;
-    }
-    Some((
-        u16::from_be_bytes([t[4], t[5]]),
-        u16::from_be_bytes([t[6], t[7]]),
-        u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
-    ))
+    window: Window,
 }
 
 /// Counters of one worker (then of the whole run, once merged).
@@ -290,9 +249,7 @@ fn open_flow(server: SocketAddr, window: usize) -> anyhow::Result<Flow> {
         .with_context(|| format!("cannot connect a UDP socket to {server}"))?;
     Ok(Flow {
         sock,
-        slots: vec![Slot::default(); window].into_boxed_slice(),
-        // Reversed so slot 0 goes out first (only matters for reading traces).
-        free: (0..window as u16).rev().collect(),
+        window: Window::new(window),
     })
 }
 
@@ -323,11 +280,7 @@ fn worker(mut flows: Vec<Flow>, plan: &Plan, start: Instant) -> io::Result<Stats
             break;
         }
         let sending = now < plan.measure_until;
-        if !sending
-            && !flows
-                .iter()
-                .any(|f| f.slots.iter().any(|s| s.busy && s.counted))
-        {
+        if !sending && flows.iter().all(|f| f.window.outstanding_counted() == 0) {
             break;
         }
 
@@ -391,19 +344,13 @@ fn worker(mut flows: Vec<Flow>, plan: &Plan, start: Instant) -> io::Result<Stats
         if now >= next_scan {
             next_scan = now + scan_every;
             for f in flows.iter_mut() {
-                for (si, s) in f.slots.iter_mut().enumerate() {
-                    if s.busy && now.saturating_sub(s.sent_at) >= plan.timeout {
-                        s.busy = false;
-                        stats.lost += u64::from(s.counted);
-                        f.free.push(si as u16);
-                    }
-                }
+                stats.lost += f.window.expire(now, plan.timeout);
             }
         }
     }
     // Whatever is still unanswered has had its full timeout.
     for f in &flows {
-        stats.lost += f.slots.iter().filter(|s| s.busy && s.counted).count() as u64;
+        stats.lost += f.window.outstanding_counted();
     }
     Ok(stats)
 }
@@ -422,23 +369,19 @@ fn fill_window(
     opts: &RequestOptions,
     stats: &mut Stats,
 ) -> io::Result<()> {
-    while !f.free.is_empty() {
+    while f.window.has_free() {
         let mut n = 0;
         while n < BATCH {
-            let Some(si) = f.free.pop() else { break };
-            let slot = &mut f.slots[si as usize];
-            slot.generation = slot.generation.wrapping_add(1);
-            slot.sent_at = now;
-            slot.busy = true;
-            slot.counted = counted;
-            let tid = transaction_id(salt, fi, si, slot.generation);
+            let Some((si, generation)) = f.window.take(now, counted) else {
+                break;
+            };
+            let tid = transaction_id(salt, fi, si, generation);
             let pushed = send.push_with(plan.server, |buf| {
                 binding::write_request(buf, &tid, opts).unwrap_or(0)
             });
             if pushed != Ok(true) {
                 // Cannot happen with SEND_BUF sized for the request.
-                slot.busy = false;
-                f.free.push(si);
+                f.window.untake(si);
                 break;
             }
             batch_slots[n] = si;
@@ -467,8 +410,7 @@ fn fill_window(
         // queue belongs to this socket only) and move on.
         if st.pending > 0 {
             for &si in &batch_slots[n - st.pending..n] {
-                f.slots[si as usize].busy = false;
-                f.free.push(si);
+                f.window.untake(si);
             }
             send.clear();
             break;
@@ -501,16 +443,21 @@ fn on_datagram(
         stats.unexpected += 1;
         return;
     };
-    let Some(slot) = f.slots.get_mut(si as usize).filter(|_| fi == flow_index) else {
+    if fi != flow_index {
         stats.unexpected += 1;
         return;
-    };
-    if !slot.busy || slot.generation != generation {
-        stats.late += 1;
-        return;
     }
-    slot.busy = false;
-    f.free.push(si);
+    let sent_at = match f.window.complete(si, generation) {
+        Answer::Matched { sent_at } => sent_at,
+        Answer::Late => {
+            stats.late += 1;
+            return;
+        }
+        Answer::Unknown => {
+            stats.unexpected += 1;
+            return;
+        }
+    };
     if !plan.in_window(now) {
         return;
     }
@@ -518,7 +465,7 @@ fn on_datagram(
         stats.errors += 1;
     } else {
         stats.received += 1;
-        stats.latency.record(now.saturating_sub(slot.sent_at));
+        stats.latency.record(now.saturating_sub(sent_at));
     }
 }
 
@@ -663,18 +610,6 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transaction_ids_round_trip_and_reject_other_salts() {
-        let salt = [1, 2, 3, 4];
-        let t = transaction_id(salt, 7, 65_000, 0xDEAD_BEEF);
-        assert_eq!(
-            parse_transaction_id(&t, salt),
-            Some((7, 65_000, 0xDEAD_BEEF))
-        );
-        assert_eq!(parse_transaction_id(&t, [1, 2, 3, 5]), None);
-        assert_ne!(t, transaction_id(salt, 7, 65_000, 0xDEAD_BEF0));
-    }
 
     /// A tiny STUN responder on loopback, answering with the proto crate,
     /// dropping every `drop_every`-th request to exercise loss accounting.

@@ -15,8 +15,10 @@
 //! `try_io(Interest::READABLE, ..)`).
 //!
 //! Files: `recv.rs` ([`RecvBatch`]), `send.rs` ([`SendBatch`]), `socket.rs` ([`udp_socket`]),
-//! `sys.rs` (zeroed C structs, `sockaddr` conversions).
+//! [`gso`] (segment trains to one destination with `UDP_SEGMENT`), `sys.rs` (zeroed C structs,
+//! `sockaddr` conversions).
 
+pub mod gso;
 mod recv;
 mod send;
 mod socket;

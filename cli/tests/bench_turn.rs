@@ -1,0 +1,262 @@
+//! `natkit bench turn` through the binary against natkit-turn on loopback:
+//! a short run in each peer mode, checking that the JSON figures are
+//! consistent with each other. The relay is killed by PID when its handle
+//! drops; every wait is bounded.
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use natkit_proto::binding::{self, RequestOptions};
+use serde_json::Value;
+
+/// A UDP and TCP port free on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    for _ in 0..100 {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
+fn natkit_turn_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATKIT_TURN_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_natkit")).with_file_name("natkit-turn");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p natkit-turn` first (or `cargo test` at the \
+         workspace root), or set NATKIT_TURN_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// natkit-turn on loopback, killed on drop.
+struct Relay {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Relay {
+    fn start() -> Relay {
+        let port = free_port();
+        let base = 20_000 + (rand::random::<u16>() % 2_000) * 20;
+        let child = Command::new(natkit_turn_bin())
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--relay-ip",
+                "127.0.0.1",
+                "--min-port",
+                &base.to_string(),
+                "--max-port",
+                &(base + 19).to_string(),
+                "--user",
+                "bench:secret-pw",
+                "--allow-peer",
+                "127.0.0.0/8",
+                "--drain-grace",
+                "0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start natkit-turn");
+        let mut r = Relay { child, port };
+        r.wait_ready();
+        r
+    }
+
+    fn wait_ready(&mut self) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut req = [0u8; 64];
+        let n = binding::write_request(&mut req, &[7; 12], &RequestOptions::default()).unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("natkit-turn exited at start-up: {status}");
+            }
+            assert!(Instant::now() < end, "natkit-turn did not start");
+            sock.send_to(&req[..n], ("127.0.0.1", self.port)).unwrap();
+            if sock.recv_from(&mut buf).is_ok() {
+                return;
+            }
+        }
+    }
+}
+
+fn bench(relay: &Relay, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "bench".to_string(),
+        "turn".into(),
+        format!("127.0.0.1:{}", relay.port),
+        "--user".into(),
+        "bench".into(),
+        "--password".into(),
+        "secret-pw".into(),
+        "--allocations".into(),
+        "2".into(),
+        "--duration".into(),
+        "1s".into(),
+        "--warmup".into(),
+        "200ms".into(),
+        // A timeout no scheduling hiccup of a busy test machine reaches.
+        "--timeout".into(),
+        "2s".into(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = Command::new(env!("CARGO_BIN_EXE_natkit"))
+        .args(&args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run natkit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "natkit {args:?}: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
+}
+
+fn u(v: &Value, path: &[&str]) -> u64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} is not a count in {v:#}"))
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v:#}"))
+}
+
+fn check_consistent(r: &Value, window: u64) {
+    let sent = u(r, &["load", "sent"]);
+    let reached = u(r, &["load", "peer_received"]);
+    let received = u(r, &["load", "received"]);
+    let lost = u(r, &["load", "lost"]);
+    assert!(received > 0, "{r:#}");
+    // Only what was sent can come back; the window's edges allow at most
+    // one window per allocation of answers to warm-up probes.
+    let slack = 2 * window;
+    assert!(received <= sent + slack, "{r:#}");
+    assert!(reached <= sent + slack, "{r:#}");
+    assert!(received <= reached + slack, "{r:#}");
+    assert!(lost + received <= sent + slack, "{r:#}");
+    // Loss is reported, and with a 2 s timeout on loopback nothing is lost.
+    assert_eq!(lost, 0, "{r:#}");
+    assert_eq!(f(r, &["load", "loss_ratio"]), 0.0);
+    let pps = f(r, &["load", "relayed_packets_per_sec"]);
+    let rtt = f(r, &["load", "round_trips_per_sec"]);
+    assert!(pps > 0.0 && rtt > 0.0, "{r:#}");
+    assert_eq!(pps, ((reached + received) as f64 / 1.0).round());
+    assert_eq!(rtt, received as f64);
+    let p50 = f(r, &["load", "latency_us", "p50"]);
+    let p99 = f(r, &["load", "latency_us", "p99"]);
+    let max = f(r, &["load", "latency_us", "max"]);
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r:#}");
+    assert!(f(r, &["setup", "allocations_per_sec"]) > 0.0, "{r:#}");
+    assert_eq!(u(r, &["allocations"]), 2);
+}
+
+#[test]
+fn bench_turn_udp_peers() {
+    let relay = Relay::start();
+    let r = bench(&relay, &["--window", "8"]);
+    assert_eq!(r["peer_mode"], "udp");
+    check_consistent(&r, 8);
+}
+
+#[test]
+fn bench_turn_udp_peers_with_gso_trains() {
+    let relay = Relay::start();
+    let r = bench(&relay, &["--window", "8", "--gso", "--size", "40"]);
+    assert_eq!(r["size"], 40);
+    check_consistent(&r, 8);
+}
+
+#[test]
+fn bench_turn_relay_to_relay_paced() {
+    let relay = Relay::start();
+    // 500 probes/s per allocation for 1 s: about 1000 round trips; probes
+    // and echoes go out as GSO trains.
+    let r = bench(
+        &relay,
+        &[
+            "--peer-mode",
+            "relay",
+            "--rate",
+            "500",
+            "--window",
+            "4",
+            "--gso",
+        ],
+    );
+    assert_eq!(r["peer_mode"], "relay");
+    check_consistent(&r, 4);
+    let received = u(&r, &["load", "received"]);
+    assert!((800..=1100).contains(&received), "{r:#}");
+}
+
+#[test]
+fn bench_turn_reports_relay_memory_when_holding() {
+    let relay = Relay::start();
+    let pid = relay.child.id().to_string();
+    let r = bench(&relay, &["--hold", "100ms", "--server-pid", &pid]);
+    assert!(r["load"].is_null(), "{r:#}");
+    let m = &r["server_memory"];
+    assert_eq!(u(m, &["pid"]), u64::from(relay.child.id()));
+    assert!(u(m, &["before", "rss_kib"]) > 0 && u(m, &["after", "rss_kib"]) > 0);
+    assert!(m["per_allocation"]["anonymous_bytes"].is_number(), "{r:#}");
+}
+
+#[test]
+fn bench_turn_wrong_password_is_a_clear_error() {
+    let relay = Relay::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_natkit"))
+        .args([
+            "bench",
+            "turn",
+            &format!("127.0.0.1:{}", relay.port),
+            "--password",
+            "wrong",
+            "--allocations",
+            "2",
+            "--duration",
+            "1s",
+            "--setup-timeout",
+            "20s",
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Allocate #"), "{err}");
+}
