@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use natkit_proto::turn::server::{
-    ClientAction, ClientKey, Config as CoreConfig, Env, OpenedRelay, QuotaError, RelayError,
-    RelayId, RelayRequest, Server, Via, MAX_FRAMING,
+    ClientAction, ClientKey, Config as CoreConfig, Env, Framing, OpenedRelay, QuotaError,
+    RelayError, RelayId, RelayRequest, Server, Via, MAX_FRAMING,
 };
 use natkit_runtime::batch::{gso, RecvBatch, SendBatch};
 use natkit_runtime::shutdown::Shutdown;
@@ -264,6 +264,7 @@ pub fn create(setup: WorkerSetup) -> io::Result<(WorkerHandle, impl FnOnce() + S
             .collect(),
         out: vec![0u8; 1024],
         relay_out: RelayOut::new(),
+        client_out: ClientOut::new(),
         counters: setup.metrics.worker(),
         send_errors: 0,
         shutdown: setup.shutdown,
@@ -287,6 +288,7 @@ struct Worker {
     tx: Vec<SendBatch>,
     out: Vec<u8>,
     relay_out: RelayOut,
+    client_out: ClientOut,
     counters: WorkerCounters,
     send_errors: u64,
     shutdown: Shutdown,
@@ -451,6 +453,7 @@ impl Worker {
             tx,
             streams,
             send_errors,
+            client_out,
             ..
         } = self;
         let mut errors = 0;
@@ -481,12 +484,16 @@ impl Worker {
                 match route.client.via {
                     Via::Udp(l) => {
                         let l = l as usize;
-                        if tx[l].is_full() {
-                            flush_one(&mut tx[l], &listeners[l], send_errors);
+                        if !client_out.add(l, route.client.addr, &route.framing, d.data) {
+                            // Not the batch's client (cannot happen: one
+                            // relay socket, one allocation): send it alone.
+                            if tx[l].is_full() {
+                                flush_one(&mut tx[l], &listeners[l], send_errors);
+                            }
+                            let _ = tx[l].push_with(route.client.addr, |buf| {
+                                route.framing.write(buf, d.data).unwrap_or(0)
+                            });
                         }
-                        let _ = tx[l].push_with(route.client.addr, |buf| {
-                            route.framing.write(buf, d.data).unwrap_or(0)
-                        });
                     }
                     Via::Stream(conn) => {
                         let mut v = vec![0u8; d.data.len() + MAX_FRAMING];
@@ -502,6 +509,7 @@ impl Worker {
                     }
                 }
             }
+            client_out.flush(listeners, tx, send_errors);
             if n < BATCH {
                 return;
             }
@@ -676,6 +684,110 @@ impl RelayOut {
         }
         self.staged = staged;
         self.staged.clear();
+    }
+}
+
+/// Peer → client datagrams of one relay-socket batch, framed back to back.
+/// One relay socket serves one allocation, so they all go to one client:
+/// runs of equal size leave as GSO trains on the listener socket, single
+/// datagrams join the listener's sendmmsg batch. The listener's batch is
+/// flushed before a train, so a flow's datagrams keep their order.
+struct ClientOut {
+    buf: Vec<u8>,
+    lens: Vec<usize>,
+    dest: Option<(usize, SocketAddr)>,
+    gso: bool,
+}
+
+impl ClientOut {
+    fn new() -> Self {
+        ClientOut {
+            buf: Vec::with_capacity(BATCH * (MAX_DATAGRAM + MAX_FRAMING)),
+            lens: Vec::with_capacity(BATCH),
+            dest: None,
+            gso: true,
+        }
+    }
+
+    /// Frame `data` for the batch's client; false if `addr` is another
+    /// client than the batch's.
+    #[inline]
+    fn add(&mut self, l: usize, addr: SocketAddr, framing: &Framing, data: &[u8]) -> bool {
+        match self.dest {
+            None => self.dest = Some((l, addr)),
+            Some(d) if d == (l, addr) => {}
+            Some(_) => return false,
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + data.len() + MAX_FRAMING, 0);
+        match framing.write(&mut self.buf[start..], data) {
+            Some(n) => {
+                self.buf.truncate(start + n);
+                self.lens.push(n);
+            }
+            None => self.buf.truncate(start),
+        }
+        true
+    }
+
+    fn flush(&mut self, listeners: &[mio::net::UdpSocket], tx: &mut [SendBatch], errors: &mut u64) {
+        let Some((l, addr)) = self.dest.take() else {
+            return;
+        };
+        let (sock, batch) = (&listeners[l], &mut tx[l]);
+        let mut off = 0;
+        let mut i = 0;
+        while i < self.lens.len() {
+            let seg = self.lens[i];
+            let mut end = i + 1;
+            let mut bytes = seg;
+            while self.gso
+                && end < self.lens.len()
+                && end - i < gso::MAX_SEGMENTS
+                && self.lens[end] <= seg
+                && bytes + self.lens[end] <= gso::MAX_TRAIN_BYTES
+            {
+                bytes += self.lens[end];
+                end += 1;
+                if self.lens[end - 1] < seg {
+                    break;
+                }
+            }
+            let train = &self.buf[off..off + bytes];
+            let mut sent = false;
+            if end - i > 1 {
+                if !batch.is_empty() {
+                    flush_one(batch, sock, errors);
+                }
+                match gso::send_segments(sock, train, seg, Some(addr)) {
+                    Ok(_) => sent = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        *errors += (end - i) as u64;
+                        sent = true;
+                    }
+                    Err(e) => {
+                        if e.raw_os_error() != Some(libc::EMSGSIZE) {
+                            debug!(error = %e, "UDP GSO unavailable; sending datagrams one by one");
+                            self.gso = false;
+                        }
+                    }
+                }
+            }
+            if !sent {
+                let mut o = 0;
+                for &n in &self.lens[i..end] {
+                    if batch.is_full() {
+                        flush_one(batch, sock, errors);
+                    }
+                    let _ = batch.push(addr, &train[o..o + n]);
+                    o += n;
+                }
+            }
+            off += bytes;
+            i = end;
+        }
+        self.buf.clear();
+        self.lens.clear();
     }
 }
 

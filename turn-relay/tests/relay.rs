@@ -608,4 +608,21 @@ fn bursts_to_one_peer_arrive_whole_and_in_order() {
         assert_eq!(buf[0], i as u8, "in order");
         assert!(buf[1..len].iter().all(|&b| b == (i % 251) as u8));
     }
+    // And back: the peer's burst reaches the client as ChannelData trains.
+    for (i, &n) in sizes.iter().enumerate() {
+        let mut d = vec![(i % 251) as u8; n];
+        d[0] = i as u8;
+        peer_sock.send_to(&d, relayed).unwrap();
+    }
+    let mut got = Vec::new();
+    let end = std::time::Instant::now() + STEP;
+    while got.len() < sizes.len() && std::time::Instant::now() < end {
+        got.extend(a.recv_for(Duration::from_millis(20)));
+    }
+    assert_eq!(got.len(), sizes.len(), "every datagram back");
+    for (i, ((from, d), &n)) in got.iter().zip(&sizes).enumerate() {
+        assert_eq!(*from, peer);
+        assert_eq!(d.len(), n, "datagram {i} whole");
+        assert_eq!(d[0], i as u8, "in order");
+    }
 }
