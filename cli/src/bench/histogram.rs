@@ -112,6 +112,43 @@ impl Histogram {
     }
 }
 
+/// Latency percentiles in microseconds, as both benches report them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// The percentiles of a histogram of nanoseconds, rounded to 0.1 µs;
+    /// `None` when it is empty.
+    pub fn from_nanos(h: &Histogram) -> Option<Latency> {
+        let us = |ns: u64| (ns as f64 / 1e3 * 10.0).round() / 10.0;
+        let q = |q: f64| us(h.quantile(q).unwrap_or(0));
+        (h.count() > 0).then(|| Latency {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: us(h.max()),
+        })
+    }
+
+    /// One report line: `label` then the percentiles, or `none` without data.
+    pub fn line(l: &Option<Latency>, label: &str, none: &str) -> String {
+        match l {
+            Some(l) => format!(
+                "  {label:<12} p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            ),
+            None => format!("  {label:<12} ({none})"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

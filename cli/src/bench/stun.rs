@@ -24,7 +24,7 @@ use natkit_runtime::batch::{udp_socket, RecvBatch, SendBatch, UdpSocketOptions};
 use serde::Serialize;
 
 use super::epoll::Epoll;
-use super::histogram::Histogram;
+use super::histogram::{Histogram, Latency};
 use super::window::{parse_transaction_id, transaction_id, Answer, Window};
 use super::{check_target, parse_duration, parse_run_duration, process_cpu_time, resolve};
 
@@ -469,16 +469,6 @@ fn on_datagram(
     }
 }
 
-/// Latency percentiles in microseconds.
-#[derive(Serialize)]
-struct Latency {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-}
-
 /// What `natkit bench stun` prints.
 #[derive(Serialize)]
 struct Report {
@@ -510,16 +500,7 @@ struct Report {
 impl Report {
     fn new(a: &StunArgs, server: SocketAddr, s: &Stats, cpu: Duration) -> Report {
         let secs = a.duration.as_secs_f64();
-        let us = |ns: u64| (ns as f64 / 1e3 * 10.0).round() / 10.0;
-        let h = &s.latency;
-        let q = |q: f64| us(h.quantile(q).unwrap_or(0));
-        let latency = (h.count() > 0).then(|| Latency {
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            p999: q(0.999),
-            max: us(h.max()),
-        });
+        let latency = Latency::from_nanos(&s.latency);
         let wall = (a.warmup + a.duration + a.timeout).as_secs_f64();
         Report {
             server,
@@ -590,18 +571,11 @@ impl Report {
                 self.refused, self.send_failed
             );
         }
-        match &self.latency_us {
-            Some(l) => {
-                let _ = writeln!(
-                    o,
-                    "  latency      p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
-                    l.p50, l.p90, l.p99, l.p999, l.max
-                );
-            }
-            None => {
-                let _ = writeln!(o, "  latency      (no responses)");
-            }
-        }
+        let _ = writeln!(
+            o,
+            "{}",
+            Latency::line(&self.latency_us, "latency", "no responses")
+        );
         let _ = writeln!(o, "  generator CPU {:>11.2} cores", self.client_cpu_cores);
         o
     }

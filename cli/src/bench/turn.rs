@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use natkit_proto::turn::client::{Client, Config, Credentials, Transport};
 use serde::Serialize;
 
+use super::histogram::Latency;
 use super::memory::{self, MemorySample, PerItem};
 use super::turn_load::{self, Lane, Plan, Stats, MIN_PAYLOAD};
 use super::turn_setup::{self, AllocatePhase, Allocation, ChannelPhase, ClosePhase};
@@ -427,16 +428,6 @@ struct MemoryReport {
     per_allocation: PerItem,
 }
 
-/// Round-trip latency percentiles in microseconds.
-#[derive(Serialize)]
-struct Latency {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-}
-
 /// Figures of the measured phase.
 #[derive(Serialize)]
 struct LoadReport {
@@ -496,9 +487,6 @@ impl Report {
     ) -> Report {
         let secs = a.duration.as_secs_f64();
         let load = s.map(|s| {
-            let us = |ns: u64| (ns as f64 / 1e3 * 10.0).round() / 10.0;
-            let h = &s.latency;
-            let q = |q: f64| us(h.quantile(q).unwrap_or(0));
             let wall = (a.warmup + a.duration + a.timeout).as_secs_f64();
             LoadReport {
                 relayed_packets_per_sec: ((s.peer_received + s.received) as f64 / secs).round(),
@@ -518,13 +506,7 @@ impl Report {
                 send_failed: s.send_failed,
                 echo_failed: s.echo_failed,
                 control_failed: s.control_failed,
-                latency_us: (h.count() > 0).then(|| Latency {
-                    p50: q(0.5),
-                    p90: q(0.9),
-                    p99: q(0.99),
-                    p999: q(0.999),
-                    max: us(h.max()),
-                }),
+                latency_us: Latency::from_nanos(&s.latency),
                 client_cpu_cores: (cpu.as_secs_f64() / wall * 100.0).round() / 100.0,
             }
         });
@@ -621,18 +603,11 @@ impl Report {
                     l.late, l.unexpected, l.refused, l.send_failed, l.echo_failed, l.control_failed
                 );
             }
-            match &l.latency_us {
-                Some(t) => {
-                    let _ = writeln!(
-                        o,
-                        "  round trip   p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
-                        t.p50, t.p90, t.p99, t.p999, t.max
-                    );
-                }
-                None => {
-                    let _ = writeln!(o, "  round trip   (no echoes)");
-                }
-            }
+            let _ = writeln!(
+                o,
+                "{}",
+                Latency::line(&l.latency_us, "round trip", "no echoes")
+            );
             let _ = writeln!(o, "  generator CPU {:>8.2} cores", l.client_cpu_cores);
         }
         o
