@@ -1101,5 +1101,9 @@ fn channel_quota_per_allocation() {
     };
     assert_eq!(bind(&mut s, &mut env, 3, 0x4000, "192.0.2.1:1"), None);
     assert_eq!(bind(&mut s, &mut env, 4, 0x4001, "192.0.2.2:1"), Some(508));
-    assert_eq!(bind(&mut s, &mut env, 5, 0x4000, "192.0.2.1:1"), None, "refresh fits");
+    assert_eq!(
+        bind(&mut s, &mut env, 5, 0x4000, "192.0.2.1:1"),
+        None,
+        "refresh fits"
+    );
 }
