@@ -1107,3 +1107,52 @@ fn channel_quota_per_allocation() {
         "refresh fits"
     );
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// STUN-shaped bytes: a valid header with a random method and class and
+    /// random attributes, so parsing gets past the header checks.
+    fn stun_shaped() -> impl Strategy<Value = Vec<u8>> {
+        (any::<u16>(), prop::collection::vec(any::<u8>(), 0..200)).prop_map(|(t, body)| {
+            let len = body.len() & !3;
+            let mut m = Vec::with_capacity(20 + len);
+            m.extend_from_slice(&(t & 0x3FFF).to_be_bytes());
+            m.extend_from_slice(&(len as u16).to_be_bytes());
+            m.extend_from_slice(&raw::MAGIC_COOKIE.to_be_bytes());
+            m.extend_from_slice(&[7; 12]);
+            m.extend_from_slice(&body[..len]);
+            m
+        })
+    }
+
+    proptest! {
+        /// Whatever a client sends, before or after allocating, the relay
+        /// answers, relays or drops: it never panics, and a reply fits the
+        /// buffer it was given.
+        #[test]
+        fn client_input(msgs in prop::collection::vec(
+            prop_oneof![prop::collection::vec(any::<u8>(), 0..120), stun_shaped()],
+            1..8,
+        )) {
+            let (mut s, mut env, t0) = server(Config::default());
+            let c = client(1000);
+            let (_, _auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+            let mut out = [0u8; 512];
+            for (i, m) in msgs.iter().enumerate() {
+                let now = t0 + Duration::from_millis(i as u64);
+                if let ClientAction::Reply(n) = s.handle_client(&mut env, c, m, now, &mut out) {
+                    prop_assert!(n <= out.len());
+                    prop_assert!(raw::parse_datagram(&out[..n]).is_ok());
+                }
+                let other = client(2000 + i as u16);
+                let _ = s.handle_client(&mut env, other, m, now, &mut out);
+                let relay_id = *env.open.keys().next().unwrap();
+                let _ = s.route_peer(relay_id, "192.0.2.9:9".parse().unwrap(), m.len(), now);
+            }
+            s.handle_timeout(&mut env, t0 + Duration::from_secs(4000));
+            prop_assert_eq!(s.allocation_count(), 0);
+        }
+    }
+}
