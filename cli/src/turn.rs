@@ -203,7 +203,6 @@ fn relay_check(
             client: Client::new(p.cfg, t0),
             conn: p.conn,
             local: p.local,
-            auth: None,
             events: VecDeque::new(),
             data: VecDeque::new(),
         });
@@ -222,7 +221,7 @@ fn relay_check(
         };
         match res {
             Ok((r, mapped, lifetime)) => {
-                let auth = a.auth.clone();
+                let auth = session::AuthSeen::of(&a.client);
                 let mut detail = format!(
                     "relayed {}, mapped {mapped}, lifetime {} s",
                     join(&r),

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natkit_proto::raw::{self, attr, method, Class};
+use natkit_proto::integrity::PasswordAlgorithm;
 use natkit_proto::turn::client::{Client, Event, State};
 
 use super::conn::{self, Conn};
@@ -21,8 +21,9 @@ pub struct Received {
     pub at: Instant,
 }
 
-/// How the server authenticated us, read off our own authenticated
-/// Allocate request (the client picks; we only report what it sent).
+/// How the client authenticated: the realm, and the password algorithm
+/// with its integrity attribute (RFC 8489 §9.2), as the TURN client chose
+/// them from the server's 401.
 #[derive(Debug, Clone)]
 pub struct AuthSeen {
     pub realm: String,
@@ -31,34 +32,16 @@ pub struct AuthSeen {
 }
 
 impl AuthSeen {
-    pub fn from_request(msg: &[u8]) -> Option<AuthSeen> {
-        let h = raw::parse_header(msg).ok()?;
-        if h.class() != Class::Request || h.method() != method::ALLOCATE {
-            return None;
-        }
-        let (mut realm, mut algorithm, mut integrity) = (None, None, None);
-        for a in raw::Attributes::new(msg, &h).flatten() {
-            match a.typ {
-                attr::REALM => realm = Some(String::from_utf8_lossy(a.value).into_owned()),
-                // RFC 8489 §14.12: algorithm number, then parameters.
-                attr::PASSWORD_ALGORITHM if a.value.len() >= 2 => {
-                    algorithm = Some(match u16::from_be_bytes([a.value[0], a.value[1]]) {
-                        0x0001 => "MD5",
-                        0x0002 => "SHA-256",
-                        _ => "unknown",
-                    })
-                }
-                attr::MESSAGE_INTEGRITY => integrity = Some("MESSAGE-INTEGRITY"),
-                attr::MESSAGE_INTEGRITY_SHA256 => integrity = Some("MESSAGE-INTEGRITY-SHA256"),
-                _ => {}
-            }
-        }
+    pub fn of(client: &Client) -> Option<AuthSeen> {
+        let (realm, alg) = client.authentication()?;
+        let (algorithm, integrity) = match alg {
+            PasswordAlgorithm::Md5 => ("MD5", "MESSAGE-INTEGRITY"),
+            PasswordAlgorithm::Sha256 => ("SHA-256", "MESSAGE-INTEGRITY-SHA256"),
+        };
         Some(AuthSeen {
-            realm: realm?,
-            // RFC 8489 §9.2.4: no PASSWORD-ALGORITHM means the RFC 5389 key,
-            // MD5 of "user:realm:password".
-            algorithm: algorithm.unwrap_or("MD5"),
-            integrity: integrity?,
+            realm: realm.to_string(),
+            algorithm,
+            integrity,
         })
     }
 }
@@ -69,7 +52,6 @@ pub struct Alloc {
     pub client: Client,
     pub conn: Conn,
     pub local: SocketAddr,
-    pub auth: Option<AuthSeen>,
     pub events: VecDeque<Event>,
     pub data: VecDeque<Received>,
 }
@@ -78,9 +60,6 @@ impl Alloc {
     /// Send what the client queued; collect its events.
     pub fn flush(&mut self, who: &Who) -> Result<(), Failure> {
         while let Some(t) = self.client.poll_transmit() {
-            if self.auth.is_none() {
-                self.auth = AuthSeen::from_request(&t.payload);
-            }
             self.conn
                 .send(&t.payload)
                 .map_err(|e| Failure::new("io", format!("cannot send to {}: {e}", who.server)))?;
@@ -240,31 +219,5 @@ impl Session {
             }
         }
         Ok(problems)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auth_is_read_off_the_authenticated_request() {
-        use natkit_proto::writer::Writer;
-        let mut buf = [0u8; 256];
-        let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[7; 12]).unwrap();
-        w.bytes(attr::REALM, b"natkit").unwrap();
-        w.bytes(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0]).unwrap();
-        w.message_integrity_sha256(&[1; 32]).unwrap();
-        let n = w.finish();
-        let a = AuthSeen::from_request(&buf[..n]).unwrap();
-        assert_eq!(
-            (a.realm.as_str(), a.algorithm, a.integrity),
-            ("natkit", "SHA-256", "MESSAGE-INTEGRITY-SHA256")
-        );
-        // The first, unauthenticated Allocate tells nothing.
-        let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[7; 12]).unwrap();
-        w.u32(attr::REQUESTED_TRANSPORT, 17 << 24).unwrap();
-        let n = w.finish();
-        assert!(AuthSeen::from_request(&buf[..n]).is_none());
     }
 }

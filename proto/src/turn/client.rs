@@ -252,6 +252,13 @@ impl Client {
         self.state
     }
 
+    /// The REALM and password algorithm the client authenticates with
+    /// (RFC 8489 §9.2), once a 401 or 438 has told it; `None` before.
+    /// MD5 goes with MESSAGE-INTEGRITY, SHA-256 with MESSAGE-INTEGRITY-SHA256.
+    pub fn authentication(&self) -> Option<(&str, PasswordAlgorithm)> {
+        self.auth.as_ref().map(|a| (a.realm.as_str(), a.algorithm))
+    }
+
     /// The relayed addresses, once allocated.
     pub fn relayed_addresses(&self) -> &[SocketAddr] {
         &self.relayed

@@ -257,7 +257,15 @@ fn allocate_with_sha256_when_offered() {
         nonce: "obMatJos2gAAAxyz".into(),
         offer_sha256: true,
     };
-    allocated(&fake, config(Transport::Udp));
+    let (c, _, _) = allocated(&fake, config(Transport::Udp));
+    assert_eq!(c.authentication(), Some((REALM, PasswordAlgorithm::Sha256)));
+    let (c, _, _) = allocated(&Fake::md5(), config(Transport::Udp));
+    assert_eq!(c.authentication(), Some((REALM, PasswordAlgorithm::Md5)));
+    assert_eq!(
+        Client::new(config(Transport::Udp), Instant::now()).authentication(),
+        None,
+        "nothing is known before the 401"
+    );
 }
 
 #[test]
