@@ -307,9 +307,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ResponseError> {
             attr::CHANGED_ADDRESS if r.other_address.is_none() => {
                 r.other_address = raw::decode_address(a.value)
             }
-            attr::ERROR_CODE if a.value.len() >= 4 => {
-                code = Some((a.value[2] & 0x7) as u16 * 100 + a.value[3] as u16)
-            }
+            attr::ERROR_CODE => code = raw::decode_error_code(a.value),
             attr::FINGERPRINT => {
                 integrity::check_fingerprint(buf, &h).map_err(|_| ResponseError::BadFingerprint)?;
             }

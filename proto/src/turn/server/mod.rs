@@ -845,33 +845,32 @@ impl Server {
         want.clamp(floor, self.cfg.max_lifetime)
     }
 
-    /// The allocation for a request other than Allocate, checking it was
-    /// made with the same username (RFC 8656 §5: else 441).
-    fn owned(&self, client: &ClientKey, username: &str) -> Result<Slot, u16> {
-        let &s = self.by_client.get(client).ok_or(437u16)?;
-        let a = self.allocations[s as usize].as_ref().ok_or(437u16)?;
-        if *a.username != *username {
-            return Err(441);
-        }
-        Ok(s)
+    /// The allocation a request other than Allocate acts on: the 5-tuple's
+    /// (else 437), made by the same user (RFC 8656 §5: else 441). The error
+    /// is the reply to send.
+    fn owned(&mut self, cx: &Authed<'_, '_>, out: &mut [u8]) -> Result<Slot, ClientAction> {
+        let found = self
+            .by_client
+            .get(&cx.client)
+            .and_then(|&s| Some((s, self.allocations[s as usize].as_ref()?)));
+        let code = match found {
+            Some((s, a)) if *a.username == *cx.username => return Ok(s),
+            Some(_) => 441,
+            None => 437,
+        };
+        let h = &cx.req.header;
+        Err(self.error(out, h.method(), &h.transaction_id, code, Some(cx.v)))
     }
 
     /// RFC 8656 §8.
     fn refresh(&mut self, env: &mut impl Env, cx: Authed<'_, '_>, out: &mut [u8]) -> ClientAction {
-        let Authed {
-            client,
-            req,
-            v,
-            now,
-            ..
-        } = cx;
-        let username = cx.username.as_str();
+        let s = match self.owned(&cx, out) {
+            Ok(s) => s,
+            Err(reply) => return reply,
+        };
+        let Authed { req, v, now, .. } = cx;
         let m = method::REFRESH;
         let tid = req.header.transaction_id;
-        let s = match self.owned(&client, username) {
-            Ok(s) => s,
-            Err(code) => return self.error(out, m, &tid, code, Some(v)),
-        };
         if let Some(f) = req.requested_family {
             let idx = match f {
                 FAMILY_IPV4 => 0,
@@ -913,20 +912,13 @@ impl Server {
         cx: Authed<'_, '_>,
         out: &mut [u8],
     ) -> ClientAction {
-        let Authed {
-            client,
-            req,
-            v,
-            now,
-            ..
-        } = cx;
-        let username = cx.username.as_str();
+        let s = match self.owned(&cx, out) {
+            Ok(s) => s,
+            Err(reply) => return reply,
+        };
+        let Authed { req, v, now, .. } = cx;
         let m = method::CREATE_PERMISSION;
         let tid = req.header.transaction_id;
-        let s = match self.owned(&client, username) {
-            Ok(s) => s,
-            Err(code) => return self.error(out, m, &tid, code, Some(v)),
-        };
         if req.peer_count == 0 {
             return self.error(out, m, &tid, 400, Some(v));
         }
@@ -969,20 +961,13 @@ impl Server {
         cx: Authed<'_, '_>,
         out: &mut [u8],
     ) -> ClientAction {
-        let Authed {
-            client,
-            req,
-            v,
-            now,
-            ..
-        } = cx;
-        let username = cx.username.as_str();
+        let s = match self.owned(&cx, out) {
+            Ok(s) => s,
+            Err(reply) => return reply,
+        };
+        let Authed { req, v, now, .. } = cx;
         let m = method::CHANNEL_BIND;
         let tid = req.header.transaction_id;
-        let s = match self.owned(&client, username) {
-            Ok(s) => s,
-            Err(code) => return self.error(out, m, &tid, code, Some(v)),
-        };
         let (Some(number), Some(peer), 1) = (req.channel, req.peers().next(), req.peer_count)
         else {
             return self.error(out, m, &tid, 400, Some(v));

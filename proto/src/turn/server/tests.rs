@@ -184,7 +184,7 @@ fn parse(out: &[u8]) -> Resp {
     let code = attrs
         .iter()
         .find(|(t, _)| *t == attr::ERROR_CODE)
-        .map(|(_, v)| (v[2] & 7) as u16 * 100 + v[3] as u16);
+        .and_then(|(_, v)| raw::decode_error_code(v));
     Resp {
         class: h.class(),
         code,
