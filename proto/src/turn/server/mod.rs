@@ -94,6 +94,8 @@ pub struct RelayRequest {
 /// A relay socket the driver opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenedRelay {
+    /// The socket's number: small and reused (the core indexes a table
+    /// with it).
     pub id: RelayId,
     /// The relayed transport address (what XOR-RELAYED-ADDRESS says: the
     /// external address when the relay is behind a 1:1 NAT).
@@ -261,7 +263,10 @@ pub struct Server {
     allocations: Vec<Option<Allocation>>,
     free: Vec<u32>,
     by_client: HashMap<ClientKey, u32>,
-    by_relay: HashMap<RelayId, u32>,
+    /// Allocation by relay socket, indexed by [`RelayId`]: the driver
+    /// numbers its relay sockets densely, so peer data finds its allocation
+    /// with an index instead of a hash.
+    by_relay: Vec<Option<Slot>>,
     live: usize,
     next_sweep: Instant,
     /// Whether the request being answered carried FINGERPRINT.
@@ -300,7 +305,7 @@ impl Server {
             allocations: Vec::new(),
             free: Vec::new(),
             by_client: HashMap::new(),
-            by_relay: HashMap::new(),
+            by_relay: Vec::new(),
             live: 0,
             next_sweep: now,
             request_fingerprint: false,
@@ -382,7 +387,9 @@ impl Server {
         };
         self.by_client.remove(&a.client);
         for (id, _) in a.relays.iter().flatten() {
-            self.by_relay.remove(id);
+            if let Some(e) = self.by_relay.get_mut(*id as usize) {
+                *e = None;
+            }
             env.close_relay(*id);
         }
         env.release_allocation(&a.username);
@@ -469,7 +476,7 @@ impl Server {
         len: usize,
         now: Instant,
     ) -> Result<PeerRoute, Drop> {
-        let Some(&s) = self.by_relay.get(&relay) else {
+        let Some(&Some(s)) = self.by_relay.get(relay as usize) else {
             return Err(self.drop(Drop::NoAllocation));
         };
         let Some(a) = self.allocations[s as usize].as_mut() else {
@@ -789,7 +796,11 @@ impl Server {
             }
         };
         for (id, _) in relays.iter().flatten() {
-            self.by_relay.insert(*id, s);
+            let i = *id as usize;
+            if self.by_relay.len() <= i {
+                self.by_relay.resize(i + 1, None);
+            }
+            self.by_relay[i] = Some(s);
         }
         self.by_client.insert(client, s);
         self.live += 1;
