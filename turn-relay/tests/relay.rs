@@ -49,7 +49,7 @@ fn two_allocations_exchange_data_through_each_others_relayed_address() {
 #[test]
 fn default_deny_list_refuses_private_and_special_peers() {
     let relay = Relay::start(&[]);
-    let (mut a, _) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, ra) = Node::allocate(relay.addr, Transport::Udp);
     let denied = [
         "127.0.0.1:9",
         "10.1.2.3:9",
@@ -68,7 +68,9 @@ fn default_deny_list_refuses_private_and_special_peers() {
     // The allocation survives refusals and still works.
     let (mut b, rb) = Node::allocate(relay.addr, Transport::Udp);
     a.permit(rb).unwrap();
-    let _ = &mut b;
+    b.permit(ra).unwrap();
+    a.send(rb, b"still relaying");
+    assert_eq!(b.recv().1, b"still relaying");
     assert!(relay.metric("natkit_turn_dropped_total{reason=\"denied_peer\"}") >= 10.0);
 }
 
@@ -97,7 +99,7 @@ fn ipv6_relay_refuses_embedded_ipv4_and_special_v6_peers() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let relay = Relay::start_with(args, port, metrics);
+    let _relay = Relay::start_with(args, port, metrics);
     let server6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
     let mut cfg = natkit_proto::turn::client::Config::new(
         server6,
@@ -108,7 +110,6 @@ fn ipv6_relay_refuses_embedded_ipv4_and_special_v6_peers() {
     // IPv4-mapped peer is judged as the IPv4 peer it is.
     cfg.family = natkit_proto::turn::client::AddressFamily::Dual;
     let mut n = Node::with_config(cfg);
-    let _ = &relay;
     n.allocated().expect("dual allocation");
     let relayed = n.client.relayed_addresses().to_vec();
     assert_eq!(relayed.len(), 2, "{relayed:?}");
@@ -386,10 +387,24 @@ fn check_config_refuses_an_open_relay_and_names_bad_keys() {
 /// socket still binds the internal one.
 #[test]
 fn external_ip_is_advertised() {
-    let relay = Relay::start(&["--external-ip", "203.0.113.7/127.0.0.1"]);
-    let (a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    let relay = Relay::start(&[
+        "--external-ip",
+        "203.0.113.7/127.0.0.1",
+        "--allow-peer",
+        "127.0.0.0/8",
+    ]);
+    let (mut a, relayed) = Node::allocate(relay.addr, Transport::Udp);
     assert_eq!(relayed.ip().to_string(), "203.0.113.7");
-    let _ = a;
+    // The socket behind it is on the internal address: a peer reaches the
+    // client there.
+    let peer = UdpSocket::bind("127.0.0.2:0").unwrap();
+    a.permit(peer.local_addr().unwrap()).unwrap();
+    peer.send_to(b"via the inside", ("127.0.0.1", relayed.port()))
+        .unwrap();
+    assert_eq!(
+        a.recv(),
+        (peer.local_addr().unwrap(), b"via the inside".to_vec())
+    );
 }
 
 /// The total allocation quota holds across users and shards.
