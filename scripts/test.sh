@@ -50,6 +50,14 @@ if ((${#missing_pkgs[@]})); then
     fi
 fi
 
+# Per-area prerequisites (the NAT lab, deploy/ checks): each script in
+# scripts/deps/ installs what its tests need, or fails saying what is missing.
+for deps in scripts/deps/*.sh; do
+    [[ -e $deps ]] || continue
+    say "prerequisites: $deps"
+    bash "$deps" || die "$deps failed"
+done
+
 for comp in rustfmt clippy; do
     sub=${comp/rustfmt/fmt}
     if ! cargo "$sub" --version >/dev/null 2>&1; then

@@ -102,14 +102,20 @@ pub mod agent;
 pub mod candidate;
 pub mod config;
 pub mod credentials;
+pub mod description;
 pub mod event;
+pub mod session;
+pub mod tls;
 mod wire;
 
 pub use agent::{Agent, CandidateError, IceState, InputError, PairInfo, PairState};
 pub use candidate::{Candidate, CandidateKind};
 pub use config::Config;
 pub use credentials::{Credentials, CredentialsError};
+pub use description::{Description, DescriptionError, SignalledCandidate, TrickleCandidate};
 pub use event::{Event, FailedPair, PairFailure, SelectedPair, Transmit};
+pub use session::{PathInfo, PathKind, Session, SessionEvent, TurnServer};
+pub use tls::Fingerprint;
 pub use wire::WireError;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,162 @@
+//! Two sessions on loopback: ICE, then QUIC over the selected pair, with
+//! data checked end to end; and the failures a session must name.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use natkit_ice::session::{Error, PathKind, Session};
+use natkit_ice::{Config, Description, Role};
+
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn fast_ice(role: Role) -> Config {
+    Config {
+        role,
+        consent_interval: Duration::from_millis(500),
+        consent_timeout: Duration::from_secs(3),
+        ..Config::default()
+    }
+}
+
+async fn session(role: Role) -> Session {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    Session::builder()
+        .bind([LO])
+        .ice_config(fast_ice(role))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Both sides connect concurrently; returns (controlling, controlled).
+async fn pair(a: &Session, b: &Session) -> (quinn::Connection, quinn::Connection) {
+    let (da, db) = (a.local_description().await, b.local_description().await);
+    let (ra, rb) = tokio::join!(a.connect(db), b.connect(da));
+    (ra.unwrap(), rb.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_pair_carries_a_quic_stream_both_ways() {
+    let (a, b) = (
+        session(Role::Controlling).await,
+        session(Role::Controlled).await,
+    );
+    let t0 = Instant::now();
+    let (ca, cb) = pair(&a, &b).await;
+    let took = t0.elapsed();
+    let pa = a.path().unwrap();
+    assert_eq!(pa.kind, PathKind::Host, "{pa}");
+    assert_eq!(pa.remote.addr, b.local_addrs()[0]);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // 1 MiB each way on one bidirectional stream, checked byte for byte.
+    let data: Vec<u8> = (0..1u32 << 20)
+        .map(|i: u32| (i * 7 + i / 251) as u8)
+        .collect();
+    let server = tokio::spawn(async move {
+        let (mut s, mut r) = cb.accept_bi().await.unwrap();
+        let got = r.read_to_end(4 << 20).await.unwrap();
+        s.write_all(&got).await.unwrap();
+        s.finish().unwrap();
+        s.stopped().await.ok();
+        got.len()
+    });
+    let (mut s, mut r) = ca.open_bi().await.unwrap();
+    s.write_all(&data).await.unwrap();
+    s.finish().unwrap();
+    let echoed = r.read_to_end(4 << 20).await.unwrap();
+    assert_eq!(server.await.unwrap(), data.len());
+    assert!(echoed == data, "echo differs");
+}
+
+#[tokio::test]
+async fn a_wrong_fingerprint_fails_the_handshake_on_both_sides() {
+    let (a, b) = (
+        session(Role::Controlling).await,
+        session(Role::Controlled).await,
+    );
+    let (da, mut db) = (a.local_description().await, b.local_description().await);
+    // A is told a fingerprint that B's certificate does not have.
+    db.fingerprint.0[0] ^= 0xFF;
+    let (ra, rb) = tokio::join!(a.connect(db), b.connect(da));
+    assert!(
+        matches!(ra, Err(Error::FingerprintMismatch { .. })),
+        "controlling side: {ra:?}"
+    );
+    assert!(
+        matches!(rb, Err(Error::FingerprintMismatch { .. })),
+        "controlled side: {rb:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_description_is_a_description_error() {
+    let a = session(Role::Controlling).await;
+    let text = a.local_description().await.to_string();
+    let cut = &text[..text.len() - 5];
+    let e = cut.parse::<Description>().unwrap_err();
+    assert!(
+        e.to_string().contains("damaged") || e.to_string().contains("truncated"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn no_usable_pair_is_reported_in_bounded_time_with_what_was_tried() {
+    let a = Session::builder()
+        .bind([LO])
+        .ice_config(fast_ice(Role::Controlling))
+        .connect_timeout(Duration::from_secs(4))
+        .build()
+        .await
+        .unwrap();
+    let b = session(Role::Controlled).await;
+    let db = b.local_description().await;
+    // B never runs ICE (it never gets A's description): nothing answers.
+    drop(b);
+    let t0 = Instant::now();
+    let e = a.connect(db).await.unwrap_err();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    match &e {
+        Error::NoPath { pairs, .. } => {
+            assert!(!pairs.is_empty(), "{e}");
+            assert!(e.to_string().contains("127.0.0.1"), "{e}");
+        }
+        other => panic!("expected NoPath, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_vanished_peer_is_consent_lost() {
+    let (a, b) = (
+        session(Role::Controlling).await,
+        session(Role::Controlled).await,
+    );
+    let (ca, _cb) = pair(&a, &b).await;
+    b.close();
+    drop(b);
+    let t0 = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(10), a.closed())
+        .await
+        .expect("consent loss within the timeout");
+    assert!(matches!(e, Error::ConsentLost { .. }), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    // The QUIC connection is closed with the consent-lost code.
+    let reason = tokio::time::timeout(Duration::from_secs(5), ca.closed())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            reason,
+            quinn::ConnectionError::LocallyClosed
+                | quinn::ConnectionError::ApplicationClosed(_)
+                | quinn::ConnectionError::TimedOut
+        ),
+        "{reason:?}"
+    );
+}

@@ -1,0 +1,66 @@
+//! The lab's error type.
+
+use std::path::PathBuf;
+
+/// What can go wrong while building, using or tearing down a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A command could not be started at all (missing tool, bad path).
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why it did not start.
+        source: std::io::Error,
+    },
+    /// A command ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it wrote to stderr (trimmed).
+        stderr: String,
+    },
+    /// A file or other I/O step failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A server or peer did not become ready in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The topology asked for is not valid (too many sites, unknown name).
+    #[error("bad topology: {0}")]
+    Topology(String),
+    /// A binary the lab needs is missing and could not be built.
+    #[error("binary {name} not found in {dir} and `cargo build` did not provide it: {why}")]
+    MissingBinary {
+        /// The binary's name.
+        name: String,
+        /// Where it was looked for.
+        dir: PathBuf,
+        /// Why the build did not help.
+        why: String,
+    },
+    /// Anything else, with a message.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl LabError {
+    /// An I/O error with what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        LabError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The lab's result type.
+pub type Result<T, E = LabError> = std::result::Result<T, E>;

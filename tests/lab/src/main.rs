@@ -1,0 +1,301 @@
+//! `natkit-lab`: the NAT lab for people.
+//!
+//! ```text
+//! natkit-lab up [--topology everything|matrix] [--kinds K,K...]   build a lab and leave it running
+//! natkit-lab status                                                what `up` left running
+//! natkit-lab down                                                  tear it down
+//! natkit-lab netcheck [--kinds K,K...]                             natkit netcheck in each NAT, checked
+//! natkit-lab matrix [--kinds K,K...] [--json FILE] [--markdown FILE]  the connection matrix
+//! ```
+//!
+//! Needs root, iproute2, nftables and conntrack (scripts/deps/lab.sh).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use natkit_lab::lab::{clean, PERSISTENT_OWNER};
+use natkit_lab::matrix::{self, MatrixSpec};
+use natkit_lab::{netcheck, netns, Lab, NatKind, TopologySpec};
+
+/// The tag of labs `up` leaves running.
+const UP_TAG: &str = "up";
+
+#[derive(Parser)]
+#[command(
+    name = "natkit-lab",
+    version,
+    about = "natkit's NAT lab: network namespaces, nftables NATs, natkit inside"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Topology {
+    /// One site per NAT kind, plus hairpinning variants.
+    Everything,
+    /// Two sites per kind (what `matrix` builds).
+    Matrix,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a lab and leave it running, for people to poke at.
+    Up {
+        /// Which topology.
+        #[arg(long, value_enum, default_value = "everything")]
+        topology: Topology,
+        /// NAT kinds (comma-separated; default: all).
+        #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+        kinds: Vec<NatKind>,
+    },
+    /// Show what `up` left running.
+    Status,
+    /// Tear down what `up` built (servers killed, namespaces deleted).
+    Down,
+    /// Run `natkit netcheck` in each NAT and compare with what was built.
+    Netcheck {
+        /// NAT kinds (comma-separated; default: all, with hairpinning
+        /// variants).
+        #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+        kinds: Vec<NatKind>,
+    },
+    /// Connect two natkit peers across every pair of NAT kinds and print
+    /// the table (path, time to connect).
+    Matrix {
+        /// NAT kinds (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+        kinds: Vec<NatKind>,
+        /// Bytes each side sends.
+        #[arg(long, default_value_t = 256 * 1024)]
+        payload: usize,
+        /// Pairs run at once.
+        #[arg(long, default_value_t = 3)]
+        concurrency: usize,
+        /// The peers' --timeout, seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Write the matrix as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the matrix as Markdown here (docs/NAT-MATRIX.md).
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<NatKind, String> {
+    NatKind::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = NatKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown NAT kind {s:?}; one of {}", all.join(", "))
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab needs root (network namespaces, nftables)");
+    }
+    match cli.command {
+        Command::Up { topology, kinds } => up(topology, kinds),
+        Command::Status => status(),
+        Command::Down => {
+            let n = clean(UP_TAG, Some(PERSISTENT_OWNER))?;
+            println!("deleted {n} namespaces");
+            Ok(())
+        }
+        Command::Netcheck { kinds } => run_netcheck(kinds),
+        Command::Matrix {
+            kinds,
+            payload,
+            concurrency,
+            timeout,
+            json,
+            markdown,
+        } => {
+            let spec = MatrixSpec {
+                kinds: if kinds.is_empty() {
+                    matrix::DEFAULT_KINDS.to_vec()
+                } else {
+                    kinds
+                },
+                payload,
+                concurrency,
+                peer_timeout: Duration::from_secs(timeout),
+                pair_limit: Duration::from_secs(timeout * 2 + 10),
+            };
+            run_matrix(&spec, json, markdown)
+        }
+    }
+}
+
+fn kinds_or_all(kinds: Vec<NatKind>) -> Vec<NatKind> {
+    if kinds.is_empty() {
+        NatKind::ALL.to_vec()
+    } else {
+        kinds
+    }
+}
+
+fn up(topology: Topology, kinds: Vec<NatKind>) -> anyhow::Result<()> {
+    let spec = match (topology, kinds.is_empty()) {
+        (Topology::Everything, true) => TopologySpec::everything(),
+        (Topology::Everything, false) => TopologySpec::one_of_each(&kinds, false),
+        (Topology::Matrix, _) => TopologySpec::pairs(&kinds_or_all(kinds)),
+    };
+    let lab = Lab::build_persistent(UP_TAG, &spec).context("building the lab")?;
+    let s = lab.servers();
+    println!("lab up in {:?}", lab.build_time());
+    println!(
+        "internet namespace {}: natkit-stun on {} (other {}), natkit-turn on {} (UDP, TCP) and {} (TLS, cert {})",
+        lab.internet().name(),
+        s.stun,
+        s.stun_other,
+        s.turn,
+        s.turn_tls,
+        s.ca.display()
+    );
+    println!(
+        "TURN user {} password {} (REST secret {})\n",
+        s.user, s.password, s.secret
+    );
+    println!(
+        "{:<9} {:<22} {:<8} {:<16} {:<16} host namespace",
+        "site", "kind", "hairpin", "host", "public"
+    );
+    for site in lab.sites() {
+        println!(
+            "{:<9} {:<22} {:<8} {:<16} {:<16} {}",
+            site.name,
+            site.kind.name(),
+            site.hairpin,
+            site.host_addr,
+            site.public_addr,
+            site.host
+        );
+    }
+    if let Some(first) = lab.sites().first() {
+        println!(
+            "\ntry: ip netns exec {} {} netcheck --stun {}",
+            first.host,
+            lab.binaries().natkit.display(),
+            s.stun
+        );
+    }
+    println!("tear down: natkit-lab down");
+    lab.detach();
+    Ok(())
+}
+
+fn status() -> anyhow::Result<()> {
+    let start = format!("{}-{UP_TAG}-{PERSISTENT_OWNER}-", natkit_lab::lab::PREFIX);
+    let names: Vec<String> = netns::list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&start))
+        .collect();
+    if names.is_empty() {
+        println!("no lab is up");
+    }
+    for n in names {
+        let pids = natkit_lab::Netns::existing(&n).pids();
+        println!("{n} (processes: {pids:?})");
+    }
+    Ok(())
+}
+
+fn run_netcheck(kinds: Vec<NatKind>) -> anyhow::Result<()> {
+    let spec = if kinds.is_empty() {
+        TopologySpec::everything()
+    } else {
+        TopologySpec::one_of_each(&kinds, false)
+    };
+    let lab = Lab::build("nccli", &spec).context("building the lab")?;
+    let mut bad = 0;
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = lab
+            .sites()
+            .iter()
+            .map(|site| {
+                let lab = &lab;
+                s.spawn(move || (site, netcheck::run(lab, site)))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("netcheck thread"))
+            .collect()
+    });
+    println!(
+        "{:<7} {:<21} {:<8} {:<27} {:<27} {:<8} {:<23} as built",
+        "site", "kind", "hairpin", "mapping", "filtering", "hairpin", "nat type"
+    );
+    for (site, run) in results {
+        let run = run?;
+        let v = &run.verdict;
+        let ok = match netcheck::expected(site) {
+            Some(want) => *v == want,
+            None => v.nat_type == netcheck::expected_nat_type(site.kind),
+        };
+        bad += usize::from(!ok);
+        println!(
+            "{:<7} {:<21} {:<8} {:<27} {:<27} {:<8} {:<23} {}",
+            site.name,
+            site.kind.name(),
+            site.hairpin,
+            v.mapping,
+            v.filtering,
+            v.hairpinning.map_or("-".into(), |b| b.to_string()),
+            v.nat_type,
+            if ok { "yes" } else { "NO" }
+        );
+    }
+    if bad > 0 {
+        bail!("{bad} sites reported other than built");
+    }
+    Ok(())
+}
+
+fn run_matrix(
+    spec: &MatrixSpec,
+    json: Option<PathBuf>,
+    markdown: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let lab = Lab::build("mxcli", &spec.topology()).context("building the lab")?;
+    eprintln!(
+        "lab of {} sites built in {:?}; {} pairs, {} at a time",
+        lab.sites().len(),
+        lab.build_time(),
+        spec.pairs().len(),
+        spec.concurrency
+    );
+    let m = matrix::run(&lab, spec, &|c| {
+        eprintln!("  {} x {}: {}", c.listen, c.connect, c.short());
+    });
+    print!("{}", m.table());
+    eprintln!("took {:.1} s", t0.elapsed().as_secs_f64());
+    let command = std::iter::once("natkit-lab".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let when = matrix::utc_now();
+    if let Some(p) = json {
+        std::fs::write(
+            &p,
+            serde_json::to_string_pretty(&m.json(&command, &when))? + "\n",
+        )
+        .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = markdown {
+        std::fs::write(&p, m.markdown(&command, &when))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if !m.all_ok() {
+        bail!("some pairs failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! NAT behaviors and the nftables rulesets that give them.
+//!
+//! Vocabulary of RFC 4787: mapping behavior (§4.1) and filtering behavior
+//! (§5), hairpinning (§6). How each is obtained from Linux netfilter:
+//!
+//! - `masquerade` keeps the source port when it is free, and conntrack
+//!   reuses nothing per destination, so the mapping is endpoint-independent
+//!   (EIM); `masquerade random` picks a fresh random port for every new flow,
+//!   which is address-and-port-dependent mapping (APDM, "symmetric").
+//! - Conntrack alone lets in only replies to flows the inside opened:
+//!   address-and-port-dependent filtering (APDF). Looser filtering needs
+//!   the inbound half by hand: the router learns each mapping (outside
+//!   port → inside address and port) in a dynamic map after source NAT,
+//!   and DNATs new inbound flows by that map, for anyone (endpoint-independent
+//!   filtering, EIF) or only for remote addresses the mapping has sent to (a
+//!   dynamic set, address-dependent filtering, ADF).
+//! - Hairpinning (RFC 4787 §6, REQ-9) uses the same map for packets from the
+//!   inside to the router's own outside address, and masquerades them so
+//!   they arrive from the outside address.
+//! - Every router drops unsolicited inbound traffic: the forward chain
+//!   accepts established flows and flows its own DNAT let in, nothing else
+//!   from outside; the input chain drops new traffic from outside.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Filtering behavior of an endpoint-independent-mapping NAT (RFC 4787 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Filtering {
+    /// Anyone may send to a mapping (full cone).
+    EndpointIndependent,
+    /// Only addresses the mapping has sent to (restricted cone).
+    AddressDependent,
+    /// Only address and port pairs the mapping has sent to (port-restricted).
+    AddressAndPortDependent,
+}
+
+/// What stands between a site's host and the internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatKind {
+    /// Public address, plain router: no NAT, no filtering.
+    Open,
+    /// Public address behind a stateful firewall: no NAT, unsolicited
+    /// inbound dropped (RFC 5780 calls the result a "symmetric UDP firewall").
+    NoNat,
+    /// EIM + EIF.
+    FullCone,
+    /// EIM + ADF.
+    RestrictedCone,
+    /// EIM + APDF.
+    PortRestrictedCone,
+    /// APDM (+ APDF).
+    Symmetric,
+    /// A carrier-grade NAT (EIM + ADF, RFC 6888 asks for EIM) in front of a
+    /// home NAT (EIM + APDF): together EIM + APDF.
+    DoubleNat,
+    /// A port-restricted NAT whose network lets out only TCP to the relay's
+    /// TURN and TURN-over-TLS ports: no UDP at all.
+    UdpBlocked,
+}
+
+impl NatKind {
+    /// Every kind, in table order.
+    pub const ALL: [NatKind; 8] = [
+        NatKind::Open,
+        NatKind::NoNat,
+        NatKind::FullCone,
+        NatKind::RestrictedCone,
+        NatKind::PortRestrictedCone,
+        NatKind::Symmetric,
+        NatKind::DoubleNat,
+        NatKind::UdpBlocked,
+    ];
+
+    /// The kebab-case name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatKind::Open => "open",
+            NatKind::NoNat => "no-nat",
+            NatKind::FullCone => "full-cone",
+            NatKind::RestrictedCone => "restricted-cone",
+            NatKind::PortRestrictedCone => "port-restricted-cone",
+            NatKind::Symmetric => "symmetric",
+            NatKind::DoubleNat => "double-nat",
+            NatKind::UdpBlocked => "udp-blocked",
+        }
+    }
+
+    /// A short tag for namespace names.
+    pub fn short(self) -> &'static str {
+        match self {
+            NatKind::Open => "op",
+            NatKind::NoNat => "nn",
+            NatKind::FullCone => "fc",
+            NatKind::RestrictedCone => "rc",
+            NatKind::PortRestrictedCone => "pr",
+            NatKind::Symmetric => "sy",
+            NatKind::DoubleNat => "dn",
+            NatKind::UdpBlocked => "ub",
+        }
+    }
+
+    /// Parse a name as [`NatKind::name`] gives it.
+    pub fn parse(s: &str) -> Option<NatKind> {
+        NatKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether the site's host has a public address (no NAT on the way).
+    pub fn is_public(self) -> bool {
+        matches!(self, NatKind::Open | NatKind::NoNat)
+    }
+
+    /// Whether the mapping, as seen from outside, depends on the
+    /// destination (APDM).
+    pub fn endpoint_dependent_mapping(self) -> bool {
+        self == NatKind::Symmetric
+    }
+
+    /// The filtering seen from outside, all NATs on the way together
+    /// (`None`: nothing filters).
+    pub fn filtering(self) -> Option<Filtering> {
+        match self {
+            NatKind::Open => None,
+            NatKind::FullCone => Some(Filtering::EndpointIndependent),
+            NatKind::RestrictedCone => Some(Filtering::AddressDependent),
+            NatKind::NoNat
+            | NatKind::PortRestrictedCone
+            | NatKind::Symmetric
+            | NatKind::DoubleNat
+            | NatKind::UdpBlocked => Some(Filtering::AddressAndPortDependent),
+        }
+    }
+
+    /// Whether UDP gets out of the site at all.
+    pub fn udp_allowed(self) -> bool {
+        self != NatKind::UdpBlocked
+    }
+
+    /// Whether two peers, one behind `self` and one behind `other`, can
+    /// reach each other directly by hole punching (UDP, RFC 8445), given
+    /// what each NAT does; `false` means only a relay connects them.
+    ///
+    /// A peer behind an address-and-port-dependent mapping shows the other
+    /// side a port it could not predict. If the other side filters by
+    /// address and port (or maps that way too), the checks it sends go to
+    /// the wrong port or the checks it receives come from one its filter
+    /// has never seen, so no direct pair ever works. Everything else
+    /// punches through (RFC 4787 §4, §5; RFC 5128 §3).
+    pub fn direct_possible(self, other: NatKind) -> bool {
+        if !self.udp_allowed() || !other.udp_allowed() {
+            return false;
+        }
+        let blocks = |sym: NatKind, peer: NatKind| {
+            sym.endpoint_dependent_mapping()
+                && (peer.endpoint_dependent_mapping()
+                    || peer.filtering() == Some(Filtering::AddressAndPortDependent))
+        };
+        !blocks(self, other) && !blocks(other, self)
+    }
+}
+
+impl fmt::Display for NatKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Mapping behavior of one router (RFC 4787 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterMapping {
+    /// No translation: the router only routes (and maybe filters).
+    None,
+    /// Endpoint-independent mapping.
+    EndpointIndependent,
+    /// Address-and-port-dependent mapping.
+    AddressAndPortDependent,
+}
+
+/// What one router does; [`ruleset`] turns it into nftables rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterSpec {
+    /// How it maps.
+    pub mapping: RouterMapping,
+    /// How it filters new inbound flows; `None` lets everything in.
+    pub filtering: Option<Filtering>,
+    /// Whether it hairpins (NATs only).
+    pub hairpin: bool,
+    /// If set, only TCP to this address on these ports leaves the inside.
+    pub tcp_only_to: Option<(Ipv4Addr, [u16; 2])>,
+}
+
+/// Interface names inside every router namespace.
+pub const WAN: &str = "wan";
+/// See [`WAN`].
+pub const LAN: &str = "lan";
+
+/// How long a learned mapping or contacted address stays (longer than
+/// conntrack's UDP timeouts, refreshed by every outbound packet).
+const MAP_TIMEOUT: &str = "3m";
+
+/// The nftables ruleset of a router whose outside address is `wan_addr`.
+pub fn ruleset(spec: &RouterSpec, wan_addr: Ipv4Addr) -> String {
+    let nat = spec.mapping != RouterMapping::None;
+    let mut pre = Vec::new();
+    let mut post = Vec::new();
+    let mut learn = Vec::new();
+    let mut forward = vec![
+        "ct state established,related accept".to_string(),
+        // New flows our own DNAT let in: full/restricted cone inbound and
+        // hairpinned packets.
+        "ct status dnat accept".to_string(),
+    ];
+    let dnat_by_map = "dnat ip addr . port to udp dport map @mapping";
+    if nat {
+        let random = if spec.mapping == RouterMapping::AddressAndPortDependent {
+            " random"
+        } else {
+            ""
+        };
+        post.push(format!("oifname \"{WAN}\" masquerade{random}"));
+        // After source NAT, `ct reply proto-dst` is the outside port the
+        // flow got. Only original-direction packets: for an inbound flow
+        // DNAT let in, the reply tuple holds the remote's port instead.
+        learn.push(format!(
+            "oifname \"{WAN}\" meta l4proto udp ct direction original update @mapping {{ ct reply proto-dst : ct original ip saddr . ct original proto-src }}"
+        ));
+        match spec.filtering {
+            Some(Filtering::EndpointIndependent) | None => {
+                pre.push(format!(
+                    "iifname \"{WAN}\" ip daddr {wan_addr} meta l4proto udp {dnat_by_map}"
+                ));
+            }
+            Some(Filtering::AddressDependent) => {
+                learn.push(format!(
+                    "oifname \"{WAN}\" meta l4proto udp ct direction original update @contacted {{ ct reply proto-dst . ip daddr }}"
+                ));
+                pre.push(format!(
+                    "iifname \"{WAN}\" ip daddr {wan_addr} meta l4proto udp udp dport . ip saddr @contacted {dnat_by_map}"
+                ));
+            }
+            Some(Filtering::AddressAndPortDependent) => {}
+        }
+        if spec.hairpin {
+            pre.push(format!(
+                "iifname \"{LAN}\" ip daddr {wan_addr} meta l4proto udp {dnat_by_map}"
+            ));
+            post.push(format!(
+                "iifname \"{LAN}\" oifname \"{LAN}\" ct status dnat masquerade"
+            ));
+        }
+    } else if spec.filtering.is_none() {
+        forward.push(format!("iifname \"{WAN}\" accept"));
+    }
+    match spec.tcp_only_to {
+        Some((addr, [p1, p2])) => {
+            forward.push(format!(
+                "iifname \"{LAN}\" ip daddr {addr} tcp dport {{ {p1}, {p2} }} accept"
+            ));
+        }
+        None => forward.push(format!("iifname \"{LAN}\" accept")),
+    }
+    let lines = |v: &[String]| v.iter().map(|l| format!("    {l}\n")).collect::<String>();
+    let mut s = String::from("table ip natlab {\n");
+    if nat {
+        s.push_str(&format!(
+            "  map mapping {{ type inet_service : ipv4_addr . inet_service; flags dynamic, timeout; timeout {MAP_TIMEOUT}; }}\n"
+        ));
+        s.push_str(&format!(
+            "  set contacted {{ type inet_service . ipv4_addr; flags dynamic, timeout; timeout {MAP_TIMEOUT}; }}\n"
+        ));
+        s.push_str(&format!(
+            "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{}  }}\n",
+            lines(&pre)
+        ));
+        s.push_str(&format!(
+            "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{}  }}\n",
+            lines(&post)
+        ));
+        s.push_str(&format!(
+            "  chain learn {{\n    type filter hook postrouting priority srcnat + 10; policy accept;\n{}  }}\n",
+            lines(&learn)
+        ));
+    }
+    s.push_str(&format!(
+        "  chain forward {{\n    type filter hook forward priority filter; policy drop;\n{}  }}\n",
+        lines(&forward)
+    ));
+    s.push_str(&format!(
+        "  chain input {{\n    type filter hook input priority filter; policy accept;\n    iifname \"{WAN}\" ct state established,related accept\n    iifname \"{WAN}\" drop\n  }}\n"
+    ));
+    s.push_str("}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_paths_follow_rfc4787() {
+        use NatKind::*;
+        assert!(!Symmetric.direct_possible(Symmetric));
+        assert!(!Symmetric.direct_possible(PortRestrictedCone));
+        assert!(!PortRestrictedCone.direct_possible(Symmetric));
+        assert!(!Symmetric.direct_possible(NoNat));
+        assert!(!Symmetric.direct_possible(DoubleNat));
+        assert!(Symmetric.direct_possible(RestrictedCone));
+        assert!(Symmetric.direct_possible(FullCone));
+        assert!(Symmetric.direct_possible(Open));
+        assert!(PortRestrictedCone.direct_possible(PortRestrictedCone));
+        assert!(DoubleNat.direct_possible(NoNat));
+        assert!(!UdpBlocked.direct_possible(Open));
+    }
+
+    #[test]
+    fn every_router_drops_new_inbound() {
+        for mapping in [
+            RouterMapping::EndpointIndependent,
+            RouterMapping::AddressAndPortDependent,
+        ] {
+            let r = ruleset(
+                &RouterSpec {
+                    mapping,
+                    filtering: Some(Filtering::AddressAndPortDependent),
+                    hairpin: false,
+                    tcp_only_to: None,
+                },
+                Ipv4Addr::new(203, 0, 113, 10),
+            );
+            assert!(r.contains("policy drop"), "{r}");
+            assert!(!r.contains("iifname \"wan\" accept"), "{r}");
+            assert!(!r.contains("dnat ip addr"), "{r}");
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! Two natkit peers in two sites: `natkit listen` (controlled side, QUIC
+//! server) and `natkit connect` (controlling side, QUIC client), signalling
+//! through files in the lab's directory, piping data both ways, each
+//! writing a JSON report of the path it used.
+//!
+//! The command-line interface driven here (issue 4):
+//!
+//! ```text
+//! natkit listen|connect [--stun HOST:PORT]... [--turn turn:HOST:PORT?transport=udp|tcp | turns:HOST:PORT]...
+//!     [--turn-user U --turn-password P] [--relay-only] [--desc-out FILE] [--remote FILE]
+//!     [--report FILE] [--timeout SECS]
+//! ```
+//!
+//! Each side writes its description to `--desc-out`, polls `--remote` for
+//! the other's, connects, copies its stdin to the peer's stdout over a QUIC
+//! stream, and writes its report (path kind host/srflx/prflx/relay, local
+//! and remote address, rtt_ms, connect_ms) to `--report`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{LabError, Result};
+use crate::lab::{Lab, Site};
+use crate::process::Process;
+
+/// Which end of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// `natkit listen`: ICE controlled, QUIC server.
+    Listen,
+    /// `natkit connect`: ICE controlling, QUIC client.
+    Connect,
+}
+
+impl Role {
+    /// The subcommand.
+    pub fn command(self) -> &'static str {
+        match self {
+            Role::Listen => "listen",
+            Role::Connect => "connect",
+        }
+    }
+}
+
+/// How a peer reaches the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnTransport {
+    /// TURN over UDP.
+    Udp,
+    /// TURN over TCP.
+    Tcp,
+    /// TURN over TLS.
+    Tls,
+}
+
+/// What a peer is given.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// Use the lab's STUN server.
+    pub stun: bool,
+    /// TURN transports to gather relayed candidates over (one URL each).
+    pub turn: Vec<TurnTransport>,
+    /// Only relayed candidates.
+    pub relay_only: bool,
+    /// `--timeout`: how long the peer may take to connect.
+    pub timeout: Duration,
+    /// Any further flags.
+    pub extra: Vec<String>,
+}
+
+impl PeerOptions {
+    /// STUN plus TURN over UDP, or over TCP and TLS for a site where UDP
+    /// does not get out.
+    pub fn for_site(site: &Site) -> PeerOptions {
+        let turn = if site.kind.udp_allowed() {
+            vec![TurnTransport::Udp]
+        } else {
+            vec![TurnTransport::Tcp, TurnTransport::Tls]
+        };
+        PeerOptions {
+            stun: site.kind.udp_allowed(),
+            turn,
+            relay_only: false,
+            timeout: Duration::from_secs(30),
+            extra: Vec::new(),
+        }
+    }
+
+    /// The command line after the subcommand.
+    pub fn args(&self, lab: &Lab) -> Vec<String> {
+        let s = lab.servers();
+        let mut a = Vec::new();
+        if self.stun {
+            a.push("--stun".to_string());
+            a.push(s.stun.to_string());
+        }
+        for t in &self.turn {
+            a.push("--turn".into());
+            a.push(match t {
+                TurnTransport::Udp => format!("turn:{}?transport=udp", s.turn),
+                TurnTransport::Tcp => format!("turn:{}?transport=tcp", s.turn),
+                TurnTransport::Tls => format!("turns:{}", s.turn_tls),
+            });
+        }
+        if !self.turn.is_empty() {
+            a.extend([
+                "--turn-user".to_string(),
+                s.user.clone(),
+                "--turn-password".into(),
+                s.password.clone(),
+            ]);
+            if self.turn.contains(&TurnTransport::Tls) {
+                a.push("--turn-ca".into());
+                a.push(s.ca.display().to_string());
+            }
+        }
+        if self.relay_only {
+            a.push("--relay-only".into());
+        }
+        a.push("--timeout".into());
+        a.push(self.timeout.as_secs().max(1).to_string());
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+}
+
+/// What a peer's `--report` says, the fields the lab reads.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Path kind: host, srflx, prflx or relay.
+    pub path: Option<String>,
+    /// Our address on the selected pair.
+    pub local: Option<String>,
+    /// The peer's address on the selected pair.
+    pub remote: Option<String>,
+    /// Round-trip time of the checks.
+    pub rtt_ms: Option<f64>,
+    /// Time from start to connected.
+    pub connect_ms: Option<f64>,
+    /// The whole report.
+    pub raw: serde_json::Value,
+}
+
+impl Report {
+    /// Read the fields from the report's JSON, tolerating a `path` that is
+    /// either the kind itself or an object holding `kind`, `local` and
+    /// `remote`.
+    pub fn from_json(v: serde_json::Value) -> Report {
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        };
+        let path_obj = v.get("path").filter(|p| p.is_object());
+        let field = |k: &str| {
+            v.get(k)
+                .filter(|x| !x.is_null() && !x.is_object())
+                .or_else(|| path_obj.and_then(|p| p.get(k)))
+        };
+        let path = match v.get("path") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(o @ serde_json::Value::Object(_)) => o.get("kind").and_then(text),
+            _ => v.get("path_kind").or_else(|| v.get("kind")).and_then(text),
+        };
+        let num = |k: &str| field(k).and_then(|x| x.as_f64());
+        Report {
+            path,
+            local: field("local").and_then(text),
+            remote: field("remote").and_then(text),
+            rtt_ms: num("rtt_ms"),
+            connect_ms: num("connect_ms"),
+            raw: v,
+        }
+    }
+
+    /// Whether the path goes through the relay.
+    pub fn relayed(&self) -> bool {
+        self.path.as_deref() == Some("relay")
+    }
+}
+
+/// SHA-256 of `data`, hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a peer's stdout delivered.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Received {
+    /// Bytes read.
+    pub bytes: u64,
+    /// SHA-256 of them, hex.
+    pub sha256: String,
+}
+
+/// One running peer; killed on drop.
+#[derive(Debug)]
+pub struct Peer {
+    /// Listen or connect.
+    pub role: Role,
+    /// Site name.
+    pub site: String,
+    process: Process,
+    stdin: Option<ChildStdin>,
+    progress: Arc<AtomicU64>,
+    reader: Option<JoinHandle<Received>>,
+    report_path: PathBuf,
+    started: Instant,
+}
+
+impl Peer {
+    /// Start `natkit <role>` in `site`'s host, with `dir` holding the
+    /// signalling files (`listen.desc`, `connect.desc`) and reports.
+    pub fn start(
+        lab: &Lab,
+        site: &Site,
+        role: Role,
+        opts: &PeerOptions,
+        dir: &Path,
+    ) -> Result<Peer> {
+        let me = role.command();
+        let other = match role {
+            Role::Listen => "connect",
+            Role::Connect => "listen",
+        };
+        let report_path = dir.join(format!("{me}.report.json"));
+        let mut c = site.host_ns().command(&lab.binaries().natkit)?;
+        c.arg(me)
+            .args(opts.args(lab))
+            .arg("--desc-out")
+            .arg(dir.join(format!("{me}.desc")))
+            .arg("--remote")
+            .arg(dir.join(format!("{other}.desc")))
+            .arg("--report")
+            .arg(&report_path);
+        let log = dir.join(format!("{me}.log"));
+        let err = std::fs::File::create(&log)
+            .map_err(|e| LabError::io(format!("creating {}", log.display()), e))?;
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .env("RUST_LOG", "info");
+        let mut process = Process::spawn(&format!("natkit {me} in {}", site.name), c)?;
+        process.set_log(&log);
+        let stdin = process.child_mut().stdin.take();
+        let mut stdout = process
+            .child_mut()
+            .stdout
+            .take()
+            .ok_or_else(|| LabError::Other("no stdout pipe".into()))?;
+        let progress = Arc::new(AtomicU64::new(0));
+        let counter = progress.clone();
+        let reader = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n_total = 0u64;
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                n_total += n as u64;
+                counter.store(n_total, Ordering::Relaxed);
+            }
+            Received {
+                bytes: n_total,
+                sha256: hex(&h.finalize()),
+            }
+        });
+        Ok(Peer {
+            role,
+            site: site.name.clone(),
+            process,
+            stdin,
+            progress,
+            reader: Some(reader),
+            report_path,
+            started: Instant::now(),
+        })
+    }
+
+    /// Write `data` to the peer's stdin (blocks while the pipe is full).
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let Some(s) = self.stdin.as_mut() else {
+            return Err(LabError::Other("stdin already closed".into()));
+        };
+        s.write_all(data)
+            .map_err(|e| LabError::io(format!("writing to {}'s stdin", self.process.name()), e))
+    }
+
+    /// Close stdin: the end of what this side sends.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Take stdin, to feed it from another thread.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// Bytes received on stdout so far.
+    pub fn received_so_far(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Wait for exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.process.wait_for(limit)
+    }
+
+    /// Kill the process (peer loss).
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Time since start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// What stdout delivered; call after the process exited (or was killed).
+    pub fn received(&mut self) -> Received {
+        self.reader
+            .take()
+            .and_then(|r| r.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// The report, if written.
+    pub fn report(&self) -> Option<Report> {
+        let text = std::fs::read_to_string(&self.report_path).ok()?;
+        serde_json::from_str(&text).ok().map(Report::from_json)
+    }
+
+    /// The last lines of stderr.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+}
+
+/// A listen/connect pair sharing a signalling directory.
+#[derive(Debug)]
+pub struct Pair {
+    /// `natkit listen`.
+    pub listen: Peer,
+    /// `natkit connect`.
+    pub connect: Peer,
+    /// The signalling directory.
+    pub dir: PathBuf,
+}
+
+impl Pair {
+    /// Start `listen` in site `a` and `connect` in site `b`; `id` names the
+    /// pair's directory under the lab's.
+    pub fn start(
+        lab: &Lab,
+        a: &Site,
+        a_opts: &PeerOptions,
+        b: &Site,
+        b_opts: &PeerOptions,
+        id: &str,
+    ) -> Result<Pair> {
+        let dir = lab.dir().join("pairs").join(id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        let listen = Peer::start(lab, a, Role::Listen, a_opts, &dir)?;
+        let connect = Peer::start(lab, b, Role::Connect, b_opts, &dir)?;
+        Ok(Pair {
+            listen,
+            connect,
+            dir,
+        })
+    }
+}
+
+/// The outcome of one transfer between a pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transfer {
+    /// Whether both processes exited with success.
+    pub exited_ok: bool,
+    /// Whether each side received exactly what the other sent.
+    pub data_ok: bool,
+    /// The listen side's report.
+    pub listen: Option<Report>,
+    /// The connect side's report.
+    pub connect: Option<Report>,
+    /// Wall time from start to both exits.
+    pub wall_ms: f64,
+    /// What went wrong, with the peers' last log lines.
+    pub error: Option<String>,
+}
+
+impl Transfer {
+    /// Whether either side's report says the path is relayed.
+    pub fn relayed(&self) -> bool {
+        [&self.listen, &self.connect]
+            .iter()
+            .any(|r| r.as_ref().is_some_and(Report::relayed))
+    }
+
+    /// The path kind (the connect side's, or the listen side's).
+    pub fn path(&self) -> Option<String> {
+        if self.relayed() {
+            return Some("relay".into());
+        }
+        self.connect
+            .as_ref()
+            .and_then(|r| r.path.clone())
+            .or_else(|| self.listen.as_ref().and_then(|r| r.path.clone()))
+    }
+}
+
+/// Feed `to_listen` and `to_connect` to the pair's stdins, close them, wait
+/// for both to exit (at most `limit`), and check what each side received.
+pub fn transfer(mut pair: Pair, to_listen: &[u8], to_connect: &[u8], limit: Duration) -> Transfer {
+    let t0 = Instant::now();
+    let want_at_connect = sha256_hex(to_listen);
+    let want_at_listen = sha256_hex(to_connect);
+    let mut errors = Vec::new();
+    std::thread::scope(|s| {
+        for (peer, data) in [
+            (&mut pair.listen, to_listen),
+            (&mut pair.connect, to_connect),
+        ] {
+            if let Some(mut stdin) = peer.take_stdin() {
+                s.spawn(move || {
+                    // A peer that dies early closes the pipe: its exit
+                    // status and log tell why.
+                    let _ = stdin.write_all(data);
+                });
+            }
+        }
+        let end = t0 + limit;
+        for peer in [&mut pair.listen, &mut pair.connect] {
+            let left = end.saturating_duration_since(Instant::now());
+            match peer.wait(left) {
+                Some(st) if st.success() => {}
+                Some(st) => errors.push(format!(
+                    "{} in {} exited with {st}:\n{}",
+                    peer.role.command(),
+                    peer.site,
+                    peer.log_tail(15)
+                )),
+                None => {
+                    errors.push(format!(
+                        "{} in {} still running after {limit:?}:\n{}",
+                        peer.role.command(),
+                        peer.site,
+                        peer.log_tail(15)
+                    ));
+                    peer.kill();
+                }
+            }
+        }
+    });
+    let exited_ok = errors.is_empty();
+    let at_listen = pair.listen.received();
+    let at_connect = pair.connect.received();
+    let data_ok = at_listen.sha256 == want_at_listen && at_connect.sha256 == want_at_connect;
+    if !data_ok {
+        errors.push(format!(
+            "data: listen got {} bytes (sha256 {}), want {} bytes ({want_at_listen}); connect got {} bytes ({}), want {} bytes ({want_at_connect})",
+            at_listen.bytes,
+            at_listen.sha256,
+            to_connect.len(),
+            at_connect.bytes,
+            at_connect.sha256,
+            to_listen.len()
+        ));
+    }
+    Transfer {
+        exited_ok,
+        data_ok,
+        listen: pair.listen.report(),
+        connect: pair.connect.report(),
+        wall_ms: t0.elapsed().as_secs_f64() * 1e3,
+        error: (!errors.is_empty()).then(|| errors.join("\n")),
+    }
+}
+
+/// `n` random bytes.
+pub fn payload(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut v[..]);
+    v
+}

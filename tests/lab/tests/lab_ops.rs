@@ -1,0 +1,60 @@
+//! The lab's own operations that later tests lean on: renumbering a NAT's
+//! outside address and flushing its mappings change what the internet sees,
+//! and an endpoint-independent NAT keeps the source port.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use natkit_lab::probe::stun_mapped;
+use natkit_lab::{Lab, NatKind, SiteSpec, TopologySpec};
+
+#[test]
+fn renumbering_and_flushing_change_the_mapping() {
+    let spec = TopologySpec {
+        sites: vec![
+            SiteSpec::new("pr", NatKind::PortRestrictedCone, false),
+            SiteSpec::new("sy", NatKind::Symmetric, false),
+        ],
+    };
+    let lab = Lab::build("ops", &spec).expect("build the lab");
+    let stun = lab.servers().stun;
+
+    // Port-restricted (EIM): the port is kept; renumbering moves the IP.
+    let pr = lab.site("pr").unwrap();
+    let bind = SocketAddr::from((pr.host_addr, 40_000));
+    let sock = pr
+        .host_ns()
+        .enter(|| UdpSocket::bind(bind))
+        .unwrap()
+        .unwrap();
+    let before = stun_mapped(&sock, stun, 6).expect("mapped address before");
+    assert_eq!(before, SocketAddr::from((pr.public_addr, 40_000)));
+    let new = lab.renumber_wan(pr).expect("renumber");
+    assert_ne!(new, pr.public_addr);
+    let after = stun_mapped(&sock, stun, 6).expect("mapped address after renumbering");
+    assert_eq!(
+        after.ip(),
+        IpAddr::V4(new),
+        "before {before}, after {after}"
+    );
+
+    // Symmetric (random ports): the same socket gets a new port per flow,
+    // and again after its mappings are flushed.
+    let sy = lab.site("sy").unwrap();
+    let sock = sy
+        .host_ns()
+        .enter(|| UdpSocket::bind(SocketAddr::from((sy.host_addr, 40_000))))
+        .unwrap()
+        .unwrap();
+    let first = stun_mapped(&sock, stun, 6).expect("mapped address");
+    let again = stun_mapped(&sock, stun, 6).expect("mapped address again");
+    assert_eq!(first, again, "one flow keeps its mapping");
+    let other = stun_mapped(&sock, lab.servers().stun_other, 6).expect("other server");
+    assert_ne!(
+        first.port(),
+        other.port(),
+        "a new destination gets a new port"
+    );
+    lab.flush_conntrack(sy).expect("conntrack -F");
+    let flushed = stun_mapped(&sock, stun, 6).expect("mapped address after flush");
+    assert_ne!(first, flushed, "flushing gives the flow a new mapping");
+}

@@ -1,0 +1,164 @@
+//! Test 1 of issue 5: `natkit netcheck`, run inside each NAT of the lab,
+//! reports its mapping, filtering and hairpinning as built; and every
+//! router drops unsolicited inbound traffic.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use natkit_lab::netcheck;
+use natkit_lab::{Lab, NatKind, SiteSpec, TopologySpec};
+
+fn topology() -> TopologySpec {
+    use NatKind::*;
+    let mut t = TopologySpec::default();
+    for (name, kind, hairpin) in [
+        ("op", Open, false),
+        ("nn", NoNat, false),
+        ("fc-hp", FullCone, true),
+        ("fc", FullCone, false),
+        ("rc", RestrictedCone, false),
+        ("rc-hp", RestrictedCone, true),
+        ("pr", PortRestrictedCone, false),
+        ("pr-hp", PortRestrictedCone, true),
+        ("sy", Symmetric, false),
+        ("sy-hp", Symmetric, true),
+        ("dn", DoubleNat, true),
+        ("ub", UdpBlocked, false),
+    ] {
+        t.sites.push(SiteSpec::new(name, kind, hairpin));
+    }
+    t
+}
+
+/// One test for the whole file: nextest runs every test function in a
+/// process of its own, and the lab is built once per file.
+#[test]
+fn netcheck_reports_each_nat_and_routers_drop_unsolicited_inbound() {
+    let lab = Lab::build("nc", &topology()).expect("build the lab");
+    eprintln!(
+        "lab of {} sites built in {:?}",
+        lab.sites().len(),
+        lab.build_time()
+    );
+    let mut failures = Vec::new();
+
+    // All sites at once: each run waits out its negative probes.
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = lab
+            .sites()
+            .iter()
+            .enumerate()
+            .map(|(i, site)| {
+                let lab = &lab;
+                s.spawn(move || {
+                    let run = netcheck::run(lab, site);
+                    let inbound = unsolicited(lab, site, 41_000 + i as u16);
+                    (site, run, inbound)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (site, run, inbound) in runs {
+        if let Err(e) = inbound {
+            failures.push(format!("{}: {e}", site.name));
+        }
+        let run = match run {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{}: {e}", site.name));
+                continue;
+            }
+        };
+        eprintln!(
+            "{:<6} {:<22} {:?} in {:?}",
+            site.name,
+            site.kind.name(),
+            run.verdict,
+            run.elapsed
+        );
+        match netcheck::expected(site) {
+            Some(want) => {
+                if run.verdict != want || !run.success {
+                    failures.push(format!(
+                        "{} ({}, hairpin {}): got {:?} (exit ok: {}), want {want:?}",
+                        site.name, site.kind, site.hairpin, run.verdict, run.success
+                    ));
+                }
+                // The mapped address is the site's public address.
+                let mapped = run.json["mapped"].as_str().unwrap_or("");
+                let want_ip = site.public_addr.to_string();
+                if mapped.parse::<SocketAddr>().map(|a| a.ip().to_string()) != Ok(want_ip.clone()) {
+                    failures.push(format!(
+                        "{}: mapped address {mapped:?}, want IP {want_ip}",
+                        site.name
+                    ));
+                }
+            }
+            None => {
+                let want = netcheck::expected_nat_type(site.kind);
+                if run.verdict.nat_type != want || run.success {
+                    failures.push(format!(
+                        "{}: nat_type {:?} (exit ok: {}), want {want:?} and a failure exit",
+                        site.name, run.verdict.nat_type, run.success
+                    ));
+                }
+            }
+        }
+    }
+
+    assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
+}
+
+/// A datagram from the internet to the site's public address, on a port
+/// the host listens on but never sent from, must not arrive (except with no
+/// firewall at all, where it must: the probe itself is checked). Then the
+/// host sends out from that port and the reply comes back: the path works.
+fn unsolicited(lab: &Lab, site: &natkit_lab::Site, remote_port: u16) -> Result<(), String> {
+    let port = 40_000;
+    let host = site.host_ns();
+    let inet = lab.internet();
+    let listen = SocketAddr::from((site.host_addr, port));
+    let sock = host
+        .enter(|| UdpSocket::bind(listen))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("bind {listen}: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let public = SocketAddr::from((site.public_addr, port));
+    let remote = SocketAddr::from((natkit_lab::addr::INTERNET_GATEWAY, remote_port));
+    let outside = inet
+        .enter(|| UdpSocket::bind(remote))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("bind {remote}: {e}"))?;
+    outside
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    outside.send_to(b"unsolicited", public).unwrap();
+    let mut buf = [0u8; 64];
+    let arrived = sock.recv_from(&mut buf).is_ok();
+    let want = site.kind == NatKind::Open;
+    if arrived != want {
+        return Err(format!(
+            "unsolicited datagram to {public} arrived: {arrived}, want {want}"
+        ));
+    }
+    if !site.kind.udp_allowed() {
+        return Ok(());
+    }
+    // Positive control: solicited traffic does get back in.
+    sock.send_to(b"out", remote).unwrap();
+    let (n, from) = outside
+        .recv_from(&mut buf)
+        .map_err(|e| format!("outbound datagram to {remote} lost: {e}"))?;
+    if from.ip() != std::net::IpAddr::V4(site.public_addr) || &buf[..n] != b"out" {
+        return Err(format!(
+            "outbound came from {from}, want {}",
+            site.public_addr
+        ));
+    }
+    outside.send_to(b"reply", from).unwrap();
+    sock.recv_from(&mut buf)
+        .map_err(|e| format!("reply from {remote} to {from} lost: {e}"))?;
+    Ok(())
+}
