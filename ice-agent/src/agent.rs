@@ -311,6 +311,14 @@ impl Agent {
         })
     }
 
+    /// When the selected pair last had a check answered (RFC 7675: what
+    /// consent freshness counts from). `None` before selection and after
+    /// consent loss. A driver can call a path degraded well before consent
+    /// expires when this grows old.
+    pub fn last_consent(&self) -> Option<Instant> {
+        self.consent.map(|c| c.expires - self.cfg.consent_timeout)
+    }
+
     /// A snapshot of the check list, highest priority first.
     pub fn check_list(&self) -> Vec<PairInfo> {
         let mut v: Vec<PairInfo> = self

@@ -133,6 +133,7 @@ struct SessionConfig {
     connect_timeout: Duration,
     ice: Config,
     idle_timeout: Duration,
+    degraded_after: Option<Duration>,
 }
 
 /// Builds a [`Session`].
@@ -202,6 +203,22 @@ impl Builder {
     /// later.
     pub fn ice_config(mut self, ice: Config) -> Self {
         self.cfg.ice = ice;
+        self
+    }
+
+    /// How long the selected pair may go without an answered consent check
+    /// before [`SessionEvent::PathDegraded`] is raised (the cue for an ICE
+    /// restart, long before consent expires). Default: 2.5 consent
+    /// intervals.
+    pub fn degraded_after(mut self, d: Duration) -> Self {
+        self.cfg.degraded_after = Some(d);
+        self
+    }
+
+    /// How long QUIC waits without hearing from the peer before closing the
+    /// connection (default 30 s, as RFC 7675's consent timeout).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.cfg.idle_timeout = d;
         self
     }
 
@@ -300,6 +317,16 @@ pub enum SessionEvent {
     Connected(PathInfo),
     /// ICE moved to another pair; QUIC follows without reconnecting.
     PathChanged(PathInfo),
+    /// No check on the selected path was answered for the
+    /// [`Builder::degraded_after`] time: the network may have changed.
+    /// Consider [`Session::restart`]; consent is not lost yet, and the event
+    /// comes once per silence.
+    PathDegraded {
+        /// The path.
+        path: PathInfo,
+        /// How long it has been silent.
+        silent_for: Duration,
+    },
     /// RFC 7675: the peer stopped answering on the selected path. The
     /// session closes its QUIC connection with [`CLOSE_CONSENT_LOST`].
     ConsentLost(PathInfo),
@@ -388,6 +415,7 @@ impl Session {
                 connect_timeout: Duration::from_secs(30),
                 ice: Config::default(),
                 idle_timeout: Duration::from_secs(30),
+                degraded_after: None,
             },
         }
     }

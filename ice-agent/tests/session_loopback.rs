@@ -138,6 +138,7 @@ async fn a_vanished_peer_is_consent_lost() {
         session(Role::Controlled).await,
     );
     let (ca, _cb) = pair(&a, &b).await;
+    let mut events = a.events();
     b.close();
     drop(b);
     let t0 = Instant::now();
@@ -146,6 +147,21 @@ async fn a_vanished_peer_is_consent_lost() {
         .expect("consent loss within the timeout");
     assert!(matches!(e, Error::ConsentLost { .. }), "{e:?}");
     assert!(t0.elapsed() < Duration::from_secs(8));
+    // Degraded came first (2.5 consent intervals of silence), then lost.
+    let mut seen = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        seen.push(ev);
+    }
+    let degraded = seen
+        .iter()
+        .position(|e| matches!(e, natkit_ice::SessionEvent::PathDegraded { silent_for, .. } if *silent_for >= Duration::from_millis(1250)));
+    let lost = seen
+        .iter()
+        .position(|e| matches!(e, natkit_ice::SessionEvent::ConsentLost(_)));
+    assert!(
+        matches!((degraded, lost), (Some(d), Some(l)) if d < l),
+        "{seen:?}"
+    );
     // The QUIC connection is closed with the consent-lost code.
     let reason = tokio::time::timeout(Duration::from_secs(5), ca.closed())
         .await
@@ -159,4 +175,49 @@ async fn a_vanished_peer_is_consent_lost() {
         ),
         "{reason:?}"
     );
+}
+
+/// ICE restart (RFC 8445 §9) under a running QUIC stream: new credentials
+/// both ways, a pair selected again, the stream carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restart_keeps_the_quic_connection() {
+    let (a, b) = (
+        session(Role::Controlling).await,
+        session(Role::Controlled).await,
+    );
+    let (ca, cb) = pair(&a, &b).await;
+    let (mut s, mut r) = ca.open_bi().await.unwrap();
+    s.write_all(b"one").await.unwrap();
+    let (mut bs, mut br) = cb.accept_bi().await.unwrap();
+    let mut buf = [0u8; 3];
+    br.read_exact(&mut buf).await.unwrap();
+
+    let old = a.local_description_now();
+    let mut events = a.events();
+    let offer = a.restart().await.unwrap();
+    assert_ne!(offer.ufrag, old.ufrag);
+    assert_ne!(offer.pwd, old.pwd);
+    // The peer sees new credentials: it restarts too and answers.
+    assert!(b.set_remote_description(offer).await.unwrap());
+    let answer = b.local_description().await;
+    assert!(!a.set_remote_description(answer).await.unwrap());
+    let p = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(natkit_ice::SessionEvent::PathChanged(p)) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("a pair selected after the restart");
+    assert_eq!(p.kind, PathKind::Host);
+
+    s.write_all(b"two").await.unwrap();
+    s.finish().unwrap();
+    assert_eq!(br.read_to_end(16).await.unwrap(), b"two");
+    bs.write_all(b"ok").await.unwrap();
+    bs.finish().unwrap();
+    assert_eq!(r.read_to_end(16).await.unwrap(), b"ok");
 }

@@ -87,6 +87,8 @@ pub(super) struct Driver {
     /// Where relayed QUIC came from before a pair was selected: (our
     /// relayed base, the peer).
     relay_reply: Option<(SocketAddr, SocketAddr)>,
+    /// Consent time of the silence already reported as degraded.
+    degraded_reported: Option<Instant>,
     scratch: Vec<u8>,
 }
 
@@ -112,6 +114,7 @@ impl Driver {
             known_remote: 0,
             restart_waiters: Vec::new(),
             relay_reply: None,
+            degraded_reported: None,
             scratch: vec![0u8; 65536 + 64],
         };
         d.start_gathering(p.now);
@@ -252,13 +255,44 @@ impl Driver {
         if !self.gathering_done {
             take(Some(self.gather_deadline));
         }
+        if let Some(last) = self.agent.last_consent() {
+            if self.degraded_reported != Some(last) {
+                take(Some(last + self.degraded_after()));
+            }
+        }
         t
+    }
+
+    fn degraded_after(&self) -> Duration {
+        self.cfg
+            .degraded_after
+            .unwrap_or(self.cfg.ice.consent_interval.mul_f64(2.5))
+    }
+
+    /// Raise [`SessionEvent::PathDegraded`] once per silence.
+    fn check_degraded(&mut self, now: Instant) {
+        let Some(last) = self.agent.last_consent() else {
+            return;
+        };
+        let silent_for = now.saturating_duration_since(last);
+        if silent_for < self.degraded_after() || self.degraded_reported == Some(last) {
+            return;
+        }
+        self.degraded_reported = Some(last);
+        if let Some(sp) = self.selected.clone() {
+            let path = PathInfo::new(sp.local, sp.remote, sp.rtt);
+            tracing::warn!(%path, ?silent_for, "path degraded: consent checks unanswered");
+            let _ = self
+                .events
+                .send(SessionEvent::PathDegraded { path, silent_for });
+        }
     }
 
     fn on_timeout(&mut self, now: Instant) {
         if self.agent.poll_timeout().is_some_and(|t| t <= now) {
             self.agent.handle_timeout(now);
         }
+        self.check_degraded(now);
         for p in self.probes.iter_mut().filter(|p| !p.done) {
             if p.tx.poll_timeout().is_some_and(|t| t <= now) {
                 p.tx.handle_timeout(now);

@@ -1,0 +1,232 @@
+//! Sessions through natkit-turn on loopback: relay-only over UDP and TCP,
+//! the relay's failures named, and a direct pair taking over from the relay
+//! under a running QUIC stream.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::{Relay, PASS, USER};
+use natkit_ice::session::{Error, PathKind, Problem, Session, SessionEvent};
+use natkit_ice::{CandidateKind, Config, Role, TurnServer};
+use natkit_proto::turn::client::Credentials;
+
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn ice(role: Role) -> Config {
+    Config {
+        role,
+        consent_interval: Duration::from_millis(500),
+        consent_timeout: Duration::from_secs(5),
+        ..Config::default()
+    }
+}
+
+async fn relay_only(role: Role, turn: TurnServer) -> Result<Session, Error> {
+    common::init_tracing();
+    Session::builder()
+        .bind([LO])
+        .turn_server(turn)
+        .relay_only(true)
+        .ice_config(ice(role))
+        .connect_timeout(Duration::from_secs(15))
+        .build()
+        .await
+}
+
+fn creds() -> Credentials {
+    Credentials::new(USER, PASS)
+}
+
+/// Connect both, move 256 KiB each way, check it.
+async fn connect_and_echo(a: &Session, b: &Session) -> Duration {
+    let (da, db) = (a.local_description().await, b.local_description().await);
+    let t0 = Instant::now();
+    let (ca, cb) = tokio::join!(a.connect(db), b.connect(da));
+    let took = t0.elapsed();
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let echo = tokio::spawn(async move {
+        let (mut s, mut r) = cb.accept_bi().await.unwrap();
+        let got = r.read_to_end(1 << 20).await.unwrap();
+        s.write_all(&got).await.unwrap();
+        s.finish().unwrap();
+        s.stopped().await.ok();
+    });
+    let (mut s, mut r) = ca.open_bi().await.unwrap();
+    s.write_all(&data).await.unwrap();
+    s.finish().unwrap();
+    let back = r.read_to_end(1 << 20).await.unwrap();
+    echo.await.unwrap();
+    assert!(back == data, "relayed echo differs");
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_over_udp_and_over_tcp() {
+    let relay = Relay::start();
+    for (name, turn) in [
+        ("udp", TurnServer::udp(relay.addr, creds())),
+        ("tcp", TurnServer::tcp(relay.addr, creds())),
+    ] {
+        let a = relay_only(Role::Controlling, turn.clone()).await.unwrap();
+        let b = relay_only(Role::Controlled, turn).await.unwrap();
+        let da = a.local_description().await;
+        assert!(
+            da.candidates
+                .iter()
+                .all(|c| c.kind == CandidateKind::Relayed)
+                && !da.candidates.is_empty(),
+            "{name}: {da:?}"
+        );
+        let took = connect_and_echo(&a, &b).await;
+        let p = a.path().unwrap();
+        assert_eq!(p.kind, PathKind::Relay, "{name}: {p}");
+        assert!(took < Duration::from_secs(10), "{name}: {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_turn_password_is_its_own_error() {
+    let relay = Relay::start();
+    let bad = TurnServer::udp(relay.addr, Credentials::new(USER, "not-the-password"));
+    let a = relay_only(Role::Controlling, bad).await.unwrap();
+    let b = Session::builder().bind([LO]).build().await.unwrap();
+    let db = b.local_description().await;
+    let t0 = Instant::now();
+    let e = a.connect(db).await.unwrap_err();
+    assert!(
+        matches!(e, Error::TurnCredentials { server } if server == relay.addr),
+        "{e:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(e.to_string().contains("credentials"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_servers_are_named() {
+    common::init_tracing();
+    // Nothing listens on these ports (bound here and dropped).
+    let dead_udp = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let dead_tcp = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let a = Session::builder()
+        .bind([LO])
+        .stun_server(dead_udp)
+        .turn_server(TurnServer::udp(dead_udp, creds()))
+        .turn_server(TurnServer::tcp(dead_tcp, creds()))
+        .relay_only(true)
+        .gather_timeout(Duration::from_secs(8))
+        .build()
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let d = a.local_description().await;
+    assert!(d.candidates.is_empty(), "{d:?}");
+    assert!(t0.elapsed() < Duration::from_secs(9));
+    let b = Session::builder().bind([LO]).build().await.unwrap();
+    let e = a.connect(b.local_description().await).await.unwrap_err();
+    match &e {
+        Error::NoCandidates { problems } => {
+            assert_eq!(problems.len(), 2, "{e}");
+            for p in problems {
+                assert!(matches!(p.problem, Problem::Unreachable(_)), "{p}");
+            }
+            let text = e.to_string();
+            assert!(
+                text.contains(&dead_udp.to_string()) && text.contains(&dead_tcp.to_string()),
+                "{text}"
+            );
+        }
+        other => panic!("expected NoCandidates, got {other:?}"),
+    }
+}
+
+/// The relay wins first (the peer's host candidate is trickled late); when
+/// the direct pair succeeds, ICE renominates and QUIC moves to it with the
+/// stream open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_pair_takes_over_from_the_relay_without_reconnecting() {
+    let relay = Relay::start();
+    common::init_tracing();
+    let a = Session::builder()
+        .bind([LO])
+        .turn_server(TurnServer::udp(relay.addr, creds()))
+        .ice_config(ice(Role::Controlling))
+        .build()
+        .await
+        .unwrap();
+    let b = Session::builder()
+        .bind([LO])
+        .turn_server(TurnServer::udp(relay.addr, creds()))
+        .ice_config(ice(Role::Controlled))
+        .build()
+        .await
+        .unwrap();
+    let full_a = a.local_description().await;
+    let full_b = b.local_description().await;
+    // Both signal only their relayed candidates first.
+    let relayed_only = |d: &natkit_ice::Description| {
+        let mut d = d.clone();
+        d.candidates.retain(|c| c.kind == CandidateKind::Relayed);
+        d.end_of_candidates = false;
+        d
+    };
+    let (da, db) = (relayed_only(&full_a), relayed_only(&full_b));
+    let mut events = a.events();
+    let (ca, cb) = tokio::join!(a.connect(db), b.connect(da));
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert_eq!(
+        a.path().unwrap().kind,
+        PathKind::Relay,
+        "{}",
+        a.path().unwrap()
+    );
+
+    // A stream runs across the change: a counter each way.
+    let (mut s, mut r) = ca.open_bi().await.unwrap();
+    s.write_all(b"before").await.unwrap();
+    let (mut bs, mut br) = cb.accept_bi().await.unwrap();
+    let mut buf = [0u8; 6];
+    br.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"before");
+
+    // Now the host candidates arrive (trickled).
+    for (to, from) in [(&a, &full_b), (&b, &full_a)] {
+        let host = from
+            .candidates
+            .iter()
+            .find(|c| c.kind == CandidateKind::Host)
+            .unwrap()
+            .clone();
+        to.add_remote_candidate(natkit_ice::TrickleCandidate {
+            ufrag: from.ufrag.clone(),
+            candidate: Some(host),
+        })
+        .await
+        .unwrap();
+    }
+    let changed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(SessionEvent::PathChanged(p)) = events.recv().await {
+                if p.kind != PathKind::Relay {
+                    return p;
+                }
+            }
+        }
+    })
+    .await
+    .expect("no path change to the direct pair");
+    assert_eq!(changed.kind, PathKind::Host, "{changed}");
+
+    // The same stream and connection carry on, both ways.
+    s.write_all(b"after!").await.unwrap();
+    s.finish().unwrap();
+    let rest = br.read_to_end(1024).await.unwrap();
+    assert_eq!(rest, b"after!");
+    bs.write_all(b"reply").await.unwrap();
+    bs.finish().unwrap();
+    let reply = r.read_to_end(1024).await.unwrap();
+    assert_eq!(reply, b"reply");
+    assert!(ca.close_reason().is_none() && cb.close_reason().is_none());
+}
