@@ -2,15 +2,15 @@
 //! the relay's failures named, and a direct pair taking over from the relay
 //! under a running QUIC stream.
 
-mod common;
+mod relay_harness;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{Relay, PASS, USER};
 use natkit_ice::session::{Error, PathKind, Problem, Session, SessionEvent};
 use natkit_ice::{CandidateKind, Config, Role, TurnServer};
 use natkit_proto::turn::client::Credentials;
+use relay_harness::{Relay, PASS, USER};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -24,7 +24,7 @@ fn ice(role: Role) -> Config {
 }
 
 async fn relay_only(role: Role, turn: TurnServer) -> Result<Session, Error> {
-    common::init_tracing();
+    relay_harness::init_tracing();
     Session::builder()
         .bind([LO])
         .turn_server(turn)
@@ -106,10 +106,10 @@ async fn wrong_turn_password_is_its_own_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_servers_are_named() {
-    common::init_tracing();
+    relay_harness::init_tracing();
     // Nothing listens on these ports (bound here and dropped).
-    let dead_udp = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
-    let dead_tcp = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let dead_udp = SocketAddr::from(([127, 0, 0, 1], relay_harness::free_port()));
+    let dead_tcp = SocketAddr::from(([127, 0, 0, 1], relay_harness::free_port()));
     let a = Session::builder()
         .bind([LO])
         .stun_server(dead_udp)
@@ -148,7 +148,7 @@ async fn unreachable_servers_are_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_pair_takes_over_from_the_relay_without_reconnecting() {
     let relay = Relay::start();
-    common::init_tracing();
+    relay_harness::init_tracing();
     let a = Session::builder()
         .bind([LO])
         .turn_server(TurnServer::udp(relay.addr, creds()))

@@ -1,130 +1,422 @@
-//! Harness for natkit-ice's session tests: natkit-turn on loopback (the
-//! binary the workspace builds, found next to the test executable and built
-//! if missing), killed by PID on drop.
+//! A deterministic simulated network for driving two agents: links with
+//! delay and loss, optional NATs with RFC 4787 mapping and filtering
+//! behaviours, and a simulated clock. No sockets, no real time.
+
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use natkit_proto::binding::{self, RequestOptions};
+use natkit_ice::{Agent, Candidate, CandidateKind, Config, Event, Role, SelectedPair, Transmit};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
-pub const USER: &str = "ice";
-pub const PASS: &str = "ice-test-password";
-
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+/// RFC 4787 §4.1 mapping behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// One external port per internal address, whatever the destination.
+    EndpointIndependent,
+    /// A new external port per (internal address, destination): "symmetric".
+    AddressAndPortDependent,
 }
 
-/// A loopback port free for UDP and TCP right now.
-pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+/// RFC 4787 §5 filtering behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filtering {
+    /// Anyone may send to a mapping.
+    EndpointIndependent,
+    /// Only IPs the mapping has sent to.
+    AddressDependent,
+    /// Only exact addresses the mapping has sent to.
+    AddressAndPortDependent,
+}
+
+struct Binding {
+    internal: SocketAddr,
+    /// Destination the binding is for (symmetric mapping only).
+    dest: Option<SocketAddr>,
+    external_port: u16,
+    contacted: HashSet<SocketAddr>,
+}
+
+/// A NAT in front of one agent.
+pub struct Nat {
+    pub public_ip: IpAddr,
+    pub mapping: Mapping,
+    pub filtering: Filtering,
+    next_port: u16,
+    bindings: Vec<Binding>,
+}
+
+impl Nat {
+    pub fn new(public_ip: &str, mapping: Mapping, filtering: Filtering) -> Self {
+        Nat {
+            public_ip: public_ip.parse().unwrap(),
+            mapping,
+            filtering,
+            next_port: 40000,
+            bindings: Vec::new(),
         }
     }
-    panic!("no port free for both UDP and TCP");
-}
 
-/// The workspace's target directory holding this test's binaries.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf()
-}
-
-/// natkit-turn, built by `cargo build -p natkit-turn` when missing (a lone
-/// `cargo test -p natkit-ice` does not build other crates' binaries).
-pub fn natkit_turn_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATKIT_TURN_BIN") {
-        return PathBuf::from(p);
-    }
-    let bin = bin_dir().join("natkit-turn");
-    if !bin.is_file() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-p", "natkit-turn", "--bin", "natkit-turn"])
-            .status()
-            .expect("run cargo build");
-        assert!(st.success(), "cargo build -p natkit-turn failed");
-    }
-    assert!(bin.is_file(), "{} missing", bin.display());
-    bin
-}
-
-/// natkit-turn on 127.0.0.1 (UDP and TCP), user `ice`.
-pub struct Relay {
-    child: Child,
-    pub addr: SocketAddr,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        // SIGKILL: no drain wanted in tests.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Relay {
-    pub fn start() -> Relay {
-        let port = free_port();
-        // 22000-23999: relay ports of natkit-ice's tests, apart from the
-        // other crates' ranges.
-        let base = 22_000 + (std::process::id() % 100) as u16 * 20;
-        let child = Command::new(natkit_turn_bin())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--relay-ip",
-                "127.0.0.1",
-                "--min-port",
-                &base.to_string(),
-                "--max-port",
-                &(base + 19).to_string(),
-                "--user",
-                &format!("{USER}:{PASS}"),
-                "--allow-peer",
-                "127.0.0.0/8",
-                "--drain-grace",
-                "0",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start natkit-turn");
-        let mut r = Relay {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    /// Translate an outgoing packet's source.
+    pub fn outbound(&mut self, internal: SocketAddr, dest: SocketAddr) -> SocketAddr {
+        let key = match self.mapping {
+            Mapping::EndpointIndependent => None,
+            Mapping::AddressAndPortDependent => Some(dest),
         };
-        r.wait_ready();
-        r
+        let i = match self
+            .bindings
+            .iter()
+            .position(|b| b.internal == internal && b.dest == key)
+        {
+            Some(i) => i,
+            None => {
+                self.next_port += 1;
+                self.bindings.push(Binding {
+                    internal,
+                    dest: key,
+                    external_port: self.next_port,
+                    contacted: HashSet::new(),
+                });
+                self.bindings.len() - 1
+            }
+        };
+        self.bindings[i].contacted.insert(dest);
+        SocketAddr::new(self.public_ip, self.bindings[i].external_port)
     }
 
-    fn wait_ready(&mut self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let mut req = [0u8; 64];
-        let n = binding::write_request(&mut req, &[7; 12], &RequestOptions::default()).unwrap();
-        let end = Instant::now() + Duration::from_secs(30);
-        let mut buf = [0u8; 512];
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("natkit-turn exited at start-up: {status}");
+    /// Translate an incoming packet's destination, if the filter lets it in.
+    pub fn inbound(&self, external_port: u16, src: SocketAddr) -> Option<SocketAddr> {
+        let b = self
+            .bindings
+            .iter()
+            .find(|b| b.external_port == external_port)?;
+        let ok = match self.filtering {
+            Filtering::EndpointIndependent => true,
+            Filtering::AddressDependent => b.contacted.iter().any(|c| c.ip() == src.ip()),
+            Filtering::AddressAndPortDependent => b.contacted.contains(&src),
+        };
+        ok.then_some(b.internal)
+    }
+}
+
+struct Packet {
+    at: Instant,
+    seq: u64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: Vec<u8>,
+}
+
+/// One simulated host: an agent, its interface addresses, maybe a NAT.
+pub struct Node {
+    pub agent: Agent,
+    pub hosts: Vec<SocketAddr>,
+    pub nat: Option<Nat>,
+    /// Relayed addresses: a stand-in for TURN allocations. Packets from
+    /// these bases leave from the relay (no NAT on the way); packets to them
+    /// reach the node, as a TURN client's Data indications would.
+    pub relays: Vec<SocketAddr>,
+    /// A vanished node neither sends nor receives.
+    pub down: bool,
+    /// Events with the simulated time they were seen at.
+    pub events: Vec<(Duration, Event)>,
+    /// Datagrams the agent refused (handle_input errors).
+    pub refused: usize,
+}
+
+/// Two agents on a simulated network.
+pub struct Sim {
+    pub start: Instant,
+    pub now: Instant,
+    pub nodes: [Node; 2],
+    pub delay: Duration,
+    pub loss: f64,
+    rng: StdRng,
+    inflight: Vec<Packet>,
+    seq: u64,
+    pub delivered: u64,
+}
+
+/// A config for tests: reproducible randomness.
+pub fn config(role: Role, seed: u64) -> Config {
+    Config {
+        role,
+        seed: Some(seed),
+        ..Config::default()
+    }
+}
+
+impl Sim {
+    /// Two agents with the given configs and host addresses; `nats` puts
+    /// NATs in front of them.
+    pub fn new(cfgs: [Config; 2], hosts: [&[&str]; 2], nats: [Option<Nat>; 2], seed: u64) -> Self {
+        let start = Instant::now();
+        let [ca, cb] = cfgs;
+        let [na, nb] = nats;
+        let mk = |cfg: Config, hosts: &[&str], nat: Option<Nat>| {
+            let mut agent = Agent::new(cfg, start);
+            let hosts: Vec<SocketAddr> = hosts.iter().map(|h| h.parse().unwrap()).collect();
+            for (i, h) in hosts.iter().enumerate() {
+                let lp = natkit_ice::candidate::local_preference(h.ip(), i as u16);
+                agent.add_local_candidate(Candidate::host(*h, lp)).unwrap();
             }
-            assert!(Instant::now() < end, "natkit-turn did not start");
-            sock.send_to(&req[..n], self.addr).unwrap();
-            if sock.recv_from(&mut buf).is_ok() {
+            Node {
+                agent,
+                hosts,
+                nat,
+                relays: Vec::new(),
+                down: false,
+                events: Vec::new(),
+                refused: 0,
+            }
+        };
+        Sim {
+            start,
+            now: start,
+            nodes: [mk(ca, hosts[0], na), mk(cb, hosts[1], nb)],
+            delay: Duration::from_millis(10),
+            loss: 0.0,
+            rng: StdRng::seed_from_u64(seed),
+            inflight: Vec::new(),
+            seq: 0,
+            delivered: 0,
+        }
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Ask a (simulated) STUN server at `server` what node `i`'s host `host`
+    /// maps to, and add the server-reflexive candidate.
+    pub fn gather_srflx(&mut self, i: usize, host: SocketAddr, server: SocketAddr) -> Candidate {
+        let n = &mut self.nodes[i];
+        let mapped = n
+            .nat
+            .as_mut()
+            .expect("server-reflexive candidates need a NAT")
+            .outbound(host, server);
+        let lp = natkit_ice::candidate::local_preference(host.ip(), 0);
+        let c = Candidate::server_reflexive(mapped, host, server.ip(), lp);
+        n.agent.add_local_candidate(c.clone()).unwrap();
+        c
+    }
+
+    /// Give node `i` a relayed candidate at `relayed` on a TURN server at
+    /// `server`, allocated from its first host.
+    pub fn add_relay(&mut self, i: usize, relayed: SocketAddr, server: SocketAddr) -> Candidate {
+        let n = &mut self.nodes[i];
+        let host = n.hosts[0];
+        let mapped = match &mut n.nat {
+            Some(nat) => nat.outbound(host, server),
+            None => host,
+        };
+        let lp = natkit_ice::candidate::local_preference(relayed.ip(), 0);
+        let c = Candidate::relayed(relayed, mapped, host.ip(), server.ip(), lp);
+        n.agent.add_local_candidate(c.clone()).unwrap();
+        n.relays.push(relayed);
+        c
+    }
+
+    /// Give node `to` the credentials of node `from`.
+    pub fn give_credentials(&mut self, from: usize, to: usize) {
+        let c = self.nodes[from].agent.local_credentials().clone();
+        self.nodes[to]
+            .agent
+            .set_remote_credentials(&c.ufrag, &c.pwd)
+            .unwrap();
+    }
+
+    /// Give node `to` the signalled (non-peer-reflexive) candidates of node
+    /// `from`, as the peer would receive them.
+    pub fn give_candidates(&mut self, from: usize, to: usize, end: bool) {
+        let cands: Vec<Candidate> = self.nodes[from]
+            .agent
+            .local_candidates()
+            .iter()
+            .filter(|c| c.kind != CandidateKind::PeerReflexive)
+            .map(|c| {
+                let mut r = Candidate::remote(c.kind, c.addr, c.priority, &c.foundation);
+                r.related = c.related;
+                r
+            })
+            .collect();
+        for c in cands {
+            let _ = self.nodes[to].agent.add_remote_candidate(c);
+        }
+        if end {
+            self.nodes[to].agent.end_of_remote_candidates();
+        }
+    }
+
+    /// Exchange everything both ways, with end-of-candidates.
+    pub fn exchange_all(&mut self) {
+        self.give_credentials(0, 1);
+        self.give_credentials(1, 0);
+        self.give_candidates(0, 1, true);
+        self.give_candidates(1, 0, true);
+    }
+
+    /// Packet trace on stderr when SIMTRACE is set (debugging aid).
+    fn trace(&self, what: std::fmt::Arguments<'_>) {
+        if std::env::var_os("SIMTRACE").is_some() {
+            eprintln!("{:>12?} {what}", self.now - self.start);
+        }
+    }
+
+    fn send(&mut self, i: usize, t: Transmit) {
+        if self.nodes[i].down {
+            return;
+        }
+        let relayed = self.nodes[i].relays.contains(&t.from);
+        assert!(
+            relayed || self.nodes[i].hosts.contains(&t.from),
+            "agent sent from {} which is not one of its bases",
+            t.from
+        );
+        let src = match &mut self.nodes[i].nat {
+            Some(nat) if !relayed => nat.outbound(t.from, t.to),
+            _ => t.from,
+        };
+        if self.loss > 0.0 && self.rng.gen::<f64>() < self.loss {
+            self.trace(format_args!("lost    {i}: {src} -> {}", t.to));
+            return;
+        }
+        self.trace(format_args!("send    {i}: {src} -> {}", t.to));
+        self.seq += 1;
+        self.inflight.push(Packet {
+            at: self.now + self.delay,
+            seq: self.seq,
+            src,
+            dst: t.to,
+            payload: t.payload,
+        });
+    }
+
+    fn deliver(&mut self, p: Packet) {
+        for j in 0..2 {
+            let n = &self.nodes[j];
+            let to_local = match &n.nat {
+                _ if n.relays.contains(&p.dst) => Some(p.dst),
+                Some(nat) if nat.public_ip == p.dst.ip() => nat.inbound(p.dst.port(), p.src),
+                Some(_) => None,
+                None => n.hosts.contains(&p.dst).then_some(p.dst),
+            };
+            if let Some(to_local) = to_local {
+                if n.down {
+                    return;
+                }
+                self.trace(format_args!(
+                    "deliver {j}: {} -> {} (on {to_local})",
+                    p.src, p.dst
+                ));
+                self.delivered += 1;
+                let n = &mut self.nodes[j];
+                if n.agent
+                    .handle_input(p.src, to_local, &p.payload, self.now)
+                    .is_err()
+                {
+                    n.refused += 1;
+                }
                 return;
             }
         }
+    }
+
+    fn flush(&mut self) {
+        for i in 0..2 {
+            while let Some(t) = self.nodes[i].agent.poll_transmit() {
+                self.send(i, t);
+            }
+            while let Some(e) = self.nodes[i].agent.poll_event() {
+                let at = self.now - self.start;
+                self.nodes[i].events.push((at, e));
+            }
+        }
+    }
+
+    /// Run until `until` (simulated time since start) or `stop` holds.
+    /// Returns whether `stop` held.
+    pub fn run(&mut self, until: Duration, mut stop: impl FnMut(&Sim) -> bool) -> bool {
+        let deadline = self.start + until;
+        // Timers first: a new agent may have checks due at once.
+        for n in &mut self.nodes {
+            n.agent.handle_timeout(self.now);
+        }
+        let mut steps = 0u32;
+        loop {
+            self.flush();
+            if stop(self) {
+                return true;
+            }
+            steps += 1;
+            assert!(steps < 2_000_000, "simulation does not settle");
+            let next_packet = self.inflight.iter().map(|p| p.at).min();
+            let next_timer = self
+                .nodes
+                .iter()
+                .filter(|n| !n.down)
+                .filter_map(|n| n.agent.poll_timeout())
+                .min();
+            let Some(next) = [next_packet, next_timer].into_iter().flatten().min() else {
+                self.now = deadline;
+                return stop(self);
+            };
+            if next > deadline {
+                self.now = deadline;
+                return stop(self);
+            }
+            // A timer in the past means "now" (never move the clock back).
+            self.now = self.now.max(next);
+            let mut due: Vec<Packet> = Vec::new();
+            let mut i = 0;
+            while i < self.inflight.len() {
+                if self.inflight[i].at <= self.now {
+                    due.push(self.inflight.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            due.sort_by_key(|p| (p.at, p.seq));
+            for p in due {
+                self.deliver(p);
+            }
+            for n in &mut self.nodes {
+                if !n.down && n.agent.poll_timeout().is_some_and(|t| t <= self.now) {
+                    n.agent.handle_timeout(self.now);
+                }
+            }
+        }
+    }
+
+    /// Add `d` to the run horizon from the current time.
+    pub fn run_for(&mut self, d: Duration, stop: impl FnMut(&Sim) -> bool) -> bool {
+        let until = self.elapsed() + d;
+        self.run(until, stop)
+    }
+
+    /// The selected pair node `i` connected on, from its first Connected.
+    pub fn connected(&self, i: usize) -> Option<&SelectedPair> {
+        self.nodes[i].events.iter().find_map(|(_, e)| match e {
+            Event::Connected(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// When node `i` first connected.
+    pub fn connected_at(&self, i: usize) -> Option<Duration> {
+        self.nodes[i]
+            .events
+            .iter()
+            .find_map(|(t, e)| matches!(e, Event::Connected(_)).then_some(*t))
+    }
+
+    /// Both connected.
+    pub fn both_connected(&self) -> bool {
+        self.connected(0).is_some() && self.connected(1).is_some()
     }
 }
