@@ -1,0 +1,272 @@
+//! natkit-ice's benchmark (issue 4, "Performance"): prints figures, asserts
+//! nothing.
+//!
+//!   cargo bench -p natkit-ice --bench session
+//!
+//! 1. Time from `connect()` to a usable QUIC connection on loopback, host
+//!    pair and relay-only (through natkit-turn over UDP): median and p90 of
+//!    ROUNDS sessions each (default 30).
+//! 2. Bulk throughput of one QUIC stream over a natkit session (host pair)
+//!    against plain quinn over a plain UDP socket, same TLS configuration,
+//!    measured side by side in alternating rounds (MIB per transfer,
+//!    default 256).
+//!
+//! Environment: ROUNDS, MIB, NATKIT_TURN_BIN (else target/release/natkit-turn,
+//! built when missing). Loopback only; every process started is killed.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natkit_ice::session::{PathKind, Session};
+use natkit_ice::tls::{self, Identity, MismatchFlag};
+use natkit_ice::{Role, TurnServer};
+use natkit_proto::turn::client::Credentials;
+
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Relay(Child, SocketAddr);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_relay() -> Relay {
+    let bin = std::env::var_os("NATKIT_TURN_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+            let bin = dir.join("natkit-turn");
+            if !bin.is_file() {
+                let st = Command::new(env!("CARGO"))
+                    .args(["build", "--release", "-p", "natkit-turn"])
+                    .status()
+                    .expect("cargo build");
+                assert!(st.success());
+            }
+            bin
+        });
+    let port = {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.local_addr().unwrap().port()
+    };
+    let child = Command::new(bin)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--relay-ip",
+            "127.0.0.1",
+            "--min-port",
+            "24000",
+            "--max-port",
+            "24999",
+            "--user",
+            "bench:bench-password",
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--drain-grace",
+            "0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start natkit-turn");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Killed on drop from here on, even if it never answers.
+    let relay = Relay(child, addr);
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut req = [0u8; 64];
+    let n = natkit_proto::binding::write_request(&mut req, &[1; 12], &Default::default()).unwrap();
+    for _ in 0..200 {
+        probe.send_to(&req[..n], addr).unwrap();
+        if probe.recv_from(&mut [0u8; 256]).is_ok() {
+            return relay;
+        }
+    }
+    panic!("natkit-turn did not start");
+}
+
+async fn connect_once(turn: Option<SocketAddr>) -> (Duration, PathKind) {
+    let build = |role| {
+        let mut b = Session::builder()
+            .bind([LO])
+            .role(role)
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(t) = turn {
+            b = b
+                .turn_server(TurnServer::udp(
+                    t,
+                    Credentials::new("bench", "bench-password"),
+                ))
+                .relay_only(true);
+        }
+        b.build()
+    };
+    let (a, b) = (
+        build(Role::Controlling).await.unwrap(),
+        build(Role::Controlled).await.unwrap(),
+    );
+    let (da, db) = (a.local_description().await, b.local_description().await);
+    let t0 = Instant::now();
+    let (ca, cb) = tokio::join!(a.connect(db), b.connect(da));
+    let took = t0.elapsed();
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    let kind = a.path().unwrap().kind;
+    ca.close(0u32.into(), b"");
+    cb.close(0u32.into(), b"");
+    (took, kind)
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn connect_times(name: &str, rounds: usize, turn: Option<SocketAddr>) {
+    let mut times = Vec::with_capacity(rounds);
+    let mut kind = None;
+    for _ in 0..rounds {
+        let (t, k) = connect_once(turn).await;
+        times.push(t);
+        kind = Some(k);
+    }
+    let med = percentile(&mut times, 0.5);
+    let p90 = percentile(&mut times, 0.9);
+    println!(
+        "connect {name:<10} path {:<5} rounds {rounds:>3}  median {:>7.2} ms  p90 {:>7.2} ms  max {:>7.2} ms",
+        kind.unwrap().to_string(),
+        med.as_secs_f64() * 1e3,
+        p90.as_secs_f64() * 1e3,
+        times.last().unwrap().as_secs_f64() * 1e3
+    );
+}
+
+/// Send `bytes` on one uni stream from `tx` to `rx`; returns the elapsed
+/// time until the receiver read it all.
+async fn bulk(tx: &quinn::Connection, rx: &quinn::Connection, bytes: usize) -> Duration {
+    let chunk = vec![0x5au8; 64 * 1024];
+    let rx = rx.clone();
+    let reader = tokio::spawn(async move {
+        let mut r = rx.accept_uni().await.unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n = 0usize;
+        while let Some(k) = r.read(&mut buf).await.unwrap() {
+            n += k;
+        }
+        n
+    });
+    let t0 = Instant::now();
+    let mut s = tx.open_uni().await.unwrap();
+    let mut sent = 0;
+    while sent < bytes {
+        let k = chunk.len().min(bytes - sent);
+        s.write_all(&chunk[..k]).await.unwrap();
+        sent += k;
+    }
+    s.finish().unwrap();
+    let got = reader.await.unwrap();
+    assert_eq!(got, bytes);
+    t0.elapsed()
+}
+
+/// Plain quinn over plain UDP sockets with the same pinned TLS setup.
+async fn plain_pair() -> (
+    quinn::Endpoint,
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::Connection,
+) {
+    let (ida, idb) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let transport = Arc::new(quinn::TransportConfig::default());
+    let flag = Arc::new(MismatchFlag::default());
+    let server_cfg =
+        tls::server_config(&idb, ida.fingerprint(), flag.clone(), transport.clone()).unwrap();
+    let client_cfg = tls::client_config(&ida, idb.fingerprint(), flag, transport).unwrap();
+    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let accept = {
+        let server = server.clone();
+        tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() })
+    };
+    let cc = client
+        .connect_with(client_cfg, addr, tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let sc = accept.await.unwrap();
+    (server, client, cc, sc)
+}
+
+async fn throughput(rounds: usize, mib: usize) {
+    let bytes = mib << 20;
+    let a = Session::builder()
+        .bind([LO])
+        .role(Role::Controlling)
+        .build()
+        .await
+        .unwrap();
+    let b = Session::builder()
+        .bind([LO])
+        .role(Role::Controlled)
+        .build()
+        .await
+        .unwrap();
+    let (da, db) = (a.local_description().await, b.local_description().await);
+    let (ca, cb) = tokio::join!(a.connect(db), b.connect(da));
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    let (_se, _ce, pc, ps) = plain_pair().await;
+    // Warm both up (congestion window, MTU discovery).
+    bulk(&ca, &cb, 16 << 20).await;
+    bulk(&pc, &ps, 16 << 20).await;
+    let (mut ours, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = bulk(&ca, &cb, bytes).await;
+        ours.push(bytes as f64 / t.as_secs_f64() / 1e6);
+        let t = bulk(&pc, &ps, bytes).await;
+        plain.push(bytes as f64 / t.as_secs_f64() / 1e6);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (o, p) = (med(&mut ours), med(&mut plain));
+    println!("bulk {mib} MiB x {rounds} rounds, one stream, loopback:");
+    println!("  natkit session (host pair)     median {o:>8.1} MB/s  all {ours:.0?}");
+    println!("  plain quinn over UDP socket    median {p:>8.1} MB/s  all {plain:.0?}");
+    println!("  ratio natkit / plain: {:.2}", o / p);
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing to parse.
+    let rounds = env_usize("ROUNDS", 30);
+    let mib = env_usize("MIB", 256);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        connect_times("host", rounds, None).await;
+        let relay = start_relay();
+        connect_times("relay-only", rounds, Some(relay.1)).await;
+        drop(relay);
+        throughput(5, mib).await;
+    });
+}
