@@ -221,3 +221,25 @@ async fn ice_restart_keeps_the_quic_connection() {
     bs.finish().unwrap();
     assert_eq!(r.read_to_end(16).await.unwrap(), b"ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_host_pair() {
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    let mk = |role| {
+        Session::builder()
+            .bind([v6])
+            .ice_config(fast_ice(role))
+            .build()
+    };
+    let (a, b) = (
+        mk(Role::Controlling).await.unwrap(),
+        mk(Role::Controlled).await.unwrap(),
+    );
+    let (ca, cb) = pair(&a, &b).await;
+    assert!(a.path().unwrap().remote.addr.is_ipv6());
+    let mut s = ca.open_uni().await.unwrap();
+    s.write_all(b"v6").await.unwrap();
+    s.finish().unwrap();
+    let mut r = cb.accept_uni().await.unwrap();
+    assert_eq!(r.read_to_end(8).await.unwrap(), b"v6");
+}

@@ -5,6 +5,7 @@
 mod relay_harness;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use natkit_ice::session::{Error, PathKind, Problem, Session, SessionEvent};
@@ -229,4 +230,41 @@ async fn direct_pair_takes_over_from_the_relay_without_reconnecting() {
     let reply = r.read_to_end(1024).await.unwrap();
     assert_eq!(reply, b"reply");
     assert!(ca.close_reason().is_none() && cb.close_reason().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_over_tls() {
+    let dir = std::env::temp_dir().join(format!("natkit-ice-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key, der) = relay_harness::tls_files(&dir);
+    let tls_port = relay_harness::free_port();
+    let relay = Relay::start_with(&[
+        "--tls-listen".into(),
+        format!("127.0.0.1:{tls_port}"),
+        "--cert".into(),
+        cert.display().to_string(),
+        "--key".into(),
+        key.display().to_string(),
+    ]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let settings = natkit_ice::session::TlsSettings {
+        config: Arc::new(config),
+        name: rustls_pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()),
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let turn = TurnServer::tls(addr, creds(), settings);
+    let a = relay_only(Role::Controlling, turn.clone()).await.unwrap();
+    let b = relay_only(Role::Controlled, turn).await.unwrap();
+    connect_and_echo(&a, &b).await;
+    assert_eq!(a.path().unwrap().kind, PathKind::Relay);
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
 }

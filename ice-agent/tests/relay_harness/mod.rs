@@ -71,12 +71,31 @@ impl Drop for Relay {
     }
 }
 
+/// A self-signed certificate for 127.0.0.1 in `dir`: (cert path, key
+/// path, DER).
+pub fn tls_files(dir: &std::path::Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (cert, key, ck.cert.der().to_vec())
+}
+
 impl Relay {
     pub fn start() -> Relay {
+        Relay::start_with(&[])
+    }
+
+    /// With extra flags (e.g. a TLS listener).
+    pub fn start_with(extra: &[String]) -> Relay {
         let port = free_port();
         // 22000-23999: relay ports of natkit-ice's tests, apart from the
         // other crates' ranges.
-        let base = 22_000 + (std::process::id() % 100) as u16 * 20;
+        // The PID spreads processes (nextest runs each test in its own),
+        // the counter spreads relays of one process.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 4;
+        let base = 22_000 + ((std::process::id() % 25) as u16 * 4 + n) * 20;
         let child = Command::new(natkit_turn_bin())
             .args([
                 "--listen",
@@ -94,6 +113,7 @@ impl Relay {
                 "--drain-grace",
                 "0",
             ])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
