@@ -361,6 +361,9 @@ enum Command {
         reply: oneshot::Sender<()>,
     },
     CheckList(oneshot::Sender<Vec<PairInfo>>),
+    /// Delete TURN allocations (RFC 8656 §8: Refresh with LIFETIME 0) and
+    /// stop.
+    Close,
 }
 
 struct Inner {
@@ -373,14 +376,15 @@ struct Inner {
     events: broadcast::Sender<SessionEvent>,
     bases: Vec<SocketAddr>,
     cfg: SessionConfig,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.task.abort();
         self.endpoint
             .close(VarInt::from_u32(CLOSE_NORMAL), b"session closed");
+        // The driver deletes its TURN allocations and ends; if the queue is
+        // full it ends anyway when the command channel closes.
+        let _ = self.cmd.try_send(Command::Close);
     }
 }
 
@@ -490,7 +494,7 @@ impl Session {
             status: status_tx,
             now,
         });
-        let task = tokio::spawn(driver.run());
+        tokio::spawn(driver.run());
         Ok(Session {
             inner: Arc::new(Inner {
                 endpoint,
@@ -502,7 +506,6 @@ impl Session {
                 events,
                 bases: base_addrs,
                 cfg,
-                task,
             }),
         })
     }
@@ -773,12 +776,13 @@ impl Session {
         }
     }
 
-    /// Close the QUIC connection and stop the session.
+    /// Close the QUIC connection, delete the TURN allocations and stop the
+    /// session.
     pub fn close(&self) {
         self.inner
             .endpoint
             .close(VarInt::from_u32(CLOSE_NORMAL), b"closed");
-        self.inner.task.abort();
+        let _ = self.inner.cmd.try_send(Command::Close);
     }
 
     /// Wait until QUIC has told the peer about closed connections (bounded

@@ -268,3 +268,27 @@ async fn relay_only_over_tls() {
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A closed session deletes its allocation (RFC 8656 §8) instead of leaving
+/// it to expire: with a quota of one allocation per user, sessions can
+/// follow one another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_session_frees_its_allocation() {
+    let relay = Relay::start_with(&["--user-quota".into(), "1".into()]);
+    for round in 0..3 {
+        let s = relay_only(Role::Controlling, TurnServer::udp(relay.addr, creds()))
+            .await
+            .unwrap();
+        let d = s.local_description().await;
+        assert_eq!(
+            d.candidates.len(),
+            1,
+            "round {round}: {:?}",
+            s.server_problems()
+        );
+        s.close();
+        drop(s);
+        // The Refresh (LIFETIME 0) is on its way; give it a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -228,8 +228,14 @@ impl Driver {
                     }
                 }
                 c = self.cmds.recv() => {
-                    let Some(c) = c else { break };
-                    self.on_command(c, Instant::now());
+                    match c {
+                        None => break,
+                        Some(Command::Close) => {
+                            self.close_allocations(Instant::now());
+                            break;
+                        }
+                        Some(c) => self.on_command(c, Instant::now()),
+                    }
                 }
                 Some(s) = self.stream_rx.recv() => self.on_stream(s, Instant::now()),
                 _ = tokio::time::sleep_until(wake.into()) => self.on_timeout(Instant::now()),
@@ -430,8 +436,21 @@ impl Driver {
         }
     }
 
+    /// RFC 8656 §8: delete the allocations rather than leave them to
+    /// expire on the server (one Refresh with LIFETIME 0 each, not waited
+    /// for: the session is ending).
+    fn close_allocations(&mut self, now: Instant) {
+        for ai in 0..self.allocs.len() {
+            self.allocs[ai].client.close(now);
+            while let Some(t) = self.allocs[ai].client.poll_transmit() {
+                self.send_to_server(ai, &t.payload);
+            }
+        }
+    }
+
     fn on_command(&mut self, c: Command, now: Instant) {
         match c {
+            Command::Close => self.close_allocations(now),
             Command::SetRemote { desc, reply } => {
                 let r = self.set_remote(desc, now);
                 let _ = reply.send(r);
