@@ -417,6 +417,7 @@ impl Agent {
             return Err(CandidateError::BadAddress);
         }
         c.base = c.addr;
+        let c_addr = c.addr;
         if let Some(r) = self.remote.iter_mut().find(|r| r.addr == c.addr) {
             if r.kind != CandidateKind::PeerReflexive {
                 return Err(CandidateError::Duplicate);
@@ -425,6 +426,14 @@ impl Agent {
             // candidate replaces the peer-reflexive one learned first.
             *r = c;
             self.recompute_priorities();
+            // The peer-reflexive candidate was only paired with the base
+            // its check arrived on; the signalled one pairs with every base
+            // (e.g. a host pair when the check came through our relay).
+            if let Some(ri) = self.remote.iter().position(|r| r.addr == c_addr) {
+                for li in 0..self.local.len() {
+                    self.try_pair(li, ri);
+                }
+            }
             return Ok(());
         }
         if self.remote.len() >= self.cfg.max_remote_candidates {

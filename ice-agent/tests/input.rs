@@ -286,3 +286,66 @@ fn bad_candidates_are_refused() {
         Err(CandidateError::Duplicate)
     );
 }
+
+/// RFC 8838 §11.4: a candidate signalled after its address was learned as
+/// peer-reflexive (through one base) replaces it and is paired with every
+/// base, not only the one the check arrived on.
+#[test]
+fn a_signalled_candidate_replacing_a_prflx_pairs_with_every_base() {
+    let now = Instant::now();
+    let mut a = Agent::new(
+        Config {
+            role: Role::Controlling,
+            seed: Some(1),
+            ..Config::default()
+        },
+        now,
+    );
+    a.add_local_candidate(Candidate::host(addr(A), 65535))
+        .unwrap();
+    let mut b = Agent::new(
+        Config {
+            role: Role::Controlled,
+            seed: Some(2),
+            ..Config::default()
+        },
+        now,
+    );
+    let (b1, b2) = (addr(B), addr("198.51.100.3:3000"));
+    b.add_local_candidate(Candidate::host(b1, 65535)).unwrap();
+    b.add_local_candidate(Candidate::host(b2, 65000)).unwrap();
+    let (ca, cb) = (a.local_credentials().clone(), b.local_credentials().clone());
+    a.set_remote_credentials(&cb.ufrag, &cb.pwd).unwrap();
+    b.set_remote_credentials(&ca.ufrag, &ca.pwd).unwrap();
+    // A knows only B's first base; B knows nothing of A yet.
+    let r = Candidate::host(b1, 65535);
+    a.add_remote_candidate(Candidate::remote(r.kind, r.addr, r.priority, &r.foundation))
+        .unwrap();
+    let t = first_check(&mut a, now);
+    b.handle_input(t.from, t.to, &t.payload, now).unwrap();
+    let learned: Vec<_> = b
+        .check_list()
+        .iter()
+        .map(|p| (p.local.base, p.remote.addr))
+        .collect();
+    assert_eq!(
+        learned,
+        vec![(b1, addr(A))],
+        "prflx paired with the base it came on"
+    );
+    // Now A's host candidate is signalled.
+    let h = Candidate::host(addr(A), 65535);
+    b.add_remote_candidate(Candidate::remote(h.kind, h.addr, h.priority, &h.foundation))
+        .unwrap();
+    let mut pairs: Vec<_> = b
+        .check_list()
+        .iter()
+        .map(|p| (p.local.base, p.remote.addr))
+        .collect();
+    pairs.sort();
+    assert_eq!(pairs, vec![(b1, addr(A)), (b2, addr(A))]);
+    assert!(b
+        .remote_candidates()
+        .iter()
+        .all(|c| c.kind == natkit_ice::CandidateKind::Host));
+}

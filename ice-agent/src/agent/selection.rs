@@ -56,7 +56,11 @@ impl Agent {
                 self.pairs[p].nominate = true;
                 self.nominating = Some(p);
                 self.triggered.retain(|&q| q != p);
-                self.triggered.push_front(p);
+                // natkit sends the nominating check at once instead of in
+                // the next Ta slot (RFC 8445 §14.2 paces every check): one
+                // check on a pair already proven to work adds no load worth
+                // pacing, and it saves up to Ta (50 ms) of connection time.
+                self.start_check(p, now, true, false);
             }
         }
     }
