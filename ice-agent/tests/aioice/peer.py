@@ -11,15 +11,16 @@ talks to the test over stdin/stdout, one JSON object per line:
 2. Reads natkit's description from stdin (one line, same shape without
    "type"), adds its candidates, signals end-of-candidates and runs aioice's
    connect(). When it returns, prints
-   {"type": "connected", "role", "local": {...}, "remote": {...}, "ms"}
-   with the role aioice ended in (after any role conflict) and its nominated
-   pair.
+   {"type": "connected", "role", "ms", "local": {...}, "remote": {...},
+   "nominated": [...]} with the role aioice ended in (after any role
+   conflict), the pair it sends data on and the pairs nominated so far.
 3. Echoes every datagram aioice's recv() returns over the nominated pair as
    b"E" + the datagram reversed, so the test can tell an echo from a
    reflection of its own datagram.
 4. Stops on a b"bye" datagram, on stdin closing (the test went away) or when
    --lifetime runs out, closes the connection and prints
-   {"type": "closed", "reason", "echoed"}; exits 0 only after a "bye".
+   {"type": "closed", "reason", "echoed", "local", "remote", "nominated"};
+   exits 0 only after a "bye".
 
 Errors print {"type": "error", "message"} and exit 1. aioice's own log (INFO)
 goes to stderr, which the test shows when it fails.
@@ -55,6 +56,31 @@ def candidate_json(c):
         "host": c.host,
         "port": c.port,
         "type": c.type,
+    }
+
+
+def nominated(conn):
+    """The pair aioice sends data on now ("local", "remote": its nominated
+    pair of component 1) and every pair of its check list it nominated or saw
+    nominated ("nominated"). aioice has no public accessor for either.
+
+    As controlling agent aioice uses RFC 5245 aggressive nomination: every
+    check it sends carries USE-CANDIDATE, so every pair it checks
+    successfully, triggered checks included, ends nominated, and the data
+    pair is whichever of them completed last.
+    """
+    pair = conn._nominated.get(1)
+    return {
+        "local": candidate_json(pair.local_candidate) if pair else None,
+        "remote": candidate_json(pair.remote_candidate) if pair else None,
+        "nominated": [
+            {
+                "local": candidate_json(p.local_candidate),
+                "remote": candidate_json(p.remote_candidate),
+            }
+            for p in conn._check_list
+            if p.nominated
+        ],
     }
 
 
@@ -127,15 +153,12 @@ async def run(args):
 
         t0 = time.monotonic()
         await asyncio.wait_for(conn.connect(), args.connect_timeout)
-        # aioice has no public accessor for the nominated pair.
-        pair = conn._nominated.get(1)
         emit(
             {
                 "type": "connected",
                 "role": "controlling" if conn.ice_controlling else "controlled",
-                "local": candidate_json(pair.local_candidate) if pair else None,
-                "remote": candidate_json(pair.remote_candidate) if pair else None,
                 "ms": round((time.monotonic() - t0) * 1000.0, 1),
+                **nominated(conn),
             }
         )
 
@@ -157,7 +180,9 @@ async def run(args):
                     return 1
                 data = recv.result()
                 if data == b"bye":
-                    emit({"type": "closed", "reason": "bye", "echoed": echoed})
+                    emit(
+                        {"type": "closed", "reason": "bye", "echoed": echoed, **nominated(conn)}
+                    )
                     return 0
                 await conn.send(b"E" + data[::-1])
                 echoed += 1
