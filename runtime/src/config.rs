@@ -4,16 +4,26 @@
 //! The binary reads the file with [`load_toml`] into a struct whose fields are all optional and
 //! which carries `#[serde(deny_unknown_fields)]` (so a misspelt key is an error, not silently
 //! ignored), then lets flags and env vars (clap's `env`) override it field by field.
+//!
+//! Errors keep their cause as [`std::error::Error::source`] and do not repeat it in their own
+//! message: binaries print the whole chain once with anyhow's `{:#}` ("invalid config file X:
+//! TOML parse error at line 3 ...").
+//!
+//! [`load_tls`] loads the files of a server's `cert` and `key` keys, so `--check-config` can
+//! refuse what the server would fail on at start-up, naming the key at fault.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
+
+use crate::tls::{self, TlsError};
 
 /// Why a configuration file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -23,7 +33,7 @@ pub enum ConfigError {
     },
     /// The file is not valid TOML or does not match the schema. The message from `toml`
     /// carries the line, column, offending key and a snippet.
-    #[error("invalid config file {}: {source}", path.display())]
+    #[error("invalid config file {}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
@@ -55,11 +65,67 @@ pub fn load_toml<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T, Confi
     })
 }
 
+/// The TLS files of a server's `cert` and `key` keys could not be loaded.
+///
+/// Displays as `KEY: REASON`, where the reason is the [`TlsError`] message (which already names
+/// the file and its cause). It deliberately has no `source()`: the reason is in the message, and
+/// a chain printed with `{:#}` would repeat it.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct TlsKeyError {
+    /// The config key at fault: `cert`, `key`, or `cert/key` when rustls rejects the pair
+    /// for another reason.
+    pub key: &'static str,
+    /// What is wrong, naming the file.
+    pub reason: TlsError,
+}
+
+/// Loads and checks the PEM certificate chain and private key named by a server's `cert` and
+/// `key` keys (with [`tls::server_config`], the loader the servers serve with), naming the
+/// key at fault on error.
+pub fn load_tls(
+    cert: impl AsRef<Path>,
+    key: impl AsRef<Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsKeyError> {
+    tls::server_config(cert, key).map_err(|reason| {
+        let key = match &reason {
+            TlsError::Read {
+                what: "certificate",
+                ..
+            }
+            | TlsError::Pem {
+                what: "certificate",
+                ..
+            }
+            | TlsError::NoCertificate { .. } => "cert",
+            TlsError::Read { .. }
+            | TlsError::Pem { .. }
+            | TlsError::NoKey { .. }
+            | TlsError::KeyMismatch { .. }
+            | TlsError::BadKey { .. } => "key",
+            TlsError::Rustls(_) => "cert/key",
+        };
+        TlsKeyError { key, reason }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Deserialize;
     use std::net::SocketAddr;
+
+    /// The error and its causes, as anyhow's `{:#}` prints them.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
 
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]
@@ -121,7 +187,7 @@ mod tests {
         let p = write("unknown", "listen = []\n[tcp]\nidle_timeout = 30\n");
         let e = load_toml::<Server>(&p).unwrap_err();
         let _ = std::fs::remove_file(&p);
-        let msg = e.to_string();
+        let msg = chain(&e);
         assert!(msg.contains("natkit-runtime-config-"), "{msg}");
         assert!(msg.contains("idle_timeout"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
@@ -132,7 +198,7 @@ mod tests {
         let p = write("badvalue", "metrics = \"not an address\"\n");
         let e = load_toml::<Server>(&p).unwrap_err();
         let _ = std::fs::remove_file(&p);
-        let msg = e.to_string();
+        let msg = chain(&e);
         assert!(matches!(e, ConfigError::Parse { .. }));
         assert!(msg.contains("metrics"), "{msg}");
         assert!(msg.contains("invalid socket address"), "{msg}");
@@ -144,9 +210,63 @@ mod tests {
         let p = write("syntax", "listen = [\n");
         let e = load_toml::<Server>(&p).unwrap_err();
         let _ = std::fs::remove_file(&p);
-        assert!(
-            e.to_string().contains("line 1") || e.to_string().contains("line 2"),
-            "{e}"
-        );
+        let msg = chain(&e);
+        assert!(msg.contains("line 1") || msg.contains("line 2"), "{msg}");
+    }
+
+    /// Each piece of the chain appears once: the file name in the error, the TOML
+    /// message (with its position) in the source.
+    #[test]
+    fn the_chain_names_file_and_cause_once() {
+        let p = write("once", "listen = [\n");
+        let e = load_toml::<Server>(&p).unwrap_err();
+        let _ = std::fs::remove_file(&p);
+        let msg = chain(&e);
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(msg.matches(name).count(), 1, "{msg}");
+        assert_eq!(msg.matches("TOML parse error").count(), 1, "{msg}");
+        let e = load_toml::<Server>("/nonexistent/natkit-runtime.toml").unwrap_err();
+        let msg = chain(&e);
+        assert_eq!(msg.matches("natkit-runtime.toml").count(), 1, "{msg}");
+        assert_eq!(msg.matches("No such file").count(), 1, "{msg}");
+    }
+
+    #[test]
+    fn load_tls_names_the_key_at_fault() {
+        let dir =
+            std::env::temp_dir().join(format!("natkit-runtime-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        let other_key = dir.join("other-key.pem");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+        std::fs::write(&other_key, other.key_pair.serialize_pem()).unwrap();
+        std::fs::write(&junk, "not PEM at all\n").unwrap();
+        let missing = dir.join("missing.pem");
+        let ok = load_tls(&cert, &key);
+        let cases = [
+            (&missing, &key, "cert", "missing.pem"),
+            (&junk, &key, "cert", "junk.pem"),
+            (&cert, &missing, "key", "missing.pem"),
+            (&cert, &junk, "key", "junk.pem"),
+            (&cert, &other_key, "key", "other-key.pem"),
+        ];
+        let errs: Vec<_> = cases
+            .iter()
+            .map(|(c, k, _, _)| load_tls(c, k).map(|_| ()).unwrap_err())
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(ok.is_ok());
+        for (e, (_, _, want_key, file)) in errs.iter().zip(cases) {
+            assert_eq!(e.key, want_key, "{e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with(&format!("{want_key}: ")), "{msg}");
+            assert!(msg.contains(file), "{msg}");
+            assert!(std::error::Error::source(e).is_none());
+        }
     }
 }

@@ -4,10 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
+use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::logging::LogFormat;
 use serde::Deserialize;
 
@@ -193,6 +195,16 @@ impl Config {
         Ok(())
     }
 
+    /// Loads the TLS certificate chain and key, when TLS is configured. `--check-config` and
+    /// start-up both call it, so a missing or unparsable file is refused before serving, with
+    /// the key (`cert` or `key`) and the reason; SIGHUP calls it again to reload them.
+    pub fn load_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsKeyError> {
+        self.tls
+            .as_ref()
+            .map(|(cert, key)| natkit_runtime::config::load_tls(cert, key))
+            .transpose()
+    }
+
     /// Every UDP/TCP endpoint the server binds. With `other`, the first
     /// listen address becomes the RFC 5780 square of four.
     pub fn endpoints(&self) -> Vec<Endpoint> {
@@ -218,9 +230,9 @@ impl Config {
     }
 }
 
+/// The error names the file; its source, the TOML message with line and column.
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
-    natkit_runtime::config::load_toml(path)
-        .with_context(|| format!("invalid config file {}", path.display()))
+    Ok(natkit_runtime::config::load_toml(path)?)
 }
 
 #[cfg(test)]

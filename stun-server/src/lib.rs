@@ -8,7 +8,7 @@
 //! | [`udp`] | the UDP data path: per-core SO_REUSEPORT sockets, batched syscalls |
 //! | [`stream`] | STUN over TCP and TLS, with idle timeouts and a connection cap |
 //! | [`metrics`] | Prometheus metrics, tallied per batch |
-//! | [`server`] | starts everything and shuts it down on SIGTERM/SIGINT |
+//! | [`server`] | starts everything, reloads the TLS certificate on SIGHUP, shuts down on SIGTERM/SIGINT |
 
 pub mod config;
 pub mod metrics;

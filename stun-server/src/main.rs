@@ -12,12 +12,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The certificate and key are part of the configuration: refuse files the server could
+    // not serve with before starting, with or without --check-config.
+    let tls = match cfg.load_tls() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("natkit-stun: configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!("natkit-stun: configuration OK");
         return ExitCode::SUCCESS;
     }
     natkit_runtime::logging::init(cfg.log_format, "info");
-    match natkit_stun::server::run(cfg) {
+    match natkit_stun::server::run(cfg, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -1,21 +1,25 @@
-//! Start every listener, wait for a signal, shut down cleanly.
+//! Start every listener, wait for a signal, shut down cleanly. SIGHUP
+//! reloads the TLS certificate and key (RFC 8489 §6.2.3 servers renew them
+//! like any TLS server); nothing else is read again.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use natkit_runtime::shutdown::{self, Shutdown, Signal};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::info;
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, info};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::responder::Responder;
-use crate::stream::{self, StreamContext};
+use crate::stream::{self, SharedAcceptor, StreamContext};
 use crate::udp;
 
-/// Run the server until SIGTERM or SIGINT.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+/// Run the server until SIGTERM or SIGINT. `tls`: the certificate and key
+/// loaded by [`Config::load_tls`] (`None` without TLS).
+pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.threads.clamp(1, 4))
         .thread_name("natkit-stun-io")
@@ -36,7 +40,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             "listening on UDP"
         );
     }
-    let result = rt.block_on(serve_async(&cfg, responder, metrics, shutdown.clone()));
+    let result = rt.block_on(serve_async(&cfg, tls, responder, metrics, shutdown.clone()));
     shutdown.trigger();
     for w in workers {
         let _ = w.join();
@@ -48,6 +52,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 async fn serve_async(
     cfg: &Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
     responder: Arc<Responder>,
     metrics: Metrics,
     shutdown: Shutdown,
@@ -68,8 +73,9 @@ async fn serve_async(
             tokio::spawn(stream::serve(l, i, None, ctx.clone()));
         }
     }
-    if let Some((cert, key)) = &cfg.tls {
-        let acceptor = natkit_runtime::tls::acceptor(cert, key)?;
+    let mut acceptor: Option<SharedAcceptor> = None;
+    if let Some(tls) = tls {
+        let shared: SharedAcceptor = Arc::new(RwLock::new(TlsAcceptor::from(tls)));
         for addr in &cfg.tls_listen {
             let l = TcpListener::bind(addr)
                 .await
@@ -78,10 +84,11 @@ async fn serve_async(
             tokio::spawn(stream::serve(
                 l,
                 Responder::STREAM_ONLY,
-                Some(acceptor.clone()),
+                Some(shared.clone()),
                 ctx.clone(),
             ));
         }
+        acceptor = Some(shared);
     }
     if let Some(addr) = cfg.metrics {
         let health = natkit_runtime::metrics_http::Health::new();
@@ -100,7 +107,7 @@ async fn serve_async(
             .await
             .context("cannot install signal handlers")?
         {
-            Signal::Hangup => info!("SIGHUP: natkit-stun has nothing to reload"),
+            Signal::Hangup => reload_tls(cfg, acceptor.as_ref()),
             s => {
                 info!(signal = ?s, "shutting down");
                 break;
@@ -108,4 +115,24 @@ async fn serve_async(
         }
     }
     Ok(())
+}
+
+/// SIGHUP: load the certificate and key files again (same paths) and serve
+/// new connections with them; open connections keep theirs. If the new
+/// files do not load, the running ones stay and the error is logged.
+fn reload_tls(cfg: &Config, acceptor: Option<&SharedAcceptor>) {
+    let Some(acceptor) = acceptor else {
+        info!("SIGHUP: no TLS configured, nothing to reload");
+        return;
+    };
+    match cfg.load_tls() {
+        Ok(Some(new)) => {
+            *acceptor.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(new);
+            info!("SIGHUP: reloaded the TLS certificate and key");
+        }
+        // Unreachable (an acceptor exists only with TLS configured), but
+        // harmless: keep serving what runs.
+        Ok(None) => {}
+        Err(e) => error!("SIGHUP: keeping the old TLS certificate and key: {e:#}"),
+    }
 }

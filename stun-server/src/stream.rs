@@ -3,7 +3,7 @@
 //! open connections so half-open or idle peers cannot exhaust the server.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use natkit_proto::framing::{self, FrameKind};
@@ -31,12 +31,16 @@ pub struct StreamContext {
     pub shutdown: Shutdown,
 }
 
+/// The TLS acceptor, replaced on SIGHUP; each connection takes the one
+/// current when it is accepted.
+pub type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
+
 /// Accept connections on `listener` (bound to endpoint `local`) until
 /// shutdown. With `tls`, each connection is a TLS server session first.
 pub async fn serve(
     listener: TcpListener,
     local: usize,
-    tls: Option<TlsAcceptor>,
+    tls: Option<SharedAcceptor>,
     ctx: StreamContext,
 ) {
     let transport = if tls.is_some() {
@@ -66,7 +70,9 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let tls = tls.clone();
+        let tls = tls
+            .as_ref()
+            .map(|a| a.read().unwrap_or_else(|e| e.into_inner()).clone());
         tokio::spawn(async move {
             let _permit = permit;
             let gauge = ctx.metrics.connection_open(transport);

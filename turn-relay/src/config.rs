@@ -23,6 +23,11 @@
 //! bob = "battery staple"
 //! ```
 //!
+//! REST secrets can also come from a file (`auth-secret-file`), one per
+//! line, re-read on every SIGHUP: on Kubernetes a Secret mounted as a file
+//! can then list the old and the new secret during a rotation, which one
+//! environment variable cannot (see [`read_secret_file`]).
+//!
 //! Passwords and secrets are [`Secret`]s: their `Debug` prints
 //! `<redacted>`, they have no `Display`, and parse errors never repeat
 //! them, so neither `{:?}` of [`Args`] / [`Config`] nor an error message
@@ -33,13 +38,15 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
 use ipnet::IpNet;
 use natkit_proto::rest::RestSecrets;
 use natkit_proto::turn::server::{self as core, Credentials};
+use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::logging::LogFormat;
 use serde::{Deserialize, Deserializer};
 
@@ -114,6 +121,13 @@ pub struct Args {
         hide_env_values = true
     )]
     pub auth_secret: Vec<Secret>,
+
+    /// File of REST shared secrets, one per line (blank lines and lines
+    /// starting with `#` ignored): the first is the one new credentials
+    /// are expected to be signed with, every line verifies. Re-read on
+    /// SIGHUP. Instead of --auth-secret, not with it.
+    #[arg(long, env = "NATKIT_TURN_AUTH_SECRET_FILE", value_name = "PATH")]
+    pub auth_secret_file: Option<PathBuf>,
 
     /// Address relay sockets bind to (repeatable: at most one IPv4 and one
     /// IPv6) [default: the IP of the concrete --listen addresses]
@@ -235,6 +249,7 @@ pub struct FileConfig {
     /// name = "password"
     pub users: Option<BTreeMap<String, Secret>>,
     pub auth_secret: Option<Vec<Secret>>,
+    pub auth_secret_file: Option<PathBuf>,
     pub relay_ip: Option<Vec<IpAddr>>,
     pub external_ip: Option<Vec<ExternalIp>>,
     pub min_port: Option<u16>,
@@ -282,8 +297,11 @@ pub struct Config {
     pub realm: String,
     /// Static users: name to password.
     pub users: BTreeMap<String, Secret>,
-    /// REST shared secrets, the first one signs.
+    /// REST shared secrets, the first one signs: from `auth-secret`, or
+    /// read from `auth_secret_file`.
     pub auth_secrets: Vec<Secret>,
+    /// Where `auth_secrets` were read from, if from a file.
+    pub auth_secret_file: Option<PathBuf>,
     /// Relay addresses by family: index 0 IPv4, 1 IPv6 (the index of
     /// `natkit_proto::turn::server::RelayRequest::family`). At least one is set.
     pub relay: [Option<RelayIp>; 2],
@@ -351,9 +369,17 @@ impl Config {
             parse_users(&args.user)?
         };
         let auth_secrets = list(&args.auth_secret, file.auth_secret, Vec::new);
+        let auth_secret_file = args.auth_secret_file.clone().or(file.auth_secret_file);
+        let auth_secrets = match &auth_secret_file {
+            None => auth_secrets,
+            Some(_) if !auth_secrets.is_empty() => bail!(
+                "auth-secret-file: auth-secret is set too; give the REST secrets in one place (the file can list several)"
+            ),
+            Some(path) => read_secret_file(path)?,
+        };
         // Before anything else: the most important refusal comes first.
         if users.is_empty() && auth_secrets.is_empty() {
-            bail!("natkit-turn refuses to run an open relay: give --user or --auth-secret (or [users] / auth-secret in the config file)");
+            bail!("natkit-turn refuses to run an open relay: give --user or --auth-secret or --auth-secret-file (or [users], auth-secret or auth-secret-file in the config file)");
         }
         let relay_ips = list(&args.relay_ip, file.relay_ip, Vec::new);
         let external = list(&args.external_ip, file.external_ip, Vec::new);
@@ -370,6 +396,7 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_REALM.into()),
             users,
             auth_secrets,
+            auth_secret_file,
             relay,
             min_port: args.min_port.or(file.min_port).unwrap_or(DEFAULT_MIN_PORT),
             max_port: args.max_port.or(file.max_port).unwrap_or(DEFAULT_MAX_PORT),
@@ -494,6 +521,24 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Loads the TLS certificate chain and key, when TLS is configured.
+    /// `--check-config` and start-up call it, so a missing or unparsable
+    /// file is refused before serving, naming the key (`cert` or `key`)
+    /// and the reason; SIGHUP calls it to reload them. Not part of
+    /// [`Config::resolve`]: a reload with a bad certificate still applies
+    /// the rest and keeps the running certificate.
+    pub fn load_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsKeyError> {
+        self.tls
+            .as_ref()
+            .map(|(cert, key)| natkit_runtime::config::load_tls(cert, key))
+            .transpose()
+    }
+
+    /// How many relay ports the range holds (per relay IP).
+    pub fn relay_ports(&self) -> usize {
+        usize::from(self.max_port - self.min_port) + 1
     }
 
     /// The relay's IPs: every bind and advertised address (advertised ones
@@ -708,9 +753,50 @@ fn family_name(f: usize) -> &'static str {
     }
 }
 
+/// The error names the file; its source, the TOML message with line and
+/// column (printed once each by `{:#}`).
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
-    natkit_runtime::config::load_toml(path)
-        .with_context(|| format!("invalid config file {}", path.display()))
+    Ok(natkit_runtime::config::load_toml(path)?)
+}
+
+/// Most bytes an `auth-secret-file` may have: a few secrets, not a data
+/// file given by mistake.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads an `auth-secret-file`: one secret per line, surrounding
+/// whitespace (and a `\r` of CRLF files) trimmed, blank lines and lines
+/// whose first non-blank character is `#` ignored. Order is kept: the
+/// first secret is the one new credentials are expected to use (the relay
+/// verifies with all). Errors name the file and line, never a secret.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<Secret>> {
+    let fail = |why: String| anyhow::anyhow!("auth-secret-file: {}: {why}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(fail(format!(
+            "{} bytes, more than the {MAX_SECRET_FILE} a list of secrets needs",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    // Not `String::from_utf8(..)?`: its error would carry the bytes.
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Err(fail("not UTF-8 text".into()));
+    };
+    let secrets: Vec<Secret> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(Secret::new)
+        .collect();
+    if secrets.is_empty() {
+        return Err(fail(
+            "holds no secret (one per line; blank lines and # comments are ignored)".into(),
+        ));
+    }
+    Ok(secrets)
 }
 
 /// A password or shared secret. `Debug` prints `<redacted>`; there is no
@@ -1357,6 +1443,67 @@ frank = "also-from-file"
             parse(&["--config", "/nonexistent/natkit-turn.toml"]).unwrap_err()
         );
         assert!(e.contains("/nonexistent/natkit-turn.toml"), "{e}");
+    }
+
+    #[test]
+    fn auth_secret_file_lists_secrets_in_order() {
+        let dir = TempDir::new("secret-file");
+        let path = dir.file(
+            "secrets",
+            "# signing secret first\n  new-Kq2 \r\n\n\t# the previous one, until its credentials expire\nold-Zp9#not-a-comment\n",
+        );
+        let c = parse_raw(&["--relay-ip", "127.0.0.1", "--auth-secret-file", &path]).unwrap();
+        assert_eq!(
+            c.auth_secrets,
+            vec![Secret::new("new-Kq2"), Secret::new("old-Zp9#not-a-comment")]
+        );
+        assert_eq!(c.auth_secret_file.as_deref(), Some(Path::new(&path)));
+        assert!(!format!("{c:?}").contains("Kq2"));
+        // The TOML key and the env var.
+        let cfg = dir.file("turn.toml", &format!("auth-secret-file = \"{path}\"\n"));
+        let c = parse_raw(&["--relay-ip", "127.0.0.1", "--config", &cfg]).unwrap();
+        assert_eq!(c.auth_secrets.len(), 2);
+        let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var("NATKIT_TURN_AUTH_SECRET_FILE", &path);
+        let parsed = Args::try_parse_from(["natkit-turn", "--relay-ip", "127.0.0.1"])
+            .map_err(anyhow::Error::from)
+            .and_then(|a| Config::resolve(&a));
+        std::env::remove_var("NATKIT_TURN_AUTH_SECRET_FILE");
+        drop(_g);
+        assert_eq!(parsed.unwrap().auth_secrets[0], Secret::new("new-Kq2"));
+    }
+
+    #[test]
+    fn bad_auth_secret_files_are_named_without_their_secrets() {
+        let dir = TempDir::new("secret-file-bad");
+        let empty = dir.file("empty", "\n# only a comment\n   \n");
+        let e = err(&["--auth-secret-file", &empty]);
+        assert!(
+            e.starts_with("auth-secret-file:") && e.contains("holds no secret"),
+            "{e}"
+        );
+        let e = err(&["--auth-secret-file", "/nonexistent/natkit-secrets"]);
+        assert!(
+            e.starts_with("auth-secret-file: /nonexistent/natkit-secrets: cannot read it"),
+            "{e}"
+        );
+        let e = err(&["--auth-secret-file", &dir.0.display().to_string()]);
+        assert!(e.contains("not a regular file"), "{e}");
+        let binary = dir.0.join("binary");
+        std::fs::write(&binary, [b's', b'3', 0xff, 0xfe, b'\n']).unwrap();
+        let e = err(&["--auth-secret-file", binary.to_str().unwrap()]);
+        assert!(e.contains("not UTF-8"), "{e}");
+        let good = dir.file("good", "sekrit-Vb4\n");
+        let e = err(&["--auth-secret-file", &good, "--auth-secret", "other-Hj7"]);
+        assert!(
+            e.starts_with("auth-secret-file:") && e.contains("one place"),
+            "{e}"
+        );
+        assert!(!e.contains("sekrit-Vb4") && !e.contains("other-Hj7"), "{e}");
+        // Without users the file alone is enough; without both, the
+        // refusal names the file key too.
+        let e = format!("{:#}", parse_raw(&["--relay-ip", "127.0.0.1"]).unwrap_err());
+        assert!(e.contains("--auth-secret-file"), "{e}");
     }
 
     #[test]

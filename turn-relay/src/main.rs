@@ -12,12 +12,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The certificate and key are part of the configuration: refuse files
+    // the relay could not serve with before starting, with or without
+    // --check-config.
+    let tls = match cfg.load_tls() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("natkit-turn: configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!("natkit-turn: configuration OK");
         return ExitCode::SUCCESS;
     }
     natkit_runtime::logging::init(cfg.log_format, "info");
-    match natkit_turn::server::run(cfg, args) {
+    match natkit_turn::server::run(cfg, tls, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

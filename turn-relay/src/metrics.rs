@@ -21,6 +21,8 @@ pub struct Metrics {
     pub send_errors: IntCounter,
     pub connections_open: IntGaugeVec,
     pub connections: IntCounterVec,
+    max_allocations: IntGauge,
+    relay_ports: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -97,6 +99,22 @@ impl Metrics {
                 "TCP/TLS client connections by transport and result (accepted, rejected_cap, tls_failed)",
                 &["transport", "result"],
             ),
+            max_allocations: reg(
+                &r,
+                IntGauge::new(
+                    "natkit_turn_max_allocations",
+                    "Configured max-allocations: the most allocations this relay grants (always a limit, never 0)",
+                )
+                .expect("valid"),
+            ),
+            relay_ports: reg(
+                &r,
+                IntGauge::new(
+                    "natkit_turn_relay_ports",
+                    "Ports in the relay port range min-port..=max-port (per relay IP; one per allocation)",
+                )
+                .expect("valid"),
+            ),
             registry: r,
         };
         // Series that exist from the start, so dashboards show zeros.
@@ -109,6 +127,15 @@ impl Metrics {
         }
         m.allocation_attempts.with_label_values(&["success"]);
         m
+    }
+
+    /// Export the configured limits, so alerts divide by the relay's own
+    /// quota rather than a number copied into the rules.
+    pub fn set_limits(&self, max_allocations: usize, relay_ports: usize) {
+        self.max_allocations
+            .set(i64::try_from(max_allocations).unwrap_or(i64::MAX));
+        self.relay_ports
+            .set(i64::try_from(relay_ports).unwrap_or(i64::MAX));
     }
 
     /// Counter handles a worker keeps, so the hot path does no label lookup.

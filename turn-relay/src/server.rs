@@ -1,5 +1,6 @@
 //! Start the shards and listeners, then wait for signals: SIGHUP reloads
-//! users, secrets, peer lists and the TLS certificate; SIGTERM drains
+//! users, secrets (re-reading `auth-secret-file`), peer lists and the TLS
+//! certificate; SIGTERM drains
 //! (refuse new allocations, keep relaying for the grace period); SIGINT or a
 //! second SIGTERM stops at once.
 
@@ -14,6 +15,7 @@ use natkit_runtime::metrics_http::{self, Health};
 use natkit_runtime::shutdown::{self, Shutdown, Signal};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::config::{Args, Config};
@@ -23,10 +25,14 @@ use crate::shared::{RelayAddress, Reloadable, Shared};
 use crate::stream::{self, SharedAcceptor, StreamContext};
 use crate::worker::{self, WorkerSetup};
 
-/// Run the relay until it is told to stop. `args` are kept to re-read the
-/// configuration on SIGHUP.
-pub fn run(cfg: Config, args: Args) -> anyhow::Result<()> {
+/// Run the relay until it is told to stop. `tls`: the certificate and key
+/// [`Config::load_tls`] loaded (`None` without TLS). `args` are kept to
+/// re-read the configuration on SIGHUP.
+pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    // Fixed for the life of the process: SIGHUP does not change quotas or
+    // the port range (a restart does), so the gauges show what runs.
+    metrics.set_limits(cfg.max_allocations, cfg.relay_ports());
     let shutdown = Shutdown::new();
     let relay = cfg.relay.map(|r| {
         r.map(|r| RelayAddress {
@@ -99,6 +105,7 @@ pub fn run(cfg: Config, args: Args) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let result = rt.block_on(serve_async(
         cfg,
+        tls,
         args,
         shared,
         Arc::new(handles),
@@ -116,6 +123,7 @@ pub fn run(cfg: Config, args: Args) -> anyhow::Result<()> {
 
 async fn serve_async(
     cfg: Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
     args: Args,
     shared: Arc<Shared>,
     workers: Arc<Vec<worker::WorkerHandle>>,
@@ -140,8 +148,8 @@ async fn serve_async(
         }
     }
     let mut acceptor: Option<SharedAcceptor> = None;
-    if let Some((cert, key)) = &cfg.tls {
-        let a: SharedAcceptor = Arc::new(RwLock::new(natkit_runtime::tls::acceptor(cert, key)?));
+    if let Some(tls) = tls {
+        let a: SharedAcceptor = Arc::new(RwLock::new(TlsAcceptor::from(tls)));
         for addr in &cfg.tls_listen {
             let l = TcpListener::bind(addr)
                 .await
@@ -212,9 +220,10 @@ async fn drain(cfg: &Config, shared: &Shared, health: &Health) {
     }
 }
 
-/// SIGHUP: re-read the configuration; apply users, secrets, peer lists and
-/// the TLS certificate. Anything else needs a restart, and a broken file
-/// keeps the running configuration.
+/// SIGHUP: re-read the configuration (and `auth-secret-file`); apply users,
+/// secrets, peer lists and the TLS certificate. Anything else needs a
+/// restart, and a broken file keeps the running configuration. Logs say
+/// how many secrets there are, never what they are.
 fn reload(
     args: &Args,
     shared: &Shared,
@@ -228,9 +237,11 @@ fn reload(
             return;
         }
     };
-    if let (Some(a), Some((cert, key))) = (acceptor, &cfg.tls) {
-        match natkit_runtime::tls::acceptor(cert, key) {
-            Ok(new) => *a.write().unwrap_or_else(|e| e.into_inner()) = new,
+    if let Some(a) = acceptor {
+        match cfg.load_tls() {
+            Ok(Some(new)) => *a.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(new),
+            // TLS removed from the file: listeners stay until a restart.
+            Ok(None) => {}
             Err(e) => warn!("SIGHUP: keeping the old TLS certificate: {e:#}"),
         }
     }
@@ -241,6 +252,10 @@ fn reload(
     info!(
         users = cfg.users.len(),
         secrets = cfg.auth_secrets.len(),
+        secret_file = cfg
+            .auth_secret_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
         "SIGHUP: reloaded users, secrets, peer lists and TLS certificate"
     );
 }

@@ -24,6 +24,18 @@ impl Server {
         Server { child }
     }
 
+    /// Start with its log (stderr) written to `log`.
+    pub fn start_logged(args: &[String], log: &std::path::Path) -> Server {
+        let file = std::fs::File::create(log).expect("create the log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start natkit-stun");
+        Server { child }
+    }
+
     /// Wait until a Binding request to `addr` is answered.
     pub fn wait_ready(&mut self, addr: SocketAddr) {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();

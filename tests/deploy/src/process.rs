@@ -124,6 +124,14 @@ impl Proc {
         }
     }
 
+    /// Sends `sig` (SIGHUP, say) and returns at once.
+    pub fn signal(&mut self, sig: i32) {
+        self.assert_running();
+        // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill {sig} {}", self.name);
+    }
+
     /// Sends `sig` and waits up to `limit` for the exit; the status.
     pub fn signal_and_wait(&mut self, sig: i32, limit: Duration) -> ExitStatus {
         // SAFETY: kill(2) on the PID of our own child, not yet reaped.

@@ -69,6 +69,11 @@ impl Turn {
         body
     }
 
+    /// SIGHUP: re-read the config, the secret file and the certificate.
+    pub fn reload(&mut self) {
+        self.proc.signal(libc::SIGHUP);
+    }
+
     /// Stops it at once: SIGINT (SIGTERM would drain for drain-grace).
     pub fn stop(&mut self) {
         self.proc

@@ -1,5 +1,9 @@
 //! deploy/config: every example loads with the server's `--check-config`,
 //! and a broken config fails naming the key and the reason.
+//!
+//! `--check-config` loads the TLS certificate and key: an example that names
+//! them (placeholders under /etc/natkit/tls) is refused as it stands, naming
+//! `cert`, and loads with `--cert`/`--key` pointing at a real pair.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,11 +30,22 @@ fn examples(server: &str) -> Vec<PathBuf> {
 }
 
 fn check_config(server: &str, file: &Path) -> Output {
-    run(
-        bins::path(&format!("natkit-{server}")),
-        &["--config", file.to_str().unwrap(), "--check-config"],
-        LIMIT,
-    )
+    check_config_with(server, file, &[])
+}
+
+fn check_config_with(server: &str, file: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--config", file.to_str().unwrap(), "--check-config"];
+    args.extend_from_slice(extra);
+    run(bins::path(&format!("natkit-{server}")), &args, LIMIT)
+}
+
+/// A self-signed certificate and its key in `dir`: (cert, key).
+fn tls_pair(dir: &TempDir) -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (cert.display().to_string(), key.display().to_string())
 }
 
 fn examples_load(server: &str) {
@@ -46,8 +61,25 @@ fn examples_load(server: &str) {
             "deploy/config/{server}-{kind}.toml missing: {names:?}"
         );
     }
+    let tls = TempDir::new("example-tls");
+    let (cert, key) = tls_pair(&tls);
     for f in &files {
-        let out = check_config(server, f);
+        let text = std::fs::read_to_string(f).unwrap();
+        let names_tls = text.lines().any(|l| l.starts_with("cert = "));
+        let out = if names_tls {
+            // As shipped, the placeholder files do not exist: refused, naming the key.
+            let out = check_config(server, f);
+            assert_eq!(out.status.code(), Some(2), "{}: {out:?}", f.display());
+            assert!(
+                out.stderr.contains("error: cert: ") && out.stderr.contains("/etc/natkit/tls/"),
+                "{}: {}",
+                f.display(),
+                out.stderr
+            );
+            check_config_with(server, f, &["--cert", &cert, "--key", &key])
+        } else {
+            check_config(server, f)
+        };
         assert!(
             out.status.success() && out.stdout.contains("configuration OK"),
             "{} does not load: {}{}",
@@ -56,7 +88,6 @@ fn examples_load(server: &str) {
             out.stderr
         );
         // Examples explain themselves: most settings carry a comment.
-        let text = std::fs::read_to_string(f).unwrap();
         let comments = text
             .lines()
             .filter(|l| l.trim_start().starts_with('#'))
@@ -122,6 +153,76 @@ fn stun_bad_configs_name_the_key_and_the_reason() {
     );
 }
 
+/// TLS files are loaded by `--check-config`: a missing or unparsable one
+/// is refused, naming `cert` or `key` and the reason, once.
+fn bad_tls_files_are_refused(server: &str, base: &str) {
+    let dir = TempDir::new("badtls");
+    let (cert, key) = tls_pair(&dir);
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not PEM\n").unwrap();
+    let junk = junk.display().to_string();
+    let tls = |c: &str, k: &str| format!("{base}cert = \"{c}\"\nkey = \"{k}\"\n");
+    rejects(
+        server,
+        &tls("/nonexistent/natkit-cert.pem", &key),
+        &[
+            "error: cert: ",
+            "/nonexistent/natkit-cert.pem",
+            "No such file",
+        ],
+    );
+    rejects(
+        server,
+        &tls(&junk, &key),
+        &["error: cert: ", "no certificate found", "junk.pem"],
+    );
+    rejects(
+        server,
+        &tls(&cert, &junk),
+        &["error: key: ", "no private key found", "junk.pem"],
+    );
+    rejects(server, &tls(&key, &cert), &["error: cert: "]);
+}
+
+#[test]
+fn stun_bad_tls_files_are_refused() {
+    bad_tls_files_are_refused("stun", "listen = [\"127.0.0.1:3478\"]\n");
+}
+
+#[test]
+fn turn_bad_tls_files_are_refused() {
+    bad_tls_files_are_refused(
+        "turn",
+        "listen = [\"127.0.0.1:3478\"]\nauth-secret = [\"s\"]\n",
+    );
+}
+
+/// A TOML syntax error: the file and the parser's message, each once.
+#[test]
+fn parse_errors_say_each_thing_once() {
+    for (server, body) in [
+        ("stun", "listen = [\"127.0.0.1:3478\"\nthreads = 2\n"),
+        (
+            "turn",
+            "listen = [\"127.0.0.1:3478\"\nauth-secret = [\"s\"]\n",
+        ),
+    ] {
+        let dir = TempDir::new("once");
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, body).unwrap();
+        let out = check_config(server, &f);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        for once in ["bad.toml", "TOML parse error", "invalid config file"] {
+            assert_eq!(
+                out.stderr.matches(once).count(),
+                1,
+                "{server}: {once:?} not exactly once:\n{}",
+                out.stderr
+            );
+        }
+    }
+}
+
 #[test]
 fn turn_bad_configs_name_the_key_and_the_reason() {
     let base = "listen = [\"127.0.0.1:3478\"]\nauth-secret = [\"s\"]\n";
@@ -154,5 +255,21 @@ fn turn_bad_configs_name_the_key_and_the_reason() {
         "turn",
         &format!("{base}relay-port = 5\n"),
         &["unknown field `relay-port`"],
+    );
+    let dir = TempDir::new("secretfile");
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "# no secret yet\n").unwrap();
+    rejects(
+        "turn",
+        &format!(
+            "listen = [\"127.0.0.1:3478\"]\nauth-secret-file = \"{}\"\n",
+            empty.display()
+        ),
+        &["auth-secret-file", "holds no secret"],
+    );
+    rejects(
+        "turn",
+        &format!("{base}auth-secret-file = \"{}\"\n", empty.display()),
+        &["auth-secret-file", "auth-secret is set too"],
     );
 }

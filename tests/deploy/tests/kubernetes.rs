@@ -12,10 +12,11 @@
 //!
 //! Also checked: terminationGracePeriodSeconds and liveness outlast the
 //! TURN drain in the ConfigMap; readiness and liveness probe /healthz on the
-//! metrics port; the secret comes from a Secret; each workload has a
-//! PodDisruptionBudget; the no-host-network Service lists every relay port;
-//! and each ConfigMap's config passes `--check-config` with the environment
-//! the workload gives it.
+//! metrics port; the REST secrets come from a Secret mounted as the file
+//! `auth-secret-file` names (so a rotation can list two); each workload has
+//! a PodDisruptionBudget; the no-host-network Service lists every relay
+//! port; and each ConfigMap's config passes `--check-config` with the
+//! environment and the volumes the workload gives it.
 
 use std::path::Path;
 use std::process::Command;
@@ -228,16 +229,7 @@ fn check_workload(objs: &[Value], name: &str, config_key: &str) {
             patience > drain,
             "{name}: liveness gives up after {patience} s, inside the {drain} s drain"
         );
-        let secret = c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == "NATKIT_TURN_AUTH_SECRET")
-            .expect("NATKIT_TURN_AUTH_SECRET");
-        assert!(
-            secret["valueFrom"]["secretKeyRef"]["name"].is_string(),
-            "secret from a Secret"
-        );
+        check_secret_file(w);
     }
     let labels = &w["spec"]["template"]["metadata"]["labels"];
     assert!(
@@ -249,31 +241,145 @@ fn check_workload(objs: &[Value], name: &str, config_key: &str) {
     check_config_in_pod(w, toml, config_key);
 }
 
-/// Runs the workload's command with `--check-config`, its ConfigMap file in a
-/// temp dir and its environment, downward-API and Secret values replaced
-/// by stand-ins (a documentation address, a secret, a CPU count).
+/// The volume named `name` of a workload's pod.
+fn volume<'a>(w: &'a Value, name: &str) -> &'a Value {
+    w["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == name))
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// The files a Secret volume shows: its items' paths, or (without items)
+/// nothing we can know from the manifest.
+fn secret_files(vol: &Value) -> Vec<String> {
+    vol["secret"]["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i["path"].as_str().expect("item path").to_string())
+        .collect()
+}
+
+/// natkit-turn's REST secrets: `NATKIT_TURN_AUTH_SECRET_FILE` names a file
+/// of a Secret volume mounted without subPath (so kubelet updates it in
+/// place), and no secret is in the environment (one variable cannot list
+/// the old and the new secret of a rotation).
+fn check_secret_file(w: &Value) {
+    let c = container(w);
+    let env = c["env"].as_array().expect("env");
+    assert!(
+        env.iter().all(|e| e["name"] != "NATKIT_TURN_AUTH_SECRET"),
+        "a secret in the environment cannot be rotated: use the file"
+    );
+    let path = env
+        .iter()
+        .find(|e| e["name"] == "NATKIT_TURN_AUTH_SECRET_FILE")
+        .and_then(|e| e["value"].as_str())
+        .expect("NATKIT_TURN_AUTH_SECRET_FILE with a value");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| {
+            let mp = m["mountPath"].as_str().unwrap().trim_end_matches('/');
+            path.strip_prefix(mp).is_some_and(|r| r.starts_with('/'))
+        })
+        .unwrap_or_else(|| panic!("{path} is on no volume mount"));
+    assert!(
+        mount["subPath"].is_null(),
+        "subPath mounts are never updated: {mount}"
+    );
+    let vol = volume(w, mount["name"].as_str().unwrap());
+    assert!(
+        vol["secret"]["secretName"].is_string(),
+        "the auth-secret-file volume is a Secret: {vol}"
+    );
+    let rel = &path[mount["mountPath"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .len()
+        + 1..];
+    assert!(
+        secret_files(vol).iter().any(|p| p == rel),
+        "{path}: {rel} is not an item of {vol}"
+    );
+    let mode = vol["secret"]["defaultMode"].as_u64().unwrap_or(0o644);
+    assert_eq!(
+        mode & 0o007,
+        0,
+        "the secret file is readable by others: {mode:o}"
+    );
+    if mode & 0o077 != 0 {
+        assert_eq!(
+            w["spec"]["template"]["spec"]["securityContext"]["fsGroup"],
+            w["spec"]["template"]["spec"]["securityContext"]["runAsGroup"],
+            "group-readable secret: the fsGroup must be the process's group"
+        );
+    }
+}
+
+/// Runs the workload's command with `--check-config`, with its volumes in a
+/// temp dir (the ConfigMap's config file, stand-in secrets in the Secret
+/// volumes' files), and its environment, downward-API values replaced by
+/// stand-ins (a documentation address, a CPU count).
 fn check_config_in_pod(w: &Value, toml: &str, file: &str) {
     let c = container(w);
     let tmp = TempDir::new("k8s-config");
-    std::fs::write(tmp.join(file), toml).unwrap();
+    // Mount path -> where it is in the temp dir.
+    let mut mounts: Vec<(String, String)> = Vec::new();
+    for (i, m) in c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let mp = m["mountPath"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string();
+        let dir = tmp.join(&format!("volume-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vol = volume(w, m["name"].as_str().unwrap());
+        if vol["configMap"].is_object() {
+            std::fs::write(dir.join(file), toml).unwrap();
+        } else if vol["secret"].is_object() {
+            for f in secret_files(vol) {
+                std::fs::write(dir.join(&f), "k8s-test-secret\n").unwrap();
+            }
+        } else {
+            panic!("volume {vol}: unknown kind");
+        }
+        mounts.push((mp, dir.display().to_string()));
+    }
+    // Longest mount path first, so nested mounts map to their own volume.
+    mounts.sort_by_key(|(mp, _)| std::cmp::Reverse(mp.len()));
+    let remap = |s: &str| -> String {
+        for (mp, dir) in &mounts {
+            if let Some(rest) = s.strip_prefix(mp.as_str()) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return format!("{dir}{rest}");
+                }
+            }
+        }
+        s.to_string()
+    };
     let argv: Vec<String> = c["command"]
         .as_array()
         .expect("command")
         .iter()
-        .map(|a| {
-            a.as_str()
-                .unwrap()
-                .replace("/etc/natkit/", &format!("{}/", tmp.path().display()))
-        })
+        .map(|a| remap(a.as_str().unwrap()))
         .collect();
     let mut vars: Vec<(String, String)> = Vec::new();
     for e in c["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().unwrap().to_string();
         let value = if let Some(v) = e["value"].as_str() {
-            // Kubernetes expands $(VAR) from earlier variables.
-            vars.iter().fold(v.to_string(), |acc, (k, val)| {
+            // Kubernetes expands $(VAR) from earlier variables; paths on
+            // volumes move to the temp dir.
+            remap(&vars.iter().fold(v.to_string(), |acc, (k, val)| {
                 acc.replace(&format!("$({k})"), val)
-            })
+            }))
         } else if e["valueFrom"]["fieldRef"].is_object() {
             "192.0.2.1".to_string()
         } else if e["valueFrom"]["secretKeyRef"].is_object() {

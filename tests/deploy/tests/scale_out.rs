@@ -1,11 +1,16 @@
 //! Scale-out without shared state (docs/SCALING.md): two natkit-turn
-//! instances configured with the same REST secrets, each on its own
-//! address. Credentials `natkit creds` mints allocate on both, a client
+//! instances reading the same REST secrets from one `auth-secret-file` (as
+//! the Kubernetes manifests mount one Secret on every relay), each on its
+//! own address. Credentials `natkit creds` mints allocate on both, a client
 //! relays through each, each advertises its own relay address, and during a
 //! rotation (new secret first, old second) credentials from either secret
-//! work on both while a stranger's are refused by both.
+//! work on both while a stranger's are refused by both. Ending the rotation
+//! (the old secret removed from the file, SIGHUP) refuses the old secret's
+//! credentials on both and keeps the new one's.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use natkit_deploy_tests::net::{metric_value, PortBlock};
 use natkit_deploy_tests::relay::{creds, natkit_json, turn_check, Turn};
@@ -16,7 +21,7 @@ const PORTS: PortBlock = PortBlock(21_100);
 const NEW: &str = "scale-out-new-secret";
 const OLD: &str = "scale-out-old-secret";
 
-fn start(logs: &TempDir, ip: [u8; 4], n: u16) -> Turn {
+fn start(logs: &TempDir, secrets: &Path, ip: [u8; 4], n: u16) -> Turn {
     let listen = SocketAddr::from((ip, PORTS.port(n * 10)));
     let metrics = PORTS.addr(n * 10 + 1);
     // Relay ports: 21150-21169 for the first relay, 21170-21189 for the second.
@@ -25,7 +30,7 @@ fn start(logs: &TempDir, ip: [u8; 4], n: u16) -> Turn {
         listen,
         metrics,
         relay,
-        &["--auth-secret", NEW, "--auth-secret", OLD],
+        &["--auth-secret-file", secrets.to_str().unwrap()],
         &logs.join(&format!("turn-{n}.log")),
     )
 }
@@ -42,10 +47,13 @@ fn relayed_ip(report: &serde_json::Value) -> String {
 #[test]
 fn two_relays_share_one_secret_and_no_state() {
     let logs = TempDir::new("scale-out");
+    // Mid-rotation: the new secret signs, the old one still verifies.
+    let secrets = logs.join("auth-secrets");
+    std::fs::write(&secrets, format!("{NEW}\n{OLD}\n")).unwrap();
     // Two loopback addresses stand for two hosts.
     let mut relays = [
-        start(&logs, [127, 0, 0, 1], 0),
-        start(&logs, [127, 0, 0, 2], 1),
+        start(&logs, &secrets, [127, 0, 0, 1], 0),
+        start(&logs, &secrets, [127, 0, 0, 2], 1),
     ];
 
     // One set of credentials, minted once, as a web service would hand
@@ -85,24 +93,48 @@ fn two_relays_share_one_secret_and_no_state() {
     let (bad_user, bad_pass) = creds("not-the-shared-secret", "mallory");
     for r in &relays {
         let server = r.listen.to_string();
-        let (ok, v, _) = natkit_json(&[
-            "turn",
-            &server,
-            "--user",
-            &bad_user,
-            "--password",
-            &bad_pass,
-            "--count",
-            "1",
-        ]);
         assert!(
-            !ok && v["ok"] == false,
-            "{server} accepted a stranger's credentials: {v:#}"
+            refused(r, &bad_user, &bad_pass).is_some(),
+            "{server} accepted a stranger's credentials"
         );
         let failures = metric_value(&r.metrics_text(), "natkit_turn_auth_failures_total").unwrap();
         assert!(failures >= 1.0, "{server}: auth failures {failures}");
     }
+
+    // The rotation ends: the old secret leaves the file, every relay reloads.
+    std::fs::write(&secrets, format!("# rotated\n{NEW}\n")).unwrap();
+    for r in &mut relays {
+        r.reload();
+    }
+    for r in &relays {
+        let end = Instant::now() + Duration::from_secs(30);
+        while refused(r, &old_user, &old_pass).is_none() {
+            assert!(
+                Instant::now() < end,
+                "{}: the removed secret is still accepted",
+                r.listen
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        turn_check(r.listen, &user, &pass, 1);
+    }
     for r in &mut relays {
         r.stop();
     }
+}
+
+/// `natkit turn` with these credentials: `Some(report)` if it was refused.
+fn refused(r: &Turn, user: &str, pass: &str) -> Option<serde_json::Value> {
+    let server = r.listen.to_string();
+    let (ok, v, _) = natkit_json(&[
+        "turn",
+        &server,
+        "--user",
+        user,
+        "--password",
+        pass,
+        "--count",
+        "1",
+    ]);
+    (!ok && v["ok"] == false).then_some(v)
 }

@@ -1,0 +1,252 @@
+//! natkit-stun's operator interface through the binary: what
+//! `--check-config` reports (each piece of an error once, TLS files loaded
+//! and checked) and SIGHUP reloading the TLS certificate and key. Loopback
+//! only.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use natkit_proto::binding::{parse_response, write_request, RequestOptions};
+
+/// Longest one step may take on a loaded machine.
+const STEP: Duration = Duration::from_secs(10);
+
+/// A scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("natkit-stun-ops-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn check_config(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
+        .arg("--check-config")
+        .args(args)
+        .output()
+        .expect("run natkit-stun --check-config")
+}
+
+/// Exit status 2; stderr, which must start with the configuration-error line.
+fn refused(args: &[&str]) -> String {
+    let out = check_config(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?} accepted: {err}");
+    assert!(
+        err.starts_with("natkit-stun: configuration error: "),
+        "{err}"
+    );
+    err
+}
+
+#[test]
+fn a_parse_error_names_the_file_and_the_toml_error_once() {
+    let dir = TempDir::new("once");
+    let bad = dir.0.join("bad-once.toml");
+    std::fs::write(&bad, "listen = [\"127.0.0.1:3478\"\nthreads = 2\n").unwrap();
+    let err = refused(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(err.matches("bad-once.toml").count(), 1, "{err}");
+    assert_eq!(err.matches("TOML parse error").count(), 1, "{err}");
+    assert_eq!(err.matches("invalid config file").count(), 1, "{err}");
+    let err = refused(&["--config", "/nonexistent/natkit-stun-once.toml"]);
+    assert_eq!(err.matches("natkit-stun-once.toml").count(), 1, "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+}
+
+/// A fresh self-signed certificate for `localhost`.
+fn certificate() -> rcgen::CertifiedKey {
+    rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap()
+}
+
+fn write_pair(ck: &rcgen::CertifiedKey, cert: &Path, key: &Path) {
+    std::fs::write(cert, ck.cert.pem()).unwrap();
+    std::fs::write(key, ck.key_pair.serialize_pem()).unwrap();
+}
+
+#[test]
+fn check_config_loads_the_certificate_and_key() {
+    let dir = TempDir::new("cc-tls");
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    write_pair(&certificate(), &cert, &key);
+    let other_key = dir.0.join("other-key.pem");
+    std::fs::write(&other_key, certificate().key_pair.serialize_pem()).unwrap();
+    let junk = dir.0.join("junk.pem");
+    std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\n%%%\n").unwrap();
+    let missing = dir.0.join("missing.pem");
+    let s = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    let args = |c: &PathBuf, k: &PathBuf| {
+        vec![
+            "--listen".to_owned(),
+            "127.0.0.1:3478".to_owned(),
+            "--tls-listen".to_owned(),
+            "127.0.0.1:5349".to_owned(),
+            "--cert".to_owned(),
+            s(c),
+            "--key".to_owned(),
+            s(k),
+        ]
+    };
+    let run = |c: &PathBuf, k: &PathBuf| {
+        let a = args(c, k);
+        refused(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let a = args(&cert, &key);
+    let out = check_config(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let err = run(&missing, &key);
+    assert!(
+        err.contains("error: cert: ") && err.contains("missing.pem"),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    let err = run(&junk, &key);
+    assert!(
+        err.contains("error: cert: ") && err.contains("not valid PEM"),
+        "{err}"
+    );
+    let err = run(&key, &key);
+    assert!(
+        err.contains("error: cert: ") && err.contains("no certificate found"),
+        "{err}"
+    );
+    let err = run(&cert, &missing);
+    assert!(
+        err.contains("error: key: ") && err.contains("missing.pem"),
+        "{err}"
+    );
+    let err = run(&cert, &cert);
+    assert!(
+        err.contains("error: key: ") && err.contains("no private key found"),
+        "{err}"
+    );
+    let err = run(&cert, &other_key);
+    assert!(
+        err.contains("error: key: ") && err.contains("does not match"),
+        "{err}"
+    );
+}
+
+/// A Binding request over TLS to `addr`, trusting only `ca`: whether the
+/// handshake succeeded and the request was answered.
+fn tls_binding(addr: SocketAddr, ca: &rcgen::CertifiedKey) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(STEP)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut req = [0u8; 64];
+    let n = write_request(&mut req, &rand_tid(), &RequestOptions::default()).unwrap();
+    if tls.write_all(&req[..n]).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 20];
+    if tls.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut msg = head.to_vec();
+    msg.resize(20 + len, 0);
+    tls.read_exact(&mut msg[20..]).is_ok() && parse_response(&msg).is_ok()
+}
+
+fn wait_log(log: &Path, text: &str) {
+    let end = Instant::now() + STEP;
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(Instant::now() < end, "{text:?} never logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGHUP reloads the certificate and key: new TLS clients see the new
+/// certificate. Files that do not load keep the old ones, and say why.
+#[test]
+fn sighup_reloads_the_tls_certificate() {
+    let dir = TempDir::new("reload");
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let log = dir.0.join("stun.log");
+    let (old, new) = (certificate(), certificate());
+    write_pair(&old, &cert, &key);
+    let (p, t) = (free_port(), free_port());
+    let primary = addr(&format!("127.0.0.1:{p}"));
+    let tls_addr = addr(&format!("127.0.0.1:{t}"));
+    let mut srv = Server::start_logged(
+        &[
+            "--listen".into(),
+            primary.to_string(),
+            "--tls-listen".into(),
+            tls_addr.to_string(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--threads".into(),
+            "1".into(),
+        ],
+        &log,
+    );
+    srv.wait_ready(primary);
+    wait_log(&log, "listening on TLS");
+    assert!(tls_binding(tls_addr, &old));
+    assert!(!tls_binding(tls_addr, &new));
+
+    write_pair(&new, &cert, &key);
+    signal(&srv, libc::SIGHUP);
+    let end = Instant::now() + STEP;
+    while !tls_binding(tls_addr, &new) {
+        assert!(Instant::now() < end, "certificate not reloaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!tls_binding(tls_addr, &old));
+    wait_log(&log, "SIGHUP: reloaded the TLS certificate and key");
+
+    // A broken certificate: the new one (now the running one) stays.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    signal(&srv, libc::SIGHUP);
+    wait_log(&log, "keeping the old TLS certificate and key");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("cert: ") && text.contains("no certificate found"),
+        "{text}"
+    );
+    assert!(tls_binding(tls_addr, &new));
+    // Still serving plain STUN too.
+    srv.wait_ready(primary);
+}
+
+fn signal(srv: &Server, sig: i32) {
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(srv.child.id() as i32, sig) }, 0);
+}
