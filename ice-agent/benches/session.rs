@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use natkit_ice::session::{PathKind, Session};
-use natkit_ice::tls::{self, Identity, MismatchFlag};
+use natkit_ice::tls::{self, Identity, MismatchFlag, PeerPin};
 use natkit_ice::{Role, TurnServer};
 use natkit_proto::turn::client::Credentials;
 
@@ -195,8 +195,9 @@ async fn plain_pair() -> (
     let (ida, idb) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let transport = Arc::new(quinn::TransportConfig::default());
     let flag = Arc::new(MismatchFlag::default());
-    let server_cfg =
-        tls::server_config(&idb, ida.fingerprint(), flag.clone(), transport.clone()).unwrap();
+    let pin = Arc::new(PeerPin::default());
+    pin.set(ida.fingerprint());
+    let server_cfg = tls::server_config(&idb, pin, flag.clone(), transport.clone()).unwrap();
     let client_cfg = tls::client_config(&ida, idb.fingerprint(), flag, transport).unwrap();
     let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
     let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

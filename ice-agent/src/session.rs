@@ -60,7 +60,7 @@ pub use stream::TlsSettings;
 use crate::candidate::CandidateKind;
 use crate::description::{Description, SignalledCandidate, TrickleCandidate};
 use crate::event::FailedPair;
-use crate::tls::{self, Fingerprint, Identity, MismatchFlag};
+use crate::tls::{self, Fingerprint, Identity, MismatchFlag, PeerPin};
 use crate::{Candidate, Config, PairInfo, Role};
 
 /// QUIC application error code sent when consent is lost (the path died).
@@ -370,6 +370,7 @@ struct Inner {
     endpoint: quinn::Endpoint,
     identity: Identity,
     mismatch: Arc<MismatchFlag>,
+    pin: Arc<PeerPin>,
     transport: Arc<quinn::TransportConfig>,
     cmd: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
@@ -466,6 +467,12 @@ impl Session {
             sock.clone(),
             Arc::new(quinn::TokioRuntime),
         )?;
+        let mismatch = Arc::new(MismatchFlag::default());
+        let pin = Arc::new(PeerPin::default());
+        let server =
+            tls::server_config(&identity, pin.clone(), mismatch.clone(), transport.clone())
+                .map_err(|e| Error::Setup(e.to_string()))?;
+        endpoint.set_server_config(Some(server));
         let now = Instant::now();
         let agent = crate::Agent::new(cfg.ice.clone(), now);
         let creds = agent.local_credentials().clone();
@@ -499,7 +506,8 @@ impl Session {
             inner: Arc::new(Inner {
                 endpoint,
                 identity,
-                mismatch: Arc::new(MismatchFlag::default()),
+                mismatch,
+                pin,
                 transport,
                 cmd: cmd_tx,
                 status: status_rx,
@@ -593,14 +601,7 @@ impl Session {
     /// restarted too, and must send [`Session::local_description`] back.
     pub async fn set_remote_description(&self, remote: Description) -> Result<bool, Error> {
         remote.validate()?;
-        let server = tls::server_config(
-            &self.inner.identity,
-            remote.fingerprint,
-            self.inner.mismatch.clone(),
-            self.inner.transport.clone(),
-        )
-        .map_err(|e| Error::Setup(e.to_string()))?;
-        self.inner.endpoint.set_server_config(Some(server));
+        self.inner.pin.set(remote.fingerprint);
         let (tx, rx) = oneshot::channel();
         self.inner
             .cmd
@@ -697,9 +698,12 @@ impl Session {
                     || (s.gathering_done && s.local.is_empty())
             }),
         )
-        .await;
+        .await
+        // Owned at once: a watch guard held across an await would make
+        // this future !Send (and block the driver's updates).
+        .map(|r| r.map(|s| s.clone()));
         let s = match r {
-            Ok(Ok(s)) => s.clone(),
+            Ok(Ok(s)) => s,
             Ok(Err(_)) => return Err(Error::Closed),
             Err(_) => return Err(self.no_path(started).await),
         };

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
@@ -168,22 +168,54 @@ impl MismatchFlag {
     }
 }
 
+/// The fingerprint a QUIC server accepts from its client, known only once
+/// the peer's description arrives. The server configuration exists from
+/// the start so that a client's Initial that arrives first (ICE answers
+/// checks before it has the peer's description, RFC 8445 §7.3) waits in
+/// quinn's accept queue instead of being refused and retransmitted a
+/// second later.
+#[derive(Debug, Default)]
+pub struct PeerPin(Mutex<Option<Fingerprint>>);
+
+impl PeerPin {
+    /// Accept exactly this certificate from now on.
+    pub fn set(&self, f: Fingerprint) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    fn get(&self) -> Option<Fingerprint> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug)]
+enum Expected {
+    Fixed(Fingerprint),
+    Later(Arc<PeerPin>),
+}
+
 #[derive(Debug)]
 struct Pinned {
-    expected: Fingerprint,
+    expected: Expected,
     algorithms: WebPkiSupportedAlgorithms,
     mismatch: Arc<MismatchFlag>,
 }
 
 impl Pinned {
     fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        if Fingerprint::of(cert) == self.expected {
+        let expected = match &self.expected {
+            Expected::Fixed(f) => *f,
+            Expected::Later(pin) => pin
+                .get()
+                .ok_or_else(|| rustls::Error::General("no description from the peer yet".into()))?,
+        };
+        if Fingerprint::of(cert) == expected {
             Ok(())
         } else {
             self.mismatch.0.store(true, Ordering::Relaxed);
             tracing::warn!(
                 presented = %Fingerprint::of(cert),
-                expected = %self.expected,
+                %expected,
                 "the peer's certificate does not match its description's fingerprint"
             );
             // Sent as the access_denied alert (RFC 8446 §6.2), which tells
@@ -288,7 +320,7 @@ impl ClientCertVerifier for Pinned {
 #[error("TLS setup failed: {0}")]
 pub struct TlsSetupError(String);
 
-fn pinned(expected: Fingerprint, mismatch: Arc<MismatchFlag>) -> Arc<Pinned> {
+fn pinned(expected: Expected, mismatch: Arc<MismatchFlag>) -> Arc<Pinned> {
     Arc::new(Pinned {
         expected,
         algorithms: provider().signature_verification_algorithms,
@@ -309,7 +341,7 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| err(&e))?
         .dangerous()
-        .with_custom_certificate_verifier(pinned(peer, mismatch))
+        .with_custom_certificate_verifier(pinned(Expected::Fixed(peer), mismatch))
         .with_client_auth_cert(me.chain(), me.key())
         .map_err(|e| err(&e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -320,10 +352,11 @@ pub fn client_config(
 }
 
 /// The QUIC server configuration: present `me`, require a client
-/// certificate with fingerprint `peer`.
+/// certificate with the fingerprint `peer` holds when the client presents
+/// it.
 pub fn server_config(
     me: &Identity,
-    peer: Fingerprint,
+    peer: Arc<PeerPin>,
     mismatch: Arc<MismatchFlag>,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, TlsSetupError> {
@@ -331,7 +364,7 @@ pub fn server_config(
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| err(&e))?
-        .with_client_cert_verifier(pinned(peer, mismatch))
+        .with_client_cert_verifier(pinned(Expected::Later(peer), mismatch))
         .with_single_cert(me.chain(), me.key())
         .map_err(|e| err(&e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];

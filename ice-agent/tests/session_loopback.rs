@@ -243,3 +243,48 @@ async fn ipv6_host_pair() {
     let mut r = cb.accept_uni().await.unwrap();
     assert_eq!(r.read_to_end(8).await.unwrap(), b"v6");
 }
+
+/// The controlled side answers checks before it has the peer's description
+/// (RFC 8445 §7.3), so the controlling side can finish ICE and send its
+/// QUIC Initial first. The Initial must wait for the description, not be
+/// refused and retransmitted a second later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_description_on_the_controlled_side_costs_no_retransmission() {
+    let (a, b) = (
+        session(Role::Controlling).await,
+        session(Role::Controlled).await,
+    );
+    let (da, db) = (a.local_description().await, b.local_description().await);
+    let a2 = a.clone();
+    let ta = tokio::spawn(async move { a2.connect(db).await });
+    // A's checks are answered; its Initial arrives before B knows A.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    let cb = b.connect(da).await.unwrap();
+    let took = t0.elapsed();
+    let ca = ta.await.unwrap().unwrap();
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    let mut s = ca.open_uni().await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    s.finish().unwrap();
+    assert_eq!(
+        cb.accept_uni().await.unwrap().read_to_end(4).await.unwrap(),
+        b"x"
+    );
+}
+
+/// Applications spawn these futures on multi-threaded runtimes.
+#[test]
+fn session_futures_are_send() {
+    fn send<T: Send>(_: T) {}
+    let _check = |s: Session, d: Description, t: natkit_ice::TrickleCandidate| {
+        send(s.connect(d.clone()));
+        send(s.set_remote_description(d));
+        send(s.add_remote_candidate(t));
+        send(s.local_description());
+        send(s.restart());
+        send(s.check_list());
+        send(s.closed());
+        send(s.wait_idle());
+    };
+}
