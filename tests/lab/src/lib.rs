@@ -28,6 +28,8 @@
 //! (one test function per file: nextest runs each function in a process
 //! of its own) under a tag of their own.
 
+#![warn(missing_docs)]
+
 pub mod addr;
 pub mod bins;
 pub mod cmd;

@@ -73,8 +73,11 @@ enum Command {
         /// Bytes each side sends.
         #[arg(long, default_value_t = 256 * 1024)]
         payload: usize,
+        /// Seconds the data is spread over (the session lives that long).
+        #[arg(long, default_value_t = 3.0)]
+        spread: f64,
         /// Pairs run at once.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 4)]
         concurrency: usize,
         /// The peers' --timeout, seconds.
         #[arg(long, default_value_t = 30)]
@@ -113,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         Command::Matrix {
             kinds,
             payload,
+            spread,
             concurrency,
             timeout,
             json,
@@ -125,6 +129,7 @@ fn main() -> anyhow::Result<()> {
                     kinds
                 },
                 payload,
+                spread: Duration::from_secs_f64(spread.clamp(0.0, 600.0)),
                 concurrency,
                 peer_timeout: Duration::from_secs(timeout),
                 pair_limit: Duration::from_secs(timeout * 2 + 10),

@@ -33,6 +33,11 @@ pub struct MatrixSpec {
     pub kinds: Vec<NatKind>,
     /// Bytes each side sends.
     pub payload: usize,
+    /// How long the data is spread over: the session lives at least that
+    /// long, so an agent that connected through the relay first has time to
+    /// move to a direct pair that succeeds later (RFC 8445 §8.1.1 leaves
+    /// the choice to the controlling agent).
+    pub spread: Duration,
     /// Pairs run at once.
     pub concurrency: usize,
     /// The peers' `--timeout`.
@@ -46,7 +51,8 @@ impl Default for MatrixSpec {
         MatrixSpec {
             kinds: DEFAULT_KINDS.to_vec(),
             payload: 256 * 1024,
-            concurrency: 3,
+            spread: Duration::from_secs(3),
+            concurrency: 4,
             peer_timeout: Duration::from_secs(30),
             pair_limit: Duration::from_secs(60),
         }
@@ -94,6 +100,9 @@ pub struct Cell {
     pub path: Option<String>,
     /// Time to connect the connect side reported, in ms.
     pub connect_ms: Option<f64>,
+    /// When the connect side moved to its final path, in ms from its start
+    /// (the last of its `path_changes`), if it moved after connecting.
+    pub settled_ms: Option<f64>,
     /// Round-trip time on the path, in ms.
     pub rtt_ms: Option<f64>,
     /// Whether the data arrived intact both ways (SHA-256).
@@ -134,12 +143,21 @@ fn judge(listen: NatKind, connect: NatKind, t: Transfer) -> Cell {
         error = Some(error.map_or(e.clone(), |x| format!("{e}; {x}")));
     }
     let conn = t.connect.as_ref();
+    let settled_ms = conn.and_then(|r| {
+        r.raw
+            .get("path_changes")?
+            .as_array()?
+            .last()?
+            .get("at_ms")?
+            .as_f64()
+    });
     Cell {
         listen,
         connect,
         expected,
         path,
         connect_ms: conn.and_then(|r| r.connect_ms),
+        settled_ms,
         rtt_ms: conn
             .and_then(|r| r.rtt_ms)
             .or_else(|| t.listen.as_ref().and_then(|r| r.rtt_ms)),
@@ -168,7 +186,7 @@ pub fn run_pair(lab: &Lab, spec: &MatrixSpec, a: NatKind, b: NatKind) -> Result<
     )?;
     let to_listen = peer::payload(spec.payload);
     let to_connect = peer::payload(spec.payload);
-    let t = peer::transfer(pair, &to_listen, &to_connect, spec.pair_limit);
+    let t = peer::transfer(pair, &to_listen, &to_connect, spec.spread, spec.pair_limit);
     Ok(judge(a, b, t))
 }
 
@@ -194,6 +212,7 @@ pub fn run(lab: &Lab, spec: &MatrixSpec, progress: &(dyn Fn(&Cell) + Sync)) -> M
                     },
                     path: None,
                     connect_ms: None,
+                    settled_ms: None,
                     rtt_ms: None,
                     data_ok: false,
                     ok: false,
@@ -307,16 +326,23 @@ impl Matrix {
         let _ = writeln!(
             s,
             "Two natkit peers, `natkit listen` behind the row's NAT and `natkit connect` behind the \
-             column's, each in its own site of the NAT lab (`tests/lab`, network namespaces and \
-             nftables NATs), connect with ICE and exchange {} bytes \
-             each way over QUIC, checked with SHA-256. A cell gives the path ICE selected and the \
-             time the connect side took to connect. The expected path is direct (host, srflx, \
-             prflx) wherever hole punching can work and `relay` where it cannot: an \
-             address-and-port-dependent mapping (symmetric NAT) facing another one or an \
-             address-and-port-dependent filter.\n",
+             column's, each in its own site of the NAT lab (`tests/lab`: network namespaces, veth \
+             pairs and nftables NATs, natkit-stun and natkit-turn in an \"internet\" namespace), \
+             connect with ICE and exchange {} bytes each way over QUIC, spread over a few seconds \
+             and checked with SHA-256. A cell gives the path the session ended on and the connect \
+             side's `connect_ms` (from having the peer's description to a usable QUIC connection). \
+             The expected path is direct (host, srflx, prflx) wherever hole punching can work and \
+             `relay` where it cannot: an address-and-port-dependent mapping (symmetric NAT) facing \
+             another one or an address-and-port-dependent filter, and any network that lets no UDP \
+             out (there the peer reaches the relay over TCP or TLS).\n",
             self.payload_bytes
         );
-        let _ = writeln!(s, "Made by `{command}` on {when}.\n");
+        let _ = writeln!(
+            s,
+            "Made by `{command}` on {when}, as root from the repository root \
+             (`cargo run -p natkit-lab -- matrix ...`; `natkit-lab matrix --help` lists the \
+             options). The lab's own tests run the same matrix: `cargo test -p natkit-lab --test matrix`.\n"
+        );
         let rows = self.grid();
         for (i, r) in rows.iter().enumerate() {
             let _ = writeln!(s, "| {} |", r.join(" | "));
@@ -328,19 +354,28 @@ impl Matrix {
         let _ = writeln!(s, "\n{passed} of {} pairs passed.\n", self.cells.len());
         let _ = writeln!(
             s,
-            "| listen | connect | expected | path | connect ms | rtt ms | data intact | wall ms | result |"
+            "The NATs (Linux nftables; every router but `open`, the unfiltered baseline, drops unsolicited inbound traffic):\n"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for k in &self.kinds {
+            let _ = writeln!(s, "- `{k}`: {}", k.describe());
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| listen | connect | expected | path | connect ms | final path at ms | rtt ms | data intact | wall ms | result |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for c in &self.cells {
             let ms = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.1}"));
             let _ = writeln!(
                 s,
-                "| {} | {} | {:?} | {} | {} | {} | {} | {:.0} | {} |",
+                "| {} | {} | {:?} | {} | {} | {} | {} | {} | {:.0} | {} |",
                 c.listen,
                 c.connect,
                 c.expected,
                 c.path.as_deref().unwrap_or("-"),
                 ms(c.connect_ms),
+                ms(c.settled_ms),
                 ms(c.rtt_ms),
                 if c.data_ok { "yes" } else { "no" },
                 c.wall_ms,

@@ -90,6 +90,34 @@ impl NatKind {
         }
     }
 
+    /// One line on what the lab builds for this kind (RFC 4787 terms).
+    pub fn describe(self) -> &'static str {
+        match self {
+            NatKind::Open => "public address, plain router: no NAT, nothing filtered",
+            NatKind::NoNat => {
+                "public address behind a stateful firewall: no NAT, unsolicited inbound dropped"
+            }
+            NatKind::FullCone => {
+                "endpoint-independent mapping and filtering (SNAT, inbound DNAT by a learned map)"
+            }
+            NatKind::RestrictedCone => {
+                "endpoint-independent mapping, address-dependent filtering (learned map and set)"
+            }
+            NatKind::PortRestrictedCone => {
+                "endpoint-independent mapping, address-and-port-dependent filtering (masquerade)"
+            }
+            NatKind::Symmetric => {
+                "address-and-port-dependent mapping and filtering (masquerade random)"
+            }
+            NatKind::DoubleNat => {
+                "a carrier-grade NAT (EIM, address-dependent filtering) in front of a port-restricted home NAT"
+            }
+            NatKind::UdpBlocked => {
+                "port-restricted NAT that lets out only TCP to the relay's TURN and TURN-over-TLS ports"
+            }
+        }
+    }
+
     /// A short tag for namespace names.
     pub fn short(self) -> &'static str {
         match self {

@@ -7,8 +7,9 @@
 //!
 //! ```text
 //! natkit listen|connect [--stun HOST:PORT]... [--turn turn:HOST:PORT?transport=udp|tcp | turns:HOST:PORT]...
-//!     [--turn-user U --turn-password P] [--relay-only] [--desc-out FILE] [--remote FILE]
-//!     [--report FILE] [--timeout SECS]
+//!     [--turn-user U --turn-password P] [--ca PEM] [--relay-only] [--desc-out FILE]
+//!     [--remote FILE] [--report FILE] [--timeout SECS] [--wait SECS] [--consent-timeout SECS]
+//!     [--degraded-after SECS]
 //! ```
 //!
 //! Each side writes its description to `--desc-out`, polls `--remote` for
@@ -72,8 +73,15 @@ pub struct PeerOptions {
     pub turn: Vec<TurnTransport>,
     /// Only relayed candidates.
     pub relay_only: bool,
-    /// `--timeout`: how long the peer may take to connect.
+    /// `--timeout`: how long the peer may take to connect once it has the
+    /// other's description (also its `--wait` for that description).
     pub timeout: Duration,
+    /// `--consent-timeout`: how long without answered consent checks
+    /// before the peer is declared gone (RFC 7675; natkit's default 30 s).
+    pub consent_timeout: Option<Duration>,
+    /// `--degraded-after`: how long without answered checks before the
+    /// path counts as degraded (and the connecting side restarts ICE).
+    pub degraded_after: Option<Duration>,
     /// Any further flags.
     pub extra: Vec<String>,
 }
@@ -92,6 +100,8 @@ impl PeerOptions {
             turn,
             relay_only: false,
             timeout: Duration::from_secs(30),
+            consent_timeout: None,
+            degraded_after: None,
             extra: Vec::new(),
         }
     }
@@ -120,15 +130,23 @@ impl PeerOptions {
                 s.password.clone(),
             ]);
             if self.turn.contains(&TurnTransport::Tls) {
-                a.push("--turn-ca".into());
+                a.push("--ca".into());
                 a.push(s.ca.display().to_string());
             }
         }
         if self.relay_only {
             a.push("--relay-only".into());
         }
-        a.push("--timeout".into());
-        a.push(self.timeout.as_secs().max(1).to_string());
+        let secs = self.timeout.as_secs().max(1).to_string();
+        a.extend(["--timeout".to_string(), secs.clone(), "--wait".into(), secs]);
+        if let Some(c) = self.consent_timeout {
+            a.push("--consent-timeout".into());
+            a.push(format!("{}", c.as_secs_f64()));
+        }
+        if let Some(d) = self.degraded_after {
+            a.push("--degraded-after".into());
+            a.push(format!("{}", d.as_secs_f64()));
+        }
         a.extend(self.extra.iter().cloned());
         a
     }
@@ -425,9 +443,34 @@ impl Transfer {
     }
 }
 
-/// Feed `to_listen` and `to_connect` to the pair's stdins, close them, wait
-/// for both to exit (at most `limit`), and check what each side received.
-pub fn transfer(mut pair: Pair, to_listen: &[u8], to_connect: &[u8], limit: Duration) -> Transfer {
+/// Write `data` to `stdin` in 16 chunks spread over `spread` (all at once
+/// when zero), then close it.
+fn feed(mut stdin: ChildStdin, data: &[u8], spread: Duration) {
+    let chunks = if spread.is_zero() { 1 } else { 16 };
+    let size = data.len().div_ceil(chunks).max(1);
+    for (i, chunk) in data.chunks(size).enumerate() {
+        if i > 0 {
+            std::thread::sleep(spread / chunks as u32);
+        }
+        // A peer that dies early closes the pipe: its exit status and log
+        // tell why.
+        if stdin.write_all(chunk).is_err() {
+            return;
+        }
+    }
+}
+
+/// Feed `to_listen` and `to_connect` to the pair's stdins (spread over
+/// `spread`, so the session lives that long and ICE can settle on its best
+/// pair), close them, wait for both to exit (at most `limit`), and check
+/// what each side received.
+pub fn transfer(
+    mut pair: Pair,
+    to_listen: &[u8],
+    to_connect: &[u8],
+    spread: Duration,
+    limit: Duration,
+) -> Transfer {
     let t0 = Instant::now();
     let want_at_connect = sha256_hex(to_listen);
     let want_at_listen = sha256_hex(to_connect);
@@ -437,12 +480,8 @@ pub fn transfer(mut pair: Pair, to_listen: &[u8], to_connect: &[u8], limit: Dura
             (&mut pair.listen, to_listen),
             (&mut pair.connect, to_connect),
         ] {
-            if let Some(mut stdin) = peer.take_stdin() {
-                s.spawn(move || {
-                    // A peer that dies early closes the pipe: its exit
-                    // status and log tell why.
-                    let _ = stdin.write_all(data);
-                });
+            if let Some(stdin) = peer.take_stdin() {
+                s.spawn(move || feed(stdin, data, spread));
             }
         }
         let end = t0 + limit;

@@ -19,7 +19,7 @@ use crate::lab::{Lab, Site};
 use crate::probe::stun_mapped;
 
 /// How long the sides keep punching.
-pub const PUNCH_FOR: Duration = Duration::from_secs(3);
+pub const PUNCH_FOR: Duration = Duration::from_secs(5);
 
 /// The outcome for one pair.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ fn side(sock: &UdpSocket, me: u8, peer_reflexive: SocketAddr, barrier: &Barrier)
                 }
                 [b'A', who] if *who != me => {
                     answered = true;
-                    linger.get_or_insert(Instant::now() + Duration::from_millis(500));
+                    linger.get_or_insert(Instant::now() + Duration::from_secs(1));
                 }
                 _ => {}
             }
@@ -68,7 +68,7 @@ pub fn punch(lab: &Lab, a: &Site, b: &Site) -> Result<Punch> {
             .host_ns()
             .enter(|| UdpSocket::bind(SocketAddr::from((s.host_addr, 0))))?
             .map_err(|e| LabError::io(format!("binding in {}", s.name), e))?;
-        let mapped = stun_mapped(&sock, stun, 4)
+        let mapped = stun_mapped(&sock, stun, 8)
             .ok_or_else(|| LabError::Timeout(format!("no STUN answer in {}", s.name)))?;
         Ok((sock, mapped))
     };

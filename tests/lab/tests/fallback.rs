@@ -43,7 +43,13 @@ fn udp_blocked_peer_connects_through_turn_over_tcp_and_tls() {
         let pair = pair.expect("start the peers");
         let data_a = peer::payload(64 * 1024);
         let data_b = peer::payload(64 * 1024);
-        let t = peer::transfer(pair, &data_a, &data_b, Duration::from_secs(90));
+        let t = peer::transfer(
+            pair,
+            &data_a,
+            &data_b,
+            Duration::from_secs(1),
+            Duration::from_secs(90),
+        );
         eprintln!(
             "TURN over {transport:?} ({who}): path {:?}, data intact {}, {:.0} ms",
             t.path(),

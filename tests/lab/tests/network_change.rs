@@ -23,6 +23,11 @@ fn transfer_survives_a_renumbered_nat() {
     let pr = lab.site("pr").unwrap();
     let mut opts = PeerOptions::for_site(pr);
     opts.timeout = Duration::from_secs(60);
+    // The connect side calls the path degraded, and restarts ICE, after
+    // 3 s without answered checks; consent stays at RFC 7675's 30 s, so
+    // neither side gives the other up while the restart (new gathering
+    // from the new address, new descriptions through the files) runs.
+    opts.degraded_after = Some(Duration::from_secs(3));
     let mut pair = Pair::start(&lab, fc, &opts, pr, &opts, "renumber").expect("start peers");
     let data = peer::payload(CHUNK * CHUNKS);
     let back = peer::payload(CHUNK);
@@ -77,6 +82,24 @@ fn transfer_survives_a_renumbered_nat() {
         pair.connect.log_tail(20)
     );
     assert_eq!(got_back.sha256, peer::sha256_hex(&back));
+    // The agent noticed and restarted ICE (connect restarts, listen
+    // answers).
+    let count = |r: Option<peer::Report>, k: &str| {
+        r.and_then(|r| r.raw.get(k).and_then(|v| v.as_u64()))
+            .unwrap_or(0)
+    };
+    let restarts = count(pair.connect.report(), "restarts_started")
+        + count(pair.listen.report(), "restarts_answered");
+    eprintln!(
+        "listen report: {}\nconnect report: {}",
+        pair.listen
+            .report()
+            .map_or(String::new(), |r| r.raw.to_string()),
+        pair.connect
+            .report()
+            .map_or(String::new(), |r| r.raw.to_string())
+    );
+    assert!(restarts >= 1, "no ICE restart reported");
     // After the change the listen side talks to the NAT's new address.
     let report = pair.listen.report().expect("listen report");
     let remote = report.remote.clone().unwrap_or_default();
