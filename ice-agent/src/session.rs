@@ -344,7 +344,12 @@ struct Status {
     role: Role,
     path: Option<PathInfo>,
     failed: Option<Vec<FailedPair>>,
+    /// How long ICE had been checking when it failed.
+    failed_after: Duration,
     consent_lost: Option<PathInfo>,
+    /// Our TURN allocation under the selected path failed or its
+    /// connection dropped (the relay stopped or restarted).
+    relay_lost: Option<ServerProblem>,
     problems: Vec<ServerProblem>,
     /// The task stopped.
     closed: bool,
@@ -484,7 +489,9 @@ impl Session {
             role: agent.role(),
             path: None,
             failed: None,
+            failed_after: Duration::ZERO,
             consent_lost: None,
+            relay_lost: None,
             problems: Vec::new(),
             closed: false,
         });
@@ -728,6 +735,9 @@ impl Session {
         if s.local.is_empty() && s.gathering_done {
             return gathering_error(s.problems);
         }
+        if let Some(problem) = s.relay_lost {
+            return Error::RelayLost { problem };
+        }
         if let Some(p) = s.consent_lost {
             return Error::ConsentLost {
                 path: p.to_string(),
@@ -754,21 +764,26 @@ impl Session {
     }
 
     /// Wait until the session ends on its own: consent lost (the peer
-    /// vanished) or ICE failed. Returns the reason.
+    /// vanished), the relay under the path lost, or ICE failed (after a
+    /// restart). Returns the reason.
     pub async fn closed(&self) -> Error {
         let mut rx = self.inner.status.clone();
         let r = rx
-            .wait_for(|s| s.consent_lost.is_some() || s.failed.is_some() || s.closed)
+            .wait_for(|s| {
+                s.consent_lost.is_some() || s.failed.is_some() || s.relay_lost.is_some() || s.closed
+            })
             .await;
         match r {
             Ok(s) => {
-                if let Some(p) = &s.consent_lost {
+                if let Some(problem) = s.relay_lost.clone() {
+                    Error::RelayLost { problem }
+                } else if let Some(p) = &s.consent_lost {
                     Error::ConsentLost {
                         path: p.to_string(),
                     }
                 } else if let Some(f) = &s.failed {
                     Error::NoPath {
-                        waited: Duration::ZERO,
+                        waited: s.failed_after,
                         pairs: f.clone(),
                         problems: s.problems.clone(),
                     }

@@ -299,3 +299,24 @@ async fn closing_a_session_frees_its_allocation() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The relay under a TCP-relayed path stops: the session names the relay,
+/// not the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_stops_is_relay_lost() {
+    let relay = Relay::start();
+    let turn = TurnServer::tcp(relay.addr, creds());
+    let a = relay_only(Role::Controlling, turn.clone()).await.unwrap();
+    let b = relay_only(Role::Controlled, turn).await.unwrap();
+    connect_and_echo(&a, &b).await;
+    let server = relay.addr;
+    drop(relay);
+    let e = tokio::time::timeout(Duration::from_secs(10), a.closed())
+        .await
+        .expect("relay loss reported");
+    match &e {
+        Error::RelayLost { problem } => assert_eq!(problem.server, server, "{e}"),
+        other => panic!("expected RelayLost, got {other:?}"),
+    }
+    assert!(e.to_string().contains(&server.to_string()), "{e}");
+}

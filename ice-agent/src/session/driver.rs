@@ -87,6 +87,8 @@ pub(super) struct Driver {
     /// Where relayed QUIC came from before a pair was selected: (our
     /// relayed base, the peer).
     relay_reply: Option<(SocketAddr, SocketAddr)>,
+    /// When ICE last started checking (remote description or restart).
+    checking_since: Instant,
     /// Consent time of the silence already reported as degraded.
     degraded_reported: Option<Instant>,
     scratch: Vec<u8>,
@@ -115,6 +117,7 @@ impl Driver {
             restart_waiters: Vec::new(),
             relay_reply: None,
             degraded_reported: None,
+            checking_since: p.now,
             scratch: vec![0u8; 65536 + 64],
         };
         d.start_gathering(p.now);
@@ -423,14 +426,16 @@ impl Driver {
                 let was_done = a.done;
                 a.done = true;
                 let (server, kind) = (a.server.addr, a.server.kind());
+                let p = ServerProblem {
+                    server,
+                    kind,
+                    problem: Problem::Unreachable(error),
+                };
                 if !was_done {
-                    self.problem(ServerProblem {
-                        server,
-                        kind,
-                        problem: Problem::Unreachable(error),
-                    });
+                    self.problem(p);
                 } else {
-                    tracing::warn!(%server, %error, "TURN connection lost");
+                    tracing::warn!("TURN connection lost: {p}");
+                    self.relay_lost(alloc, p);
                 }
             }
         }
@@ -483,6 +488,7 @@ impl Driver {
 
     fn set_remote(&mut self, desc: Description, now: Instant) -> Result<bool, super::Error> {
         let mut restarted = false;
+        self.checking_since = now;
         if let Some(cur) = self.agent.remote_credentials() {
             if cur.ufrag == desc.ufrag && cur.pwd == desc.pwd {
                 // The same description again: only new candidates matter.
@@ -541,6 +547,7 @@ impl Driver {
             self.start_alloc(a.server, now);
         }
         self.gathering_done = false;
+        self.checking_since = now;
         self.gather_deadline = now + self.cfg.gather_timeout;
         let local = self.agent.local_candidates().to_vec();
         self.status.send_modify(|s| {
@@ -567,6 +574,18 @@ impl Driver {
             }
             Err(e) => tracing::debug!(candidate = %c, error = %e, "local candidate not added"),
         }
+    }
+
+    /// Allocation `ai` is gone. If the selected path runs through it, say
+    /// so: the peer will stop hearing us there, and the application learns
+    /// why (an ICE restart allocates again).
+    fn relay_lost(&mut self, ai: usize, p: ServerProblem) {
+        let Some(sp) = &self.selected else { return };
+        if !self.allocs[ai].relayed.contains(&sp.local.base) {
+            return;
+        }
+        let _ = self.events.send(SessionEvent::ServerProblem(p.clone()));
+        self.status.send_modify(|s| s.relay_lost = Some(p));
     }
 
     fn problem(&mut self, p: ServerProblem) {
@@ -700,6 +719,7 @@ impl Driver {
                 let p = ServerProblem::from_turn(server, kind, &err);
                 if was_done {
                     tracing::warn!("TURN allocation lost: {p}");
+                    self.relay_lost(ai, p);
                 } else {
                     self.problem(p);
                 }
@@ -836,6 +856,7 @@ impl Driver {
                     s.path = Some(info.clone());
                     s.role = role;
                     s.consent_lost = None;
+                    s.relay_lost = None;
                 });
                 let _ = self.events.send(if first {
                     SessionEvent::Connected(info)
@@ -853,7 +874,11 @@ impl Driver {
                 let _ = self.events.send(SessionEvent::ConsentLost(info));
             }
             Event::Failed(pairs) => {
-                self.status.send_modify(|s| s.failed = Some(pairs.clone()));
+                let after = now.saturating_duration_since(self.checking_since);
+                self.status.send_modify(|s| {
+                    s.failed = Some(pairs.clone());
+                    s.failed_after = after;
+                });
                 let _ = self.events.send(SessionEvent::Failed(pairs));
             }
             Event::RoleChanged(role) => {

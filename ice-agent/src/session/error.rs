@@ -118,6 +118,14 @@ pub enum Error {
         /// The path that died.
         path: String,
     },
+    /// The TURN server our selected path went through stopped serving our
+    /// allocation (it stopped, restarted, or dropped the TCP/TLS
+    /// connection).
+    #[error("the TURN relay {} that carried the connection was lost ({}): restart ICE to allocate again or find another path", .problem.server, problem_text(.problem))]
+    RelayLost {
+        /// The relay and what happened.
+        problem: ServerProblem,
+    },
     /// The QUIC handshake or connection failed for another reason.
     #[error("QUIC connection failed: {0}")]
     Quic(#[from] quinn::ConnectionError),
@@ -127,6 +135,13 @@ pub enum Error {
     /// The session's task ended (the session was closed or dropped).
     #[error("the session is closed")]
     Closed,
+}
+
+fn problem_text(p: &ServerProblem) -> String {
+    match &p.problem {
+        Problem::Unreachable(why) | Problem::Refused(why) => why.clone(),
+        Problem::WrongCredentials => "it refused the credentials".into(),
+    }
 }
 
 fn servers_note(problems: &[ServerProblem]) -> String {
