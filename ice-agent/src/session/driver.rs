@@ -32,6 +32,10 @@ const GATHER_RTO: transaction::Config = transaction::Config {
     rm: 8,
 };
 
+/// The most a restart waits for gathering before its description is
+/// given (see [`Driver::restart`]).
+const RESTART_GATHER: Duration = Duration::from_secs(2);
+
 /// One STUN server asked from one base.
 struct Probe {
     base: usize,
@@ -548,7 +552,9 @@ impl Driver {
         }
         self.gathering_done = false;
         self.checking_since = now;
-        self.gather_deadline = now + self.cfg.gather_timeout;
+        // A restart is urgent (the path may be dead): the new description
+        // goes out after at most 2 s of gathering; later candidates trickle.
+        self.gather_deadline = now + self.cfg.gather_timeout.min(RESTART_GATHER);
         let local = self.agent.local_candidates().to_vec();
         self.status.send_modify(|s| {
             s.ufrag = creds.ufrag;
