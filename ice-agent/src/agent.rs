@@ -71,6 +71,9 @@ pub struct PairInfo {
     pub nominated: bool,
     /// Why it failed, when it did.
     pub failure: Option<PairFailure>,
+    /// Checks (transmissions included) sent on it that are still in
+    /// flight.
+    pub in_flight: u32,
 }
 
 /// Why a datagram given to [`Agent::handle_input`] was not used.
@@ -324,13 +327,20 @@ impl Agent {
         let mut v: Vec<PairInfo> = self
             .pairs
             .iter()
-            .map(|p| PairInfo {
+            .enumerate()
+            .map(|(i, p)| PairInfo {
                 local: self.local[p.local].clone(),
                 remote: self.remote[p.remote].clone(),
                 state: p.state,
                 priority: p.priority,
                 nominated: p.nominated,
                 failure: p.failure.clone(),
+                in_flight: self
+                    .checks
+                    .iter()
+                    .filter(|c| c.pair == i && !c.consent)
+                    .map(|c| c.tx.sent())
+                    .sum(),
             })
             .collect();
         v.sort_by_key(|p| std::cmp::Reverse(p.priority));

@@ -61,6 +61,14 @@ pub enum PairFailure {
     },
     /// The peer answered with an error (other than 487, which is retried).
     ErrorResponse(u16),
+    /// The pair was still being checked (or waiting its turn) when the
+    /// connection's time ran out: listed by [`crate::session::Error::NoPath`].
+    Unfinished {
+        /// Its state then.
+        state: crate::PairState,
+        /// Checks sent on it so far (0 when it never got its turn).
+        sent: u32,
+    },
     /// The response came from, or arrived on, other addresses than the
     /// request used (RFC 8445 §7.2.5.2.1).
     NonSymmetric {
@@ -80,6 +88,15 @@ impl fmt::Display for PairFailure {
                 waited.as_secs_f64()
             ),
             PairFailure::ErrorResponse(code) => write!(f, "peer answered error {code}"),
+            PairFailure::Unfinished { state, sent } => {
+                let what = match state {
+                    crate::PairState::Frozen | crate::PairState::Waiting => "never got its turn",
+                    crate::PairState::InProgress => "still being checked",
+                    crate::PairState::Succeeded => "worked but was not nominated",
+                    crate::PairState::Failed => "failed",
+                };
+                write!(f, "{what} when time ran out ({sent} checks sent)")
+            }
             PairFailure::NonSymmetric { from, to } => {
                 write!(f, "response from {from} on {to}: addresses not symmetric")
             }

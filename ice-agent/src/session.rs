@@ -303,8 +303,9 @@ impl fmt::Display for PathInfo {
 }
 
 /// What happens in a session, for applications that watch
-/// ([`Session::events`]).
+/// ([`Session::events`]). More kinds may come: match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SessionEvent {
     /// A local candidate was gathered: trickle it to the peer (RFC 8838).
     Candidate(TrickleCandidate),
@@ -748,9 +749,9 @@ impl Session {
             .await
             .into_iter()
             .map(|p| FailedPair {
-                reason: p.failure.clone().unwrap_or(crate::PairFailure::TimedOut {
-                    sent: 0,
-                    waited: started.elapsed(),
+                reason: p.failure.clone().unwrap_or(crate::PairFailure::Unfinished {
+                    state: p.state,
+                    sent: p.in_flight,
                 }),
                 local: p.local,
                 remote: p.remote,

@@ -213,7 +213,7 @@ impl Pinned {
             Ok(())
         } else {
             self.mismatch.0.store(true, Ordering::Relaxed);
-            tracing::warn!(
+            tracing::debug!(
                 presented = %Fingerprint::of(cert),
                 %expected,
                 "the peer's certificate does not match its description's fingerprint"

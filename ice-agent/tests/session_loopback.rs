@@ -125,7 +125,14 @@ async fn no_usable_pair_is_reported_in_bounded_time_with_what_was_tried() {
     match &e {
         Error::NoPath { pairs, .. } => {
             assert!(!pairs.is_empty(), "{e}");
-            assert!(e.to_string().contains("127.0.0.1"), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("127.0.0.1"), "{e}");
+            // Its checks were still being retransmitted when time ran out.
+            assert!(
+                text.contains("still being checked when time ran out"),
+                "{e}"
+            );
+            assert!(!text.contains("(0 checks sent)"), "{e}");
         }
         other => panic!("expected NoPath, got {other:?}"),
     }
@@ -287,4 +294,26 @@ fn session_futures_are_send() {
         send(s.closed());
         send(s.wait_idle());
     };
+}
+
+/// A restart that the peer never answers still ends as consent lost
+/// (RFC 7675: the consent timeout counts from the last answer), not only
+/// with QUIC's idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_restart_ends_as_consent_lost() {
+    let (a, b) = (
+        session(Role::Controlling).await,
+        session(Role::Controlled).await,
+    );
+    let (_ca, _cb) = pair(&a, &b).await;
+    b.close();
+    drop(b);
+    // A restarts (as an application does on PathDegraded); nobody answers.
+    let _offer = a.restart().await.unwrap();
+    let t0 = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(8), a.closed())
+        .await
+        .expect("consent lost within the consent timeout");
+    assert!(matches!(e, Error::ConsentLost { .. }), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }

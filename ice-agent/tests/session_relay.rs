@@ -295,8 +295,9 @@ async fn closing_a_session_frees_its_allocation() {
         );
         s.close();
         drop(s);
-        // The Refresh (LIFETIME 0) is on its way; give it a moment.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The Refresh (LIFETIME 0) goes out after the close grace (250 ms,
+        // for QUIC's CONNECTION_CLOSE to cross the relay first).
+        tokio::time::sleep(Duration::from_millis(600)).await;
     }
 }
 
@@ -319,4 +320,30 @@ async fn a_relay_that_stops_is_relay_lost() {
         other => panic!("expected RelayLost, got {other:?}"),
     }
     assert!(e.to_string().contains(&server.to_string()), "{e}");
+}
+
+/// Servers that have not answered when the gathering timeout ends are named
+/// at once, so an empty description says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_pending_at_the_gathering_deadline_are_named() {
+    relay_harness::init_tracing();
+    let dead = SocketAddr::from(([127, 0, 0, 1], relay_harness::free_port()));
+    let a = Session::builder()
+        .bind([LO])
+        .turn_server(TurnServer::udp(dead, creds()))
+        .relay_only(true)
+        .gather_timeout(Duration::from_millis(800))
+        .build()
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    assert!(a.local_description().await.candidates.is_empty());
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let problems = a.server_problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].to_string().contains("gathering timeout"),
+        "{}",
+        problems[0]
+    );
 }

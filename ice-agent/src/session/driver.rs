@@ -36,6 +36,10 @@ const GATHER_RTO: transaction::Config = transaction::Config {
 /// given (see [`Driver::restart`]).
 const RESTART_GATHER: Duration = Duration::from_secs(2);
 
+/// How long a closing session keeps its TURN allocations, so that QUIC's
+/// CONNECTION_CLOSE can still cross the relay.
+const CLOSE_GRACE: Duration = Duration::from_millis(250);
+
 /// One STUN server asked from one base.
 struct Probe {
     base: usize,
@@ -91,6 +95,15 @@ pub(super) struct Driver {
     /// Where relayed QUIC came from before a pair was selected: (our
     /// relayed base, the peer).
     relay_reply: Option<(SocketAddr, SocketAddr)>,
+    /// Set by [`Command::Close`]: when to delete the allocations and stop.
+    closing: Option<Instant>,
+    /// The command channel closed (every `Session` handle dropped).
+    orphaned: bool,
+    /// The last time the selected path answered a check; survives ICE
+    /// restarts, which reset the agent's own consent state.
+    heard_at: Option<Instant>,
+    /// `heard_at` of the silence already reported as consent lost.
+    consent_lost_reported: Option<Instant>,
     /// When ICE last started checking (remote description or restart).
     checking_since: Instant,
     /// Consent time of the silence already reported as degraded.
@@ -122,6 +135,10 @@ impl Driver {
             relay_reply: None,
             degraded_reported: None,
             checking_since: p.now,
+            closing: None,
+            orphaned: false,
+            heard_at: None,
+            consent_lost_reported: None,
             scratch: vec![0u8; 65536 + 64],
         };
         d.start_gathering(p.now);
@@ -234,18 +251,28 @@ impl Driver {
                         self.on_inbound(m, now);
                     }
                 }
-                c = self.cmds.recv() => {
+                c = self.cmds.recv(), if !self.orphaned => {
                     match c {
-                        None => break,
+                        // Every Session handle is gone: close as if asked.
+                        None => {
+                            self.orphaned = true;
+                            self.closing.get_or_insert(Instant::now() + CLOSE_GRACE);
+                        }
                         Some(Command::Close) => {
-                            self.close_allocations(Instant::now());
-                            break;
+                            // QUIC's CONNECTION_CLOSE may still have to
+                            // cross our relay: delete the allocations a
+                            // moment later.
+                            self.closing.get_or_insert(Instant::now() + CLOSE_GRACE);
                         }
                         Some(c) => self.on_command(c, Instant::now()),
                     }
                 }
                 Some(s) = self.stream_rx.recv() => self.on_stream(s, Instant::now()),
                 _ = tokio::time::sleep_until(wake.into()) => self.on_timeout(Instant::now()),
+            }
+            if self.closing.is_some_and(|t| Instant::now() >= t) {
+                self.close_allocations(Instant::now());
+                break;
             }
         }
         self.status.send_modify(|s| s.closed = true);
@@ -268,6 +295,12 @@ impl Driver {
         if !self.gathering_done {
             take(Some(self.gather_deadline));
         }
+        take(self.closing);
+        if let Some(last) = self.heard_at {
+            if self.consent_lost_reported != Some(last) {
+                take(Some(last + self.cfg.ice.consent_timeout));
+            }
+        }
         if let Some(last) = self.agent.last_consent() {
             if self.degraded_reported != Some(last) {
                 take(Some(last + self.degraded_after()));
@@ -282,8 +315,34 @@ impl Driver {
             .unwrap_or(self.cfg.ice.consent_interval.mul_f64(2.5))
     }
 
+    /// RFC 7675 §5.1 across ICE restarts: the agent forgets consent when it
+    /// restarts, but the peer must still answer within the consent timeout
+    /// of the last answer, or the session ends as consent lost (a restart
+    /// that gets no answer would otherwise leave only QUIC's idle timeout).
+    fn note_heard(&mut self) {
+        if let Some(last) = self.agent.last_consent() {
+            self.heard_at = Some(self.heard_at.map_or(last, |h| h.max(last)));
+        }
+    }
+
+    fn check_silence(&mut self, now: Instant) {
+        self.note_heard();
+        let Some(heard) = self.heard_at else { return };
+        if self.agent.last_consent().is_some()
+            || now < heard + self.cfg.ice.consent_timeout
+            || self.consent_lost_reported == Some(heard)
+        {
+            return;
+        }
+        self.consent_lost_reported = Some(heard);
+        if let Some(sp) = self.selected.clone() {
+            self.on_agent_event(Event::ConsentLost(sp), now);
+        }
+    }
+
     /// Raise [`SessionEvent::PathDegraded`] once per silence.
     fn check_degraded(&mut self, now: Instant) {
+        self.check_silence(now);
         let Some(last) = self.agent.last_consent() else {
             return;
         };
@@ -294,7 +353,7 @@ impl Driver {
         self.degraded_reported = Some(last);
         if let Some(sp) = self.selected.clone() {
             let path = PathInfo::new(sp.local, sp.remote, sp.rtt);
-            tracing::warn!(%path, ?silent_for, "path degraded: consent checks unanswered");
+            tracing::info!(%path, ?silent_for, "path degraded: consent checks unanswered");
             let _ = self
                 .events
                 .send(SessionEvent::PathDegraded { path, silent_for });
@@ -337,6 +396,18 @@ impl Driver {
     }
 
     fn on_datagram(&mut self, base: usize, from: SocketAddr, data: &[u8], now: Instant) {
+        if self.closing.is_some() {
+            // Closing: only the TURN servers' answers to our deletions
+            // matter; ICE checks go unanswered, as from a gone peer.
+            if let Some(ai) = self
+                .allocs
+                .iter()
+                .position(|a| a.base == Some(base) && a.server.addr == from)
+            {
+                self.allocs[ai].client.handle_input(data, now);
+            }
+            return;
+        }
         // STUN server answers for gathering.
         for p in self.probes.iter_mut().filter(|p| p.base == base && !p.done) {
             if p.server == from && p.tx.handle_datagram(now, from, data) {
@@ -359,6 +430,10 @@ impl Driver {
     /// A message from TURN allocation `ai`'s server.
     fn on_turn_message(&mut self, ai: usize, data: &[u8], now: Instant) {
         let a = &mut self.allocs[ai];
+        if self.closing.is_some() {
+            a.client.handle_input(data, now);
+            return;
+        }
         let Some(relayed) = a.relayed.first().copied() else {
             a.client.handle_input(data, now);
             return;
@@ -438,7 +513,7 @@ impl Driver {
                 if !was_done {
                     self.problem(p);
                 } else {
-                    tracing::warn!("TURN connection lost: {p}");
+                    tracing::info!("TURN connection lost: {p}");
                     self.relay_lost(alloc, p);
                 }
             }
@@ -533,6 +608,8 @@ impl Driver {
     }
 
     fn restart(&mut self, now: Instant) {
+        // Remember when the path last answered: the restart forgets it.
+        self.note_heard();
         let creds = self.agent.restart().clone();
         self.known_remote = 0;
         // New mappings may exist after a network change: ask again. Failed
@@ -595,9 +672,20 @@ impl Driver {
     }
 
     fn problem(&mut self, p: ServerProblem) {
-        tracing::warn!("{p}");
+        tracing::debug!("{p}");
         let _ = self.events.send(SessionEvent::ServerProblem(p.clone()));
-        self.status.send_modify(|s| s.problems.push(p));
+        // One entry per server: a later, more precise answer (a 401 after
+        // "no answer yet") replaces the earlier one.
+        self.status.send_modify(|s| {
+            match s
+                .problems
+                .iter_mut()
+                .find(|q| q.server == p.server && q.kind == p.kind)
+            {
+                Some(q) => *q = p,
+                None => s.problems.push(p),
+            }
+        });
     }
 
     /// Send what the state machines queued, act on their events.
@@ -724,7 +812,7 @@ impl Driver {
                 self.allocs[ai].done = true;
                 let p = ServerProblem::from_turn(server, kind, &err);
                 if was_done {
-                    tracing::warn!("TURN allocation lost: {p}");
+                    tracing::info!("TURN allocation lost: {p}");
                     self.relay_lost(ai, p);
                 } else {
                     self.problem(p);
@@ -741,7 +829,7 @@ impl Driver {
                 }
             }
             turn::Event::ChannelFailed { peer, error, .. } => {
-                tracing::warn!(%peer, %error, "TURN channel bind failed; data goes in Send indications");
+                tracing::debug!(%peer, %error, "TURN channel bind failed; data goes in Send indications");
                 self.allocs[ai].bound.remove(&peer);
             }
             turn::Event::PermissionFailed { peers, error } => {
@@ -791,6 +879,7 @@ impl Driver {
         while let Some(e) = self.agent.poll_event() {
             self.on_agent_event(e, now);
         }
+        self.note_heard();
         // Events (role changes) may queue more.
         while let Some(t) = self.agent.poll_transmit() {
             if let Some(b) = self.sock.bases().iter().find(|b| b.addr == t.from) {
@@ -853,7 +942,7 @@ impl Driver {
             Event::Connected(sp) | Event::SelectedPairChanged(sp) => {
                 let first = self.selected.is_none();
                 let route = self.route_for(&sp, now);
-                tracing::info!(pair = %sp, "selected pair");
+                tracing::debug!(pair = %sp, "selected pair");
                 self.sock.set_route(Some(route));
                 self.selected = Some(sp.clone());
                 let info = PathInfo::new(sp.local.clone(), sp.remote.clone(), sp.rtt);
@@ -871,8 +960,9 @@ impl Driver {
                 });
             }
             Event::ConsentLost(sp) => {
+                self.consent_lost_reported = self.heard_at;
                 let info = PathInfo::new(sp.local, sp.remote, sp.rtt);
-                tracing::warn!(path = %info, "consent lost");
+                tracing::info!(path = %info, "consent lost");
                 self.endpoint
                     .close(VarInt::from_u32(CLOSE_CONSENT_LOST), b"ICE consent lost");
                 self.status
@@ -903,6 +993,38 @@ impl Driver {
             return;
         }
         self.gathering_done = true;
+        if !all {
+            // Servers still unanswered at the deadline are named now, so an
+            // empty description says why; a late answer still trickles.
+            let wait = format!(
+                "no answer within the gathering timeout ({:.1} s)",
+                self.cfg.gather_timeout.as_secs_f64()
+            );
+            let mut pending: Vec<ServerProblem> = self
+                .probes
+                .iter()
+                .filter(|p| !p.done)
+                .map(|p| ServerProblem {
+                    server: p.server,
+                    kind: "stun",
+                    problem: Problem::Unreachable(wait.clone()),
+                })
+                .collect();
+            pending.dedup_by_key(|p| p.server);
+            pending.extend(
+                self.allocs
+                    .iter()
+                    .filter(|a| !a.done)
+                    .map(|a| ServerProblem {
+                        server: a.server.addr,
+                        kind: a.server.kind(),
+                        problem: Problem::Unreachable(wait.clone()),
+                    }),
+            );
+            for p in pending {
+                self.problem(p);
+            }
+        }
         self.agent.end_of_local_candidates();
         let ufrag = self.agent.local_credentials().ufrag.clone();
         let local = self.agent.local_candidates().to_vec();

@@ -67,8 +67,9 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
     items.iter().map(|i| format!("\n  - {i}")).collect()
 }
 
-/// A session error.
+/// A session error. More kinds may come: match with a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Sockets could not be opened, or no local address is usable.
     #[error("cannot open the session's sockets: {0}")]
