@@ -3,6 +3,7 @@
 mod bench;
 mod creds;
 mod netcheck;
+mod p2p;
 mod stun;
 mod turn;
 mod udp_driver;
@@ -33,6 +34,14 @@ enum Command {
     Turn(turn::Args),
     /// Mint REST-style TURN credentials from a shared secret.
     Creds(creds::Args),
+    /// Wait for a peer (ICE controlled, QUIC server), then pipe stdin and stdout to it.
+    Listen(p2p::ListenArgs),
+    /// Connect to a peer (ICE controlling, QUIC client), then pipe stdin and stdout to it.
+    Connect(p2p::ConnectArgs),
+    /// Send a file to a peer running `natkit receive`, with a SHA-256 check.
+    Send(p2p::SendArgs),
+    /// Receive a file from a peer running `natkit send`; kept only when verified.
+    Receive(p2p::ReceiveArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +53,10 @@ fn main() -> std::process::ExitCode {
         Command::Bench(c) => bench::run(c),
         Command::Turn(a) => turn::run(a),
         Command::Creds(a) => creds::run(a),
+        Command::Listen(a) => p2p::listen(a),
+        Command::Connect(a) => p2p::connect(a),
+        Command::Send(a) => p2p::send(a),
+        Command::Receive(a) => p2p::receive(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

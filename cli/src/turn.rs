@@ -12,12 +12,12 @@
 //! the sockets (one connection per allocation: RFC 8656 §2 ties an
 //! allocation to its 5-tuple) and the clock.
 
-mod args;
+pub(crate) mod args;
 mod conn;
 mod failure;
 mod report;
 mod session;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -91,32 +91,60 @@ impl From<TransportArg> for Transport {
 
 /// Credentials from the flags, and whether they are REST ones.
 pub fn credentials(args: &Args) -> Result<(Credentials, bool), Failure> {
-    let usage = |m: &str| Failure::new("usage", m);
-    match (&args.secret, &args.password, &args.user) {
-        (Some(_), Some(_), _) => Err(usage("give --password or --secret, not both")),
+    credentials_from(
+        args.user.as_deref(),
+        args.password.as_deref(),
+        args.secret.as_deref(),
+        ("--user", "--password", "--secret"),
+    )
+}
+
+/// Credentials from a user, a password and a REST secret, whichever were
+/// given (`flags` names them in messages); shared with `natkit listen`
+/// and friends.
+pub(crate) fn credentials_from(
+    user: Option<&str>,
+    password: Option<&str>,
+    secret: Option<&str>,
+    flags: (&str, &str, &str),
+) -> Result<(Credentials, bool), Failure> {
+    let (fu, fp, fs) = flags;
+    let usage = |m: String| Failure::new("usage", m);
+    match (secret, password, user) {
+        (Some(_), Some(_), _) => Err(usage(format!("give {fp} or {fs}, not both"))),
         (Some(s), None, user) => {
             if s.is_empty() {
-                return Err(usage("--secret must not be empty"));
+                return Err(usage(format!("{fs} must not be empty")));
             }
-            let user = user.as_deref().unwrap_or("");
+            let user = user.unwrap_or("");
             Ok((
                 Credentials::from_rest_secret(s.as_bytes(), user, REST_TTL, SystemTime::now()),
                 true,
             ))
         }
-        (None, Some(p), Some(u)) => Ok((Credentials::new(u.clone(), p.clone()), false)),
-        (None, Some(_), None) => Err(usage("--password needs --user")),
-        (None, None, _) => Err(usage(
-            "credentials needed: --user U --password P, or --secret S [--user U]",
-        )),
+        (None, Some(p), Some(u)) => Ok((Credentials::new(u.to_owned(), p.to_owned()), false)),
+        (None, Some(_), None) => Err(usage(format!("{fp} needs {fu}"))),
+        (None, None, _) => Err(usage(format!(
+            "credentials needed: {fu} U {fp} P, or {fs} S [{fu} U]"
+        ))),
     }
 }
 
 /// The server spec and transport from `SERVER` and `--transport`: a
 /// turn:/turns: URI (RFC 7065) may carry both.
 pub fn target(args: &Args) -> Result<(ServerSpec, TransportArg), Failure> {
+    parse_target(&args.server, args.transport)
+}
+
+/// A TURN server as written (HOST[:PORT] or a turn:/turns: URI, RFC 7065)
+/// and the transport a flag asked for, if any: the server spec (3478 by
+/// default, 5349 for TLS) and the transport to use.
+pub(crate) fn parse_target(
+    server: &str,
+    flag: Option<TransportArg>,
+) -> Result<(ServerSpec, TransportArg), Failure> {
     let usage = |m: String| Failure::new("usage", m);
-    let s = args.server.trim();
+    let s = server.trim();
     let (uri_transport, rest) = if let Some(r) = s.strip_prefix("turns:") {
         (Some(TransportArg::Tls), r)
     } else if let Some(r) = s.strip_prefix("turn:") {
@@ -135,7 +163,7 @@ pub fn target(args: &Args) -> Result<(ServerSpec, TransportArg), Failure> {
         (Some("transport=tcp"), Some(TransportArg::Tls)) => Some(TransportArg::Tls),
         (Some(q), _) => return Err(usage(format!("unsupported URI query {q:?} in {s:?}"))),
     };
-    let transport = match (uri_transport, args.transport) {
+    let transport = match (uri_transport, flag) {
         (Some(u), Some(f)) if u != f => {
             return Err(usage(format!(
                 "{s:?} says {u:?} but --transport says {f:?}"

@@ -1,0 +1,304 @@
+//! The flags shared by `natkit listen`, `connect`, `send` and `receive`,
+//! and the [`natkit_ice::Session`] they describe.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use natkit_ice::session::{Builder, TlsSettings};
+use natkit_ice::{Config, Role, Session, TurnServer};
+
+use crate::turn::args::{credentials_from, parse_target, TransportArg};
+use crate::turn::tls::{self, Trust};
+use crate::udp_driver;
+
+/// Flags common to the four peer-to-peer commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// STUN server to learn the NAT's mapping from: HOST[:PORT]
+    /// (repeatable; port 3478 by default).
+    #[arg(long = "stun", value_name = "HOST:PORT")]
+    pub stun: Vec<String>,
+    /// TURN server to relay through: turn:HOST[:PORT][?transport=udp|tcp]
+    /// or turns:HOST[:PORT] (RFC 7065; repeatable; ports 3478 and 5349 by
+    /// default).
+    #[arg(long = "turn", value_name = "URI")]
+    pub turn: Vec<String>,
+    /// TURN username (with --turn-password), or the user part of REST
+    /// credentials (with --turn-secret).
+    #[arg(long, value_name = "U")]
+    pub turn_user: Option<String>,
+    /// TURN password (long-term credentials, RFC 8489 §9.2).
+    #[arg(long, value_name = "P")]
+    pub turn_password: Option<String>,
+    /// Shared secret of the TURN server's REST API: credentials valid for
+    /// 1 h are minted from it.
+    #[arg(long, value_name = "S", conflicts_with = "turn_password")]
+    pub turn_secret: Option<String>,
+    /// Use only relayed candidates (needs --turn): hides your addresses
+    /// from the peer, or tests the relay path.
+    #[arg(long)]
+    pub relay_only: bool,
+    /// Offer loopback addresses too (both peers on this machine).
+    #[arg(long)]
+    pub loopback: bool,
+    /// Use only this local address for host candidates (repeatable;
+    /// default: every interface's).
+    #[arg(long = "bind", value_name = "IP")]
+    pub bind: Vec<IpAddr>,
+    /// Also write your description to FILE (atomically), and rewrite it
+    /// after an ICE restart.
+    #[arg(long, value_name = "FILE")]
+    pub desc_out: Option<PathBuf>,
+    /// Read the peer's description from FILE (waits until it exists), and
+    /// keep watching it for ICE restarts.
+    #[arg(long, value_name = "FILE")]
+    pub remote: Option<PathBuf>,
+    /// Write a JSON report (path, RTT, times, byte counts) to FILE when
+    /// connected and again at exit.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// The most seconds connecting may take, from having the peer's
+    /// description to a usable QUIC connection.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = secs)]
+    pub timeout: Duration,
+    /// The most seconds to wait for the peer's description (file or
+    /// terminal).
+    #[arg(long, value_name = "SECS", default_value = "600", value_parser = secs)]
+    pub wait: Duration,
+    /// Consent freshness (RFC 7675): the peer is gone when it answers no
+    /// check for this long. Checks go every sixth of it (at most 5 s).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = secs)]
+    pub consent_timeout: Duration,
+    /// Call the path degraded after this long without an answered check
+    /// (default: 2.5 check intervals); the controlling side then restarts
+    /// ICE if descriptions travel by file (--desc-out and --remote).
+    #[arg(long, value_name = "SECS", value_parser = secs)]
+    pub degraded_after: Option<Duration>,
+    /// Print and write your description as JSON instead of the nk1. text.
+    #[arg(long)]
+    pub json: bool,
+    /// turns: trust this PEM file (a private CA or the server's
+    /// certificate) instead of the system's CAs.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// turns: do not verify the server's certificate (prints a warning).
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure: bool,
+    /// turns: the name the server's certificate must carry (default: the
+    /// host of the URI).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+}
+
+/// Seconds as a flag: a positive number, fractions allowed, at most a day.
+fn secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v <= 86_400.0) {
+        return Err(format!("{s:?}: give more than 0 and at most 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// RFC 7675 §5.1 checks every 5 s for a 30 s timeout: keep that ratio for
+/// shorter timeouts, so a test can ask for a peer to be declared gone fast.
+pub fn consent_interval(timeout: Duration) -> Duration {
+    (timeout / 6).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+impl Common {
+    /// The session builder these flags describe, in `role`. Server names
+    /// are resolved here (the system resolver, only for names: IP literals
+    /// are used as they are).
+    pub fn builder(&self, role: Role) -> anyhow::Result<Builder> {
+        if self.relay_only && self.turn.is_empty() {
+            bail!("--relay-only needs a TURN server: add --turn turn:HOST[:PORT]");
+        }
+        let mut b = Session::builder()
+            .role(role)
+            .loopback(self.loopback)
+            .relay_only(self.relay_only)
+            .connect_timeout(self.timeout)
+            .gather_timeout(self.timeout.min(Duration::from_secs(5)))
+            .ice_config(Config {
+                role,
+                consent_interval: consent_interval(self.consent_timeout),
+                consent_timeout: self.consent_timeout,
+                ..Config::default()
+            })
+            // QUIC's idle timer must not beat consent to it: the peer
+            // vanishing is reported as consent loss (RFC 7675), with its
+            // path, not as a bare QUIC timeout. It still ends a session
+            // whose consent bookkeeping an unanswered ICE restart reset.
+            .idle_timeout(self.consent_timeout * 3 / 2);
+        if let Some(d) = self.degraded_after {
+            b = b.degraded_after(d);
+        }
+        if !self.bind.is_empty() {
+            b = b.bind(self.bind.iter().copied());
+        }
+        for s in &self.stun {
+            let spec = udp_driver::parse_server(s).with_context(|| format!("--stun {s}"))?;
+            let addr = udp_driver::resolve(&spec, None).with_context(|| format!("--stun {s}"))?;
+            b = b.stun_server(addr);
+        }
+        for t in self.turn_servers()? {
+            b = b.turn_server(t);
+        }
+        Ok(b)
+    }
+
+    /// The servers as given, for messages.
+    pub fn servers(&self) -> Vec<String> {
+        let stun = self.stun.iter().map(|s| format!("--stun {s}"));
+        stun.chain(self.turn.iter().map(|t| format!("--turn {t}")))
+            .collect()
+    }
+
+    /// The TURN servers of `--turn`, with their credentials and TLS setup.
+    fn turn_servers(&self) -> anyhow::Result<Vec<TurnServer>> {
+        let any_creds =
+            self.turn_user.is_some() || self.turn_password.is_some() || self.turn_secret.is_some();
+        if self.turn.is_empty() {
+            if any_creds {
+                bail!("--turn-user, --turn-password and --turn-secret need --turn URI");
+            }
+            return Ok(Vec::new());
+        }
+        let (creds, _rest) = credentials_from(
+            self.turn_user.as_deref(),
+            self.turn_password.as_deref(),
+            self.turn_secret.as_deref(),
+            ("--turn-user", "--turn-password", "--turn-secret"),
+        )
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+        let mut out = Vec::new();
+        let mut tls_config = None;
+        for uri in &self.turn {
+            let (spec, transport) =
+                parse_target(uri, None).map_err(|f| anyhow::anyhow!("--turn: {}", f.message))?;
+            let addr = udp_driver::resolve(&spec, None).with_context(|| format!("--turn {uri}"))?;
+            let server = match transport {
+                TransportArg::Udp => TurnServer::udp(addr, creds.clone()),
+                TransportArg::Tcp => TurnServer::tcp(addr, creds.clone()),
+                TransportArg::Tls => {
+                    if tls_config.is_none() {
+                        tls_config = Some(tls::client_config(&self.trust())?);
+                    }
+                    let config = tls_config.clone().expect("set just above");
+                    let name = tls::server_name(self.tls_name.as_deref().unwrap_or(&spec.host))?;
+                    TurnServer::tls(addr, creds.clone(), TlsSettings { config, name })
+                }
+            };
+            out.push(server);
+        }
+        Ok(out)
+    }
+
+    fn trust(&self) -> Trust {
+        if self.insecure {
+            eprintln!(
+                "warning: --insecure: the TURN server's certificate is not verified; \
+                 anyone on the path could pose as the server"
+            );
+            return Trust::Insecure;
+        }
+        match &self.ca {
+            Some(f) => Trust::CaFile(f.clone()),
+            None => Trust::System,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        c: Common,
+    }
+
+    fn parse(line: &[&str]) -> Result<Common, String> {
+        let mut v = vec!["natkit"];
+        v.extend_from_slice(line);
+        Cli::try_parse_from(v)
+            .map(|c| c.c)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn seconds_take_fractions_and_refuse_nonsense() {
+        assert_eq!(secs("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(secs("0").is_err());
+        assert!(secs("-3").is_err());
+        assert!(secs("abc").is_err());
+        assert!(secs("NaN").is_err());
+        assert!(secs("1e9").is_err());
+    }
+
+    #[test]
+    fn consent_checks_keep_rfc_7675_ratio() {
+        assert_eq!(
+            consent_interval(Duration::from_secs(30)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            consent_interval(Duration::from_secs(3)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            consent_interval(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn turn_servers_follow_the_uri() {
+        let c = parse(&[
+            "--turn",
+            "turn:127.0.0.1:3479",
+            "--turn",
+            "turn:[::1]?transport=tcp",
+            "--turn-user",
+            "u",
+            "--turn-password",
+            "p",
+        ])
+        .unwrap();
+        let t = c.turn_servers().unwrap();
+        assert_eq!(t[0].addr, "127.0.0.1:3479".parse().unwrap());
+        assert_eq!(t[0].transport, natkit_proto::turn::client::Transport::Udp);
+        assert_eq!(t[1].addr, "[::1]:3478".parse().unwrap());
+        assert_eq!(t[1].transport, natkit_proto::turn::client::Transport::Tcp);
+        assert_eq!(t[0].credentials.username, "u");
+    }
+
+    #[test]
+    fn turn_needs_credentials_and_credentials_need_turn() {
+        let c = parse(&["--turn", "turn:127.0.0.1"]).unwrap();
+        let e = c.turn_servers().unwrap_err().to_string();
+        assert!(e.contains("--turn-user"), "{e}");
+        let c = parse(&["--turn-user", "u", "--turn-password", "p"]).unwrap();
+        let e = c.turn_servers().unwrap_err().to_string();
+        assert!(e.contains("need --turn"), "{e}");
+        let c = parse(&[
+            "--turn",
+            "turn:127.0.0.1?transport=sctp",
+            "--turn-secret",
+            "s",
+        ])
+        .unwrap();
+        assert!(c.turn_servers().is_err());
+        let c = parse(&["--relay-only"]).unwrap();
+        let e = c.builder(Role::Controlling).unwrap_err().to_string();
+        assert!(e.contains("needs a TURN server"), "{e}");
+        assert!(parse(&["--turn-secret", "s", "--turn-password", "p"]).is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! One message per way a session can fail, each saying what to do about
+//! it. The library's errors already name what happened; this adds the
+//! command-line hint (which flag to change) and a stable first word.
+
+use natkit_ice::session::{Error, CLOSE_CONSENT_LOST};
+
+/// The user-facing error for a session error. `servers` are the STUN and
+/// TURN servers as given on the command line, named when none of them
+/// answered before gathering ended.
+pub fn explain_with(e: Error, servers: &[String]) -> anyhow::Error {
+    match &e {
+        Error::NoCandidates { problems } if problems.is_empty() && !servers.is_empty() => {
+            anyhow::anyhow!(
+                "servers unreachable: no candidate could be gathered; no answer in time from:{}\n\
+                 hint: check these addresses and that those servers run and are reachable \
+                 from here",
+                servers
+                    .iter()
+                    .map(|s| format!("\n  - {s}"))
+                    .collect::<String>()
+            )
+        }
+        _ => explain(e),
+    }
+}
+
+/// The user-facing error for a session error.
+pub fn explain(e: Error) -> anyhow::Error {
+    let msg = match &e {
+        Error::Io(_) => format!("{e}; check the addresses given with --bind"),
+        Error::Config(_) => e.to_string(),
+        Error::Description(d) => format!(
+            "the peer's description is unusable: {d}; copy it again, whole \
+             (one line starting with \"nk1.\", or its JSON)"
+        ),
+        Error::TurnCredentials { .. } => {
+            format!("wrong TURN credentials: {e}")
+        }
+        Error::NoCandidates { .. } => format!(
+            "servers unreachable: {e}\nhint: check the --stun/--turn addresses and that \
+             those servers run and are reachable from here"
+        ),
+        Error::NoPath { problems, .. } => {
+            let hint = if problems.is_empty() {
+                "hint: if both peers are behind NATs that filter, add a TURN server with \
+                 --turn on both sides"
+            } else {
+                "hint: the servers above gave no candidate; fix them or add another --turn"
+            };
+            format!("{e}\n{hint}")
+        }
+        Error::FingerprintMismatch { .. } => format!(
+            "fingerprint mismatch: {e}; exchange the descriptions again over a channel \
+             you trust"
+        ),
+        Error::ConsentLost { .. } => format!("the peer vanished: {e}"),
+        Error::Quic(q) => quic(q),
+        Error::Setup(_) => format!("local setup failed: {e}"),
+        Error::RelayLost { .. } => format!("relay lost: {e}"),
+        Error::Closed => "the session ended unexpectedly (its task stopped)".to_owned(),
+        // A variant added to the library later still gets its own text.
+        #[allow(unreachable_patterns)]
+        _ => format!("session failed: {e}"),
+    };
+    anyhow::anyhow!(msg)
+}
+
+/// A QUIC connection error after the handshake, in words.
+pub fn quic(e: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError::*;
+    match e {
+        ApplicationClosed(c) if c.error_code.into_inner() == u64::from(CLOSE_CONSENT_LOST) => {
+            "the peer lost consent to send to us (RFC 7675) and closed the connection: \
+             it stopped hearing from us"
+                .to_owned()
+        }
+        ApplicationClosed(c) if c.error_code.into_inner() == u64::from(super::CLOSE_ERROR) => {
+            format!("the peer gave up: {}", String::from_utf8_lossy(&c.reason))
+        }
+        ApplicationClosed(c) => format!(
+            "the peer closed the connection before the transfer ended (code {})",
+            c.error_code
+        ),
+        // Also how a vanished peer ends after an ICE restart that was
+        // never answered: the restart begins new consent bookkeeping.
+        TimedOut => "the peer vanished: QUIC heard nothing from it for its idle timeout \
+                     (1.5 times --consent-timeout)"
+            .into(),
+        Reset => "QUIC reset: the peer restarted and no longer knows this connection".into(),
+        LocallyClosed => "the connection was closed here".into(),
+        other => format!("QUIC connection failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn each_variant_has_its_own_message() {
+        let errors = vec![
+            Error::Io(std::io::Error::other("x")),
+            Error::Config("relay-only needs at least one TURN server".into()),
+            Error::Description(natkit_ice::DescriptionError::Checksum),
+            Error::TurnCredentials {
+                server: "127.0.0.1:3478".parse().unwrap(),
+            },
+            Error::NoCandidates {
+                problems: Vec::new(),
+            },
+            Error::NoPath {
+                waited: Duration::from_secs(3),
+                pairs: Vec::new(),
+                problems: Vec::new(),
+            },
+            Error::FingerprintMismatch {
+                expected: natkit_ice::Fingerprint([1; 32]),
+            },
+            Error::ConsentLost {
+                path: "host path".into(),
+            },
+            Error::Quic(quinn::ConnectionError::TimedOut),
+            Error::RelayLost {
+                problem: natkit_ice::session::ServerProblem {
+                    server: "127.0.0.1:3478".parse().unwrap(),
+                    kind: "turn/udp",
+                    problem: natkit_ice::session::Problem::Unreachable("gone".into()),
+                },
+            },
+            Error::Setup("tls".into()),
+            Error::Closed,
+        ];
+        let n = errors.len();
+        let mut msgs: Vec<String> = errors.into_iter().map(|e| explain(e).to_string()).collect();
+        assert!(msgs.iter().all(|m| !m.is_empty()));
+        msgs.sort();
+        msgs.dedup();
+        assert_eq!(msgs.len(), n, "{msgs:?}");
+    }
+}
