@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -165,6 +166,7 @@ pub struct IceSocket {
     to_driver: mpsc::Sender<Inbound>,
     injected: Mutex<(VecDeque<Vec<u8>>, Option<Waker>)>,
     gso: usize,
+    next_base: AtomicUsize,
 }
 
 impl fmt::Debug for IceSocket {
@@ -189,6 +191,7 @@ impl IceSocket {
             to_driver,
             injected: Mutex::new((VecDeque::new(), None)),
             gso,
+            next_base: AtomicUsize::new(0),
         }
     }
 
@@ -429,8 +432,23 @@ impl AsyncUdpSocket for IceSocket {
             };
             return Poll::Ready(Ok(1));
         }
-        for (bi, b) in self.bases.iter().enumerate() {
+        // Start at a different base each time, so one busy base cannot
+        // starve the others.
+        let n_bases = self.bases.len();
+        let start = self.next_base.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n_bases {
+            let bi = (start + k) % n_bases;
+            let b = &self.bases[bi];
+            // ICMP errors (a peer's port closed) surface on a read and say
+            // nothing quinn needs: keep reading, a bounded number of times
+            // (then ask to be polled again rather than spin here).
+            let mut tries = 0;
             loop {
+                tries += 1;
+                if tries > 64 {
+                    cx.waker().wake_by_ref();
+                    break;
+                }
                 match b.io.poll_recv_ready(cx) {
                     Poll::Pending => break,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -443,9 +461,6 @@ impl AsyncUdpSocket for IceSocket {
                         self.sort(bi, bufs, meta, n);
                         return Poll::Ready(Ok(n));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    // ICMP errors (a peer's port closed) surface on the next
-                    // read; they say nothing quinn needs. Keep reading.
                     Err(_) => continue,
                 }
             }
