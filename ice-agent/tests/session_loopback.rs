@@ -317,3 +317,38 @@ async fn an_unanswered_restart_ends_as_consent_lost() {
     assert!(matches!(e, Error::ConsentLost { .. }), "{e:?}");
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }
+
+/// Two local addresses each (two host bases, four pairs): the session
+/// reads both sockets and QUIC runs over the pair ICE selected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bases_each() {
+    let ips = [LO, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))];
+    let mk = |role| {
+        Session::builder()
+            .bind(ips)
+            .ice_config(fast_ice(role))
+            .build()
+    };
+    let (a, b) = (
+        mk(Role::Controlling).await.unwrap(),
+        mk(Role::Controlled).await.unwrap(),
+    );
+    assert_eq!(a.local_addrs().len(), 2);
+    assert_eq!(a.local_description().await.candidates.len(), 2);
+    let (ca, cb) = pair(&a, &b).await;
+    let (pa, pb) = (a.path().unwrap(), b.path().unwrap());
+    // Both agree on the pair (each side's view mirrored).
+    assert_eq!(pa.local.base, pb.remote.addr);
+    assert_eq!(pa.remote.addr, pb.local.base);
+    let mut s = ca.open_uni().await.unwrap();
+    s.write_all(&[7u8; 100_000]).await.unwrap();
+    s.finish().unwrap();
+    let got = cb
+        .accept_uni()
+        .await
+        .unwrap()
+        .read_to_end(200_000)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 100_000);
+}
