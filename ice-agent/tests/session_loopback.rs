@@ -352,3 +352,29 @@ async fn two_bases_each() {
         .unwrap();
     assert_eq!(got.len(), 100_000);
 }
+
+/// Host gathering from the interfaces (no traffic is sent: no servers, no
+/// peer): loopback addresses only when asked for.
+#[tokio::test]
+async fn host_candidates_come_from_the_interfaces_loopback_only_when_asked() {
+    let with = Session::builder().loopback(true).build().await.unwrap();
+    let ips: Vec<IpAddr> = with.local_addrs().iter().map(|a| a.ip()).collect();
+    assert!(ips.contains(&LO), "{ips:?}");
+    let d = with.local_description().await;
+    assert!(d.candidates.iter().any(|c| c.addr.ip() == LO), "{d:?}");
+    for c in &d.candidates {
+        assert_eq!(c.kind, natkit_ice::CandidateKind::Host);
+        assert!(!c.addr.ip().is_unspecified() && c.addr.port() != 0);
+    }
+    // Without loopback: whatever else is up (maybe nothing in a bare
+    // namespace, which is a clear configuration error), never loopback.
+    match Session::builder().build().await {
+        Ok(without) => assert!(
+            without.local_addrs().iter().all(|a| !a.ip().is_loopback()),
+            "{:?}",
+            without.local_addrs()
+        ),
+        Err(Error::Config(msg)) => assert!(msg.contains("no usable local address"), "{msg}"),
+        Err(e) => panic!("{e:?}"),
+    }
+}
