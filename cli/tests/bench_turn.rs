@@ -3,110 +3,26 @@
 //! consistent with each other. The relay is killed by PID when its handle
 //! drops; every wait is bounded.
 
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use natkit_proto::binding::{self, RequestOptions};
+use natkit_testkit::{bins, ports, TurnRelay};
 use serde_json::Value;
 
-/// A UDP and TCP port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
+/// natkit-turn on loopback with user `bench`, killed on drop.
+fn start_relay() -> TurnRelay {
+    TurnRelay::builder(bins::natkit_turn_next_to(env!("CARGO_BIN_EXE_natkit")))
+        .relay_ports(ports::random_block(20_000, 2_000, 20))
+        .user("bench", "secret-pw")
+        .allow_loopback_peers()
+        .no_drain_grace()
+        .start()
 }
 
-fn natkit_turn_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATKIT_TURN_BIN") {
-        return PathBuf::from(p);
-    }
-    let bin = Path::new(env!("CARGO_BIN_EXE_natkit")).with_file_name("natkit-turn");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p natkit-turn` first (or `cargo test` at the \
-         workspace root), or set NATKIT_TURN_BIN",
-        bin.display()
-    );
-    bin
-}
-
-/// natkit-turn on loopback, killed on drop.
-struct Relay {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Relay {
-    fn start() -> Relay {
-        let port = free_port();
-        let base = 20_000 + (rand::random::<u16>() % 2_000) * 20;
-        let child = Command::new(natkit_turn_bin())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--relay-ip",
-                "127.0.0.1",
-                "--min-port",
-                &base.to_string(),
-                "--max-port",
-                &(base + 19).to_string(),
-                "--user",
-                "bench:secret-pw",
-                "--allow-peer",
-                "127.0.0.0/8",
-                "--drain-grace",
-                "0",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start natkit-turn");
-        let mut r = Relay { child, port };
-        r.wait_ready();
-        r
-    }
-
-    fn wait_ready(&mut self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let mut req = [0u8; 64];
-        let n = binding::write_request(&mut req, &[7; 12], &RequestOptions::default()).unwrap();
-        let end = Instant::now() + Duration::from_secs(30);
-        let mut buf = [0u8; 512];
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("natkit-turn exited at start-up: {status}");
-            }
-            assert!(Instant::now() < end, "natkit-turn did not start");
-            sock.send_to(&req[..n], ("127.0.0.1", self.port)).unwrap();
-            if sock.recv_from(&mut buf).is_ok() {
-                return;
-            }
-        }
-    }
-}
-
-fn bench(relay: &Relay, extra: &[&str]) -> Value {
+fn bench(relay: &TurnRelay, extra: &[&str]) -> Value {
     let mut args = vec![
         "bench".to_string(),
         "turn".into(),
-        format!("127.0.0.1:{}", relay.port),
+        format!("127.0.0.1:{}", relay.port()),
         "--user".into(),
         "bench".into(),
         "--password".into(),
@@ -187,7 +103,7 @@ fn check_consistent(r: &Value, window: u64) {
 
 #[test]
 fn bench_turn_udp_peers() {
-    let relay = Relay::start();
+    let relay = start_relay();
     let r = bench(&relay, &["--window", "8"]);
     assert_eq!(r["peer_mode"], "udp");
     check_consistent(&r, 8);
@@ -195,7 +111,7 @@ fn bench_turn_udp_peers() {
 
 #[test]
 fn bench_turn_udp_peers_with_gso_trains() {
-    let relay = Relay::start();
+    let relay = start_relay();
     let r = bench(&relay, &["--window", "8", "--gso", "--size", "40"]);
     assert_eq!(r["size"], 40);
     check_consistent(&r, 8);
@@ -203,7 +119,7 @@ fn bench_turn_udp_peers_with_gso_trains() {
 
 #[test]
 fn bench_turn_relay_to_relay_paced() {
-    let relay = Relay::start();
+    let relay = start_relay();
     // 500 probes/s per allocation for 1 s: about 1000 round trips; probes
     // and echoes go out as GSO trains.
     let r = bench(
@@ -226,7 +142,7 @@ fn bench_turn_relay_to_relay_paced() {
 
 #[test]
 fn bench_turn_reports_relay_memory_when_holding() {
-    let relay = Relay::start();
+    let relay = start_relay();
     let pid = relay.child.id().to_string();
     let r = bench(&relay, &["--hold", "100ms", "--server-pid", &pid]);
     assert!(r["load"].is_null(), "{r:#}");
@@ -238,12 +154,12 @@ fn bench_turn_reports_relay_memory_when_holding() {
 
 #[test]
 fn bench_turn_wrong_password_is_a_clear_error() {
-    let relay = Relay::start();
+    let relay = start_relay();
     let out = Command::new(env!("CARGO_BIN_EXE_natkit"))
         .args([
             "bench",
             "turn",
-            &format!("127.0.0.1:{}", relay.port),
+            &format!("127.0.0.1:{}", relay.port()),
             "--password",
             "wrong",
             "--allocations",

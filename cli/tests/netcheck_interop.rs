@@ -4,11 +4,12 @@
 //! is no NAT, so the right report is "open internet" with
 //! endpoint-independent filtering, and hairpinning works.
 
-use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use natkit_testkit::bins::WorkspaceBin;
+use natkit_testkit::ports::free_port_rfc5780;
 use serde_json::Value;
 
 /// A server process killed by PID on drop.
@@ -21,36 +22,13 @@ impl Drop for Proc {
     }
 }
 
-/// A port free for UDP and TCP on 127.0.0.1 and 127.0.0.2.
-fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = u.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && UdpSocket::bind(("127.0.0.2", p)).is_ok()
-            && TcpListener::bind(("127.0.0.2", p)).is_ok()
-        {
-            return p;
-        }
-    }
-}
-
 /// natkit-stun from this workspace's target directory, built if needed
 /// (cargo builds only this package's binaries for its tests).
 fn natkit_stun() -> PathBuf {
-    let natkit = PathBuf::from(env!("CARGO_BIN_EXE_natkit"));
-    let bin = natkit.with_file_name("natkit-stun");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = natkit.parent().is_some_and(|d| d.ends_with("release"));
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "natkit-stun"]);
-        if release {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "cannot build natkit-stun");
-    }
-    bin
+    WorkspaceBin::new("natkit-stun", "natkit-stun")
+        .next_to(env!("CARGO_BIN_EXE_natkit"))
+        .build_if_missing()
+        .path()
 }
 
 fn natkit(args: &[&str]) -> (bool, Value, String) {
@@ -89,7 +67,7 @@ fn assert_open_internet(report: &Value, text: &str) {
 
 #[test]
 fn netcheck_against_natkit_stun() {
-    let (p, q) = (free_port(), free_port());
+    let (p, q) = (free_port_rfc5780(), free_port_rfc5780());
     let _srv = Proc(
         Command::new(natkit_stun())
             .args([
@@ -123,7 +101,7 @@ fn netcheck_against_natkit_stun() {
 
 #[test]
 fn netcheck_against_natkit_stun_without_rfc5780_says_so() {
-    let p = free_port();
+    let p = free_port_rfc5780();
     let _srv = Proc(
         Command::new(natkit_stun())
             .args(["--listen", &format!("127.0.0.1:{p}")])
@@ -143,7 +121,7 @@ fn netcheck_against_natkit_stun_without_rfc5780_says_so() {
 
 #[test]
 fn netcheck_against_coturn_rfc5780() {
-    let (p, alt) = (free_port(), free_port());
+    let (p, alt) = (free_port_rfc5780(), free_port_rfc5780());
     let dir = std::env::temp_dir().join(format!("natkit-netcheck-coturn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let _srv = Proc(

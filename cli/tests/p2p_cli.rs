@@ -8,12 +8,12 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::net::{TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use natkit_proto::binding::{self, RequestOptions};
+use natkit_testkit::{bins, free_port, ports, ready, tls, TempDir, TurnRelay};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -24,29 +24,9 @@ fn natkit() -> &'static str {
     env!("CARGO_BIN_EXE_natkit")
 }
 
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!(
-            "natkit-p2p-{tag}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-
-    fn p(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory for one test, removed on drop.
+fn scratch(tag: &str) -> TempDir {
+    TempDir::new(&format!("natkit-p2p-{tag}"))
 }
 
 /// A child process, killed on drop.
@@ -112,8 +92,8 @@ enum Input<'a> {
 }
 
 /// Start `natkit ARGS` with stdout and stderr to files in `dir`.
-fn spawn(dir: &Dir, name: &str, args: &[String], input: Input) -> (Proc, Option<ChildStdin>) {
-    let stderr = dir.p(&format!("{name}.err"));
+fn spawn(dir: &TempDir, name: &str, args: &[String], input: Input) -> (Proc, Option<ChildStdin>) {
+    let stderr = dir.join(format!("{name}.err"));
     let stdin = match input {
         Input::File(p) => Stdio::from(File::open(p).unwrap()),
         Input::Pipe => Stdio::piped(),
@@ -121,10 +101,10 @@ fn spawn(dir: &Dir, name: &str, args: &[String], input: Input) -> (Proc, Option<
     };
     let mut child = Command::new(natkit())
         .args(args)
-        .current_dir(&dir.0)
+        .current_dir(dir.path())
         .env("RUST_LOG", "warn")
         .stdin(stdin)
-        .stdout(File::create(dir.p(&format!("{name}.out"))).unwrap())
+        .stdout(File::create(dir.join(format!("{name}.out"))).unwrap())
         .stderr(File::create(&stderr).unwrap())
         .spawn()
         .expect("start natkit");
@@ -141,7 +121,7 @@ fn spawn(dir: &Dir, name: &str, args: &[String], input: Input) -> (Proc, Option<
 
 /// Flags for one side: loopback only, descriptions through files named
 /// after the sides.
-fn side(dir: &Dir, me: &str, peer: &str, extra: &[&str]) -> Vec<String> {
+fn side(dir: &TempDir, me: &str, peer: &str, extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
         "--loopback",
         "--bind",
@@ -160,7 +140,7 @@ fn side(dir: &Dir, me: &str, peer: &str, extra: &[&str]) -> Vec<String> {
         ("--report", format!("{me}.json")),
     ] {
         v.push(flag.into());
-        v.push(dir.p(&file).display().to_string());
+        v.push(dir.join(&file).display().to_string());
     }
     v.extend(extra.iter().map(|s| s.to_string()));
     v
@@ -187,8 +167,8 @@ fn sha(b: &[u8]) -> Vec<u8> {
     Sha256::digest(b).to_vec()
 }
 
-fn report(dir: &Dir, name: &str) -> Value {
-    let text = std::fs::read_to_string(dir.p(&format!("{name}.json")))
+fn report(dir: &TempDir, name: &str) -> Value {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.json")))
         .unwrap_or_else(|e| panic!("{name}.json: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}.json: {e}: {text}"))
 }
@@ -200,20 +180,20 @@ fn assert_ok(p: &mut Proc) {
 
 /// Run listen and connect with these inputs; both must exit 0 with the
 /// other's input on their stdout.
-fn pipe_pair(dir: &Dir, extra: &[&str], a: &[u8], b: &[u8]) {
-    std::fs::write(dir.p("a.in"), a).unwrap();
-    std::fs::write(dir.p("b.in"), b).unwrap();
+fn pipe_pair(dir: &TempDir, extra: &[&str], a: &[u8], b: &[u8]) {
+    std::fs::write(dir.join("a.in"), a).unwrap();
+    std::fs::write(dir.join("b.in"), b).unwrap();
     let (mut l, _) = spawn(
         dir,
         "listen",
         &cmd(&["listen"], side(dir, "listen", "connect", extra)),
-        Input::File(&dir.p("a.in")),
+        Input::File(&dir.join("a.in")),
     );
     let (mut c, _) = spawn(
         dir,
         "connect",
         &cmd(&["connect"], side(dir, "connect", "listen", extra)),
-        Input::File(&dir.p("b.in")),
+        Input::File(&dir.join("b.in")),
     );
     let (sl, sc) = (l.wait_or_kill(LIMIT), c.wait_or_kill(LIMIT));
     assert!(
@@ -222,8 +202,8 @@ fn pipe_pair(dir: &Dir, extra: &[&str], a: &[u8], b: &[u8]) {
         l.err(),
         c.err()
     );
-    let got_c = std::fs::read(dir.p("connect.out")).unwrap();
-    let got_l = std::fs::read(dir.p("listen.out")).unwrap();
+    let got_c = std::fs::read(dir.join("connect.out")).unwrap();
+    let got_l = std::fs::read(dir.join("listen.out")).unwrap();
     assert_eq!(got_c.len(), a.len());
     assert!(
         sha(&got_c) == sha(a),
@@ -237,7 +217,7 @@ fn pipe_pair(dir: &Dir, extra: &[&str], a: &[u8], b: &[u8]) {
 }
 
 /// The two reports agree with each other and with what was moved.
-fn check_reports(dir: &Dir, a: usize, b: usize, kind: &str) {
+fn check_reports(dir: &TempDir, a: usize, b: usize, kind: &str) {
     let l = report(dir, "listen");
     let c = report(dir, "connect");
     for (r, role, sent, got) in [(&l, "controlled", a, b), (&c, "controlling", b, a)] {
@@ -261,7 +241,7 @@ fn check_reports(dir: &Dir, a: usize, b: usize, kind: &str) {
 
 #[test]
 fn listen_and_connect_pipe_a_mebibyte_each_way() {
-    let dir = Dir::new("pipe");
+    let dir = scratch("pipe");
     let (a, b) = (data(1_300_000, 7), data(1_100_000, 11));
     let t0 = Instant::now();
     pipe_pair(&dir, &[], &a, &b);
@@ -273,7 +253,7 @@ fn listen_and_connect_pipe_a_mebibyte_each_way() {
         "{r:#}"
     );
     // The path and the time are told on stderr too.
-    let err = std::fs::read_to_string(dir.p("connect.err")).unwrap();
+    let err = std::fs::read_to_string(dir.join("connect.err")).unwrap();
     assert!(
         err.contains("connected in") && err.contains("over host path"),
         "{err}"
@@ -281,140 +261,49 @@ fn listen_and_connect_pipe_a_mebibyte_each_way() {
     assert!(t0.elapsed() < LIMIT, "{:?}", t0.elapsed());
 }
 
-/// natkit-turn on loopback, killed on drop.
-struct Relay {
-    child: Child,
-    port: u16,
+/// natkit-turn on loopback with user `p2p`, killed on drop.
+fn start_relay(extra: &[&str]) -> TurnRelay {
+    TurnRelay::builder(bins::natkit_turn_next_to(natkit()))
+        .relay_ports(ports::random_block(20_000, 2_000, 20))
+        .user("p2p", "right-pw")
+        // Both peers' relayed addresses are on loopback, which the relay
+        // refuses as peers by default.
+        .allow_loopback_peers()
+        .no_drain_grace()
+        .args(extra)
+        .ready_timeout(Duration::from_secs(20))
+        .start()
 }
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A UDP and TCP port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
-
-fn natkit_turn_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATKIT_TURN_BIN") {
-        return PathBuf::from(p);
-    }
-    let bin = Path::new(natkit()).with_file_name("natkit-turn");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p natkit-turn` first (or `cargo test` at the \
-         workspace root), or set NATKIT_TURN_BIN",
-        bin.display()
+/// natkit-turn with TURN over TLS too, on `tls_port`, with a fresh
+/// self-signed certificate (returned as PEM, for --ca).
+fn start_tls_relay(dir: &TempDir, tls_port: u16) -> (TurnRelay, PathBuf) {
+    let (c, k) = tls::self_signed_ca(dir.path(), "relay");
+    let listen = format!("127.0.0.1:{tls_port}");
+    let (cs, ks) = (c.display().to_string(), k.display().to_string());
+    let relay = start_relay(&["--tls-listen", &listen, "--cert", &cs, "--key", &ks]);
+    ready::wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], tls_port)),
+        "natkit-turn's TLS port",
+        Duration::from_secs(20),
     );
-    bin
+    (relay, c)
 }
 
-impl Relay {
-    fn start() -> Relay {
-        Relay::start_with(&[])
-    }
-
-    /// natkit-turn with TURN over TLS too, on `tls_port`, with a fresh
-    /// self-signed certificate (returned as PEM, for --ca).
-    fn start_tls(dir: &Dir, tls_port: u16) -> (Relay, PathBuf) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
-                .unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        let (c, k) = (dir.p("relay.pem"), dir.p("relay.key"));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        let listen = format!("127.0.0.1:{tls_port}");
-        let (cs, ks) = (c.display().to_string(), k.display().to_string());
-        let relay = Relay::start_with(&["--tls-listen", &listen, "--cert", &cs, "--key", &ks]);
-        let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-            assert!(Instant::now() < end, "natkit-turn's TLS port did not open");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (relay, c)
-    }
-
-    fn start_with(extra: &[&str]) -> Relay {
-        let port = free_port();
-        let base = 20_000 + (rand::random::<u16>() % 2_000) * 20;
-        let child = Command::new(natkit_turn_bin())
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--relay-ip",
-                "127.0.0.1",
-                "--min-port",
-                &base.to_string(),
-                "--max-port",
-                &(base + 19).to_string(),
-                "--user",
-                "p2p:right-pw",
-                // Both peers' relayed addresses are on loopback, which
-                // the relay refuses as peers by default.
-                "--allow-peer",
-                "127.0.0.0/8",
-                "--drain-grace",
-                "0",
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start natkit-turn");
-        let mut r = Relay { child, port };
-        r.wait_ready();
-        r
-    }
-
-    fn wait_ready(&mut self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let mut req = [0u8; 64];
-        let n = binding::write_request(&mut req, &[7; 12], &RequestOptions::default()).unwrap();
-        let end = Instant::now() + Duration::from_secs(20);
-        let mut buf = [0u8; 512];
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("natkit-turn exited at start-up: {status}");
-            }
-            assert!(Instant::now() < end, "natkit-turn did not start");
-            sock.send_to(&req[..n], ("127.0.0.1", self.port)).unwrap();
-            if sock.recv_from(&mut buf).is_ok() {
-                return;
-            }
-        }
-    }
-
-    fn uri(&self, transport: &str) -> String {
-        format!("turn:127.0.0.1:{}?transport={transport}", self.port)
-    }
+/// The TURN URI of `relay` over `transport`.
+fn relay_uri(relay: &TurnRelay, transport: &str) -> String {
+    format!("turn:127.0.0.1:{}?transport={transport}", relay.port())
 }
 
 fn relay_only(transport: &str) {
-    let dir = Dir::new(&format!("relay-{transport}"));
+    let dir = scratch(&format!("relay-{transport}"));
     let (_relay, uri, ca) = if transport == "tls" {
         let tls_port = free_port();
-        let (relay, ca) = Relay::start_tls(&dir, tls_port);
+        let (relay, ca) = start_tls_relay(&dir, tls_port);
         (relay, format!("turns:127.0.0.1:{tls_port}"), Some(ca))
     } else {
-        let relay = Relay::start();
-        let uri = relay.uri(transport);
+        let relay = start_relay(&[]);
+        let uri = relay_uri(&relay, transport);
         (relay, uri, None)
     };
     let ca = ca.map(|p| p.display().to_string());
@@ -455,15 +344,15 @@ fn relay_only_over_turns_reports_the_relay_path() {
 
 #[test]
 fn send_and_receive_move_a_verified_file() {
-    let dir = Dir::new("file");
+    let dir = scratch("file");
     let content = data(2_500_000, 13);
-    std::fs::write(dir.p("payload.bin"), &content).unwrap();
-    std::fs::create_dir(dir.p("inbox")).unwrap();
+    std::fs::write(dir.join("payload.bin"), &content).unwrap();
+    std::fs::create_dir(dir.join("inbox")).unwrap();
     let (mut s, _) = spawn(
         &dir,
         "send",
         &cmd(
-            &["send", &dir.p("payload.bin").display().to_string()],
+            &["send", &dir.join("payload.bin").display().to_string()],
             side(&dir, "send", "receive", &[]),
         ),
         Input::Null,
@@ -472,17 +361,21 @@ fn send_and_receive_move_a_verified_file() {
         &dir,
         "receive",
         &cmd(
-            &["receive", "--output", &dir.p("inbox").display().to_string()],
+            &[
+                "receive",
+                "--output",
+                &dir.join("inbox").display().to_string(),
+            ],
             side(&dir, "receive", "send", &[]),
         ),
         Input::Null,
     );
     assert_ok(&mut r);
     assert_ok(&mut s);
-    let got = std::fs::read(dir.p("inbox/payload.bin")).unwrap();
+    let got = std::fs::read(dir.join("inbox/payload.bin")).unwrap();
     assert!(got == content, "received file differs");
     // Nothing else in the output directory: the temporary name is gone.
-    let names: Vec<_> = std::fs::read_dir(dir.p("inbox"))
+    let names: Vec<_> = std::fs::read_dir(dir.join("inbox"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
@@ -503,7 +396,7 @@ fn send_and_receive_move_a_verified_file() {
 
 /// A valid description from a real session (the listener is killed once
 /// it has written it).
-fn a_description(dir: &Dir) -> String {
+fn a_description(dir: &TempDir) -> String {
     let (mut p, _) = spawn(
         dir,
         "donor",
@@ -518,14 +411,14 @@ fn a_description(dir: &Dir) -> String {
             ],
             vec![
                 "--desc-out".into(),
-                dir.p("donor.desc").display().to_string(),
+                dir.join("donor.desc").display().to_string(),
             ],
         ),
         Input::Pipe,
     );
     let end = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Ok(t) = std::fs::read_to_string(dir.p("donor.desc")) {
+        if let Ok(t) = std::fs::read_to_string(dir.join("donor.desc")) {
             let _ = p.child.kill();
             return t.trim().to_owned();
         }
@@ -536,7 +429,7 @@ fn a_description(dir: &Dir) -> String {
 
 #[test]
 fn a_damaged_description_is_named_as_such() {
-    let dir = Dir::new("damaged");
+    let dir = scratch("damaged");
     let good = a_description(&dir);
     // Cut short (a partial paste) and one character changed.
     let cut = good[..good.len() - 6].to_owned();
@@ -558,11 +451,11 @@ fn a_damaged_description_is_named_as_such() {
         assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     }
     // The same through --remote FILE: reported as damaged, not as a timeout.
-    std::fs::write(dir.p("bad.desc"), &cut).unwrap();
+    std::fs::write(dir.join("bad.desc"), &cut).unwrap();
     let out = Command::new(natkit())
         .args(["listen", "--loopback", "--bind", "127.0.0.1", "--wait", "1"])
         .arg("--remote")
-        .arg(dir.p("bad.desc"))
+        .arg(dir.join("bad.desc"))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -573,8 +466,8 @@ fn a_damaged_description_is_named_as_such() {
 
 #[test]
 fn a_wrong_turn_password_is_named_as_such() {
-    let relay = Relay::start();
-    let dir = Dir::new("creds");
+    let relay = start_relay(&[]);
+    let dir = scratch("creds");
     let desc = a_description(&dir);
     let t0 = Instant::now();
     let out = Command::new(natkit())
@@ -585,7 +478,7 @@ fn a_wrong_turn_password_is_named_as_such() {
             "127.0.0.1",
             "--relay-only",
             "--turn",
-            &relay.uri("udp"),
+            &relay_uri(&relay, "udp"),
             "--turn-user",
             "p2p",
             "--turn-password",
@@ -600,13 +493,16 @@ fn a_wrong_turn_password_is_named_as_such() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("wrong TURN credentials"), "{err}");
-    assert!(err.contains(&format!("127.0.0.1:{}", relay.port)), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{}", relay.port())),
+        "{err}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
 }
 
 #[test]
 fn an_unreachable_turn_server_is_named_as_such() {
-    let dir = Dir::new("unreachable");
+    let dir = scratch("unreachable");
     let desc = a_description(&dir);
     // A port nothing listens on: TCP is refused at once.
     let port = free_port();
@@ -641,7 +537,7 @@ fn an_unreachable_turn_server_is_named_as_such() {
 
 #[test]
 fn no_usable_path_lists_what_was_tried_within_the_timeout() {
-    let dir = Dir::new("nopath");
+    let dir = scratch("nopath");
     // The donor is killed once its description is out: nobody answers.
     let desc = a_description(&dir);
     let t0 = Instant::now();
@@ -668,7 +564,7 @@ fn no_usable_path_lists_what_was_tried_within_the_timeout() {
 
 #[test]
 fn a_fingerprint_that_does_not_match_is_refused_on_both_sides() {
-    let dir = Dir::new("fingerprint");
+    let dir = scratch("fingerprint");
     let (mut l, _l_in) = spawn(
         &dir,
         "listen",
@@ -678,16 +574,16 @@ fn a_fingerprint_that_does_not_match_is_refused_on_both_sides() {
     wait_until(
         Duration::from_secs(15),
         "the listener's description",
-        || std::fs::read_to_string(dir.p("listen.desc")).is_ok_and(|t| !t.trim().is_empty()),
+        || std::fs::read_to_string(dir.join("listen.desc")).is_ok_and(|t| !t.trim().is_empty()),
     );
     // The listener's description with one byte of its fingerprint changed:
     // whoever answers is not who the description names.
     let mut d: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.p("listen.desc")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("listen.desc")).unwrap()).unwrap();
     let fp = d["fingerprint"].as_str().unwrap().to_owned();
     let first = if fp.starts_with("00") { "11" } else { "00" };
     d["fingerprint"] = Value::String(format!("{first}{}", &fp[2..]));
-    std::fs::write(dir.p("forged.desc"), d.to_string()).unwrap();
+    std::fs::write(dir.join("forged.desc"), d.to_string()).unwrap();
     let mut args = side(&dir, "connect", "forged", &[]);
     args.insert(0, "connect".into());
     let (mut c, _) = spawn(&dir, "connect", &args, Input::Null);
@@ -700,9 +596,9 @@ fn a_fingerprint_that_does_not_match_is_refused_on_both_sides() {
 
 #[test]
 fn a_relay_that_dies_under_the_connection_is_named() {
-    let mut relay = Relay::start();
-    let dir = Dir::new("relaylost");
-    let uri = relay.uri("tcp");
+    let mut relay = start_relay(&[]);
+    let dir = scratch("relaylost");
+    let uri = relay_uri(&relay, "tcp");
     let flags = [
         "--relay-only",
         "--turn",
@@ -739,7 +635,10 @@ fn a_relay_that_dies_under_the_connection_is_named() {
         let err = p.err();
         assert!(!s.success(), "{err}");
         assert!(err.contains("error: relay lost"), "{err}");
-        assert!(err.contains(&format!("127.0.0.1:{}", relay.port)), "{err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{}", relay.port())),
+            "{err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
     assert!(took < Duration::from_secs(20), "{took:?}");
@@ -747,7 +646,7 @@ fn a_relay_that_dies_under_the_connection_is_named() {
 
 #[test]
 fn a_peer_killed_mid_transfer_is_reported_as_vanished() {
-    let dir = Dir::new("vanish");
+    let dir = scratch("vanish");
     // No ICE restart on the silence (--degraded-after beyond the consent
     // timeout): consent (RFC 7675) is what notices.
     let fast = ["--consent-timeout", "2", "--degraded-after", "30"];
@@ -769,7 +668,7 @@ fn a_peer_killed_mid_transfer_is_reported_as_vanished() {
     c_in.flush().unwrap();
     let end = Instant::now() + Duration::from_secs(15);
     loop {
-        let got = std::fs::metadata(dir.p("listen.out")).map_or(0, |m| m.len());
+        let got = std::fs::metadata(dir.join("listen.out")).map_or(0, |m| m.len());
         if got == 100_000 {
             break;
         }
@@ -805,8 +704,8 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn out_len(dir: &Dir, name: &str) -> u64 {
-    std::fs::metadata(dir.p(&format!("{name}.out"))).map_or(0, |m| m.len())
+fn out_len(dir: &TempDir, name: &str) -> u64 {
+    std::fs::metadata(dir.join(format!("{name}.out"))).map_or(0, |m| m.len())
 }
 
 fn signal(p: &Proc, sig: libc::c_int) {
@@ -818,7 +717,7 @@ fn signal(p: &Proc, sig: libc::c_int) {
 
 #[test]
 fn a_silent_path_restarts_ice_through_the_files_and_the_stream_goes_on() {
-    let dir = Dir::new("restart");
+    let dir = scratch("restart");
     let flags = ["--degraded-after", "0.6", "--consent-timeout", "12"];
     let (l, l_in) = spawn(
         &dir,
@@ -849,7 +748,7 @@ fn a_silent_path_restarts_ice_through_the_files_and_the_stream_goes_on() {
         "the restart and its answer",
         || {
             let read = |n| {
-                std::fs::read_to_string(dir.p(n))
+                std::fs::read_to_string(dir.join(n))
                     .ok()
                     .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             };
@@ -872,8 +771,8 @@ fn a_silent_path_restarts_ice_through_the_files_and_the_stream_goes_on() {
         c.err()
     );
     let want_l: Vec<u8> = b1.iter().chain(&b2).copied().collect();
-    assert!(std::fs::read(dir.p("listen.out")).unwrap() == want_l);
-    assert!(std::fs::read(dir.p("connect.out")).unwrap() == a1);
+    assert!(std::fs::read(dir.join("listen.out")).unwrap() == want_l);
+    assert!(std::fs::read(dir.join("connect.out")).unwrap() == a1);
     let err = c.err();
     assert!(err.contains("restarted ICE"), "{err}");
     assert!(err.contains("the peer answered the ICE restart"), "{err}");

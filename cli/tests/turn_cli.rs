@@ -5,7 +5,7 @@
 //! drops; every wait is bounded.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,27 +15,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use natkit_proto::binding::{self, RequestOptions};
 use natkit_proto::raw::{self, attr, Class};
 use natkit_proto::writer::Writer;
+use natkit_testkit::{bins, free_port, ports, ready, tls};
 use serde_json::Value;
-
-/// A UDP and TCP port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
 
 /// A range of relay ports unlikely to be used by a parallel test.
 fn relay_range() -> (u16, u16) {
-    let base = 20_000 + (rand::random::<u16>() % 2_000) * 20;
-    (base, base + 19)
+    ports::random_block(20_000, 2_000, 20)
 }
 
 fn scratch_dir(tag: &str) -> PathBuf {
@@ -150,7 +137,7 @@ impl Server {
     /// natkit-turn (built by `cargo test` at the workspace root next to
     /// `natkit`; `NATKIT_TURN_BIN` overrides) on loopback, with `extra`.
     fn natkit_turn(extra: &[&str], tls: Option<(&Path, &Path)>) -> Server {
-        let bin = natkit_turn_bin();
+        let bin = bins::natkit_turn_next_to(env!("CARGO_BIN_EXE_natkit"));
         let dir = scratch_dir("natkit-turn");
         let port = free_port();
         let relay = relay_range();
@@ -203,55 +190,17 @@ impl Server {
     /// Wait until the server answers a STUN Binding request on its UDP port
     /// (and accepts TCP on its TLS port, if any).
     fn wait_ready(&mut self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let mut req = [0u8; 64];
-        let n = binding::write_request(&mut req, &[9; 12], &RequestOptions::default()).unwrap();
         // coturn usually answers at once, but was seen taking 10 s to start
         // its relay threads on a loaded 2-core machine.
-        let end = Instant::now() + Duration::from_secs(30);
-        let mut buf = [0u8; 512];
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited at start-up: {status}", self.name);
-            }
-            assert!(
-                Instant::now() < end,
-                "{} did not start on port {}",
-                self.name,
-                self.port
-            );
-            sock.send_to(&req[..n], ("127.0.0.1", self.port)).unwrap();
-            if sock.recv_from(&mut buf).is_ok() {
-                break;
-            }
-        }
+        let limit = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        ready::wait_binding(&mut self.child, self.name, addr, limit);
         if let Some(p) = self.tls_port {
-            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-                assert!(Instant::now() < end, "TLS port {p} did not open");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let tls = SocketAddr::from(([127, 0, 0, 1], p));
+            ready::wait_tcp(tls, "the TLS port", limit.saturating_sub(t0.elapsed()));
         }
     }
-}
-
-/// The natkit-turn binary: `NATKIT_TURN_BIN`, else next to `natkit` (same
-/// target directory and profile; `cargo test` at the workspace root builds
-/// every member's binaries before running tests).
-fn natkit_turn_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATKIT_TURN_BIN") {
-        return PathBuf::from(p);
-    }
-    let natkit = Path::new(env!("CARGO_BIN_EXE_natkit"));
-    let bin = natkit.with_file_name("natkit-turn");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p natkit-turn` first (or `cargo test` at the \
-         workspace root), or set NATKIT_TURN_BIN",
-        bin.display()
-    );
-    bin
 }
 
 fn natkit(args: &[&str]) -> Output {
@@ -463,26 +412,11 @@ fn coturn_tcp_round_trip() {
 
 /// A self-signed certificate for 127.0.0.1 made the way `openssl req
 /// -x509` makes one (marked as a CA), in `dir`.
-fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).unwrap();
-    let (c, k) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
-
 #[test]
 fn coturn_tls_with_ca_file_and_handshake_failures() {
     let dir = scratch_dir("tls");
-    let (cert, key) = self_signed(&dir, "server");
-    let (other, _) = self_signed(&dir, "other");
+    let (cert, key) = tls::self_signed_ca(&dir, "server");
+    let (other, _) = tls::self_signed_ca(&dir, "other");
     let s = Server::coturn_with(
         &["--user", "u:p", "--lt-cred-mech", "--allow-loopback-peers"],
         Some((&cert, &key)),
@@ -1167,7 +1101,7 @@ fn natkit_turn_denies_loopback_peers_but_relays_between_its_allocations() {
 #[test]
 fn natkit_turn_quota_and_tls() {
     let dir = scratch_dir("nt-tls");
-    let (cert, key) = self_signed(&dir, "server");
+    let (cert, key) = tls::self_signed_ca(&dir, "server");
     let s = Server::natkit_turn(
         &["--user-quota", "1", "--allow-peer", "127.0.0.0/8"],
         Some((&cert, &key)),

@@ -14,8 +14,8 @@
 //! Environment: ROUNDS, MIB, NATKIT_TURN_BIN (else target/release/natkit-turn,
 //! built when missing). Loopback only; every process started is killed.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use natkit_ice::session::{PathKind, Session};
 use natkit_ice::tls::{self, Identity, MismatchFlag, PeerPin};
 use natkit_ice::{Role, TurnServer};
 use natkit_proto::turn::client::Credentials;
+use natkit_testkit::{bins, TurnRelay};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -33,73 +34,17 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-struct Relay(Child, SocketAddr);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_relay() -> Relay {
-    let bin = std::env::var_os("NATKIT_TURN_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let exe = std::env::current_exe().unwrap();
-            let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-            let bin = dir.join("natkit-turn");
-            if !bin.is_file() {
-                let st = Command::new(env!("CARGO"))
-                    .args(["build", "--release", "-p", "natkit-turn"])
-                    .status()
-                    .expect("cargo build");
-                assert!(st.success());
-            }
-            bin
-        });
-    let port = {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        u.local_addr().unwrap().port()
-    };
-    let child = Command::new(bin)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--relay-ip",
-            "127.0.0.1",
-            "--min-port",
-            "24000",
-            "--max-port",
-            "24999",
-            "--user",
-            "bench:bench-password",
-            "--allow-peer",
-            "127.0.0.0/8",
-            "--drain-grace",
-            "0",
-        ])
+/// natkit-turn on loopback (relay ports 24000-24999), killed on drop.
+fn start_relay() -> TurnRelay {
+    TurnRelay::builder(bins::natkit_turn())
+        .relay_ports((24_000, 24_999))
+        .user("bench", "bench-password")
+        .allow_loopback_peers()
+        .no_drain_grace()
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start natkit-turn");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    // Killed on drop from here on, even if it never answers.
-    let relay = Relay(child, addr);
-    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-    probe
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let mut req = [0u8; 64];
-    let n = natkit_proto::binding::write_request(&mut req, &[1; 12], &Default::default()).unwrap();
-    for _ in 0..200 {
-        probe.send_to(&req[..n], addr).unwrap();
-        if probe.recv_from(&mut [0u8; 256]).is_ok() {
-            return relay;
-        }
-    }
-    panic!("natkit-turn did not start");
+        .stderr(Stdio::inherit())
+        .ready_timeout(Duration::from_secs(10))
+        .start()
 }
 
 async fn connect_once(turn: Option<SocketAddr>) -> (Duration, PathKind) {
@@ -271,7 +216,7 @@ fn main() {
     rt.block_on(async {
         connect_times("host", rounds, None).await;
         let relay = start_relay();
-        connect_times("relay-only", rounds, Some(relay.1)).await;
+        connect_times("relay-only", rounds, Some(relay.addr)).await;
         drop(relay);
         throughput(5, mib).await;
     });

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use natkit_ice::session::{Error, PathKind, Problem, Session, SessionEvent};
 use natkit_ice::{CandidateKind, Config, Role, TurnServer};
 use natkit_proto::turn::client::Credentials;
-use relay_harness::{Relay, PASS, USER};
+use relay_harness::{start_relay, start_relay_with, PASS, USER};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -66,7 +66,7 @@ async fn connect_and_echo(a: &Session, b: &Session) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_over_udp_and_over_tcp() {
-    let relay = Relay::start();
+    let relay = start_relay();
     for (name, turn) in [
         ("udp", TurnServer::udp(relay.addr, creds())),
         ("tcp", TurnServer::tcp(relay.addr, creds())),
@@ -90,7 +90,7 @@ async fn relay_only_over_udp_and_over_tcp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_turn_password_is_its_own_error() {
-    let relay = Relay::start();
+    let relay = start_relay();
     let bad = TurnServer::udp(relay.addr, Credentials::new(USER, "not-the-password"));
     let a = relay_only(Role::Controlling, bad).await.unwrap();
     let b = Session::builder().bind([LO]).build().await.unwrap();
@@ -148,7 +148,7 @@ async fn unreachable_servers_are_named() {
 /// stream open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_pair_takes_over_from_the_relay_without_reconnecting() {
-    let relay = Relay::start();
+    let relay = start_relay();
     relay_harness::init_tracing();
     let a = Session::builder()
         .bind([LO])
@@ -241,11 +241,10 @@ async fn direct_pair_takes_over_from_the_relay_without_reconnecting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_over_tls() {
-    let dir = std::env::temp_dir().join(format!("natkit-ice-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key, der) = relay_harness::tls_files(&dir);
+    let dir = natkit_testkit::TempDir::new("natkit-ice-tls");
+    let (cert, key, der) = relay_harness::tls_files(dir.path());
     let tls_port = relay_harness::free_port();
-    let relay = Relay::start_with(&[
+    let relay = start_relay_with(&[
         "--tls-listen".into(),
         format!("127.0.0.1:{tls_port}"),
         "--cert".into(),
@@ -253,15 +252,7 @@ async fn relay_only_over_tls() {
         "--key".into(),
         key.display().to_string(),
     ]);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.into()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = natkit_testkit::tls::client_config(der.into());
     let settings = natkit_ice::session::TlsSettings {
         config: Arc::new(config),
         name: rustls_pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()),
@@ -273,7 +264,6 @@ async fn relay_only_over_tls() {
     connect_and_echo(&a, &b).await;
     assert_eq!(a.path().unwrap().kind, PathKind::Relay);
     drop(relay);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A closed session deletes its allocation (RFC 8656 §8) instead of leaving
@@ -281,7 +271,7 @@ async fn relay_only_over_tls() {
 /// follow one another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_session_frees_its_allocation() {
-    let relay = Relay::start_with(&["--user-quota".into(), "1".into()]);
+    let relay = start_relay_with(&["--user-quota".into(), "1".into()]);
     for round in 0..3 {
         let s = relay_only(Role::Controlling, TurnServer::udp(relay.addr, creds()))
             .await
@@ -305,7 +295,7 @@ async fn closing_a_session_frees_its_allocation() {
 /// not the peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_stops_is_relay_lost() {
-    let relay = Relay::start();
+    let relay = start_relay();
     let turn = TurnServer::tcp(relay.addr, creds());
     let a = relay_only(Role::Controlling, turn.clone()).await.unwrap();
     let b = relay_only(Role::Controlled, turn).await.unwrap();

@@ -6,60 +6,31 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Arc;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
 use natkit_proto::binding::{parse_response, write_request, RequestOptions};
+use natkit_testkit::{bins, tls, TempDir};
 
 /// Longest one step may take on a loaded machine.
 const STEP: Duration = Duration::from_secs(10);
 
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("natkit-stun-ops-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn check_config(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
-        .arg("--check-config")
-        .args(args)
-        .output()
-        .expect("run natkit-stun --check-config")
+    bins::check_config(env!("CARGO_BIN_EXE_natkit-stun"), args)
 }
 
 /// Exit status 2; stderr, which must start with the configuration-error line.
 fn refused(args: &[&str]) -> String {
-    let out = check_config(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{args:?} accepted: {err}");
-    assert!(
-        err.starts_with("natkit-stun: configuration error: "),
-        "{err}"
-    );
-    err
+    bins::config_refused(env!("CARGO_BIN_EXE_natkit-stun"), args)
 }
 
 #[test]
 fn a_parse_error_names_the_file_and_the_toml_error_once() {
-    let dir = TempDir::new("once");
-    let bad = dir.0.join("bad-once.toml");
+    let dir = TempDir::new("natkit-stun-ops-once");
+    let bad = dir.join("bad-once.toml");
     std::fs::write(&bad, "listen = [\"127.0.0.1:3478\"\nthreads = 2\n").unwrap();
     let err = refused(&["--config", bad.to_str().unwrap()]);
     assert_eq!(err.matches("bad-once.toml").count(), 1, "{err}");
@@ -75,21 +46,16 @@ fn certificate() -> rcgen::CertifiedKey {
     rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap()
 }
 
-fn write_pair(ck: &rcgen::CertifiedKey, cert: &Path, key: &Path) {
-    std::fs::write(cert, ck.cert.pem()).unwrap();
-    std::fs::write(key, ck.key_pair.serialize_pem()).unwrap();
-}
-
 #[test]
 fn check_config_loads_the_certificate_and_key() {
-    let dir = TempDir::new("cc-tls");
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    write_pair(&certificate(), &cert, &key);
-    let other_key = dir.0.join("other-key.pem");
+    let dir = TempDir::new("natkit-stun-ops-cc-tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    tls::write_pem(&certificate(), &cert, &key);
+    let other_key = dir.join("other-key.pem");
     std::fs::write(&other_key, certificate().key_pair.serialize_pem()).unwrap();
-    let junk = dir.0.join("junk.pem");
+    let junk = dir.join("junk.pem");
     std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\n%%%\n").unwrap();
-    let missing = dir.0.join("missing.pem");
+    let missing = dir.join("missing.pem");
     let s = |p: &PathBuf| p.to_str().unwrap().to_owned();
     let args = |c: &PathBuf, k: &PathBuf| {
         vec![
@@ -151,19 +117,7 @@ fn check_config_loads_the_certificate_and_key() {
 /// A Binding request over TLS to `addr`, trusting only `ca`: whether the
 /// handshake succeeded and the request was answered.
 fn tls_binding(addr: SocketAddr, ca: &rcgen::CertifiedKey) -> bool {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(STEP)).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = tls::connect(addr, ca, "localhost", STEP);
     let mut req = [0u8; 64];
     let n = write_request(&mut req, &rand_tid(), &RequestOptions::default()).unwrap();
     if tls.write_all(&req[..n]).is_err() {
@@ -194,11 +148,11 @@ fn wait_log(log: &Path, text: &str) {
 /// certificate. Files that do not load keep the old ones, and say why.
 #[test]
 fn sighup_reloads_the_tls_certificate() {
-    let dir = TempDir::new("reload");
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    let log = dir.0.join("stun.log");
+    let dir = TempDir::new("natkit-stun-ops-reload");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let log = dir.join("stun.log");
     let (old, new) = (certificate(), certificate());
-    write_pair(&old, &cert, &key);
+    tls::write_pem(&old, &cert, &key);
     let (p, t) = (free_port(), free_port());
     let primary = addr(&format!("127.0.0.1:{p}"));
     let tls_addr = addr(&format!("127.0.0.1:{t}"));
@@ -222,7 +176,7 @@ fn sighup_reloads_the_tls_certificate() {
     assert!(tls_binding(tls_addr, &old));
     assert!(!tls_binding(tls_addr, &new));
 
-    write_pair(&new, &cert, &key);
+    tls::write_pem(&new, &cert, &key);
     signal(&srv, libc::SIGHUP);
     let end = Instant::now() + STEP;
     while !tls_binding(tls_addr, &new) {

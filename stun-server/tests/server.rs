@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use natkit_proto::binding::{parse_response, write_request, ChangeRequest, RequestOptions};
+use natkit_testkit::{tls, TempDir};
 
 #[test]
 fn rfc5780_change_request_response_origin_other_address() {
@@ -281,12 +282,9 @@ fn tcp_binding_idle_timeout_and_connection_cap() {
 
 #[test]
 fn tls_binding() {
-    let dir = std::env::temp_dir().join(format!("natkit-stun-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = TempDir::new("natkit-stun-tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let ck = tls::self_signed(&["localhost"], &cert, &key);
     let (p, t) = (free_port(), free_port());
     let primary = addr(&format!("127.0.0.1:{p}"));
     let tls_addr = addr(&format!("127.0.0.1:{t}"));
@@ -302,28 +300,14 @@ fn tls_binding() {
     ]);
     srv.wait_ready(primary);
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
-            .unwrap();
-    let tcp = TcpStream::connect(tls_addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let local = tcp.local_addr().unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = tls::connect(tls_addr, &ck, "localhost", Duration::from_secs(3));
+    let local = tls.sock.local_addr().unwrap();
     let mut buf = [0u8; 64];
     let n = write_request(&mut buf, &[5; 12], &RequestOptions::default()).unwrap();
     tls.write_all(&buf[..n]).unwrap();
     let r = parse_response(&read_stun_frame(&mut tls).unwrap()).unwrap();
     assert_eq!(r.outcome, Ok(()));
     assert_eq!(r.mapped, Some(local));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -351,8 +335,7 @@ fn sigterm_stops_cleanly() {
 
 #[test]
 fn check_config_names_the_bad_key() {
-    let dir = std::env::temp_dir().join(format!("natkit-stun-cc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("natkit-stun-cc");
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "listen = [\"127.0.0.1:3478\"]\nthreds = 4\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
@@ -385,7 +368,6 @@ fn check_config_names_the_bad_key() {
         Some(2),
         "same IP for --other must be refused"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Another process's SO_REUSEPORT socket on the port: natkit-stun must not

@@ -32,8 +32,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use natkit_proto::binding::{self, RequestOptions};
-use natkit_proto::transaction;
+use natkit_testkit::{ready, TempDir};
 
 /// The page, compiled in so the test has no working-directory assumptions.
 const PAGE: &str = include_str!("chromium/page.html");
@@ -76,10 +75,11 @@ fn chromium_relays_a_data_channel_message_through_natkit_turn() {
 
     // Guards are dropped in reverse order: Chromium first, the namespace last.
     let ns = Netns::create();
-    let tmp = TempDir::new();
+    // <TMP_PREFIX><pid>-<n>, which the stale-run sweep recognises.
+    let tmp = TempDir::new(TMP_PREFIX.trim_end_matches('-'));
     let t_ns = started.elapsed();
 
-    let turn_log = tmp.0.join("natkit-turn.log");
+    let turn_log = tmp.join("natkit-turn.log");
     let mut turn = Proc::spawn(
         "natkit-turn",
         ns.exec(env!("CARGO_BIN_EXE_natkit-turn"))
@@ -110,8 +110,8 @@ fn chromium_relays_a_data_channel_message_through_natkit_turn() {
         urlencode(PASS),
         PAGE_TIMEOUT.as_millis()
     );
-    let profile = tmp.0.join("profile");
-    let chrome_log = tmp.0.join("chromium.log");
+    let profile = tmp.join("profile");
+    let chrome_log = tmp.join("chromium.log");
     let mut chrome = Proc::spawn(
         "chromium",
         ns.exec(&chromium)
@@ -129,9 +129,9 @@ fn chromium_relays_a_data_channel_message_through_natkit_turn() {
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(&url)
             // Keep Chromium's dot-files in the test's own directory.
-            .env("HOME", &tmp.0)
-            .env("XDG_CONFIG_HOME", tmp.0.join("config"))
-            .env("XDG_CACHE_HOME", tmp.0.join("cache"))
+            .env("HOME", tmp.path())
+            .env("XDG_CONFIG_HOME", tmp.join("config"))
+            .env("XDG_CACHE_HOME", tmp.join("cache"))
             .stdout(Stdio::null())
             .stderr(File::create(&chrome_log).expect("create chromium log")),
         &chrome_log,
@@ -492,27 +492,6 @@ impl Drop for Proc {
     }
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "{TMP_PREFIX}{}-{}",
-            std::process::id(),
-            NEXT_NS.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Wait until natkit-turn answers a STUN Binding request on its listening
 /// address inside the namespace (RFC 8656 §17: a TURN server is also a STUN
 /// server on the same port).
@@ -521,15 +500,9 @@ fn wait_relay_ready(ns: &Netns, turn: &Proc) {
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let end = Instant::now() + STEP;
-    let mut buf = [0u8; 512];
     while Instant::now() < end {
-        let tid = transaction::new_transaction_id();
-        let n = binding::write_request(&mut buf, &tid, &RequestOptions::default()).unwrap();
-        sock.send_to(&buf[..n], (HOST, TURN_PORT)).unwrap();
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if binding::parse_response(&buf[..n]).is_ok_and(|r| r.transaction_id == tid) {
-                return;
-            }
+        if ready::answers_binding(&sock, SocketAddr::from((HOST, TURN_PORT))) {
+            return;
         }
     }
     panic!(

@@ -184,8 +184,8 @@ fn run_uclient(relay: &Relay, peer: u16, flags: &[&str]) -> (ExitStatus, String)
         ]
         .map(String::from),
     );
-    let log = TempDir::new("uclient");
-    let path = log.0.join("out");
+    let log = TempDir::new("natkit-turn-uclient");
+    let path = log.join("out");
     let file = std::fs::File::create(&path).unwrap();
     let child = Command::new(UCLIENT)
         .args(&args)

@@ -6,36 +6,26 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use natkit_proto::turn::client::{ClientError, Transport};
+use natkit_testkit::{bins, tls};
 
 fn check_config(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_natkit-turn"))
-        .arg("--check-config")
-        .args(args)
-        .output()
-        .expect("run natkit-turn --check-config")
+    bins::check_config(env!("CARGO_BIN_EXE_natkit-turn"), args)
 }
 
 /// Exit status 2 and stderr, which must start with the configuration-error line.
 fn refused(args: &[&str]) -> String {
-    let out = check_config(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{args:?} accepted: {err}");
-    assert!(
-        err.starts_with("natkit-turn: configuration error: "),
-        "{err}"
-    );
-    err
+    bins::config_refused(env!("CARGO_BIN_EXE_natkit-turn"), args)
 }
 
 #[test]
 fn a_parse_error_names_the_file_and_the_toml_error_once() {
-    let dir = TempDir::new("once");
-    let bad = dir.0.join("bad-once.toml");
+    let dir = TempDir::new("natkit-turn-once");
+    let bad = dir.join("bad-once.toml");
     std::fs::write(&bad, "listen = [\"127.0.0.1:3478\"\nrealm = 3\n").unwrap();
     let err = refused(&["--config", bad.to_str().unwrap(), "--user", "a:b"]);
     assert_eq!(err.matches("bad-once.toml").count(), 1, "{err}");
@@ -55,23 +45,21 @@ fn a_parse_error_names_the_file_and_the_toml_error_once() {
 
 /// A certificate and key pair written to `dir`: (cert path, key path).
 fn pair(dir: &Path, tag: &str) -> (String, String) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert = dir.join(format!("{tag}-cert.pem"));
     let key = dir.join(format!("{tag}-key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    tls::self_signed(&["localhost"], &cert, &key);
     (cert.display().to_string(), key.display().to_string())
 }
 
 #[test]
 fn check_config_loads_the_certificate_and_key() {
-    let dir = TempDir::new("cc-tls");
-    let (cert, key) = pair(&dir.0, "a");
-    let (_, other_key) = pair(&dir.0, "b");
-    let junk = dir.0.join("junk.pem");
+    let dir = TempDir::new("natkit-turn-cc-tls");
+    let (cert, key) = pair(dir.path(), "a");
+    let (_, other_key) = pair(dir.path(), "b");
+    let junk = dir.join("junk.pem");
     std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\n%%%\n").unwrap();
     let junk = junk.display().to_string();
-    let missing = dir.0.join("missing.pem").display().to_string();
+    let missing = dir.join("missing.pem").display().to_string();
     let base = ["--listen", "127.0.0.1:3478", "--user", "a:b"];
     let with = |c: &str, k: &str| {
         let mut v = base.to_vec();
@@ -138,8 +126,8 @@ fn check_config_loads_the_certificate_and_key() {
 /// need a restart).
 #[test]
 fn configured_limits_are_metrics() {
-    let dir = TempDir::new("limits");
-    let cfg = dir.0.join("turn.toml");
+    let dir = TempDir::new("natkit-turn-limits");
+    let cfg = dir.join("turn.toml");
     let port = free_port();
     let metrics = free_port();
     let write = |max: u32, user: &str| {
@@ -203,9 +191,9 @@ fn allocate_with(relay: &Relay, secret: &str) -> Result<(), ClientError> {
 /// log.
 #[test]
 fn auth_secret_file_rotates_on_sighup() {
-    let dir = TempDir::new("secret-file");
-    let secrets = dir.0.join("auth-secrets");
-    let log = dir.0.join("turn.log");
+    let dir = TempDir::new("natkit-turn-secret-file");
+    let secrets = dir.join("auth-secrets");
+    let log = dir.join("turn.log");
     let (current, previous, next) = ("current-Rq7wX2", "previous-Lm4tB9", "next-Yc8nK1");
     std::fs::write(
         &secrets,

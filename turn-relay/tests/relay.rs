@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use natkit_proto::turn::client::{ClientError, Transport};
+use natkit_testkit::tls;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -258,8 +259,8 @@ fn metrics_are_live() {
 /// SIGHUP reloads users and peer lists without dropping allocations.
 #[test]
 fn sighup_reloads_users_and_keeps_allocations() {
-    let dir = TempDir::new("reload");
-    let cfg = dir.0.join("turn.toml");
+    let dir = TempDir::new("natkit-turn-reload");
+    let cfg = dir.join("turn.toml");
     let port = free_port();
     let metrics = free_port();
     let write = |users: &str| {
@@ -362,8 +363,8 @@ fn check_config_refuses_an_open_relay_and_names_bad_keys() {
         err.contains("--user") && err.contains("--auth-secret"),
         "{err}"
     );
-    let dir = TempDir::new("cc");
-    let bad = dir.0.join("bad.toml");
+    let dir = TempDir::new("natkit-turn-cc");
+    let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
         "listen = [\"127.0.0.1:3478\"]\nrelay-ip = [\"127.0.0.1\"]\nmin-prot = 3\n",
@@ -422,8 +423,8 @@ fn total_allocation_quota() {
 /// and permissions into it are dropped.
 #[test]
 fn sighup_reloads_peer_lists() {
-    let dir = TempDir::new("reload-peers");
-    let cfg = dir.0.join("turn.toml");
+    let dir = TempDir::new("natkit-turn-reload-peers");
+    let cfg = dir.join("turn.toml");
     let port = free_port();
     let metrics = free_port();
     let write = |allow: &str| {
@@ -474,8 +475,8 @@ fn sighup_reloads_peer_lists() {
 /// when authentication fails.
 #[test]
 fn secrets_never_reach_the_log() {
-    let dir = TempDir::new("log");
-    let log = dir.0.join("turn.log");
+    let dir = TempDir::new("natkit-turn-log");
+    let log = dir.join("turn.log");
     let port = free_port();
     let metrics = free_port();
     let password = "pw-Zq8vT1xK";
@@ -533,20 +534,7 @@ fn secrets_never_reach_the_log() {
 /// A TLS handshake with the relay, trusting only `ca`: whether it works.
 fn tls_handshake(addr: SocketAddr, ca: &rcgen::CertifiedKey) -> bool {
     use std::io::{Read, Write};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
-            .unwrap();
-    let tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(STEP)).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = tls::connect(addr, ca, "localhost", STEP);
     // A Binding request over TLS: answered only after a good handshake.
     let mut req = [0u8; 20];
     let n = natkit_proto::binding::write_request(&mut req, &[4; 12], &Default::default()).unwrap();
@@ -560,12 +548,9 @@ fn tls_handshake(addr: SocketAddr, ca: &rcgen::CertifiedKey) -> bool {
 /// SIGHUP reloads the TLS certificate: new handshakes present the new one.
 #[test]
 fn sighup_reloads_the_tls_certificate() {
-    let dir = TempDir::new("tls");
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    let write = |ck: &rcgen::CertifiedKey| {
-        std::fs::write(&cert, ck.cert.pem()).unwrap();
-        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    };
+    let dir = TempDir::new("natkit-turn-tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let write = |ck: &rcgen::CertifiedKey| tls::write_pem(ck, &cert, &key);
     let old = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let new = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     write(&old);

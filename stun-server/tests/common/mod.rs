@@ -2,11 +2,12 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use natkit_proto::binding::{parse_response, write_request, RequestOptions};
+use natkit_testkit::ready;
 
 /// A running natkit-stun, killed on drop.
 pub struct Server {
@@ -38,19 +39,12 @@ impl Server {
 
     /// Wait until a Binding request to `addr` is answered.
     pub fn wait_ready(&mut self, addr: SocketAddr) {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("natkit-stun exited early: {status}");
-            }
-            if binding(&s, addr, RequestOptions::default()).is_some() {
-                return;
-            }
-        }
-        panic!("natkit-stun did not answer on {addr}");
+        ready::wait_binding(
+            &mut self.child,
+            "natkit-stun",
+            addr,
+            Duration::from_secs(10),
+        );
     }
 }
 
@@ -62,18 +56,7 @@ impl Drop for Server {
 }
 
 /// A port free for UDP and TCP on 127.0.0.1 and 127.0.0.2.
-pub fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = u.local_addr().unwrap().port();
-        let ok = TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && UdpSocket::bind(("127.0.0.2", p)).is_ok()
-            && TcpListener::bind(("127.0.0.2", p)).is_ok();
-        if ok {
-            return p;
-        }
-    }
-}
+pub use natkit_testkit::ports::free_port_rfc5780 as free_port;
 
 /// Send one Binding request and return (response, the address it came from).
 pub fn binding(

@@ -3,16 +3,14 @@
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use natkit_proto::binding::{self, RequestOptions};
 use natkit_proto::framing::{self, FrameKind};
-use natkit_proto::transaction;
 use natkit_proto::turn::client::{Client, ClientError, Config, Credentials, Event, Transport};
+use natkit_testkit::{ports, ready};
 
 pub const USER: &str = "alice";
 pub const PASS: &str = "wonderland";
@@ -21,38 +19,9 @@ pub const STEP: Duration = Duration::from_secs(10);
 
 static NEXT_RANGE: AtomicU16 = AtomicU16::new(0);
 
-/// A loopback port free for UDP and TCP right now.
-pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port");
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "natkit-turn-{tag}-{}-{}",
-            std::process::id(),
-            NEXT_RANGE.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+// Not every test binary uses both.
+#[allow(unused_imports)]
+pub use natkit_testkit::{free_port, TempDir};
 
 /// A running natkit-turn, killed by PID on drop.
 pub struct Relay {
@@ -67,21 +36,21 @@ impl Relay {
     pub fn start(extra: &[&str]) -> Relay {
         let port = free_port();
         let metrics = free_port();
-        let range = NEXT_RANGE.fetch_add(1, Ordering::SeqCst);
+        let slot = NEXT_RANGE.fetch_add(1, Ordering::SeqCst);
         // 12000-19999: relay ports of these tests, apart from the other test
         // binaries' ranges and below the ephemeral ports. The PID spreads
         // processes (nextest runs each test in its own); a port another
         // process holds is skipped by the relay anyway.
-        let base = 12_000 + ((std::process::id() % 40) as u16 * 4 + range % 4) * 50;
+        let (min, max) = ports::pid_block(12_000, 40, 4, slot, 50);
         let mut args: Vec<String> = vec![
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--relay-ip".into(),
             "127.0.0.1".into(),
             "--min-port".into(),
-            base.to_string(),
+            min.to_string(),
             "--max-port".into(),
-            (base + 49).to_string(),
+            max.to_string(),
             "--user".into(),
             format!("{USER}:{PASS}"),
             "--metrics".into(),
@@ -140,25 +109,7 @@ impl Relay {
     }
 
     fn wait_ready(&mut self) {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let end = Instant::now() + STEP;
-        let mut buf = [0u8; 512];
-        while Instant::now() < end {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("natkit-turn exited early: {status}");
-            }
-            let tid = transaction::new_transaction_id();
-            let n = binding::write_request(&mut buf, &tid, &RequestOptions::default()).unwrap();
-            sock.send_to(&buf[..n], self.addr).unwrap();
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if binding::parse_response(&buf[..n]).is_ok_and(|r| r.transaction_id == tid) {
-                    return;
-                }
-            }
-        }
-        panic!("natkit-turn did not come up on {}", self.addr);
+        ready::wait_binding(&mut self.child, "natkit-turn", self.addr, STEP);
     }
 
     /// GET a path of the metrics endpoint; returns (status line, body).

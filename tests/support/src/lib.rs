@@ -1,0 +1,28 @@
+//! Test harness shared by natkit's crates (a dev-dependency only; never
+//! published). One copy of each helper that several test binaries need:
+//!
+//! - [`ports`]: loopback ports free for UDP and TCP, relay port ranges kept
+//!   apart per test binary;
+//! - [`bins`]: another crate's binary next to the test executable (built
+//!   when missing), and `--check-config` runs of a server binary;
+//! - [`ready`]: waiting until a server answers a STUN Binding request or
+//!   accepts TCP, bounded in time;
+//! - [`relay`]: natkit-turn on loopback, configured by a builder, killed on
+//!   drop;
+//! - [`tempdir`]: a scratch directory removed on drop;
+//! - [`tls`]: self-signed certificates written as PEM files, and TLS
+//!   clients that trust only one of them.
+//!
+//! Everything panics on failure: these are test helpers, and a panic is how
+//! a test reports.
+
+pub mod bins;
+pub mod ports;
+pub mod ready;
+pub mod relay;
+pub mod tempdir;
+pub mod tls;
+
+pub use ports::free_port;
+pub use relay::{TurnRelay, TurnRelayBuilder};
+pub use tempdir::TempDir;
