@@ -337,3 +337,43 @@ async fn servers_pending_at_the_gathering_deadline_are_named() {
         problems[0]
     );
 }
+
+/// The relay under a UDP-relayed path stops: UDP gives no signal, so the
+/// silent path is noticed (PathDegraded), the relay is asked at once (a
+/// Refresh), and its silence names it, before consent would run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_relay_that_stops_is_found_by_probing_it() {
+    relay_harness::init_tracing();
+    let relay = start_relay();
+    let turn = TurnServer::udp(relay.addr, creds());
+    let mk = |role| {
+        Session::builder()
+            .bind([LO])
+            .turn_server(turn.clone())
+            .relay_only(true)
+            .ice_config(Config {
+                role,
+                consent_interval: Duration::from_millis(500),
+                consent_timeout: Duration::from_secs(20),
+                ..Config::default()
+            })
+            .degraded_after(Duration::from_millis(1500))
+            .build()
+    };
+    let (a, b) = (
+        mk(Role::Controlling).await.unwrap(),
+        mk(Role::Controlled).await.unwrap(),
+    );
+    connect_and_echo(&a, &b).await;
+    let server = relay.addr;
+    drop(relay);
+    let t0 = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(15), a.closed())
+        .await
+        .expect("relay loss reported before consent ran out");
+    match &e {
+        Error::RelayLost { problem } => assert_eq!(problem.server, server, "{e}"),
+        other => panic!("expected RelayLost, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
+}

@@ -352,6 +352,17 @@ impl Driver {
         }
         self.degraded_reported = Some(last);
         if let Some(sp) = self.selected.clone() {
+            // A path through our own relay may have gone silent because the
+            // relay did: ask it now (a Refresh) rather than at its next
+            // scheduled refresh minutes away; no answer, or a 437, reports
+            // the relay lost.
+            if let Some(a) = self
+                .allocs
+                .iter_mut()
+                .find(|a| a.relayed.contains(&sp.local.base))
+            {
+                a.client.refresh_now(now);
+            }
             let path = PathInfo::new(sp.local, sp.remote, sp.rtt);
             tracing::info!(%path, ?silent_for, "path degraded: consent checks unanswered");
             let _ = self

@@ -445,6 +445,18 @@ impl Client {
         Ok(())
     }
 
+    /// Refresh the allocation at once instead of at its scheduled time: a
+    /// probe of the server when the path through it went silent. The
+    /// answer is an [`Event::Refreshed`], or an [`Event::Failed`] when the
+    /// server is gone (no answer) or lost the allocation (437). Does
+    /// nothing unless allocated, or while a refresh is in flight.
+    pub fn refresh_now(&mut self, now: Instant) {
+        if self.state == State::Allocated && !self.refresh_in_flight() {
+            self.refresh_at = Some(now);
+            self.handle_timeout(now);
+        }
+    }
+
     /// Delete the allocation (Refresh with LIFETIME 0, RFC 8656 §8).
     /// [`Event::Closed`] follows when the server confirms (or immediately
     /// when nothing was allocated yet). Permissions and channels stop being

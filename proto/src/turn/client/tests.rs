@@ -477,6 +477,29 @@ fn allocation_is_refreshed_at_three_quarters_of_its_lifetime() {
 }
 
 #[test]
+fn refresh_now_probes_the_server_at_once_and_only_once() {
+    let fake = Fake::md5();
+    let (mut c, key, t0) = allocated(&fake, config(Transport::Udp));
+    let t1 = t0 + secs(10);
+    c.refresh_now(t1);
+    let r = next_req(&mut c);
+    assert_eq!(r.method(), method::REFRESH);
+    fake.check_auth(&r);
+    // A second call while the first is in flight sends nothing more.
+    c.refresh_now(t1);
+    assert!(c.poll_transmit().is_none());
+    c.handle_input(&fake.refresh_ok(&r, &key, 600), t1);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Refreshed {
+            lifetime: secs(600)
+        }]
+    );
+    // The schedule restarts from the answer.
+    assert_eq!(c.poll_timeout(), Some(t1 + secs(450)));
+}
+
+#[test]
 fn refresh_that_gets_no_answer_fails_the_allocation() {
     let fake = Fake::md5();
     let (mut c, _, t0) = allocated(&fake, config(Transport::Udp));
