@@ -12,11 +12,15 @@ use natkit_lab::{Lab, NatKind, SiteSpec, TopologySpec};
 /// (RFC 7675), or the QUIC idle timeout that follows it, both as "the peer
 /// vanished".
 const PEER_GONE: &[&str] = &["the peer vanished"];
-/// How natkit words losing the relay under a relay-only session: the peer
-/// vanished (consent lost on the relayed path), no usable path left after
-/// the ICE restart (`Error::NoPath`), or no candidate at all
+/// How natkit words losing the relay under a relay-only session: the relay
+/// lost (`Error::RelayLost`: its TCP/TLS connection dropped, or a probe of a
+/// silent UDP relay went unanswered or drew a 437), the peer vanished
+/// (consent lost on the relayed path first: with this test's 5 s consent
+/// timeout the UDP probe's retransmissions can outlast it), no usable path
+/// left after the ICE restart (`Error::NoPath`), or no candidate at all
 /// (`Error::NoCandidates`).
 const RELAY_GONE: &[&str] = &[
+    "relay lost",
     "the peer vanished",
     "no usable path to the peer",
     "servers unreachable",
