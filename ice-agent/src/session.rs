@@ -356,6 +356,34 @@ struct Status {
     closed: bool,
 }
 
+impl Status {
+    /// What ends the session, if anything has: the one place that turns the
+    /// driver's status into an [`Error`], most specific first.
+    fn ending(&self) -> Option<Error> {
+        if let Some(problem) = self.relay_lost.clone() {
+            return Some(Error::RelayLost { problem });
+        }
+        if let Some(p) = &self.consent_lost {
+            return Some(Error::ConsentLost {
+                path: p.to_string(),
+            });
+        }
+        // Nothing gathered explains an empty check list better than "every
+        // pair failed" does.
+        if self.gathering_done && self.local.is_empty() {
+            return Some(gathering_error(self.problems.clone()));
+        }
+        if let Some(pairs) = &self.failed {
+            return Some(Error::NoPath {
+                waited: self.failed_after,
+                pairs: pairs.clone(),
+                problems: self.problems.clone(),
+            });
+        }
+        self.closed.then_some(Error::Closed)
+    }
+}
+
 /// Requests from the API to the driver.
 enum Command {
     SetRemote {
@@ -699,50 +727,26 @@ impl Session {
         let mut rx = self.inner.status.clone();
         let r = tokio::time::timeout_at(
             deadline.into(),
-            rx.wait_for(|s| {
-                s.path.is_some()
-                    || s.failed.is_some()
-                    || s.closed
-                    || (s.gathering_done && s.local.is_empty())
-            }),
+            rx.wait_for(|s| s.path.is_some() || s.ending().is_some()),
         )
         .await
         // Owned at once: a watch guard held across an await would make
         // this future !Send (and block the driver's updates).
-        .map(|r| r.map(|s| s.clone()));
-        let s = match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(_)) => return Err(Error::Closed),
-            Err(_) => return Err(self.no_path(started).await),
-        };
-        if s.path.is_some() {
-            return Ok(());
+        .map(|r| r.map(|s| if s.path.is_some() { None } else { s.ending() }));
+        match r {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(e))) => Err(e),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(self.no_path(started).await),
         }
-        if s.closed {
-            return Err(Error::Closed);
-        }
-        if s.local.is_empty() {
-            return Err(gathering_error(s.problems));
-        }
-        Err(Error::NoPath {
-            waited: started.elapsed(),
-            pairs: s.failed.unwrap_or_default(),
-            problems: s.problems,
-        })
     }
 
+    /// Why connecting timed out: what ended the session, else every pair
+    /// of the check list and its state.
     async fn no_path(&self, started: Instant) -> Error {
         let s = self.inner.status.borrow().clone();
-        if s.local.is_empty() && s.gathering_done {
-            return gathering_error(s.problems);
-        }
-        if let Some(problem) = s.relay_lost {
-            return Error::RelayLost { problem };
-        }
-        if let Some(p) = s.consent_lost {
-            return Error::ConsentLost {
-                path: p.to_string(),
-            };
+        if let Some(e) = s.ending() {
+            return e;
         }
         let pairs = self
             .check_list()
@@ -765,33 +769,13 @@ impl Session {
     }
 
     /// Wait until the session ends on its own: consent lost (the peer
-    /// vanished), the relay under the path lost, or ICE failed (after a
-    /// restart). Returns the reason.
+    /// vanished), the relay under the path lost, ICE failed (after a
+    /// restart), or nothing left to gather. Returns the reason.
     pub async fn closed(&self) -> Error {
         let mut rx = self.inner.status.clone();
-        let r = rx
-            .wait_for(|s| {
-                s.consent_lost.is_some() || s.failed.is_some() || s.relay_lost.is_some() || s.closed
-            })
-            .await;
+        let r = rx.wait_for(|s| s.ending().is_some()).await;
         match r {
-            Ok(s) => {
-                if let Some(problem) = s.relay_lost.clone() {
-                    Error::RelayLost { problem }
-                } else if let Some(p) = &s.consent_lost {
-                    Error::ConsentLost {
-                        path: p.to_string(),
-                    }
-                } else if let Some(f) = &s.failed {
-                    Error::NoPath {
-                        waited: s.failed_after,
-                        pairs: f.clone(),
-                        problems: s.problems.clone(),
-                    }
-                } else {
-                    Error::Closed
-                }
-            }
+            Ok(s) => s.ending().unwrap_or(Error::Closed),
             Err(_) => Error::Closed,
         }
     }

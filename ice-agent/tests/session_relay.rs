@@ -377,3 +377,39 @@ async fn a_udp_relay_that_stops_is_found_by_probing_it() {
     }
     assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
 }
+
+/// An ICE restart replaces failed allocations. A replaced allocation's
+/// TCP connection still ends afterwards; that late event must not land on
+/// another allocation (stream events name allocations by a unique id, not
+/// by their place in the list) and, say, declare the relay under the
+/// selected path lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_replacing_a_failed_allocation_leaves_the_others_alone() {
+    relay_harness::init_tracing();
+    let relay = start_relay();
+    let a = Session::builder()
+        .bind([LO])
+        // First in the list: refused (401) over TCP, its connection open.
+        .turn_server(TurnServer::tcp(relay.addr, Credentials::new(USER, "wrong")))
+        .turn_server(TurnServer::udp(relay.addr, creds()))
+        .relay_only(true)
+        .ice_config(ice(Role::Controlling))
+        .build()
+        .await
+        .unwrap();
+    let b = relay_only(Role::Controlled, TurnServer::udp(relay.addr, creds()))
+        .await
+        .unwrap();
+    connect_and_echo(&a, &b).await;
+    assert_eq!(a.path().unwrap().kind, PathKind::Relay);
+    // The restart replaces the refused TCP allocation (now first in the
+    // list is the UDP one the path runs through).
+    let _offer = a.restart().await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_millis(1500), a.closed()).await;
+    assert!(ended.is_err(), "the session ended: {:?}", ended.unwrap());
+    let problems = a.server_problems();
+    assert!(
+        problems.iter().all(|p| p.kind == "turn/tcp"),
+        "the UDP allocation was blamed: {problems:?}"
+    );
+}

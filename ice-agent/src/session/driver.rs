@@ -50,6 +50,8 @@ struct Probe {
 
 /// One TURN allocation.
 struct Alloc {
+    /// Unique for the session: names the allocation in stream events.
+    id: u64,
     server: super::TurnServer,
     client: Client,
     /// UDP: the base the allocation was made from.
@@ -92,6 +94,7 @@ pub(super) struct Driver {
     selected: Option<SelectedPair>,
     known_remote: usize,
     restart_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    next_alloc_id: u64,
     /// Where relayed QUIC came from before a pair was selected: (our
     /// relayed base, the peer).
     relay_reply: Option<(SocketAddr, SocketAddr)>,
@@ -132,6 +135,7 @@ impl Driver {
             selected: None,
             known_remote: 0,
             restart_waiters: Vec::new(),
+            next_alloc_id: 0,
             relay_reply: None,
             degraded_reported: None,
             checking_since: p.now,
@@ -196,7 +200,8 @@ impl Driver {
         } else {
             turn::AddressFamily::V6
         };
-        let idx = self.allocs.len();
+        let id = self.next_alloc_id;
+        self.next_alloc_id += 1;
         let (base, stream) = match server.transport {
             Transport::Udp => {
                 let base = self.sock.bases().iter().position(|b| {
@@ -217,7 +222,7 @@ impl Driver {
             }
             Transport::Tcp | Transport::Tls => {
                 let tx = stream::spawn(
-                    idx,
+                    id,
                     server.addr,
                     server.tls.clone(),
                     GATHER_RTO.budget(),
@@ -227,6 +232,7 @@ impl Driver {
             }
         };
         self.allocs.push(Alloc {
+            id,
             client: Client::new(tc, now),
             server,
             base,
@@ -256,12 +262,6 @@ impl Driver {
                         // Every Session handle is gone: close as if asked.
                         None => {
                             self.orphaned = true;
-                            self.closing.get_or_insert(Instant::now() + CLOSE_GRACE);
-                        }
-                        Some(Command::Close) => {
-                            // QUIC's CONNECTION_CLOSE may still have to
-                            // cross our relay: delete the allocations a
-                            // moment later.
                             self.closing.get_or_insert(Instant::now() + CLOSE_GRACE);
                         }
                         Some(c) => self.on_command(c, Instant::now()),
@@ -407,35 +407,28 @@ impl Driver {
     }
 
     fn on_datagram(&mut self, base: usize, from: SocketAddr, data: &[u8], now: Instant) {
-        if self.closing.is_some() {
-            // Closing: only the TURN servers' answers to our deletions
-            // matter; ICE checks go unanswered, as from a gone peer.
-            if let Some(ai) = self
-                .allocs
-                .iter()
-                .position(|a| a.base == Some(base) && a.server.addr == from)
-            {
-                self.allocs[ai].client.handle_input(data, now);
-            }
-            return;
-        }
-        // STUN server answers for gathering.
-        for p in self.probes.iter_mut().filter(|p| p.base == base && !p.done) {
-            if p.server == from && p.tx.handle_datagram(now, from, data) {
-                return;
+        let turn = self
+            .allocs
+            .iter()
+            .position(|a| a.base == Some(base) && a.server.addr == from);
+        // Closing: only the TURN servers' answers to our deletions matter
+        // (`on_turn_message` takes only those); ICE checks go unanswered, as
+        // from a gone peer.
+        if self.closing.is_none() {
+            // STUN server answers for gathering.
+            for p in self.probes.iter_mut().filter(|p| p.base == base && !p.done) {
+                if p.server == from && p.tx.handle_datagram(now, from, data) {
+                    return;
+                }
             }
         }
         // TURN over UDP: responses and peer data.
-        if let Some(ai) = self
-            .allocs
-            .iter()
-            .position(|a| a.base == Some(base) && a.server.addr == from)
-        {
+        if let Some(ai) = turn {
             self.on_turn_message(ai, data, now);
-            return;
+        } else if self.closing.is_none() {
+            let local = self.sock.bases()[base].addr;
+            self.deliver(from, local, data, now);
         }
-        let local = self.sock.bases()[base].addr;
-        self.deliver(from, local, data, now);
     }
 
     /// A message from TURN allocation `ai`'s server.
@@ -449,10 +442,10 @@ impl Driver {
             a.client.handle_input(data, now);
             return;
         };
+        // The peer data is borrowed from `data`, not copied.
         if let Some(d) = a.client.recv(data, now) {
-            let (peer, payload) = (d.peer, d.data.to_vec());
-            let relayed = a.client.relayed_address_for(peer).unwrap_or(relayed);
-            self.deliver(peer, relayed, &payload, now);
+            let relayed = a.client.relayed_address_for(d.peer).unwrap_or(relayed);
+            self.deliver(d.peer, relayed, d.data, now);
         }
     }
 
@@ -501,17 +494,20 @@ impl Driver {
     }
 
     fn on_stream(&mut self, s: StreamEvent, now: Instant) {
+        let id = match &s {
+            StreamEvent::Up { alloc }
+            | StreamEvent::Frame { alloc, .. }
+            | StreamEvent::Down { alloc, .. } => *alloc,
+        };
+        // Events of an allocation replaced by a restart are dropped.
+        let Some(alloc) = self.allocs.iter().position(|a| a.id == id) else {
+            return;
+        };
         match s {
-            StreamEvent::Up { alloc } => tracing::debug!(alloc, "TURN stream connected"),
-            StreamEvent::Frame { alloc, frame } => {
-                if alloc < self.allocs.len() {
-                    self.on_turn_message(alloc, &frame, now);
-                }
-            }
-            StreamEvent::Down { alloc, error } => {
-                let Some(a) = self.allocs.get_mut(alloc) else {
-                    return;
-                };
+            StreamEvent::Up { .. } => tracing::debug!(alloc, "TURN stream connected"),
+            StreamEvent::Frame { frame, .. } => self.on_turn_message(alloc, &frame, now),
+            StreamEvent::Down { error, .. } => {
+                let a = &mut self.allocs[alloc];
                 a.stream = None;
                 let was_done = a.done;
                 a.done = true;
@@ -545,7 +541,11 @@ impl Driver {
 
     fn on_command(&mut self, c: Command, now: Instant) {
         match c {
-            Command::Close => self.close_allocations(now),
+            // QUIC's CONNECTION_CLOSE may still have to cross our relay:
+            // delete the allocations a moment later (see `run`).
+            Command::Close => {
+                self.closing.get_or_insert(now + CLOSE_GRACE);
+            }
             Command::SetRemote { desc, reply } => {
                 let r = self.set_remote(desc, now);
                 let _ = reply.send(r);
@@ -880,18 +880,18 @@ impl Driver {
     }
 
     fn flush_agent(&mut self, now: Instant) {
-        while let Some(t) = self.agent.poll_transmit() {
-            if let Some(b) = self.sock.bases().iter().find(|b| b.addr == t.from) {
-                let _ = b.try_send_to(&t.payload, t.to);
-            } else {
-                self.send_via_relay(t.from, t.to, &t.payload, now);
-            }
-        }
+        self.send_agent_transmits(now);
         while let Some(e) = self.agent.poll_event() {
             self.on_agent_event(e, now);
         }
         self.note_heard();
         // Events (role changes) may queue more.
+        self.send_agent_transmits(now);
+    }
+
+    /// The agent's checks and answers: from a host base directly, from a
+    /// relayed base through its TURN allocation.
+    fn send_agent_transmits(&mut self, now: Instant) {
         while let Some(t) = self.agent.poll_transmit() {
             if let Some(b) = self.sock.bases().iter().find(|b| b.addr == t.from) {
                 let _ = b.try_send_to(&t.payload, t.to);

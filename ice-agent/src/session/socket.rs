@@ -159,6 +159,16 @@ struct Table {
     relay_in: Vec<(SocketAddr, u16)>,
 }
 
+impl Table {
+    /// While no pair is selected, remember the first way the peer's QUIC
+    /// came, to answer it the same way.
+    fn learn(&mut self, via: Route) {
+        if self.route.is_none() && self.learned.is_none() {
+            self.learned = Some(via);
+        }
+    }
+}
+
 /// quinn's socket (see the module documentation).
 pub struct IceSocket {
     bases: Vec<Base>,
@@ -235,12 +245,7 @@ impl IceSocket {
     /// Hand quinn a QUIC datagram the driver unwrapped; `via` is how it
     /// came, the way back while no pair is selected yet.
     pub fn inject(&self, datagram: Vec<u8>, via: Route) {
-        {
-            let mut t = self.table();
-            if t.route.is_none() && t.learned.is_none() {
-                t.learned = Some(via);
-            }
-        }
+        self.table().learn(via);
         let mut q = self.injected.lock().unwrap_or_else(|e| e.into_inner());
         if q.0.len() < INJECT_QUEUE {
             q.0.push_back(datagram);
@@ -282,9 +287,7 @@ impl IceSocket {
             if t.peers.contains(&from) && classify(data, false) == PacketKind::Quic {
                 // RFC 9443 §3: QUIC, when it comes from the peer (a peer
                 // never sends ChannelData).
-                if t.route.is_none() && t.learned.is_none() {
-                    t.learned = Some(Route::Direct { base: bi, to: from });
-                }
+                t.learn(Route::Direct { base: bi, to: from });
                 m.addr = VIRTUAL_REMOTE;
                 m.dst_ip = None;
                 continue;
@@ -299,13 +302,11 @@ impl IceSocket {
                         && classify(cd.data, false) == PacketKind::Quic
                     {
                         let len = cd.data.len();
-                        if t.route.is_none() && t.learned.is_none() {
-                            t.learned = Some(Route::RelayUdp {
-                                base: bi,
-                                server: from,
-                                channel: cd.channel,
-                            });
-                        }
+                        t.learn(Route::RelayUdp {
+                            base: bi,
+                            server: from,
+                            channel: cd.channel,
+                        });
                         data.copy_within(
                             channel_data::HEADER_LEN..channel_data::HEADER_LEN + len,
                             0,
@@ -313,7 +314,6 @@ impl IceSocket {
                         m.len = len;
                         m.stride = len;
                         m.addr = VIRTUAL_REMOTE;
-                        m.dst_ip = None;
                         m.dst_ip = None;
                         continue;
                     }

@@ -25,20 +25,23 @@ pub const WRITE_QUEUE: usize = 512;
 pub enum StreamEvent {
     /// Connected.
     Up {
-        /// The allocation's index.
-        alloc: usize,
+        /// The allocation's id (ids are never reused, so a late event of a
+        /// replaced allocation cannot reach its successor).
+        alloc: u64,
     },
     /// A frame from the server.
     Frame {
-        /// The allocation's index.
-        alloc: usize,
+        /// The allocation's id (ids are never reused, so a late event of a
+        /// replaced allocation cannot reach its successor).
+        alloc: u64,
         /// The frame (padding removed).
         frame: Vec<u8>,
     },
     /// The connection could not be made or ended.
     Down {
-        /// The allocation's index.
-        alloc: usize,
+        /// The allocation's id (ids are never reused, so a late event of a
+        /// replaced allocation cannot reach its successor).
+        alloc: u64,
         /// Why.
         error: String,
     },
@@ -61,7 +64,7 @@ impl std::fmt::Debug for TlsSettings {
 
 /// Start connecting to `server`; returns the writer's queue at once.
 pub fn spawn(
-    alloc: usize,
+    alloc: u64,
     server: SocketAddr,
     tls: Option<TlsSettings>,
     connect_timeout: Duration,
@@ -80,7 +83,7 @@ pub fn spawn(
 }
 
 async fn run(
-    alloc: usize,
+    alloc: u64,
     server: SocketAddr,
     tls: Option<TlsSettings>,
     connect_timeout: Duration,
@@ -110,7 +113,7 @@ async fn run(
 }
 
 async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
-    alloc: usize,
+    alloc: u64,
     s: S,
     events: &mpsc::Sender<StreamEvent>,
     mut rx: mpsc::Receiver<Vec<u8>>,
