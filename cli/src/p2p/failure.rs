@@ -29,10 +29,8 @@ pub fn explain(e: Error) -> anyhow::Error {
     let msg = match &e {
         Error::Io(_) => format!("{e}; check the addresses given with --bind"),
         Error::Config(_) => e.to_string(),
-        Error::Description(d) => format!(
-            "the peer's description is unusable: {d}; copy it again, whole \
-             (one line starting with \"nk1.\", or its JSON)"
-        ),
+        // One wording for an unusable description, wherever it is found.
+        Error::Description(d) => crate::p2p::signal::RemoteError::Unusable(d.clone()).to_string(),
         Error::TurnCredentials { .. } => {
             format!("wrong TURN credentials: {e}")
         }
@@ -58,8 +56,8 @@ pub fn explain(e: Error) -> anyhow::Error {
         Error::Setup(_) => format!("local setup failed: {e}"),
         Error::RelayLost { .. } => format!("relay lost: {e}"),
         Error::Closed => "the session ended unexpectedly (its task stopped)".to_owned(),
-        // A variant added to the library later still gets its own text.
-        #[allow(unreachable_patterns)]
+        // A variant added to the library later (the enum is
+        // non_exhaustive) still gets its own text.
         _ => format!("session failed: {e}"),
     };
     anyhow::anyhow!(msg)

@@ -214,16 +214,15 @@ async fn session_main(
     // The data of listen/connect is stdin; its first line may be the
     // description.
     let mut stdin = BufReader::with_capacity(64 << 10, tokio::io::stdin());
-    let (remote, remote_text) = if let Some(d) = given {
-        (d, None)
+    let remote = if let Some(d) = given {
+        d
     } else if let Some(path) = &c.remote {
-        let (d, text) = signal::from_file(path, c.wait).await?;
-        (d, Some(text))
+        signal::from_file(path, c.wait).await?
     } else {
         if std::io::stdin().is_terminal() {
             eprintln!("natkit: paste the peer's description and press Enter:");
         }
-        (signal::from_first_line(&mut stdin, c.wait).await?, None)
+        signal::from_first_line(&mut stdin, c.wait).await?
     };
 
     let restarts = Arc::new(Restarts::default());
@@ -262,7 +261,6 @@ async fn session_main(
             c.clone(),
             report.clone(),
             remote_ufrag,
-            remote_text,
         )),
     ];
 
@@ -313,12 +311,8 @@ async fn session_main(
         Ok(()) => conn.close(VarInt::from_u32(CLOSE_NORMAL), b"done"),
         Err(e) => {
             let reason = format!("{e:#}");
-            let cut = reason.len().min(MAX_CLOSE_REASON);
-            let cut = (0..=cut)
-                .rev()
-                .find(|&i| reason.is_char_boundary(i))
-                .unwrap_or(0);
-            conn.close(VarInt::from_u32(CLOSE_ERROR), &reason.as_bytes()[..cut]);
+            let reason = truncate_utf8(&reason, MAX_CLOSE_REASON);
+            conn.close(VarInt::from_u32(CLOSE_ERROR), reason.as_bytes());
         }
     }
     session.wait_idle().await;
@@ -470,4 +464,14 @@ async fn receive_file(
     );
     debug_assert_eq!(got.size, report.received.load(Ordering::Relaxed));
     Ok(())
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary (reasons and verdicts travel with a byte limit).
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+    let cut = (0..=s.len().min(max))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    &s[..cut]
 }

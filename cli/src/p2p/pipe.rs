@@ -78,13 +78,16 @@ where
     let down = async {
         let mut buf = vec![0u8; CHUNK];
         while let Some(n) = recv.read(&mut buf).await.map_err(read_error)? {
-            // Flushed per chunk: an interactive peer (a chat, a prompt)
-            // must see each line when it arrives.
             output
                 .write_all(&buf[..n])
                 .await
                 .context("cannot write stdout")?;
-            output.flush().await.context("cannot write stdout")?;
+            // A short read means we caught up with the peer: flush then, so
+            // an interactive peer (a chat, a prompt) sees each line when it
+            // arrives, without a flush per chunk of a bulk transfer.
+            if n < buf.len() {
+                output.flush().await.context("cannot write stdout")?;
+            }
             received.fetch_add(n as u64, Ordering::Relaxed);
         }
         output.flush().await.context("cannot write stdout")

@@ -136,23 +136,14 @@ pub async fn watch_events(
 
 /// Keep reading `--remote`: a description with a new ufrag is an ICE
 /// restart by the peer, or its answer to ours.
-pub async fn watch_remote(
-    session: Session,
-    c: Common,
-    report: Report,
-    mut ufrag: String,
-    mut last_text: Option<String>,
-) {
+pub async fn watch_remote(session: Session, c: Common, report: Report, mut ufrag: String) {
     let Some(path) = c.remote.clone() else { return };
     loop {
         tokio::time::sleep(signal::POLL).await;
-        let Ok(FileState::Good(d, text)) = signal::look(&path) else {
+        let Ok(FileState::Good(d)) = signal::look(&path) else {
             continue;
         };
-        if last_text.as_deref() == Some(text.as_str()) {
-            continue;
-        }
-        last_text = Some(text);
+        // The same generation (ufrag) again: nothing new.
         if d.ufrag == ufrag {
             continue;
         }

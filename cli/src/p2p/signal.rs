@@ -58,8 +58,8 @@ pub enum FileState {
     Missing,
     /// There, but not a description (being written by hand, or damaged).
     Bad(DescriptionError),
-    /// A description, with the text it was read from.
-    Good(Description, String),
+    /// A description.
+    Good(Description),
 }
 
 /// Look at the `--remote` file once.
@@ -73,7 +73,7 @@ pub fn look(path: &Path) -> anyhow::Result<FileState> {
         return Ok(FileState::Missing);
     }
     Ok(match Description::parse_any(&text) {
-        Ok(d) => FileState::Good(d, text),
+        Ok(d) => FileState::Good(d),
         Err(e) => FileState::Bad(e),
     })
 }
@@ -102,11 +102,11 @@ pub enum RemoteError {
 
 /// Wait for the `--remote` file to exist and parse. A file that stays
 /// unparsable until `wait` is over is reported as such, not as a timeout.
-pub async fn from_file(path: &Path, wait: Duration) -> Result<(Description, String), RemoteError> {
+pub async fn from_file(path: &Path, wait: Duration) -> Result<Description, RemoteError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let last_bad = match look(path)? {
-            FileState::Good(d, text) => return Ok((d, text)),
+            FileState::Good(d) => return Ok(d),
             FileState::Bad(e) => Some(e),
             FileState::Missing => None,
         };
@@ -184,7 +184,7 @@ mod tests {
         for json in [false, true] {
             write_atomic(&p, &render(&desc, json)).unwrap();
             match look(&p).unwrap() {
-                FileState::Good(got, _) => assert_eq!(got, desc),
+                FileState::Good(got) => assert_eq!(got, desc),
                 other => panic!("{other:?}"),
             }
         }

@@ -263,7 +263,8 @@ pub fn verdict(r: &anyhow::Result<Received>) -> Vec<u8> {
         Err(e) => {
             let mut v = b"ER".to_vec();
             let m = format!("{e:#}");
-            v.extend_from_slice(&m.as_bytes()[..m.len().min(MAX_VERDICT - 2)]);
+            // Cut on a character boundary: the sender prints it.
+            v.extend_from_slice(crate::p2p::truncate_utf8(&m, MAX_VERDICT - 2).as_bytes());
             v
         }
     }

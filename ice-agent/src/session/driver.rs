@@ -786,6 +786,15 @@ impl Driver {
             } => {
                 self.allocs[ai].relayed = relayed.clone();
                 self.allocs[ai].done = true;
+                // A relay lost earlier serves us again (a restart allocated
+                // anew): no longer a reason to end the session.
+                self.status.send_if_modified(|s| {
+                    let back = s.relay_lost.as_ref().is_some_and(|p| p.server == server);
+                    if back {
+                        s.relay_lost = None;
+                    }
+                    back
+                });
                 let host_ip = match self.allocs[ai].base {
                     Some(b) => self.sock.bases()[b].addr.ip(),
                     None => mapped.ip(),
@@ -974,10 +983,12 @@ impl Driver {
                 self.consent_lost_reported = self.heard_at;
                 let info = PathInfo::new(sp.local, sp.remote, sp.rtt);
                 tracing::info!(path = %info, "consent lost");
-                self.endpoint
-                    .close(VarInt::from_u32(CLOSE_CONSENT_LOST), b"ICE consent lost");
+                // The reason first: whoever sees the connection close can
+                // then read why at once.
                 self.status
                     .send_modify(|s| s.consent_lost = Some(info.clone()));
+                self.endpoint
+                    .close(VarInt::from_u32(CLOSE_CONSENT_LOST), b"ICE consent lost");
                 let _ = self.events.send(SessionEvent::ConsentLost(info));
             }
             Event::Failed(pairs) => {
