@@ -643,6 +643,12 @@ fn a_relay_that_dies_under_the_connection_is_named() {
         assert!(!err.contains("panicked"), "{err}");
     }
     assert!(took < Duration::from_secs(20), "{took:?}");
+    // The connecting (controlling) side did try the restart.
+    let r = report(&dir, "connect");
+    assert!(
+        r["restarts_started"].as_u64().is_some_and(|n| n >= 1),
+        "{r:#}"
+    );
 }
 
 #[test]
