@@ -83,11 +83,6 @@ impl Site {
     pub fn host_ns(&self) -> Netns {
         Netns::existing(&self.host)
     }
-
-    /// The namespace of the router nearest the host (the home NAT).
-    pub fn router_ns(&self) -> Netns {
-        Netns::existing(self.routers.last().map_or("", String::as_str))
-    }
 }
 
 /// A built lab; dropping it kills its processes and deletes its namespaces.
@@ -176,23 +171,16 @@ fn work_dir(tag: &str, owner: &str) -> PathBuf {
     std::env::temp_dir().join(format!("natkit-lab-{tag}-{owner}"))
 }
 
-/// Allocates the /28 blocks of 192.0.2.0/24.
-#[derive(Default)]
-struct Blocks {
-    public: usize,
-}
-
-impl Blocks {
-    fn next_public(&mut self) -> Result<usize> {
-        let b = self.public;
-        if b >= addr::MAX_BLOCKS {
-            return Err(LabError::Topology(
-                "more than 16 public LANs and carrier links".into(),
-            ));
-        }
-        self.public += 1;
-        Ok(b)
+/// The next free /28 block of 192.0.2.0/24, counting `used` up.
+fn next_block(used: &mut usize) -> Result<usize> {
+    let b = *used;
+    if b >= addr::MAX_BLOCKS {
+        return Err(LabError::Topology(
+            "more than 16 public LANs and carrier links".into(),
+        ));
     }
+    *used += 1;
+    Ok(b)
 }
 
 impl Lab {
@@ -259,7 +247,7 @@ impl Lab {
         };
         // From here on, a failure drops `lab`, which deletes what was built.
         lab.build_internet()?;
-        let mut blocks = Blocks::default();
+        let mut blocks = 0;
         for (n, s) in spec.sites.iter().enumerate() {
             let site = lab.build_site(n, s, &mut blocks)?;
             lab.sites.push(site);
@@ -346,18 +334,21 @@ impl Lab {
         Ok(r)
     }
 
-    /// Link a router's WAN to the internet bridge as site `n`.
-    fn to_internet(&self, r: &Netns, n: usize) -> Result<Ipv4Addr> {
-        let port = format!("s{n}");
-        Self::veth(r, WAN, &self.internet, &port)?;
-        self.internet.ip(&["link", "set", &port, "master", "br0"])?;
+    /// Site `n`'s outermost router `node`: built from `spec` (kept for
+    /// [`Lab::renumber_wan`]), its WAN linked to the internet bridge.
+    fn outer_router(&mut self, n: usize, node: &str, spec: RouterSpec) -> Result<Netns> {
         let wan = addr::site_wan(n);
-        Self::address(r, WAN, wan, INTERNET_PREFIX)?;
-        Self::default_route(r, INTERNET_GATEWAY)?;
-        Ok(wan)
+        let r = self.router(node, &spec, wan)?;
+        self.router_specs.push(spec);
+        let port = format!("s{n}");
+        Self::veth(&r, WAN, &self.internet, &port)?;
+        self.internet.ip(&["link", "set", &port, "master", "br0"])?;
+        Self::address(&r, WAN, wan, INTERNET_PREFIX)?;
+        Self::default_route(&r, INTERNET_GATEWAY)?;
+        Ok(r)
     }
 
-    fn build_site(&mut self, n: usize, s: &SiteSpec, blocks: &mut Blocks) -> Result<Site> {
+    fn build_site(&mut self, n: usize, s: &SiteSpec, blocks: &mut usize) -> Result<Site> {
         let nat_router = |mapping, filtering| RouterSpec {
             mapping,
             filtering: Some(filtering),
@@ -377,10 +368,8 @@ impl Lab {
                     hairpin: false,
                     tcp_only_to: None,
                 };
-                let r = self.router(&format!("{name}-r"), &spec, wan)?;
-                self.router_specs.push(spec);
-                self.to_internet(&r, n)?;
-                let b = blocks.next_public()?;
+                let r = self.outer_router(n, &format!("{name}-r"), spec)?;
+                let b = next_block(blocks)?;
                 let (gw, host) = (addr::public(b, 1), addr::public(b, 2));
                 self.internet.ip(&[
                     "route",
@@ -398,10 +387,8 @@ impl Lab {
                     hairpin: false,
                     tcp_only_to: None,
                 };
-                let cgn = self.router(&format!("{name}-cgn"), &cgn_spec, wan)?;
-                self.router_specs.push(cgn_spec);
-                self.to_internet(&cgn, n)?;
-                let b = blocks.next_public()?;
+                let cgn = self.outer_router(n, &format!("{name}-cgn"), cgn_spec)?;
+                let b = next_block(blocks)?;
                 let (cgn_in, home_wan) = (addr::public(b, 1), addr::public(b, 2));
                 let home_spec = nat_router(eim, Filtering::AddressAndPortDependent);
                 let home = self.router(&format!("{name}-r"), &home_spec, home_wan)?;
@@ -433,9 +420,7 @@ impl Lab {
                         ..nat_router(eim, Filtering::AddressAndPortDependent)
                     },
                 };
-                let r = self.router(&format!("{name}-r"), &spec, wan)?;
-                self.router_specs.push(spec);
-                self.to_internet(&r, n)?;
+                let r = self.outer_router(n, &format!("{name}-r"), spec)?;
                 (
                     vec![r.clone()],
                     r,
@@ -465,6 +450,9 @@ impl Lab {
         let ck = rcgen::generate_simple_self_signed(vec![addr::TURN.to_string()])
             .map_err(|e| LabError::Other(format!("generating the relay's certificate: {e}")))?;
         let key = self.dir.join("turn-key.pem");
+        // Not natkit_testkit::tls::self_signed: it panics when a write
+        // fails, and building a lab is fallible (`natkit-lab up` reports a
+        // LabError instead of aborting).
         let write = |p: &Path, s: String| {
             std::fs::write(p, s).map_err(|e| LabError::io(format!("writing {}", p.display()), e))
         };
@@ -523,8 +511,10 @@ impl Lab {
         })?;
         if !ok {
             return Err(LabError::Timeout(format!(
-                "natkit-stun did not answer on {} and {} within {READY:?}",
-                s.stun, s.stun_other
+                "natkit-stun did not answer on {} and {} within {READY:?}; its log ends:\n{}",
+                s.stun,
+                s.stun_other,
+                self.server_log("natkit-stun")
             )));
         }
         Ok(())
@@ -548,11 +538,26 @@ impl Lab {
         })?;
         if !ok {
             return Err(LabError::Timeout(format!(
-                "natkit-turn did not answer on {} (UDP, TCP) and {} (TLS) within {READY:?}",
-                s.turn, s.turn_tls
+                "natkit-turn did not answer on {} (UDP, TCP) and {} (TLS) within {READY:?}; \
+                 its log ends:\n{}",
+                s.turn,
+                s.turn_tls,
+                self.server_log("natkit-turn")
             )));
         }
         Ok(())
+    }
+
+    /// The last lines of the log of the tracked server `name`: the lab
+    /// deletes its directory when a build fails, so a readiness error
+    /// carries them.
+    fn server_log(&self, name: &str) -> String {
+        let procs = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        procs
+            .iter()
+            .rev()
+            .find(|p| p.name() == name)
+            .map_or_else(|| format!("({name} is not tracked)"), |p| p.log_tail(30))
     }
 
     /// Stop the relay: SIGKILL (a crash, allocations lost) or SIGTERM (a
@@ -692,11 +697,6 @@ impl Lab {
     /// How long building took.
     pub fn build_time(&self) -> Duration {
         self.build_time
-    }
-
-    /// Every namespace of the lab.
-    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
-        self.namespaces.iter().map(Netns::name)
     }
 
     /// Leave the lab running after this process ends (for

@@ -241,10 +241,8 @@ fn run_netcheck(kinds: Vec<NatKind>) -> anyhow::Result<()> {
     for (site, run) in results {
         let run = run?;
         let v = &run.verdict;
-        let ok = match netcheck::expected(site) {
-            Some(want) => *v == want,
-            None => v.nat_type == netcheck::expected_nat_type(site.kind),
-        };
+        let check = netcheck::check(site, &run);
+        let ok = check.is_ok();
         bad += usize::from(!ok);
         println!(
             "{:<7} {:<21} {:<8} {:<27} {:<27} {:<8} {:<23} {}",
@@ -257,6 +255,9 @@ fn run_netcheck(kinds: Vec<NatKind>) -> anyhow::Result<()> {
             v.nat_type,
             if ok { "yes" } else { "NO" }
         );
+        if let Err(e) = check {
+            eprintln!("  {e}");
+        }
     }
     if bad > 0 {
         bail!("{bad} sites reported other than built");

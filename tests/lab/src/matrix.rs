@@ -126,12 +126,18 @@ pub struct Matrix {
     pub cells: Vec<Cell>,
 }
 
-fn judge(listen: NatKind, connect: NatKind, t: Transfer) -> Cell {
-    let expected = if listen.direct_possible(connect) {
+/// The path the NATs of `listen` and `connect` allow
+/// ([`NatKind::direct_possible`]).
+pub fn expect_for(listen: NatKind, connect: NatKind) -> Expect {
+    if listen.direct_possible(connect) {
         Expect::Direct
     } else {
         Expect::Relay
-    };
+    }
+}
+
+fn judge(listen: NatKind, connect: NatKind, t: Transfer) -> Cell {
+    let expected = expect_for(listen, connect);
     let path = t.path();
     let path_ok = matches!(
         (expected, path.as_deref()),
@@ -205,11 +211,7 @@ pub fn run(lab: &Lab, spec: &MatrixSpec, progress: &(dyn Fn(&Cell) + Sync)) -> M
                 let cell = run_pair(lab, spec, a, b).unwrap_or_else(|e| Cell {
                     listen: a,
                     connect: b,
-                    expected: if a.direct_possible(b) {
-                        Expect::Direct
-                    } else {
-                        Expect::Relay
-                    },
+                    expected: expect_for(a, b),
                     path: None,
                     connect_ms: None,
                     settled_ms: None,

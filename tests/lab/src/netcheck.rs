@@ -76,6 +76,37 @@ pub fn expected_nat_type(kind: NatKind) -> &'static str {
     }
 }
 
+/// Whether `run` reports `site` as the lab built it: the expected
+/// verdicts, a success exit and the site's public address as the mapped
+/// IP; where UDP does not get out, `udp_blocked` and a failure exit.
+pub fn check(site: &Site, run: &Run) -> std::result::Result<(), String> {
+    let Some(want) = expected(site) else {
+        let want = expected_nat_type(site.kind);
+        if run.verdict.nat_type != want || run.success {
+            return Err(format!(
+                "{}: nat_type {:?} (exit ok: {}), want {want:?} and a failure exit",
+                site.name, run.verdict.nat_type, run.success
+            ));
+        }
+        return Ok(());
+    };
+    if run.verdict != want || !run.success {
+        return Err(format!(
+            "{} ({}, hairpin {}): got {:?} (exit ok: {}), want {want:?}",
+            site.name, site.kind, site.hairpin, run.verdict, run.success
+        ));
+    }
+    let mapped = run.json["mapped"].as_str().unwrap_or("");
+    let want_ip = std::net::IpAddr::V4(site.public_addr);
+    if mapped.parse::<std::net::SocketAddr>().map(|a| a.ip()) != Ok(want_ip) {
+        return Err(format!(
+            "{}: mapped address {mapped:?}, want IP {want_ip}",
+            site.name
+        ));
+    }
+    Ok(())
+}
+
 /// One run's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {

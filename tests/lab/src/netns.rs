@@ -32,9 +32,18 @@ impl Netns {
         let ns = Netns {
             name: name.to_string(),
         };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
-        ns.sysctl("net/ipv6/conf/default/disable_ipv6", "1")?;
+        let setup = || -> Result<()> {
+            ns.ip(&["link", "set", "lo", "up"])?;
+            ns.sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
+            ns.sysctl("net/ipv6/conf/default/disable_ipv6", "1")
+        };
+        if let Err(e) = setup() {
+            // Nobody holds a handle on it yet: delete it here or it leaks.
+            if let Err(d) = ns.destroy() {
+                eprintln!("natkit-lab: {d}");
+            }
+            return Err(e);
+        }
         Ok(ns)
     }
 

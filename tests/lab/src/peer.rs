@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{LabError, Result};
@@ -152,8 +152,10 @@ impl PeerOptions {
     }
 }
 
-/// What a peer's `--report` says, the fields the lab reads.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What a peer's `--report` says, the fields the lab reads. The layout is
+/// the one `natkit`'s `cli/src/p2p/report.rs` writes: the selected path's
+/// fields flat at the top level, absent until a path is selected.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     /// Path kind: host, srflx, prflx or relay.
     pub path: Option<String>,
@@ -166,39 +168,17 @@ pub struct Report {
     /// Time from start to connected.
     pub connect_ms: Option<f64>,
     /// The whole report.
+    #[serde(skip_deserializing)]
     pub raw: serde_json::Value,
 }
 
 impl Report {
-    /// Read the fields from the report's JSON, tolerating a `path` that is
-    /// either the kind itself or an object holding `kind`, `local` and
-    /// `remote`.
-    pub fn from_json(v: serde_json::Value) -> Report {
-        let text = |v: &serde_json::Value| match v {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Null => None,
-            other => Some(other.to_string()),
-        };
-        let path_obj = v.get("path").filter(|p| p.is_object());
-        let field = |k: &str| {
-            v.get(k)
-                .filter(|x| !x.is_null() && !x.is_object())
-                .or_else(|| path_obj.and_then(|p| p.get(k)))
-        };
-        let path = match v.get("path") {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(o @ serde_json::Value::Object(_)) => o.get("kind").and_then(text),
-            _ => v.get("path_kind").or_else(|| v.get("kind")).and_then(text),
-        };
-        let num = |k: &str| field(k).and_then(|x| x.as_f64());
-        Report {
-            path,
-            local: field("local").and_then(text),
-            remote: field("remote").and_then(text),
-            rtt_ms: num("rtt_ms"),
-            connect_ms: num("connect_ms"),
-            raw: v,
-        }
+    /// Read the report's JSON text.
+    pub fn parse(text: &str) -> serde_json::Result<Report> {
+        let raw: serde_json::Value = serde_json::from_str(text)?;
+        let mut r: Report = serde_json::from_value(raw.clone())?;
+        r.raw = raw;
+        Ok(r)
     }
 
     /// Whether the path goes through the relay.
@@ -237,7 +217,6 @@ pub struct Peer {
     progress: Arc<AtomicU64>,
     reader: Option<JoinHandle<Received>>,
     report_path: PathBuf,
-    started: Instant,
 }
 
 impl Peer {
@@ -307,7 +286,6 @@ impl Peer {
             progress,
             reader: Some(reader),
             report_path,
-            started: Instant::now(),
         })
     }
 
@@ -345,11 +323,6 @@ impl Peer {
         self.process.kill();
     }
 
-    /// Time since start.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
     /// What stdout delivered; call after the process exited (or was killed).
     pub fn received(&mut self) -> Received {
         self.reader
@@ -361,7 +334,7 @@ impl Peer {
     /// The report, if written.
     pub fn report(&self) -> Option<Report> {
         let text = std::fs::read_to_string(&self.report_path).ok()?;
-        serde_json::from_str(&text).ok().map(Report::from_json)
+        Report::parse(&text).ok()
     }
 
     /// The last lines of stderr.
@@ -537,4 +510,38 @@ pub fn payload(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rand::Rng::fill(&mut rand::thread_rng(), &mut v[..]);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_is_read_in_the_cli_layout() {
+        let text = r#"{"command":"connect","role":"controlling","path":"srflx",
+            "local":"192.0.2.2:4000","local_kind":"host","remote":"192.0.2.20:5000",
+            "remote_kind":"srflx","rtt_ms":1.5,"connect_ms":210.25,"bytes_sent":5,
+            "bytes_received":0,"path_changes":[],"restarts_started":0,
+            "restarts_answered":0,"status":"ok","error":null}"#;
+        let r = Report::parse(text).unwrap();
+        assert_eq!(r.path.as_deref(), Some("srflx"));
+        assert_eq!(r.local.as_deref(), Some("192.0.2.2:4000"));
+        assert_eq!(r.remote.as_deref(), Some("192.0.2.20:5000"));
+        assert_eq!((r.rtt_ms, r.connect_ms), (Some(1.5), Some(210.25)));
+        assert_eq!(r.raw["status"], "ok");
+        assert!(!r.relayed());
+    }
+
+    #[test]
+    fn a_report_before_connecting_has_no_path() {
+        let text = r#"{"command":"listen","role":"controlled","connect_ms":null,
+            "bytes_sent":0,"bytes_received":0,"path_changes":[],"restarts_started":0,
+            "restarts_answered":0,"status":"error","error":"timeout"}"#;
+        let r = Report::parse(text).unwrap();
+        assert_eq!((r.path, r.remote, r.connect_ms), (None, None, None));
+        assert_eq!(r.raw["error"], "timeout");
+        // A path given in another layout is not this report.
+        assert!(Report::parse(r#"{"path":{"kind":"relay"}}"#).is_err());
+        assert!(Report::parse(r#"{"path":"relay"}"#).unwrap().relayed());
+    }
 }

@@ -78,7 +78,12 @@ pub fn punch(lab: &Lab, a: &Site, b: &Site) -> Result<Punch> {
     let (ok_a, ok_b) = std::thread::scope(|s| {
         let ha = s.spawn(|| side(&sa, 0, rb, &barrier));
         let hb = s.spawn(|| side(&sb, 1, ra, &barrier));
-        (ha.join().unwrap_or(false), hb.join().unwrap_or(false))
+        // A side that panicked is a broken test, not "no path": re-raise
+        // it instead of counting it as a failed punch.
+        let join = |h: std::thread::ScopedJoinHandle<'_, bool>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        (join(ha), join(hb))
     });
     Ok(Punch {
         connected: ok_a && ok_b,

@@ -92,8 +92,10 @@ fn relay_restart(lab: &Lab, opts: &PeerOptions) -> Result<Duration, String> {
     let mut pair =
         Pair::start(lab, fc, &relay_only, pr, &relay_only, "relay").map_err(|e| e.to_string())?;
     connected(&mut pair);
-    if !pair.connect.report().map_or(true, |r| r.relayed()) {
-        return Err("--relay-only session not relayed".into());
+    match pair.connect.report() {
+        Some(r) if r.relayed() => {}
+        Some(r) => return Err(format!("--relay-only session not relayed: {:?}", r.path)),
+        None => return Err("--relay-only session wrote no connect report".into()),
     }
     lab.stop_turn(false).map_err(|e| e.to_string())?;
     let t0 = Instant::now();

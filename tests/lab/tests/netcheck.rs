@@ -77,33 +77,8 @@ fn netcheck_reports_each_nat_and_routers_drop_unsolicited_inbound() {
             run.verdict,
             run.elapsed
         );
-        match netcheck::expected(site) {
-            Some(want) => {
-                if run.verdict != want || !run.success {
-                    failures.push(format!(
-                        "{} ({}, hairpin {}): got {:?} (exit ok: {}), want {want:?}",
-                        site.name, site.kind, site.hairpin, run.verdict, run.success
-                    ));
-                }
-                // The mapped address is the site's public address.
-                let mapped = run.json["mapped"].as_str().unwrap_or("");
-                let want_ip = site.public_addr.to_string();
-                if mapped.parse::<SocketAddr>().map(|a| a.ip().to_string()) != Ok(want_ip.clone()) {
-                    failures.push(format!(
-                        "{}: mapped address {mapped:?}, want IP {want_ip}",
-                        site.name
-                    ));
-                }
-            }
-            None => {
-                let want = netcheck::expected_nat_type(site.kind);
-                if run.verdict.nat_type != want || run.success {
-                    failures.push(format!(
-                        "{}: nat_type {:?} (exit ok: {}), want {want:?} and a failure exit",
-                        site.name, run.verdict.nat_type, run.success
-                    ));
-                }
-            }
+        if let Err(e) = netcheck::check(site, &run) {
+            failures.push(e);
         }
     }
 
