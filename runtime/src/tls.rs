@@ -3,14 +3,37 @@
 //! rustls with the *ring* provider chosen explicitly, so the binary never depends on which
 //! provider happens to be the process default. Errors name the file and say what is wrong with
 //! it, since an operator reads them at start-up.
+//!
+//! [`ReloadableAcceptor`] is the acceptor both servers serve TLS with: SIGHUP reloads the same
+//! files into it, and a pair that fails to load leaves the running one in place.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::crypto::ring;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// Which of the two PEM files an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// The certificate chain.
+    Certificate,
+    /// The private key.
+    PrivateKey,
+}
+
+impl fmt::Display for TlsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsFile::Certificate => "certificate",
+            TlsFile::PrivateKey => "private key",
+        })
+    }
+}
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -18,8 +41,8 @@ pub enum TlsError {
     /// The file could not be opened or read.
     #[error("cannot read {what} file {}: {source}", path.display())]
     Read {
-        /// "certificate" or "private key".
-        what: &'static str,
+        /// Which file.
+        what: TlsFile,
         /// The file.
         path: PathBuf,
         /// The I/O error.
@@ -29,8 +52,8 @@ pub enum TlsError {
     /// The file is not valid PEM.
     #[error("{what} file {} is not valid PEM: {source}", path.display())]
     Pem {
-        /// "certificate" or "private key".
-        what: &'static str,
+        /// Which file.
+        what: TlsFile,
         /// The file.
         path: PathBuf,
         /// The PEM error.
@@ -71,7 +94,23 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-fn pem_error(what: &'static str, path: &Path, e: pem::Error) -> TlsError {
+impl TlsError {
+    /// The file at fault, when the error is about one file; `None` for
+    /// [`TlsError::Rustls`], which is about neither in particular.
+    pub fn file(&self) -> Option<TlsFile> {
+        match self {
+            TlsError::Read { what, .. } | TlsError::Pem { what, .. } => Some(*what),
+            TlsError::NoCertificate { .. } => Some(TlsFile::Certificate),
+            // A key that does not match the certificate: the key is what an operator replaces.
+            TlsError::NoKey { .. } | TlsError::KeyMismatch { .. } | TlsError::BadKey { .. } => {
+                Some(TlsFile::PrivateKey)
+            }
+            TlsError::Rustls(_) => None,
+        }
+    }
+}
+
+fn pem_error(what: TlsFile, path: &Path, e: pem::Error) -> TlsError {
     match e {
         pem::Error::Io(source) => TlsError::Read {
             what,
@@ -89,9 +128,9 @@ fn pem_error(what: &'static str, path: &Path, e: pem::Error) -> TlsError {
 /// Reads every certificate in `path` (leaf first, then intermediates).
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error("certificate", path, e))?
+        .map_err(|e| pem_error(TlsFile::Certificate, path, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error("certificate", path, e))?;
+        .map_err(|e| pem_error(TlsFile::Certificate, path, e))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             path: path.to_owned(),
@@ -106,7 +145,7 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         pem::Error::NoItemsFound => TlsError::NoKey {
             path: path.to_owned(),
         },
-        e => pem_error("private key", path, e),
+        e => pem_error(TlsFile::PrivateKey, path, e),
     })
 }
 
@@ -137,12 +176,36 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// [`server_config`] wrapped in a `tokio_rustls::TlsAcceptor`, ready for accepted TCP streams.
-pub fn acceptor(
-    cert_pem_path: impl AsRef<Path>,
-    key_pem_path: impl AsRef<Path>,
-) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-    server_config(cert_pem_path, key_pem_path).map(tokio_rustls::TlsAcceptor::from)
+/// A TLS acceptor whose certificate and key can be replaced while the server runs (SIGHUP):
+/// each connection takes the acceptor current when it is accepted, so open connections keep
+/// the pair they started with. Clones share the same acceptor.
+#[derive(Clone)]
+pub struct ReloadableAcceptor(Arc<RwLock<TlsAcceptor>>);
+
+impl ReloadableAcceptor {
+    /// Serves with `config` until the first successful [`reload`](Self::reload).
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        Self(Arc::new(RwLock::new(TlsAcceptor::from(config))))
+    }
+
+    /// The acceptor to use for a connection accepted now.
+    pub fn current(&self) -> TlsAcceptor {
+        // A poisoned lock only means a writer panicked between two whole assignments: the
+        // value inside is still a complete acceptor.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Loads the certificate chain and key again with [`server_config`] and serves new
+    /// connections with them. On error the running pair stays.
+    pub fn reload(
+        &self,
+        cert_pem_path: impl AsRef<Path>,
+        key_pem_path: impl AsRef<Path>,
+    ) -> Result<(), TlsError> {
+        let config = server_config(cert_pem_path, key_pem_path)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(config);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +274,7 @@ mod tests {
             matches!(
                 e,
                 TlsError::Read {
-                    what: "certificate",
+                    what: TlsFile::Certificate,
                     ..
                 }
             ),
@@ -224,7 +287,7 @@ mod tests {
             matches!(
                 e,
                 TlsError::Read {
-                    what: "private key",
+                    what: TlsFile::PrivateKey,
                     ..
                 }
             ),
@@ -255,7 +318,7 @@ mod tests {
             matches!(
                 e,
                 TlsError::Pem {
-                    what: "certificate",
+                    what: TlsFile::Certificate,
                     ..
                 }
             ),
@@ -264,18 +327,20 @@ mod tests {
         assert!(e.to_string().contains("junk.pem"), "{e}");
     }
 
-    /// The configuration really serves TLS: a rustls client that trusts the certificate
-    /// completes a handshake over loopback and exchanges bytes.
-    #[tokio::test]
-    async fn handshake_on_loopback() {
-        let dir = TempDir::new("handshake");
-        let (cert, key, der) = self_signed();
-        let acceptor = acceptor(dir.write("c.pem", &cert), dir.write("k.pem", &key)).unwrap();
+    /// Serves one TLS connection on loopback with `acceptor` and has a client that trusts
+    /// only `trust` send four bytes through it; returns what came back, or the client's error.
+    async fn echo_once(
+        acceptor: tokio_rustls::TlsAcceptor,
+        trust: CertificateDer<'static>,
+    ) -> std::io::Result<[u8; 4]> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = acceptor.accept(tcp).await.unwrap();
+            // A client that refuses the certificate ends the handshake: nothing to echo.
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
             let mut buf = [0u8; 4];
             tls.read_exact(&mut buf).await.unwrap();
             tls.write_all(&buf).await.unwrap();
@@ -283,7 +348,7 @@ mod tests {
         });
 
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(der).unwrap();
+        roots.add(trust).unwrap();
         let client_cfg =
             rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -294,16 +359,57 @@ mod tests {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let fut = async {
-            let mut tls = connector.connect(name, tcp).await.unwrap();
-            tls.write_all(b"ping").await.unwrap();
+            let mut tls = connector.connect(name, tcp).await?;
+            tls.write_all(b"ping").await?;
             let mut buf = [0u8; 4];
-            tls.read_exact(&mut buf).await.unwrap();
-            buf
+            tls.read_exact(&mut buf).await?;
+            Ok(buf)
         };
         let echoed = tokio::time::timeout(Duration::from_secs(5), fut)
             .await
             .expect("handshake in time");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server task ends in time")
+            .unwrap();
+        echoed
+    }
+
+    /// The configuration really serves TLS: a rustls client that trusts the certificate
+    /// completes a handshake over loopback and exchanges bytes.
+    #[tokio::test]
+    async fn handshake_on_loopback() {
+        let dir = TempDir::new("handshake");
+        let (cert, key, der) = self_signed();
+        let config = server_config(dir.write("c.pem", &cert), dir.write("k.pem", &key)).unwrap();
+        let acceptor = ReloadableAcceptor::new(config).current();
+        let echoed = echo_once(acceptor, der).await.unwrap();
         assert_eq!(&echoed, b"ping");
-        server.await.unwrap();
+    }
+
+    /// A reload serves new connections with the new pair; a failed reload keeps the running
+    /// pair and says which file is wrong.
+    #[tokio::test]
+    async fn reload_replaces_the_pair_and_keeps_it_on_error() {
+        let dir = TempDir::new("reload");
+        let (cert1, key1, der1) = self_signed();
+        let (cert2, key2, der2) = self_signed();
+        let config =
+            server_config(dir.write("c1.pem", &cert1), dir.write("k1.pem", &key1)).unwrap();
+        let acceptor = ReloadableAcceptor::new(config);
+        // A client trusting only the second certificate refuses the first.
+        assert!(echo_once(acceptor.current(), der2.clone()).await.is_err());
+
+        let missing = dir.0.join("missing.pem");
+        let e = acceptor
+            .reload(&missing, dir.write("k2.pem", &key2))
+            .unwrap_err();
+        assert_eq!(e.file(), Some(TlsFile::Certificate), "{e:?}");
+        assert_eq!(echo_once(acceptor.current(), der1).await.unwrap(), *b"ping");
+
+        acceptor
+            .reload(dir.write("c2.pem", &cert2), dir.0.join("k2.pem"))
+            .unwrap();
+        assert_eq!(echo_once(acceptor.current(), der2).await.unwrap(), *b"ping");
     }
 }

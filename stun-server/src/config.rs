@@ -3,13 +3,11 @@
 //! flags and env vars win over the file, the file over the defaults.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
 use clap::Parser;
-use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::logging::LogFormat;
 use serde::Deserialize;
 
@@ -99,6 +97,7 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub other: Option<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
+    /// The `cert` and `key` files; `natkit_runtime::config::load_tls` loads them.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub metrics: Option<SocketAddr>,
     pub log_format: LogFormat,
@@ -112,7 +111,7 @@ impl Config {
     /// Merge flags/env over the file over the defaults, and validate.
     pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         let file = match &args.config {
-            Some(p) => load_file(p)?,
+            Some(p) => natkit_runtime::config::load_toml(p)?,
             None => FileConfig::default(),
         };
         let listen = match (args.listen.is_empty(), file.listen) {
@@ -195,16 +194,6 @@ impl Config {
         Ok(())
     }
 
-    /// Loads the TLS certificate chain and key, when TLS is configured. `--check-config` and
-    /// start-up both call it, so a missing or unparsable file is refused before serving, with
-    /// the key (`cert` or `key`) and the reason; SIGHUP calls it again to reload them.
-    pub fn load_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsKeyError> {
-        self.tls
-            .as_ref()
-            .map(|(cert, key)| natkit_runtime::config::load_tls(cert, key))
-            .transpose()
-    }
-
     /// Every UDP/TCP endpoint the server binds. With `other`, the first
     /// listen address becomes the RFC 5780 square of four.
     pub fn endpoints(&self) -> Vec<Endpoint> {
@@ -228,11 +217,6 @@ impl Config {
         }));
         v
     }
-}
-
-/// The error names the file; its source, the TOML message with line and column.
-fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
-    Ok(natkit_runtime::config::load_toml(path)?)
 }
 
 #[cfg(test)]

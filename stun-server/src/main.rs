@@ -5,17 +5,14 @@ use natkit_stun::config::{Args, Config};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match Config::resolve(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("natkit-stun: configuration error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
     // The certificate and key are part of the configuration: refuse files the server could
     // not serve with before starting, with or without --check-config.
-    let tls = match cfg.load_tls() {
-        Ok(t) => t,
+    let resolved = Config::resolve(&args).and_then(|cfg| {
+        let tls = natkit_runtime::config::load_tls(cfg.tls.as_ref())?;
+        Ok((cfg, tls))
+    });
+    let (cfg, tls) = match resolved {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("natkit-stun: configuration error: {e:#}");
             return ExitCode::from(2);

@@ -2,23 +2,24 @@
 //! reloads the TLS certificate and key (RFC 8489 §6.2.3 servers renew them
 //! like any TLS server); nothing else is read again.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::Context;
+use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::shutdown::{self, Shutdown, Signal};
+use natkit_runtime::tls::ReloadableAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tracing::{error, info};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::responder::Responder;
-use crate::stream::{self, SharedAcceptor, StreamContext};
+use crate::stream::{self, StreamContext};
 use crate::udp;
 
 /// Run the server until SIGTERM or SIGINT. `tls`: the certificate and key
-/// loaded by [`Config::load_tls`] (`None` without TLS).
+/// loaded by `natkit_runtime::config::load_tls` (`None` without TLS).
 pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.threads.clamp(1, 4))
@@ -73,9 +74,9 @@ async fn serve_async(
             tokio::spawn(stream::serve(l, i, None, ctx.clone()));
         }
     }
-    let mut acceptor: Option<SharedAcceptor> = None;
+    let mut acceptor: Option<ReloadableAcceptor> = None;
     if let Some(tls) = tls {
-        let shared: SharedAcceptor = Arc::new(RwLock::new(TlsAcceptor::from(tls)));
+        let shared = ReloadableAcceptor::new(tls);
         for addr in &cfg.tls_listen {
             let l = TcpListener::bind(addr)
                 .await
@@ -120,19 +121,18 @@ async fn serve_async(
 /// SIGHUP: load the certificate and key files again (same paths) and serve
 /// new connections with them; open connections keep theirs. If the new
 /// files do not load, the running ones stay and the error is logged.
-fn reload_tls(cfg: &Config, acceptor: Option<&SharedAcceptor>) {
-    let Some(acceptor) = acceptor else {
+fn reload_tls(cfg: &Config, acceptor: Option<&ReloadableAcceptor>) {
+    // An acceptor exists exactly when `cfg.tls` is set (validated at start-up).
+    let (Some(acceptor), Some((cert, key))) = (acceptor, cfg.tls.as_ref()) else {
         info!("SIGHUP: no TLS configured, nothing to reload");
         return;
     };
-    match cfg.load_tls() {
-        Ok(Some(new)) => {
-            *acceptor.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(new);
-            info!("SIGHUP: reloaded the TLS certificate and key");
-        }
-        // Unreachable (an acceptor exists only with TLS configured), but
-        // harmless: keep serving what runs.
-        Ok(None) => {}
-        Err(e) => error!("SIGHUP: keeping the old TLS certificate and key: {e:#}"),
+    match acceptor.reload(cert, key) {
+        Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key"),
+        // Named by config key (`cert: …` / `key: …`), as at start-up.
+        Err(e) => error!(
+            "SIGHUP: keeping the old TLS certificate and key: {}",
+            TlsKeyError::from(e)
+        ),
     }
 }

@@ -3,15 +3,15 @@
 //! open connections so half-open or idle peers cannot exhaust the server.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use natkit_proto::framing::{self, FrameKind};
 use natkit_runtime::shutdown::Shutdown;
+use natkit_runtime::tls::ReloadableAcceptor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::metrics::{Metrics, Tally};
@@ -31,16 +31,13 @@ pub struct StreamContext {
     pub shutdown: Shutdown,
 }
 
-/// The TLS acceptor, replaced on SIGHUP; each connection takes the one
-/// current when it is accepted.
-pub type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
-
 /// Accept connections on `listener` (bound to endpoint `local`) until
-/// shutdown. With `tls`, each connection is a TLS server session first.
+/// shutdown. With `tls`, each connection is a TLS server session first, with
+/// the certificate current when it is accepted (SIGHUP replaces it).
 pub async fn serve(
     listener: TcpListener,
     local: usize,
-    tls: Option<SharedAcceptor>,
+    tls: Option<ReloadableAcceptor>,
     ctx: StreamContext,
 ) {
     let transport = if tls.is_some() {
@@ -70,9 +67,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let tls = tls
-            .as_ref()
-            .map(|a| a.read().unwrap_or_else(|e| e.into_inner()).clone());
+        let tls = tls.as_ref().map(ReloadableAcceptor::current);
         tokio::spawn(async move {
             let _permit = permit;
             let gauge = ctx.metrics.connection_open(transport);

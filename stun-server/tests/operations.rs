@@ -156,7 +156,7 @@ fn sighup_reloads_the_tls_certificate() {
     let (p, t) = (free_port(), free_port());
     let primary = addr(&format!("127.0.0.1:{p}"));
     let tls_addr = addr(&format!("127.0.0.1:{t}"));
-    let mut srv = Server::start_logged(
+    let mut srv = Server::spawn(
         &[
             "--listen".into(),
             primary.to_string(),
@@ -169,7 +169,7 @@ fn sighup_reloads_the_tls_certificate() {
             "--threads".into(),
             "1".into(),
         ],
-        &log,
+        log_file(&log),
     );
     srv.wait_ready(primary);
     wait_log(&log, "listening on TLS");

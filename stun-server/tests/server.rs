@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -94,7 +94,7 @@ fn rfc5780_change_request_response_origin_other_address() {
 fn without_other_change_request_gets_420() {
     let p = free_port();
     let primary = addr(&format!("127.0.0.1:{p}"));
-    let mut srv = Server::start(&["--listen".into(), primary.to_string()]);
+    let mut srv = Server::spawn(&["--listen".into(), primary.to_string()], Stdio::null());
     srv.wait_ready(primary);
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client
@@ -288,16 +288,19 @@ fn tls_binding() {
     let (p, t) = (free_port(), free_port());
     let primary = addr(&format!("127.0.0.1:{p}"));
     let tls_addr = addr(&format!("127.0.0.1:{t}"));
-    let mut srv = Server::start(&[
-        "--listen".into(),
-        primary.to_string(),
-        "--tls-listen".into(),
-        tls_addr.to_string(),
-        "--cert".into(),
-        cert.display().to_string(),
-        "--key".into(),
-        key.display().to_string(),
-    ]);
+    let mut srv = Server::spawn(
+        &[
+            "--listen".into(),
+            primary.to_string(),
+            "--tls-listen".into(),
+            tls_addr.to_string(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ],
+        Stdio::null(),
+    );
     srv.wait_ready(primary);
 
     let mut tls = tls::connect(tls_addr, &ck, "localhost", Duration::from_secs(3));
@@ -314,7 +317,7 @@ fn tls_binding() {
 fn sigterm_stops_cleanly() {
     let p = free_port();
     let primary = addr(&format!("127.0.0.1:{p}"));
-    let mut srv = Server::start(&["--listen".into(), primary.to_string()]);
+    let mut srv = Server::spawn(&["--listen".into(), primary.to_string()], Stdio::null());
     srv.wait_ready(primary);
     // SAFETY: plain kill(2) on our own child's PID.
     let rc = unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };

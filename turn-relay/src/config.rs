@@ -26,7 +26,10 @@
 //! REST secrets can also come from a file (`auth-secret-file`), one per
 //! line, re-read on every SIGHUP: on Kubernetes a Secret mounted as a file
 //! can then list the old and the new secret during a rotation, which one
-//! environment variable cannot (see [`read_secret_file`]).
+//! environment variable cannot (see [`read_secret_file`]). The list and
+//! the file are two forms of one setting: given as a flag or env var,
+//! either replaces both forms in the config file; both forms at the same
+//! level are refused.
 //!
 //! Passwords and secrets are [`Secret`]s: their `Debug` prints
 //! `<redacted>`, they have no `Display`, and parse errors never repeat
@@ -38,7 +41,6 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -46,7 +48,6 @@ use clap::Parser;
 use ipnet::IpNet;
 use natkit_proto::rest::RestSecrets;
 use natkit_proto::turn::server::{self as core, Credentials};
-use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::logging::LogFormat;
 use serde::{Deserialize, Deserializer};
 
@@ -125,7 +126,8 @@ pub struct Args {
     /// File of REST shared secrets, one per line (blank lines and lines
     /// starting with `#` ignored): the first is the one new credentials
     /// are expected to be signed with, every line verifies. Re-read on
-    /// SIGHUP. Instead of --auth-secret, not with it.
+    /// SIGHUP. Instead of --auth-secret, not with it; either of them
+    /// replaces the config file's `auth-secret` and `auth-secret-file`.
     #[arg(long, env = "NATKIT_TURN_AUTH_SECRET_FILE", value_name = "PATH")]
     pub auth_secret_file: Option<PathBuf>,
 
@@ -348,7 +350,7 @@ impl Config {
     /// Call it again (same `args`) on SIGHUP: it re-reads the file.
     pub fn resolve(args: &Args) -> anyhow::Result<Config> {
         let file = match &args.config {
-            Some(p) => load_file(p)?,
+            Some(p) => natkit_runtime::config::load_toml(p)?,
             None => FileConfig::default(),
         };
         let listen = list(&args.listen, file.listen, || {
@@ -368,14 +370,22 @@ impl Config {
         } else {
             parse_users(&args.user)?
         };
-        let auth_secrets = list(&args.auth_secret, file.auth_secret, Vec::new);
-        let auth_secret_file = args.auth_secret_file.clone().or(file.auth_secret_file);
-        let auth_secrets = match &auth_secret_file {
-            None => auth_secrets,
-            Some(_) if !auth_secrets.is_empty() => bail!(
-                "auth-secret-file: auth-secret is set too; give the REST secrets in one place (the file can list several)"
-            ),
-            Some(path) => read_secret_file(path)?,
+        // The REST secrets are one setting given in one of two forms (a list or a file): flags
+        // and env vars win over the config file as a whole, as for every other key, so a
+        // Kubernetes Secret mounted as NATKIT_TURN_AUTH_SECRET_FILE overrides the file's
+        // `auth-secret`. Both forms at the same level are refused: which would win is a guess.
+        let (auth_secrets, auth_secret_file) = match rest_secrets(
+            "--auth-secret",
+            &args.auth_secret,
+            args.auth_secret_file.clone(),
+        )? {
+            Some(s) => s,
+            None => rest_secrets(
+                "the config file's auth-secret",
+                file.auth_secret.as_deref().unwrap_or_default(),
+                file.auth_secret_file,
+            )?
+            .unwrap_or_default(),
         };
         // Before anything else: the most important refusal comes first.
         if users.is_empty() && auth_secrets.is_empty() {
@@ -521,19 +531,6 @@ impl Config {
             );
         }
         Ok(())
-    }
-
-    /// Loads the TLS certificate chain and key, when TLS is configured.
-    /// `--check-config` and start-up call it, so a missing or unparsable
-    /// file is refused before serving, naming the key (`cert` or `key`)
-    /// and the reason; SIGHUP calls it to reload them. Not part of
-    /// [`Config::resolve`]: a reload with a bad certificate still applies
-    /// the rest and keeps the running certificate.
-    pub fn load_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, TlsKeyError> {
-        self.tls
-            .as_ref()
-            .map(|(cert, key)| natkit_runtime::config::load_tls(cert, key))
-            .transpose()
     }
 
     /// How many relay ports the range holds (per relay IP).
@@ -753,10 +750,22 @@ fn family_name(f: usize) -> &'static str {
     }
 }
 
-/// The error names the file; its source, the TOML message with line and
-/// column (printed once each by `{:#}`).
-fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
-    Ok(natkit_runtime::config::load_toml(path)?)
+/// The REST secrets given at one level (flags and env vars, or the config file): `Ok(None)` if
+/// neither form is there, the secrets (and the file they came from) if one is, an error naming
+/// `list` (the list form at this level) if both are.
+fn rest_secrets(
+    list: &str,
+    secrets: &[Secret],
+    file: Option<PathBuf>,
+) -> anyhow::Result<Option<(Vec<Secret>, Option<PathBuf>)>> {
+    match file {
+        None if secrets.is_empty() => Ok(None),
+        None => Ok(Some((secrets.to_vec(), None))),
+        Some(_) if !secrets.is_empty() => bail!(
+            "auth-secret-file: {list} is set too; give the REST secrets in one place (the file can list several)"
+        ),
+        Some(path) => Ok(Some((read_secret_file(&path)?, Some(path)))),
+    }
 }
 
 /// Most bytes an `auth-secret-file` may have: a few secrets, not a data
@@ -767,7 +776,8 @@ pub const MAX_SECRET_FILE: u64 = 64 * 1024;
 /// whitespace (and a `\r` of CRLF files) trimmed, blank lines and lines
 /// whose first non-blank character is `#` ignored. Order is kept: the
 /// first secret is the one new credentials are expected to use (the relay
-/// verifies with all). Errors name the file and line, never a secret.
+/// verifies with all). Errors name the file and what is wrong with it as a
+/// whole (unreadable, too big, not UTF-8, no secret), never a secret.
 pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<Secret>> {
     let fail = |why: String| anyhow::anyhow!("auth-secret-file: {}: {why}", path.display());
     let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
@@ -1471,6 +1481,69 @@ frank = "also-from-file"
         std::env::remove_var("NATKIT_TURN_AUTH_SECRET_FILE");
         drop(_g);
         assert_eq!(parsed.unwrap().auth_secrets[0], Secret::new("new-Kq2"));
+    }
+
+    /// The Kubernetes case: the config file lists `auth-secret` (or a file of its own) and
+    /// the pod's environment points at a mounted Secret. The env var wins over the file's
+    /// setting whole, like any other key; both forms at the file's level are still refused.
+    #[test]
+    fn auth_secret_file_from_env_overrides_the_files_secrets() {
+        let dir = TempDir::new("secret-file-env");
+        let mounted = dir.file(
+            "mounted",
+            "mounted-Wq8
+previous-Tz3
+",
+        );
+        let other = dir.file(
+            "other",
+            "other-Lm5
+",
+        );
+        let list_cfg = dir.file(
+            "list.toml",
+            "listen = [\"127.0.0.1:3478\"]\nauth-secret = [\"from-file-Rr1\"]\n",
+        );
+        let file_cfg = dir.file(
+            "file.toml",
+            &format!("listen = [\"127.0.0.1:3478\"]\nauth-secret-file = \"{other}\"\n"),
+        );
+        let both_cfg = dir.file(
+            "both.toml",
+            &format!(
+                "listen = [\"127.0.0.1:3478\"]\nauth-secret = [\"from-file-Rr1\"]\nauth-secret-file = \"{other}\"\n"
+            ),
+        );
+        let with_env = |cfg: &str| {
+            let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
+            std::env::set_var("NATKIT_TURN_AUTH_SECRET_FILE", &mounted);
+            let parsed = Args::try_parse_from(["natkit-turn", "--config", cfg])
+                .map_err(anyhow::Error::from)
+                .and_then(|a| Config::resolve(&a));
+            std::env::remove_var("NATKIT_TURN_AUTH_SECRET_FILE");
+            parsed
+        };
+        let want = vec![Secret::new("mounted-Wq8"), Secret::new("previous-Tz3")];
+        for cfg in [&list_cfg, &file_cfg] {
+            let c = with_env(cfg).unwrap();
+            assert_eq!(c.auth_secrets, want, "{cfg}");
+            assert_eq!(c.auth_secret_file.as_deref(), Some(Path::new(&mounted)));
+        }
+        // The flag form of the list overrides the file's secret file too.
+        let c = parse_raw(&["--config", &file_cfg, "--auth-secret", "flag-Yx2"]).unwrap();
+        assert_eq!(c.auth_secrets, vec![Secret::new("flag-Yx2")]);
+        assert_eq!(c.auth_secret_file, None);
+        // Without the env var, the file's own setting applies.
+        let c = parse_raw(&["--config", &list_cfg]).unwrap();
+        assert_eq!(c.auth_secrets, vec![Secret::new("from-file-Rr1")]);
+        // Both forms in the file (and nothing from flags or env): which one was meant is a
+        // guess, so it is refused.
+        let e = format!("{:#}", parse_raw(&["--config", &both_cfg]).unwrap_err());
+        assert!(
+            e.starts_with("auth-secret-file:") && e.contains("one place"),
+            "{e}"
+        );
+        assert!(!e.contains("Rr1") && !e.contains("Lm5"), "{e}");
     }
 
     #[test]

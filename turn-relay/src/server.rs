@@ -6,27 +6,28 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use natkit_runtime::batch::{self, UdpSocketOptions};
+use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::metrics_http::{self, Health};
 use natkit_runtime::shutdown::{self, Shutdown, Signal};
+use natkit_runtime::tls::ReloadableAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::config::{Args, Config};
 use crate::metrics::Metrics;
 use crate::ports::PortPool;
 use crate::shared::{RelayAddress, Reloadable, Shared};
-use crate::stream::{self, SharedAcceptor, StreamContext};
+use crate::stream::{self, StreamContext};
 use crate::worker::{self, WorkerSetup};
 
 /// Run the relay until it is told to stop. `tls`: the certificate and key
-/// [`Config::load_tls`] loaded (`None` without TLS). `args` are kept to
+/// `natkit_runtime::config::load_tls` loaded (`None` without TLS). `args` are kept to
 /// re-read the configuration on SIGHUP.
 pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::new();
@@ -147,9 +148,9 @@ async fn serve_async(
             tokio::spawn(stream::serve(l, None, ctx.clone()));
         }
     }
-    let mut acceptor: Option<SharedAcceptor> = None;
+    let mut acceptor: Option<ReloadableAcceptor> = None;
     if let Some(tls) = tls {
-        let a: SharedAcceptor = Arc::new(RwLock::new(TlsAcceptor::from(tls)));
+        let a = ReloadableAcceptor::new(tls);
         for addr in &cfg.tls_listen {
             let l = TcpListener::bind(addr)
                 .await
@@ -222,12 +223,13 @@ async fn drain(cfg: &Config, shared: &Shared, health: &Health) {
 
 /// SIGHUP: re-read the configuration (and `auth-secret-file`); apply users,
 /// secrets, peer lists and the TLS certificate. Anything else needs a
-/// restart, and a broken file keeps the running configuration. Logs say
-/// how many secrets there are, never what they are.
+/// restart, and a broken file keeps the running configuration (a broken
+/// certificate keeps the running certificate, the rest still applies).
+/// Logs say how many secrets there are, never what they are.
 fn reload(
     args: &Args,
     shared: &Shared,
-    acceptor: Option<&SharedAcceptor>,
+    acceptor: Option<&ReloadableAcceptor>,
     listeners: &[SocketAddr],
 ) {
     let cfg = match Config::resolve(args) {
@@ -237,14 +239,6 @@ fn reload(
             return;
         }
     };
-    if let Some(a) = acceptor {
-        match cfg.load_tls() {
-            Ok(Some(new)) => *a.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(new),
-            // TLS removed from the file: listeners stay until a restart.
-            Ok(None) => {}
-            Err(e) => warn!("SIGHUP: keeping the old TLS certificate: {e:#}"),
-        }
-    }
     shared.reload(Reloadable {
         credentials: Arc::new(cfg.credentials()),
         policy: Arc::new(cfg.peer_policy(listeners)),
@@ -256,6 +250,23 @@ fn reload(
             .auth_secret_file
             .as_ref()
             .map(|p| p.display().to_string()),
-        "SIGHUP: reloaded users, secrets, peer lists and TLS certificate"
+        "SIGHUP: reloaded users, secrets and peer lists"
     );
+    match (acceptor, cfg.tls.as_ref()) {
+        (Some(a), Some((cert, key))) => match a.reload(cert, key) {
+            Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key"),
+            // Named by config key (`cert: …` / `key: …`), as at start-up.
+            Err(e) => error!(
+                "SIGHUP: keeping the old TLS certificate and key: {}",
+                TlsKeyError::from(e)
+            ),
+        },
+        (Some(_), None) => warn!(
+            "SIGHUP: cert and key are no longer set; the TLS listeners keep the old certificate until a restart"
+        ),
+        (None, Some(_)) => warn!(
+            "SIGHUP: cert and key are set now; TLS listeners start only with a restart"
+        ),
+        (None, None) => {}
+    }
 }

@@ -5,15 +5,15 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use natkit_proto::framing;
 use natkit_runtime::shutdown::Shutdown;
+use natkit_runtime::tls::ReloadableAcceptor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::metrics::Metrics;
@@ -35,11 +35,10 @@ pub struct StreamContext {
     pub next_conn: Arc<AtomicU64>,
 }
 
-/// The TLS acceptor, replaced on SIGHUP.
-pub type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
-
-/// Accept clients until shutdown.
-pub async fn serve(listener: TcpListener, tls: Option<SharedAcceptor>, ctx: StreamContext) {
+/// Accept clients until shutdown. With `tls`, each connection is a TLS
+/// server session first, with the certificate current when it is accepted
+/// (SIGHUP replaces it).
+pub async fn serve(listener: TcpListener, tls: Option<ReloadableAcceptor>, ctx: StreamContext) {
     let label = if tls.is_some() { "tls" } else { "tcp" };
     loop {
         let (stream, peer) = tokio::select! {
@@ -62,9 +61,7 @@ pub async fn serve(listener: TcpListener, tls: Option<SharedAcceptor>, ctx: Stre
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let acceptor = tls
-            .as_ref()
-            .map(|a| a.read().unwrap_or_else(|e| e.into_inner()).clone());
+        let acceptor = tls.as_ref().map(ReloadableAcceptor::current);
         tokio::spawn(async move {
             let _permit = permit;
             let open = ctx.metrics.connections_open.with_label_values(&[label]);

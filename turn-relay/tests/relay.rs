@@ -576,6 +576,70 @@ fn sighup_reloads_the_tls_certificate() {
     assert!(!tls_handshake(tls_addr, &old));
 }
 
+/// A certificate that fails to load on SIGHUP keeps the running one, and
+/// the log says so (naming the key at fault) instead of claiming a reload;
+/// users, secrets and peer lists are still reloaded.
+#[test]
+fn sighup_with_a_broken_certificate_keeps_the_running_one() {
+    let dir = TempDir::new("natkit-turn-tls-broken");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let log = dir.join("turn.log");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    tls::write_pem(&ck, &cert, &key);
+    let (port, metrics, tls_port) = (free_port(), free_port(), free_port());
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--relay-ip",
+        "127.0.0.1",
+        "--min-port",
+        "20350",
+        "--max-port",
+        "20399",
+        "--user",
+        &format!("{USER}:{PASS}"),
+        "--metrics",
+        &format!("127.0.0.1:{metrics}"),
+        "--tls-listen",
+        &tls_addr.to_string(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let relay = Relay::start_logged(args, port, metrics, &log, &[]);
+    assert!(tls_handshake(tls_addr, &ck));
+
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    relay.signal(libc::SIGHUP);
+    let end = std::time::Instant::now() + STEP;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("keeping the old TLS certificate and key") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no TLS outcome logged:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        text.contains("cert: ") && text.contains("no certificate found"),
+        "{text}"
+    );
+    assert!(!text.contains("reloaded the TLS certificate"), "{text}");
+    assert!(
+        text.contains("SIGHUP: reloaded users, secrets and peer lists"),
+        "{text}"
+    );
+    assert!(tls_handshake(tls_addr, &ck));
+}
+
 /// A burst from one client to one peer leaves the relay as GSO segment
 /// trains: every datagram arrives, separately, whole and in order, also
 /// when sizes change within the burst.

@@ -1,13 +1,12 @@
 //! Harness shared by natkit-stun's integration tests.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use natkit_proto::binding::{parse_response, write_request, RequestOptions};
-use natkit_testkit::ready;
+use natkit_testkit::{http, ready};
 
 /// A running natkit-stun, killed on drop.
 pub struct Server {
@@ -15,23 +14,13 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(args: &[String]) -> Server {
+    /// Start natkit-stun with `args`, its log (stderr) going to `stderr`
+    /// (`Stdio::null()`, or a file: see [`log_file`]).
+    pub fn spawn(args: &[String], stderr: Stdio) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start natkit-stun");
-        Server { child }
-    }
-
-    /// Start with its log (stderr) written to `log`.
-    pub fn start_logged(args: &[String], log: &std::path::Path) -> Server {
-        let file = std::fs::File::create(log).expect("create the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_natkit-stun"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
+            .stderr(stderr)
             .spawn()
             .expect("start natkit-stun");
         Server { child }
@@ -46,6 +35,11 @@ impl Server {
             Duration::from_secs(10),
         );
     }
+}
+
+/// A new file at `path` to pass as [`Server::spawn`]'s `stderr`.
+pub fn log_file(path: &std::path::Path) -> Stdio {
+    Stdio::from(std::fs::File::create(path).expect("create the log file"))
 }
 
 impl Drop for Server {
@@ -92,22 +86,16 @@ pub fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// The `/metrics` text of the server whose metrics endpoint is on
+/// 127.0.0.1:`port`.
 pub fn metrics(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    http::metrics(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
-pub fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name_and_labels} not found in:\n{text}"))
-}
+/// The value of one series (name and labels exactly as printed) in `text`.
+// Not every test binary that includes this module reads metrics.
+#[allow(unused_imports)]
+pub use natkit_testkit::http::metric;
 
 /// Start natkit-stun in RFC 5780 mode on 127.0.0.1 and 127.0.0.2 with metrics;
 /// returns (server, primary, other, metrics port).
@@ -126,7 +114,7 @@ pub fn rfc5780_server(extra: &[&str]) -> (Server, SocketAddr, SocketAddr, u16) {
         "2".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut srv = Server::start(&args);
+    let mut srv = Server::spawn(&args, Stdio::null());
     srv.wait_ready(primary);
     (srv, primary, other, m)
 }

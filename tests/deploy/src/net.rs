@@ -1,8 +1,7 @@
-//! Loopback ports and a minimal HTTP client for `/metrics`, `/healthz` and
-//! Prometheus's API.
+//! Loopback ports and HTTP for `/metrics`, `/healthz` and Prometheus's
+//! API (the client and the metric reader are natkit-testkit's `http`).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// 100 fixed loopback ports owned by one test file: `base..base+100`,
@@ -27,24 +26,7 @@ impl PortBlock {
     }
 }
 
-/// GET `path` from `addr` over HTTP/1.0 (so the answer is neither chunked nor
-/// kept alive); the status code and the body.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
-    Ok((code, body.to_string()))
-}
+pub use natkit_testkit::http::{get as http_get, metric_value};
 
 /// Waits (bounded by `limit`) until `GET path` answers 200.
 pub fn wait_http_ok(addr: SocketAddr, path: &str, limit: Duration) {
@@ -61,18 +43,6 @@ pub fn wait_http_ok(addr: SocketAddr, path: &str, limit: Duration) {
     panic!("http://{addr}{path} not 200 after {limit:?}; last: {last}");
 }
 
-/// Waits (bounded by `limit`) until a TCP connection to `addr` succeeds.
-pub fn wait_tcp(addr: SocketAddr, limit: Duration) {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing accepts TCP on {addr} after {limit:?}");
-}
-
 /// Percent-encodes a query-string value (RFC 3986 §2.1: everything but the
 /// unreserved characters).
 pub fn url_encode(s: &str) -> String {
@@ -85,13 +55,4 @@ pub fn url_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// The value of one series in Prometheus text exposition `body`: the line
-/// whose name-and-labels part is exactly `series`.
-pub fn metric_value(body: &str, series: &str) -> Option<f64> {
-    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
 }

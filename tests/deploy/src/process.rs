@@ -35,7 +35,7 @@ impl Output {
 /// chatty command cannot fill a pipe and stall), killing it and panicking
 /// if it takes longer than `limit`.
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
-    let dir = crate::TempDir::new("cmd");
+    let dir = crate::TempDir::new("natkit-deploy-cmd");
     let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
     let mut child = cmd
         .stdin(Stdio::null())

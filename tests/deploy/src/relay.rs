@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::bins;
-use crate::net::{http_get, wait_http_ok, wait_tcp};
+use natkit_testkit::ready::wait_tcp;
+
+use crate::net::{http_get, wait_http_ok};
 use crate::process::{run_with_timeout, Proc};
 
 /// How long a server may take to come up on a loaded 2-core machine.
@@ -53,7 +55,7 @@ impl Turn {
             .args(extra);
         let mut proc = Proc::spawn("natkit-turn", &mut cmd, log);
         wait_http_ok(metrics, "/healthz", START_LIMIT);
-        wait_tcp(listen, START_LIMIT);
+        wait_tcp(listen, "natkit-turn", START_LIMIT);
         proc.assert_running();
         Turn {
             proc,

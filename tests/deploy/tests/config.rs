@@ -61,7 +61,7 @@ fn examples_load(server: &str) {
             "deploy/config/{server}-{kind}.toml missing: {names:?}"
         );
     }
-    let tls = TempDir::new("example-tls");
+    let tls = TempDir::new("natkit-deploy-example-tls");
     let (cert, key) = tls_pair(&tls);
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
@@ -105,7 +105,7 @@ fn examples_load(server: &str) {
 /// and an error on stderr that contains each of `want` (the key and the
 /// reason).
 fn rejects(server: &str, body: &str, want: &[&str]) {
-    let dir = TempDir::new("badconfig");
+    let dir = TempDir::new("natkit-deploy-badconfig");
     let f = dir.join("bad.toml");
     std::fs::write(&f, body).unwrap();
     let out = check_config(server, &f);
@@ -156,7 +156,7 @@ fn stun_bad_configs_name_the_key_and_the_reason() {
 /// TLS files are loaded by `--check-config`: a missing or unparsable one
 /// is refused, naming `cert` or `key` and the reason, once.
 fn bad_tls_files_are_refused(server: &str, base: &str) {
-    let dir = TempDir::new("badtls");
+    let dir = TempDir::new("natkit-deploy-badtls");
     let (cert, key) = tls_pair(&dir);
     let junk = dir.join("junk.pem");
     std::fs::write(&junk, "not PEM\n").unwrap();
@@ -207,7 +207,7 @@ fn parse_errors_say_each_thing_once() {
             "listen = [\"127.0.0.1:3478\"\nauth-secret = [\"s\"]\n",
         ),
     ] {
-        let dir = TempDir::new("once");
+        let dir = TempDir::new("natkit-deploy-once");
         let f = dir.join("bad.toml");
         std::fs::write(&f, body).unwrap();
         let out = check_config(server, &f);
@@ -256,7 +256,7 @@ fn turn_bad_configs_name_the_key_and_the_reason() {
         &format!("{base}relay-port = 5\n"),
         &["unknown field `relay-port`"],
     );
-    let dir = TempDir::new("secretfile");
+    let dir = TempDir::new("natkit-deploy-secretfile");
     let empty = dir.join("empty");
     std::fs::write(&empty, "# no secret yet\n").unwrap();
     rejects(

@@ -36,7 +36,7 @@ struct Podman {
 
 impl Podman {
     fn new() -> Podman {
-        let conf = TempDir::new("podman");
+        let conf = TempDir::new("natkit-deploy-podman");
         std::fs::write(
             conf.join("containers.conf"),
             "[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n",
@@ -132,7 +132,7 @@ impl Drop for Podman {
 
 #[test]
 fn image_builds_and_serves_stun_and_turn_on_loopback() {
-    let ctx = TempDir::new("image");
+    let ctx = TempDir::new("natkit-deploy-image");
     let out = run_with_timeout(
         Command::new("bash")
             .arg(deploy_dir().join("container/build-context.sh"))
@@ -180,7 +180,7 @@ fn image_builds_and_serves_stun_and_turn_on_loopback() {
     // natkit-turn, from a config file on the /etc/natkit volume, read by the
     // image's non-root user.
     let (turn, turn_metrics) = (PORTS.addr(2), PORTS.addr(3));
-    let conf = TempDir::new("turnconf");
+    let conf = TempDir::new("natkit-deploy-turnconf");
     std::fs::write(
         conf.join("turn.toml"),
         format!(

@@ -33,7 +33,7 @@ fn render(dir: &str) -> (String, Vec<Value>) {
     let path = deploy_dir().join("kubernetes").join(dir);
     let out = run("kubectl", &["kustomize", path.to_str().unwrap()], LIMIT).ok("kubectl kustomize");
     // YAML to JSON with PyYAML, which kubernetes-validate depends on.
-    let tmp = TempDir::new("k8s");
+    let tmp = TempDir::new("natkit-deploy-k8s");
     std::fs::write(tmp.join("rendered.yaml"), &out.stdout).unwrap();
     let json = run(
         "python3",
@@ -51,8 +51,8 @@ fn render(dir: &str) -> (String, Vec<Value>) {
 }
 
 fn validate(dir: &str, yaml: &str) {
-    let tmp = TempDir::new("k8s-validate");
-    let f = tmp.join(&format!("{}.yaml", dir.replace('/', "-")));
+    let tmp = TempDir::new("natkit-deploy-k8s-validate");
+    let f = tmp.join(format!("{}.yaml", dir.replace('/', "-")));
     std::fs::write(&f, yaml).unwrap();
     let out = run_with_timeout(
         Command::new("kubernetes-validate")
@@ -325,7 +325,7 @@ fn check_secret_file(w: &Value) {
 /// stand-ins (a documentation address, a CPU count).
 fn check_config_in_pod(w: &Value, toml: &str, file: &str) {
     let c = container(w);
-    let tmp = TempDir::new("k8s-config");
+    let tmp = TempDir::new("natkit-deploy-k8s-config");
     // Mount path -> where it is in the temp dir.
     let mut mounts: Vec<(String, String)> = Vec::new();
     for (i, m) in c["volumeMounts"]
@@ -339,7 +339,7 @@ fn check_config_in_pod(w: &Value, toml: &str, file: &str) {
             .unwrap()
             .trim_end_matches('/')
             .to_string();
-        let dir = tmp.join(&format!("volume-{i}"));
+        let dir = tmp.join(format!("volume-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let vol = volume(w, m["name"].as_str().unwrap());
         if vol["configMap"].is_object() {

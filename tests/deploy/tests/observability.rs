@@ -57,7 +57,7 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(turn_metrics: SocketAddr, stun_metrics: SocketAddr) -> Prometheus {
-        let dir = TempDir::new("prometheus");
+        let dir = TempDir::new("natkit-deploy-prometheus");
         let addr = PORTS.addr(10);
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
@@ -208,7 +208,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 #[test]
 fn prometheus_scrapes_what_clients_do_and_the_dashboard_queries_run() {
-    let logs = TempDir::new("observability");
+    let logs = TempDir::new("natkit-deploy-observability");
     let (turn_listen, turn_metrics) = (PORTS.addr(0), PORTS.addr(1));
     let (stun_listen, stun_metrics) = (PORTS.addr(2), PORTS.addr(3));
     let mut turn = Turn::start(

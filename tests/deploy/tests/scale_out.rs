@@ -31,7 +31,7 @@ fn start(logs: &TempDir, secrets: &Path, ip: [u8; 4], n: u16) -> Turn {
         metrics,
         relay,
         &["--auth-secret-file", secrets.to_str().unwrap()],
-        &logs.join(&format!("turn-{n}.log")),
+        &logs.join(format!("turn-{n}.log")),
     )
 }
 
@@ -46,7 +46,7 @@ fn relayed_ip(report: &serde_json::Value) -> String {
 
 #[test]
 fn two_relays_share_one_secret_and_no_state() {
-    let logs = TempDir::new("scale-out");
+    let logs = TempDir::new("natkit-deploy-scale-out");
     // Mid-rotation: the new secret signs, the old one still verifies.
     let secrets = logs.join("auth-secrets");
     std::fs::write(&secrets, format!("{NEW}\n{OLD}\n")).unwrap();

@@ -32,7 +32,7 @@ fn unit_for_test(dir: &TempDir, name: &str) -> PathBuf {
         src.display()
     );
     let built = bins::path(name);
-    let out = dir.join(&format!("{name}.service"));
+    let out = dir.join(format!("{name}.service"));
     std::fs::write(
         &out,
         text.replace(&installed, built.to_str().expect("utf-8 path")),
@@ -85,7 +85,7 @@ fn exposure(unit: &Path) -> (f64, String) {
 }
 
 fn check(name: &str) {
-    let dir = TempDir::new("systemd");
+    let dir = TempDir::new("natkit-deploy-systemd");
     let unit = unit_for_test(&dir, name);
     verify(&unit);
     let (score, rating) = exposure(&unit);

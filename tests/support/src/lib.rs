@@ -5,6 +5,8 @@
 //!   apart per test binary;
 //! - [`bins`]: another crate's binary next to the test executable (built
 //!   when missing), and `--check-config` runs of a server binary;
+//! - [`http`]: GET over HTTP/1.0 (`/metrics`, `/healthz`) and one series
+//!   of the Prometheus text format;
 //! - [`ready`]: waiting until a server answers a STUN Binding request or
 //!   accepts TCP, bounded in time;
 //! - [`relay`]: natkit-turn on loopback, configured by a builder, killed on
@@ -17,6 +19,7 @@
 //! a test reports.
 
 pub mod bins;
+pub mod http;
 pub mod ports;
 pub mod ready;
 pub mod relay;

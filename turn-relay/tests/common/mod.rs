@@ -133,11 +133,7 @@ impl Relay {
     /// The value of one metric series (name with labels, as printed).
     pub fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.http("/metrics");
-        body.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("metric {series} not found in:\n{body}"))
+        natkit_testkit::http::metric(&body, series)
     }
 
     pub fn signal(&self, sig: i32) {
