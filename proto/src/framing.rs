@@ -4,6 +4,13 @@
 //! length field delimits each message. RFC 8656 §12.5: ChannelData messages
 //! on a stream are padded to a multiple of 4 bytes. The first two bits tell
 //! the two apart (00 for STUN, 01 for ChannelData).
+//!
+//! [`next_frame`] looks at a buffer; [`Deframer`] owns the buffer and is
+//! what every stream reader uses (the servers' TCP and TLS connections, the
+//! TURN client's), so reading, compaction and the bound on one frame live
+//! in one place.
+
+use std::time::Instant;
 
 use crate::channel_data;
 use crate::raw::{HEADER_LEN, MAGIC_COOKIE};
@@ -97,10 +104,250 @@ pub fn next_frame(
     }
 }
 
+/// A frame cut from the stream by [`Deframer::next_frame`], borrowed from
+/// its buffer (mutable, so a reader can unwrap ChannelData in place).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DeframedFrame<'a> {
+    /// What it is.
+    pub kind: FrameKind,
+    /// The message (for ChannelData: header plus data, padding removed).
+    pub message: &'a mut [u8],
+}
+
+/// The one stream deframer: a buffer the reader reads into, cut into whole
+/// STUN and ChannelData frames.
+///
+/// ```
+/// # use std::time::Instant;
+/// use natkit_proto::framing::{Deframer, FrameKind};
+///
+/// let mut d = Deframer::new(2048, false);
+/// let msg = [0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+/// // A reader reads into `read_buf()` and reports how much came.
+/// let (head, tail) = msg.split_at(7);
+/// d.read_buf()[..head.len()].copy_from_slice(head);
+/// d.filled(head.len(), Instant::now());
+/// assert!(d.next_frame().unwrap().is_none()); // read more
+/// assert!(d.partial_since().is_some()); // a frame has started
+/// d.read_buf()[..tail.len()].copy_from_slice(tail);
+/// d.filled(tail.len(), Instant::now());
+/// let f = d.next_frame().unwrap().unwrap();
+/// assert_eq!((f.kind, f.message.len()), (FrameKind::Stun, 20));
+/// assert!(d.next_frame().unwrap().is_none());
+/// assert!(d.partial_since().is_none());
+/// ```
+///
+/// Time comes in with [`Deframer::filled`], so a reader can give a frame a
+/// deadline from its first byte ([`Deframer::partial_since`]): a peer that
+/// trickles one byte at a time cannot keep a connection open by staying
+/// under an idle timeout.
+#[derive(Debug)]
+pub struct Deframer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    allow_channel_data: bool,
+    max_frame: usize,
+    /// When the first byte of the unfinished frame at `start` arrived.
+    partial_since: Option<Instant>,
+    /// When the last bytes arrived.
+    last_fill: Option<Instant>,
+    failed: Option<FramingError>,
+}
+
+impl Deframer {
+    /// A deframer for frames of at most `max_frame` bytes (padding
+    /// included). ChannelData is accepted only with `allow_channel_data`
+    /// (TURN connections); STUN-only servers refuse it.
+    pub fn new(max_frame: usize, allow_channel_data: bool) -> Self {
+        let max_frame = max_frame.max(HEADER_LEN);
+        Deframer {
+            // Room for one whole frame plus as much again to read into, so
+            // a read after compaction always has at least `max_frame` bytes
+            // of space.
+            buf: vec![0; max_frame * 2],
+            start: 0,
+            end: 0,
+            allow_channel_data,
+            max_frame,
+            partial_since: None,
+            last_fill: None,
+            failed: None,
+        }
+    }
+
+    /// Where the next read goes: never empty (a frame never exceeds the
+    /// bound, so compacting always frees room).
+    pub fn read_buf(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < self.max_frame {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were read into [`Deframer::read_buf`] at `now`.
+    pub fn filled(&mut self, n: usize, now: Instant) {
+        debug_assert!(self.end + n <= self.buf.len());
+        if n == 0 {
+            return;
+        }
+        if self.start == self.end {
+            self.partial_since = Some(now);
+        }
+        self.end = (self.end + n).min(self.buf.len());
+        self.last_fill = Some(now);
+    }
+
+    /// The next whole frame, `Ok(None)` to read more, or why the stream is
+    /// not STUN/ChannelData (close the connection; the error repeats).
+    pub fn next_frame(&mut self) -> Result<Option<DeframedFrame<'_>>, FramingError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let f = match next_frame(
+            &self.buf[self.start..self.end],
+            self.allow_channel_data,
+            self.max_frame,
+        ) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.failed = Some(e);
+                return Err(e);
+            }
+        };
+        let at = self.start;
+        self.start += f.consumed;
+        // Bytes left over arrived with the last read: the next frame's
+        // clock starts then.
+        self.partial_since = if self.start == self.end {
+            None
+        } else {
+            self.last_fill
+        };
+        Ok(Some(DeframedFrame {
+            kind: f.kind,
+            message: &mut self.buf[at..at + f.message_len],
+        }))
+    }
+
+    /// When the first byte of an unfinished frame arrived; `None` when the
+    /// buffer holds nothing.
+    pub fn partial_since(&self) -> Option<Instant> {
+        self.partial_since
+    }
+
+    /// Bytes buffered that are not a whole frame yet.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::binding::{write_request, RequestOptions};
+    use std::time::Duration;
+
+    /// Feed `stream` to a deframer in reads of `chunk` bytes; collect the
+    /// frames (kind, bytes).
+    fn deframe(stream: &[u8], chunk: usize, max: usize) -> Vec<(FrameKind, Vec<u8>)> {
+        let mut d = Deframer::new(max, true);
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        let mut at = 0;
+        let mut reads = 0;
+        while at < stream.len() {
+            // A read takes what is there, up to the space offered.
+            let room = d.read_buf();
+            let n = chunk.min(room.len()).min(stream.len() - at);
+            assert!(n > 0, "no read space");
+            room[..n].copy_from_slice(&stream[at..at + n]);
+            at += n;
+            reads += 1;
+            d.filled(n, t0 + Duration::from_millis(reads));
+            while let Some(f) = d.next_frame().unwrap() {
+                out.push((f.kind, f.message.to_vec()));
+            }
+        }
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.partial_since(), None);
+        out
+    }
+
+    #[test]
+    fn deframer_cuts_frames_across_any_read_size() {
+        let mut stream = Vec::new();
+        let mut want = Vec::new();
+        let mut buf = [0u8; 64];
+        for i in 0..20u8 {
+            let n = write_request(&mut buf, &[i; 12], &RequestOptions::default()).unwrap();
+            stream.extend_from_slice(&buf[..n]);
+            want.push((FrameKind::Stun, buf[..n].to_vec()));
+            let data = vec![i; i as usize];
+            let n = channel_data::encode(&mut buf, 0x4000 + i as u16, &data, true).unwrap();
+            stream.extend_from_slice(&buf[..n]);
+            want.push((
+                FrameKind::ChannelData,
+                buf[..channel_data::HEADER_LEN + data.len()].to_vec(),
+            ));
+        }
+        for chunk in [1, 2, 3, 7, 19, 20, 64, 1000] {
+            assert_eq!(deframe(&stream, chunk, 64), want, "reads of {chunk} bytes");
+        }
+    }
+
+    #[test]
+    fn deframer_times_the_unfinished_frame_from_its_first_byte() {
+        let mut buf = [0u8; 64];
+        let n = write_request(&mut buf, &[7; 12], &RequestOptions::default()).unwrap();
+        let t0 = Instant::now();
+        let mut d = Deframer::new(2048, false);
+        // One whole frame and the first 3 bytes of the next in one read.
+        let mut first = buf[..n].to_vec();
+        first.extend_from_slice(&buf[..3]);
+        d.read_buf()[..first.len()].copy_from_slice(&first);
+        d.filled(first.len(), t0);
+        assert!(d.next_frame().unwrap().is_some());
+        assert!(d.next_frame().unwrap().is_none());
+        assert_eq!(d.partial_since(), Some(t0));
+        // More bytes later do not restart the clock.
+        d.read_buf()[..2].copy_from_slice(&buf[3..5]);
+        d.filled(2, t0 + Duration::from_secs(2));
+        assert!(d.next_frame().unwrap().is_none());
+        assert_eq!(d.partial_since(), Some(t0));
+        d.read_buf()[..n - 5].copy_from_slice(&buf[5..n]);
+        d.filled(n - 5, t0 + Duration::from_secs(3));
+        assert!(d.next_frame().unwrap().is_some());
+        assert_eq!(d.partial_since(), None);
+    }
+
+    #[test]
+    fn deframer_errors_stick() {
+        let mut d = Deframer::new(2048, false);
+        let garbage = [0x16, 3, 1, 0, 0xA5, 1, 0, 0];
+        d.read_buf()[..8].copy_from_slice(&garbage);
+        d.filled(8, Instant::now());
+        assert_eq!(d.next_frame().unwrap_err(), FramingError::BadCookie);
+        assert_eq!(d.next_frame().unwrap_err(), FramingError::BadCookie);
+        // ChannelData on a STUN-only stream, and a frame over the bound.
+        let mut d = Deframer::new(2048, false);
+        d.read_buf()[..4].copy_from_slice(&[0x40, 0, 0, 4]);
+        d.filled(4, Instant::now());
+        assert_eq!(
+            d.next_frame().unwrap_err(),
+            FramingError::ChannelDataNotAllowed
+        );
+        let mut d = Deframer::new(64, true);
+        d.read_buf()[..4].copy_from_slice(&[0x40, 0, 0, 200]);
+        d.filled(4, Instant::now());
+        assert_eq!(d.next_frame().unwrap_err(), FramingError::TooLarge(204, 64));
+    }
 
     #[test]
     fn stun_frames_split_across_reads() {
