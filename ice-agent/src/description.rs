@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::candidate::{is_ice_chars, CandidateKind, MAX_FOUNDATION_LEN};
 use crate::credentials::{Credentials, CredentialsError};
-use crate::tls::Fingerprint;
+use crate::fingerprint::Fingerprint;
 use crate::Candidate;
 
 /// Prefix of the text form of a [`Description`].

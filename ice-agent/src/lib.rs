@@ -104,8 +104,14 @@ pub mod config;
 pub mod credentials;
 pub mod description;
 pub mod event;
+mod fingerprint;
+#[cfg(feature = "tokio")]
 pub mod session;
-pub mod tls;
+pub mod session_core;
+#[cfg(feature = "tokio")]
+mod tls;
+#[cfg(feature = "tokio")]
+pub mod turn;
 mod wire;
 
 pub use agent::{Agent, CandidateError, IceState, InputError, PairInfo, PairState};
@@ -114,8 +120,14 @@ pub use config::Config;
 pub use credentials::{Credentials, CredentialsError};
 pub use description::{Description, DescriptionError, SignalledCandidate, TrickleCandidate};
 pub use event::{Event, FailedPair, PairFailure, SelectedPair, Transmit};
-pub use session::{PathInfo, PathKind, Session, SessionEvent, TurnServer};
-pub use tls::Fingerprint;
+pub use fingerprint::{Fingerprint, FingerprintParseError};
+/// TURN credentials (long-term or REST), for [`TurnServer`].
+pub use natkit_proto::turn::client::{Credentials as TurnCredentials, Transport};
+#[cfg(feature = "tokio")]
+pub use session::{Error, Events, Session};
+pub use session_core::{
+    PathInfo, PathKind, Problem, ServerKind, ServerProblem, SessionCore, SessionEvent, TurnServer,
+};
 pub use wire::WireError;
 
 use serde::{Deserialize, Serialize};

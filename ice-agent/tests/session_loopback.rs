@@ -4,8 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use natkit_ice::session::{Error, PathKind, Session};
+use natkit_ice::session::ConfigError;
 use natkit_ice::{Config, Description, Role};
+use natkit_ice::{Error, PathKind, Session};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -156,7 +157,7 @@ async fn a_vanished_peer_is_consent_lost() {
     assert!(t0.elapsed() < Duration::from_secs(8));
     // Degraded came first (2.5 consent intervals of silence), then lost.
     let mut seen = Vec::new();
-    while let Ok(ev) = events.try_recv() {
+    while let Some(ev) = events.try_recv() {
         seen.push(ev);
     }
     let degraded = seen
@@ -211,9 +212,9 @@ async fn ice_restart_keeps_the_quic_connection() {
     let p = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match events.recv().await {
-                Ok(natkit_ice::SessionEvent::PathChanged(p)) => return p,
-                Ok(_) => {}
-                Err(e) => panic!("{e}"),
+                Some(natkit_ice::SessionEvent::PathChanged(p)) => return p,
+                Some(_) => {}
+                None => panic!("the session ended"),
             }
         }
     })
@@ -374,7 +375,7 @@ async fn host_candidates_come_from_the_interfaces_loopback_only_when_asked() {
             "{:?}",
             without.local_addrs()
         ),
-        Err(Error::Config(msg)) => assert!(msg.contains("no usable local address"), "{msg}"),
+        Err(Error::Config(ConfigError::NoUsableAddress)) => {}
         Err(e) => panic!("{e:?}"),
     }
 }

@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natkit_ice::session::{Error, PathKind, Problem, Session, SessionEvent};
 use natkit_ice::{CandidateKind, Config, Role, TurnServer};
-use natkit_proto::turn::client::Credentials;
+use natkit_ice::{Error, PathKind, Problem, ServerKind, Session, SessionEvent};
+use natkit_proto::turn::client::{ClientError, Credentials, Transport};
 use relay_harness::{start_relay, start_relay_with, PASS, USER};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -24,7 +24,7 @@ fn ice(role: Role) -> Config {
     }
 }
 
-async fn relay_only(role: Role, turn: TurnServer) -> Result<Session, Error> {
+fn relay_only_builder(role: Role, turn: TurnServer) -> natkit_ice::session::Builder {
     relay_harness::init_tracing();
     Session::builder()
         .bind([LO])
@@ -32,8 +32,10 @@ async fn relay_only(role: Role, turn: TurnServer) -> Result<Session, Error> {
         .relay_only(true)
         .ice_config(ice(role))
         .connect_timeout(Duration::from_secs(15))
-        .build()
-        .await
+}
+
+async fn relay_only(role: Role, turn: TurnServer) -> Result<Session, Error> {
+    relay_only_builder(role, turn).build().await
 }
 
 fn creds() -> Credentials {
@@ -131,7 +133,15 @@ async fn unreachable_servers_are_named() {
         Error::NoCandidates { problems } => {
             assert_eq!(problems.len(), 2, "{e}");
             for p in problems {
-                assert!(matches!(p.problem, Problem::Unreachable(_)), "{p}");
+                assert!(
+                    matches!(
+                        p.problem,
+                        Problem::Connection(_)
+                            | Problem::Turn(ClientError::Timeout { .. })
+                            | Problem::GatheringTimeout { .. }
+                    ),
+                    "{p}"
+                );
             }
             let text = e.to_string();
             assert!(
@@ -204,12 +214,11 @@ async fn direct_pair_takes_over_from_the_relay_without_reconnecting() {
             ufrag: from.ufrag.clone(),
             candidate: Some(host),
         })
-        .await
         .unwrap();
     }
     let changed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if let Ok(SessionEvent::PathChanged(p)) = events.recv().await {
+            if let Some(SessionEvent::PathChanged(p)) = events.recv().await {
                 if p.kind != PathKind::Relay {
                     return p;
                 }
@@ -253,14 +262,16 @@ async fn relay_only_over_tls() {
         key.display().to_string(),
     ]);
     let config = natkit_testkit::tls::client_config(der.into());
-    let settings = natkit_ice::session::TlsSettings {
-        config: Arc::new(config),
-        name: rustls_pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()),
-    };
     let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
-    let turn = TurnServer::tls(addr, creds(), settings);
-    let a = relay_only(Role::Controlling, turn.clone()).await.unwrap();
-    let b = relay_only(Role::Controlled, turn).await.unwrap();
+    let turn = TurnServer::tls(addr, creds(), Ipv4Addr::LOCALHOST.to_string());
+    let config = Arc::new(config);
+    let tls = |role| {
+        relay_only_builder(role, turn.clone())
+            .turn_tls_config(config.clone())
+            .build()
+    };
+    let a = tls(Role::Controlling).await.unwrap();
+    let b = tls(Role::Controlled).await.unwrap();
     connect_and_echo(&a, &b).await;
     assert_eq!(a.path().unwrap().kind, PathKind::Relay);
     drop(relay);
@@ -409,7 +420,9 @@ async fn a_restart_replacing_a_failed_allocation_leaves_the_others_alone() {
     assert!(ended.is_err(), "the session ended: {:?}", ended.unwrap());
     let problems = a.server_problems();
     assert!(
-        problems.iter().all(|p| p.kind == "turn/tcp"),
+        problems
+            .iter()
+            .all(|p| p.kind == ServerKind::Turn(Transport::Tcp)),
         "the UDP allocation was blamed: {problems:?}"
     );
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use natkit_ice::session::{Builder, TlsSettings};
+use natkit_ice::session::Builder;
 use natkit_ice::{Config, Role, Session, TurnServer};
 
 use crate::turn::args::{credentials_from, parse_target, TransportArg};
@@ -146,8 +146,12 @@ impl Common {
             let addr = udp_driver::resolve(&spec, None).with_context(|| format!("--stun {s}"))?;
             b = b.stun_server(addr);
         }
-        for t in self.turn_servers()? {
+        let (servers, tls) = self.turn_servers()?;
+        for t in servers {
             b = b.turn_server(t);
+        }
+        if let Some(tls) = tls {
+            b = b.turn_tls_config(tls);
         }
         Ok(b)
     }
@@ -159,15 +163,22 @@ impl Common {
             .collect()
     }
 
-    /// The TURN servers of `--turn`, with their credentials and TLS setup.
-    fn turn_servers(&self) -> anyhow::Result<Vec<TurnServer>> {
+    /// The TURN servers of `--turn`, with their credentials, and the TLS
+    /// client configuration when one is over TLS.
+    #[allow(clippy::type_complexity)]
+    fn turn_servers(
+        &self,
+    ) -> anyhow::Result<(
+        Vec<TurnServer>,
+        Option<std::sync::Arc<rustls::ClientConfig>>,
+    )> {
         let any_creds =
             self.turn_user.is_some() || self.turn_password.is_some() || self.turn_secret.is_some();
         if self.turn.is_empty() {
             if any_creds {
                 bail!("--turn-user, --turn-password and --turn-secret need --turn URI");
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let (creds, _rest) = credentials_from(
             self.turn_user.as_deref(),
@@ -189,14 +200,15 @@ impl Common {
                     if tls_config.is_none() {
                         tls_config = Some(tls::client_config(&self.trust())?);
                     }
-                    let config = tls_config.clone().expect("set just above");
-                    let name = tls::server_name(self.tls_name.as_deref().unwrap_or(&spec.host))?;
-                    TurnServer::tls(addr, creds.clone(), TlsSettings { config, name })
+                    let name = self.tls_name.as_deref().unwrap_or(&spec.host);
+                    // Checked here for a message that names the flag.
+                    tls::server_name(name)?;
+                    TurnServer::tls(addr, creds.clone(), name)
                 }
             };
             out.push(server);
         }
-        Ok(out)
+        Ok((out, tls_config))
     }
 
     fn trust(&self) -> Trust {
@@ -272,7 +284,8 @@ mod tests {
             "p",
         ])
         .unwrap();
-        let t = c.turn_servers().unwrap();
+        let (t, tls) = c.turn_servers().unwrap();
+        assert!(tls.is_none());
         assert_eq!(t[0].addr, "127.0.0.1:3479".parse().unwrap());
         assert_eq!(t[0].transport, natkit_proto::turn::client::Transport::Udp);
         assert_eq!(t[1].addr, "[::1]:3478".parse().unwrap());

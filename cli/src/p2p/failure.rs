@@ -95,11 +95,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn host(n: u8) -> natkit_ice::Candidate {
+        natkit_ice::Candidate::host(([192, 0, 2, n], 5000).into(), 65535)
+    }
+
     #[test]
     fn each_variant_has_its_own_message() {
         let errors = vec![
             Error::Io(std::io::Error::other("x")),
-            Error::Config("relay-only needs at least one TURN server".into()),
+            Error::Config(natkit_ice::session::ConfigError::RelayOnlyWithoutTurn),
             Error::Description(natkit_ice::DescriptionError::Checksum),
             Error::TurnCredentials {
                 server: "127.0.0.1:3478".parse().unwrap(),
@@ -116,17 +120,22 @@ mod tests {
                 expected: natkit_ice::Fingerprint([1; 32]),
             },
             Error::ConsentLost {
-                path: "host path".into(),
+                path: Box::new(natkit_ice::PathInfo::new(host(1), host(2), None)),
             },
             Error::Quic(quinn::ConnectionError::TimedOut),
             Error::RelayLost {
-                problem: natkit_ice::session::ServerProblem {
+                problem: natkit_ice::ServerProblem {
                     server: "127.0.0.1:3478".parse().unwrap(),
-                    kind: "turn/udp",
-                    problem: natkit_ice::session::Problem::Unreachable("gone".into()),
+                    kind: natkit_ice::ServerKind::Turn(natkit_ice::Transport::Udp),
+                    problem: natkit_ice::Problem::NoAnswer {
+                        sent: 8,
+                        waited: Duration::from_secs(4),
+                    },
                 },
             },
-            Error::Setup("tls".into()),
+            Error::Setup(natkit_ice::session::SetupError::Connect(
+                quinn::ConnectError::EndpointStopping,
+            )),
             Error::Closed,
         ];
         let n = errors.len();

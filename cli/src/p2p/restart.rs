@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use natkit_ice::session::Error as SessionError;
 use natkit_ice::{Role, Session, SessionEvent};
-use tokio::sync::broadcast;
 
 use super::args::Common;
 use super::report::Report;
@@ -104,16 +103,14 @@ async fn restart(session: &Session, out: &Path, json: bool, report: &Report) {
 /// Path changes to stderr and the report; a degraded path restarts ICE.
 pub async fn watch_events(
     session: Session,
-    mut events: broadcast::Receiver<SessionEvent>,
+    mut events: natkit_ice::Events,
     report: Report,
     c: Common,
     restarts: Arc<Restarts>,
 ) {
     loop {
-        let ev = match events.recv().await {
-            Ok(ev) => ev,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
+        let Some(ev) = events.recv().await else {
+            return;
         };
         match ev {
             SessionEvent::PathChanged(p) => {

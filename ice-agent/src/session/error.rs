@@ -1,64 +1,15 @@
-//! What can go wrong in a session, each case its own variant so an
-//! application (and `natkit`) can say exactly what happened.
+//! What can go wrong in a session, each case its own variant with typed
+//! fields, so an application (and `natkit`) can say exactly what happened.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use natkit_proto::turn::client::ClientError;
-
 use crate::description::DescriptionError;
 use crate::event::FailedPair;
-use crate::tls::Fingerprint;
-
-/// A STUN or TURN server that did not give us a candidate, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerProblem {
-    /// The server.
-    pub server: SocketAddr,
-    /// `"stun"`, `"turn/udp"`, `"turn/tcp"` or `"turn/tls"`.
-    pub kind: &'static str,
-    /// What went wrong.
-    pub problem: Problem,
-}
-
-/// Why a server gave no candidate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Problem {
-    /// No answer in time (RFC 8489 §6.2.1 retransmissions exhausted, or no
-    /// TCP/TLS connection).
-    Unreachable(String),
-    /// The TURN server refused our credentials (401 after the nonce dance).
-    WrongCredentials,
-    /// The server answered with an error.
-    Refused(String),
-}
-
-impl fmt::Display for ServerProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} server {}: ", self.kind, self.server)?;
-        match &self.problem {
-            Problem::Unreachable(why) => write!(f, "unreachable ({why})"),
-            Problem::WrongCredentials => f.write_str("refused the credentials (401)"),
-            Problem::Refused(why) => write!(f, "refused: {why}"),
-        }
-    }
-}
-
-impl ServerProblem {
-    pub(crate) fn from_turn(server: SocketAddr, kind: &'static str, e: &ClientError) -> Self {
-        let problem = match e {
-            ClientError::WrongCredentials => Problem::WrongCredentials,
-            ClientError::Timeout { .. } => Problem::Unreachable(e.to_string()),
-            other => Problem::Refused(other.to_string()),
-        };
-        ServerProblem {
-            server,
-            kind,
-            problem,
-        }
-    }
-}
+use crate::fingerprint::Fingerprint;
+use crate::session_core::{CoreConfigError, Ending, PathInfo, ServerProblem};
+use crate::tls::{IdentityError, TlsSetupError};
 
 fn list<T: fmt::Display>(items: &[T]) -> String {
     if items.is_empty() {
@@ -67,16 +18,80 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
     items.iter().map(|i| format!("\n  - {i}")).collect()
 }
 
+fn servers_note(problems: &[ServerProblem]) -> String {
+    if problems.is_empty() {
+        String::new()
+    } else {
+        format!("\nservers that gave no candidate:{}", list(problems))
+    }
+}
+
+/// A session configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Relay-only without a TURN server would gather nothing.
+    #[error("relay-only needs at least one TURN server")]
+    RelayOnlyWithoutTurn,
+    /// A TLS TURN server without the name its certificate carries.
+    #[error("TURN server {0} over TLS needs the name its certificate carries")]
+    TlsWithoutName(SocketAddr),
+    /// A TLS TURN server, but no TLS client configuration to trust it with.
+    #[error(
+        "TURN server {0} over TLS needs a TLS client configuration (Builder::turn_tls_config)"
+    )]
+    TlsWithoutConfig(SocketAddr),
+    /// A TLS server name that is not a DNS name or IP address.
+    #[error("{name:?} is not a valid TLS server name for TURN server {server}")]
+    BadTlsName {
+        /// The server.
+        server: SocketAddr,
+        /// The name given.
+        name: String,
+    },
+    /// No interface is up with a usable address.
+    #[error("no usable local address: no interface is up (use loopback mode for a local test)")]
+    NoUsableAddress,
+    /// The QUIC idle timeout is longer than QUIC can express.
+    #[error("the idle timeout {0:?} is too large for QUIC")]
+    IdleTimeoutTooLarge(Duration),
+}
+
+impl From<CoreConfigError> for ConfigError {
+    fn from(e: CoreConfigError) -> Self {
+        match e {
+            CoreConfigError::RelayOnlyWithoutTurn => ConfigError::RelayOnlyWithoutTurn,
+            CoreConfigError::TlsWithoutName(a) => ConfigError::TlsWithoutName(a),
+        }
+    }
+}
+
+/// Local setup that failed (certificates, TLS, QUIC): not the peer's or the
+/// network's doing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The self-signed certificate could not be made.
+    #[error(transparent)]
+    Certificate(#[from] IdentityError),
+    /// The QUIC TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// quinn refused to start the connection.
+    #[error("QUIC connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+}
+
 /// A session error. More kinds may come: match with a `_` arm.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Sockets could not be opened, or no local address is usable.
+    /// Sockets could not be opened.
     #[error("cannot open the session's sockets: {0}")]
     Io(#[from] std::io::Error),
-    /// The configuration cannot work (e.g. relay-only without TURN servers).
+    /// The configuration cannot work.
     #[error("invalid session configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// The peer's description could not be read.
     #[error(transparent)]
     Description(#[from] DescriptionError),
@@ -117,12 +132,12 @@ pub enum Error {
     #[error("the peer stopped answering: consent to send was lost on {path} (RFC 7675)")]
     ConsentLost {
         /// The path that died.
-        path: String,
+        path: Box<PathInfo>,
     },
     /// The TURN server our selected path went through stopped serving our
     /// allocation (it stopped, restarted, or dropped the TCP/TLS
     /// connection).
-    #[error("the TURN relay {} that carried the connection was lost ({}): restart ICE to allocate again or find another path", .problem.server, problem_text(.problem))]
+    #[error("the TURN relay {} that carried the connection was lost ({}): restart ICE to allocate again or find another path", .problem.server, .problem.problem)]
     RelayLost {
         /// The relay and what happened.
         problem: ServerProblem,
@@ -132,23 +147,29 @@ pub enum Error {
     Quic(#[from] quinn::ConnectionError),
     /// TLS or QUIC could not be set up locally.
     #[error("{0}")]
-    Setup(String),
-    /// The session's task ended (the session was closed or dropped).
+    Setup(#[from] SetupError),
+    /// The session was closed (or dropped).
     #[error("the session is closed")]
     Closed,
 }
 
-fn problem_text(p: &ServerProblem) -> String {
-    match &p.problem {
-        Problem::Unreachable(why) | Problem::Refused(why) => why.clone(),
-        Problem::WrongCredentials => "it refused the credentials".into(),
-    }
-}
-
-fn servers_note(problems: &[ServerProblem]) -> String {
-    if problems.is_empty() {
-        String::new()
-    } else {
-        format!("\nservers that gave no candidate:{}", list(problems))
+impl From<Ending> for Error {
+    fn from(e: Ending) -> Self {
+        match e {
+            Ending::RelayLost(problem) => Error::RelayLost { problem },
+            Ending::ConsentLost(path) => Error::ConsentLost { path },
+            Ending::TurnCredentials { server } => Error::TurnCredentials { server },
+            Ending::NoCandidates(problems) => Error::NoCandidates { problems },
+            Ending::NoPath {
+                waited,
+                pairs,
+                problems,
+            } => Error::NoPath {
+                waited,
+                pairs,
+                problems,
+            },
+            Ending::Closed => Error::Closed,
+        }
     }
 }

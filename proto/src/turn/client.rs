@@ -152,6 +152,21 @@ pub struct PeerData<'a> {
     pub channel: Option<u16>,
 }
 
+/// Write a Send indication (RFC 8656 §11.1) carrying `data` to `peer` into
+/// `out`; returns its length. Stateless: for a driver that frames data
+/// itself once the client has a permission for `peer` (a Send indication to
+/// a peer without one is dropped by the relay).
+pub fn send_indication(out: &mut [u8], peer: SocketAddr, data: &[u8]) -> Result<usize, UsageError> {
+    // Header, XOR-PEER-ADDRESS (up to 24) and the DATA attribute header.
+    if data.len() > usize::from(u16::MAX) - 28 - 3 {
+        return Err(UsageError::DataTooLarge(data.len()));
+    }
+    // RFC 8656 §11.1: indications are not authenticated; a fresh random
+    // transaction ID still keeps them distinct.
+    wire::write_send_indication(out, &new_transaction_id(), peer, data)
+        .map_err(|_| UsageError::BufferTooSmall)
+}
+
 /// A request in flight.
 struct Pending {
     transaction_id: [u8; 12],
@@ -422,14 +437,7 @@ impl Client {
         if !self.permissions.contains_key(&peer.ip()) && !self.channels.contains_key(&peer) {
             return Err(UsageError::NoPermission(peer));
         }
-        // Header, XOR-PEER-ADDRESS (up to 24) and the DATA attribute header.
-        if data.len() > usize::from(u16::MAX) - 28 - 3 {
-            return Err(UsageError::DataTooLarge(data.len()));
-        }
-        // RFC 8656 §11.1: indications are not authenticated; a fresh random
-        // transaction ID still keeps them distinct.
-        wire::write_send_indication(out, &new_transaction_id(), peer, data)
-            .map_err(|_| UsageError::BufferTooSmall)
+        send_indication(out, peer, data)
     }
 
     /// [`Client::send_to`] into a new buffer, queued as a [`Transmit`]

@@ -1,0 +1,137 @@
+//! Server-reflexive gathering (RFC 8445 §5.1.1.2): one STUN Binding
+//! transaction per (STUN server, host base) of the same family, each on
+//! proto's RFC 8489 §6.2.1 retransmission timer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use natkit_proto::binding::RequestOptions;
+use natkit_proto::transaction::{self, BindingOutcome, BindingTransaction};
+
+use super::report::{Problem, ServerKind, ServerProblem};
+
+/// Retransmissions for gathering requests: a STUN or TURN server that has
+/// not answered within about 4 s is reported unreachable (RFC 8489 §6.2.1
+/// allows a shorter budget than 39.5 s; gathering must not hold up a
+/// connection that host candidates can make).
+pub(super) const GATHER_RTO: transaction::Config = transaction::Config {
+    rto: Duration::from_millis(250),
+    rc: 5,
+    rm: 8,
+};
+
+/// Whether a base can reach a server: same family, and loopback only with
+/// loopback (a loopback base cannot reach a real server and vice versa).
+pub(super) fn reaches(base: SocketAddr, server: SocketAddr) -> bool {
+    base.is_ipv4() == server.is_ipv4() && base.ip().is_loopback() == server.ip().is_loopback()
+}
+
+/// One STUN server asked from one base.
+pub(super) struct Probe {
+    pub base: SocketAddr,
+    pub server: SocketAddr,
+    tx: BindingTransaction,
+    pub done: bool,
+}
+
+/// What a finished probe found.
+pub(super) enum Found {
+    /// The server saw `base` as `mapped`.
+    Mapped {
+        base: SocketAddr,
+        mapped: SocketAddr,
+        server: SocketAddr,
+    },
+    /// The server gave nothing.
+    Problem(ServerProblem),
+}
+
+impl Probe {
+    /// Probes of every STUN server from every base that reaches it.
+    pub fn start_all(bases: &[SocketAddr], servers: &[SocketAddr], now: Instant) -> Vec<Probe> {
+        let opts = RequestOptions {
+            fingerprint: true,
+            ..RequestOptions::default()
+        };
+        let mut probes = Vec::new();
+        for &server in servers {
+            for &base in bases.iter().filter(|b| reaches(**b, server)) {
+                probes.push(Probe {
+                    base,
+                    server,
+                    tx: BindingTransaction::new(now, server, &opts, GATHER_RTO),
+                    done: false,
+                });
+            }
+        }
+        probes
+    }
+
+    /// Whether `data` from `from` on `base` answered this probe (it is
+    /// consumed then).
+    pub fn handle(
+        &mut self,
+        base: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> bool {
+        !self.done
+            && self.base == base
+            && self.server == from
+            && self.tx.handle_datagram(now, from, data)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (!self.done).then(|| self.tx.poll_timeout()).flatten()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.poll_timeout().is_some_and(|t| t <= now) {
+            self.tx.handle_timeout(now);
+        }
+    }
+
+    /// The next request to send: (from base, to server, bytes).
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, SocketAddr, Vec<u8>)> {
+        if self.done {
+            return None;
+        }
+        self.tx
+            .poll_transmit()
+            .map(|t| (self.base, t.to, t.payload))
+    }
+
+    /// The outcome, once, when the transaction has finished.
+    pub fn take_outcome(&mut self) -> Option<Found> {
+        if self.done {
+            return None;
+        }
+        let o = self.tx.outcome()?;
+        self.done = true;
+        let problem = |problem| {
+            Found::Problem(ServerProblem {
+                server: self.server,
+                kind: ServerKind::Stun,
+                problem,
+            })
+        };
+        Some(match o {
+            BindingOutcome::Answered { response, .. } => {
+                match (response.outcome, response.mapped) {
+                    (Ok(()), Some(mapped)) => Found::Mapped {
+                        base: self.base,
+                        mapped,
+                        server: self.server,
+                    },
+                    (Ok(()), None) => problem(Problem::NoMappedAddress),
+                    (Err(code), _) => problem(Problem::StunError(code)),
+                }
+            }
+            BindingOutcome::TimedOut { waited, sent } => problem(Problem::NoAnswer {
+                sent: *sent,
+                waited: *waited,
+            }),
+        })
+    }
+}

@@ -1,0 +1,376 @@
+//! [`TurnConnection`]: one TURN allocation driven over tokio, for tools
+//! that talk to a TURN server directly (`natkit turn`, `natkit bench turn`,
+//! tests). Sessions manage their allocations inside
+//! [`SessionCore`](crate::session_core::SessionCore) instead; both use
+//! proto's sans-IO [`Client`] and the same [`ServerStream`] for TCP and TLS.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natkit_proto::framing::FramingError;
+use natkit_proto::turn::client::{self as turn, Client, Transport, UsageError};
+use rustls::pki_types::ServerName;
+use tokio::net::UdpSocket;
+
+use super::stream::{ServerStream, TlsInfo};
+use crate::session_core::ConnectionError;
+
+/// Why a [`TurnConnection`] could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The UDP socket could not be opened.
+    #[error("cannot open a UDP socket for {server}: {source}")]
+    Socket {
+        /// The TURN server.
+        server: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The TCP connection or TLS handshake failed.
+    #[error("cannot reach TURN server {server}: {error}")]
+    Connection {
+        /// The TURN server.
+        server: SocketAddr,
+        /// What failed.
+        error: ConnectionError,
+    },
+    /// TLS was asked for without a client configuration and server name.
+    #[error("TURN over TLS to {0} needs a TLS configuration and the server's name")]
+    TlsSettingsMissing(SocketAddr),
+}
+
+/// Why the connection to the server failed after it was set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// Sending or receiving failed (for a stream: the connection broke; the
+    /// kind is `UnexpectedEof` when the server closed it).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The server sent bytes that are neither STUN nor ChannelData.
+    #[error("the server sent data that is not TURN: {0}")]
+    Framing(#[from] FramingError),
+}
+
+/// Why [`TurnConnection::send_to`] did not send.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The client cannot frame it (no allocation, no permission...).
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The connection failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// What arrived from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// The client's allocation, permission or channel news.
+    Event(turn::Event),
+    /// Data relayed from a peer.
+    Data {
+        /// The peer.
+        peer: SocketAddr,
+        /// The payload.
+        data: Vec<u8>,
+        /// The channel it came on; `None` for a Data indication.
+        channel: Option<u16>,
+        /// When it was read.
+        at: Instant,
+    },
+}
+
+enum Link {
+    /// A UDP socket connected to the server: it hears only the server, and
+    /// ICMP errors about it surface on reads.
+    Udp(UdpSocket),
+    Stream(ServerStream),
+}
+
+/// One allocation on one TURN server over UDP, TCP or TLS, driven by
+/// tokio. The allocation starts as soon as the connection is up; its
+/// refreshes run whenever [`TurnConnection::next`] is awaited.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use natkit_ice::turn::{Incoming, TurnConnection};
+/// use natkit_proto::turn::client::{Config, Credentials, Event, Transport};
+///
+/// let server = "192.0.2.1:3478".parse()?;
+/// let cfg = Config::new(server, Transport::Udp, Credentials::new("alice", "secret"));
+/// let mut turn = TurnConnection::connect(cfg, None, Duration::from_secs(5)).await?;
+/// loop {
+///     match turn.next().await? {
+///         Incoming::Event(Event::Allocated { relayed, .. }) => {
+///             println!("relayed address: {relayed:?}");
+///             break;
+///         }
+///         Incoming::Event(Event::Failed(e)) => return Err(e.into()),
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct TurnConnection {
+    link: Link,
+    server: SocketAddr,
+    client: Client,
+    local: SocketAddr,
+    tls: Option<TlsInfo>,
+    incoming: VecDeque<Incoming>,
+    buf: Vec<u8>,
+    icmp: Option<io::ErrorKind>,
+}
+
+impl std::fmt::Debug for TurnConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnConnection")
+            .field("server", &self.server)
+            .field("local", &self.local)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors a UDP read reports that say nothing final: signals, and ICMP
+/// errors (noted, see [`TurnConnection::icmp_error`]).
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+impl TurnConnection {
+    /// Reach `cfg.server` over `cfg.transport` and start allocating. UDP
+    /// binds the address the system routes to the server from; TCP and TLS
+    /// connect (and for TLS handshake with `tls`: the client configuration
+    /// and the name the server's certificate must carry), each step within
+    /// `limit`.
+    pub async fn connect(
+        cfg: turn::Config,
+        tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+        limit: Duration,
+    ) -> Result<TurnConnection, ConnectError> {
+        let server = cfg.server;
+        match cfg.transport {
+            Transport::Udp => {
+                let any: SocketAddr = if server.is_ipv4() {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let sock = std::net::UdpSocket::bind(any)
+                    .map_err(|source| ConnectError::Socket { server, source })?;
+                Self::over_udp(sock, cfg).map_err(|source| ConnectError::Socket { server, source })
+            }
+            Transport::Tcp | Transport::Tls => {
+                let tls = match cfg.transport {
+                    Transport::Tls => Some(tls.ok_or(ConnectError::TlsSettingsMissing(server))?),
+                    _ => None,
+                };
+                let (stream, info) = ServerStream::connect(server, tls, limit)
+                    .await
+                    .map_err(|error| ConnectError::Connection { server, error })?;
+                Ok(TurnConnection {
+                    local: stream.local_addr(),
+                    link: Link::Stream(stream),
+                    server,
+                    client: Client::new(cfg, Instant::now()),
+                    tls: info,
+                    incoming: VecDeque::new(),
+                    buf: vec![0; 65536 + 64],
+                    icmp: None,
+                })
+            }
+        }
+    }
+
+    /// Allocate over UDP from a socket the caller bound (e.g. one of many
+    /// loopback addresses of a load generator). The socket is connected to
+    /// the server: an allocation is its 5-tuple (RFC 8656 §2.2).
+    pub fn over_udp(sock: std::net::UdpSocket, cfg: turn::Config) -> io::Result<TurnConnection> {
+        let server = cfg.server;
+        sock.connect(server)?;
+        sock.set_nonblocking(true)?;
+        let sock = UdpSocket::from_std(sock)?;
+        Ok(TurnConnection {
+            local: sock.local_addr()?,
+            link: Link::Udp(sock),
+            server,
+            client: Client::new(cfg, Instant::now()),
+            tls: None,
+            incoming: VecDeque::new(),
+            buf: vec![0; 65536 + 64],
+            icmp: None,
+        })
+    }
+
+    /// The sans-IO client: state, relayed addresses, and the calls that
+    /// queue requests (permissions, channels, refresh, close).
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Our end's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The server.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// What the TLS handshake settled (TLS only).
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The last ICMP error a UDP read reported (`ConnectionRefused`: the
+    /// server's port is closed), which the client's timers otherwise only
+    /// see as silence.
+    pub fn icmp_error(&self) -> Option<io::ErrorKind> {
+        self.icmp
+    }
+
+    /// Send what the client queued, then wait for the next thing from the
+    /// server (or the client's timers): an event, or relayed data.
+    pub async fn next(&mut self) -> Result<Incoming, LinkError> {
+        loop {
+            if let Some(i) = self.incoming.pop_front() {
+                return Ok(i);
+            }
+            self.flush().await?;
+            if let Some(e) = self.client.poll_event() {
+                return Ok(Incoming::Event(e));
+            }
+            let wake = self.client.poll_timeout();
+            tokio::select! {
+                r = self.recv() => r?,
+                _ = sleep_until(wake) => {}
+            }
+            let now = Instant::now();
+            if self.client.poll_timeout().is_some_and(|t| t <= now) {
+                self.client.handle_timeout(now);
+            }
+        }
+    }
+
+    /// [`TurnConnection::next`] until `deadline`: `None` when it passed.
+    pub async fn next_until(&mut self, deadline: Instant) -> Result<Option<Incoming>, LinkError> {
+        match tokio::time::timeout_at(deadline.into(), self.next()).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Relay `data` to `peer`: ChannelData when a channel is bound, else a
+    /// Send indication (it needs a permission).
+    pub async fn send_to(&mut self, peer: SocketAddr, data: &[u8]) -> Result<(), SendError> {
+        let n = self.client.send_to(peer, data, &mut self.buf)?;
+        let msg = std::mem::take(&mut self.buf);
+        let r = self.write(&msg[..n]).await;
+        self.buf = msg;
+        Ok(r?)
+    }
+
+    /// Send what the client queued (requests, refreshes).
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        while let Some(t) = self.client.poll_transmit() {
+            self.write(&t.payload).await?;
+        }
+        Ok(())
+    }
+
+    /// The UDP socket and the client, for a load generator that takes the
+    /// data path over (refreshes must then be driven by the caller).
+    pub fn into_udp_parts(self) -> Option<(Client, std::net::UdpSocket)> {
+        match self.link {
+            Link::Udp(s) => s.into_std().ok().map(|s| (self.client, s)),
+            Link::Stream(_) => None,
+        }
+    }
+
+    async fn write(&mut self, msg: &[u8]) -> Result<(), LinkError> {
+        match &mut self.link {
+            Link::Udp(s) => match s.send(msg).await {
+                Ok(_) => Ok(()),
+                // The timers decide when silence means failure.
+                Err(e) if transient(&e) => {
+                    self.icmp = Some(e.kind());
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
+            Link::Stream(s) => {
+                // The queue bound applies to relayed data; a tool waits
+                // for room instead of dropping.
+                while !s.queue(msg) {
+                    poll_fn(|cx| s.poll_flush(cx)).await?;
+                }
+                poll_fn(|cx| s.poll_flush(cx)).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Read what is there (at least one datagram or read) and feed it to
+    /// the client.
+    async fn recv(&mut self) -> Result<(), LinkError> {
+        match &mut self.link {
+            Link::Udp(s) => {
+                let n = match s.recv(&mut self.buf).await {
+                    Ok(n) => n,
+                    Err(e) if transient(&e) => {
+                        self.icmp = Some(e.kind());
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let now = Instant::now();
+                if let Some(d) = self.client.recv(&self.buf[..n], now) {
+                    self.incoming.push_back(Incoming::Data {
+                        peer: d.peer,
+                        data: d.data.to_vec(),
+                        channel: d.channel,
+                        at: now,
+                    });
+                }
+            }
+            Link::Stream(s) => {
+                poll_fn(|cx| s.poll_read(cx, Instant::now())).await?;
+                let now = Instant::now();
+                while let Some(f) = s.next_frame()? {
+                    if let Some(d) = self.client.recv(f.message, now) {
+                        self.incoming.push_back(Incoming::Data {
+                            peer: d.peer,
+                            data: d.data.to_vec(),
+                            channel: d.channel,
+                            at: now,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
