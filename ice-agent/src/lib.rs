@@ -113,7 +113,7 @@ pub use candidate::{Candidate, CandidateKind};
 pub use config::Config;
 pub use credentials::{Credentials, CredentialsError};
 pub use description::{Description, DescriptionError, SignalledCandidate, TrickleCandidate};
-pub use event::{Event, FailedPair, PairFailure, SelectedPair, Transmit};
+pub use event::{Event, FailedPair, Failure, FailureReason, PairFailure, SelectedPair, Transmit};
 pub use session::{PathInfo, PathKind, Session, SessionEvent, TurnServer};
 pub use tls::Fingerprint;
 pub use wire::WireError;
