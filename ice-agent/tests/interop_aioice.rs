@@ -34,11 +34,11 @@ mod interop;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use interop::{json_addr, mirrored, peer_description, Natkit, Path, PeerProcess};
-use natkit_ice::{CandidateKind, Event, IceState, Role, SelectedPair};
+use interop::{json_addr, mirrored, peer_description, role_name, Natkit, Path, PeerProcess};
+use natkit_ice::{CandidateKind, Event, Role, SelectedPair};
 use serde_json::Value;
 
 /// From handing natkit's description to aioice until both agents report a
@@ -66,23 +66,13 @@ const WINDOW: usize = 8;
 /// `python3` can import aioice, or the test fails here telling how to
 /// install it (CI installs it through scripts/deps/aioice.sh).
 fn require_aioice() {
-    let hint = "the aioice interop test needs Python 3 with the aioice package: \
-                run `bash scripts/deps/aioice.sh` (as root on Debian it installs it) \
-                or `python3 -m pip install aioice`";
-    match Command::new("python3")
-        .args(["-c", "import aioice"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-    {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "{hint}\n(python3 -c \"import aioice\" failed: {})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => panic!("{hint}\n(cannot run python3: {e})"),
-    }
+    interop::require_python(
+        "python3",
+        "import aioice",
+        "the aioice interop test needs Python 3 with the aioice package: \
+         run `bash scripts/deps/aioice.sh` (as root on Debian it installs it) \
+         or `python3 -m pip install aioice`",
+    );
 }
 
 fn peer_script() -> PathBuf {
@@ -240,13 +230,6 @@ fn ips(a: &[&str]) -> Vec<IpAddr> {
     a.iter().map(|s| s.parse().unwrap()).collect()
 }
 
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Controlling => "controlling",
-        Role::Controlled => "controlled",
-    }
-}
-
 /// What a run observed, for the tests' own assertions.
 struct Outcome {
     natkit_role: Role,
@@ -294,21 +277,7 @@ fn run(case: Case) -> Outcome {
     let connected = connected.unwrap();
     let first = nk.connected().unwrap().clone();
 
-    // Let straggling checks, nominations and role switches land.
-    let settle = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < settle {
-        nk.pump();
-    }
-    assert_eq!(
-        nk.agent.state(),
-        IceState::Connected,
-        "{}",
-        nk.diagnostics()
-    );
-    let selected = nk
-        .agent
-        .selected_pair()
-        .expect("natkit has a selected pair");
+    let selected = nk.settle_connected();
     // Only signalled candidates: no NAT on loopback, nothing peer-reflexive.
     assert_eq!(selected.local.kind, CandidateKind::Host, "{selected}");
     assert_eq!(selected.remote.kind, CandidateKind::Host, "{selected}");

@@ -14,10 +14,38 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use natkit_ice::{Agent, Candidate, CandidateKind, Config, Event, Role, SelectedPair};
+use natkit_ice::{Agent, Candidate, CandidateKind, Config, Event, IceState, Role, SelectedPair};
 use serde_json::{json, Value};
 
 // --- the peer process -------------------------------------------------------
+
+/// `python -c import_code` works, or the test fails here with `hint`: the
+/// peer's prerequisites are missing (a test never passes silently without
+/// its peer).
+pub fn require_python(python: &str, import_code: &str, hint: &str) {
+    match Command::new(python)
+        .args(["-c", import_code])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "{hint}\n({python} -c {import_code:?} failed: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("{hint}\n(cannot run {python}: {e})"),
+    }
+}
+
+/// A role as the peer scripts name it.
+pub fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Controlling => "controlling",
+        Role::Controlled => "controlled",
+    }
+}
 
 /// A peer ICE agent in a child process (a `peer.py` of tests/aioice or
 /// tests/libnice) that talks JSON lines on stdin/stdout and logs on
@@ -172,20 +200,25 @@ pub fn natkit_candidate(c: &Value) -> Candidate {
         Some("relay") => CandidateKind::Relayed,
         other => panic!("peer candidate of unknown type {other:?}: {c}"),
     };
-    let ip: IpAddr = c["host"]
-        .as_str()
-        .and_then(|h| h.parse().ok())
-        .unwrap_or_else(|| panic!("peer candidate host not an IP address: {c}"));
-    let port = c["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or_else(|| panic!("peer candidate port: {c}"));
     let priority = c["priority"]
         .as_u64()
         .and_then(|p| u32::try_from(p).ok())
         .unwrap_or_else(|| panic!("peer candidate priority: {c}"));
     let foundation = c["foundation"].as_str().expect("peer candidate foundation");
-    Candidate::remote(kind, SocketAddr::new(ip, port), priority, foundation)
+    Candidate::remote(kind, socket_addr(c), priority, foundation)
+}
+
+/// The transport address in a peer script's JSON: {"host", "port", ...}.
+pub fn socket_addr(v: &Value) -> SocketAddr {
+    let ip: IpAddr = v["host"]
+        .as_str()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or_else(|| panic!("peer address host not an IP address: {v}"));
+    let port = v["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("peer address port: {v}"));
+    SocketAddr::new(ip, port)
 }
 
 /// natkit's credentials and candidates in the peer scripts' description
@@ -378,16 +411,37 @@ impl Natkit {
 
     pub fn failure(&self) -> Option<String> {
         self.events.iter().find_map(|e| match e {
-            Event::Failed(pairs) => Some(
+            Event::Failed(pairs) => Some(format!(
+                "{}; pairs: [{}]",
+                self.agent
+                    .failure()
+                    .map_or_else(|| "ICE failed".to_owned(), |f| f.to_string()),
                 pairs
                     .iter()
                     .map(|p| p.to_string())
                     .collect::<Vec<_>>()
-                    .join("; "),
-            ),
+                    .join("; ")
+            )),
             Event::ConsentLost(p) => Some(format!("consent lost on {p}")),
             _ => None,
         })
+    }
+
+    /// Keep the agent running a moment (300 ms) so that straggling checks,
+    /// nominations and role switches land; then it must be connected: its
+    /// selected pair.
+    pub fn settle_connected(&mut self) -> SelectedPair {
+        let settle = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < settle {
+            self.pump();
+        }
+        assert_eq!(
+            self.agent.state(),
+            IceState::Connected,
+            "{}",
+            self.diagnostics()
+        );
+        self.agent.selected_pair().expect("natkit's selected pair")
     }
 
     pub fn diagnostics(&self) -> String {
