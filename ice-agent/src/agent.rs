@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use crate::candidate::{is_ice_chars, Candidate, CandidateKind, MAX_FOUNDATION_LEN};
 use crate::config::Config;
 use crate::credentials::{Credentials, CredentialsError};
-use crate::event::{Event, PairFailure, SelectedPair, Transmit};
+use crate::event::{Event, Failure, PairFailure, SelectedPair, Transmit};
 use crate::wire::{self, WireError};
 use crate::Role;
 
@@ -50,7 +50,8 @@ pub enum IceState {
     Checking,
     /// A pair is selected.
     Connected,
-    /// Every pair failed (see [`Event::Failed`]); only an ICE restart helps.
+    /// ICE failed (see [`Event::Failed`] and [`Agent::failure`]): the
+    /// agent answers no check until an ICE restart.
     Failed,
     /// Consent on the selected pair was lost (see [`Event::ConsentLost`]).
     Disconnected,
@@ -96,6 +97,10 @@ pub enum InputError {
     /// A response without the XOR-MAPPED-ADDRESS or ERROR-CODE it needs.
     #[error("response lacks XOR-MAPPED-ADDRESS or ERROR-CODE")]
     IncompleteResponse,
+    /// An authentic check that arrived after ICE failed: dropped without an
+    /// answer (see [`Agent::handle_input`]) until an ICE restart.
+    #[error("check for an ICE session that has failed: not answered until an ICE restart")]
+    IceFailed,
 }
 
 impl InputError {
@@ -170,6 +175,20 @@ struct Check {
     cancelled: bool,
 }
 
+/// The PAC timer (RFC 8863 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pac {
+    /// Not checking: no remote credentials.
+    Off,
+    /// Checking started (the peer's credentials arrived) at a time the
+    /// agent was not told: the next `handle_timeout` or `handle_input`
+    /// starts the timer with its `now`, and `poll_timeout` asks for one at
+    /// once.
+    Starting,
+    /// Running since then.
+    Since(Instant),
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Consent {
     next_send: Instant,
@@ -201,6 +220,8 @@ pub struct Agent {
     nominating: Option<usize>,
     consent: Option<Consent>,
     prflx_count: u32,
+    pac: Pac,
+    failure: Option<Failure>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -238,6 +259,7 @@ impl Agent {
             &mut cfg.nomination_delay,
             &mut cfg.consent_interval,
             &mut cfg.consent_timeout,
+            &mut cfg.pac_timeout,
         ] {
             *d = (*d).min(MAX_TIMER);
         }
@@ -270,6 +292,8 @@ impl Agent {
             nominating: None,
             consent: None,
             prflx_count: 0,
+            pac: Pac::Off,
+            failure: None,
         }
     }
 
@@ -312,6 +336,12 @@ impl Agent {
             remote: self.remote[p.remote].clone(),
             rtt: p.rtt,
         })
+    }
+
+    /// How and why ICE failed, from [`Event::Failed`] until an ICE restart
+    /// (either side's, RFC 8445 §9); `None` otherwise.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
     }
 
     /// When the selected pair last had a check answered (RFC 7675: what
@@ -384,8 +414,9 @@ impl Agent {
         Ok(())
     }
 
-    /// The driver has given every local candidate it will (informational:
-    /// with no pair at all, failure waits for this).
+    /// The driver has given every local candidate it will. With no pair at
+    /// all, failure waits for this (a local candidate gathered later could
+    /// still pair with the peer's), besides the PAC timer.
     pub fn end_of_local_candidates(&mut self) {
         self.local_eoc = true;
         self.check_failed();
@@ -395,6 +426,12 @@ impl Agent {
     /// means the peer restarted ICE (RFC 8445 §9): the peer's candidates and
     /// the check list are dropped, and the driver should call
     /// [`Agent::restart`] too so both sides use fresh credentials.
+    ///
+    /// Checking starts here, and with it the PAC timer (RFC 8863 §3,
+    /// [`Config::pac_timeout`]): the agent does not fail before it runs
+    /// out. This call takes no time, so the timer starts at the `now` of
+    /// the next [`Agent::handle_timeout`] or [`Agent::handle_input`]
+    /// ([`Agent::poll_timeout`] asks for one at once).
     pub fn set_remote_credentials(
         &mut self,
         ufrag: &str,
@@ -410,12 +447,23 @@ impl Agent {
         if self.state == IceState::New {
             self.state = IceState::Checking;
         }
+        self.pac = Pac::Starting;
         Ok(())
     }
 
     /// Add a candidate the peer signalled, at any time (Trickle ICE,
     /// RFC 8838 §11). A candidate at the address of a peer-reflexive one
     /// learned earlier replaces its type, priority and foundation.
+    ///
+    /// A candidate of an address family we have no base for is kept
+    /// (a local candidate of its family may come later) but makes no pair.
+    /// A candidate the driver cannot turn into an address at all, such as
+    /// a browser's mDNS `.local` name it could not resolve, is simply not
+    /// given: the agent needs no record of it, because nothing fails early
+    /// for want of usable candidates. With none at all, the agent waits out
+    /// the PAC timer (RFC 8863 §3) for the peer's checks, which reach us
+    /// from the very addresses the names hide and connect through
+    /// peer-reflexive candidates (RFC 8445 §7.3.1.3).
     pub fn add_remote_candidate(&mut self, mut c: Candidate) -> Result<(), CandidateError> {
         if !is_ice_chars(&c.foundation, MAX_FOUNDATION_LEN) {
             return Err(CandidateError::BadFoundation);
@@ -458,7 +506,10 @@ impl Agent {
     }
 
     /// The peer signalled end-of-candidates (RFC 8838 §13): once every pair
-    /// has failed, the agent reports [`Event::Failed`].
+    /// has failed (or there is none, and the driver called
+    /// [`Agent::end_of_local_candidates`]) and the PAC timer has run out
+    /// (RFC 8863 §4: end-of-candidates does not cut it short), the agent
+    /// reports [`Event::Failed`].
     pub fn end_of_remote_candidates(&mut self) {
         self.remote_eoc = true;
         self.check_failed();
@@ -475,6 +526,7 @@ impl Agent {
         self.reset_remote();
         self.remote_creds = None;
         self.state = IceState::New;
+        self.pac = Pac::Off;
         &self.local_creds
     }
 
@@ -488,6 +540,7 @@ impl Agent {
         self.consent = None;
         self.remote_eoc = false;
         self.last_paced = None;
+        self.failure = None;
         if matches!(
             self.state,
             IceState::Connected | IceState::Failed | IceState::Disconnected
@@ -519,6 +572,7 @@ impl Agent {
             take(c.tx.poll_timeout());
         }
         take(self.paced_due());
+        take(self.pac_due());
         if self.state == IceState::Connected {
             if let Some(c) = self.consent {
                 take(Some(c.next_send.min(c.expires)));
@@ -534,6 +588,7 @@ impl Agent {
     /// paced check, nominate, run consent freshness.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.start_pac(now);
         self.run_transactions(now);
         self.run_consent(now);
         self.maybe_nominate(now);
@@ -552,6 +607,11 @@ impl Agent {
     /// anything else is refused with an error saying why (a non-STUN
     /// datagram, see [`InputError::is_not_stun`], belongs to the
     /// application). Never panics, whatever the bytes.
+    ///
+    /// After ICE failed, authentic checks are dropped unanswered
+    /// ([`InputError::IceFailed`]) until an ICE restart: a success response
+    /// would tell the peer that a path works to an agent that has given up
+    /// (it would go connected alone).
     pub fn handle_input(
         &mut self,
         from: SocketAddr,
@@ -560,6 +620,7 @@ impl Agent {
         now: Instant,
     ) -> Result<(), InputError> {
         self.now = now;
+        self.start_pac(now);
         let m = wire::parse(bytes)?;
         let r = match m.header.class() {
             Class::Request => self.on_request(from, to_local, bytes, &m, now),

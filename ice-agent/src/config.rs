@@ -41,6 +41,25 @@ pub struct Config {
     /// RFC 7675 §5.1: consent is lost when no check was answered for this
     /// long (30 s).
     pub consent_timeout: Duration,
+    /// The PAC timer of RFC 8863 §3 ("Patiently Awaiting Connectivity"):
+    /// the least time the agent keeps checking before it may report
+    /// [`crate::Event::Failed`], counted from the start of checking (the
+    /// peer's credentials given, [`crate::Agent::set_remote_credentials`]).
+    /// While it runs, neither end-of-candidates (RFC 8863 §4) nor an empty
+    /// or all-failed check list fails the agent: a check from the peer can
+    /// still teach a peer-reflexive candidate that connects (RFC 8445
+    /// §7.3.1.3), e.g. when every candidate the peer signalled was unusable
+    /// here (a browser's mDNS `.local` names, a family we have no base for).
+    ///
+    /// RFC 8863 recommends the check transaction timeout with its
+    /// retransmissions, 39.5 s with RFC 5389's defaults (RTO 500 ms, Rc 7,
+    /// Rm 16). natkit's own checks give up sooner
+    /// ([`Config::check_retransmit`]: 9.75 s), but what the timer waits for
+    /// is the *peer's* checks, and a peer with the default timers keeps
+    /// checking a pair for 39.5 s: hence that default. It starts again with
+    /// each ICE restart (RFC 8445 §9) and plays no part once a pair was
+    /// selected (losing that pair is consent's business, RFC 7675).
+    pub pac_timeout: Duration,
     /// RFC 8445 §6.1.2.5: the most candidate pairs kept (100).
     pub max_pairs: usize,
     /// The most remote candidates kept (signalled and peer-reflexive).
@@ -66,6 +85,7 @@ impl Default for Config {
             renominate: true,
             consent_interval: Duration::from_secs(5),
             consent_timeout: Duration::from_secs(30),
+            pac_timeout: Duration::from_millis(39_500),
             max_pairs: 100,
             max_remote_candidates: 100,
             seed: None,

@@ -38,6 +38,15 @@ pub const MAX_CANDIDATES: usize = 100;
 
 /// A candidate as signalled: what the peer needs, nothing more (no base or
 /// related address, which would only reveal private addresses).
+///
+/// Its address is an IP address, never a name: natkit does not hide host
+/// addresses behind mDNS `.local` names, so its own descriptions never
+/// carry one, and this format has no way to. A driver translating another
+/// agent's signalling (a browser's SDP) resolves such names itself (mDNS is
+/// I/O) or skips them; skipping loses nothing the agent needs, because it
+/// waits out the PAC timer for the peer's checks, which arrive from the
+/// hidden addresses and connect through peer-reflexive candidates
+/// (RFC 8863 §3, see [`crate::Agent::add_remote_candidate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SignalledCandidate {
     /// Candidate type.

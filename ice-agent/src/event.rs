@@ -121,6 +121,63 @@ impl fmt::Display for FailedPair {
     }
 }
 
+/// Why ICE failed, in [`Failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// Every candidate pair was checked and failed (RFC 8445 §8.1.3), and
+    /// no check from the peer revived one before the PAC timer ran out
+    /// (RFC 8863 §3). [`Failure::pairs`] says why each pair failed.
+    AllPairsFailed,
+    /// The PAC timer ran out (RFC 8863 §3) with no candidate pair at all:
+    /// none of the peer's signalled candidates could be paired with a local
+    /// base (see [`Failure::unpaired_remote`]; candidates the driver could
+    /// not even give the agent, such as unresolved mDNS names, are not
+    /// counted), and no check from the peer arrived to teach a
+    /// peer-reflexive one (RFC 8445 §7.3.1.3). The peer never reached us.
+    NoCheckArrived,
+}
+
+/// How and why ICE failed: [`crate::Agent::failure`], from the
+/// [`Event::Failed`] on until an ICE restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Why.
+    pub reason: FailureReason,
+    /// Every pair tried and why it failed (what [`Event::Failed`] carries).
+    pub pairs: Vec<FailedPair>,
+    /// The peer's candidates that were never paired: no local base of their
+    /// address family (RFC 8445 §6.1.2.2).
+    pub unpaired_remote: Vec<Candidate>,
+    /// From the start of checking (the peer's credentials) to the failure:
+    /// at least [`crate::Config::pac_timeout`].
+    pub after: Duration,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.after.as_secs_f64();
+        match self.reason {
+            FailureReason::AllPairsFailed => write!(
+                f,
+                "every candidate pair failed ({} tried) and no check from the peer arrived to revive one within {secs:.1} s (RFC 8863)",
+                self.pairs.len()
+            )?,
+            FailureReason::NoCheckArrived => write!(
+                f,
+                "the peer never reached us: no check arrived within {secs:.1} s (RFC 8863), and none of its candidates could be paired with ours"
+            )?,
+        }
+        if !self.unpaired_remote.is_empty() {
+            f.write_str("; no local base of the family of:")?;
+            for c in &self.unpaired_remote {
+                write!(f, " {}", c.addr)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Something the driver or the application may act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -134,9 +191,13 @@ pub enum Event {
     /// timeout. The application must stop sending on it; an ICE restart may
     /// find another path.
     ConsentLost(SelectedPair),
-    /// Every pair failed after the peer signalled end-of-candidates
-    /// (RFC 8445 §8.1.3, RFC 8838 §8): no connection without an ICE
-    /// restart. Lists every pair tried and why it failed.
+    /// ICE failed: the peer signalled end-of-candidates (RFC 8838 §8),
+    /// every pair failed (RFC 8445 §8.1.3) or there was none, and the PAC
+    /// timer ran out ([`crate::Config::pac_timeout`], RFC 8863 §3). No
+    /// connection without an ICE restart; until then the agent answers no
+    /// check. Lists every pair tried and why it failed;
+    /// [`crate::Agent::failure`] says why ICE as a whole failed (e.g. that
+    /// no check from the peer ever arrived).
     Failed(Vec<FailedPair>),
     /// Role conflict resolution changed our role (RFC 8445 §7.3.1.1,
     /// §7.2.5.1).

@@ -119,7 +119,7 @@ pub use candidate::{Candidate, CandidateKind};
 pub use config::Config;
 pub use credentials::{Credentials, CredentialsError};
 pub use description::{Description, DescriptionError, SignalledCandidate, TrickleCandidate};
-pub use event::{Event, FailedPair, PairFailure, SelectedPair, Transmit};
+pub use event::{Event, FailedPair, Failure, FailureReason, PairFailure, SelectedPair, Transmit};
 pub use fingerprint::{Fingerprint, FingerprintParseError};
 /// TURN credentials (long-term or REST), for [`TurnServer`].
 pub use natkit_proto::turn::client::{Credentials as TurnCredentials, Transport};

@@ -248,10 +248,26 @@ fn no_pair_at_all_fails_once_both_sides_are_done() {
     a.add_remote_candidate(r).unwrap();
     a.end_of_remote_candidates();
     assert!(a.check_list().is_empty());
+    a.handle_timeout(now);
     assert_eq!(a.poll_event(), None, "more local candidates may come");
     a.end_of_local_candidates();
+    // RFC 8863 §3: not before the PAC timer runs out (a check from the peer
+    // could still teach a peer-reflexive candidate of our family).
+    assert_eq!(a.poll_event(), None);
+    let pac = Config::default().pac_timeout;
+    assert_eq!(a.poll_timeout(), Some(now + pac));
+    a.handle_timeout(now + pac);
     assert_eq!(a.poll_event(), Some(natkit_ice::Event::Failed(vec![])));
     assert_eq!(a.state(), natkit_ice::IceState::Failed);
+    let failure = a.failure().unwrap();
+    assert_eq!(failure.reason, natkit_ice::FailureReason::NoCheckArrived);
+    assert_eq!(failure.unpaired_remote.len(), 1);
+    assert!(
+        failure
+            .to_string()
+            .ends_with("no local base of the family of: [2001:db8::2]:2000"),
+        "{failure}"
+    );
 }
 
 #[test]

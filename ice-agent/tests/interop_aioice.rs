@@ -29,17 +29,17 @@
 //! `AIOICE_VERBOSE=1` for aioice's log of every STUN message (shown when a
 //! test fails).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+mod interop;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use natkit_ice::{Agent, Candidate, CandidateKind, Config, Event, IceState, Role, SelectedPair};
-use serde_json::{json, Value};
+use interop::{json_addr, mirrored, peer_description, role_name, Natkit, Path, PeerProcess};
+use natkit_ice::{CandidateKind, Event, Role, SelectedPair};
+use serde_json::Value;
 
 /// From handing natkit's description to aioice until both agents report a
 /// selected pair. Loopback ICE takes well under a second; the margin is for
@@ -66,411 +66,35 @@ const WINDOW: usize = 8;
 /// `python3` can import aioice, or the test fails here telling how to
 /// install it (CI installs it through scripts/deps/aioice.sh).
 fn require_aioice() {
-    let hint = "the aioice interop test needs Python 3 with the aioice package: \
-                run `bash scripts/deps/aioice.sh` (as root on Debian it installs it) \
-                or `python3 -m pip install aioice`";
-    match Command::new("python3")
-        .args(["-c", "import aioice"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-    {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "{hint}\n(python3 -c \"import aioice\" failed: {})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => panic!("{hint}\n(cannot run python3: {e})"),
-    }
+    interop::require_python(
+        "python3",
+        "import aioice",
+        "the aioice interop test needs Python 3 with the aioice package: \
+         run `bash scripts/deps/aioice.sh` (as root on Debian it installs it) \
+         or `python3 -m pip install aioice`",
+    );
 }
 
 fn peer_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/aioice/peer.py")
 }
 
-/// One aioice agent in a `python3 peer.py` child process.
-struct AioicePeer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    /// JSON lines from its stdout, parsed by a reader thread.
-    lines: Receiver<Result<Value, String>>,
-    /// Its stderr (aioice's log), shown when the test fails.
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl AioicePeer {
-    /// Start aioice as `role` ("controlling" or "controlled") with host
-    /// candidates on `addresses`.
-    fn spawn(role: &str, addresses: &[IpAddr]) -> AioicePeer {
-        require_aioice();
-        let mut cmd = Command::new("python3");
-        cmd.arg("-u").arg(peer_script()).args(["--role", role]);
-        for a in addresses {
-            cmd.args(["--address", &a.to_string()]);
-        }
-        // Bounded on the Python side too, should this process die without
-        // closing the child's stdin.
-        cmd.args(["--connect-timeout", "15", "--lifetime", "40"]);
-        if std::env::var_os("AIOICE_VERBOSE").is_some() {
-            cmd.arg("--verbose");
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start python3 tests/aioice/peer.py");
-
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let v = serde_json::from_str::<Value>(&line)
-                    .map_err(|e| format!("not JSON ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log2 = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                log2.lock().unwrap().push(line);
-            }
-        });
-        let stdin = child.stdin.take();
-        AioicePeer {
-            child,
-            stdin,
-            lines,
-            log,
-        }
+/// Start aioice as `role` ("controlling" or "controlled") with host
+/// candidates on `addresses`.
+fn spawn_aioice(role: &str, addresses: &[IpAddr]) -> PeerProcess {
+    require_aioice();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u").arg(peer_script()).args(["--role", role]);
+    for a in addresses {
+        cmd.args(["--address", &a.to_string()]);
     }
-
-    /// The next line if one arrived, without waiting. A line that is not
-    /// JSON, an "error" line, or the child's stdout closing fails the test.
-    fn try_line(&mut self) -> Option<Value> {
-        match self.lines.try_recv() {
-            Ok(v) => Some(self.checked(v)),
-            Err(mpsc::TryRecvError::Empty) => None,
-            Err(mpsc::TryRecvError::Disconnected) => self.died("closed its stdout"),
-        }
+    // Bounded on the Python side too, should this process die without
+    // closing the child's stdin.
+    cmd.args(["--connect-timeout", "15", "--lifetime", "40"]);
+    if std::env::var_os("AIOICE_VERBOSE").is_some() {
+        cmd.arg("--verbose");
     }
-
-    /// The next line, waiting at most `timeout`.
-    fn line(&mut self, timeout: Duration, waiting_for: &str) -> Value {
-        match self.lines.recv_timeout(timeout) {
-            Ok(v) => self.checked(v),
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("aioice printed no {waiting_for} within {timeout:?}")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                self.died(&format!("exited before printing {waiting_for}"))
-            }
-        }
-    }
-
-    fn checked(&mut self, v: Result<Value, String>) -> Value {
-        match v {
-            Ok(v) if v["type"] == "error" => panic!("aioice failed: {}", v["message"]),
-            Ok(v) => v,
-            Err(e) => panic!("aioice printed {e}"),
-        }
-    }
-
-    fn died(&mut self, what: &str) -> ! {
-        let status = self.child.wait().ok();
-        panic!("aioice {what} (exit status {status:?})")
-    }
-
-    fn send_line(&mut self, v: &Value) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
-        writeln!(stdin, "{v}").expect("write to aioice's stdin");
-        stdin.flush().expect("flush aioice's stdin");
-    }
-
-    /// Wait for the child to exit, at most `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait for aioice") {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aioice did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for AioicePeer {
-    fn drop(&mut self) {
-        // Closing stdin alone would stop it; killing by PID does not wait
-        // for Python to notice.
-        self.stdin.take();
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            // Give the reader thread a moment to take the last lines.
-            std::thread::sleep(Duration::from_millis(50));
-            let log = self.log.lock().unwrap();
-            eprintln!("---- aioice's log ({} lines) ----", log.len());
-            for l in log.iter() {
-                eprintln!("{l}");
-            }
-            eprintln!("---- end of aioice's log ----");
-        }
-    }
-}
-
-// --- mapping descriptions between the two formats -------------------------
-
-/// aioice's candidate JSON (peer.py's `candidate_json`) as natkit's remote
-/// candidate.
-fn natkit_candidate(c: &Value) -> Candidate {
-    let kind = match c["type"].as_str() {
-        Some("host") => CandidateKind::Host,
-        Some("srflx") => CandidateKind::ServerReflexive,
-        Some("prflx") => CandidateKind::PeerReflexive,
-        Some("relay") => CandidateKind::Relayed,
-        other => panic!("aioice candidate of unknown type {other:?}: {c}"),
-    };
-    let ip: IpAddr = c["host"]
-        .as_str()
-        .and_then(|h| h.parse().ok())
-        .unwrap_or_else(|| panic!("aioice candidate host not an IP address: {c}"));
-    let port = c["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or_else(|| panic!("aioice candidate port: {c}"));
-    let priority = c["priority"]
-        .as_u64()
-        .and_then(|p| u32::try_from(p).ok())
-        .unwrap_or_else(|| panic!("aioice candidate priority: {c}"));
-    let foundation = c["foundation"]
-        .as_str()
-        .expect("aioice candidate foundation");
-    Candidate::remote(kind, SocketAddr::new(ip, port), priority, foundation)
-}
-
-/// natkit's credentials and candidates in peer.py's description format.
-/// Only host and relayed candidates reach aioice: it refuses prflx ones
-/// (they are learned, RFC 8445 §5.1.3, never signalled).
-fn aioice_description(agent: &Agent) -> Value {
-    let creds = agent.local_credentials();
-    let cands: Vec<Value> = agent
-        .local_candidates()
-        .iter()
-        .filter(|c| c.kind != CandidateKind::PeerReflexive)
-        .map(|c| {
-            json!({
-                "foundation": c.foundation,
-                "priority": c.priority,
-                "host": c.addr.ip().to_string(),
-                "port": c.addr.port(),
-                "type": c.kind.as_str(),
-            })
-        })
-        .collect();
-    json!({ "ufrag": creds.ufrag, "pwd": creds.pwd, "candidates": cands })
-}
-
-/// The address of a candidate in aioice's JSON.
-fn json_addr(c: &Value) -> SocketAddr {
-    natkit_candidate(c).addr
-}
-
-/// A pair as natkit sees it: (our base, the peer's address).
-type Path = (SocketAddr, SocketAddr);
-
-/// A pair in aioice's JSON ({"local", "remote"}), seen from natkit's side.
-fn mirrored(pair: &Value) -> Path {
-    (json_addr(&pair["remote"]), json_addr(&pair["local"]))
-}
-
-// --- natkit's side: the agent on std UDP sockets ---------------------------
-
-/// natkit's agent with one non-blocking UDP socket per host candidate.
-struct Natkit {
-    agent: Agent,
-    sockets: Vec<UdpSocket>,
-    /// Every event, in order.
-    events: Vec<Event>,
-    /// Non-STUN datagrams: (from, arrived on, bytes), for the application.
-    app: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
-    /// STUN datagrams the agent refused, with why (diagnostics only: late
-    /// retransmitted responses are refused as unknown transactions).
-    refused: Vec<String>,
-}
-
-impl Natkit {
-    fn new(role: Role, addresses: &[IpAddr]) -> Natkit {
-        let mut agent = Agent::new(
-            Config {
-                role,
-                ..Config::default()
-            },
-            Instant::now(),
-        );
-        let mut sockets = Vec::new();
-        for (i, ip) in addresses.iter().enumerate() {
-            let s = UdpSocket::bind((*ip, 0)).expect("bind a loopback UDP socket");
-            s.set_nonblocking(true).unwrap();
-            let addr = s.local_addr().unwrap();
-            let pref = natkit_ice::candidate::local_preference(*ip, i as u16);
-            agent
-                .add_local_candidate(Candidate::host(addr, pref))
-                .expect("natkit accepts its host candidate");
-            sockets.push(s);
-        }
-        agent.end_of_local_candidates();
-        Natkit {
-            agent,
-            sockets,
-            events: Vec::new(),
-            app: VecDeque::new(),
-            refused: Vec::new(),
-        }
-    }
-
-    /// Give the agent aioice's description.
-    fn set_remote(&mut self, desc: &Value) {
-        let ufrag = desc["ufrag"].as_str().expect("aioice ufrag");
-        let pwd = desc["pwd"].as_str().expect("aioice pwd");
-        self.agent
-            .set_remote_credentials(ufrag, pwd)
-            .unwrap_or_else(|e| panic!("natkit refused aioice's credentials {ufrag:?}: {e}"));
-        let cands = desc["candidates"].as_array().expect("aioice candidates");
-        assert!(!cands.is_empty(), "aioice signalled no candidate: {desc}");
-        for c in cands {
-            self.agent
-                .add_remote_candidate(natkit_candidate(c))
-                .unwrap_or_else(|e| panic!("natkit refused aioice's candidate {c}: {e}"));
-        }
-        self.agent.end_of_remote_candidates();
-    }
-
-    fn socket_for(&self, local: SocketAddr) -> &UdpSocket {
-        self.sockets
-            .iter()
-            .find(|s| s.local_addr().unwrap() == local)
-            .unwrap_or_else(|| {
-                panic!("natkit asked to send from {local}, which is no socket of ours")
-            })
-    }
-
-    /// One round of the driver: due timers, datagrams to send, events,
-    /// datagrams received; then a short sleep when nothing happened (at most
-    /// until the agent's next timer).
-    fn pump(&mut self) {
-        let now = Instant::now();
-        if self.agent.poll_timeout().is_some_and(|t| t <= now) {
-            self.agent.handle_timeout(now);
-        }
-        let mut busy = self.flush();
-        let mut buf = [0u8; 2048];
-        for i in 0..self.sockets.len() {
-            let local = self.sockets[i].local_addr().unwrap();
-            loop {
-                let (n, from) = match self.sockets[i].recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // An ICMP error from an earlier send: not a datagram.
-                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
-                    Err(e) => panic!("recv on {local}: {e}"),
-                };
-                busy = true;
-                match self
-                    .agent
-                    .handle_input(from, local, &buf[..n], Instant::now())
-                {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_stun() => {
-                        self.app.push_back((from, local, buf[..n].to_vec()))
-                    }
-                    Err(e) => self
-                        .refused
-                        .push(format!("{n} bytes from {from} on {local}: {e}")),
-                }
-            }
-        }
-        busy |= self.flush();
-        if !busy {
-            let wait = self
-                .agent
-                .poll_timeout()
-                .map_or(Duration::from_millis(2), |t| {
-                    t.saturating_duration_since(Instant::now())
-                })
-                .min(Duration::from_millis(2));
-            std::thread::sleep(wait);
-        }
-    }
-
-    /// Send what the agent has to send and collect its events.
-    fn flush(&mut self) -> bool {
-        let mut any = false;
-        while let Some(t) = self.agent.poll_transmit() {
-            any = true;
-            if let Err(e) = self.socket_for(t.from).send_to(&t.payload, t.to) {
-                // Loopback sends fail only when a buffer is full: the check
-                // is retransmitted, as on any lossy path.
-                eprintln!("natkit: send {} -> {}: {e}", t.from, t.to);
-            }
-        }
-        while let Some(e) = self.agent.poll_event() {
-            any = true;
-            self.events.push(e);
-        }
-        any
-    }
-
-    fn connected(&self) -> Option<&SelectedPair> {
-        self.events.iter().find_map(|e| match e {
-            Event::Connected(p) => Some(p),
-            _ => None,
-        })
-    }
-
-    fn failure(&self) -> Option<String> {
-        self.events.iter().find_map(|e| match e {
-            Event::Failed(pairs) => Some(
-                pairs
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
-            Event::ConsentLost(p) => Some(format!("consent lost on {p}")),
-            _ => None,
-        })
-    }
-
-    fn diagnostics(&self) -> String {
-        let mut s = format!(
-            "natkit state {:?}, role {:?}\nevents: {:?}\ncheck list:\n",
-            self.agent.state(),
-            self.agent.role(),
-            self.events
-        );
-        for p in self.agent.check_list() {
-            s += &format!(
-                "  {} -> {}: {:?} nominated {} {:?}\n",
-                p.local, p.remote, p.state, p.nominated, p.failure
-            );
-        }
-        s += &format!("refused STUN: {:?}", self.refused);
-        s
-    }
+    PeerProcess::spawn("aioice", cmd)
 }
 
 // --- data: natkit -> aioice -> natkit --------------------------------------
@@ -540,7 +164,7 @@ struct Echoes {
 /// of [`WINDOW`] in flight, and check each comes back echoed exactly once
 /// and intact. The agent keeps running meanwhile (aioice's consent checks
 /// need answers).
-fn exchange_data(nk: &mut Natkit, peer: &mut AioicePeer, pair: &SelectedPair) -> Echoes {
+fn exchange_data(nk: &mut Natkit, peer: &mut PeerProcess, pair: &SelectedPair) -> Echoes {
     let (local, remote) = (pair.local.base, pair.remote.addr);
     let sizes = datagram_sizes();
     let sent: Vec<Vec<u8>> = sizes
@@ -606,13 +230,6 @@ fn ips(a: &[&str]) -> Vec<IpAddr> {
     a.iter().map(|s| s.parse().unwrap()).collect()
 }
 
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Controlling => "controlling",
-        Role::Controlled => "controlled",
-    }
-}
-
 /// What a run observed, for the tests' own assertions.
 struct Outcome {
     natkit_role: Role,
@@ -622,14 +239,14 @@ struct Outcome {
 
 fn run(case: Case) -> Outcome {
     let start = Instant::now();
-    let mut peer = AioicePeer::spawn(case.aioice_role, &ips(case.aioice_addrs));
+    let mut peer = spawn_aioice(case.aioice_role, &ips(case.aioice_addrs));
     let mut nk = Natkit::new(case.natkit_role, &ips(case.natkit_addrs));
 
     // Signalling: aioice's description first, then natkit's.
     let desc = peer.line(STARTUP_TIMEOUT, "its description");
     assert_eq!(desc["type"], "description", "{desc}");
     nk.set_remote(&desc);
-    peer.send_line(&aioice_description(&nk.agent));
+    peer.send_line(&peer_description(&nk.agent));
     let t0 = Instant::now();
 
     // ICE: until natkit reports Connected and aioice's connect() returns.
@@ -660,21 +277,7 @@ fn run(case: Case) -> Outcome {
     let connected = connected.unwrap();
     let first = nk.connected().unwrap().clone();
 
-    // Let straggling checks, nominations and role switches land.
-    let settle = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < settle {
-        nk.pump();
-    }
-    assert_eq!(
-        nk.agent.state(),
-        IceState::Connected,
-        "{}",
-        nk.diagnostics()
-    );
-    let selected = nk
-        .agent
-        .selected_pair()
-        .expect("natkit has a selected pair");
+    let selected = nk.settle_connected();
     // Only signalled candidates: no NAT on loopback, nothing peer-reflexive.
     assert_eq!(selected.local.kind, CandidateKind::Host, "{selected}");
     assert_eq!(selected.remote.kind, CandidateKind::Host, "{selected}");

@@ -4,25 +4,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, Filtering, Mapping, Nat, Sim};
-use natkit_ice::{CandidateKind, Event, IceState, PairFailure, PairState, Role, SelectedPair};
+use common::{assert_same_path, config, final_selected, Filtering, Mapping, Nat, Sim};
+use natkit_ice::{CandidateKind, Event, FailureReason, IceState, PairFailure, PairState, Role};
 
 const A_HOSTS: &[&str] = &["192.0.2.1:1000", "[2001:db8::1]:1000"];
 const B_HOSTS: &[&str] = &["198.51.100.2:2000", "[2001:db8::2]:2000"];
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Both agents' selected pairs are the two ends of one path: each side's
-/// local address is the other's remote address.
-fn assert_same_path(a: &SelectedPair, b: &SelectedPair) {
-    assert_eq!(a.local.addr, b.remote.addr, "A local vs B remote");
-    assert_eq!(a.remote.addr, b.local.addr, "A remote vs B local");
-}
-
-fn final_selected(sim: &Sim, i: usize) -> SelectedPair {
-    sim.nodes[i].agent.selected_pair().expect("selected pair")
 }
 
 #[test]
@@ -243,9 +232,19 @@ fn total_loss_fails_in_bounded_time_listing_every_pair() {
             .iter()
             .any(|(_, e)| matches!(e, Event::Failed(_)))
     };
-    // Budget: pairs paced at Ta, each failing after the 9.75 s retransmission
-    // budget of the default config.
-    assert!(sim.run(Duration::from_secs(12), |s| failed(s, 0) && failed(s, 1)));
+    // Every pair fails after the 9.75 s retransmission budget of the default
+    // config (paced at Ta), but RFC 8863 §3: no failure before the PAC timer
+    // (39.5 s from the credentials) runs out.
+    assert!(!sim.run(ms(39_499), |s| failed(s, 0) || failed(s, 1)));
+    for n in &sim.nodes {
+        assert_eq!(n.agent.state(), IceState::Checking);
+        assert!(n
+            .agent
+            .check_list()
+            .iter()
+            .all(|p| p.state == PairState::Failed));
+    }
+    assert!(sim.run(ms(39_500), |s| failed(s, 0) && failed(s, 1)));
     for n in &sim.nodes {
         let (at, tried) = n
             .events
@@ -255,9 +254,17 @@ fn total_loss_fails_in_bounded_time_listing_every_pair() {
                 _ => None,
             })
             .unwrap();
+        assert_eq!(at, ms(39_500), "failed when the PAC timer ran out");
+        let failure = n.agent.failure().expect("failure info");
+        assert_eq!(failure.reason, FailureReason::AllPairsFailed);
+        assert_eq!(failure.pairs, tried);
+        assert_eq!(failure.after, ms(39_500));
+        assert!(failure.unpaired_remote.is_empty());
         assert!(
-            at >= Duration::from_millis(9750),
-            "failed too early: {at:?}"
+            failure
+                .to_string()
+                .contains("every candidate pair failed (2 tried)"),
+            "{failure}"
         );
         assert_eq!(tried.len(), 2, "{tried:?}");
         for f in &tried {
@@ -454,7 +461,8 @@ fn two_symmetric_nats_fail_listing_what_was_tried() {
             _ => None,
         })
     };
-    assert!(sim.run(Duration::from_secs(20), |s| failed(s).is_some()));
+    // The pairs fail by 10 s; ICE fails when the PAC timer (39.5 s) runs out.
+    assert!(sim.run(Duration::from_secs(40), |s| failed(s).is_some()));
     let tried = failed(&sim).unwrap();
     // A's host base against B's host and server-reflexive candidates.
     let mut remotes: Vec<_> = tried.iter().map(|f| f.remote.kind).collect();

@@ -5,6 +5,8 @@
 # apt-get when run as root on Debian/Ubuntu; quiet when everything is present.
 set -euo pipefail
 
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+
 declare -A APT_FOR=([ip]=iproute2 [nft]=nftables [conntrack]=conntrack)
 missing=()
 for cmd in ip nft conntrack; do
@@ -13,18 +15,4 @@ for cmd in ip nft conntrack; do
 done
 ((${#missing[@]})) || exit 0
 
-if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    echo "lab: installing ${missing[*]} (apt-get install -y ${missing[*]})"
-    export DEBIAN_FRONTEND=noninteractive
-    log=$(mktemp)
-    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
-        cat "$log" >&2
-        rm -f "$log"
-        echo "lab: apt-get install ${missing[*]} failed" >&2
-        exit 1
-    fi
-    rm -f "$log"
-else
-    echo "the NAT lab needs: ${missing[*]}. Install with (as root): apt-get update && apt-get install -y ${missing[*]}" >&2
-    exit 1
-fi
+apt_install lab "the NAT lab needs" "${missing[@]}"

@@ -146,6 +146,18 @@ impl Agent {
         }
         integrity::verify(bytes, &m.header, self.local_creds.pwd.as_bytes())
             .map_err(|_| InputError::Unauthenticated)?;
+        if self.state == IceState::Failed {
+            // RFC 8445 §7.3 accepts a USERNAME whose first part is our ufrag
+            // "for a session in progress", and a failed session is over:
+            // its credentials are treated like those retired by a restart,
+            // dropped without an answer. A success response would tell the
+            // peer the path works and let it go connected against an agent
+            // that gave up; silence fails the peer's pair by its own timer,
+            // as with a vanished agent. (No ICE error code says "failed":
+            // 401, RFC 8489's for a stale username, makes libwebrtc retry
+            // anyway, and inventing another, e.g. 403, is not ICE.)
+            return Err(InputError::IceFailed);
+        }
         let tid = m.header.transaction_id;
         if !m.unknown.is_empty() {
             // RFC 8489 §6.3.1.1: 420 with UNKNOWN-ATTRIBUTES.

@@ -1,12 +1,13 @@
 //! Nomination and selection (RFC 8445 §8), consent freshness (RFC 7675)
-//! and overall failure (RFC 8445 §8.1.3, RFC 8838 §8).
+//! and overall failure (RFC 8445 §8.1.3, RFC 8838 §8) with the PAC timer
+//! (RFC 8863).
 
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::{Agent, Consent, IceState, PairState};
-use crate::event::{Event, FailedPair};
+use super::{Agent, Consent, IceState, Pac, PairState};
+use crate::event::{Event, FailedPair, Failure, FailureReason};
 use crate::Role;
 
 impl Agent {
@@ -100,24 +101,60 @@ impl Agent {
         }
     }
 
-    /// RFC 8445 §8.1.3 / RFC 8838 §8: with end-of-candidates from the peer
-    /// and every pair failed, ICE has failed.
-    pub(super) fn check_failed(&mut self) {
+    /// Checking started with no time given (see [`Pac::Starting`]): the PAC
+    /// timer starts now.
+    pub(super) fn start_pac(&mut self, now: Instant) {
+        if self.pac == Pac::Starting {
+            self.pac = Pac::Since(now);
+        }
+    }
+
+    /// When the PAC timer needs a wake-up: at once to start it, or when it
+    /// runs out if ICE would fail then. Pure, like `paced_due`.
+    pub(super) fn pac_due(&self) -> Option<Instant> {
+        match self.pac {
+            Pac::Starting if self.checking() => Some(self.now),
+            Pac::Since(t) if self.failure_pending() => Some(t + self.cfg.pac_timeout),
+            _ => None,
+        }
+    }
+
+    /// Whether ICE has failed but for the PAC timer: RFC 8445 §8.1.3 /
+    /// RFC 8838 §8, end-of-candidates from the peer and every pair failed
+    /// (with no pair at all, the driver must have given every local
+    /// candidate too, or a later one could still pair), and no check in
+    /// flight.
+    fn failure_pending(&self) -> bool {
         if self.state != IceState::Checking || self.selected.is_some() || !self.remote_eoc {
-            return;
+            return false;
         }
         if self.pairs.is_empty() {
             if !self.local_eoc {
-                return;
+                return false;
             }
         } else if self.pairs.iter().any(|p| p.state != PairState::Failed) {
+            return false;
+        }
+        !self.checks.iter().any(|c| !c.consent)
+    }
+
+    /// Declare failure when it is due. RFC 8863 §3: a running check list
+    /// does not fail before the PAC timer runs out, even with no pair left
+    /// to check, and §4: end-of-candidates does not change that. Until then
+    /// a check from the peer can still teach a peer-reflexive candidate
+    /// (or revive a failed pair) that connects.
+    pub(super) fn check_failed(&mut self) {
+        if !self.failure_pending() {
             return;
         }
-        if self.checks.iter().any(|c| !c.consent) {
+        let Pac::Since(since) = self.pac else {
+            return;
+        };
+        if self.now < since + self.cfg.pac_timeout {
             return;
         }
         self.state = IceState::Failed;
-        let tried = self
+        let tried: Vec<FailedPair> = self
             .pairs
             .iter()
             .filter_map(|p| {
@@ -128,6 +165,20 @@ impl Agent {
                 })
             })
             .collect();
+        let unpaired_remote = (0..self.remote.len())
+            .filter(|&ri| !self.pairs.iter().any(|p| p.remote == ri))
+            .map(|ri| self.remote[ri].clone())
+            .collect();
+        self.failure = Some(Failure {
+            reason: if self.pairs.is_empty() {
+                FailureReason::NoCheckArrived
+            } else {
+                FailureReason::AllPairsFailed
+            },
+            pairs: tried.clone(),
+            unpaired_remote,
+            after: self.now.saturating_duration_since(since),
+        });
         self.events.push_back(Event::Failed(tried));
     }
 

@@ -149,6 +149,18 @@ pub fn config(role: Role, seed: u64) -> Config {
     }
 }
 
+/// Both agents' selected pairs are the two ends of one path: each side's
+/// local address is the other's remote address.
+pub fn assert_same_path(a: &SelectedPair, b: &SelectedPair) {
+    assert_eq!(a.local.addr, b.remote.addr, "A local vs B remote");
+    assert_eq!(a.remote.addr, b.local.addr, "A remote vs B local");
+}
+
+/// Node `i`'s selected pair now.
+pub fn final_selected(sim: &Sim, i: usize) -> SelectedPair {
+    sim.nodes[i].agent.selected_pair().expect("selected pair")
+}
+
 impl Sim {
     /// Two agents with the given configs and host addresses; `nats` puts
     /// NATs in front of them.
@@ -234,11 +246,24 @@ impl Sim {
     /// Give node `to` the signalled (non-peer-reflexive) candidates of node
     /// `from`, as the peer would receive them.
     pub fn give_candidates(&mut self, from: usize, to: usize, end: bool) {
+        self.give_candidates_where(from, to, end, |_| true);
+    }
+
+    /// Like [`Sim::give_candidates`], but only those `keep` accepts: the
+    /// others stand for candidates the driver could not use at all (e.g.
+    /// signalled as mDNS `.local` names it cannot resolve) and skipped.
+    pub fn give_candidates_where(
+        &mut self,
+        from: usize,
+        to: usize,
+        end: bool,
+        keep: impl Fn(&Candidate) -> bool,
+    ) {
         let cands: Vec<Candidate> = self.nodes[from]
             .agent
             .local_candidates()
             .iter()
-            .filter(|c| c.kind != CandidateKind::PeerReflexive)
+            .filter(|c| c.kind != CandidateKind::PeerReflexive && keep(c))
             .map(|c| {
                 let mut r = Candidate::remote(c.kind, c.addr, c.priority, &c.foundation);
                 r.related = c.related;
