@@ -575,6 +575,7 @@ impl Session {
             .collect();
         Error::NoPath {
             waited: started.elapsed(),
+            reason: None,
             pairs,
             problems: s.problems,
         }

@@ -51,7 +51,7 @@ pub use route::{Route, StreamId, Via, Wrap, MAX_WRAP_OVERHEAD};
 
 use crate::candidate::local_preference;
 use crate::description::{Description, DescriptionError, SignalledCandidate, TrickleCandidate};
-use crate::event::FailedPair;
+use crate::event::{FailedPair, FailureReason};
 use crate::fingerprint::Fingerprint;
 use crate::{Agent, Candidate, CandidateKind, Config, Event, PairInfo, Role, SelectedPair};
 
@@ -255,7 +255,7 @@ pub struct SessionCore {
     known_remote: usize,
     freshness: Freshness,
     problems: Vec<ServerProblem>,
-    failed: Option<(Vec<FailedPair>, Duration)>,
+    failed: Option<(Vec<FailedPair>, Duration, Option<FailureReason>)>,
     consent_lost: Option<PathInfo>,
     relay_lost: Option<ServerProblem>,
     closing: Option<Closing>,
@@ -745,9 +745,10 @@ impl SessionCore {
                 },
             );
         }
-        if let Some((pairs, waited)) = &self.failed {
+        if let Some((pairs, waited, reason)) = &self.failed {
             return Some(Ending::NoPath {
                 waited: *waited,
+                reason: *reason,
                 pairs: pairs.clone(),
                 problems: self.problems.clone(),
             });
@@ -1256,7 +1257,8 @@ impl SessionCore {
             }
             Event::Failed(pairs) => {
                 let after = now.saturating_duration_since(self.checking_since);
-                self.failed = Some((pairs.clone(), after));
+                let reason = self.agent.failure().map(|f| f.reason);
+                self.failed = Some((pairs.clone(), after, reason));
                 self.events.push_back(SessionEvent::Failed(pairs));
             }
             Event::RoleChanged(role) => self.events.push_back(SessionEvent::RoleChanged(role)),

@@ -113,6 +113,7 @@ mod tests {
             },
             Error::NoPath {
                 waited: Duration::from_secs(3),
+                reason: None,
                 pairs: Vec::new(),
                 problems: Vec::new(),
             },

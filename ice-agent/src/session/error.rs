@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::description::DescriptionError;
-use crate::event::FailedPair;
+use crate::event::{FailedPair, FailureReason};
 use crate::fingerprint::Fingerprint;
 use crate::session_core::{CoreConfigError, Ending, PathInfo, ServerProblem};
 use crate::tls::{IdentityError, TlsSetupError};
@@ -16,6 +16,16 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
         return " none".to_owned();
     }
     items.iter().map(|i| format!("\n  - {i}")).collect()
+}
+
+fn reason_note(reason: &Option<FailureReason>) -> &'static str {
+    match reason {
+        Some(FailureReason::NoCheckArrived) => {
+            " (the peer never reached us: no check from it arrived, RFC 8863)"
+        }
+        Some(FailureReason::AllPairsFailed) => " (every pair failed, RFC 8863)",
+        _ => "",
+    }
 }
 
 fn servers_note(problems: &[ServerProblem]) -> String {
@@ -111,10 +121,13 @@ pub enum Error {
     },
     /// ICE found no working pair in time: every pair tried is listed with
     /// the reason it failed.
-    #[error("no usable path to the peer after {:.1} s; pairs tried:{}{}", .waited.as_secs_f64(), list(.pairs), servers_note(.problems))]
+    #[error("no usable path to the peer after {:.1} s{}; pairs tried:{}{}", .waited.as_secs_f64(), reason_note(.reason), list(.pairs), servers_note(.problems))]
     NoPath {
         /// How long connecting took before giving up.
         waited: Duration,
+        /// Why ICE as a whole failed, when it did (rather than the connect
+        /// timeout running out first).
+        reason: Option<FailureReason>,
         /// Every pair checked and why it failed (or its last state).
         pairs: Vec<FailedPair>,
         /// Servers that gave no candidate.
@@ -162,10 +175,12 @@ impl From<Ending> for Error {
             Ending::NoCandidates(problems) => Error::NoCandidates { problems },
             Ending::NoPath {
                 waited,
+                reason,
                 pairs,
                 problems,
             } => Error::NoPath {
                 waited,
+                reason,
                 pairs,
                 problems,
             },

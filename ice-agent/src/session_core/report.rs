@@ -12,7 +12,7 @@ use natkit_proto::turn::client::{ClientError, Transport};
 
 use crate::candidate::{Candidate, CandidateKind};
 use crate::description::TrickleCandidate;
-use crate::event::FailedPair;
+use crate::event::{FailedPair, FailureReason};
 use crate::Role;
 
 /// Which kind of path a pair is, from the application's point of view.
@@ -299,6 +299,8 @@ pub enum Ending {
     NoPath {
         /// How long ICE had been checking.
         waited: Duration,
+        /// Why ICE as a whole failed (RFC 8863).
+        reason: Option<FailureReason>,
         /// Every pair and its failure.
         pairs: Vec<FailedPair>,
         /// Servers that gave no candidate.
