@@ -9,8 +9,7 @@
 
 use std::net::SocketAddr;
 
-use natkit_ice::session::Session;
-use natkit_ice::{Description, Role};
+use natkit_ice::{Description, Role, Session};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[tokio::main]

@@ -10,9 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
-use natkit_ice::session::{Error, Session};
-use natkit_ice::{Role, TurnServer};
-use natkit_proto::turn::client::Credentials;
+use natkit_ice::{Error, Role, Session, TurnCredentials, TurnServer};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let addr: SocketAddr = server.parse()?;
             Some(TurnServer::udp(
                 addr,
-                Credentials::new(user.as_str(), pass.as_str()),
+                TurnCredentials::new(user.as_str(), pass.as_str()),
             ))
         }
         _ => return Err("usage: loopback [--turn IP:PORT USER PASSWORD]".into()),

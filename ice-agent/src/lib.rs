@@ -1,10 +1,66 @@
 //! # natkit-ice
 //!
-//! natkit's ICE agent (RFC 8445 full agent, Trickle ICE per RFC 8838,
-//! consent freshness per RFC 7675), **sans-IO**: the [`Agent`] takes
-//! datagrams and time in and gives datagrams, timers and events out. It
-//! owns no socket and reads no clock, so it runs the same under tokio, a
-//! thread, or the simulated network of its tests.
+//! Connect two peers behind NATs and get a QUIC connection between them:
+//! ICE (RFC 8445, Trickle ICE per RFC 8838, consent freshness per RFC 7675,
+//! RFC 8863's patience) over host, server-reflexive (STUN) and relayed
+//! (TURN over UDP, TCP or TLS) candidates, then QUIC (quinn) on the winning
+//! pair, both certificates pinned by the fingerprints the peers signalled.
+//!
+//! ## The Session: what apps use
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use natkit_ice::{Description, Role, Session, TurnCredentials, TurnServer};
+//!
+//! let session = Session::builder()
+//!     .role(Role::Controlling) // the other side: Role::Controlled
+//!     .stun_server("192.0.2.1:3478".parse()?)
+//!     .turn_server(TurnServer::udp(
+//!         "192.0.2.1:3478".parse()?,
+//!         TurnCredentials::new("alice", "secret"),
+//!     ))
+//!     .build()
+//!     .await?;
+//! // Signalling is yours: send this one line to the peer...
+//! println!("{}", session.local_description().await);
+//! // ...and read theirs.
+//! let remote: Description = "nk1....".parse()?;
+//! let conn: quinn::Connection = session.connect(remote).await?;
+//! println!("connected over {}", session.path().unwrap());
+//! let (mut send, _recv) = conn.open_bi().await?;
+//! send.write_all(b"hello").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Everything an app needs is at the crate root: [`Session`] and its
+//! [`session::Builder`], [`Description`] (one copy-pasteable word or JSON)
+//! and [`TrickleCandidate`], [`TurnServer`] with [`TurnCredentials`],
+//! [`SessionEvent`]s (candidates to trickle, path changes, consent loss;
+//! never dropped), [`PathInfo`], and [`Error`], one variant per way a
+//! session fails, each with typed fields. [`Session::restart`] is an ICE
+//! restart; the QUIC connection survives it and any change of path (a
+//! direct pair taking over from the relay), because QUIC sees one fixed
+//! peer address while the route under it changes.
+//! `examples/loopback.rs` is the shortest complete program,
+//! `examples/chat.rs` a two-terminal chat.
+//!
+//! ## Layers
+//!
+//! | layer | what | I/O |
+//! |---|---|---|
+//! | [`Session`] ([`session`]) | the tokio driver: sockets, TCP/TLS connections to TURN servers, timers, the QUIC endpoint; decides nothing | tokio, quinn, rustls (feature `tokio`, on by default) |
+//! | [`SessionCore`] ([`session_core`]) | the whole session: the agent, STUN probes, TURN allocations (proto's sans-IO client), the route of the selected pair, consent across restarts | none: datagrams and time in, transmits, timers and events out |
+//! | [`Agent`] ([`agent`]) | the ICE agent: pairs, checks, nomination, consent | none |
+//!
+//! Without the `tokio` feature (`default-features = false`) the crate is
+//! the sans-IO layers only, with no tokio, quinn, rustls or rcgen: drive
+//! [`SessionCore`] from your own event loop (its module docs say how; the
+//! crate's tests drive two of them over simulated NATs, STUN and TURN
+//! servers in simulated time). [`turn::TurnConnection`] (feature `tokio`)
+//! is one TURN allocation over tokio, for tools that talk to a TURN server
+//! directly.
+//!
+//! ## The Agent alone
 //!
 //! Driving it (the quinn-proto / str0m style):
 //!
@@ -72,25 +128,26 @@
 //! assert_eq!(a.selected_pair().unwrap().remote.addr, pb);
 //! ```
 //!
-//! Layout:
+//! ## Modules
 //!
 //! | module | what it does |
 //! |---|---|
+//! | [`session`] | the tokio [`Session`]: builder, errors, events; private `driver` (runs the core inside quinn's endpoint task) and `socket` (quinn's socket: reads every base, sends by the published route) |
+//! | [`session_core`] | [`SessionCore`]; private submodules `gather` (STUN probes), `relays` (TURN allocations), `route`, `freshness` (consent across restarts), `report` (events, paths, problems) |
+//! | [`turn`] | TURN over tokio: [`turn::TurnConnection`] and the TCP/TLS stream both it and the session use |
 //! | [`candidate`] | candidate types, priorities, foundations (RFC 8445 §5.1), pair priority (§6.1.2.3) |
 //! | [`credentials`] | ufrag and password generation and checks (RFC 8445 §5.3, RFC 8839 §5.4) |
 //! | [`config`] | pacing, retransmission, nomination and consent settings |
 //! | [`agent`] | the state machine and its API; private submodules `checklist` (pairing, states, Ta pacing), `checks` (checks, answers, role conflicts, peer-reflexive candidates) and `selection` (nomination, consent, failure) |
 //! | [`event`] | events, transmits, selected and failed pairs |
+//! | [`description`] | what peers signal: [`Description`] (JSON or the `nk1.` word with a checksum) and [`TrickleCandidate`] |
 //! | `wire` | check requests and responses on `natkit_proto`'s writer and attribute walker |
+//! | `fingerprint`, `tls` | certificate fingerprints (sans-IO); the pinned QUIC TLS configuration (private) |
 //!
 //! STUN encoding, integrity, fingerprints and retransmission timers come
 //! from `natkit_proto`; nothing here re-implements them.
 //!
-//! Scope: this crate is the ICE core. Gathering (interfaces, STUN and TURN
-//! servers), TURN framing for relayed bases, the signalling text form and
-//! the QUIC upgrade belong to the driver built on top of it.
-//!
-//! natkit-specific choices, each configurable in [`Config`]: a 250 ms
+//! natkit-specific choices of the agent, each configurable in [`Config`]: a 250 ms
 //! check RTO (RFC 8445 §14.3 allows ICE its own), regular nomination after
 //! a short wait for better pairs, and renomination upwards when a better
 //! pair succeeds later (the controlled agent ignores nominations of pairs

@@ -24,7 +24,7 @@
 //!
 //! - Everything that decides (gathering, the TURN allocations, ICE, the
 //!   route of the selected pair, consent across restarts) is the sans-IO
-//!   [`SessionCore`](crate::session_core::SessionCore).
+//!   [`SessionCore`].
 //! - [`Session::builder`] opens one UDP socket per local address (the host
 //!   candidates' bases), makes a self-signed certificate, and starts a
 //!   quinn [`quinn::Endpoint`] over all of them through the session's
@@ -42,7 +42,7 @@
 
 mod driver;
 mod error;
-pub mod interfaces;
+mod interfaces;
 mod socket;
 
 use std::fmt;
@@ -55,7 +55,7 @@ use rustls::pki_types::ServerName;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::{ConfigError, Error, SetupError};
-pub use socket::{VIRTUAL_LOCAL, VIRTUAL_REMOTE};
+use socket::VIRTUAL_REMOTE;
 
 pub use crate::tls::{IdentityError, TlsSetupError};
 

@@ -47,13 +47,13 @@ thread_local! {
 /// The peer's address as quinn sees it. It never reaches the wire: sends to
 /// it follow the route. (A documentation address, so it could not collide
 /// with a real peer even if it leaked into a log.)
-pub const VIRTUAL_REMOTE: SocketAddr = SocketAddr::new(
+pub(super) const VIRTUAL_REMOTE: SocketAddr = SocketAddr::new(
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x1ce, 0, 0, 0, 0, 2)),
     1,
 );
 
 /// Our own address as quinn sees it.
-pub const VIRTUAL_LOCAL: SocketAddr = SocketAddr::new(
+pub(super) const VIRTUAL_LOCAL: SocketAddr = SocketAddr::new(
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x1ce, 0, 0, 0, 0, 1)),
     1,
 );
