@@ -9,7 +9,8 @@
 #    `unshare --net`. When any is missing and we are root on Debian/Ubuntu,
 #    this installs the packages with apt-get (and says so). Otherwise it prints
 #    what to install and stops.
-# 2. cargo fmt --check, cargo clippy -D warnings, then the tests of every crate
+# 2. cargo fmt --check, cargo clippy -D warnings (and natkit-ice without its
+#    tokio feature: the sans-IO layers alone), then the tests of every crate
 #    and target (cargo-nextest when installed, it runs test binaries in
 #    parallel; cargo test otherwise), then the doc tests (nextest skips those).
 #
@@ -88,6 +89,8 @@ step() {
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+# natkit-ice's sans-IO layers must build without tokio, quinn, rustls and rcgen.
+step sans-io cargo clippy -p natkit-ice --no-default-features -- -D warnings
 # Doc tests first: the test runner's summary stays the last word of the log.
 step doctest cargo test --workspace --doc
 if cargo nextest --version >/dev/null 2>&1; then
