@@ -10,6 +10,8 @@
 //!    against plain quinn over a plain UDP socket, same TLS configuration,
 //!    measured side by side in alternating rounds (MIB per transfer,
 //!    default 256).
+//! 3. Bulk throughput through natkit-turn (relay-only sessions over UDP),
+//!    MIB/4 per transfer.
 //!
 //! Environment: ROUNDS, MIB, NATKIT_TURN_BIN (else target/release/natkit-turn,
 //! built when missing). Loopback only; every process started is killed.
@@ -219,6 +221,43 @@ async fn throughput(rounds: usize, mib: usize) {
     println!("  ratio natkit / plain: {:.2}", o / p);
 }
 
+/// Bulk throughput through the relay (relay-only sessions over natkit-turn
+/// on UDP): QUIC in ChannelData both ways, wrapped and unwrapped in the
+/// task that reads the socket.
+async fn relay_throughput(relay: SocketAddr, rounds: usize, mib: usize) {
+    let bytes = mib << 20;
+    let build = |role| {
+        Session::builder()
+            .bind([LO])
+            .role(role)
+            .turn_server(TurnServer::udp(
+                relay,
+                TurnCredentials::new("bench", "bench-password"),
+            ))
+            .relay_only(true)
+            .build()
+    };
+    let (a, b) = (
+        build(Role::Controlling).await.unwrap(),
+        build(Role::Controlled).await.unwrap(),
+    );
+    let (da, db) = (a.local_description().await, b.local_description().await);
+    let (ca, cb) = tokio::join!(a.connect(db), b.connect(da));
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert_eq!(a.path().unwrap().kind, PathKind::Relay);
+    bulk(&ca, &cb, 16 << 20).await;
+    let mut v = Vec::new();
+    for _ in 0..rounds {
+        let t = bulk(&ca, &cb, bytes).await;
+        v.push(bytes as f64 / t.as_secs_f64() / 1e6);
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "bulk {mib} MiB x {rounds} rounds through natkit-turn (relay-only, UDP): median {:>8.1} MB/s  all {v:.0?}",
+        v[v.len() / 2]
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench. Without it this binary is being listed
     // or run as a test (`cargo test --all-targets`, nextest): it has no
@@ -237,7 +276,8 @@ fn main() {
         connect_times("host", rounds, None).await;
         let relay = start_relay();
         connect_times("relay-only", rounds, Some(relay.addr)).await;
-        drop(relay);
         throughput(5, mib).await;
+        relay_throughput(relay.addr, 3, mib / 4).await;
+        drop(relay);
     });
 }

@@ -47,6 +47,7 @@ mod socket;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -195,6 +196,8 @@ struct Inner {
     subscribers: Subscribers,
     bases: Vec<SocketAddr>,
     connect_timeout: Duration,
+    /// [`Session::close`] was called.
+    close_requested: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -359,6 +362,7 @@ impl Session {
                 subscribers,
                 bases: base_addrs,
                 connect_timeout: b.connect_timeout,
+                close_requested: AtomicBool::new(false),
             }),
         })
     }
@@ -599,13 +603,24 @@ impl Session {
         self.inner
             .endpoint
             .close(VarInt::from_u32(CLOSE_NORMAL), b"closed");
+        self.inner.close_requested.store(true, Ordering::Relaxed);
         let _ = self.send(Command::Close);
     }
 
-    /// Wait until QUIC has told the peer about closed connections (bounded
-    /// by 2 s); call before exiting the process.
+    /// After [`Session::close`]: wait until QUIC has told the peer about
+    /// closed connections and the TURN allocations are deleted (RFC 8656
+    /// §8), at most 2 s; call before exiting the process, whose end would
+    /// otherwise leave them to time out.
     pub async fn wait_idle(&self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+        let closing = self.inner.close_requested.load(Ordering::Relaxed);
+        let mut st = self.inner.status.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            self.inner.endpoint.wait_idle().await;
+            if closing {
+                let _ = st.wait_for(|s| s.closed).await;
+            }
+        })
+        .await;
     }
 }
 

@@ -295,10 +295,11 @@ async fn closing_a_session_frees_its_allocation() {
             s.server_problems()
         );
         s.close();
-        drop(s);
         // The Refresh (LIFETIME 0) goes out after the close grace (250 ms,
-        // for QUIC's CONNECTION_CLOSE to cross the relay first).
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // for QUIC's CONNECTION_CLOSE to cross the relay first); wait_idle
+        // returns once the relay confirmed the deletion.
+        s.wait_idle().await;
+        drop(s);
     }
 }
 
