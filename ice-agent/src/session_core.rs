@@ -598,7 +598,9 @@ impl SessionCore {
         for p in &mut self.probes {
             p.handle_timeout(now);
         }
-        for a in &mut self.allocs {
+        // An allocation whose connection is gone was reported already: its
+        // client's timers have nothing more to say.
+        for a in self.allocs.iter_mut().filter(|a| !matches!(a.link, Link::Down(_))) {
             if a.client.poll_timeout().is_some_and(|t| t <= now) {
                 a.client.handle_timeout(now);
             }
@@ -1080,6 +1082,11 @@ impl SessionCore {
 
     fn pump_allocs(&mut self, now: Instant) {
         for ai in 0..self.allocs.len() {
+            if matches!(self.allocs[ai].link, Link::Down(_)) {
+                let c = &mut self.allocs[ai].client;
+                while c.poll_transmit().is_some() || c.poll_event().is_some() {}
+                continue;
+            }
             self.send_alloc_transmits(ai);
             while let Some(e) = self.allocs[ai].client.poll_event() {
                 self.dirty = true;
