@@ -1,0 +1,702 @@
+//! The whole session (`SessionCore`) in simulated time: two peers behind
+//! the RFC 4787 NAT models, simulated STUN servers, proto's real TURN relay
+//! core over UDP and TCP, and a simulated QUIC carried on the session's
+//! route. Deterministic from the seeds; each test runs in well under a
+//! second. The harness is in `session_harness/`; on failure a trace of the
+//! run is printed.
+
+mod common;
+mod session_harness;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Filtering, Mapping, Nat};
+use natkit_ice::session_core::{ConnectionStage, CoreConfig, Ending, Via, Wrap, CLOSE_GRACE};
+use natkit_ice::{
+    CandidateKind, PathKind, Problem, Role, ServerKind, ServerProblem, SessionEvent,
+    SignalledCandidate, TurnServer,
+};
+use natkit_proto::raw::{method, Class};
+use natkit_proto::turn::client::{ClientError, Credentials, Transport};
+use natkit_proto::turn::server;
+use session_harness::{
+    core_config, ms, relay_config, secs, turn_tcp, turn_udp, AppRx, Sim, SimTurn, TurnLog, USER,
+};
+
+const STUN: &str = "203.0.113.5:3478";
+const TURN: &str = "203.0.113.10:3478";
+
+/// A port-restricted cone NAT (endpoint-independent mapping,
+/// address-dependent filtering): the common home router.
+fn cone(ip: &str) -> Option<Nat> {
+    Some(Nat::new(
+        ip,
+        Mapping::EndpointIndependent,
+        Filtering::AddressDependent,
+    ))
+}
+
+/// A symmetric NAT: a new mapping per destination, strict filtering.
+fn symmetric(ip: &str) -> Option<Nat> {
+    Some(Nat::new(
+        ip,
+        Mapping::AddressAndPortDependent,
+        Filtering::AddressAndPortDependent,
+    ))
+}
+
+/// A relay whose allocations live 30 s, so they are refreshed at 22.5 s.
+fn short_lived_relay() -> server::Config {
+    server::Config {
+        default_lifetime: secs(30),
+        ..relay_config()
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Both peers' paths are the two ends of one pair.
+fn assert_same_path(sim: &Sim) {
+    let a = sim.peers[0].core.path().expect("A has a path");
+    let b = sim.peers[1].core.path().expect("B has a path");
+    assert_eq!(a.local.addr, b.remote.addr, "A local vs B remote");
+    assert_eq!(a.remote.addr, b.local.addr, "A remote vs B local");
+}
+
+/// Every application datagram sent on a route arrived, exactly once.
+fn assert_all_arrived(sim: &Sim) {
+    for (i, p) in sim.peers.iter().enumerate() {
+        let other = &sim.peers[1 - i];
+        let mut got = other.rx_seqs();
+        got.sort_unstable();
+        let sent: Vec<u32> = p.sent.iter().map(|s| s.seq).collect();
+        assert_eq!(
+            got, sent,
+            "{}'s datagrams as {} got them",
+            p.name, other.name
+        );
+    }
+}
+
+#[test]
+fn gathering_behind_nats_with_stun_and_turn_then_connecting() {
+    let mut sim = Sim::new(1);
+    sim.add_stun(STUN);
+    // A nonce lives a second: requests after that get 438 first.
+    let t = sim.add_turn(
+        TURN,
+        server::Config {
+            nonce_ttl: secs(1),
+            ..relay_config()
+        },
+    );
+    let turn = sim.turns[t].addr;
+    // A behind a symmetric NAT: STUN and TURN see different mappings; B
+    // behind a cone NAT: the same mapping for both.
+    let (a, b) = add_natted_pair(
+        &mut sim,
+        (11, 12),
+        symmetric("203.0.113.1"),
+        cone("198.51.100.1"),
+    );
+    assert!(sim.run_until(secs(1), |s| s.both_gathered()));
+    let kinds = |i: usize, k: CandidateKind| -> Vec<SocketAddr> {
+        sim.peers[i]
+            .core
+            .local_candidates()
+            .iter()
+            .filter(|c| c.kind == k)
+            .map(|c| c.addr)
+            .collect()
+    };
+    // Host, server-reflexive from STUN and from TURN's mapped address,
+    // relayed.
+    assert_eq!(kinds(a, CandidateKind::Host), vec![addr("10.0.0.1:1000")]);
+    let seen = |ip: &str| -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = sim
+            .stun_seen
+            .iter()
+            .map(|(_, m)| *m)
+            .chain(sim.turns[t].log.iter().map(|l| l.client.addr))
+            .filter(|m| m.ip().to_string() == ip)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut srflx_a = kinds(a, CandidateKind::ServerReflexive);
+    srflx_a.sort();
+    assert_eq!(srflx_a.len(), 2, "{srflx_a:?}");
+    assert_eq!(srflx_a, seen("203.0.113.1"));
+    assert_eq!(
+        kinds(b, CandidateKind::ServerReflexive),
+        seen("198.51.100.1"),
+        "one mapping, one candidate"
+    );
+    for i in [a, b] {
+        let relayed = kinds(i, CandidateKind::Relayed);
+        assert_eq!(relayed.len(), 1, "{relayed:?}");
+        assert_eq!(relayed[0].ip(), turn.ip());
+        assert!(sim.peers[i].core.problems().is_empty());
+        let d = sim.peers[i].core.local_description();
+        assert!(d.end_of_candidates);
+        assert_eq!(
+            d.candidates.len(),
+            sim.peers[i].core.local_candidates().len()
+        );
+    }
+    // RFC 8489 §9.2: the first Allocate is refused with 401, the second
+    // carries credentials and succeeds.
+    for ip in ["203.0.113.1", "198.51.100.1"] {
+        assert_eq!(
+            sim.turns[t].count_of(ip, method::ALLOCATE, Class::Error, Some(401)),
+            1,
+            "{ip}"
+        );
+        assert_eq!(
+            sim.turns[t].count_of(ip, method::ALLOCATE, Class::Success, None),
+            1,
+            "{ip}"
+        );
+    }
+
+    // Signalling takes a while: the nonces are stale by then.
+    sim.run_until(ms(2500), |_| false);
+    sim.exchange();
+    assert!(sim.run_for(secs(5), |s| s.both_connected()));
+    assert_same_path(&sim);
+    // The permissions and channels were asked for with the stale nonce:
+    // 438, then again with the fresh one (RFC 8489 §9.2.5).
+    for ip in ["203.0.113.1", "198.51.100.1"] {
+        let stale = sim.turns[t].count(|l| {
+            l.code == Some(438) && l.client.addr.ip().to_string() == ip && l.at > ms(2500)
+        });
+        assert!(stale >= 1, "{ip}: no 438");
+        assert!(
+            sim.turns[t].count_of(ip, method::CREATE_PERMISSION, Class::Success, None) >= 1,
+            "{ip}"
+        );
+        assert_eq!(
+            sim.turns[t].count_of(ip, method::ALLOCATE, Class::Error, Some(401)),
+            1
+        );
+    }
+
+    // The application's datagrams flow both ways on the route.
+    sim.app_traffic(Some(ms(20)));
+    sim.run_for(secs(2), |_| false);
+    sim.app_traffic(None);
+    sim.run_for(ms(200), |_| false);
+    for p in &sim.peers {
+        assert!(p.sent.len() >= 90, "{}: {}", p.name, p.sent.len());
+        assert_eq!(p.unrouted, 0);
+    }
+    assert_all_arrived(&sim);
+    assert_eq!(sim.peers[a].core.ending(), None);
+    assert_eq!(sim.peers[b].core.ending(), None);
+}
+
+/// Peers A and B on public addresses (no NAT).
+fn add_public_pair(sim: &mut Sim, a: CoreConfig, b: CoreConfig) {
+    sim.add_peer("A", a, &["192.0.2.1:1000"], None);
+    sim.add_peer("B", b, &["198.51.100.2:2000"], None);
+}
+
+/// Peers A (10.0.0.1) and B (10.1.0.1) behind NATs, their sessions seeded
+/// with `seeds`, with every server of the world.
+fn add_natted_pair(
+    sim: &mut Sim,
+    seeds: (u64, u64),
+    a: Option<Nat>,
+    b: Option<Nat>,
+) -> (usize, usize) {
+    let (ca, cb) = (
+        sim.config(Role::Controlling, seeds.0),
+        sim.config(Role::Controlled, seeds.1),
+    );
+    (
+        sim.add_peer("A", ca, &["10.0.0.1:1000"], a),
+        sim.add_peer("B", cb, &["10.1.0.1:2000"], b),
+    )
+}
+
+/// Connect after gathering, everything signalled.
+fn connect(sim: &mut Sim) {
+    assert!(sim.run_for(secs(6), |s| s.both_gathered()));
+    sim.exchange();
+    assert!(sim.run_for(secs(5), |s| s.both_connected()));
+    assert_same_path(sim);
+}
+
+/// Run `d` with the application sending every 20 ms, then let the last
+/// datagrams land.
+fn app_for(sim: &mut Sim, d: Duration) {
+    sim.app_traffic(Some(ms(20)));
+    sim.run_for(d, |_| false);
+    sim.app_traffic(None);
+    sim.run_for(ms(300), |_| false);
+}
+
+fn turn_problem(server: SocketAddr, transport: Transport, e: ClientError) -> ServerProblem {
+    ServerProblem {
+        server,
+        kind: ServerKind::Turn(transport),
+        problem: Problem::Turn(e),
+    }
+}
+
+/// An Allocate the relay refuses (486, 508): a typed problem naming the
+/// server, gathering still ends, direct candidates still connect; and a
+/// relay-only session ends with NoCandidates naming the server.
+fn refused_allocation(code: u16, limit: impl Fn(&mut SimTurn), expected: ClientError) {
+    for relay_only in [false, true] {
+        let mut sim = Sim::new(2);
+        let t = sim.add_turn(TURN, relay_config());
+        limit(&mut sim.turns[t]);
+        let turn = sim.turns[t].addr;
+        let mut ca = core_config(Role::Controlling, 21);
+        ca.turn = vec![turn_udp(turn)];
+        ca.relay_only = relay_only;
+        add_public_pair(&mut sim, ca, core_config(Role::Controlled, 22));
+        assert!(sim.run_for(secs(1), |s| s.both_gathered()));
+        // The real relay core answered: 401, then the refusal.
+        assert_eq!(
+            sim.turns[t].count_of("192.0.2.1", method::ALLOCATE, Class::Error, Some(code)),
+            1
+        );
+        let want = turn_problem(turn, Transport::Udp, expected.clone());
+        let a = &sim.peers[0];
+        assert_eq!(a.core.problems(), &[want.clone()][..]);
+        assert_eq!(
+            a.count(|e| *e == SessionEvent::ServerProblem(want.clone())),
+            1
+        );
+        assert!(a.core.local_description().end_of_candidates);
+        assert!(a
+            .core
+            .local_candidates()
+            .iter()
+            .all(|c| c.kind != CandidateKind::Relayed));
+        if relay_only {
+            assert!(a.core.local_candidates().is_empty());
+            assert_eq!(a.core.ending(), Some(Ending::NoCandidates(vec![want])));
+            continue;
+        }
+        assert_eq!(a.core.ending(), None);
+        sim.exchange();
+        assert!(sim.run_for(secs(5), |s| s.both_connected()));
+        assert_same_path(&sim);
+        assert_eq!(sim.peers[0].core.path().unwrap().kind, PathKind::Host);
+        app_for(&mut sim, secs(1));
+        assert_all_arrived(&sim);
+        assert_eq!(sim.peers[0].core.ending(), None);
+    }
+}
+
+#[test]
+fn allocation_quota_reached_486() {
+    refused_allocation(486, |s| s.env.quota = 0, ClientError::QuotaReached);
+}
+
+#[test]
+fn relay_out_of_ports_508() {
+    refused_allocation(
+        508,
+        |s| s.env.ports_left = 0,
+        ClientError::InsufficientCapacity,
+    );
+}
+
+#[test]
+fn wrong_turn_credentials_end_a_relay_only_session() {
+    let mut sim = Sim::new(3);
+    let t = sim.add_turn(TURN, relay_config());
+    let turn = sim.turns[t].addr;
+    let mut ca = core_config(Role::Controlling, 31);
+    ca.turn = vec![TurnServer::udp(
+        turn,
+        Credentials::new(USER, "not-the-password"),
+    )];
+    ca.relay_only = true;
+    sim.add_peer("A", ca, &["192.0.2.1:1000"], None);
+    assert!(sim.run_for(secs(1), |s| s.peers[0].core.gathering_done()));
+    // 401 without credentials, 401 again with the wrong ones.
+    assert_eq!(
+        sim.turns[t].count_of("192.0.2.1", method::ALLOCATE, Class::Error, Some(401)),
+        2
+    );
+    let a = &sim.peers[0];
+    assert_eq!(
+        a.core.problems(),
+        &[turn_problem(
+            turn,
+            Transport::Udp,
+            ClientError::WrongCredentials
+        )][..]
+    );
+    assert_eq!(
+        a.core.ending(),
+        Some(Ending::TurnCredentials { server: turn })
+    );
+    assert!(a.core.local_description().candidates.is_empty());
+}
+
+/// Both peers relay-only on one UDP TURN server, connected, the
+/// application's datagrams flowing.
+fn relayed_pair(seed: u64, relay: server::Config, prepare: impl Fn(&mut Sim, usize)) -> Sim {
+    let mut sim = Sim::new(seed);
+    let t = sim.add_turn(TURN, relay);
+    prepare(&mut sim, t);
+    let cfg = |role, seed| CoreConfig {
+        relay_only: true,
+        ..sim.config(role, seed)
+    };
+    let (a, b) = (
+        cfg(Role::Controlling, seed * 10 + 1),
+        cfg(Role::Controlled, seed * 10 + 2),
+    );
+    add_public_pair(&mut sim, a, b);
+    connect(&mut sim);
+    for p in &sim.peers {
+        assert_eq!(p.core.path().unwrap().kind, PathKind::Relay);
+    }
+    sim
+}
+
+fn relay_lost(sim: &Sim, i: usize) -> Option<(Duration, ServerProblem)> {
+    sim.peers[i].events.iter().find_map(|(t, e)| match e {
+        SessionEvent::RelayLost(p) => Some((*t, p.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn lost_allocation_under_the_path_is_relay_lost() {
+    let mut sim = relayed_pair(4, relay_config(), |_, _| {});
+    let turn = sim.turns[0].addr;
+    app_for(&mut sim, secs(1));
+    assert_all_arrived(&sim);
+    // The relay forgets A's allocation (a relay restart): the path goes
+    // silent, the core asks the relay at once (a Refresh), gets 437.
+    assert_eq!(sim.forget_allocations(0, 0), 1);
+    let forgot = sim.t();
+    assert!(sim.run_for(secs(10), |s| relay_lost(s, 0).is_some()));
+    let (at, p) = relay_lost(&sim, 0).unwrap();
+    assert_eq!(
+        p,
+        turn_problem(turn, Transport::Udp, ClientError::AllocationMismatch)
+    );
+    // Degraded after 2.5 consent intervals, then one round trip to the
+    // relay: long before the scheduled refresh (7.5 minutes away).
+    let degraded = sim.peers[0]
+        .event_at(|e| matches!(e, SessionEvent::PathDegraded { .. }))
+        .unwrap();
+    assert!(degraded > forgot && degraded <= at, "{degraded:?} {at:?}");
+    assert!(at - forgot < secs(4), "{:?}", at - forgot);
+    assert_eq!(sim.peers[0].core.ending(), Some(Ending::RelayLost(p)));
+    assert_eq!(
+        sim.turns[0].count(|l| l.method == method::REFRESH && l.code == Some(437)),
+        1
+    );
+}
+
+#[test]
+fn refresh_unanswered_is_relay_lost() {
+    // A's refreshes (at 22.5 s) vanish.
+    let relay = short_lived_relay();
+    let mut sim = relayed_pair(5, relay, |sim, t| {
+        sim.turns[t].ignore_refresh_from = vec!["192.0.2.1".parse().unwrap()]
+    });
+    let turn = sim.turns[0].addr;
+    sim.app_traffic(Some(ms(100)));
+    assert!(sim.run_until(secs(40), |s| relay_lost(s, 0).is_some()));
+    let (at, p) = relay_lost(&sim, 0).unwrap();
+    assert!(
+        matches!(&p.problem, Problem::Turn(ClientError::Timeout { .. })),
+        "{p}"
+    );
+    assert_eq!((p.server, p.kind), (turn, ServerKind::Turn(Transport::Udp)));
+    // Sent at 75 % of the lifetime, given up after the retransmissions.
+    let first = sim.turns[0]
+        .log
+        .iter()
+        .find(|l| l.method == method::REFRESH && l.client.addr.ip().to_string() == "192.0.2.1")
+        .unwrap()
+        .at;
+    assert!(first >= ms(22_500) && first < secs(24), "{first:?}");
+    assert!(at > first + secs(5) && at < first + secs(7), "{at:?}");
+    assert_eq!(sim.peers[0].core.ending(), Some(Ending::RelayLost(p)));
+    // B's refresh was answered: B's relay is fine.
+    assert!(sim.turns[0].count_of("198.51.100.2", method::REFRESH, Class::Success, None) >= 1);
+    assert_eq!(relay_lost(&sim, 1), None);
+}
+
+#[test]
+fn relay_gone_is_relay_lost_on_both_sides_before_consent_runs_out() {
+    let mut sim = relayed_pair(6, relay_config(), |_, _| {});
+    app_for(&mut sim, secs(1));
+    let gone = sim.t();
+    sim.turn_down(0);
+    assert!(sim.run_for(secs(14), |s| relay_lost(s, 0).is_some()
+        && relay_lost(s, 1).is_some()));
+    for i in 0..2 {
+        let (at, p) = relay_lost(&sim, i).unwrap();
+        assert!(
+            matches!(&p.problem, Problem::Turn(ClientError::Timeout { .. })),
+            "{p}"
+        );
+        // Degraded at 2.5 s of silence, then the Refresh's retransmissions.
+        assert!(at - gone < secs(10), "{:?}", at - gone);
+        assert_eq!(sim.peers[i].core.ending(), Some(Ending::RelayLost(p)));
+        assert_eq!(
+            sim.peers[i].count(|e| matches!(e, SessionEvent::ConsentLost(_))),
+            0
+        );
+    }
+}
+
+fn not_relayed(c: Option<&SignalledCandidate>) -> bool {
+    !matches!(c, Some(c) if c.kind == CandidateKind::Relayed)
+}
+
+/// The longest time between two arrivals of `rx` in `from..to`.
+fn longest_gap(rx: &[AppRx], from: Duration, to: Duration) -> Duration {
+    let mut at: Vec<Duration> = rx
+        .iter()
+        .map(|r| r.at)
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
+    at.sort_unstable();
+    at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
+#[test]
+fn direct_path_takes_over_from_the_relay_without_a_gap() {
+    let mut sim = Sim::new(8);
+    sim.add_stun(STUN);
+    sim.add_turn(TURN, relay_config());
+    add_natted_pair(
+        &mut sim,
+        (81, 82),
+        cone("203.0.113.1"),
+        cone("198.51.100.1"),
+    );
+    assert!(sim.run_for(secs(2), |s| s.both_gathered()));
+    // Only the relayed candidates are signalled at first.
+    sim.exchange_where(|c| c.kind == CandidateKind::Relayed);
+    assert!(sim.run_for(secs(5), |s| s.both_connected()));
+    assert_same_path(&sim);
+    for p in &sim.peers {
+        assert_eq!(p.core.path().unwrap().kind, PathKind::Relay);
+        assert!(!p.core.route().unwrap().is_direct());
+    }
+    sim.app_traffic(Some(ms(20)));
+    sim.run_for(secs(1), |_| false);
+    let versions: Vec<u64> = sim.peers.iter().map(|p| p.core.route_version()).collect();
+    // Then the direct candidates trickle in (RFC 8838), end-of-candidates
+    // with them.
+    let trickled = sim.t();
+    assert!(sim.trickle_where(0, 1, not_relayed) >= 3);
+    assert!(sim.trickle_where(1, 0, not_relayed) >= 3);
+    let direct = |s: &Sim| {
+        s.peers
+            .iter()
+            .all(|p| p.core.path().is_some_and(|x| x.kind != PathKind::Relay))
+    };
+    assert!(sim.run_for(secs(3), direct));
+    let changed = sim.t();
+    sim.run_for(secs(1), |_| false);
+    let stopped = sim.t();
+    sim.app_traffic(None);
+    sim.run_for(ms(300), |_| false);
+    assert_same_path(&sim);
+    for (i, p) in sim.peers.iter().enumerate() {
+        let path = p.core.path().unwrap();
+        assert_eq!(path.kind, PathKind::Srflx, "{}: {path}", p.name);
+        let route = p.core.route().unwrap();
+        assert!(route.is_direct(), "{}: {route}", p.name);
+        assert_eq!(route.to, path.remote.addr);
+        assert!(p.core.route_version() > versions[i]);
+        assert_eq!(
+            p.count(|e| matches!(e, SessionEvent::PathChanged(_))),
+            1,
+            "{}",
+            p.name
+        );
+        // Through our relay before, straight from the peer's mapping after.
+        let peer_srflx = path.remote.addr;
+        for r in &p.rx {
+            if r.at < trickled {
+                assert!(r.via_our_relay, "{}: {r:?}", p.name);
+            } else if r.at > changed + ms(100) {
+                assert!(
+                    !r.via_our_relay && r.from == peer_srflx,
+                    "{}: {r:?}",
+                    p.name
+                );
+            }
+        }
+        assert!(p.rx.iter().filter(|r| r.at > changed).count() >= 40);
+        // The datagrams never stopped: every 20 ms one, the switch included.
+        let gap = longest_gap(&p.rx, ms(0), stopped);
+        assert!(gap <= ms(40), "{}: {gap:?}", p.name);
+    }
+    // None lost (the links lose nothing here).
+    assert_all_arrived(&sim);
+    assert_eq!(sim.peers[0].core.ending(), None);
+}
+
+#[test]
+fn tcp_allocation_carries_the_application_and_its_drop_is_relay_lost() {
+    let mut sim = Sim::new(11);
+    let t = sim.add_turn(TURN, relay_config());
+    let turn = sim.turns[t].addr;
+    // Nothing listens there: the connection is refused.
+    let dead = addr("203.0.113.20:3478");
+    let mut ca = core_config(Role::Controlling, 111);
+    ca.turn = vec![turn_tcp(dead), turn_tcp(turn)];
+    ca.relay_only = true;
+    add_public_pair(&mut sim, ca, core_config(Role::Controlled, 112));
+    connect(&mut sim);
+    let a = &sim.peers[0];
+    assert_eq!(a.connects.len(), 2);
+    let problems = a.core.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(
+        (problems[0].server, problems[0].kind),
+        (dead, ServerKind::Turn(Transport::Tcp))
+    );
+    assert!(
+        matches!(&problems[0].problem, Problem::Connection(e)
+            if e.stage == ConnectionStage::Connect && e.kind == io::ErrorKind::ConnectionRefused),
+        "{}",
+        problems[0]
+    );
+    assert_eq!(a.core.path().unwrap().kind, PathKind::Relay);
+    let streams = sim.streams_of(0);
+    assert_eq!(streams.len(), 1);
+    let stream = streams[0];
+    app_for(&mut sim, secs(2));
+    assert_all_arrived(&sim);
+    let a = &sim.peers[0];
+    // Once the channel is bound: padded ChannelData on the connection
+    // (RFC 8656 §12.5; the harness deframes what the core sends).
+    let last = a.sent.last().unwrap().route;
+    assert_eq!(last.via, Via::Stream(stream));
+    assert!(
+        matches!(last.wrap, Wrap::ChannelData { padded: true, .. }),
+        "{last}"
+    );
+    assert!(a.rx.len() >= 90);
+    assert!(a
+        .rx
+        .iter()
+        .all(|r| r.via_our_relay && r.on == Via::Stream(stream)));
+    // The relay resets the connection: the allocation under the path is gone.
+    sim.reset_stream(0, stream);
+    assert!(sim.run_for(secs(1), |s| relay_lost(s, 0).is_some()));
+    let (_, p) = relay_lost(&sim, 0).unwrap();
+    assert_eq!((p.server, p.kind), (turn, ServerKind::Turn(Transport::Tcp)));
+    assert!(
+        matches!(&p.problem, Problem::Connection(e) if e.stage == ConnectionStage::Established),
+        "{p}"
+    );
+    assert_eq!(sim.peers[0].core.ending(), Some(Ending::RelayLost(p)));
+    assert_eq!(sim.turns[t].server.allocation_count(), 0);
+}
+
+#[test]
+fn close_deletes_the_allocations_then_drops_the_connections() {
+    let mut sim = Sim::new(12);
+    let t = sim.add_turn(TURN, relay_config());
+    let turn = sim.turns[t].addr;
+    let mut ca = core_config(Role::Controlling, 121);
+    ca.turn = vec![turn_udp(turn), turn_tcp(turn)];
+    add_public_pair(&mut sim, ca, core_config(Role::Controlled, 122));
+    connect(&mut sim);
+    assert_eq!(sim.turns[t].server.allocation_count(), 2);
+    let streams = sim.streams_of(0);
+    assert_eq!(streams.len(), 1);
+    app_for(&mut sim, secs(1));
+    let closing = sim.t();
+    sim.close(0);
+    assert_eq!(sim.peers[0].core.ending(), Some(Ending::Closed));
+    assert!(sim.run_for(secs(3), |s| s.peers[0].core.is_closed()));
+    // RFC 8656 §8: a Refresh with LIFETIME 0 for each allocation, after the
+    // grace period for the application's goodbye; both confirmed.
+    let deletes: Vec<TurnLog> = sim.turns[t]
+        .log
+        .iter()
+        .filter(|l| l.method == method::REFRESH && l.lifetime == Some(0))
+        .cloned()
+        .collect();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    assert!(deletes.iter().all(|l| l.at >= closing + CLOSE_GRACE));
+    assert!(deletes.iter().any(|l| l.client.via.is_stream()));
+    assert_eq!(
+        sim.turns[t].count_of("192.0.2.1", method::REFRESH, Class::Success, None),
+        2
+    );
+    assert_eq!(sim.turns[t].server.allocation_count(), 0);
+    let a = &sim.peers[0];
+    assert_eq!(a.count(|e| *e == SessionEvent::Closed), 1);
+    assert_eq!(a.events.last().unwrap().1, SessionEvent::Closed);
+    let closed = a.event_at(|e| *e == SessionEvent::Closed).unwrap();
+    // Confirmed within a round trip of the deletions.
+    assert!(closed <= closing + CLOSE_GRACE + ms(40), "{closed:?}");
+    assert_eq!(a.disconnects, streams);
+    assert_eq!(a.core.ending(), Some(Ending::Closed));
+    assert_eq!(a.core.poll_timeout(), None);
+}
+
+/// Both peers behind symmetric NATs, STUN and TURN, descriptions given at
+/// once and everything else trickled; connected, then two seconds of the
+/// application.
+fn symmetric_nats(seed: u64, loss: f64) -> Sim {
+    let mut sim = Sim::new(seed);
+    sim.loss = loss;
+    sim.delay = ms(15);
+    sim.add_stun(STUN);
+    sim.add_turn(TURN, relay_config());
+    add_natted_pair(
+        &mut sim,
+        (131, 132),
+        symmetric("203.0.113.1"),
+        symmetric("198.51.100.1"),
+    );
+    sim.auto_trickle = true;
+    sim.exchange();
+    assert!(sim.run_for(secs(10), |s| s.both_connected()));
+    app_for(&mut sim, secs(2));
+    sim
+}
+
+#[test]
+fn symmetric_nats_on_both_sides_connect_through_the_relay() {
+    let sim = symmetric_nats(13, 0.0);
+    assert_same_path(&sim);
+    for p in &sim.peers {
+        assert_eq!(p.core.path().unwrap().kind, PathKind::Relay, "{}", p.name);
+        assert!(p.sent.len() >= 90);
+    }
+    assert_all_arrived(&sim);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let first = symmetric_nats(14, 0.05);
+    let again = symmetric_nats(14, 0.05);
+    assert!(first.lost > 0, "the loss model must have dropped something");
+    assert_eq!(first.trace(), again.trace());
+    for (p, q) in first.peers.iter().zip(&again.peers) {
+        assert_eq!(p.events, q.events);
+        assert_eq!(p.rx, q.rx);
+    }
+    // And the trace is sensitive to the seed.
+    let other = symmetric_nats(15, 0.05);
+    assert_ne!(first.trace(), other.trace());
+}
