@@ -694,7 +694,8 @@ impl SessionCore {
         self.agent.role()
     }
 
-    /// Servers that gave no candidate so far (one entry per server).
+    /// Servers that gave no candidate so far, or lost the allocation of a
+    /// relayed candidate the path does not use (one entry per server).
     pub fn problems(&self) -> &[ServerProblem] {
         &self.problems
     }
@@ -957,10 +958,16 @@ impl SessionCore {
 
     /// Allocation `ai` is gone. If the selected path runs through it, say
     /// so: the peer will stop hearing us there (an ICE restart allocates
-    /// again).
+    /// again). Otherwise only its relayed candidate is gone, and with it
+    /// the fallback should the path die: a server problem, so the
+    /// application learns it (and an ending lists it), but nothing ends.
     fn relay_lost(&mut self, ai: usize, p: ServerProblem) {
-        let Some(sp) = &self.selected else { return };
-        if !self.allocs[ai].relays(sp.local.base) {
+        let under_path = self
+            .selected
+            .as_ref()
+            .is_some_and(|sp| self.allocs[ai].relays(sp.local.base));
+        if !under_path {
+            self.problem(p);
             return;
         }
         self.events.push_back(SessionEvent::RelayLost(p.clone()));

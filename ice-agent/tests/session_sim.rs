@@ -459,6 +459,33 @@ fn relay_gone_is_relay_lost_on_both_sides_before_consent_runs_out() {
     }
 }
 
+#[test]
+fn lost_allocation_off_the_path_is_only_a_server_problem() {
+    let mut sim = Sim::new(7);
+    let t = sim.add_turn(TURN, short_lived_relay());
+    let turn = sim.turns[t].addr;
+    let mut ca = core_config(Role::Controlling, 71);
+    ca.turn = vec![turn_udp(turn)];
+    add_public_pair(&mut sim, ca, core_config(Role::Controlled, 72));
+    connect(&mut sim);
+    let path = sim.peers[0].core.path().cloned().unwrap();
+    assert_eq!(path.kind, PathKind::Host);
+    assert_eq!(sim.forget_allocations(t, 0), 1);
+    // The next refresh (22.5 s) finds it gone.
+    app_for(&mut sim, secs(30));
+    let want = turn_problem(turn, Transport::Udp, ClientError::AllocationMismatch);
+    let a = &sim.peers[0];
+    assert_eq!(
+        a.count(|e| *e == SessionEvent::ServerProblem(want.clone())),
+        1
+    );
+    assert!(a.core.problems().contains(&want));
+    assert_eq!(a.count(|e| matches!(e, SessionEvent::RelayLost(_))), 0);
+    assert_eq!(a.core.ending(), None);
+    assert_eq!(a.core.path(), Some(&path));
+    assert_all_arrived(&sim);
+}
+
 fn not_relayed(c: Option<&SignalledCandidate>) -> bool {
     !matches!(c, Some(c) if c.kind == CandidateKind::Relayed)
 }

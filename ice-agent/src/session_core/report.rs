@@ -251,7 +251,9 @@ pub enum SessionEvent {
     Candidate(TrickleCandidate),
     /// Gathering finished (or its time ran out).
     GatheringDone,
-    /// A STUN or TURN server gave no candidate.
+    /// A STUN or TURN server gave no candidate, or lost the allocation of
+    /// a relayed candidate that the selected path does not use (one that
+    /// it does use is [`SessionEvent::RelayLost`]).
     ServerProblem(ServerProblem),
     /// ICE selected its first pair.
     Connected(PathInfo),
