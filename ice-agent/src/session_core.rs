@@ -1264,6 +1264,15 @@ impl SessionCore {
             }
             Event::ConsentLost(sp) => {
                 self.freshness.lost_reported();
+                // Once per loss. The agent forgets its consent time as it
+                // loses consent, so in the same step the core's own check
+                // (meant for a restarted agent) can see the silence first
+                // and report it; the agent's report then says nothing new.
+                // A later loss comes after a new selection or a restart,
+                // which both clear `consent_lost`.
+                if self.consent_lost.is_some() {
+                    return;
+                }
                 let info = PathInfo::new(sp.local, sp.remote, sp.rtt);
                 tracing::info!(path = %info, "consent lost");
                 self.consent_lost = Some(info.clone());

@@ -577,6 +577,57 @@ fn direct_path_takes_over_from_the_relay_without_a_gap() {
     assert_eq!(sim.peers[0].core.ending(), None);
 }
 
+/// Peer B vanishes 3 s after connecting; A restarts `restart_after` later
+/// if given. Returns when B vanished and when A's consent was lost.
+fn consent_lost_after_vanishing(restart_after: Option<Duration>) -> (Duration, Duration) {
+    let mut sim = Sim::new(10);
+    add_public_pair(
+        &mut sim,
+        core_config(Role::Controlling, 101),
+        core_config(Role::Controlled, 102),
+    );
+    connect(&mut sim);
+    app_for(&mut sim, secs(3));
+    let gone = sim.t();
+    sim.peers[1].down = true;
+    if let Some(d) = restart_after {
+        sim.run_for(d, |_| false);
+        sim.restart(0);
+    }
+    let lost = |s: &Sim| s.peers[0].event_at(|e| matches!(e, SessionEvent::ConsentLost(_)));
+    assert!(sim.run_for(secs(20), |s| lost(s).is_some()));
+    let at = lost(&sim).unwrap();
+    // RFC 7675: 15 s after the last answered check, which was at most 1.2
+    // consent intervals (and a round trip) before the peer vanished.
+    assert!(
+        at > gone + secs(15) - ms(1300) && at <= gone + secs(15),
+        "vanished at {gone:?}, consent lost at {at:?}"
+    );
+    let degraded = sim.peers[0]
+        .event_at(|e| matches!(e, SessionEvent::PathDegraded { .. }))
+        .unwrap();
+    assert!(degraded > gone && degraded < at);
+    assert!(matches!(
+        sim.peers[0].core.ending(),
+        Some(Ending::ConsentLost(_))
+    ));
+    sim.run_for(secs(10), |_| false);
+    assert_eq!(
+        sim.peers[0].count(|e| matches!(e, SessionEvent::ConsentLost(_))),
+        1
+    );
+    (gone, at)
+}
+
+#[test]
+fn consent_is_lost_when_the_peer_vanishes_even_across_an_unanswered_restart() {
+    let plain = consent_lost_after_vanishing(None);
+    // The core keeps consent across restarts: a restart while the peer is
+    // gone neither postpones nor hastens the end.
+    let restarted = consent_lost_after_vanishing(Some(secs(3)));
+    assert_eq!(plain, restarted);
+}
+
 #[test]
 fn tcp_allocation_carries_the_application_and_its_drop_is_relay_lost() {
     let mut sim = Sim::new(11);
