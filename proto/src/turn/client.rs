@@ -177,6 +177,9 @@ struct Pending {
     stale: u8,
     /// Whether the request carried credentials.
     authenticated: bool,
+    /// Whether it is the retry of a request answered 401 after
+    /// credentials (see `on_response`).
+    reauthenticated: bool,
 }
 
 /// A permission, keyed by peer IP (RFC 8656 §9).
@@ -660,6 +663,10 @@ impl Client {
 
     /// Send a new request for `op` with a fresh transaction ID.
     fn start(&mut self, op: Op, stale: u8, now: Instant) {
+        self.send_request(op, stale, false, now);
+    }
+
+    fn send_request(&mut self, op: Op, stale: u8, reauthenticated: bool, now: Instant) {
         let transaction_id = new_transaction_id();
         let bytes = match wire::build_request(&op, &transaction_id, &self.cfg, self.auth.as_ref()) {
             Ok(b) => b,
@@ -676,6 +683,7 @@ impl Client {
             timer: Transaction::new(now, self.cfg.timer()),
             stale,
             authenticated: self.auth.is_some(),
+            reauthenticated,
         });
     }
 
@@ -718,6 +726,21 @@ impl Client {
                 Ok(()) => self.start(p.op, p.stale, now),
                 Err(e) => self.fail(p.op, e),
             },
+            // RFC 8489 §9.2.5: a client SHOULD retry a 401 with the NONCE
+            // it carries. The Allocate proved the credentials, so a 401 to
+            // a later request says the server no longer takes our nonce,
+            // typically because our address changed (natkit's relay binds
+            // nonces to the client's address): the retry then gets the
+            // answer that fits, e.g. 437 for an allocation left behind on
+            // the old 5-tuple, instead of a misleading "wrong
+            // credentials". Only once: a second 401 means the credentials
+            // themselves are refused now (REST credentials expired).
+            Some(401) if !matches!(p.op, Op::Allocate) && !p.reauthenticated => {
+                match self.update_nonce(&resp) {
+                    Ok(()) => self.send_request(p.op, p.stale, true, now),
+                    Err(e) => self.fail(p.op, e),
+                }
+            }
             Some(401) => self.fail(p.op, ClientError::WrongCredentials),
             Some(438) => {
                 let attempts = p.stale.saturating_add(1);

@@ -918,3 +918,47 @@ fn password_algorithms_list_is_parsed_with_parameters() {
         vec![PasswordAlgorithm::Md5, PasswordAlgorithm::Sha256]
     );
 }
+
+#[test]
+fn a_401_after_the_allocation_is_retried_once_with_its_nonce() {
+    // The client's address changed: the relay refuses the nonce it issued
+    // to the old address (401 with a new nonce). The retry carries the new
+    // one and gets the real answer: the allocation is not on this 5-tuple.
+    let mut fake = Fake::md5();
+    let (mut c, key, t0) = allocated(&fake, config(Transport::Udp));
+    c.refresh_now(t0);
+    let r = next_req(&mut c);
+    fake.nonce = "nonce-2".into();
+    c.handle_input(&fake.unauthorized(&r), t0);
+    assert!(events(&mut c).is_empty());
+    let r2 = next_req(&mut c);
+    assert_eq!(r2.method(), method::REFRESH);
+    assert_ne!(r2.tid(), r.tid());
+    fake.check_auth(&r2);
+    c.handle_input(&fake.error(&r2, 437, Some(&key)), t0);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Failed(ClientError::AllocationMismatch)]
+    );
+
+    // A second 401 in a row: the credentials are refused now.
+    let mut fake = Fake::md5();
+    let (mut c, _, t0) = allocated(&fake, config(Transport::Udp));
+    c.create_permission(peer(3, 3), t0).unwrap();
+    let r = next_req(&mut c);
+    fake.nonce = "nonce-2".into();
+    c.handle_input(&fake.unauthorized(&r), t0);
+    let r2 = next_req(&mut c);
+    assert_eq!(r2.peers(), vec![peer(3, 3)]);
+    fake.check_auth(&r2);
+    c.handle_input(&fake.unauthorized(&r2), t0);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::PermissionFailed {
+            peers: vec![peer(3, 3)],
+            error: ClientError::WrongCredentials
+        }]
+    );
+    assert!(c.poll_transmit().is_none());
+    assert_eq!(c.state(), State::Allocated);
+}
