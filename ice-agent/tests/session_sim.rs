@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Filtering, Mapping, Nat};
-use natkit_ice::session_core::{ConnectionStage, CoreConfig, Ending, Via, Wrap, CLOSE_GRACE};
+use natkit_ice::session_core::{
+    ConnectionStage, CoreConfig, Ending, Route, Via, Wrap, CLOSE_GRACE,
+};
 use natkit_ice::{
     CandidateKind, PathKind, Problem, Role, ServerKind, ServerProblem, SessionEvent,
     SignalledCandidate, TurnServer,
@@ -575,6 +577,119 @@ fn direct_path_takes_over_from_the_relay_without_a_gap() {
     // None lost (the links lose nothing here).
     assert_all_arrived(&sim);
     assert_eq!(sim.peers[0].core.ending(), None);
+}
+
+#[test]
+fn ice_restart_after_a_network_change_moves_the_path() {
+    let mut sim = Sim::new(9);
+    sim.add_stun(STUN);
+    let t = sim.add_turn(TURN, short_lived_relay());
+    let turn = sim.turns[t].addr;
+    sim.add_peer(
+        "A",
+        sim.config(Role::Controlling, 91),
+        &["10.0.0.1:1000"],
+        cone("203.0.113.1"),
+    );
+    sim.add_peer(
+        "B",
+        sim.config(Role::Controlled, 92),
+        &["198.51.100.2:2000"],
+        None,
+    );
+    connect(&mut sim);
+    app_for(&mut sim, secs(1));
+    assert_all_arrived(&sim);
+    let before: Vec<u64> = sim.peers.iter().map(|p| p.core.route_version()).collect();
+    assert_eq!(
+        sim.peers[1]
+            .core
+            .path()
+            .unwrap()
+            .remote
+            .addr
+            .ip()
+            .to_string(),
+        "203.0.113.1"
+    );
+    // A's network changes: a new public address, every mapping gone.
+    sim.app_traffic(Some(ms(20)));
+    sim.peers[0].nat.as_mut().unwrap().renumber("203.0.113.2");
+    sim.run_for(ms(500), |_| false);
+    // A restarts (RFC 8445 §9) and signals; B restarts on seeing it.
+    let restarted = sim.t();
+    sim.restart(0);
+    assert!(sim.run_for(secs(3), |s| s.peers[0].core.gathering_done()));
+    assert!(sim.signal(0, 1), "B did not restart");
+    assert!(sim.run_for(secs(3), |s| s.peers[1].core.gathering_done()));
+    assert!(!sim.signal(1, 0));
+    let moved = |s: &Sim| {
+        s.peers.iter().all(|p| {
+            p.event_at(|e| matches!(e, SessionEvent::PathChanged(_)))
+                .is_some()
+        })
+    };
+    assert!(sim.run_for(secs(5), moved));
+    let changed_b = sim.peers[1]
+        .event_at(|e| matches!(e, SessionEvent::PathChanged(_)))
+        .unwrap();
+    sim.run_for(secs(1), |_| false);
+    sim.app_traffic(None);
+    sim.run_for(ms(300), |_| false);
+    assert_same_path(&sim);
+    let b = &sim.peers[1];
+    let route = b.core.route().unwrap();
+    assert_eq!(route.to.ip().to_string(), "203.0.113.2", "{route}");
+    assert_eq!(route.to, b.core.path().unwrap().remote.addr);
+    assert!(b.core.route_version() > before[1]);
+    // A's own route (from its base to B's host) is what it was: no new
+    // version for its driver to pick up.
+    let a = &sim.peers[0];
+    assert_eq!(a.core.route_version(), before[0]);
+    assert_eq!(
+        a.core.route(),
+        Some(Route::direct(
+            addr("10.0.0.1:1000"),
+            addr("198.51.100.2:2000")
+        ))
+    );
+    for p in &sim.peers {
+        assert_eq!(p.core.ending(), None);
+    }
+    // B's datagrams to the old mapping were lost; those sent on the new
+    // route all arrived.
+    let a = &sim.peers[0];
+    let got: std::collections::HashSet<u32> = a.rx_seqs().into_iter().collect();
+    let lost: Vec<u32> = b
+        .sent
+        .iter()
+        .filter(|s| !got.contains(&s.seq))
+        .map(|s| s.seq)
+        .collect();
+    assert!(!lost.is_empty());
+    assert!(b
+        .sent
+        .iter()
+        .filter(|s| !got.contains(&s.seq))
+        .all(|s| s.at >= restarted - ms(500) && s.at < changed_b));
+    assert!(a.rx.iter().filter(|r| r.at > changed_b).count() >= 40);
+    // A's allocation stayed on the old 5-tuple: its next refresh, from the
+    // new mapping, finds it gone (437, after a 401 for the nonce the relay
+    // issued to the old address), a server problem and nothing more: not
+    // a refusal of the credentials.
+    sim.run_until(secs(30), |_| false);
+    let want = turn_problem(turn, Transport::Udp, ClientError::AllocationMismatch);
+    let a = &sim.peers[0];
+    assert_eq!(a.core.problems(), &[want.clone()][..]);
+    assert_eq!(
+        a.count(|e| *e == SessionEvent::ServerProblem(want.clone())),
+        1
+    );
+    assert_eq!(a.core.ending(), None);
+    assert_eq!(
+        sim.turns[t].count_of("203.0.113.2", method::REFRESH, Class::Error, Some(437)),
+        1
+    );
 }
 
 /// Peer B vanishes 3 s after connecting; A restarts `restart_after` later
