@@ -798,8 +798,19 @@ fn tcp_allocation_carries_the_application_and_its_drop_is_relay_lost() {
         matches!(&p.problem, Problem::Connection(e) if e.stage == ConnectionStage::Established),
         "{p}"
     );
-    assert_eq!(sim.peers[0].core.ending(), Some(Ending::RelayLost(p)));
+    assert_eq!(
+        sim.peers[0].core.ending(),
+        Some(Ending::RelayLost(p.clone()))
+    );
     assert_eq!(sim.turns[t].server.allocation_count(), 0);
+    // Reported once: the dead allocation's client (its requests in flight,
+    // its refresh due at 7.5 minutes) says nothing more.
+    sim.run_for(secs(600), |_| false);
+    assert_eq!(
+        sim.peers[0].count(|e| matches!(e, SessionEvent::RelayLost(_))),
+        1
+    );
+    assert_eq!(sim.peers[0].core.ending(), Some(Ending::RelayLost(p)));
 }
 
 #[test]
