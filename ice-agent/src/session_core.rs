@@ -600,7 +600,11 @@ impl SessionCore {
         }
         // An allocation whose connection is gone was reported already: its
         // client's timers have nothing more to say.
-        for a in self.allocs.iter_mut().filter(|a| !matches!(a.link, Link::Down(_))) {
+        for a in self
+            .allocs
+            .iter_mut()
+            .filter(|a| !matches!(a.link, Link::Down(_)))
+        {
             if a.client.poll_timeout().is_some_and(|t| t <= now) {
                 a.client.handle_timeout(now);
             }
