@@ -263,6 +263,9 @@ async fn relay_only_over_tls() {
     ]);
     let config = natkit_testkit::tls::client_config(der.into());
     let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    // The relay is ready once it answers on UDP; its TLS listener opens
+    // after that: wait for the very port the sessions use.
+    natkit_testkit::ready::wait_tcp(addr, "the TLS listener", Duration::from_secs(10));
     let turn = TurnServer::tls(addr, creds(), Ipv4Addr::LOCALHOST.to_string());
     let config = Arc::new(config);
     let tls = |role| {
