@@ -185,6 +185,8 @@ fn edgy() -> impl Strategy<Value = Spec> {
         )
             .prop_map(|(t, v)| Spec::Raw(t, v)),
         (300u16..700, ".{0,12}").prop_map(|(c, r)| Spec::Error(c, r)),
+        // Around RFC 8489 §14.8's 763-byte bound on the reason phrase.
+        (300u16..700, 740usize..790).prop_map(|(c, n)| Spec::Error(c, "r".repeat(n))),
         (prop::collection::vec(any::<u8>(), 4..8)).prop_map(|mut v| {
             // An ERROR-CODE with any class, number and reason bytes.
             v[0] = 0;
