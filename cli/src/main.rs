@@ -2,6 +2,7 @@
 
 mod bench;
 mod creds;
+mod discovery_output;
 mod netcheck;
 mod p2p;
 mod stun;

@@ -1,7 +1,8 @@
 //! `natkit netcheck --stun SERVER[:PORT]...`: RFC 5780 NAT behavior
 //! discovery (mapping, filtering, hairpinning) with a verdict on peer-to-peer
 //! prospects. The protocol is `natkit_proto::discovery`; this module resolves
-//! names, binds the socket, runs the driver and prints.
+//! names, binds the socket, runs the driver and prints (in the words of
+//! [`crate::discovery_output`]).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use anyhow::bail;
 use natkit_proto::discovery::{self, Discovery, Mapping, NatType, Observation, Report, Test};
 use serde::Serialize;
 
+use crate::discovery_output::{self as words, ReportJson};
 use crate::udp_driver::{self, millis, secs, TimingArgs};
 
 /// Flags of `natkit netcheck`.
@@ -42,10 +44,10 @@ struct Given {
 }
 
 #[derive(Serialize)]
-struct Output<'a> {
+struct Output {
     servers_given: Vec<Given>,
     #[serde(flatten)]
-    report: &'a Report,
+    report: ReportJson,
 }
 
 /// Run `natkit netcheck`.
@@ -92,14 +94,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         let out = Output {
             servers_given: given,
-            report: &report,
+            report: (&report).into(),
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if report.learned_anything() {
         print!("{}", human(&report));
     }
     if !report.learned_anything() {
-        let why: Vec<&str> = report.notes.iter().map(String::as_str).collect();
+        let why: Vec<String> = report.notes.iter().map(words::note).collect();
         let why = why.join("; ");
         if report.nat_type == NatType::UdpBlocked {
             bail!("{why} (server down, wrong address or port, or UDP blocked on this network)");
@@ -182,8 +184,8 @@ fn human(r: &Report) -> String {
         (Some(p), Some(o)) => line("RFC 5780 server", &format!("{p} (other address {o})")),
         _ => line("RFC 5780 server", "none: no server gave OTHER-ADDRESS"),
     }
-    line("mapping", &r.mapping.to_string());
-    line("filtering", &r.filtering.to_string());
+    line("mapping", &words::mapping(&r.mapping));
+    line("filtering", &words::filtering(&r.filtering));
     line("hairpinning", &yes_no(r.hairpinning, "not tested"));
     let n = r.servers().filter(|o| o.mapped.is_some()).count();
     line(
@@ -193,19 +195,19 @@ fn human(r: &Report) -> String {
             None => "not tested (give several --stun servers)".to_string(),
         },
     );
-    line("NAT type", r.nat_type.name());
-    line("verdict", r.verdict);
+    line("NAT type", words::nat_type_name(r.nat_type));
+    line("verdict", words::verdict(r));
     line("took", &udp_driver::human(r.elapsed));
     let hairpin_note = r
         .observations
         .iter()
         .find(|o| o.test == Test::Hairpinning && o.answered_from.is_none())
         .map(|o| format!("hairpinning: our request to {} did not come back", o.to));
-    let notes: Vec<&str> = r
+    let notes: Vec<String> = r
         .notes
         .iter()
-        .map(String::as_str)
-        .chain(hairpin_note.as_deref())
+        .map(words::note)
+        .chain(hairpin_note)
         .collect();
     if !notes.is_empty() {
         let _ = writeln!(s, "notes:");

@@ -114,24 +114,23 @@ pub fn parse_request(buf: &[u8]) -> Result<Request, RequestError> {
         fingerprint: false,
         unknown: raw::Unknown::default(),
     };
-    for a in Attributes::new(buf, &h) {
+    let bad = |typ| RequestError::BadAttribute(typ, h.transaction_id);
+    // RFC 8489 §14: of a repeated attribute only the first counts; §14.5:
+    // what follows the integrity attributes does not count at all.
+    for a in Attributes::new(buf, &h).counted() {
         let a = a?;
         match a.typ {
             attr::CHANGE_REQUEST => {
-                let v: [u8; 4] = a
-                    .value
-                    .try_into()
-                    .map_err(|_| RequestError::BadAttribute(a.typ, h.transaction_id))?;
-                req.change = Some(ChangeRequest::from_u32(u32::from_be_bytes(v)));
+                let v = raw::decode_u32(a.value).ok_or(bad(a.typ))?;
+                req.change.get_or_insert(ChangeRequest::from_u32(v));
             }
             attr::RESPONSE_PORT => {
-                // RFC 5780 §7.5: a 16-bit port followed by 2 bytes of padding.
-                if a.value.len() != 4 {
-                    return Err(RequestError::BadAttribute(a.typ, h.transaction_id));
-                }
-                req.response_port = Some(u16::from_be_bytes([a.value[0], a.value[1]]));
+                let port = raw::decode_response_port(a.value).ok_or(bad(a.typ))?;
+                req.response_port.get_or_insert(port);
             }
-            attr::PADDING => req.padding = Some(a.value.len() as u16),
+            attr::PADDING => {
+                req.padding.get_or_insert(a.value.len() as u16);
+            }
             attr::FINGERPRINT => match integrity::check_fingerprint(buf, &h) {
                 Ok(_) => req.fingerprint = true,
                 Err(IntegrityError::Malformed(e)) => return Err(e.into()),
@@ -277,6 +276,18 @@ pub enum ResponseError {
     BadFingerprint,
 }
 
+/// The first value of each attribute a Binding response is read for.
+#[derive(Default)]
+struct Found<'a> {
+    xor_mapped: Option<&'a [u8]>,
+    mapped: Option<&'a [u8]>,
+    response_origin: Option<&'a [u8]>,
+    source_address: Option<&'a [u8]>,
+    other_address: Option<&'a [u8]>,
+    changed_address: Option<&'a [u8]>,
+    error_code: Option<&'a [u8]>,
+}
+
 /// Parse a Binding success or error response.
 pub fn parse_response(buf: &[u8]) -> Result<Response, ResponseError> {
     let h = raw::parse_datagram(buf)?;
@@ -292,31 +303,36 @@ pub fn parse_response(buf: &[u8]) -> Result<Response, ResponseError> {
         response_origin: None,
         other_address: None,
     };
-    let mut xor_mapped = None;
-    let mut code = None;
-    for a in Attributes::new(buf, &h) {
+    // The first of each attribute counts (RFC 8489 §14), and nothing after
+    // the integrity attributes (§14.5). RFC 5780's attributes win over
+    // their RFC 3489 forerunners wherever they stand.
+    let mut first = Found::default();
+    for a in Attributes::new(buf, &h).counted() {
         let a = a?;
-        match a.typ {
-            attr::XOR_MAPPED_ADDRESS => xor_mapped = raw::decode_xor_address(a.value, &tid),
-            attr::MAPPED_ADDRESS => r.mapped = raw::decode_address(a.value),
-            attr::RESPONSE_ORIGIN => r.response_origin = raw::decode_address(a.value),
-            attr::SOURCE_ADDRESS if r.response_origin.is_none() => {
-                r.response_origin = raw::decode_address(a.value)
-            }
-            attr::OTHER_ADDRESS => r.other_address = raw::decode_address(a.value),
-            attr::CHANGED_ADDRESS if r.other_address.is_none() => {
-                r.other_address = raw::decode_address(a.value)
-            }
-            attr::ERROR_CODE => code = raw::decode_error_code(a.value),
+        let slot = match a.typ {
+            attr::XOR_MAPPED_ADDRESS => &mut first.xor_mapped,
+            attr::MAPPED_ADDRESS => &mut first.mapped,
+            attr::RESPONSE_ORIGIN => &mut first.response_origin,
+            attr::SOURCE_ADDRESS => &mut first.source_address,
+            attr::OTHER_ADDRESS => &mut first.other_address,
+            attr::CHANGED_ADDRESS => &mut first.changed_address,
+            attr::ERROR_CODE => &mut first.error_code,
             attr::FINGERPRINT => {
                 integrity::check_fingerprint(buf, &h).map_err(|_| ResponseError::BadFingerprint)?;
+                continue;
             }
-            _ => {}
-        }
+            _ => continue,
+        };
+        slot.get_or_insert(a.value);
     }
-    if xor_mapped.is_some() {
-        r.mapped = xor_mapped;
-    }
+    let address = |v: Option<&[u8]>| v.and_then(raw::decode_address);
+    r.mapped = first
+        .xor_mapped
+        .and_then(|v| raw::decode_xor_address(v, &tid))
+        .or_else(|| address(first.mapped));
+    r.response_origin = address(first.response_origin).or_else(|| address(first.source_address));
+    r.other_address = address(first.other_address).or_else(|| address(first.changed_address));
+    let code = first.error_code.and_then(raw::decode_error_code);
     if class == Class::Error {
         // An error response without ERROR-CODE is malformed; report it as 400
         // rather than inventing a success.
@@ -412,6 +428,55 @@ mod tests {
         assert_eq!(n, 36);
         let r = parse_response(&buf[..n]).unwrap();
         assert_eq!(r.outcome, Err(420));
+    }
+
+    // Regression (found by the stun-rs differential oracle): the parsers
+    // took the last of a repeated attribute, and acted on attributes after
+    // MESSAGE-INTEGRITY, which RFC 8489 §14 and §14.5 say to ignore.
+    #[test]
+    fn request_first_occurrence_counts_and_nothing_after_integrity() {
+        let mut buf = [0u8; 128];
+        let tid = [4u8; 12];
+        let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &tid).unwrap();
+        w.u32(attr::RESPONSE_PORT, 1000 << 16).unwrap();
+        w.u32(attr::RESPONSE_PORT, 2000 << 16).unwrap();
+        w.message_integrity(b"key").unwrap();
+        w.u32(attr::CHANGE_REQUEST, ChangeRequest::BOTH.to_u32())
+            .unwrap();
+        w.bytes(attr::PADDING, &[0; 8]).unwrap();
+        // Unknown and comprehension-required, but ignored: no 420.
+        w.u32(0x0033, 0).unwrap();
+        let n = w.fingerprint().unwrap();
+        let req = parse_request(&buf[..n]).unwrap();
+        assert_eq!(req.response_port, Some(1000));
+        assert_eq!(req.change, None);
+        assert_eq!(req.padding, None);
+        assert!(req.unknown().is_empty());
+        assert!(req.fingerprint);
+    }
+
+    #[test]
+    fn response_first_occurrence_counts_and_nothing_after_integrity() {
+        let mut buf = [0u8; 128];
+        let tid = [5u8; 12];
+        let mut w = Writer::new(&mut buf, method::BINDING, Class::Success, &tid).unwrap();
+        w.xor_address(attr::XOR_MAPPED_ADDRESS, addr("192.0.2.1:1"))
+            .unwrap();
+        w.xor_address(attr::XOR_MAPPED_ADDRESS, addr("192.0.2.2:2"))
+            .unwrap();
+        w.message_integrity_sha256(b"key").unwrap();
+        w.address(attr::OTHER_ADDRESS, addr("192.0.2.3:3")).unwrap();
+        let n = w.finish();
+        let r = parse_response(&buf[..n]).unwrap();
+        assert_eq!(r.mapped, Some(addr("192.0.2.1:1")));
+        assert_eq!(r.other_address, None);
+
+        let mut w = Writer::new(&mut buf, method::BINDING, Class::Error, &tid).unwrap();
+        w.message_integrity(b"key").unwrap();
+        w.error_code(392, "").unwrap();
+        let n = w.finish();
+        // The ERROR-CODE does not count: an error response without one.
+        assert_eq!(parse_response(&buf[..n]).unwrap().outcome, Err(400));
     }
 
     #[test]

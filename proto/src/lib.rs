@@ -5,13 +5,16 @@
 //! bytes, timers and events out. The servers, the CLI and the ICE agent wrap
 //! these in their own I/O drivers.
 //!
+//! One STUN codec: [`raw`] decodes and [`writer`] encodes, on every path.
+//! `stun-rs` is a dev-dependency only, the independent oracle the walker is
+//! checked against (`tests/differential.rs`, the `differential` fuzz target).
+//!
 //! Layout:
 //!
 //! | module | what it does |
 //! |---|---|
-//! | [`raw`] | zero-copy STUN header and attribute walking, attribute and method constants |
-//! | [`writer`] | zero-allocation STUN message writer (the servers' hot path) |
-//! | [`message`] | full message decode/encode on `stun-rs`, for everything off the hot path |
+//! | [`raw`] | zero-copy STUN decoding: header, attribute walking (and which attributes count, RFC 8489 §14.5), typed attribute values, constants |
+//! | [`writer`] | zero-allocation STUN message writer |
 //! | [`binding`] | Binding request parsing and response building (RFC 8489, RFC 5780 attributes) |
 //! | [`demux`] | classify a datagram as STUN, ChannelData, DTLS or QUIC by its first byte (RFC 7983, RFC 9443) |
 //! | [`framing`] | STUN and ChannelData framing over stream transports |
@@ -20,7 +23,7 @@
 //! | [`rest`] | REST-style expiring credentials from a shared secret, with rotation |
 //! | [`nonce`] | stateless nonces: HMAC over client address and time |
 //! | [`transaction`] | client transaction retransmission timer (RFC 8489 §6.2.1) |
-//! | [`discovery`] | RFC 5780 NAT behavior discovery probes, as a state machine |
+//! | [`discovery`] | RFC 5780 NAT behavior discovery probes, as a state machine with a typed report |
 //! | [`turn`] | TURN client (and the relay's protocol core), sans-IO |
 
 pub mod binding;
@@ -29,12 +32,9 @@ pub mod demux;
 pub mod discovery;
 pub mod framing;
 pub mod integrity;
-pub mod message;
 pub mod nonce;
 pub mod raw;
 pub mod rest;
 pub mod transaction;
 pub mod turn;
 pub mod writer;
-
-pub use stun_rs;

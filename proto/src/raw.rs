@@ -1,8 +1,10 @@
 //! Zero-copy view of STUN messages: header parsing, attribute walking and the
 //! numeric constants every other module uses.
 //!
-//! Nothing here allocates. The servers use it on their hot paths; the
-//! [`crate::message`] module (on `stun-rs`) is for everything else.
+//! Nothing here allocates. This walker and [`crate::writer`] are natkit's
+//! one STUN codec, on every path; `stun-rs` checks them as an independent
+//! differential oracle (`proto/tests/differential.rs` and the `differential`
+//! fuzz target), never in production.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -270,6 +272,69 @@ impl<'a> Iterator for Attributes<'a> {
     }
 }
 
+impl<'a> Attributes<'a> {
+    /// Only the attributes a receiver acts on: RFC 8489 §14.5 and §14.6 say
+    /// to ignore everything after MESSAGE-INTEGRITY except
+    /// MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, and everything after
+    /// MESSAGE-INTEGRITY-SHA256 except FINGERPRINT; nothing follows
+    /// FINGERPRINT (§14.7). Framing errors anywhere are still reported: the
+    /// ignored attributes must be well framed too.
+    pub fn counted(self) -> Counted<'a> {
+        Counted {
+            inner: self,
+            cutoff: IntegrityCutoff::default(),
+        }
+    }
+}
+
+/// The attributes of a message that count; see [`Attributes::counted`].
+pub struct Counted<'a> {
+    inner: Attributes<'a>,
+    cutoff: IntegrityCutoff,
+}
+
+impl<'a> Iterator for Counted<'a> {
+    type Item = Result<RawAttribute<'a>, RawError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.inner.next()? {
+                Ok(a) if !self.cutoff.counts(a.typ) => continue,
+                other => return Some(other),
+            }
+        }
+    }
+}
+
+/// The RFC 8489 §14.5-§14.7 rule of which attributes count, fed the
+/// attribute types of a message in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IntegrityCutoff {
+    integrity: bool,
+    integrity_sha256: bool,
+    fingerprint: bool,
+}
+
+impl IntegrityCutoff {
+    /// Whether the next attribute, of type `typ`, counts.
+    pub fn counts(&mut self, typ: u16) -> bool {
+        let counts = match typ {
+            attr::MESSAGE_INTEGRITY_SHA256 => !self.integrity_sha256 && !self.fingerprint,
+            attr::FINGERPRINT => !self.fingerprint,
+            _ => !self.integrity && !self.integrity_sha256 && !self.fingerprint,
+        };
+        if counts {
+            match typ {
+                attr::MESSAGE_INTEGRITY => self.integrity = true,
+                attr::MESSAGE_INTEGRITY_SHA256 => self.integrity_sha256 = true,
+                attr::FINGERPRINT => self.fingerprint = true,
+                _ => {}
+            }
+        }
+        counts
+    }
+}
+
 /// The unknown comprehension-required attributes of a request, for a 420
 /// answer's UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1.1). Keeps the first
 /// [`Unknown::CAPACITY`], which is all a client needs to see what failed.
@@ -339,15 +404,93 @@ pub fn decode_xor_address(value: &[u8], transaction_id: &[u8; 12]) -> Option<Soc
     Some(xor_address(plain, transaction_id))
 }
 
-/// Decode an ERROR-CODE attribute value (RFC 8489 §14.8) into its numeric
-/// code (class × 100 + number). `None` when the value is too short or the
-/// code is outside 300-699 (or its number part above 99).
-pub fn decode_error_code(value: &[u8]) -> Option<u16> {
+/// Longest text value accepted in REALM, NONCE, SOFTWARE and an ERROR-CODE
+/// reason phrase: RFC 8489 §14.8-§14.10 and §14.14 allow fewer than 128
+/// characters, "as long as 763 bytes when decoding them".
+pub const MAX_TEXT_LEN: usize = 763;
+
+/// Longest USERNAME accepted: RFC 5389 §15.3 allows "less than 513 bytes"
+/// (RFC 8489 §14.3 lowered it to fewer than 509 for senders; clients of the
+/// older RFC are still accepted).
+pub const MAX_USERNAME_LEN: usize = 512;
+
+/// Decode an ERROR-CODE attribute value (RFC 8489 §14.8): the code (class ×
+/// 100 + number) and the reason phrase. `None` when the value is shorter
+/// than 4 bytes, the class is outside 3-6, the number above 99, or the
+/// reason is not UTF-8 of at most [`MAX_TEXT_LEN`] bytes. The 21 reserved
+/// bits are ignored.
+pub fn decode_error(value: &[u8]) -> Option<(u16, &str)> {
     if value.len() < 4 || value[3] > 99 {
         return None;
     }
     let code = (value[2] & 0x7) as u16 * 100 + value[3] as u16;
-    (300..700).contains(&code).then_some(code)
+    if !(300..700).contains(&code) {
+        return None;
+    }
+    Some((code, decode_text(&value[4..], MAX_TEXT_LEN)?))
+}
+
+/// The numeric code of an ERROR-CODE attribute value; see [`decode_error`].
+pub fn decode_error_code(value: &[u8]) -> Option<u16> {
+    decode_error(value).map(|(code, _)| code)
+}
+
+/// Decode a text attribute value (USERNAME, REALM, NONCE, SOFTWARE): UTF-8
+/// of at most `max_len` bytes ([`MAX_USERNAME_LEN`] or [`MAX_TEXT_LEN`]).
+pub fn decode_text(value: &[u8], max_len: usize) -> Option<&str> {
+    if value.len() > max_len {
+        return None;
+    }
+    std::str::from_utf8(value).ok()
+}
+
+/// Decode a 32-bit attribute value (LIFETIME, PRIORITY, CHANGE-REQUEST...):
+/// exactly 4 bytes.
+pub fn decode_u32(value: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(value.try_into().ok()?))
+}
+
+/// Decode a 64-bit attribute value (ICE-CONTROLLING, ICE-CONTROLLED,
+/// RESERVATION-TOKEN): exactly 8 bytes.
+pub fn decode_u64(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.try_into().ok()?))
+}
+
+/// Decode a value whose first byte is the field and whose other 3 bytes are
+/// reserved (REQUESTED-TRANSPORT's protocol, RFC 8656 §18.7;
+/// REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY, §18.8, §18.11):
+/// exactly 4 bytes. The byte is not checked here: an unknown family is a
+/// 440 answer, an unknown protocol a 442, not a malformed message.
+pub fn decode_leading_byte(value: &[u8]) -> Option<u8> {
+    decode_u32(value).map(|v| (v >> 24) as u8)
+}
+
+/// Decode CHANNEL-NUMBER (RFC 8656 §18.1): a 16-bit number and 16 reserved
+/// bits, exactly 4 bytes. The range (0x4000-0x4FFF) is the caller's check:
+/// a number outside it is a 400 answer, not a malformed message.
+pub fn decode_channel_number(value: &[u8]) -> Option<u16> {
+    leading_u16(value)
+}
+
+/// Decode RESPONSE-PORT (RFC 5780 §7.5): a 16-bit port and 2 bytes of
+/// padding, exactly 4 bytes.
+pub fn decode_response_port(value: &[u8]) -> Option<u16> {
+    leading_u16(value)
+}
+
+/// The first 16 bits of a 4-byte value whose last 16 bits are reserved.
+fn leading_u16(value: &[u8]) -> Option<u16> {
+    decode_u32(value).map(|v| (v >> 16) as u16)
+}
+
+/// Decode PASSWORD-ALGORITHM (RFC 8489 §14.12): the algorithm number, given
+/// that the parameters its length field announces are present.
+pub fn decode_password_algorithm(value: &[u8]) -> Option<u16> {
+    if value.len() < 4 {
+        return None;
+    }
+    let params = u16::from_be_bytes([value[2], value[3]]) as usize;
+    (4 + params <= value.len()).then(|| u16::from_be_bytes([value[0], value[1]]))
 }
 
 /// XOR an address with the magic cookie and transaction ID. The operation is
@@ -447,6 +590,64 @@ mod tests {
         let h = parse_datagram(&m).unwrap();
         let v: Vec<_> = Attributes::new(&m, &h).collect();
         assert_eq!(v, vec![Err(RawError::AttributeOverrun)]);
+    }
+
+    #[test]
+    fn counted_stops_after_the_integrity_attributes() {
+        use crate::writer::Writer;
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf, method::BINDING, Class::Request, &[1; 12]).unwrap();
+        w.u32(attr::PRIORITY, 1).unwrap();
+        w.message_integrity(b"k").unwrap();
+        w.u32(attr::PRIORITY, 2).unwrap(); // ignored (RFC 8489 §14.5)
+        w.message_integrity(b"k").unwrap(); // ignored: a second one
+        w.message_integrity_sha256(b"k").unwrap();
+        w.u32(attr::LIFETIME, 3).unwrap(); // ignored (§14.6)
+        let n = w.fingerprint().unwrap();
+        let h = parse_datagram(&buf[..n]).unwrap();
+        let types: Vec<u16> = Attributes::new(&buf[..n], &h)
+            .counted()
+            .map(|a| a.unwrap().typ)
+            .collect();
+        assert_eq!(
+            types,
+            [
+                attr::PRIORITY,
+                attr::MESSAGE_INTEGRITY,
+                attr::MESSAGE_INTEGRITY_SHA256,
+                attr::FINGERPRINT
+            ]
+        );
+    }
+
+    #[test]
+    fn typed_values() {
+        assert_eq!(decode_error(&[0, 0, 4, 38, b'S']), Some((438, "S")));
+        // Class 7, number 100, a reason that is not UTF-8: malformed.
+        assert_eq!(decode_error(&[0, 0, 7, 0]), None);
+        assert_eq!(decode_error(&[0, 0, 4, 100]), None);
+        assert_eq!(decode_error(&[0, 0, 4, 1, 0xFF]), None);
+        assert_eq!(decode_error_code(&[0xFF, 0xFF, 0xFC, 1]), Some(401));
+        assert_eq!(
+            decode_text(&[b'a'; 512], MAX_USERNAME_LEN).map(str::len),
+            Some(512)
+        );
+        assert_eq!(decode_text(&[b'a'; 513], MAX_USERNAME_LEN), None);
+        assert_eq!(decode_u32(&[0, 0, 1, 0]), Some(256));
+        assert_eq!(decode_u32(&[0, 0, 1, 0, 0]), None);
+        assert_eq!(decode_u64(&[0; 4]), None);
+        assert_eq!(
+            decode_channel_number(&[0x40, 0x01, 0xAA, 0xBB]),
+            Some(0x4001)
+        );
+        assert_eq!(decode_response_port(&[0x0D, 0x96, 0, 0]), Some(3478));
+        assert_eq!(decode_leading_byte(&[17, 1, 2, 3]), Some(17));
+        assert_eq!(decode_password_algorithm(&[0, 2, 0, 0]), Some(2));
+        assert_eq!(decode_password_algorithm(&[0, 2, 0, 4, 1, 2]), None);
+        assert_eq!(
+            decode_password_algorithm(&[0, 2, 0, 2, 1, 2, 0, 0]),
+            Some(2)
+        );
     }
 
     #[test]

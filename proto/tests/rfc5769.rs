@@ -1,7 +1,8 @@
 //! The RFC 5769 test vectors (§2.1-§2.4) and the RFC 8489 Appendix B.1
 //! vector (with RFC errata 6268 applied), byte for byte, checked with
-//! natkit's raw parser, integrity code, Binding parsers and the `stun-rs`
-//! based `message` module, and cross-checked with `stun-rs`'s own validator.
+//! natkit's walker (raw parser, typed values, integrity code, Binding
+//! parsers), cross-checked with `stun-rs`'s own validator and run through
+//! the differential oracle (`oracle/mod.rs`).
 
 use std::net::SocketAddr;
 
@@ -9,12 +10,11 @@ use natkit_proto::binding;
 use natkit_proto::integrity::{
     check_fingerprint, verify, IntegrityError, IntegrityKind, LongTermKey, PasswordAlgorithm,
 };
-use natkit_proto::message;
 use natkit_proto::nonce;
 use natkit_proto::raw::{self, attr, method, Attributes, Class, RawAttribute};
-use natkit_proto::stun_rs::{
-    self, Algorithm, AlgorithmId, DecoderContextBuilder, HMACKey, MessageDecoderBuilder,
-};
+use stun_rs::{Algorithm, AlgorithmId, DecoderContextBuilder, HMACKey, MessageDecoderBuilder};
+
+mod oracle;
 
 /// RFC 5769 §2.1-§2.3 short-term password.
 const PASSWORD: &str = "VOkJxbRl1RmTxUk/WvJxBt";
@@ -228,6 +228,18 @@ fn every_flip_fails(msg: &[u8], key: &[u8], integrity_type: u16) {
     }
 }
 
+/// `stun-rs`'s own long-term key for the RFC 5769 §2.4 credentials (it
+/// applies OpaqueString itself).
+fn their_long_term_key(algorithm: AlgorithmId) -> HMACKey {
+    HMACKey::new_long_term(
+        LT_USERNAME,
+        LT_REALM,
+        LT_PASSWORD,
+        Algorithm::from(algorithm),
+    )
+    .unwrap()
+}
+
 /// Cross-check with `stun-rs`'s own validator (independent HMAC code).
 fn stun_rs_validates(msg: &[u8], key: HMACKey) {
     let ctx = DecoderContextBuilder::default()
@@ -285,18 +297,25 @@ fn rfc5769_2_1_sample_request() {
     assert!(req.unknown().is_empty());
     assert_eq!(req.change, None);
 
-    let (msg, kind) = message::decode_with_key(m, PASSWORD.as_bytes()).unwrap();
-    assert_eq!(kind, IntegrityKind::Sha1);
-    assert_eq!(msg.method(), stun_rs::methods::BINDING);
-    assert_eq!(msg.class(), stun_rs::MessageClass::Request);
-    let user = message::attribute(&msg, attr::USERNAME).unwrap();
-    assert_eq!(user.as_user_name().unwrap().as_str(), "evtj:h6vY");
-    let software = message::attribute(&msg, attr::SOFTWARE).unwrap();
-    assert_eq!(software.as_software().unwrap().as_str(), "STUN test client");
-    let prio = message::attribute(&msg, attr::PRIORITY).unwrap();
-    assert_eq!(prio.as_priority().unwrap().as_u32(), 0x6e0001ff);
+    // The typed values.
+    let text = |t| raw::decode_text(value(m, t), raw::MAX_TEXT_LEN);
+    assert_eq!(text(attr::SOFTWARE), Some("STUN test client"));
+    assert_eq!(
+        raw::decode_text(value(m, attr::USERNAME), raw::MAX_USERNAME_LEN),
+        Some("evtj:h6vY")
+    );
+    assert_eq!(raw::decode_u32(value(m, attr::PRIORITY)), Some(0x6e0001ff));
+    assert_eq!(
+        raw::decode_u64(value(m, attr::ICE_CONTROLLED)),
+        Some(0x932ff9b151263b36)
+    );
 
-    stun_rs_validates(m, HMACKey::new_short_term(PASSWORD).unwrap());
+    let short_term = HMACKey::new_short_term(PASSWORD).unwrap();
+    stun_rs_validates(m, short_term.clone());
+    assert_eq!(
+        oracle::check(m, &short_term),
+        Ok(oracle::Outcome::BothAccept)
+    );
     every_flip_fails(m, PASSWORD.as_bytes(), attr::MESSAGE_INTEGRITY);
 }
 
@@ -326,11 +345,12 @@ fn check_response(m: &[u8], want: SocketAddr) {
     assert_eq!(resp.mapped, Some(want));
     assert_eq!(resp.transaction_id, h.transaction_id);
 
-    let (msg, _) = message::decode_with_key(m, PASSWORD.as_bytes()).unwrap();
-    assert_eq!(msg.class(), stun_rs::MessageClass::SuccessResponse);
-    assert_eq!(message::mapped_address(&msg), Some(want));
-
-    stun_rs_validates(m, HMACKey::new_short_term(PASSWORD).unwrap());
+    let short_term = HMACKey::new_short_term(PASSWORD).unwrap();
+    stun_rs_validates(m, short_term.clone());
+    assert_eq!(
+        oracle::check(m, &short_term),
+        Ok(oracle::Outcome::BothAccept)
+    );
     every_flip_fails(m, PASSWORD.as_bytes(), attr::MESSAGE_INTEGRITY);
 }
 
@@ -388,25 +408,19 @@ fn rfc5769_2_4_sample_request_long_term() {
         Err(IntegrityError::Mismatch)
     );
 
-    let (msg, kind) = message::decode_with_key(m, key.as_bytes()).unwrap();
-    assert_eq!(kind, IntegrityKind::Sha1);
+    let text = |t| raw::decode_text(value(m, t), raw::MAX_TEXT_LEN);
+    assert_eq!(text(attr::REALM), Some(LT_REALM));
+    assert_eq!(text(attr::NONCE), Some("f//499k954d6OL34oL9FSTvy64sA"));
     assert_eq!(
-        message::realm_and_nonce(&msg),
-        Some((LT_REALM, "f//499k954d6OL34oL9FSTvy64sA"))
+        raw::decode_text(value(m, attr::USERNAME), raw::MAX_USERNAME_LEN),
+        Some(LT_USERNAME)
     );
-    let user = message::attribute(&msg, attr::USERNAME).unwrap();
-    assert_eq!(user.as_user_name().unwrap().as_str(), LT_USERNAME);
 
     // stun-rs derives the same key independently (it applies OpaqueString).
-    let theirs = HMACKey::new_long_term(
-        LT_USERNAME,
-        LT_REALM,
-        LT_PASSWORD,
-        Algorithm::from(AlgorithmId::MD5),
-    )
-    .unwrap();
+    let theirs = their_long_term_key(AlgorithmId::MD5);
     assert_eq!(theirs.as_bytes(), key.as_bytes());
-    stun_rs_validates(m, theirs);
+    stun_rs_validates(m, theirs.clone());
+    assert_eq!(oracle::check(m, &theirs), Ok(oracle::Outcome::BothAccept));
     every_flip_fails(m, key.as_bytes(), attr::MESSAGE_INTEGRITY);
 }
 
@@ -456,22 +470,19 @@ fn rfc8489_b_1_sha256_with_userhash() {
         Err(IntegrityError::Mismatch)
     );
 
-    let (msg, kind) = message::decode_with_key(m, key.as_bytes()).unwrap();
-    assert_eq!(kind, IntegrityKind::Sha256);
-    assert_eq!(message::realm_and_nonce(&msg), Some((LT_REALM, nonce_text)));
-    assert!(message::attribute(&msg, attr::USERHASH)
-        .and_then(|a| a.as_user_hash().ok())
-        .is_some());
+    assert_eq!(
+        raw::decode_password_algorithm(alg),
+        Some(PasswordAlgorithm::Sha256.number())
+    );
+    assert_eq!(
+        raw::decode_text(value(m, attr::REALM), raw::MAX_TEXT_LEN),
+        Some(LT_REALM)
+    );
 
-    let theirs = HMACKey::new_long_term(
-        LT_USERNAME,
-        LT_REALM,
-        LT_PASSWORD,
-        Algorithm::from(AlgorithmId::SHA256),
-    )
-    .unwrap();
+    let theirs = their_long_term_key(AlgorithmId::SHA256);
     assert_eq!(theirs.as_bytes(), key.as_bytes());
-    stun_rs_validates(m, theirs);
+    stun_rs_validates(m, theirs.clone());
+    assert_eq!(oracle::check(m, &theirs), Ok(oracle::Outcome::BothAccept));
     every_flip_fails(m, key.as_bytes(), attr::MESSAGE_INTEGRITY_SHA256);
 }
 
@@ -495,18 +506,21 @@ fn one_flipped_byte_fails_integrity_and_fingerprint() {
             check_fingerprint(&m, &h),
             Err(IntegrityError::BadFingerprint)
         );
-        assert!(matches!(
-            message::decode(&m),
-            Err(message::MessageError::Integrity(
-                IntegrityError::BadFingerprint
-            ))
-        ));
+        // stun-rs rejects it too.
+        let short_term = HMACKey::new_short_term(PASSWORD).unwrap();
+        assert_eq!(
+            oracle::check(&m, &short_term),
+            Ok(oracle::Outcome::BothReject)
+        );
     }
     let mut m = SAMPLE_REQUEST_LONG_TERM.to_vec();
     m[60] ^= 1; // inside the NONCE value
     let key = LongTermKey::derive(PasswordAlgorithm::Md5, LT_USERNAME, LT_REALM, LT_PASSWORD);
-    assert!(matches!(
-        message::decode_with_key(&m, key.as_bytes()),
-        Err(message::MessageError::Integrity(IntegrityError::Mismatch))
-    ));
+    let h = raw::parse_datagram(&m).unwrap();
+    assert_eq!(
+        verify(&m, &h, key.as_bytes()),
+        Err(IntegrityError::Mismatch)
+    );
+    let theirs = their_long_term_key(AlgorithmId::MD5);
+    assert_eq!(oracle::check(&m, &theirs), Ok(oracle::Outcome::BothReject));
 }

@@ -1,27 +1,35 @@
 //! Feed arbitrary bytes to every natkit-proto parser: raw header and
-//! attribute walking, integrity and fingerprint checks, the stun-rs based
-//! decoder, Binding request/response parsing, ChannelData, stream framing
+//! attribute walking, typed attribute values, integrity and fingerprint
+//! checks, Binding request/response parsing, TURN request parsing,
+//! ChannelData, stream framing
 //! and first-byte demultiplexing. Any panic is a bug: the servers parse
 //! untrusted datagrams with exactly these functions.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natkit_proto::{binding, channel_data, demux, framing, integrity, message, nonce, raw, rest};
+use natkit_proto::turn::request;
+use natkit_proto::{binding, channel_data, demux, framing, integrity, nonce, raw, rest};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = raw::parse_header(data) {
-        for a in raw::Attributes::new(data, &h) {
+        for a in raw::Attributes::new(data, &h).counted() {
             let Ok(a) = a else { break };
-            let _ = raw::decode_address(a.value);
-            let _ = raw::decode_xor_address(a.value, &h.transaction_id);
+            let v = a.value;
+            let _ = raw::decode_address(v);
+            let _ = raw::decode_xor_address(v, &h.transaction_id);
+            let _ = raw::decode_error(v);
+            let _ = raw::decode_text(v, raw::MAX_TEXT_LEN);
+            let _ = raw::decode_u32(v);
+            let _ = raw::decode_u64(v);
+            let _ = raw::decode_channel_number(v);
+            let _ = raw::decode_password_algorithm(v);
         }
         let _ = integrity::verify(data, &h, b"fuzz key");
         let _ = integrity::check_fingerprint(data, &h);
     }
     let _ = raw::parse_datagram(data);
-    let _ = message::decode(data);
-    let _ = message::decode_with_key(data, b"fuzz key");
+    let _ = request::parse(data);
     let _ = binding::parse_request(data);
     let _ = binding::parse_response(data);
     let _ = channel_data::decode(data);

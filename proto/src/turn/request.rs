@@ -67,17 +67,11 @@ impl<'a> TurnRequest<'a> {
     }
 }
 
-fn text(v: &[u8]) -> Option<&str> {
-    std::str::from_utf8(v).ok()
-}
-
-fn u32_of(v: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(v.try_into().ok()?))
-}
-
 /// Parse a STUN message (already known to start with a valid header) for the
-/// attributes the relay needs. Attributes after MESSAGE-INTEGRITY other than
-/// MESSAGE-INTEGRITY-SHA256 and FINGERPRINT are ignored (RFC 8489 §14.5).
+/// attributes the relay needs. Of a repeated attribute the first counts
+/// (RFC 8489 §14; XOR-PEER-ADDRESS may repeat, RFC 8656 §10); attributes
+/// after MESSAGE-INTEGRITY other than MESSAGE-INTEGRITY-SHA256 and
+/// FINGERPRINT are ignored (RFC 8489 §14.5).
 pub fn parse(msg: &[u8]) -> Result<TurnRequest<'_>, RawError> {
     let header = raw::parse_datagram(msg)?;
     let tid = header.transaction_id;
@@ -106,77 +100,69 @@ pub fn parse(msg: &[u8]) -> Result<TurnRequest<'_>, RawError> {
     let bad = |r: &mut TurnRequest, t: u16| {
         r.bad_attribute.get_or_insert(t);
     };
-    for a in Attributes::new(msg, &header) {
+    for a in Attributes::new(msg, &header).counted() {
         let a = a?;
         let v = a.value;
-        if r.integrity.is_some()
-            && !matches!(a.typ, attr::MESSAGE_INTEGRITY_SHA256 | attr::FINGERPRINT)
-        {
-            continue;
-        }
-        match a.typ {
-            attr::USERNAME => match text(v) {
-                Some(s) if v.len() <= 513 => r.username = Some(s),
-                _ => bad(&mut r, a.typ),
-            },
-            attr::REALM => match text(v) {
-                Some(s) => r.realm = Some(s),
-                None => bad(&mut r, a.typ),
-            },
-            attr::NONCE => match text(v) {
-                Some(s) => r.nonce = Some(s),
-                None => bad(&mut r, a.typ),
-            },
-            attr::MESSAGE_INTEGRITY => r.integrity = Some(IntegrityKind::Sha1),
-            attr::MESSAGE_INTEGRITY_SHA256 => r.integrity = Some(IntegrityKind::Sha256),
-            attr::FINGERPRINT => {}
-            attr::PASSWORD_ALGORITHM => {
-                if v.len() >= 4 {
-                    r.password_algorithm = Some(u16::from_be_bytes([v[0], v[1]]));
-                } else {
-                    bad(&mut r, a.typ);
+        // Each decoded value goes to its field unless an earlier one did.
+        fn first<T>(slot: &mut Option<T>, v: Option<T>) -> bool {
+            match v {
+                Some(v) => {
+                    slot.get_or_insert(v);
+                    true
                 }
+                None => false,
             }
-            attr::PASSWORD_ALGORITHMS => r.password_algorithms = Some(v),
-            attr::REQUESTED_TRANSPORT => match v {
-                [p, _, _, _] => r.requested_transport = Some(*p),
-                _ => bad(&mut r, a.typ),
-            },
-            attr::LIFETIME => match u32_of(v) {
-                Some(l) => r.lifetime = Some(l),
-                None => bad(&mut r, a.typ),
-            },
-            attr::DONT_FRAGMENT => r.dont_fragment = true,
-            attr::EVEN_PORT => match v.first() {
-                Some(b) => r.even_port = Some(b & 0x80 != 0),
-                None => bad(&mut r, a.typ),
-            },
-            attr::RESERVATION_TOKEN => match <[u8; 8]>::try_from(v) {
-                Ok(b) => r.reservation_token = Some(u64::from_be_bytes(b)),
-                Err(_) => bad(&mut r, a.typ),
-            },
-            attr::REQUESTED_ADDRESS_FAMILY => match v {
-                [f, _, _, _] => r.requested_family = Some(*f),
-                _ => bad(&mut r, a.typ),
-            },
-            attr::ADDITIONAL_ADDRESS_FAMILY => match v {
-                [f, _, _, _] => r.additional_family = Some(*f),
-                _ => bad(&mut r, a.typ),
-            },
+        }
+        let understood = match a.typ {
+            attr::USERNAME => first(&mut r.username, raw::decode_text(v, raw::MAX_USERNAME_LEN)),
+            attr::REALM => first(&mut r.realm, raw::decode_text(v, raw::MAX_TEXT_LEN)),
+            attr::NONCE => first(&mut r.nonce, raw::decode_text(v, raw::MAX_TEXT_LEN)),
+            // With both, MESSAGE-INTEGRITY-SHA256 is the one checked
+            // (RFC 8489 §9.2.4).
+            attr::MESSAGE_INTEGRITY => first(&mut r.integrity, Some(IntegrityKind::Sha1)),
+            attr::MESSAGE_INTEGRITY_SHA256 => {
+                r.integrity = Some(IntegrityKind::Sha256);
+                true
+            }
+            attr::FINGERPRINT | attr::SOFTWARE | attr::ICMP => true,
+            attr::PASSWORD_ALGORITHM => {
+                first(&mut r.password_algorithm, raw::decode_password_algorithm(v))
+            }
+            attr::PASSWORD_ALGORITHMS => first(&mut r.password_algorithms, Some(v)),
+            attr::REQUESTED_TRANSPORT => {
+                first(&mut r.requested_transport, raw::decode_leading_byte(v))
+            }
+            attr::LIFETIME => first(&mut r.lifetime, raw::decode_u32(v)),
+            attr::DONT_FRAGMENT => {
+                r.dont_fragment = true;
+                true
+            }
+            // RFC 8656 §18.5: the R bit is the top bit of the one byte.
+            attr::EVEN_PORT => first(&mut r.even_port, v.first().map(|b| b & 0x80 != 0)),
+            attr::RESERVATION_TOKEN => first(&mut r.reservation_token, raw::decode_u64(v)),
+            attr::REQUESTED_ADDRESS_FAMILY => {
+                first(&mut r.requested_family, raw::decode_leading_byte(v))
+            }
+            attr::ADDITIONAL_ADDRESS_FAMILY => {
+                first(&mut r.additional_family, raw::decode_leading_byte(v))
+            }
             attr::XOR_PEER_ADDRESS => match raw::decode_xor_address(v, &tid) {
                 Some(p) if r.peer_count < MAX_PEERS => {
                     r.peers[r.peer_count] = Some(p);
                     r.peer_count += 1;
+                    true
                 }
-                _ => bad(&mut r, a.typ),
+                _ => false,
             },
-            attr::CHANNEL_NUMBER => match v {
-                [a0, a1, _, _] => r.channel = Some(u16::from_be_bytes([*a0, *a1])),
-                _ => bad(&mut r, a.typ),
-            },
-            attr::DATA => r.data = Some(v),
-            attr::SOFTWARE | attr::ICMP => {}
-            t => r.unknown.note(t),
+            attr::CHANNEL_NUMBER => first(&mut r.channel, raw::decode_channel_number(v)),
+            attr::DATA => first(&mut r.data, Some(v)),
+            t => {
+                r.unknown.note(t);
+                true
+            }
+        };
+        if !understood {
+            bad(&mut r, a.typ);
         }
     }
     Ok(r)
@@ -216,6 +202,30 @@ mod tests {
         assert!(r.bad_attribute.is_none() && r.unknown().is_empty());
     }
 
+    // Regression (found by the stun-rs differential oracle): the last of a
+    // repeated attribute won; RFC 8489 §14 makes the first count.
+    #[test]
+    fn first_occurrence_counts() {
+        let mut buf = [0u8; 256];
+        let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[3; 12]).unwrap();
+        w.u32(attr::REQUESTED_TRANSPORT, (TRANSPORT_UDP as u32) << 24)
+            .unwrap();
+        w.u32(attr::REQUESTED_TRANSPORT, 6 << 24).unwrap();
+        w.u32(attr::LIFETIME, 600).unwrap();
+        w.u32(attr::LIFETIME, 0).unwrap();
+        w.bytes(attr::DATA, b"first").unwrap();
+        w.bytes(attr::DATA, b"second").unwrap();
+        w.bytes(attr::PASSWORD_ALGORITHM, &[0, 2, 0, 0]).unwrap();
+        w.bytes(attr::PASSWORD_ALGORITHM, &[0, 1, 0, 0]).unwrap();
+        let n = w.finish();
+        let r = parse(&buf[..n]).unwrap();
+        assert_eq!(r.requested_transport, Some(TRANSPORT_UDP));
+        assert_eq!(r.lifetime, Some(600));
+        assert_eq!(r.data, Some(&b"first"[..]));
+        assert_eq!(r.password_algorithm, Some(2));
+        assert!(r.bad_attribute.is_none());
+    }
+
     #[test]
     fn malformed_values_are_flagged() {
         let mut buf = [0u8; 256];
@@ -226,5 +236,18 @@ mod tests {
         let r = parse(&buf[..n]).unwrap();
         assert_eq!(r.bad_attribute, Some(attr::LIFETIME));
         assert_eq!(r.unknown(), &[0x0033]);
+
+        // PASSWORD-ALGORITHM announcing parameters it does not carry, and a
+        // USERNAME over RFC 5389's "less than 513 bytes".
+        for (typ, value) in [
+            (attr::PASSWORD_ALGORITHM, vec![0, 2, 0, 4]),
+            (attr::USERNAME, vec![b'u'; 513]),
+        ] {
+            let mut buf = [0u8; 1024];
+            let mut w = Writer::new(&mut buf, method::ALLOCATE, Class::Request, &[2; 12]).unwrap();
+            w.bytes(typ, &value).unwrap();
+            let n = w.finish();
+            assert_eq!(parse(&buf[..n]).unwrap().bad_attribute, Some(typ));
+        }
     }
 }

@@ -210,43 +210,41 @@ pub(crate) enum Malformed {
     /// An error response without a usable ERROR-CODE.
     NoErrorCode,
     BadFingerprint,
-    /// REALM or NONCE is not UTF-8.
+    /// REALM or NONCE is not UTF-8 (or longer than RFC 8489 §14.9 allows).
     BadString,
 }
 
-/// Read a success or error response (the header already parsed).
+/// Read a success or error response (the header already parsed). The first
+/// of a repeated attribute counts (RFC 8489 §14), except that a dual
+/// allocation carries two XOR-RELAYED-ADDRESS; nothing after the integrity
+/// attributes counts (§14.5).
 pub(crate) fn parse_response(msg: &[u8], h: &Header) -> Result<Response, Malformed> {
     let mut r = Response::default();
-    for a in Attributes::new(msg, h) {
+    let text = |v| {
+        raw::decode_text(v, raw::MAX_TEXT_LEN)
+            .map(str::to_string)
+            .ok_or(Malformed::BadString)
+    };
+    for a in Attributes::new(msg, h).counted() {
         let a = a.map_err(Malformed::Raw)?;
         match a.typ {
-            attr::ERROR_CODE => r.code = raw::decode_error_code(a.value),
-            attr::REALM => {
-                r.realm =
-                    Some(String::from_utf8(a.value.to_vec()).map_err(|_| Malformed::BadString)?)
+            attr::ERROR_CODE if r.code.is_none() => r.code = raw::decode_error_code(a.value),
+            attr::REALM if r.realm.is_none() => r.realm = Some(text(a.value)?),
+            attr::NONCE if r.nonce.is_none() => r.nonce = Some(text(a.value)?),
+            attr::PASSWORD_ALGORITHMS if r.algorithms.is_none() => {
+                r.algorithms = Some(a.value.to_vec())
             }
-            attr::NONCE => {
-                r.nonce =
-                    Some(String::from_utf8(a.value.to_vec()).map_err(|_| Malformed::BadString)?)
-            }
-            attr::PASSWORD_ALGORITHMS => r.algorithms = Some(a.value.to_vec()),
             attr::XOR_RELAYED_ADDRESS => {
                 if let Some(addr) = raw::decode_xor_address(a.value, &h.transaction_id) {
                     r.relayed.push(addr);
                 }
             }
-            attr::XOR_MAPPED_ADDRESS => {
+            attr::XOR_MAPPED_ADDRESS if r.mapped.is_none() => {
                 r.mapped = raw::decode_xor_address(a.value, &h.transaction_id)
             }
-            attr::LIFETIME if a.value.len() == 4 => {
-                r.lifetime = Some(u32::from_be_bytes([
-                    a.value[0], a.value[1], a.value[2], a.value[3],
-                ]))
-            }
-            attr::RESERVATION_TOKEN if a.value.len() == 8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(a.value);
-                r.reservation_token = Some(u64::from_be_bytes(b));
+            attr::LIFETIME if r.lifetime.is_none() => r.lifetime = raw::decode_u32(a.value),
+            attr::RESERVATION_TOKEN if r.reservation_token.is_none() => {
+                r.reservation_token = raw::decode_u64(a.value)
             }
             attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 => r.has_integrity = true,
             attr::FINGERPRINT => {
