@@ -420,7 +420,8 @@ impl Session {
         self.inner.status.borrow().role
     }
 
-    /// Servers that gave no candidate so far.
+    /// Servers that gave no candidate, or lost the one they gave (one entry
+    /// per server, the latest).
     pub fn server_problems(&self) -> Vec<ServerProblem> {
         self.inner.status.borrow().problems.clone()
     }

@@ -437,11 +437,16 @@ impl SessionCore {
             .filter(|&i| self.allocs[i].is_over() || matches!(self.allocs[i].link, Link::Down(_)))
             .collect();
         for i in over.into_iter().rev() {
-            let a = self.allocs.remove(i);
-            if let Some(stream) = a.stream() {
-                self.streams.push_back(Output::Disconnect { stream });
+            self.replace_alloc(i, now);
+        }
+        // The others may have died with the network (RFC 8656 §2.2: an
+        // allocation is its 5-tuple): ask each server now rather than at the
+        // next refresh minutes away, and allocate anew where it fails.
+        for a in &mut self.allocs {
+            if a.done && a.client.state() == turn::State::Allocated {
+                a.revalidating = true;
+                a.client.refresh_now(now);
             }
-            self.start_alloc(a.server, now);
         }
         self.gathering_done = false;
         self.checking_since = now;
@@ -777,6 +782,15 @@ impl SessionCore {
         };
     }
 
+    /// Drop allocation `i` and make a new one on its server.
+    fn replace_alloc(&mut self, i: usize, now: Instant) {
+        let a = self.allocs.remove(i);
+        if let Some(stream) = a.stream() {
+            self.streams.push_back(Output::Disconnect { stream });
+        }
+        self.start_alloc(a.server, now);
+    }
+
     fn start_alloc(&mut self, server: TurnServer, now: Instant) {
         let stream = StreamId(self.next_stream);
         self.next_stream += 1;
@@ -1105,6 +1119,19 @@ impl SessionCore {
             }
             self.send_alloc_transmits(ai);
         }
+        // Allocations a restart's probe found dead are made again (their
+        // loss was reported just above, with the probe's failure).
+        let mut ai = 0;
+        while ai < self.allocs.len() {
+            let a = &self.allocs[ai];
+            if a.revalidating && a.is_over() && self.closing.is_none() {
+                tracing::debug!(server = %a.server.addr, "TURN allocation lost with the network: allocating again");
+                self.replace_alloc(ai, now);
+                self.dirty = true;
+            } else {
+                ai += 1;
+            }
+        }
     }
 
     fn send_alloc_transmits(&mut self, ai: usize) {
@@ -1197,9 +1224,8 @@ impl SessionCore {
                 tracing::debug!(?peers, %error, "TURN permission refused");
             }
             turn::Event::Closed => self.allocs[ai].closed = true,
-            turn::Event::Data { .. }
-            | turn::Event::Refreshed { .. }
-            | turn::Event::PermissionCreated { .. } => {}
+            turn::Event::Refreshed { .. } => self.allocs[ai].revalidating = false,
+            turn::Event::Data { .. } | turn::Event::PermissionCreated { .. } => {}
         }
     }
 

@@ -673,11 +673,11 @@ fn ice_restart_after_a_network_change_moves_the_path() {
         .filter(|s| !got.contains(&s.seq))
         .all(|s| s.at >= restarted - ms(500) && s.at < changed_b));
     assert!(a.rx.iter().filter(|r| r.at > changed_b).count() >= 40);
-    // A's allocation stayed on the old 5-tuple: its next refresh, from the
-    // new mapping, finds it gone (437, after a 401 for the nonce the relay
-    // issued to the old address), a server problem and nothing more: not
-    // a refusal of the credentials.
-    sim.run_until(secs(30), |_| false);
+    // A's allocation was on the old 5-tuple. The restart probed it at once
+    // (a Refresh from the new mapping: 437, after a 401 for the nonce the
+    // relay issued to the old address): one server problem, not a refusal
+    // of the credentials, and a new allocation from the new mapping, whose
+    // relayed candidate went out with the restart.
     let want = turn_problem(turn, Transport::Udp, ClientError::AllocationMismatch);
     let a = &sim.peers[0];
     assert_eq!(a.core.problems(), &[want.clone()][..]);
@@ -685,11 +685,31 @@ fn ice_restart_after_a_network_change_moves_the_path() {
         a.count(|e| *e == SessionEvent::ServerProblem(want.clone())),
         1
     );
+    let probed = a
+        .event_at(|e| *e == SessionEvent::ServerProblem(want.clone()))
+        .unwrap();
+    assert!(probed < restarted + ms(500), "probe answered at {probed:?}");
     assert_eq!(a.core.ending(), None);
     assert_eq!(
         sim.turns[t].count_of("203.0.113.2", method::REFRESH, Class::Error, Some(437)),
         1
     );
+    assert_eq!(
+        sim.turns[t].count_of("203.0.113.2", method::ALLOCATE, Class::Success, None),
+        1,
+        "allocated anew from the new mapping"
+    );
+    let relayed = a
+        .core
+        .local_description()
+        .candidates
+        .iter()
+        .filter(|c| c.kind == CandidateKind::Relayed)
+        .count();
+    assert_eq!(relayed, 2, "the old relayed candidate and the new one");
+    // Nothing more later: the new allocation refreshes normally.
+    sim.run_until(secs(60), |_| false);
+    assert_eq!(sim.peers[0].core.problems(), &[want][..]);
 }
 
 /// Peer B vanishes 3 s after connecting; A restarts `restart_after` later

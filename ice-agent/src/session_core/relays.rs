@@ -40,6 +40,9 @@ pub(super) struct Alloc {
     pub done: bool,
     /// Closing: the deletion was confirmed (or nothing to delete).
     pub closed: bool,
+    /// Probed by an ICE restart (a network change may have killed its
+    /// 5-tuple): replaced by a new allocation if the probe fails.
+    pub revalidating: bool,
 }
 
 impl Alloc {
@@ -80,6 +83,7 @@ impl Alloc {
             bound: HashMap::new(),
             done: false,
             closed: false,
+            revalidating: false,
         })
     }
 
