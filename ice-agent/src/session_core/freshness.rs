@@ -10,6 +10,8 @@
 use std::time::{Duration, Instant};
 
 use crate::Agent;
+// The core's state, types and imports (this file is part of its impl).
+use super::*;
 
 /// What [`Freshness::check`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,5 +97,40 @@ impl Freshness {
         }
         self.degraded_reported = Some(last);
         Verdict::Degraded { silent_for }
+    }
+}
+
+/// Consent across restarts, as the core applies it.
+impl SessionCore {
+    pub(super) fn check_freshness(&mut self, now: Instant) {
+        if self.closing.is_some() {
+            return;
+        }
+        let verdict = self.freshness.check(
+            &self.agent,
+            now,
+            self.cfg.ice.consent_timeout,
+            self.cfg.degraded_after(),
+        );
+        let Some(sp) = self.selected.clone() else {
+            return;
+        };
+        match verdict {
+            Verdict::Fresh => {}
+            Verdict::Lost => self.on_agent_event(Event::ConsentLost(sp), now),
+            Verdict::Degraded { silent_for } => {
+                // A path through our own relay may have gone silent because
+                // the relay did: ask it now (a Refresh) rather than at its
+                // next scheduled refresh minutes away; no answer, or a 437,
+                // reports the relay lost.
+                if let Some(a) = self.allocs.iter_mut().find(|a| a.relays(sp.local.base)) {
+                    a.client.refresh_now(now);
+                }
+                let path = PathInfo::new(sp.local, sp.remote, sp.rtt);
+                tracing::info!(%path, ?silent_for, "path degraded: consent checks unanswered");
+                self.events
+                    .push_back(SessionEvent::PathDegraded { path, silent_for });
+            }
+        }
     }
 }

@@ -9,6 +9,8 @@ use natkit_proto::binding::RequestOptions;
 use natkit_proto::transaction::{self, BindingOutcome, BindingTransaction};
 
 use super::report::{Problem, ServerKind, ServerProblem};
+// The core's state, types and imports (this file is part of its impl).
+use super::*;
 
 /// Retransmissions for gathering requests: a STUN or TURN server that has
 /// not answered within about 4 s is reported unreachable (RFC 8489 §6.2.1
@@ -133,5 +135,136 @@ impl Probe {
                 waited: *waited,
             }),
         })
+    }
+}
+
+/// Gathering: STUN probes, local candidates, servers that gave none, and
+/// the end of gathering.
+impl SessionCore {
+    pub(super) fn start_probes(&mut self, now: Instant) {
+        self.probes = if self.cfg.relay_only {
+            Vec::new()
+        } else {
+            Probe::start_all(&self.bases, &self.cfg.stun, now)
+        };
+    }
+
+    pub(super) fn pump_probes(&mut self) {
+        let mut found = Vec::new();
+        for p in &mut self.probes {
+            while let Some((base, to, payload)) = p.poll_transmit() {
+                self.transmits.push_back(Transmit {
+                    via: Via::Base(base),
+                    to,
+                    payload,
+                });
+            }
+            if let Some(f) = p.take_outcome() {
+                found.push(f);
+            }
+        }
+        for f in found {
+            self.dirty = true;
+            match f {
+                Found::Mapped {
+                    base,
+                    mapped,
+                    server,
+                } => {
+                    if mapped != base {
+                        let i = self.bases.iter().position(|b| *b == base).unwrap_or(0);
+                        let pref = local_preference(base.ip(), i as u16);
+                        self.add_local(Candidate::server_reflexive(
+                            mapped,
+                            base,
+                            server.ip(),
+                            pref,
+                        ));
+                    }
+                }
+                Found::Problem(p) => self.problem(p),
+            }
+        }
+    }
+
+    pub(super) fn check_gathering(&mut self, now: Instant) {
+        if self.gathering_done {
+            return;
+        }
+        let all = self.probes.iter().all(|p| p.done) && self.allocs.iter().all(|a| a.done);
+        if !all && now < self.gather_deadline {
+            return;
+        }
+        self.gathering_done = true;
+        if !all {
+            // Servers still unanswered at the deadline are named now, so an
+            // empty description says why; a late answer still trickles.
+            let problem = Problem::GatheringTimeout {
+                after: self.cfg.gather_timeout,
+            };
+            let mut pending: Vec<ServerProblem> = self
+                .probes
+                .iter()
+                .filter(|p| !p.done)
+                .map(|p| ServerProblem {
+                    server: p.server,
+                    kind: ServerKind::Stun,
+                    problem: problem.clone(),
+                })
+                .collect();
+            pending.dedup_by_key(|p| p.server);
+            pending.extend(
+                self.allocs
+                    .iter()
+                    .filter(|a| !a.done)
+                    .map(|a| ServerProblem {
+                        server: a.server.addr,
+                        kind: a.kind(),
+                        problem: problem.clone(),
+                    }),
+            );
+            for p in pending {
+                self.problem(p);
+            }
+        }
+        self.agent.end_of_local_candidates();
+        let ufrag = self.agent.local_credentials().ufrag.clone();
+        self.events
+            .push_back(SessionEvent::Candidate(TrickleCandidate {
+                ufrag,
+                candidate: None,
+            }));
+        self.events.push_back(SessionEvent::GatheringDone);
+    }
+
+    pub(super) fn add_local(&mut self, c: Candidate) {
+        match self.agent.add_local_candidate(c.clone()) {
+            Ok(()) => {
+                tracing::debug!(candidate = %c, "local candidate");
+                let ufrag = self.agent.local_credentials().ufrag.clone();
+                self.events
+                    .push_back(SessionEvent::Candidate(TrickleCandidate {
+                        ufrag,
+                        candidate: Some(SignalledCandidate::from_local(&c)),
+                    }));
+            }
+            Err(e) => tracing::debug!(candidate = %c, error = %e, "local candidate not added"),
+        }
+    }
+
+    pub(super) fn problem(&mut self, p: ServerProblem) {
+        tracing::debug!("{p}");
+        self.events
+            .push_back(SessionEvent::ServerProblem(p.clone()));
+        // One entry per server: a later, more precise answer (a 401 after
+        // "no answer yet") replaces the earlier one.
+        match self
+            .problems
+            .iter_mut()
+            .find(|q| q.server == p.server && q.kind == p.kind)
+        {
+            Some(q) => *q = p,
+            None => self.problems.push(p),
+        }
     }
 }

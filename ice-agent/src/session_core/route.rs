@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 
 use natkit_proto::channel_data;
 use natkit_proto::turn::client::{self as turn, UsageError};
+// The core's state, types and imports (this file is part of its impl).
+use super::*;
 
 /// A TCP or TLS connection to a TURN server, named by the core. Ids are
 /// never reused within a session, so a late report about a replaced
@@ -121,6 +123,58 @@ impl fmt::Display for Route {
             Wrap::None => Ok(()),
             Wrap::ChannelData { channel, .. } => write!(f, " in channel {channel:#06x}"),
             Wrap::SendIndication { peer } => write!(f, " in Send indications for {peer}"),
+        }
+    }
+}
+
+/// The route of the selected pair, or the one learnt before a selection.
+impl SessionCore {
+    /// The way back to the peer's first datagram, before a selection.
+    pub(super) fn learn_route(&mut self, local: SocketAddr, from: SocketAddr) {
+        let now = self.now;
+        let r = if self.bases.contains(&local) {
+            Some(Route::direct(local, from))
+        } else {
+            self.allocs
+                .iter_mut()
+                .find(|a| a.relays(local))
+                .and_then(|a| a.route_to(from, now))
+        };
+        if let Some(r) = r {
+            tracing::debug!(route = %r, "route learned from the peer's first datagram");
+            self.learned = Some(r);
+            self.route_version += 1;
+            self.dirty = true;
+        }
+    }
+
+    pub(super) fn set_route(&mut self, r: Option<Route>) {
+        if r != self.route || self.learned.is_some() {
+            if let Some(r) = &r {
+                tracing::debug!(route = %r, "route");
+            }
+            self.route = r;
+            self.learned = None;
+            self.route_version += 1;
+        }
+    }
+
+    /// The route of the selected pair: from a host base straight to the
+    /// peer, or through our allocation for a relayed base.
+    pub(super) fn route_for(&mut self, sp: &SelectedPair, now: Instant) -> Option<Route> {
+        if self.bases.contains(&sp.local.base) {
+            return Some(Route::direct(sp.local.base, sp.remote.addr));
+        }
+        self.allocs
+            .iter_mut()
+            .find(|a| a.relays(sp.local.base))
+            .and_then(|a| a.route_to(sp.remote.addr, now))
+    }
+
+    pub(super) fn refresh_route(&mut self, now: Instant) {
+        if let Some(sp) = self.selected.clone() {
+            let r = self.route_for(&sp, now);
+            self.set_route(r);
         }
     }
 }
