@@ -28,6 +28,17 @@
 //! The tokio [`crate::Session`] is a thin driver around this; the tests in
 //! `tests/session_sim.rs` drive two of them over simulated NATs, STUN and
 //! TURN servers in simulated time.
+//!
+//! | module | what it does |
+//! |---|---|
+//! | this one | the types, the public surface, and `pump` (collect what the sub-machines queued) |
+//! | `checks` | the ICE agent inside: checks in and out (through a relay for relayed bases), remote candidates, selection, consent loss, failure |
+//! | `gather` | STUN probes (RFC 8445 §5.1.1.2), local candidates, servers that gave none, the end of gathering |
+//! | `relays` | TURN allocations (proto's client): where their messages travel, their events, replacing lost ones |
+//! | `route` | [`Route`]: how application datagrams go, for the selected pair or learnt before it |
+//! | `freshness` | consent across ICE restarts (RFC 7675) and the degraded-path warning |
+//! | `closing` | the close grace and the deletions (RFC 8656 §8) |
+//! | `report` | events, paths, server problems, endings |
 
 mod checks;
 mod closing;
