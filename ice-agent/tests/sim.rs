@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::{assert_same_path, config, final_selected, Filtering, Mapping, Nat, Sim};
-use natkit_ice::{CandidateKind, Event, FailureReason, IceState, PairFailure, PairState, Role};
+use natkit_ice::{
+    Candidate, CandidateKind, Event, FailureReason, IceState, PairFailure, PairState, Role,
+};
 
 const A_HOSTS: &[&str] = &["192.0.2.1:1000", "[2001:db8::1]:1000"];
 const B_HOSTS: &[&str] = &["198.51.100.2:2000", "[2001:db8::2]:2000"];
@@ -418,15 +420,24 @@ fn ice_restart_connects_again() {
 }
 
 fn two_nats(mapping: Mapping, filtering: Filtering) -> Sim {
+    two_nats_seeded(mapping, filtering, [91, 92], 47)
+}
+
+/// Agents behind NATs of one kind, seeded with `agents`, on a network
+/// seeded with `net`, with their server-reflexive candidates gathered.
+fn two_nats_seeded(mapping: Mapping, filtering: Filtering, agents: [u64; 2], net: u64) -> Sim {
     let stun: std::net::SocketAddr = "192.0.2.200:3478".parse().unwrap();
     let mut sim = Sim::new(
-        [config(Role::Controlling, 91), config(Role::Controlled, 92)],
+        [
+            config(Role::Controlling, agents[0]),
+            config(Role::Controlled, agents[1]),
+        ],
         [&["10.0.0.1:1000"], &["10.0.1.1:2000"]],
         [
             Some(Nat::new("203.0.113.1", mapping, filtering)),
             Some(Nat::new("198.51.100.1", mapping, filtering)),
         ],
-        47,
+        net,
     );
     sim.gather_srflx(0, "10.0.0.1:1000".parse().unwrap(), stun);
     sim.gather_srflx(1, "10.0.1.1:2000".parse().unwrap(), stun);
@@ -497,6 +508,80 @@ fn two_symmetric_nats_connect_through_a_relay() {
     assert_eq!(a.remote.kind, CandidateKind::Relayed);
     // A reached the relay through its symmetric NAT: peer-reflexive on A.
     assert_eq!(a.local.kind, CandidateKind::PeerReflexive);
+}
+
+/// Both agents behind symmetric NATs, each with a relayed candidate on one
+/// TURN server: the paths that work all go through a relay, from one side's
+/// NAT mapping (a peer-reflexive candidate) or relay to the other's relay.
+/// Returns the sim and B's relayed candidate.
+fn symmetric_nats_with_relays(agents: [u64; 2], net: u64) -> (Sim, Candidate) {
+    let mut sim = two_nats_seeded(
+        Mapping::AddressAndPortDependent,
+        Filtering::AddressAndPortDependent,
+        agents,
+        net,
+    );
+    let server: std::net::SocketAddr = "192.0.2.100:3478".parse().unwrap();
+    sim.add_relay(0, "192.0.2.100:50000".parse().unwrap(), server);
+    let b_relay = sim.add_relay(1, "192.0.2.100:50001".parse().unwrap(), server);
+    (sim, b_relay)
+}
+
+/// Found by the session simulation: A (controlling) connects through its
+/// own relay to B's NAT mapping, then, once B's relayed candidate trickles
+/// in, through its NAT mapping to B's relay. That valid pair ranks one
+/// above the first on both sides (RFC 8445 §6.1.2.3: same min, same max,
+/// G > D), so A renominates it. A used to rank the new pair by its host
+/// base's priority and B the first pair by its own host base's: B saw the
+/// renomination as below its selected pair, ignored it as a stale
+/// retransmission, and each agent sent through the other's relay.
+#[test]
+fn renomination_to_a_peer_reflexive_valid_pair_is_followed() {
+    let (mut sim, b_relay) = symmetric_nats_with_relays([91, 92], 47);
+    sim.give_credentials(0, 1);
+    sim.give_credentials(1, 0);
+    sim.give_candidates(0, 1, true);
+    sim.give_candidates_where(1, 0, false, |c| c.addr != b_relay.addr);
+    assert!(sim.run(Duration::from_secs(5), |s| s.both_connected()));
+    assert_eq!(final_selected(&sim, 0).local.kind, CandidateKind::Relayed);
+    sim.run_for(Duration::from_secs(1), |_| false);
+    // B's relayed candidate trickles in.
+    sim.give_candidates_where(1, 0, true, |c| c.addr == b_relay.addr);
+    sim.run_for(Duration::from_secs(3), |_| false);
+    let (a, b) = (final_selected(&sim, 0), final_selected(&sim, 1));
+    assert_eq!(a.local.kind, CandidateKind::PeerReflexive, "{a}");
+    assert_eq!(a.remote.addr, b_relay.addr, "{a}");
+    assert_same_path(&a, &b);
+    for i in 0..2 {
+        assert!(count(&sim, i, |e| matches!(e, Event::SelectedPairChanged(_))) >= 1);
+    }
+}
+
+/// The same agents with every candidate given at once, on a lossy network,
+/// over many seeds: whichever pairs happen to succeed first, both agents
+/// end on the same path.
+#[test]
+fn symmetric_nats_with_relays_agree_whatever_the_seed() {
+    for seed in 0..200u64 {
+        let (mut sim, _) = symmetric_nats_with_relays([seed, seed ^ 1], seed);
+        sim.loss = 0.1;
+        sim.delay = ms(5 + seed % 40);
+        sim.exchange_all();
+        assert!(
+            sim.run(Duration::from_secs(30), |s| s.both_connected()),
+            "seed {seed}"
+        );
+        // Renominations end with the checks.
+        assert!(
+            sim.run_for(Duration::from_secs(30), |s| s.checking_over()),
+            "seed {seed}: checks still running"
+        );
+        let (a, b) = (final_selected(&sim, 0), final_selected(&sim, 1));
+        assert!(
+            a.local.addr == b.remote.addr && a.remote.addr == b.local.addr,
+            "seed {seed}: A {a}, B {b}"
+        );
+    }
 }
 
 /// Found by the chaos test: a retransmitted nomination of the first pair,

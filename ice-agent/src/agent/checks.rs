@@ -229,9 +229,15 @@ impl Agent {
         // A nomination of a pair below the selected one is a stale
         // retransmission from before a renomination (the controlling agent
         // only renominates upwards): following it would split the agents.
-        if m.use_candidate && self.role == Role::Controlled && self.outranks_selected(p) {
-            self.pairs[p].remote_nominated = true;
-            if self.pairs[p].state == PairState::Succeeded {
+        // "Below" compares valid pairs (see `valid_priority`), so a pair not
+        // succeeded yet is only marked: the comparison waits for its valid
+        // pair, when our check on it succeeds (§7.3.1.5 nominates the valid
+        // pair then too).
+        if m.use_candidate && self.role == Role::Controlled {
+            if self.pairs[p].state != PairState::Succeeded {
+                self.pairs[p].remote_nominated = true;
+            } else if self.outranks_selected(p) {
+                self.pairs[p].remote_nominated = true;
                 self.pairs[p].nominated = true;
                 self.select(p, now);
                 return Ok(());

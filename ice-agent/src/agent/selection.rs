@@ -22,17 +22,27 @@ impl Agent {
     /// §8.1.1 leaves the stopping rule to the agent): the best succeeded
     /// pair, at once if no higher-priority pair can still succeed, else
     /// after [`Config::nomination_delay`].
+    ///
+    /// Pairs are ranked by their valid pairs' priorities (see
+    /// [`Agent::valid_priority`]): the numbers the controlled agent ranks
+    /// them by too.
     pub(super) fn nomination_candidate(&self) -> Option<(usize, Instant)> {
-        let best = self.best_in(PairState::Succeeded)?;
-        let bp = &self.pairs[best];
+        let best = (0..self.pairs.len())
+            .filter(|&i| self.pairs[i].state == PairState::Succeeded)
+            .max_by_key(|&i| self.valid_priority(i))?;
+        let best_priority = self.valid_priority(best);
         if let Some(s) = self.selected {
-            if best == s || bp.priority <= self.pairs[s].priority {
+            if best == s || best_priority <= self.valid_priority(s) {
                 return None;
             }
         }
+        let bp = &self.pairs[best];
         let succeeded = bp.succeeded_at.unwrap_or(self.now);
+        // A pair still being checked can at best produce a valid pair of its
+        // own priority (its local candidate may turn out peer-reflexive or
+        // server-reflexive, of a lower type preference, never higher).
         let better_pending = self.pairs.iter().any(|q| {
-            q.priority > bp.priority
+            q.priority > best_priority
                 && matches!(
                     q.state,
                     PairState::Frozen | PairState::Waiting | PairState::InProgress
@@ -182,12 +192,40 @@ impl Agent {
         self.events.push_back(Event::Failed(tried));
     }
 
+    /// The priority that ranks pair `p` for nomination and selection: that
+    /// of the valid pair it produced, once it succeeded, else its own.
+    ///
+    /// RFC 8445 §7.2.5.3.2: the valid pair's local candidate is the one
+    /// the response's mapped address names, often a peer-reflexive
+    /// candidate whose priority is the PRIORITY attribute of the check, and
+    /// the valid pair's priority is computed (§6.1.2.3) with it, not with
+    /// the base's. Both agents then rank a path by the same two numbers: our
+    /// candidate at the mapped address has the priority the peer knows it
+    /// by (signalled, or the check's PRIORITY for a peer-reflexive one,
+    /// §7.3.1.3), and the peer's candidate we sent to has the priority the
+    /// peer gave us, which its own valid pair uses too. Ranking by the
+    /// check-list pair instead (our base's host priority, which the peer
+    /// never sees) can order two pairs one way here and the other way at
+    /// the peer: the controlling agent then renominates a pair the
+    /// controlled agent takes for a stale nomination of a worse one, and
+    /// each ends up sending on a different path.
+    pub(super) fn valid_priority(&self, p: usize) -> u64 {
+        let pair = &self.pairs[p];
+        match pair.valid_local {
+            Some(vi) => self.priority_of(&self.local[vi], &self.remote[pair.remote]),
+            None => pair.priority,
+        }
+    }
+
     /// Whether pair `p` may become (or stays) the selected pair: it is the
-    /// selected one, or ranks above it.
+    /// selected one, or its valid pair ranks above the selected one's. Both
+    /// agents rank by the same numbers ([`Agent::valid_priority`]) and the
+    /// controlling agent only renominates upwards, so at the controlled
+    /// agent a nomination of a lower pair is a stale retransmission.
     pub(super) fn outranks_selected(&self, p: usize) -> bool {
         match self.selected {
             None => true,
-            Some(s) => s == p || self.pairs[p].priority > self.pairs[s].priority,
+            Some(s) => s == p || self.valid_priority(p) > self.valid_priority(s),
         }
     }
 

@@ -11,7 +11,10 @@ pub use nat::{Filtering, Mapping, Nat};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natkit_ice::{Agent, Candidate, CandidateKind, Config, Event, Role, SelectedPair, Transmit};
+use natkit_ice::{
+    Agent, Candidate, CandidateKind, Config, Event, PairInfo, PairState, Role, SelectedPair,
+    Transmit,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -67,6 +70,15 @@ pub fn config(role: Role, seed: u64) -> Config {
 pub fn assert_same_path(a: &SelectedPair, b: &SelectedPair) {
     assert_eq!(a.local.addr, b.remote.addr, "A local vs B remote");
     assert_eq!(a.remote.addr, b.local.addr, "A remote vs B local");
+}
+
+/// Checking is over for this check list: every pair succeeded or failed
+/// and no check (a nomination included) is in flight. The controlling agent
+/// nominates a better succeeded pair at once when no better one is pending,
+/// so from then on its selection is final.
+pub fn checking_over(list: &[PairInfo]) -> bool {
+    list.iter()
+        .all(|p| matches!(p.state, PairState::Succeeded | PairState::Failed) && p.in_flight == 0)
 }
 
 /// Node `i`'s selected pair now.
@@ -356,5 +368,12 @@ impl Sim {
     /// Both connected.
     pub fn both_connected(&self) -> bool {
         self.connected(0).is_some() && self.connected(1).is_some()
+    }
+
+    /// Checking is over on both sides ([`checking_over`]).
+    pub fn checking_over(&self) -> bool {
+        self.nodes
+            .iter()
+            .all(|n| checking_over(&n.agent.check_list()))
     }
 }
