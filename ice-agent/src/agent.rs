@@ -151,6 +151,8 @@ struct Pair {
     nominate: bool,
     /// Controlled: the peer sent USE-CANDIDATE on this pair (§7.3.1.5).
     remote_nominated: bool,
+    /// Controlling: nominating checks on this pair that got no answer.
+    nomination_timeouts: u8,
     nominated: bool,
     failure: Option<PairFailure>,
     rtt: Option<Duration>,

@@ -4,10 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_same_path, config, final_selected, Filtering, Mapping, Nat, Sim};
+use common::{assert_same_path, config, final_selected, DropFilter, Filtering, Mapping, Nat, Sim};
 use natkit_ice::{
     Candidate, CandidateKind, Event, FailureReason, IceState, PairFailure, PairState, Role,
 };
+use natkit_proto::raw::{self, Attributes, Class};
 
 const A_HOSTS: &[&str] = &["192.0.2.1:1000", "[2001:db8::1]:1000"];
 const B_HOSTS: &[&str] = &["198.51.100.2:2000", "[2001:db8::2]:2000"];
@@ -582,6 +583,88 @@ fn symmetric_nats_with_relays_agree_whatever_the_seed() {
             "seed {seed}: A {a}, B {b}"
         );
     }
+}
+
+/// A filter losing every answer to the first `n` nominating checks
+/// (Binding requests with USE-CANDIDATE): the requests get through, the
+/// controlled agent takes the nomination, the controlling one never hears.
+fn lose_answers_to_nominations(n: usize) -> DropFilter {
+    let mut lost: Vec<[u8; 12]> = Vec::new();
+    Box::new(move |_, _, payload| {
+        let Ok(h) = raw::parse_datagram(payload) else {
+            return false;
+        };
+        let tid = h.transaction_id;
+        match h.class() {
+            Class::Request => {
+                let nominating = Attributes::new(payload, &h)
+                    .flatten()
+                    .any(|a| a.typ == raw::attr::USE_CANDIDATE);
+                if nominating && lost.len() < n && !lost.contains(&tid) {
+                    lost.push(tid);
+                }
+                false
+            }
+            Class::Success | Class::Error => lost.contains(&tid),
+            Class::Indication => false,
+        }
+    })
+}
+
+/// Public hosts, everything exchanged, and every answer to A's first `n`
+/// nominating checks lost.
+fn losing_nomination_answers(n: usize) -> Sim {
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 93), config(Role::Controlled, 94)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        53,
+    );
+    sim.drop_if = Some(lose_answers_to_nominations(n));
+    sim.exchange_all();
+    sim
+}
+
+/// Found by the session simulation: B takes A's nomination of the best
+/// pair (the IPv6 one) when the request arrives (RFC 8445 §7.3.1.5), but
+/// every answer is lost. A used to fail the pair when the check timed out
+/// and nominate the IPv4 pair, which B, holding a higher nominated pair,
+/// ignored (§8.1.1: the highest-priority one counts): the agents split.
+/// A nominates the pair again instead, with a fresh check.
+#[test]
+fn a_nomination_whose_answers_are_lost_is_sent_again() {
+    let mut sim = losing_nomination_answers(1);
+    assert!(sim.run(Duration::from_secs(20), |s| s.both_connected()));
+    // B took the nomination at once; A only with the second one, after the
+    // first one's 9.75 s of retransmissions.
+    assert!(sim.connected_at(1).unwrap() < ms(100));
+    let at = sim.connected_at(0).unwrap();
+    assert!(at > ms(9750) && at < ms(10_000), "{at:?}");
+    let (a, b) = (sim.connected(0).unwrap(), sim.connected(1).unwrap());
+    assert!(a.local.addr.is_ipv6(), "{a}");
+    assert_same_path(a, b);
+    assert!(sim.run_for(Duration::from_secs(10), |s| s.checking_over()));
+    assert_same_path(&final_selected(&sim, 0), &final_selected(&sim, 1));
+    assert!(sim.nodes[0]
+        .agent
+        .check_list()
+        .iter()
+        .all(|p| p.failure.is_none()));
+}
+
+/// A nominated pair that never answers is not nominated forever: after two
+/// nominating checks it fails, and A connects on the next pair.
+#[test]
+fn a_nomination_never_answered_fails_its_pair_after_two_checks() {
+    let mut sim = losing_nomination_answers(2);
+    assert!(sim.run(Duration::from_secs(30), |s| s.connected(0).is_some()));
+    let at = sim.connected_at(0).unwrap();
+    assert!(at > ms(19_500) && at < ms(20_000), "{at:?}");
+    assert!(sim.connected(0).unwrap().local.addr.is_ipv4());
+    let list = sim.nodes[0].agent.check_list();
+    let v6 = list.iter().find(|p| p.local.addr.is_ipv6()).unwrap();
+    assert_eq!(v6.state, PairState::Failed);
+    assert!(matches!(v6.failure, Some(PairFailure::TimedOut { .. })));
 }
 
 /// Found by the chaos test: a retransmitted nomination of the first pair,

@@ -65,6 +65,7 @@ impl Agent {
             succeeded_at: None,
             nominate: false,
             remote_nominated: false,
+            nomination_timeouts: 0,
             nominated: false,
             failure: None,
             rtt: None,

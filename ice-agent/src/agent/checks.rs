@@ -95,16 +95,22 @@ impl Agent {
                 }
                 Action::TimedOut { sent, waited } => {
                     let c = self.checks.swap_remove(i);
-                    // A nominating check that times out fails its pair; an
-                    // ordinary one only if the pair is still waiting for it
-                    // (another check may have succeeded meanwhile).
+                    let why = PairFailure::TimedOut { sent, waited };
+                    // A nominating check that times out fails its pair (or is
+                    // sent again, see `nomination_timed_out`); an ordinary
+                    // one only if the pair is still waiting for it (another
+                    // check may have succeeded meanwhile).
                     let pending = self.pairs[c.pair].state == PairState::InProgress
                         && !self
                             .checks
                             .iter()
                             .any(|o| o.pair == c.pair && !o.consent && !o.cancelled);
-                    if !c.consent && !c.cancelled && (c.use_candidate || pending) {
-                        self.fail_pair(c.pair, PairFailure::TimedOut { sent, waited });
+                    if !c.consent && !c.cancelled {
+                        if c.use_candidate {
+                            self.nomination_timed_out(c.pair, why);
+                        } else if pending {
+                            self.fail_pair(c.pair, why);
+                        }
                     }
                     continue;
                 }

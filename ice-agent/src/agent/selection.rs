@@ -7,8 +7,14 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::{Agent, Consent, IceState, Pac, PairState};
-use crate::event::{Event, FailedPair, Failure, FailureReason};
+use crate::event::{Event, FailedPair, Failure, FailureReason, PairFailure};
 use crate::Role;
+
+/// How many nominating checks a pair that had succeeded gets before a
+/// timeout fails it (see [`Agent::nomination_timed_out`]). Two: every
+/// answer to two whole transactions lost on a path that worked is already
+/// far-fetched, and a dead path must not hold up the next pair for long.
+const NOMINATION_ATTEMPTS: u8 = 2;
 
 impl Agent {
     pub(super) fn may_nominate(&self) -> bool {
@@ -74,6 +80,27 @@ impl Agent {
                 self.start_check(p, now, true, false);
             }
         }
+    }
+
+    /// The nominating check on pair `p` got no answer. The peer may still
+    /// have taken the nomination: a controlled agent nominates the pair as
+    /// soon as the request arrives (RFC 8445 §7.3.1.5), and only our
+    /// answers may have been lost. Nominating a lower pair next would not
+    /// undo that: with several nominations both agents use the highest
+    /// priority one (§8.1.1), and the peer would keep this one while we
+    /// used the other. So a pair that had succeeded (its valid pair works)
+    /// is nominated again, with a fresh check, up to
+    /// [`NOMINATION_ATTEMPTS`] times in all; only then it fails.
+    pub(super) fn nomination_timed_out(&mut self, p: usize, why: PairFailure) {
+        let pair = &mut self.pairs[p];
+        pair.nomination_timeouts = pair.nomination_timeouts.saturating_add(1);
+        if pair.state == PairState::Succeeded && pair.nomination_timeouts < NOMINATION_ATTEMPTS {
+            if self.nominating == Some(p) {
+                self.nominating = None;
+            }
+            return;
+        }
+        self.fail_pair(p, why);
     }
 
     // ----- consent and failure -----

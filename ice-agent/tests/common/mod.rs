@@ -54,7 +54,13 @@ pub struct Sim {
     inflight: Vec<Packet>,
     seq: u64,
     pub delivered: u64,
+    /// Drops the datagrams it returns true for, given their source (after
+    /// NAT), destination and payload: losses aimed at chosen messages.
+    pub drop_if: Option<DropFilter>,
 }
+
+/// See [`Sim::drop_if`].
+pub type DropFilter = Box<dyn FnMut(SocketAddr, SocketAddr, &[u8]) -> bool>;
 
 /// A config for tests: reproducible randomness.
 pub fn config(role: Role, seed: u64) -> Config {
@@ -120,6 +126,7 @@ impl Sim {
             inflight: Vec::new(),
             seq: 0,
             delivered: 0,
+            drop_if: None,
         }
     }
 
@@ -234,6 +241,14 @@ impl Sim {
         };
         if self.loss > 0.0 && self.rng.gen::<f64>() < self.loss {
             self.trace(format_args!("lost    {i}: {src} -> {}", t.to));
+            return;
+        }
+        if self
+            .drop_if
+            .as_mut()
+            .is_some_and(|f| f(src, t.to, &t.payload))
+        {
+            self.trace(format_args!("dropped {i}: {src} -> {}", t.to));
             return;
         }
         self.trace(format_args!("send    {i}: {src} -> {}", t.to));
