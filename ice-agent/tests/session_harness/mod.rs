@@ -1007,6 +1007,13 @@ impl Sim {
         self.peers.iter().all(|p| p.connected())
     }
 
+    /// Checking is over on both sides ([`crate::common::checking_over`]).
+    pub fn checking_over(&self) -> bool {
+        self.peers
+            .iter()
+            .all(|p| crate::common::checking_over(&p.core.check_list()))
+    }
+
     /// Both peers done gathering.
     pub fn both_gathered(&self) -> bool {
         self.peers.iter().all(|p| p.core.gathering_done())
