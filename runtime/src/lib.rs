@@ -14,6 +14,9 @@
 //! - [`tls`]: a rustls (ring) server configuration from PEM certificate and key files, with
 //!   errors that name the file.
 //! - [`config`]: loading a server's TOML file with errors that name file, key and line.
+//! - [`stream`]: TCP/TLS connections of the servers: reading into the protocol's deframer with
+//!   an idle timeout and a deadline per frame, and a writer with a bounded queue and bounded
+//!   writes.
 
 #![warn(missing_docs)]
 
@@ -23,4 +26,5 @@ pub mod config;
 pub mod logging;
 pub mod metrics_http;
 pub mod shutdown;
+pub mod stream;
 pub mod tls;

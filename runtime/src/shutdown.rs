@@ -1,6 +1,9 @@
 //! Signals and a shutdown handle shared by tasks and blocking worker threads.
 //!
-//! A server's `main` awaits [`signal`], logs which one came, and calls [`Shutdown::trigger`].
+//! A server's `main` makes one [`Signals`] and awaits [`Signals::next`] in a loop (a signal
+//! that comes while it handles the previous one, a SIGINT during a SIGHUP reload say, waits
+//! for the next call instead of being lost), logs which one came, and calls
+//! [`Shutdown::trigger`].
 //! Async tasks `select!` on [`Shutdown::wait`]; blocking UDP workers (which wake up at least
 //! once per receive timeout) poll [`Shutdown::is_triggered`], a single atomic load.
 
@@ -33,21 +36,44 @@ impl fmt::Display for Signal {
     }
 }
 
-/// Waits for the next SIGTERM, SIGINT or SIGHUP and says which one came.
+/// Waits for the next SIGTERM, SIGINT or SIGHUP and says which one came. A signal that
+/// arrives between two calls is not seen by the second: a loop should keep one [`Signals`].
 ///
 /// Must run inside a tokio runtime. Fails only if the handlers cannot be installed. Once
 /// installed, tokio's handlers replace the default action (terminate) for the rest of the
 /// process, so keep calling this (or exit) after each signal.
 pub async fn signal() -> io::Result<Signal> {
-    let mut term = unix_signal(SignalKind::terminate())?;
-    let mut int = unix_signal(SignalKind::interrupt())?;
-    let mut hup = unix_signal(SignalKind::hangup())?;
-    // `recv` yields `None` only if the driver shuts down; then no signal can come any more,
-    // which we report as a termination so the caller stops instead of hanging.
-    tokio::select! {
-        _ = term.recv() => Ok(Signal::Terminate),
-        _ = int.recv() => Ok(Signal::Interrupt),
-        _ = hup.recv() => Ok(Signal::Hangup),
+    Ok(Signals::new()?.next().await)
+}
+
+/// SIGTERM, SIGINT and SIGHUP, subscribed once: every signal from [`Signals::new`] on is
+/// reported by [`Signals::next`], also one that came while the caller was busy.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Subscribe. Must run inside a tokio runtime; fails only if the handlers cannot be
+    /// installed. From now on tokio's handlers replace the default action (terminate).
+    pub fn new() -> io::Result<Signals> {
+        Ok(Signals {
+            term: unix_signal(SignalKind::terminate())?,
+            int: unix_signal(SignalKind::interrupt())?,
+            hup: unix_signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal (one that came since the last call, at once).
+    pub async fn next(&mut self) -> Signal {
+        // `recv` yields `None` only if the driver shuts down; then no signal can come any
+        // more, which we report as a termination so the caller stops instead of hanging.
+        tokio::select! {
+            _ = self.term.recv() => Signal::Terminate,
+            _ = self.int.recv() => Signal::Interrupt,
+            _ = self.hup.recv() => Signal::Hangup,
+        }
     }
 }
 
@@ -189,6 +215,17 @@ mod tests {
             assert!(waiter.is_finished(), "no report for {expected}");
             assert_eq!(waiter.await.unwrap().unwrap(), expected);
         }
+    }
+
+    #[tokio::test]
+    async fn a_signal_that_comes_between_two_waits_is_not_lost() {
+        let mut signals = Signals::new().unwrap();
+        // SAFETY: `kill` on our own pid with a signal whose handler tokio installed.
+        assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+        // Busy elsewhere meanwhile (a reload, say).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got = tokio::time::timeout(Duration::from_secs(2), signals.next()).await;
+        assert_eq!(got.expect("the signal is kept"), Signal::Hangup);
     }
 
     #[test]
