@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use natkit_proto::binding::{parse_response, write_request, RequestOptions};
-use natkit_testkit::{bins, tls, TempDir};
-
-/// Longest one step may take on a loaded machine.
-const STEP: Duration = Duration::from_secs(10);
+use natkit_testkit::stream::read_stun_message;
+use natkit_testkit::{bins, ready, tls, TempDir};
 
 fn check_config(args: &[&str]) -> Output {
     bins::check_config(env!("CARGO_BIN_EXE_natkit-stun"), args)
@@ -123,14 +121,7 @@ fn tls_binding(addr: SocketAddr, ca: &rcgen::CertifiedKey) -> bool {
     if tls.write_all(&req[..n]).is_err() {
         return false;
     }
-    let mut head = [0u8; 20];
-    if tls.read_exact(&mut head).is_err() {
-        return false;
-    }
-    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-    let mut msg = head.to_vec();
-    msg.resize(20 + len, 0);
-    tls.read_exact(&mut msg[20..]).is_ok() && parse_response(&msg).is_ok()
+    read_stun_message(&mut tls).is_ok_and(|m| parse_response(&m).is_ok())
 }
 
 fn wait_log(log: &Path, text: &str) {
@@ -172,7 +163,7 @@ fn sighup_reloads_the_tls_certificate() {
         log_file(&log),
     );
     srv.wait_ready(primary);
-    wait_log(&log, "listening on TLS");
+    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", STEP);
     assert!(tls_binding(tls_addr, &old));
     assert!(!tls_binding(tls_addr, &new));
 

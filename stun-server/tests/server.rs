@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use natkit_proto::binding::{parse_response, write_request, ChangeRequest, RequestOptions};
-use natkit_testkit::{tls, TempDir};
+use natkit_testkit::stream::read_stun_message;
+use natkit_testkit::{ready, tls, TempDir};
 
 #[test]
 fn rfc5780_change_request_response_origin_other_address() {
@@ -171,16 +172,6 @@ fn bad_input_is_counted_and_the_server_keeps_serving() {
     assert!(metric(&text, "natkit_stun_bytes_sent_total{transport=\"udp\"}") > 0.0);
 }
 
-fn read_stun_frame(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
-    let mut h = [0u8; 20];
-    s.read_exact(&mut h)?;
-    let len = u16::from_be_bytes([h[2], h[3]]) as usize;
-    let mut v = h.to_vec();
-    v.resize(20 + len, 0);
-    s.read_exact(&mut v[20..])?;
-    Ok(v)
-}
-
 #[test]
 fn tcp_binding_idle_timeout_and_connection_cap() {
     let (_srv, primary, _, m) =
@@ -193,7 +184,7 @@ fn tcp_binding_idle_timeout_and_connection_cap() {
     let n2 = write_request(&mut buf[n1..], &[2; 12], &RequestOptions::default()).unwrap();
     c.write_all(&buf[..n1 + n2]).unwrap();
     for tid in [[1u8; 12], [2; 12]] {
-        let r = parse_response(&read_stun_frame(&mut c).unwrap()).unwrap();
+        let r = parse_response(&read_stun_message(&mut c).unwrap()).unwrap();
         assert_eq!(r.transaction_id, tid);
         assert_eq!(r.mapped, Some(c.local_addr().unwrap()));
     }
@@ -209,7 +200,7 @@ fn tcp_binding_idle_timeout_and_connection_cap() {
     .unwrap();
     c.write_all(&buf[..n]).unwrap();
     assert_eq!(
-        parse_response(&read_stun_frame(&mut c).unwrap())
+        parse_response(&read_stun_message(&mut c).unwrap())
             .unwrap()
             .outcome,
         Err(400)
@@ -238,7 +229,7 @@ fn tcp_binding_idle_timeout_and_connection_cap() {
         let mut c = TcpStream::connect(primary).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         c.write_all(&buf[..n1]).unwrap();
-        if let Err(e) = read_stun_frame(&mut c) {
+        if let Err(e) = read_stun_message(&mut c) {
             panic!("not answered within the cap: {e}\n{}", metrics(m));
         }
         open.push(c);
@@ -247,7 +238,7 @@ fn tcp_binding_idle_timeout_and_connection_cap() {
     c3.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let _ = c3.write_all(&buf[..n1]);
     assert!(
-        read_stun_frame(&mut c3).is_err(),
+        read_stun_message(&mut c3).is_err(),
         "third connection must be refused"
     );
     drop(open);
@@ -302,13 +293,14 @@ fn tls_binding() {
         Stdio::null(),
     );
     srv.wait_ready(primary);
+    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", STEP);
 
     let mut tls = tls::connect(tls_addr, &ck, "localhost", Duration::from_secs(3));
     let local = tls.sock.local_addr().unwrap();
     let mut buf = [0u8; 64];
     let n = write_request(&mut buf, &[5; 12], &RequestOptions::default()).unwrap();
     tls.write_all(&buf[..n]).unwrap();
-    let r = parse_response(&read_stun_frame(&mut tls).unwrap()).unwrap();
+    let r = parse_response(&read_stun_message(&mut tls).unwrap()).unwrap();
     assert_eq!(r.outcome, Ok(()));
     assert_eq!(r.mapped, Some(local));
 }

@@ -32,6 +32,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use natkit_testkit::http::{self, metric};
 use natkit_testkit::{ready, TempDir};
 
 /// The page, compiled in so the test has no working-directory assumptions.
@@ -98,6 +99,8 @@ fn chromium_relays_a_data_channel_message_through_natkit_turn() {
         &turn_log,
     );
     wait_relay_ready(&ns, &turn);
+    // The metrics endpoint, read at the end.
+    ns.enter(|| ready::wait_http_ok(SocketAddr::from((HOST, METRICS_PORT)), "/metrics", STEP));
     let t_relay = started.elapsed();
 
     let (results, server) = HttpServer::start(&ns);
@@ -512,32 +515,12 @@ fn wait_relay_ready(ns: &Netns, turn: &Proc) {
 }
 
 /// GET a path from an HTTP server in the namespace; the body.
-fn http_get(ns: &Netns, port: u16, path: &str) -> String {
-    let mut s = ns.enter(move || {
-        TcpStream::connect_timeout(&SocketAddr::from((HOST, port)), STEP)
-            .expect("connect to metrics")
-    });
-    s.set_read_timeout(Some(STEP)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read metrics");
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    body.to_string()
-}
-
-/// The value of one series (name with labels, as printed) in a Prometheus
-/// text exposition.
-fn metric(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {series} not found in:\n{body}"))
+fn http_get(ns: &Netns, port: u16, path: &'static str) -> String {
+    let (code, body) = ns
+        .enter(move || http::get(SocketAddr::from((HOST, port)), path))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(code, 200, "GET {path}: {body}");
+    body
 }
 
 /// The page's report: `key=value` lines.

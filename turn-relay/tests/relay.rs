@@ -564,6 +564,7 @@ fn sighup_reloads_the_tls_certificate() {
         "--key",
         key.to_str().unwrap(),
     ]);
+    relay.wait_tls(tls_addr);
     assert!(tls_handshake(tls_addr, &old));
     assert!(!tls_handshake(tls_addr, &new));
     write(&new);
@@ -612,6 +613,7 @@ fn sighup_with_a_broken_certificate_keeps_the_running_one() {
     .map(|s| s.to_string())
     .collect();
     let relay = Relay::start_logged(args, port, metrics, &log, &[]);
+    relay.wait_tls(tls_addr);
     assert!(tls_handshake(tls_addr, &ck));
 
     std::fs::write(&cert, "not a certificate\n").unwrap();

@@ -26,16 +26,25 @@ impl Server {
         Server { child }
     }
 
-    /// Wait until a Binding request to `addr` is answered.
+    /// Wait until a Binding request to `addr` is answered over UDP.
     pub fn wait_ready(&mut self, addr: SocketAddr) {
-        ready::wait_binding(
-            &mut self.child,
-            "natkit-stun",
-            addr,
-            Duration::from_secs(10),
-        );
+        ready::wait_binding(&mut self.child, "natkit-stun", addr, STEP);
+    }
+
+    /// Wait until a Binding request to `addr` is answered over TCP.
+    pub fn wait_tcp_ready(&mut self, addr: SocketAddr) {
+        ready::wait_binding_tcp(&mut self.child, "natkit-stun", addr, STEP);
+    }
+
+    /// Wait until the metrics endpoint on 127.0.0.1:`port` serves
+    /// `/metrics`.
+    pub fn wait_metrics(&mut self, port: u16) {
+        ready::wait_http_ok(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics", STEP);
     }
 }
+
+/// Longest a server may take to open an endpoint on a loaded machine.
+pub const STEP: Duration = Duration::from_secs(10);
 
 /// A new file at `path` to pass as [`Server::spawn`]'s `stderr`.
 pub fn log_file(path: &std::path::Path) -> Stdio {
@@ -98,7 +107,9 @@ pub fn metrics(port: u16) -> String {
 pub use natkit_testkit::http::metric;
 
 /// Start natkit-stun in RFC 5780 mode on 127.0.0.1 and 127.0.0.2 with metrics;
-/// returns (server, primary, other, metrics port).
+/// returns (server, primary, other, metrics port) once every endpoint a test
+/// may use answers: both UDP addresses, TCP on the primary one (unless
+/// `extra` turns TCP off), and the metrics endpoint.
 pub fn rfc5780_server(extra: &[&str]) -> (Server, SocketAddr, SocketAddr, u16) {
     let (p, q, m) = (free_port(), free_port(), free_port());
     let primary = addr(&format!("127.0.0.1:{p}"));
@@ -116,5 +127,10 @@ pub fn rfc5780_server(extra: &[&str]) -> (Server, SocketAddr, SocketAddr, u16) {
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut srv = Server::spawn(&args, Stdio::null());
     srv.wait_ready(primary);
+    srv.wait_ready(other);
+    if !extra.windows(2).any(|w| w == ["--tcp", "false"]) {
+        srv.wait_tcp_ready(primary);
+    }
+    srv.wait_metrics(m);
     (srv, primary, other, m)
 }

@@ -2,7 +2,6 @@
 //! API (the client and the metric reader are natkit-testkit's `http`).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 /// 100 fixed loopback ports owned by one test file: `base..base+100`,
 /// within 21000-21999.
@@ -27,21 +26,7 @@ impl PortBlock {
 }
 
 pub use natkit_testkit::http::{get as http_get, metric_value};
-
-/// Waits (bounded by `limit`) until `GET path` answers 200.
-pub fn wait_http_ok(addr: SocketAddr, path: &str, limit: Duration) {
-    let end = Instant::now() + limit;
-    let mut last = String::new();
-    while Instant::now() < end {
-        match http_get(addr, path) {
-            Ok((200, _)) => return,
-            Ok((code, body)) => last = format!("{code}: {body}"),
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("http://{addr}{path} not 200 after {limit:?}; last: {last}");
-}
+pub use natkit_testkit::ready::wait_http_ok;
 
 /// Percent-encodes a query-string value (RFC 3986 §2.1: everything but the
 /// unreserved characters).

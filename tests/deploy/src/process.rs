@@ -101,6 +101,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// The process, for readiness probes that notice it exiting.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
     /// Panics if it has exited already (a server that died at start).
     pub fn assert_running(&mut self) {
         if let Some(s) = self.child.try_wait().expect("try_wait") {

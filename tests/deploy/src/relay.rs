@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::bins;
-use natkit_testkit::ready::wait_tcp;
+use natkit_testkit::ready;
 
 use crate::net::{http_get, wait_http_ok};
 use crate::process::{run_with_timeout, Proc};
@@ -54,8 +54,10 @@ impl Turn {
             .arg("2")
             .args(extra);
         let mut proc = Proc::spawn("natkit-turn", &mut cmd, log);
-        wait_http_ok(metrics, "/healthz", START_LIMIT);
-        wait_tcp(listen, "natkit-turn", START_LIMIT);
+        // Every endpoint the tests use: UDP and TCP clients, the metrics.
+        ready::wait_binding(proc.child(), "natkit-turn", listen, START_LIMIT);
+        ready::wait_binding_tcp(proc.child(), "natkit-turn", listen, START_LIMIT);
+        wait_http_ok(metrics, "/metrics", START_LIMIT);
         proc.assert_running();
         Turn {
             proc,

@@ -17,6 +17,7 @@ use natkit_deploy_tests::net::{http_get, metric_value, wait_http_ok, PortBlock};
 use natkit_deploy_tests::process::{run_with_timeout, Output};
 use natkit_deploy_tests::relay::{creds, natkit_json, turn_check, START_LIMIT};
 use natkit_deploy_tests::{bins, deploy_dir, TempDir};
+use natkit_testkit::ready;
 
 /// 21000-21099: this file's loopback ports.
 const PORTS: PortBlock = PortBlock(21_000);
@@ -200,8 +201,15 @@ fn image_builds_and_serves_stun_and_turn_on_loopback() {
         &["natkit-turn", "--config", "/etc/natkit/turn.toml"],
     );
 
-    for (name, m) in [(&stun_name, stun_metrics), (&turn_name, turn_metrics)] {
-        if std::panic::catch_unwind(|| wait_http_ok(m, "/healthz", START_LIMIT)).is_err() {
+    for (name, listen, m) in [
+        (&stun_name, stun, stun_metrics),
+        (&turn_name, turn, turn_metrics),
+    ] {
+        let up = std::panic::catch_unwind(|| {
+            ready::wait_binding_at(name, listen, START_LIMIT);
+            wait_http_ok(m, "/metrics", START_LIMIT);
+        });
+        if up.is_err() {
             panic!("{name} did not come up; its log:\n{}", podman.logs(name));
         }
     }
@@ -219,17 +227,18 @@ fn image_builds_and_serves_stun_and_turn_on_loopback() {
         top.stdout
     );
 
+    // What the readiness probe counted, then the client's one request.
+    let udp_success = r#"natkit_stun_messages_total{outcome="success",transport="udp"}"#;
+    let (_, body) = http_get(stun_metrics, "/metrics").unwrap();
+    let probes = metric_value(&body, udp_success).unwrap_or(0.0);
     let (ok, v, stderr) = natkit_json(&["stun", &stun.to_string()]);
     assert!(ok, "natkit stun failed: {v} {stderr}");
     assert_eq!(v["answered_from"], stun.to_string(), "{v:#}");
     let (_, body) = http_get(stun_metrics, "/metrics").unwrap();
     assert_eq!(
-        metric_value(
-            &body,
-            r#"natkit_stun_messages_total{outcome="success",transport="udp"}"#
-        ),
-        Some(1.0),
-        "the container's natkit-stun should have answered once:\n{body}"
+        metric_value(&body, udp_success),
+        Some(probes + 1.0),
+        "the container's natkit-stun should have answered the client once:\n{body}"
     );
 
     let (user, pass) = creds(SECRET, "container");

@@ -18,10 +18,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use natkit_deploy_tests::net::{http_get, url_encode, wait_http_ok, PortBlock};
+use natkit_deploy_tests::net::{http_get, metric_value, url_encode, wait_http_ok, PortBlock};
 use natkit_deploy_tests::process::{run, Proc};
 use natkit_deploy_tests::relay::{natkit_json, turn_check, Turn, START_LIMIT};
 use natkit_deploy_tests::{bins, deploy_dir, TempDir};
+use natkit_testkit::ready;
 use serde_json::Value;
 
 /// 21200-21299: this file's loopback ports.
@@ -218,7 +219,7 @@ fn prometheus_scrapes_what_clients_do_and_the_dashboard_queries_run() {
         &["--user", "bench:bench-pass", "--user", "alice:alice-pass"],
         &logs.join("turn.log"),
     );
-    let _stun = Proc::spawn(
+    let mut stun = Proc::spawn(
         "natkit-stun",
         Command::new(bins::path("natkit-stun")).args([
             "--listen",
@@ -230,7 +231,13 @@ fn prometheus_scrapes_what_clients_do_and_the_dashboard_queries_run() {
         ]),
         &logs.join("stun.log"),
     );
-    wait_http_ok(stun_metrics, "/healthz", START_LIMIT);
+    ready::wait_binding(stun.child(), "natkit-stun", stun_listen, START_LIMIT);
+    ready::wait_binding_tcp(stun.child(), "natkit-stun", stun_listen, START_LIMIT);
+    wait_http_ok(stun_metrics, "/metrics", START_LIMIT);
+    // What the readiness probes counted, before any client.
+    let stun_udp_success = r#"natkit_stun_messages_total{outcome="success",transport="udp"}"#;
+    let (_, body) = http_get(stun_metrics, "/metrics").expect("natkit-stun's metrics");
+    let probes = metric_value(&body, stun_udp_success).unwrap_or(0.0);
     let prom = Prometheus::start(turn_metrics, stun_metrics);
     prom.wait_value(r#"up{job="natkit-turn"}"#, 1.0);
     prom.wait_value(r#"up{job="natkit-stun"}"#, 1.0);
@@ -304,9 +311,10 @@ fn prometheus_scrapes_what_clients_do_and_the_dashboard_queries_run() {
         r#"natkit_turn_allocations_closed_total{job="natkit-turn"}"#,
         (BENCH_ALLOCATIONS + 2 + 2) as f64,
     );
+    // The STUN client's one Binding request, after the readiness probes'.
     prom.wait_value(
         r#"natkit_stun_messages_total{job="natkit-stun",transport="udp",outcome="success"}"#,
-        1.0,
+        probes + 1.0,
     );
     // The recording rules see it too.
     let end = Instant::now() + SEEN_LIMIT;

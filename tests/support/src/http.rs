@@ -79,9 +79,16 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let mut req = [0u8; 512];
-            let n = s.read(&mut req).unwrap();
-            let req = String::from_utf8_lossy(&req[..n]).into_owned();
+            // The whole request (it may come in several writes): closing
+            // with some of it unread would reset the connection.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 512];
+            while !req.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                req.extend_from_slice(&buf[..n]);
+            }
+            let req = String::from_utf8_lossy(&req).into_owned();
             s.write_all(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 8\r\n\r\ndraining")
                 .unwrap();
             req

@@ -7,10 +7,13 @@
 //!   when missing), and `--check-config` runs of a server binary;
 //! - [`http`]: GET over HTTP/1.0 (`/metrics`, `/healthz`) and one series
 //!   of the Prometheus text format;
-//! - [`ready`]: waiting until a server answers a STUN Binding request or
-//!   accepts TCP, bounded in time;
+//! - [`ready`]: waiting until the endpoint a test uses is up: a STUN
+//!   Binding request answered over UDP or TCP, a TCP port accepting, an
+//!   HTTP path answering 200, bounded in time;
 //! - [`relay`]: natkit-turn on loopback, configured by a builder, killed on
 //!   drop;
+//! - [`stream`]: STUN over TCP from the client's side: reading a message,
+//!   trickling one byte at a time;
 //! - [`tempdir`]: a scratch directory removed on drop;
 //! - [`tls`]: self-signed certificates written as PEM files, and TLS
 //!   clients that trust only one of them.
@@ -23,6 +26,7 @@ pub mod http;
 pub mod ports;
 pub mod ready;
 pub mod relay;
+pub mod stream;
 pub mod tempdir;
 pub mod tls;
 

@@ -375,22 +375,20 @@ impl Node {
 }
 
 impl Relay {
-    /// Wait (bounded by [`STEP`]) until the TCP listener accepts a
-    /// connection and `/healthz` answers.
-    pub fn wait_serving(&self) {
-        let end = Instant::now() + STEP;
-        loop {
-            let tcp = TcpStream::connect(self.addr).is_ok();
-            let metrics = TcpStream::connect(("127.0.0.1", self.metrics)).is_ok();
-            if tcp && metrics {
-                return;
-            }
-            assert!(
-                Instant::now() < end,
-                "natkit-turn on {} not serving TCP ({tcp}) and metrics ({metrics}) after {STEP:?}",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    /// Wait (bounded by [`STEP`]) until the TCP listener answers a Binding
+    /// request and the metrics endpoint serves `/metrics`: each endpoint the
+    /// tests use, asked itself.
+    pub fn wait_serving(&mut self) {
+        ready::wait_binding_tcp(&mut self.child, "natkit-turn", self.addr, STEP);
+        ready::wait_http_ok(
+            SocketAddr::from(([127, 0, 0, 1], self.metrics)),
+            "/metrics",
+            STEP,
+        );
+    }
+
+    /// Wait until the TLS listener on `addr` accepts connections.
+    pub fn wait_tls(&self, addr: SocketAddr) {
+        ready::wait_tcp(addr, "natkit-turn's TLS listener", STEP);
     }
 }
