@@ -5,11 +5,15 @@
 //! no nonce table: a nonce it gets back is checked by recomputing the MAC, so
 //! nothing can be flooded and restarts with the same key keep nonces valid.
 //!
-//! Layout (29 ASCII characters, well under RFC 8489 §14.10's 128):
+//! Two forms, both well under RFC 8489 §14.10's 128 characters:
 //!
 //! ```text
+//! NonceForm::Features (29 characters):
 //! "obMatJos2"  "gAAA"            base64url(timestamp[4] || mac[8])
 //! nonce cookie security features  16 characters, no padding
+//!
+//! NonceForm::Plain (16 characters):
+//! base64url(timestamp[4] || mac[8])
 //! ```
 //!
 //! Short on purpose: the nonce rides in every 401 and 438, which anyone can
@@ -17,12 +21,21 @@
 //! timestamp lasts until 2106; a 64-bit MAC cannot be guessed online within
 //! a nonce's minutes of life, one request per guess.
 //!
-//! The nonce cookie (RFC 8489 §9.2) comes first so clients see that this
-//! server supports PASSWORD-ALGORITHMS and may pick SHA-256. The MAC covers
-//! the cookie and feature bits too, so a man in the middle cannot clear the
-//! bit to bid the client down to MD5 without the nonce failing (§9.2.1).
-//! Every character is a letter, digit, `-` or `_`: `qdtext` in the
+//! In the features form the nonce cookie (RFC 8489 §9.2) comes first so
+//! clients see that this server supports PASSWORD-ALGORITHMS and may pick
+//! SHA-256. The MAC covers the cookie and feature bits too, so a man in the
+//! middle cannot clear the bit to bid the client down to MD5 without the
+//! nonce failing (§9.2.1). The plain form offers no security features
+//! (the client uses MD5, RFC 8489 §9.2.4); it is the 13 characters a relay
+//! saves when the answer must stay small (see the relay's amplification
+//! bound). Each form's MAC has its own input, so one cannot pass for the
+//! other. Every character is a letter, digit, `-` or `_`: `qdtext` in the
 //! quoted-string grammar RFC 8489 §14.10 asks for.
+//!
+//! Keys: [`NonceKey::random`] for one process, [`NonceKey::from_bytes`] for
+//! known bytes, and [`NonceKey::derive`] from a secret the relays behind one
+//! name already share (their REST secret), so a nonce survives a restart
+//! and is accepted by every relay of the fleet.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -55,8 +68,30 @@ const PREFIX_LEN: usize = NONCE_COOKIE.len() + 4;
 const MAC_LEN: usize = 8;
 /// Timestamp bytes (Unix seconds, big endian, 32 bits: until 2106).
 const TS_LEN: usize = 4;
-/// Length of an issued nonce in characters.
-pub const NONCE_LEN: usize = PREFIX_LEN + (4 * (TS_LEN + MAC_LEN)).div_ceil(3);
+/// Length of the base64url payload (timestamp and MAC) in characters.
+const PAYLOAD_LEN: usize = (4 * (TS_LEN + MAC_LEN)).div_ceil(3);
+/// Length of a nonce of the features form ([`NonceForm::Features`]) in
+/// characters.
+pub const NONCE_LEN: usize = PREFIX_LEN + PAYLOAD_LEN;
+/// Length of a nonce of the plain form ([`NonceForm::Plain`]) in characters.
+pub const PLAIN_NONCE_LEN: usize = PAYLOAD_LEN;
+
+/// PBKDF2 iterations of [`NonceKey::derive`]: anyone can draw nonces, so a
+/// secret must not be cheaper to guess offline against one than against a
+/// REST password (which any holder of a credential can test at one HMAC
+/// per guess): here a guess costs 16384 HMACs. About 10 ms per secret at
+/// start-up and on reload.
+pub const DERIVE_ITERATIONS: u32 = 1 << 14;
+
+/// Which form a nonce has (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceForm {
+    /// Nonce cookie and security feature bits first: the server offers
+    /// PASSWORD-ALGORITHMS (RFC 8489 §9.2.1).
+    Features,
+    /// Timestamp and MAC only: no security features, MD5 keys.
+    Plain,
+}
 
 /// The secret that signs and checks nonces.
 #[derive(Clone)]
@@ -76,13 +111,14 @@ impl fmt::Debug for NonceKey {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Nonce {
     buf: [u8; NONCE_LEN],
+    len: u8,
 }
 
 impl Nonce {
     /// The nonce text, to put in a NONCE attribute.
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever written into the buffer.
-        std::str::from_utf8(&self.buf).unwrap_or_default()
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or_default()
     }
 }
 
@@ -126,6 +162,16 @@ impl NonceKey {
         Self::from_bytes(key)
     }
 
+    /// A key derived from `secret` (PBKDF2-HMAC-SHA256,
+    /// [`DERIVE_ITERATIONS`] rounds, salted with `context`, e.g. the realm):
+    /// every server with the same secret and context has the same key, so
+    /// its nonces survive restarts and are accepted across a fleet. The
+    /// nonce key is not the secret: a nonce tells nothing about the secret
+    /// that is cheaper to learn than by guessing it through the iterations.
+    pub fn derive(secret: &[u8], context: &str) -> Self {
+        Self::from_bytes(pbkdf2_sha256(secret, context.as_bytes(), DERIVE_ITERATIONS))
+    }
+
     /// A key from known bytes (shared between servers behind one name, or
     /// kept across restarts).
     pub fn from_bytes(key: [u8; 32]) -> Self {
@@ -140,11 +186,17 @@ impl NonceKey {
         NonceKey { key, prefix }
     }
 
-    fn mac(&self, ts: &[u8; TS_LEN], client: SocketAddr) -> [u8; 32] {
-        // prefix || timestamp || family || address || port
+    fn mac(&self, form: NonceForm, ts: &[u8; TS_LEN], client: SocketAddr) -> [u8; 32] {
+        // Features: prefix || timestamp || family || address || port.
+        // Plain: 0x00 || timestamp || ...: the prefix starts with 'o', so
+        // the two inputs never coincide.
+        let prefix: &[u8] = match form {
+            NonceForm::Features => &self.prefix,
+            NonceForm::Plain => &[0],
+        };
         let mut input = [0u8; PREFIX_LEN + TS_LEN + 1 + 16 + 2];
         let mut n = 0;
-        for part in [&self.prefix[..], &ts[..]] {
+        for part in [prefix, &ts[..]] {
             input[n..n + part.len()].copy_from_slice(part);
             n += part.len();
         }
@@ -167,20 +219,34 @@ impl NonceKey {
         hmac_sha256(&self.key, &input[..n])
     }
 
-    /// Issue a nonce for `client` at time `now`.
+    /// Issue a nonce of the features form for `client` at time `now`.
     pub fn issue(&self, client: SocketAddr, now: SystemTime) -> Nonce {
+        self.issue_form(NonceForm::Features, client, now)
+    }
+
+    /// Issue a nonce of the given form for `client` at time `now`.
+    pub fn issue_form(&self, form: NonceForm, client: SocketAddr, now: SystemTime) -> Nonce {
         let ts = (unix_secs(now).min(u32::MAX as u64) as u32).to_be_bytes();
-        let mac = self.mac(&ts, client);
+        let mac = self.mac(form, &ts, client);
         let mut payload = [0u8; TS_LEN + MAC_LEN];
         payload[..TS_LEN].copy_from_slice(&ts);
         payload[TS_LEN..].copy_from_slice(&mac[..MAC_LEN]);
         let mut buf = [0u8; NONCE_LEN];
-        buf[..PREFIX_LEN].copy_from_slice(&self.prefix);
+        let start = match form {
+            NonceForm::Features => {
+                buf[..PREFIX_LEN].copy_from_slice(&self.prefix);
+                PREFIX_LEN
+            }
+            NonceForm::Plain => 0,
+        };
         let written = URL_SAFE_NO_PAD
-            .encode_slice(payload, &mut buf[PREFIX_LEN..])
+            .encode_slice(payload, &mut buf[start..])
             .unwrap_or(0);
-        debug_assert_eq!(written, NONCE_LEN - PREFIX_LEN);
-        Nonce { buf }
+        debug_assert_eq!(written, PAYLOAD_LEN);
+        Nonce {
+            buf,
+            len: (start + PAYLOAD_LEN) as u8,
+        }
     }
 
     /// Check a nonce a client sent back: issued by this key, to `client`,
@@ -192,19 +258,35 @@ impl NonceKey {
         now: SystemTime,
         max_age: Duration,
     ) -> Result<(), NonceError> {
+        self.verify_form(nonce, client, now, max_age).map(|_| ())
+    }
+
+    /// [`NonceKey::verify`], also saying which form the nonce has (whether
+    /// this server offered PASSWORD-ALGORITHMS with it).
+    pub fn verify_form(
+        &self,
+        nonce: &str,
+        client: SocketAddr,
+        now: SystemTime,
+        max_age: Duration,
+    ) -> Result<NonceForm, NonceError> {
         let b = nonce.as_bytes();
-        if b.len() != NONCE_LEN || b[..PREFIX_LEN] != self.prefix {
+        let (form, encoded) = if b.len() == NONCE_LEN && b[..PREFIX_LEN] == self.prefix {
+            (NonceForm::Features, &b[PREFIX_LEN..])
+        } else if b.len() == PLAIN_NONCE_LEN {
+            (NonceForm::Plain, b)
+        } else {
             return Err(NonceError::Invalid);
-        }
+        };
         // One spare byte: the decoder wants room for its length estimate.
         let mut payload = [0u8; TS_LEN + MAC_LEN + 1];
-        match URL_SAFE_NO_PAD.decode_slice(&b[PREFIX_LEN..], &mut payload) {
+        match URL_SAFE_NO_PAD.decode_slice(encoded, &mut payload) {
             Ok(n) if n == TS_LEN + MAC_LEN => {}
             _ => return Err(NonceError::Invalid),
         }
         let mut ts = [0u8; TS_LEN];
         ts.copy_from_slice(&payload[..TS_LEN]);
-        let mac = self.mac(&ts, client);
+        let mac = self.mac(form, &ts, client);
         if !constant_time_eq(&mac[..MAC_LEN], &payload[TS_LEN..TS_LEN + MAC_LEN]) {
             return Err(NonceError::Invalid);
         }
@@ -220,11 +302,31 @@ impl NonceKey {
             issued - now <= max_age
         };
         if fresh {
-            Ok(())
+            Ok(form)
         } else {
             Err(NonceError::Stale)
         }
     }
+}
+
+/// PBKDF2-HMAC-SHA256 (RFC 8018 §5.2) with one 32-byte output block.
+fn pbkdf2_sha256(secret: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let prf = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    let mut first = prf.clone();
+    first.update(salt);
+    first.update(&1u32.to_be_bytes());
+    let mut u: [u8; 32] = first.finalize().into_bytes().into();
+    let mut out = u;
+    for _ in 1..iterations {
+        let mut m = prf.clone();
+        m.update(&u);
+        u = m.finalize().into_bytes().into();
+        for (o, x) in out.iter_mut().zip(u) {
+            *o ^= x;
+        }
+    }
+    out
 }
 
 /// The RFC 8489 §9.2 security feature bits of a nonce, if it starts with
@@ -392,6 +494,67 @@ mod tests {
         assert_eq!(security_features("f//499k954d6OL34oL9FSTvy64sA"), None);
         assert_eq!(security_features("obMatJos2gA"), None);
         assert_eq!(security_features("obMatJos2!!!!"), None);
+    }
+
+    #[test]
+    fn plain_form_is_short_and_neither_form_passes_for_the_other() {
+        let k = NonceKey::from_bytes([8; 32]);
+        let plain = k.issue_form(NonceForm::Plain, client(), at(1_000));
+        let full = k.issue(client(), at(1_000));
+        assert_eq!(plain.as_str().len(), PLAIN_NONCE_LEN);
+        assert_eq!(PLAIN_NONCE_LEN, 16);
+        assert!(!plain.as_str().starts_with(NONCE_COOKIE));
+        assert_eq!(security_features(plain.as_str()), None);
+        let v = |n: &str, t| k.verify_form(n, client(), at(t), MAX);
+        assert_eq!(v(plain.as_str(), 1_000), Ok(NonceForm::Plain));
+        assert_eq!(v(full.as_str(), 1_000), Ok(NonceForm::Features));
+        assert_eq!(v(plain.as_str(), 1_601), Err(NonceError::Stale));
+        // The payload of one form under the other's prefix: refused (the
+        // MAC inputs differ), so the cookie cannot be added or stripped.
+        let stripped = &full.as_str()[NONCE_LEN - PLAIN_NONCE_LEN..];
+        assert_eq!(v(stripped, 1_000), Err(NonceError::Invalid));
+        let dressed = format!("{}{}", &full.as_str()[..PREFIX_LEN], plain.as_str());
+        assert_eq!(v(&dressed, 1_000), Err(NonceError::Invalid));
+        assert_eq!(
+            k.verify(
+                plain.as_str(),
+                "192.0.2.10:40001".parse().unwrap(),
+                at(1_000),
+                MAX
+            ),
+            Err(NonceError::Invalid)
+        );
+    }
+
+    #[test]
+    fn pbkdf2_matches_rfc_7914_vectors() {
+        let hex = |b: [u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        // RFC 7914 §11, the first 32 bytes of each.
+        assert_eq!(
+            hex(pbkdf2_sha256(b"passwd", b"salt", 1)),
+            "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc"
+        );
+        assert_eq!(
+            hex(pbkdf2_sha256(b"Password", b"NaCl", 80_000)),
+            "4ddcd8f60b98be21830cee5ef22701f9641a4418d04c0414aeff08876b34ab56"
+        );
+    }
+
+    #[test]
+    fn derived_keys_agree_across_instances_and_differ_by_secret_and_context() {
+        let a = NonceKey::derive(b"shared-secret", "example.org");
+        let n = a.issue(client(), at(1_000));
+        let b = NonceKey::derive(b"shared-secret", "example.org");
+        assert_eq!(b.verify(n.as_str(), client(), at(1_010), MAX), Ok(()));
+        for other in [
+            NonceKey::derive(b"other-secret", "example.org"),
+            NonceKey::derive(b"shared-secret", "other.example"),
+        ] {
+            assert_eq!(
+                other.verify(n.as_str(), client(), at(1_010), MAX),
+                Err(NonceError::Invalid)
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Parser;
 use ipnet::IpNet;
+use natkit_proto::nonce::NonceKey;
 use natkit_proto::rest::RestSecrets;
 use natkit_proto::turn::server::{self as core, Credentials};
 use natkit_runtime::logging::LogFormat;
@@ -67,6 +68,9 @@ pub const DEFAULT_MAX_PORT: u16 = 65535;
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 /// RFC 8656 §12: channel numbers 0x4000 through 0x4FFF.
 pub const MAX_CHANNEL_NUMBERS: usize = 0x1000;
+/// Largest `unauth-rate`: the limiter's buckets hold bursts of up to a
+/// million answers (4x the rate).
+pub const MAX_UNAUTH_RATE: u32 = 100_000;
 /// Smallest non-zero `bandwidth`: one full-size (1500-byte) packet per
 /// second. The budget refills every second, so a datagram larger than it
 /// could never be relayed.
@@ -194,7 +198,10 @@ pub struct Args {
     #[arg(long, env = "NATKIT_TURN_BANDWIDTH")]
     pub bandwidth: Option<Bandwidth>,
 
-    /// 401 answers per second per source IP; 0 = unlimited [default: 20]
+    /// Unauthenticated answers (401, 438) per second per source IP, burst
+    /// 4x, over all threads; one source port gets a tenth of it. Clients
+    /// answering with a nonce issued to their own address are charged to
+    /// their address and port instead. 0 = unlimited [default: 20]
     #[arg(long, env = "NATKIT_TURN_UNAUTH_RATE")]
     pub unauth_rate: Option<u32>,
 
@@ -325,7 +332,7 @@ pub struct Config {
     pub max_channels: usize,
     /// Bytes per second per allocation; 0 = unlimited.
     pub bandwidth: u64,
-    /// 401 answers per second per source IP; 0 = unlimited.
+    /// Unauthenticated answers per second per source IP; 0 = unlimited.
     pub unauth_rate: u32,
     /// Longest allocation lifetime.
     pub max_lifetime: Duration,
@@ -506,6 +513,12 @@ impl Config {
                 self.bandwidth
             );
         }
+        if self.unauth_rate > MAX_UNAUTH_RATE {
+            bail!(
+                "unauth-rate: {} is above {MAX_UNAUTH_RATE} per second; use 0 for no limit",
+                self.unauth_rate
+            );
+        }
         if self.max_lifetime < DEFAULT_LIFETIME || self.max_lifetime > Duration::from_secs(86_400) {
             bail!(
                 "max-lifetime: {} s is out of range (600-86400; RFC 8656 §7.2 grants at least the 600 s default)",
@@ -567,7 +580,16 @@ impl Config {
         )
     }
 
-    /// Static users and REST secrets, as the protocol core takes them.
+    /// Static users and REST secrets, as the protocol core takes them, with
+    /// the nonce keys derived from the REST secrets and the realm: the
+    /// relays that share a secret share the keys, so a nonce survives a
+    /// restart (a stale one gets 438, not 401) and is good on every relay
+    /// behind one name. The first secret's key issues; every listed
+    /// secret's key verifies, so a rotation keeps nonces valid. Static
+    /// users bring no key (a key derived from passwords would let anyone
+    /// holding a nonce test guesses of them offline): with static users
+    /// only, nonces are under the relay's own random key, and a restart
+    /// answers an old nonce with 401, which clients recover from.
     pub fn credentials(&self) -> Credentials {
         let users: HashMap<String, String> = self
             .users
@@ -575,7 +597,12 @@ impl Config {
             .map(|(n, p)| (n.clone(), p.expose().to_owned()))
             .collect();
         let rest = RestSecrets::new(self.auth_secrets.iter().map(|s| s.expose().as_bytes()));
-        Credentials::new(users, rest)
+        let nonce_keys = self
+            .auth_secrets
+            .iter()
+            .map(|s| NonceKey::derive(s.expose().as_bytes(), &self.realm))
+            .collect();
+        Credentials::new(users, rest).with_nonce_keys(nonce_keys)
     }
 
     /// The protocol core's settings (`draining` false).

@@ -3,7 +3,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use natkit_proto::turn::server::{Drop, Stats};
+use natkit_proto::turn::server::{Drop, Refusal, Stats};
 
 /// All of natkit-turn's metrics.
 #[derive(Clone)]
@@ -11,6 +11,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub allocations: IntGauge,
     allocation_attempts: IntCounterVec,
+    refused: IntCounterVec,
     pub allocations_closed: IntCounter,
     pub auth_failures: IntCounter,
     pub permissions: IntCounter,
@@ -50,6 +51,12 @@ impl Metrics {
                 "natkit_turn_allocation_attempts_total",
                 "Authenticated Allocate requests by outcome (success or the error code sent)",
                 &["outcome"],
+            ),
+            refused: vec(
+                "natkit_turn_allocations_refused_total",
+                "Authenticated Allocates refused for want of room, by reason: user_quota (486), \
+                 max_allocations, relay_ports, draining (508)",
+                &["reason"],
             ),
             allocations_closed: counter(
                 "natkit_turn_allocations_closed_total",
@@ -125,6 +132,9 @@ impl Metrics {
         for d in Drop::LABELS {
             m.drops.with_label_values(&[d]);
         }
+        for r in Refusal::LABELS {
+            m.refused.with_label_values(&[r]);
+        }
         m.allocation_attempts.with_label_values(&["success"]);
         m
     }
@@ -150,6 +160,7 @@ impl Metrics {
                 self.bytes.with_label_values(&["to_client"]),
             ),
             drops: Drop::LABELS.map(|l| self.drops.with_label_values(&[l])),
+            refused: Refusal::LABELS.map(|l| self.refused.with_label_values(&[l])),
             alloc_success: self.allocation_attempts.with_label_values(&["success"]),
             metrics: self.clone(),
             allocations: 0,
@@ -168,6 +179,7 @@ pub struct WorkerCounters {
     to_peer: (IntCounter, IntCounter),
     to_client: (IntCounter, IntCounter),
     drops: [IntCounter; Drop::LABELS.len()],
+    refused: [IntCounter; Refusal::LABELS.len()],
     alloc_success: IntCounter,
     metrics: Metrics,
     /// This worker's share of the allocations gauge.
@@ -183,6 +195,9 @@ impl WorkerCounters {
         add(&self.to_client.0, s.to_client.0);
         add(&self.to_client.1, s.to_client.1);
         for (c, n) in self.drops.iter().zip(s.drops) {
+            add(c, n);
+        }
+        for (c, n) in self.refused.iter().zip(s.refused) {
             add(c, n);
         }
         let m = &self.metrics;

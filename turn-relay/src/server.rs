@@ -13,7 +13,7 @@ use anyhow::Context;
 use natkit_runtime::batch::{self, UdpSocketOptions};
 use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::metrics_http::{self, Health};
-use natkit_runtime::shutdown::{self, Shutdown, Signal};
+use natkit_runtime::shutdown::{Shutdown, Signal, Signals};
 use natkit_runtime::tls::ReloadableAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -53,6 +53,7 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
         relay,
         cfg.max_allocations,
         cfg.user_quota,
+        cfg.unauth_rate,
     ));
 
     // One shard per thread, each with its own SO_REUSEPORT socket on every
@@ -131,6 +132,10 @@ async fn serve_async(
     metrics: Metrics,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    // One subscription for the life of the process, before any endpoint
+    // opens (a signal to a server that answers is handled, never fatal),
+    // and a signal that comes during a reload is handled after it.
+    let mut signals = Signals::new().context("cannot install signal handlers")?;
     let ctx = StreamContext {
         workers,
         metrics: metrics.clone(),
@@ -175,17 +180,14 @@ async fn serve_async(
     let bound_listeners: Vec<SocketAddr> =
         cfg.listen.iter().chain(&cfg.tls_listen).copied().collect();
     loop {
-        let sig = shutdown::signal()
-            .await
-            .context("cannot install signal handlers")?;
-        match sig {
+        match signals.next().await {
             Signal::Hangup => reload(&args, &shared, acceptor.as_ref(), &bound_listeners),
             Signal::Interrupt => {
                 info!("SIGINT: stopping");
                 return Ok(());
             }
             Signal::Terminate => {
-                drain(&cfg, &shared, &health).await;
+                drain(&cfg, &shared, &health, &mut signals).await;
                 return Ok(());
             }
         }
@@ -194,7 +196,7 @@ async fn serve_async(
 
 /// SIGTERM: refuse new allocations, keep relaying until the grace period
 /// ends or a second SIGTERM/SIGINT comes.
-async fn drain(cfg: &Config, shared: &Shared, health: &Health) {
+async fn drain(cfg: &Config, shared: &Shared, health: &Health, signals: &mut Signals) {
     info!(
         grace_secs = cfg.drain_grace.as_secs(),
         allocations = shared.total_allocations(),
@@ -210,8 +212,8 @@ async fn drain(cfg: &Config, shared: &Shared, health: &Health) {
                 info!(allocations = shared.total_allocations(), "drain grace period over: stopping");
                 return;
             }
-            s = shutdown::signal() => match s {
-                Ok(Signal::Hangup) => continue,
+            s = signals.next() => match s {
+                Signal::Hangup => continue,
                 _ => {
                     info!("second signal during drain: stopping now");
                     return;

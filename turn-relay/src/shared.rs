@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use natkit_proto::nonce::NonceKey;
-use natkit_proto::turn::server::{Credentials, QuotaError};
+use natkit_proto::turn::server::{Credentials, QuotaError, UnauthLimiter};
 
 use crate::peer_policy::PeerPolicy;
 use crate::ports::PortPool;
@@ -44,7 +44,12 @@ pub struct Shared {
     pub max_allocations: usize,
     pub user_quota: usize,
     pub draining: AtomicBool,
+    /// The relay's own nonce key, random per process: it issues when the
+    /// credentials bring no keys (static users only), and always verifies.
     pub nonce_key: NonceKey,
+    /// Unauthenticated work per source, shared by every shard so the limit
+    /// is per source and not per thread.
+    pub limiter: Arc<UnauthLimiter>,
 }
 
 impl Shared {
@@ -54,6 +59,7 @@ impl Shared {
         relay: [Option<RelayAddress>; 2],
         max_allocations: usize,
         user_quota: usize,
+        unauth_rate: u32,
     ) -> Self {
         Shared {
             reloadable: RwLock::new(reloadable),
@@ -67,6 +73,7 @@ impl Shared {
             user_quota,
             draining: AtomicBool::new(false),
             nonce_key: NonceKey::random(),
+            limiter: Arc::new(UnauthLimiter::new(unauth_rate, std::time::Instant::now())),
         }
     }
 

@@ -1,28 +1,39 @@
 //! TURN over TCP and TLS (RFC 8656 §3.1): one tokio task per connection
-//! splits the stream into STUN and ChannelData frames and hands them to a
-//! shard; the shard's answers and peer data come back through a bounded
-//! queue. The allocation lives as long as the connection.
+//! reads the stream into the [`Deframer`] and hands whole STUN and
+//! ChannelData frames to a shard through a bounded queue; when the queue is
+//! full the task waits, and the connection is not read meanwhile
+//! (backpressure on the client that sends too much, not on the others).
+//! The shard's answers and peer data come back through another bounded
+//! queue to a writer task. The allocation lives as long as the connection;
+//! on EOF every frame already read is answered before the connection
+//! closes (a client may half-close after its last request).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use natkit_proto::framing;
+use natkit_proto::framing::Deframer;
 use natkit_runtime::shutdown::Shutdown;
+use natkit_runtime::stream::{read_more, write_queued, StreamEnd};
 use natkit_runtime::tls::ReloadableAcceptor;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::metrics::Metrics;
-use crate::worker::{Inbox, WorkerHandle};
+use crate::worker::{Inbox, StreamLink, WorkerHandle};
 
 /// Largest frame accepted from a client.
 const MAX_FRAME: usize = crate::worker::MAX_DATAGRAM + 64;
-/// Frames queued towards a slow client before new ones are dropped.
-const OUT_QUEUE: usize = 1024;
+/// Frames read from one client and not yet taken by its shard. Full: the
+/// connection is not read until the shard catches up.
+const IN_QUEUE: usize = 32;
+/// Answers and peer data queued towards one client. Peer data beyond it is
+/// dropped (a slow TCP client loses datagrams, as UDP would); an answer
+/// beyond it closes the connection (the client does not read).
+const OUT_QUEUE: usize = 256;
 
 /// What every stream listener shares.
 #[derive(Clone)]
@@ -107,57 +118,64 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
 ) {
     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
     let worker = &ctx.workers[(conn % ctx.workers.len() as u64) as usize];
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(OUT_QUEUE);
-    if !worker.send(Inbox::Opened { conn, tx }) {
+    let (frames, frames_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(IN_QUEUE);
+    let (out, out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(OUT_QUEUE);
+    let scheduled = Arc::new(AtomicBool::new(false));
+    // Kept only to notice the writer giving up (its queue closes).
+    let writer_alive = out.clone();
+    let opened = worker.send(Inbox::Opened(StreamLink {
+        conn,
+        addr: peer,
+        frames: frames_rx,
+        out,
+        scheduled: scheduled.clone(),
+    }));
+    if !opened {
         return;
     }
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let write_task = tokio::spawn(async move {
-        while let Some(v) = rx.recv().await {
-            if writer.write_all(&v).await.is_err() {
-                break;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-    let mut buf = vec![0u8; MAX_FRAME * 2];
-    let mut filled = 0;
-    let reason = 'conn: loop {
-        let mut start = 0;
+    let (mut reader, writer) = tokio::io::split(stream);
+    let write_task = tokio::spawn(write_queued(writer, out_rx, ctx.idle_timeout));
+    let mut d = Deframer::new(MAX_FRAME, true);
+    let end = 'conn: loop {
+        // Hand every whole frame to the shard, waiting for room.
         loop {
-            match framing::next_frame(&buf[start..filled], true, MAX_FRAME) {
-                Ok(Some(f)) => {
-                    let data = buf[start..start + f.message_len].to_vec();
-                    start += f.consumed;
-                    if !worker.send(Inbox::Message {
-                        conn,
-                        addr: peer,
-                        data,
-                    }) {
-                        break 'conn "shutdown";
-                    }
-                }
+            let frame = match d.next_frame() {
+                Ok(Some(f)) => f.message.to_vec(),
                 Ok(None) => break,
                 Err(e) => {
                     debug!(%peer, error = %e, "closing client stream");
-                    break 'conn "framing";
+                    break 'conn StreamEnd::Framing;
                 }
+            };
+            let queued = tokio::select! {
+                r = frames.send(frame) => r.is_ok(),
+                _ = writer_alive.closed() => break 'conn StreamEnd::WriteTimeout,
+                _ = ctx.shutdown.wait() => break 'conn StreamEnd::Shutdown,
+            };
+            // The shard closed the connection (it does not read its
+            // answers), or has stopped.
+            if !queued || !worker.ready(conn, &scheduled) {
+                break 'conn StreamEnd::Error;
             }
         }
-        buf.copy_within(start..filled, 0);
-        filled -= start;
-        let read = tokio::select! {
-            r = tokio::time::timeout(ctx.idle_timeout, reader.read(&mut buf[filled..])) => r,
-            _ = ctx.shutdown.wait() => break 'conn "shutdown",
-        };
-        match read {
-            Err(_) => break 'conn "idle",
-            Ok(Ok(0)) => break 'conn "eof",
-            Ok(Ok(n)) => filled += n,
-            Ok(Err(_)) => break 'conn "error",
+        tokio::select! {
+            r = read_more(&mut reader, &mut d, ctx.idle_timeout) => {
+                if let Err(end) = r {
+                    break end;
+                }
+            }
+            _ = writer_alive.closed() => break StreamEnd::WriteTimeout,
+            _ = ctx.shutdown.wait() => break StreamEnd::Shutdown,
         }
     };
-    debug!(%peer, reason, "client stream closed");
-    worker.send(Inbox::Closed { conn, addr: peer });
-    write_task.abort();
+    debug!(%peer, reason = end.label(), "client stream ending");
+    // No more frames: once it has handled those queued, the shard ends the
+    // allocation and drops its end of the answer queue; the writer sends
+    // what is left (bounded by the idle timeout) and closes.
+    drop(frames);
+    drop(writer_alive);
+    worker.ready(conn, &scheduled);
+    if let Ok(Err(e)) = write_task.await {
+        debug!(%peer, reason = e.label(), "client stream write side ended");
+    }
 }

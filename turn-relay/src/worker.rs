@@ -6,12 +6,20 @@
 //! client's messages always reach the shard that holds its allocation: no
 //! locks on the data path. Listeners are read with recvmmsg; answers and
 //! peer data to clients leave in sendmmsg batches, flushed once per poll
-//! round. TCP/TLS clients reach a shard through its inbox.
+//! round. TCP/TLS clients reach a shard through bounded per-connection
+//! queues ([`StreamLink`]).
+//!
+//! Every poll round gives each busy source a fixed budget (a few receive
+//! batches per UDP listener and relay socket, a few messages per TCP
+//! connection and a cap for all of them) and comes back at once for what
+//! is left: no source, however fast it sends, keeps the shard from the
+//! others. A connection whose queue is full is not read until the shard
+//! takes from it (the reader waits), so nothing grows without bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,7 +31,8 @@ use natkit_proto::turn::server::{
 };
 use natkit_runtime::batch::{gso, RecvBatch, SendBatch};
 use natkit_runtime::shutdown::Shutdown;
-use tokio::sync::mpsc::Sender as StreamSender;
+use tokio::sync::mpsc::error::{TryRecvError as StreamTryRecvError, TrySendError};
+use tokio::sync::mpsc::{Receiver as StreamReceiver, Sender as StreamSender};
 use tracing::{debug, warn};
 
 use crate::metrics::{Metrics, WorkerCounters};
@@ -41,26 +50,48 @@ pub const MAX_DATAGRAM: usize = 8192;
 const MAX_RECV_ERRORS: u32 = 8;
 /// Longest a shard sleeps without looking at timers and signals.
 const TICK: Duration = Duration::from_millis(100);
+/// Receive batches per UDP listener in one poll round.
+const LISTENER_BATCHES: usize = 8;
+/// Receive batches per relay socket in one poll round.
+const RELAY_BATCHES: usize = 4;
+/// Relay sockets read in one poll round; the others wait their turn.
+const RELAYS_PER_ROUND: usize = 64;
+/// Messages from one TCP/TLS connection in one poll round.
+const STREAM_PER_CONN: usize = 8;
+/// Messages from all TCP/TLS connections in one poll round: about what
+/// the UDP listeners' budget costs when their requests need a MAC each.
+const STREAM_PER_ROUND: usize = 64;
 
 const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1;
 const RELAY_BASE: usize = 1 << 20;
 
-/// A message for a shard from the TCP/TLS side.
+/// A TCP/TLS connection as its shard sees it: both queues are bounded.
+pub struct StreamLink {
+    pub conn: u64,
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Frames read from the client. When full, the reader stops reading
+    /// the connection until the shard takes some. Disconnected (and empty)
+    /// once the reader is done: the allocation ends (RFC 8656 §3.1) after
+    /// every frame read before is answered.
+    pub frames: StreamReceiver<Vec<u8>>,
+    /// Answers and peer data for the client; the writer task sends them.
+    /// Dropping it lets the writer finish what is queued and close.
+    pub out: StreamSender<Vec<u8>>,
+    /// Set while the connection is in the shard's ready list or on its way
+    /// there ([`WorkerHandle::ready`]), so it is there at most once.
+    pub scheduled: Arc<AtomicBool>,
+}
+
+/// A message for a shard from the TCP/TLS side. At most one `Opened` and
+/// one outstanding `Ready` per connection, so the inbox stays bounded by
+/// the connection cap.
 pub enum Inbox {
-    /// A connection opened; its outbound queue.
-    Opened {
-        conn: u64,
-        tx: StreamSender<Vec<u8>>,
-    },
-    /// One framed STUN or ChannelData message from a connection.
-    Message {
-        conn: u64,
-        addr: SocketAddr,
-        data: Vec<u8>,
-    },
-    /// The connection closed: its allocation ends (RFC 8656 §3.1).
-    Closed { conn: u64, addr: SocketAddr },
+    /// A connection opened.
+    Opened(StreamLink),
+    /// A connection has frames (or has ended): put it on the ready list.
+    Ready(u64),
 }
 
 /// How the rest of the relay reaches a shard.
@@ -77,6 +108,51 @@ impl WorkerHandle {
             return false;
         }
         self.waker.wake().is_ok()
+    }
+
+    /// Tell the shard that connection `conn` has something (frames, or its
+    /// end), unless it already knows. Returns false if it has stopped.
+    pub fn ready(&self, conn: u64, scheduled: &AtomicBool) -> bool {
+        if scheduled.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        self.send(Inbox::Ready(conn))
+    }
+}
+
+/// What the shard keeps of a connection.
+struct Stream {
+    addr: SocketAddr,
+    frames: StreamReceiver<Vec<u8>>,
+    out: StreamSender<Vec<u8>>,
+    scheduled: Arc<AtomicBool>,
+}
+
+/// Sources with work left from an earlier round (their readiness edge is
+/// spent, so nothing else would bring the shard back to them).
+struct Pending {
+    listeners: Vec<bool>,
+    /// Relay sockets, in turn; `relay_queued[id]` says whether one is in.
+    relays: VecDeque<RelayId>,
+    relay_queued: Vec<bool>,
+    /// Connections with frames or an end to handle, in turn.
+    streams: VecDeque<u64>,
+}
+
+impl Pending {
+    fn relay(&mut self, id: RelayId) {
+        let i = id as usize;
+        if self.relay_queued.len() <= i {
+            self.relay_queued.resize(i + 1, false);
+        }
+        if !self.relay_queued[i] {
+            self.relay_queued[i] = true;
+            self.relays.push_back(id);
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.listeners.iter().any(|&l| l) || !self.relays.is_empty() || !self.streams.is_empty()
     }
 }
 
@@ -242,7 +318,8 @@ pub fn create(setup: WorkerSetup) -> io::Result<(WorkerHandle, impl FnOnce() + S
         creds,
         setup.shared.nonce_key.clone(),
         Instant::now(),
-    );
+    )
+    .with_limiter(setup.shared.limiter.clone());
     let n = listeners.len();
     let w = Worker {
         index: setup.index,
@@ -258,6 +335,12 @@ pub fn create(setup: WorkerSetup) -> io::Result<(WorkerHandle, impl FnOnce() + S
         shared: setup.shared,
         inbox,
         streams: HashMap::new(),
+        pending: Pending {
+            listeners: vec![false; n],
+            relays: VecDeque::new(),
+            relay_queued: Vec::new(),
+            streams: VecDeque::new(),
+        },
         rx: RecvBatch::new(BATCH, MAX_DATAGRAM),
         tx: (0..n)
             .map(|_| SendBatch::new(BATCH, MAX_DATAGRAM + MAX_FRAMING))
@@ -283,7 +366,8 @@ struct Worker {
     policy: Arc<PeerPolicy>,
     generation: u64,
     inbox: Receiver<Inbox>,
-    streams: HashMap<u64, StreamSender<Vec<u8>>>,
+    streams: HashMap<u64, Stream>,
+    pending: Pending,
     rx: RecvBatch,
     tx: Vec<SendBatch>,
     out: Vec<u8>,
@@ -300,11 +384,16 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         while !self.shutdown.is_triggered() {
             let now = Instant::now();
-            let timeout = self
-                .core
-                .poll_timeout()
-                .saturating_duration_since(now)
-                .min(TICK);
+            // Work left over from the last round: look for new events
+            // without sleeping, then go on with it.
+            let timeout = if self.pending.any() {
+                Duration::ZERO
+            } else {
+                self.core
+                    .poll_timeout()
+                    .saturating_duration_since(now)
+                    .min(TICK)
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     warn!(error = %e, "poll failed");
@@ -315,16 +404,41 @@ impl Worker {
             self.housekeeping(now);
             for ev in events.iter() {
                 match ev.token() {
-                    WAKER => self.drain_inbox(now),
-                    Token(t) if t >= RELAY_BASE => {
-                        self.drain_relay((t - RELAY_BASE) as RelayId, now)
+                    WAKER => {}
+                    Token(t) if t >= RELAY_BASE => self.pending.relay((t - RELAY_BASE) as RelayId),
+                    Token(t) => {
+                        if let Some(p) = self.pending.listeners.get_mut(t - LISTENER_BASE) {
+                            *p = true;
+                        }
                     }
-                    Token(t) => self.drain_listener(t - LISTENER_BASE, now),
                 }
             }
+            self.round(now);
             self.flush();
         }
         debug!(worker = self.index, "stopped");
+    }
+
+    /// One poll round: every source with work gets its budget.
+    fn round(&mut self, now: Instant) {
+        // Connections opening and announcing frames: a few entries each.
+        self.drain_inbox();
+        for i in 0..self.pending.listeners.len() {
+            if self.pending.listeners[i] {
+                self.pending.listeners[i] = !self.drain_listener(i, now);
+            }
+        }
+        for _ in 0..self.pending.relays.len().min(RELAYS_PER_ROUND) {
+            let Some(id) = self.pending.relays.pop_front() else {
+                break;
+            };
+            if self.drain_relay(id, now) {
+                self.pending.relay_queued[id as usize] = false;
+            } else {
+                self.pending.relays.push_back(id);
+            }
+        }
+        self.drain_streams(now);
     }
 
     /// Reloads, drain, timers, metrics.
@@ -353,6 +467,14 @@ impl Worker {
     }
 
     fn flush(&mut self) {
+        // Metrics first: a client that reads them after its answer sees
+        // what the answer did (send errors of this flush count next round).
+        let live = self.core.allocation_count();
+        self.counters.flush(
+            &mut self.core.stats,
+            live,
+            std::mem::take(&mut self.send_errors),
+        );
         for (i, b) in self.tx.iter_mut().enumerate() {
             if b.is_empty() {
                 continue;
@@ -366,15 +488,11 @@ impl Worker {
                 }
             }
         }
-        let live = self.core.allocation_count();
-        self.counters.flush(
-            &mut self.core.stats,
-            live,
-            std::mem::take(&mut self.send_errors),
-        );
     }
 
-    fn drain_listener(&mut self, i: usize, now: Instant) {
+    /// Read listener `i`, at most [`LISTENER_BATCHES`] batches; whether it
+    /// was read dry.
+    fn drain_listener(&mut self, i: usize, now: Instant) -> bool {
         let Worker {
             listeners,
             relays,
@@ -389,12 +507,19 @@ impl Worker {
             relay_out,
             ..
         } = self;
-        let Some(sock) = listeners.get(i) else { return };
+        let Some(sock) = listeners.get(i) else {
+            return true;
+        };
         let mut errors = 0;
+        let mut batches = 0;
         loop {
+            if batches == LISTENER_BATCHES {
+                return false;
+            }
+            batches += 1;
             let n = match rx.recv(sock) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 // A pending ICMP error (ECONNREFUSED after a client went
                 // away) is reported once, ahead of any queued data: read on,
                 // or the queue would wait for the next edge. Bounded.
@@ -403,7 +528,8 @@ impl Worker {
                     errors += 1;
                     continue;
                 }
-                Err(_) => return,
+                // Still failing: leave it to the next round.
+                Err(_) => return false,
             };
             let mut env = WorkerEnv {
                 shared,
@@ -439,12 +565,14 @@ impl Worker {
             // recvmmsg returned less than a full batch: the queue was empty
             // a moment ago, and anything newer raises a new edge.
             if n < BATCH {
-                return;
+                return true;
             }
         }
     }
 
-    fn drain_relay(&mut self, id: RelayId, now: Instant) {
+    /// Read relay socket `id`, at most [`RELAY_BATCHES`] batches; whether
+    /// it was read dry (or is gone).
+    fn drain_relay(&mut self, id: RelayId, now: Instant) -> bool {
         let Worker {
             listeners,
             relays,
@@ -457,13 +585,18 @@ impl Worker {
             ..
         } = self;
         let mut errors = 0;
+        let mut batches = 0;
         loop {
             let Some(Some(r)) = relays.socks.get(id as usize) else {
-                return;
+                return true;
             };
+            if batches == RELAY_BATCHES {
+                return false;
+            }
+            batches += 1;
             let n = match rx.recv(&r.sock) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 // ICMP errors from peers (ECONNREFUSED) surface here, once,
                 // ahead of queued data: read on, bounded.
                 Err(e) if errors < MAX_RECV_ERRORS => {
@@ -471,7 +604,7 @@ impl Worker {
                     errors += 1;
                     continue;
                 }
-                Err(_) => return,
+                Err(_) => return false,
             };
             for d in rx.iter() {
                 if d.truncated {
@@ -501,7 +634,7 @@ impl Worker {
                             v.truncate(n);
                             // A slow TCP client loses datagrams, as UDP would.
                             if let Some(s) = streams.get(&conn) {
-                                if s.try_send(v).is_err() {
+                                if s.out.try_send(v).is_err() {
                                     *send_errors += 1;
                                 }
                             }
@@ -511,55 +644,126 @@ impl Worker {
             }
             client_out.flush(listeners, tx, send_errors);
             if n < BATCH {
-                return;
+                return true;
             }
         }
     }
 
-    fn drain_inbox(&mut self, now: Instant) {
+    /// Connections that opened or have something: onto the ready list.
+    fn drain_inbox(&mut self) {
         loop {
-            let m = match self.inbox.try_recv() {
-                Ok(m) => m,
+            match self.inbox.try_recv() {
+                Ok(Inbox::Opened(l)) => {
+                    self.streams.insert(
+                        l.conn,
+                        Stream {
+                            addr: l.addr,
+                            frames: l.frames,
+                            out: l.out,
+                            scheduled: l.scheduled,
+                        },
+                    );
+                }
+                Ok(Inbox::Ready(conn)) => self.pending.streams.push_back(conn),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Handle frames of ready connections: [`STREAM_PER_CONN`] each in turn,
+    /// [`STREAM_PER_ROUND`] in all; connections with more go to the back.
+    fn drain_streams(&mut self, now: Instant) {
+        let mut budget = STREAM_PER_ROUND;
+        for _ in 0..self.pending.streams.len() {
+            if budget == 0 {
+                return;
+            }
+            let Some(conn) = self.pending.streams.pop_front() else {
+                return;
             };
-            let mut env = worker_env!(self, now);
-            match m {
-                Inbox::Opened { conn, tx } => {
-                    self.streams.insert(conn, tx);
+            let mut taken = 0;
+            // (None: closed meanwhile.)
+            while let Some(st) = self.streams.get_mut(&conn) {
+                if taken == STREAM_PER_CONN || budget == 0 {
+                    self.pending.streams.push_back(conn);
+                    break;
                 }
-                Inbox::Closed { conn, addr } => {
-                    self.streams.remove(&conn);
-                    let key = ClientKey {
-                        addr,
-                        via: Via::Stream(conn),
-                    };
-                    self.core.client_gone(&mut env, &key);
-                }
-                Inbox::Message { conn, addr, data } => {
-                    let key = ClientKey {
-                        addr,
-                        via: Via::Stream(conn),
-                    };
-                    match self
-                        .core
-                        .handle_client(&mut env, key, &data, now, &mut self.out)
-                    {
-                        ClientAction::Reply(len) => {
-                            if let Some(s) = self.streams.get(&conn) {
-                                if s.try_send(self.out[..len].to_vec()).is_err() {
-                                    self.send_errors += 1;
-                                }
-                            }
+                match st.frames.try_recv() {
+                    Ok(frame) => {
+                        taken += 1;
+                        budget -= 1;
+                        self.stream_message(conn, &frame, now);
+                    }
+                    Err(StreamTryRecvError::Empty) => {
+                        // Off the list; unless a frame came in between,
+                        // whose reader saw the flag still set.
+                        st.scheduled.store(false, Ordering::SeqCst);
+                        if !st.frames.is_empty() && !st.scheduled.swap(true, Ordering::SeqCst) {
+                            self.pending.streams.push_back(conn);
                         }
-                        ClientAction::Relay {
-                            relay,
-                            peer,
-                            data: r,
-                        } => relay_send(env.relays, relay, peer, &data[r], &mut self.send_errors),
-                        ClientAction::Drop(_) => {}
+                        break;
+                    }
+                    // The reader is done and every frame it read has been
+                    // handled: the allocation goes with the connection.
+                    Err(StreamTryRecvError::Disconnected) => {
+                        self.close_stream(conn, now);
+                        break;
                     }
                 }
             }
+        }
+    }
+
+    fn stream_message(&mut self, conn: u64, data: &[u8], now: Instant) {
+        let Some(addr) = self.streams.get(&conn).map(|s| s.addr) else {
+            return;
+        };
+        let key = ClientKey {
+            addr,
+            via: Via::Stream(conn),
+        };
+        let mut env = worker_env!(self, now);
+        match self
+            .core
+            .handle_client(&mut env, key, data, now, &mut self.out)
+        {
+            ClientAction::Reply(len) => {
+                let Some(s) = self.streams.get(&conn) else {
+                    return;
+                };
+                match s.out.try_send(self.out[..len].to_vec()) {
+                    Ok(()) => {}
+                    // Its answers pile up unread: a client that sends and
+                    // does not read is closed rather than buffered for.
+                    Err(TrySendError::Full(_)) => {
+                        debug!(%addr, "client does not read its answers: closing");
+                        self.send_errors += 1;
+                        self.close_stream(conn, now);
+                    }
+                    // The writer is gone (write timeout): closing already.
+                    Err(TrySendError::Closed(_)) => {}
+                }
+            }
+            ClientAction::Relay {
+                relay,
+                peer,
+                data: r,
+            } => relay_send(env.relays, relay, peer, &data[r], &mut self.send_errors),
+            ClientAction::Drop(_) => {}
+        }
+    }
+
+    /// Forget a connection: its allocation ends (RFC 8656 §3.1); dropping
+    /// its queues stops the reader and lets the writer send what is queued
+    /// and close.
+    fn close_stream(&mut self, conn: u64, now: Instant) {
+        if let Some(s) = self.streams.remove(&conn) {
+            let key = ClientKey {
+                addr: s.addr,
+                via: Via::Stream(conn),
+            };
+            let mut env = worker_env!(self, now);
+            self.core.client_gone(&mut env, &key);
         }
     }
 }
@@ -624,7 +828,9 @@ impl RelayOut {
                 continue;
             };
             // The train: following datagrams of this flow with the first's
-            // size (the last of a train may be shorter), within GSO limits.
+            // size (the last of a train may be shorter, but not empty: a
+            // zero-length segment is no datagram at all, so an empty
+            // datagram always leaves alone), within GSO limits.
             let seg = r.len();
             let mut end = i + 1;
             let mut bytes = seg;
@@ -634,6 +840,7 @@ impl RelayOut {
                 && end - i < gso::MAX_SEGMENTS
                 && staged[end].0 == relay
                 && staged[end].1 == peer
+                && !staged[end].3.is_empty()
                 && staged[end].3.len() <= seg
                 && bytes + staged[end].3.len() <= gso::MAX_TRAIN_BYTES
             {

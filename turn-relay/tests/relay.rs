@@ -170,6 +170,7 @@ fn quotas_per_user_permissions_and_401_rate() {
         Err(ClientError::InsufficientCapacity)
     );
     assert!(relay.metric("natkit_turn_allocation_attempts_total{outcome=\"486\"}") >= 1.0);
+    assert!(relay.metric("natkit_turn_allocations_refused_total{reason=\"user_quota\"}") >= 1.0);
     // A flood of unauthenticated Allocates from one address: most are not
     // answered (20/s, burst 80).
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -408,7 +409,9 @@ fn external_ip_is_advertised() {
     );
 }
 
-/// The total allocation quota holds across users and shards.
+/// The total allocation quota holds across users and shards. Reaching it
+/// is the server's capacity, 508 (RFC 8656 §7.2), not the user's quota
+/// (486, issue 15 defect 9), and the two are counted apart.
 #[test]
 fn total_allocation_quota() {
     let relay = Relay::start(&["--max-allocations", "2", "--user", "bob:builder"]);
@@ -416,7 +419,19 @@ fn total_allocation_quota() {
     let mut b = Node::new(relay.addr, Transport::Udp, "bob", "builder");
     b.allocated().expect("second allocation fits");
     let mut c = Node::new(relay.addr, Transport::Udp, "bob", "builder");
-    assert_eq!(c.allocated(), Err(ClientError::QuotaReached));
+    assert_eq!(c.allocated(), Err(ClientError::InsufficientCapacity));
+    assert_eq!(
+        relay.metric("natkit_turn_allocations_refused_total{reason=\"max_allocations\"}"),
+        1.0
+    );
+    assert_eq!(
+        relay.metric("natkit_turn_allocations_refused_total{reason=\"user_quota\"}"),
+        0.0
+    );
+    assert_eq!(
+        relay.metric("natkit_turn_allocation_attempts_total{outcome=\"508\"}"),
+        1.0
+    );
 }
 
 /// SIGHUP applies a new peer list: a range allowed before is refused after,

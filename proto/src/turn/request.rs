@@ -6,10 +6,6 @@ use std::net::SocketAddr;
 use crate::integrity::IntegrityKind;
 use crate::raw::{self, attr, Attributes, Header, RawError};
 
-/// Most XOR-PEER-ADDRESS attributes one CreatePermission may carry; more is
-/// answered with 400 rather than buffered.
-pub const MAX_PEERS: usize = 8;
-
 /// RFC 8656 §18.3: the REQUESTED-TRANSPORT protocol number for UDP.
 pub const TRANSPORT_UDP: u8 = 17;
 /// REQUESTED-ADDRESS-FAMILY / ADDITIONAL-ADDRESS-FAMILY value for IPv4.
@@ -42,23 +38,35 @@ pub struct TurnRequest<'a> {
     pub reservation_token: Option<u64>,
     pub requested_family: Option<u8>,
     pub additional_family: Option<u8>,
-    /// XOR-PEER-ADDRESS values, decoded.
-    pub peers: [Option<SocketAddr>; MAX_PEERS],
+    /// The first XOR-PEER-ADDRESS, decoded ([`TurnRequest::peers`] has
+    /// them all).
+    pub peer: Option<SocketAddr>,
+    /// How many XOR-PEER-ADDRESS attributes there are (RFC 8656 §9.1: a
+    /// CreatePermission may carry several; no fixed cap here, the relay
+    /// compares with its permission quota).
     pub peer_count: usize,
+    /// The message, to decode the other peers from without buffering them.
+    msg: &'a [u8],
     pub channel: Option<u16>,
     /// DATA attribute value, borrowed from the message.
     pub data: Option<&'a [u8]>,
     /// Unknown comprehension-required attributes (answer 420).
     pub unknown: raw::Unknown,
-    /// An understood attribute with a malformed value, or too many peers
-    /// (answer 400).
+    /// An understood attribute with a malformed value (answer 400).
     pub bad_attribute: Option<u16>,
 }
 
 impl<'a> TurnRequest<'a> {
-    /// The decoded peer addresses.
+    /// The decoded peer addresses, in message order (decoded again from
+    /// the message: [`parse`] checked each one, and keeps no list).
     pub fn peers(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.peers[..self.peer_count].iter().flatten().copied()
+        let tid = self.header.transaction_id;
+        // The attributes that count, as parse saw them (RFC 8489 §14.5).
+        Attributes::new(self.msg, &self.header)
+            .counted()
+            .map_while(Result::ok)
+            .filter(|a| a.typ == attr::XOR_PEER_ADDRESS)
+            .filter_map(move |a| raw::decode_xor_address(a.value, &tid))
     }
 
     /// The unknown comprehension-required attributes.
@@ -90,8 +98,9 @@ pub fn parse(msg: &[u8]) -> Result<TurnRequest<'_>, RawError> {
         reservation_token: None,
         requested_family: None,
         additional_family: None,
-        peers: [None; MAX_PEERS],
+        peer: None,
         peer_count: 0,
+        msg,
         channel: None,
         data: None,
         unknown: raw::Unknown::default(),
@@ -147,12 +156,12 @@ pub fn parse(msg: &[u8]) -> Result<TurnRequest<'_>, RawError> {
                 first(&mut r.additional_family, raw::decode_leading_byte(v))
             }
             attr::XOR_PEER_ADDRESS => match raw::decode_xor_address(v, &tid) {
-                Some(p) if r.peer_count < MAX_PEERS => {
-                    r.peers[r.peer_count] = Some(p);
+                Some(p) => {
+                    r.peer.get_or_insert(p);
                     r.peer_count += 1;
                     true
                 }
-                _ => false,
+                None => false,
             },
             attr::CHANNEL_NUMBER => first(&mut r.channel, raw::decode_channel_number(v)),
             attr::DATA => first(&mut r.data, Some(v)),
@@ -223,6 +232,34 @@ mod tests {
         assert_eq!(r.lifetime, Some(600));
         assert_eq!(r.data, Some(&b"first"[..]));
         assert_eq!(r.password_algorithm, Some(2));
+        assert!(r.bad_attribute.is_none());
+    }
+
+    #[test]
+    fn many_peers_are_counted_and_listed_in_order() {
+        let mut buf = [0u8; 2048];
+        let mut w = Writer::new(
+            &mut buf,
+            method::CREATE_PERMISSION,
+            Class::Request,
+            &[3; 12],
+        )
+        .unwrap();
+        let peers: Vec<SocketAddr> = (0..100u16)
+            .map(|i| SocketAddr::from(([192, 0, 2, (i % 250) as u8], 1000 + i)))
+            .collect();
+        for p in &peers {
+            w.xor_address(attr::XOR_PEER_ADDRESS, *p).unwrap();
+        }
+        w.message_integrity(b"k").unwrap();
+        // After MESSAGE-INTEGRITY: ignored.
+        w.xor_address(attr::XOR_PEER_ADDRESS, "198.51.100.1:1".parse().unwrap())
+            .unwrap();
+        let n = w.finish();
+        let r = parse(&buf[..n]).unwrap();
+        assert_eq!(r.peer_count, 100);
+        assert_eq!(r.peer, Some(peers[0]));
+        assert_eq!(r.peers().collect::<Vec<_>>(), peers);
         assert!(r.bad_attribute.is_none());
     }
 

@@ -662,15 +662,11 @@ fn compare_turn_request(bytes: &[u8], w: &Walked, msg: &StunMessage) -> Result<(
         .filter_map(|a| a.as_xor_peer_address().ok())
         .map(|a| *a.socket_address())
         .collect();
-    // More peers than it buffers is a 400 (a policy, not a decoding matter).
-    let want_bad = (peers.len() > request::MAX_PEERS).then_some(attr::XOR_PEER_ADDRESS);
-    same!("turn bad attribute", r.bad_attribute, want_bad);
-    let n = peers.len().min(request::MAX_PEERS);
-    same!(
-        "turn peers",
-        r.peers().collect::<Vec<_>>(),
-        peers[..n].to_vec()
-    );
+    // Every XOR-PEER-ADDRESS counts (RFC 8656 §9.1): how many one request
+    // may name is the relay's permission quota, not the parser's business.
+    same!("turn bad attribute", r.bad_attribute, None);
+    same!("turn peer count", r.peer_count, peers.len());
+    same!("turn peers", r.peers().collect::<Vec<_>>(), peers);
     if let Some(u) = r.username.filter(|u| opaque_string_identity(u)) {
         let theirs = first(attr::USERNAME).and_then(|a| a.as_user_name().ok());
         same!("turn username", Some(u), theirs.map(|x| x.as_str()));

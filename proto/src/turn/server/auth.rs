@@ -7,22 +7,37 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::integrity::{self, IntegrityKind, LongTermKey, PasswordAlgorithm};
-use crate::nonce::{NonceError, NonceKey};
+use crate::nonce::{NonceError, NonceForm, NonceKey};
 use crate::raw::Header;
 use crate::rest::{RestError, RestSecrets};
 use crate::turn::request::TurnRequest;
 
-/// Who may allocate: static users and REST secrets. Swapped whole on reload.
+/// Who may allocate: static users and REST secrets, and the keys of the
+/// nonces issued to them. Swapped whole on reload.
 #[derive(Debug, Default)]
 pub struct Credentials {
     users: HashMap<String, String>,
     rest: RestSecrets,
+    /// The first issues nonces, all verify. Empty: the relay's own key.
+    nonce_keys: Vec<NonceKey>,
 }
 
 impl Credentials {
     /// Static users (name → password) and REST secrets (first one signs).
     pub fn new(users: HashMap<String, String>, rest: RestSecrets) -> Self {
-        Credentials { users, rest }
+        Credentials {
+            users,
+            rest,
+            nonce_keys: Vec::new(),
+        }
+    }
+
+    /// Nonce keys that come with these credentials (derived from the REST
+    /// secrets, so every relay sharing them shares the keys): the first
+    /// issues, every one verifies. Without any, the relay's own key does.
+    pub fn with_nonce_keys(mut self, keys: Vec<NonceKey>) -> Self {
+        self.nonce_keys = keys;
+        self
     }
 
     /// Whether any way to authenticate is configured.
@@ -49,17 +64,35 @@ impl Credentials {
 pub enum AuthError {
     /// No credentials at all: answer 401 with a nonce (the first leg).
     Missing,
-    /// NONCE is too old: answer 438 with a fresh one.
-    StaleNonce,
     /// USERNAME, REALM or NONCE missing next to the integrity attribute, or
     /// PASSWORD-ALGORITHM(S) inconsistent: 400.
     BadRequest,
-    /// Unknown user, forged nonce, wrong realm or integrity mismatch: 401.
+    /// A NONCE this relay did not issue to this client (forged, issued to
+    /// another address, or under a key no longer in use): 401.
+    BadNonce,
+    /// NONCE is too old: answer 438 with a fresh one.
+    StaleNonce,
+    /// Wrong realm or integrity mismatch: 401.
     Unauthorized,
     /// REST credentials past their expiry: 401.
     Expired,
     /// Username not known (counted apart from wrong passwords).
     UnknownUser,
+}
+
+impl AuthError {
+    /// Whether the request carried a nonce this relay issued to the
+    /// sender's very address (fresh or stale): the sender receives there,
+    /// so answering it reflects nothing at anyone else.
+    pub fn nonce_proven(self) -> bool {
+        matches!(
+            self,
+            AuthError::StaleNonce
+                | AuthError::Unauthorized
+                | AuthError::Expired
+                | AuthError::UnknownUser
+        )
+    }
 }
 
 /// A verified request's key, used to sign the answer.
@@ -72,55 +105,92 @@ pub struct Verified {
 /// Nonce issuing and checking, and request verification.
 pub struct Authenticator {
     pub realm: String,
-    nonce_key: NonceKey,
+    /// Used when the credentials bring no nonce keys, and always accepted.
+    own_key: NonceKey,
     nonce_ttl: Duration,
 }
 
 impl Authenticator {
-    pub fn new(realm: String, nonce_key: NonceKey, nonce_ttl: Duration) -> Self {
+    pub fn new(realm: String, own_key: NonceKey, nonce_ttl: Duration) -> Self {
         Authenticator {
             realm,
-            nonce_key,
+            own_key,
             nonce_ttl,
         }
     }
 
-    /// A fresh nonce for `client`.
-    pub fn nonce(&self, client: SocketAddr, now: SystemTime) -> crate::nonce::Nonce {
-        self.nonce_key.issue(client, now)
+    /// A fresh nonce of `form` for `client`, under the key that issues.
+    pub fn nonce(
+        &self,
+        creds: &Credentials,
+        form: NonceForm,
+        client: SocketAddr,
+        now: SystemTime,
+    ) -> crate::nonce::Nonce {
+        creds
+            .nonce_keys
+            .first()
+            .unwrap_or(&self.own_key)
+            .issue_form(form, client, now)
     }
 
-    /// Verify a request's credentials (RFC 8489 §9.2.4).
-    pub fn verify(
+    /// The first step of RFC 8489 §9.2.4: are the credential attributes
+    /// there, and is NONCE one we issued to `client`, and fresh? Keys: the
+    /// credentials', those of the credentials before the last reload
+    /// (`previous`: nonces stay valid across a SIGHUP), and our own.
+    pub fn check_nonce(
+        &self,
+        creds: &Credentials,
+        previous: Option<&Credentials>,
+        req: &TurnRequest<'_>,
+        client: SocketAddr,
+        now: SystemTime,
+    ) -> Result<NonceForm, AuthError> {
+        if req.integrity.is_none() {
+            return Err(AuthError::Missing);
+        }
+        let (Some(_), Some(_), Some(nonce)) = (req.username, req.realm, req.nonce) else {
+            return Err(AuthError::BadRequest);
+        };
+        let keys = creds
+            .nonce_keys
+            .iter()
+            .chain(previous.into_iter().flat_map(|p| &p.nonce_keys))
+            .chain(std::iter::once(&self.own_key));
+        for key in keys {
+            match key.verify_form(nonce, client, now, self.nonce_ttl) {
+                Ok(form) => return Ok(form),
+                Err(NonceError::Stale) => return Err(AuthError::StaleNonce),
+                Err(NonceError::Invalid) => {}
+            }
+        }
+        Err(AuthError::BadNonce)
+    }
+
+    /// The rest of RFC 8489 §9.2.4 once the nonce checked out: realm,
+    /// password algorithm and MESSAGE-INTEGRITY(-SHA256).
+    pub fn check_credentials(
         &self,
         creds: &Credentials,
         msg: &[u8],
         header: &Header,
         req: &TurnRequest<'_>,
-        client: SocketAddr,
+        form: NonceForm,
         now: SystemTime,
     ) -> Result<(Verified, String), AuthError> {
-        if req.integrity.is_none() {
-            return Err(AuthError::Missing);
-        }
-        let (Some(username), Some(realm), Some(nonce)) = (req.username, req.realm, req.nonce)
-        else {
+        let (Some(username), Some(realm)) = (req.username, req.realm) else {
             return Err(AuthError::BadRequest);
         };
-        match self.nonce_key.verify(nonce, client, now, self.nonce_ttl) {
-            Ok(()) => {}
-            Err(NonceError::Stale) => return Err(AuthError::StaleNonce),
-            Err(_) => return Err(AuthError::Unauthorized),
-        }
         if realm != self.realm {
             return Err(AuthError::Unauthorized);
         }
         // RFC 8489 §9.2.4: PASSWORD-ALGORITHM and PASSWORD-ALGORITHMS come
         // together, and the latter must be the list we offer (a bid-down
-        // check); with neither, MD5.
-        let algorithm = match (req.password_algorithm, req.password_algorithms) {
-            (None, None) => PasswordAlgorithm::Md5,
-            (Some(n), Some(list)) if list == OFFERED_ALGORITHMS => {
+        // check); with neither, MD5. A plain nonce offered no algorithms,
+        // so a request with them did not come from its 401.
+        let algorithm = match (req.password_algorithm, req.password_algorithms, form) {
+            (None, None, _) => PasswordAlgorithm::Md5,
+            (Some(n), Some(list), NonceForm::Features) if list == OFFERED_ALGORITHMS => {
                 PasswordAlgorithm::from_number(n).ok_or(AuthError::BadRequest)?
             }
             _ => return Err(AuthError::BadRequest),
@@ -133,60 +203,191 @@ impl Authenticator {
         }
         Err(AuthError::Unauthorized)
     }
+
+    /// Both steps: verify a request's credentials (RFC 8489 §9.2.4).
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify(
+        &self,
+        creds: &Credentials,
+        previous: Option<&Credentials>,
+        msg: &[u8],
+        header: &Header,
+        req: &TurnRequest<'_>,
+        client: SocketAddr,
+        now: SystemTime,
+    ) -> Result<(Verified, String), AuthError> {
+        let form = self.check_nonce(creds, previous, req, client, now)?;
+        self.check_credentials(creds, msg, header, req, form, now)
+    }
 }
 
 /// The PASSWORD-ALGORITHMS value natkit offers (RFC 8489 §14.11): SHA-256
 /// first, then MD5, each with no parameters.
 pub const OFFERED_ALGORITHMS: &[u8] = &[0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
 
-/// Limits 401 answers per source address with a fixed-size table of token
-/// buckets indexed by a hash of the IP: bounded memory whatever the number
-/// of sources, nothing stored per client. A collision only shares a bucket.
+/// Charges unauthenticated work to its source, with bounded memory whatever
+/// the number of sources: fixed-size tables of token buckets indexed by a
+/// keyed hash (a collision only shares a bucket), shared by every shard of
+/// a relay (lock-free, so the limit is per source, not per thread).
+///
+/// Three budgets, from one rate `R` (`--unauth-rate`):
+///
+/// - per source IP, `R`/s with a burst of `4R`: answers to requests that
+///   prove nothing about their source (no credentials, or a NONCE this
+///   relay did not issue to that address). These are what a spoofer can
+///   reflect at a victim, so the victim's address bounds them;
+/// - per source address and port, a tenth of that: the same answers, so
+///   one busy or spoofed port on an address cannot take its whole budget
+///   and a new client behind the same address still gets its first 401;
+/// - per source address and port, `R/4`/s with a burst of `R`: requests
+///   that carry a nonce issued to that very address (so the sender
+///   receives there: no reflection) but fail to authenticate. They are
+///   answered without touching the first two budgets, so strangers
+///   flooding from the same IP cannot starve a client that holds a nonce
+///   (its 438s and 401s, RFC 8656 §5); once this budget is spent, the
+///   source's requests are dropped before any credential is checked.
 pub struct UnauthLimiter {
-    slots: Vec<(u32, Instant)>,
-    per_second: u32,
-    burst: u32,
-    hash_key: u64,
+    per_ip: BucketTable,
+    per_port: BucketTable,
+    failures: BucketTable,
+    hasher: std::collections::hash_map::RandomState,
+    epoch: Instant,
 }
 
+/// Slots of each table: 16384 × 8 bytes.
+const LIMITER_SLOTS: usize = 1 << 14;
+
 impl UnauthLimiter {
-    /// `per_second` answers per source on average, `burst` at once;
-    /// `per_second == 0` turns the limit off.
-    pub fn new(per_second: u32, burst: u32, table_size: usize, now: Instant) -> Self {
+    /// The limiter of `per_second` (`R` above); 0 turns every budget off.
+    pub fn new(per_second: u32, now: Instant) -> Self {
+        let r = per_second;
         UnauthLimiter {
-            slots: vec![(burst, now); table_size.max(1)],
-            per_second,
-            burst: burst.max(1),
-            hash_key: rand::random(),
+            per_ip: BucketTable::new(r, r.saturating_mul(4)),
+            per_port: BucketTable::new(r.div_ceil(10), r.saturating_mul(4).div_ceil(10)),
+            failures: BucketTable::new(r.div_ceil(4), r),
+            hasher: std::collections::hash_map::RandomState::new(),
+            epoch: now,
         }
     }
 
-    fn slot(&self, ip: IpAddr) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.hash_key.hash(&mut h);
-        ip.hash(&mut h);
-        (h.finish() % self.slots.len() as u64) as usize
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// Whether one more unauthenticated answer may go to `ip` now.
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.per_second == 0 {
+    fn slot_ip(&self, ip: IpAddr) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one((0u8, ip.to_canonical())) % LIMITER_SLOTS as u64) as usize
+    }
+
+    fn slot_addr(&self, kind: u8, a: SocketAddr) -> usize {
+        use std::hash::BuildHasher;
+        (self
+            .hasher
+            .hash_one((kind, a.ip().to_canonical(), a.port()))
+            % LIMITER_SLOTS as u64) as usize
+    }
+
+    /// Whether one more answer may go to `addr` for a request that proves
+    /// nothing about its source; charges it if so.
+    pub fn allow_unproven(&self, addr: SocketAddr, now: Instant) -> bool {
+        let t = self.ms(now);
+        // The port's share first: a port over its share does not spend the
+        // address's budget.
+        self.per_port.take(self.slot_addr(1, addr), t)
+            && self.per_ip.take(self.slot_ip(addr.ip()), t)
+    }
+
+    /// Whether `addr`, which proved it receives at its address, may still
+    /// fail to authenticate (checked before the credentials are).
+    pub fn failures_left(&self, addr: SocketAddr, now: Instant) -> bool {
+        self.failures.peek(self.slot_addr(2, addr), self.ms(now))
+    }
+
+    /// Charge one failed authentication to `addr`.
+    pub fn charge_failure(&self, addr: SocketAddr, now: Instant) {
+        self.failures.take(self.slot_addr(2, addr), self.ms(now));
+    }
+}
+
+/// Token buckets packed in one `AtomicU64` each: the time of the last
+/// refill in milliseconds (upper 40 bits: 34 years) and the tokens in
+/// sixteenths (lower 24 bits: bursts up to a million).
+struct BucketTable {
+    slots: Vec<std::sync::atomic::AtomicU64>,
+    /// Sixteenths of a token per second.
+    rate: u64,
+    /// Most sixteenths a bucket holds.
+    burst: u64,
+}
+
+const TOKEN: u64 = 16;
+const TOKEN_BITS: u32 = 24;
+const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
+
+impl BucketTable {
+    fn new(per_second: u32, burst: u32) -> Self {
+        let burst = (burst.max(1) as u64 * TOKEN).min(TOKEN_MASK);
+        BucketTable {
+            // Time 0 with a full bucket: a source never seen starts full.
+            slots: (0..if per_second == 0 { 0 } else { LIMITER_SLOTS })
+                .map(|_| std::sync::atomic::AtomicU64::new(burst))
+                .collect(),
+            rate: per_second as u64 * TOKEN,
+            burst,
+        }
+    }
+
+    /// The bucket's tokens (sixteenths) at `now_ms`, and the packed value
+    /// to store with them.
+    fn refilled(&self, packed: u64, now_ms: u64) -> (u64, u64) {
+        let last = packed >> TOKEN_BITS;
+        let tokens = packed & TOKEN_MASK;
+        // Another shard may have stored a later time: no refill then.
+        let elapsed = now_ms.saturating_sub(last);
+        let add = elapsed.saturating_mul(self.rate) / 1000;
+        if add == 0 {
+            return (tokens, packed);
+        }
+        let tokens = (tokens + add).min(self.burst);
+        (tokens, (now_ms.max(last) << TOKEN_BITS) | tokens)
+    }
+
+    /// Whether slot `i` holds a whole token now (does not take it).
+    fn peek(&self, i: usize, now_ms: u64) -> bool {
+        let Some(slot) = self.slots.get(i) else {
+            return true; // rate 0: no limit
+        };
+        let packed = slot.load(std::sync::atomic::Ordering::Relaxed);
+        self.refilled(packed, now_ms).0 >= TOKEN
+    }
+
+    /// Take one token from slot `i` if it has one.
+    fn take(&self, i: usize, now_ms: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(slot) = self.slots.get(i) else {
             return true;
+        };
+        let mut packed = slot.load(Ordering::Relaxed);
+        loop {
+            let (tokens, refilled) = self.refilled(packed, now_ms);
+            if tokens < TOKEN {
+                // Keep the refill (it moved the clock forward).
+                if refilled != packed {
+                    let _ = slot.compare_exchange(
+                        packed,
+                        refilled,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                return false;
+            }
+            let next = refilled - TOKEN;
+            match slot.compare_exchange_weak(packed, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => packed = now,
+            }
         }
-        let i = self.slot(ip);
-        let (tokens, last) = &mut self.slots[i];
-        let elapsed = now.saturating_duration_since(*last);
-        let refill = (elapsed.as_millis() as u64 * self.per_second as u64 / 1000) as u32;
-        if refill > 0 {
-            *tokens = (*tokens).saturating_add(refill).min(self.burst);
-            *last = now;
-        }
-        if *tokens == 0 {
-            return false;
-        }
-        *tokens -= 1;
-        true
     }
 }
 
@@ -194,18 +395,92 @@ impl UnauthLimiter {
 mod tests {
     use super::*;
 
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn limiter_bounds_answers_per_source() {
+    fn unproven_answers_are_bounded_per_address_and_per_port() {
         let t0 = Instant::now();
-        let mut l = UnauthLimiter::new(10, 5, 1024, t0);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert_eq!((0..20).filter(|_| l.allow(a, t0)).count(), 5);
-        assert!(l.allow(b, t0) || l.slot(a) == l.slot(b));
-        // 10/s: after 500 ms five more.
+        let l = UnauthLimiter::new(20, t0);
+        // One port: its share (a tenth of the burst of 80).
+        let n = (0..100)
+            .filter(|_| l.allow_unproven(a("192.0.2.1:1000"), t0))
+            .count();
+        assert_eq!(n, 8);
+        // Many ports of one address: the address's burst of 80 in all.
+        let n = (0..1000u16)
+            .filter(|p| {
+                l.allow_unproven(
+                    SocketAddr::new("192.0.2.2".parse().unwrap(), 2000 + p % 50),
+                    t0,
+                )
+            })
+            .count();
+        assert_eq!(n, 80);
+        // IPv4-mapped IPv6 is the same source.
+        assert!(!l.allow_unproven(a("[::ffff:192.0.2.2]:4000"), t0));
+        // Refill at 20/s: 500 ms later, 10 more for the address.
         let t1 = t0 + Duration::from_millis(500);
-        assert_eq!((0..20).filter(|_| l.allow(a, t1)).count(), 5);
-        let mut off = UnauthLimiter::new(0, 0, 1, t0);
-        assert!((0..100).all(|_| off.allow(a, t0)));
+        let n = (0..1000u16)
+            .filter(|p| {
+                l.allow_unproven(
+                    SocketAddr::new("192.0.2.2".parse().unwrap(), 3000 + p % 50),
+                    t1,
+                )
+            })
+            .count();
+        assert_eq!(n, 10);
+        // Another address is not affected (unless it shares a slot).
+        assert!(
+            l.allow_unproven(a("192.0.2.3:1000"), t1)
+                || l.slot_ip("192.0.2.3".parse().unwrap())
+                    == l.slot_ip("192.0.2.2".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn failures_are_charged_per_port_and_do_not_touch_the_address_budget() {
+        let t0 = Instant::now();
+        let l = UnauthLimiter::new(20, t0);
+        let src = a("192.0.2.9:5000");
+        let mut failed = 0;
+        while l.failures_left(src, t0) {
+            l.charge_failure(src, t0);
+            failed += 1;
+            assert!(failed <= 20);
+        }
+        assert_eq!(failed, 20);
+        // The address's unproven budget and another port's failures are intact.
+        assert!(l.allow_unproven(a("192.0.2.9:5001"), t0));
+        assert!(l.failures_left(a("192.0.2.9:5001"), t0));
+        // 5/s refill.
+        assert!(l.failures_left(src, t0 + Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn shards_share_the_limit() {
+        let t0 = Instant::now();
+        let l = std::sync::Arc::new(UnauthLimiter::new(20, t0));
+        let answered: usize = (0..4)
+            .map(|k| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    (0..200u16)
+                        .filter(|p| {
+                            l.allow_unproven(
+                                SocketAddr::new("198.51.100.1".parse().unwrap(), 1000 * k + p),
+                                t0,
+                            )
+                        })
+                        .count()
+                })
+            })
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(answered, 80);
+        let off = UnauthLimiter::new(0, t0);
+        assert!((0..1000).all(|_| off.allow_unproven(a("192.0.2.1:1"), t0)));
+        assert!(off.failures_left(a("192.0.2.1:1"), t0));
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::channel_data;
 use crate::demux::{self, PacketKind};
 use crate::integrity::IntegrityKind;
-use crate::nonce::NonceKey;
+use crate::nonce::{NonceForm, NonceKey};
 use crate::raw::{self, attr, method, Class};
 use crate::turn::request::{self, TurnRequest, FAMILY_IPV4, FAMILY_IPV6, TRANSPORT_UDP};
 use crate::writer::{BufferTooSmall, Writer};
@@ -37,6 +37,12 @@ use auth::Verified;
 /// to an IPv6 peer takes 20 (header) + 24 (XOR-PEER-ADDRESS) + 4 (DATA
 /// header) in front and up to 3 bytes of padding after.
 pub const MAX_FRAMING: usize = 48 + 3;
+
+/// Most bytes a 401 or 438 may be per byte of the request it answers:
+/// anyone can draw one with a spoofed source address. coturn's best is
+/// ×3.6 (docs/PERFORMANCE.md); with a realm of up to 11 characters no
+/// answer of ours exceeds ×3.2.
+pub const AMPLIFICATION_LIMIT: usize = 3;
 
 /// RFC 8656 §9: permissions last 300 seconds.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -56,7 +62,9 @@ pub struct Config {
     pub max_channels: usize,
     /// Bytes per second per allocation, each direction counted; 0 = no limit.
     pub bandwidth: u64,
-    /// 401 answers per second per source IP (burst 4x); 0 = no limit.
+    /// Unauthenticated answers per second per source IP (burst 4x; see
+    /// [`UnauthLimiter`]); 0 = no limit. The driver builds the limiter from
+    /// it and shares it between shards.
     pub unauth_rate: u32,
     /// Refuse new allocations (drain).
     pub draining: bool,
@@ -162,7 +170,8 @@ pub enum Drop {
     DeniedPeer,
     /// Bandwidth quota.
     Quota,
-    /// 401 answer suppressed by the per-source limit.
+    /// Request of a source over its unauthenticated budget, dropped
+    /// unanswered ([`UnauthLimiter`]).
     RateLimited,
     /// A response or indication that needs no answer.
     Ignored,
@@ -183,6 +192,39 @@ impl Drop {
 
     pub fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// Why an authenticated Allocate was refused for want of room: the four
+/// call for different actions, so they are counted apart (RFC 8656 §7.2:
+/// 486 for the user's quota, 508 for the server's capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 486 Allocation Quota Reached: the user holds `user-quota` already.
+    UserQuota,
+    /// 508 Insufficient Capacity: the relay holds `max-allocations`.
+    MaxAllocations,
+    /// 508: no relay port free in the range.
+    RelayPorts,
+    /// 508: draining (SIGTERM), no new allocations.
+    Draining,
+}
+
+impl Refusal {
+    /// Metric labels, in [`Refusal::index`] order.
+    pub const LABELS: [&'static str; 4] =
+        ["user_quota", "max_allocations", "relay_ports", "draining"];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The error code the client gets.
+    pub fn code(self) -> u16 {
+        match self {
+            Refusal::UserQuota => 486,
+            _ => 508,
+        }
     }
 }
 
@@ -252,14 +294,19 @@ pub struct Stats {
     pub to_client: (u64, u64),
     /// Allocations that ended (expired, deleted, or their client went away).
     pub allocations_closed: u64,
+    /// Authenticated Allocates refused for want of room, by [`Refusal`].
+    pub refused: [u64; 4],
 }
 
 /// One shard's allocations.
 pub struct Server {
     cfg: Config,
     creds: Arc<Credentials>,
+    /// The credentials before the last reload: their nonce keys still
+    /// verify, so a SIGHUP does not turn live nonces into 401s.
+    previous_creds: Option<Arc<Credentials>>,
     auth: Authenticator,
-    limiter: UnauthLimiter,
+    limiter: Arc<UnauthLimiter>,
     allocations: Vec<Option<Allocation>>,
     free: Vec<u32>,
     by_client: HashMap<ClientKey, u32>,
@@ -271,6 +318,9 @@ pub struct Server {
     next_sweep: Instant,
     /// Whether the request being answered carried FINGERPRINT.
     request_fingerprint: bool,
+    /// Length of the request being answered (bounds unauthenticated
+    /// answers, [`AMPLIFICATION_LIMIT`]).
+    request_len: usize,
     pub stats: Stats,
 }
 
@@ -288,18 +338,19 @@ struct Authed<'r, 'm> {
 
 impl Server {
     /// A shard with this config, credentials and nonce key (all shards of a
-    /// relay share the key, so a nonce from one verifies on another).
+    /// relay share the key, so a nonce from one verifies on another; it
+    /// issues only when the credentials bring no nonce keys of their own,
+    /// [`Credentials::with_nonce_keys`], and always verifies). The shard
+    /// has a limiter of its own; a relay of several shards gives them one
+    /// with [`Server::with_limiter`], so the limit is per source, not per
+    /// shard.
     pub fn new(cfg: Config, creds: Arc<Credentials>, nonce_key: NonceKey, now: Instant) -> Self {
         let auth = Authenticator::new(cfg.realm.clone(), nonce_key, cfg.nonce_ttl);
-        let limiter = UnauthLimiter::new(
-            cfg.unauth_rate,
-            cfg.unauth_rate.saturating_mul(4),
-            4096,
-            now,
-        );
+        let limiter = Arc::new(UnauthLimiter::new(cfg.unauth_rate, now));
         Server {
             cfg,
             creds,
+            previous_creds: None,
             auth,
             limiter,
             allocations: Vec::new(),
@@ -309,13 +360,23 @@ impl Server {
             live: 0,
             next_sweep: now,
             request_fingerprint: false,
+            request_len: 0,
             stats: Stats::default(),
         }
     }
 
-    /// Replace the credentials (SIGHUP); live allocations keep their keys.
+    /// Charge unauthenticated work to `limiter`, shared with the relay's
+    /// other shards, instead of a limiter of this shard's own.
+    pub fn with_limiter(mut self, limiter: Arc<UnauthLimiter>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Replace the credentials (SIGHUP); live allocations keep their keys,
+    /// and nonces issued under the old credentials' keys stay valid until
+    /// the next reload.
     pub fn set_credentials(&mut self, creds: Arc<Credentials>) {
-        self.creds = creds;
+        self.previous_creds = Some(std::mem::replace(&mut self.creds, creds));
     }
 
     /// Refuse new allocations from now on (SIGTERM drain); existing ones
@@ -533,6 +594,7 @@ impl Server {
         }
         let fp = fingerprint_check(msg, &h);
         self.request_fingerprint = fp == Some(true);
+        self.request_len = msg.len();
         if let Some(fp) = fp {
             if !fp {
                 return self.drop(Drop::Malformed);
@@ -571,16 +633,32 @@ impl Server {
                 None,
             );
         }
-        // Authenticate (RFC 8656 §5): every request but Binding.
+        // Authenticate (RFC 8656 §5): every request but Binding. The nonce
+        // first: whether it is ours for this address decides which budget
+        // the source's failures are charged to.
         let sys = env.system_now();
-        let verified = match self
+        let form = match self.auth.check_nonce(
+            &self.creds,
+            self.previous_creds.as_deref(),
+            &req,
+            client.addr,
+            sys,
+        ) {
+            Ok(form) => form,
+            Err(e) => return self.auth_failure(e, client, m, &tid, now, sys, out),
+        };
+        // A source that proved its address but keeps failing costs a hash
+        // lookup, not a key derivation and an HMAC per request.
+        if !self.limiter.failures_left(client.addr, now) {
+            return self.drop(Drop::RateLimited);
+        }
+        let (v, username) = match self
             .auth
-            .verify(&self.creds, msg, &h, &req, client.addr, sys)
+            .check_credentials(&self.creds, msg, &h, &req, form, sys)
         {
             Ok(v) => v,
             Err(e) => return self.auth_failure(e, client, m, &tid, now, sys, out),
         };
-        let (v, username) = verified;
         if req.bad_attribute.is_some() {
             return self.error(out, m, &tid, 400, Some(v));
         }
@@ -599,6 +677,8 @@ impl Server {
         }
     }
 
+    /// Answer a request that did not authenticate: 400, 401 or 438
+    /// (RFC 8489 §9.2.4), within the source's budget ([`UnauthLimiter`]).
     #[allow(clippy::too_many_arguments)]
     fn auth_failure(
         &mut self,
@@ -610,35 +690,72 @@ impl Server {
         sys: SystemTime,
         out: &mut [u8],
     ) -> ClientAction {
+        if e.nonce_proven() {
+            // The sender receives at its address: charged to that address
+            // and port alone, so floods from elsewhere on its IP cannot
+            // starve it (a live allocation's 438 above all).
+            if !self.limiter.failures_left(client.addr, now) {
+                return self.drop(Drop::RateLimited);
+            }
+            self.limiter.charge_failure(client.addr, now);
+        } else if !self.limiter.allow_unproven(client.addr, now) {
+            return self.drop(Drop::RateLimited);
+        }
         let code = match e {
             AuthError::Missing => 401,
             AuthError::StaleNonce => 438,
             AuthError::BadRequest => return self.error(out, m, tid, 400, None),
-            AuthError::Unauthorized | AuthError::Expired | AuthError::UnknownUser => {
+            AuthError::BadNonce
+            | AuthError::Unauthorized
+            | AuthError::Expired
+            | AuthError::UnknownUser => {
                 self.stats.auth_failures += 1;
                 401
             }
         };
-        if !self.limiter.allow(client.addr.ip(), now) {
-            return self.drop(Drop::RateLimited);
-        }
-        let nonce = self.auth.nonce(client.addr, sys);
+        let form = self.challenge_form();
+        let nonce = self.auth.nonce(&self.creds, form, client.addr, sys);
         let realm = self.auth.realm.clone();
-        // RFC 8489 §9.2.4: 401 and 438 carry REALM, NONCE and the
-        // PASSWORD-ALGORITHMS we accept; nothing else, no reason phrase.
+        // RFC 8489 §9.2.4: 401 and 438 carry REALM and NONCE, and with a
+        // nonce of the features form the PASSWORD-ALGORITHMS we accept;
+        // nothing else, no reason phrase.
         self.reply(
             out,
             |w| {
                 w.error_code(code, "")?;
                 w.bytes(attr::REALM, realm.as_bytes())?;
                 w.bytes(attr::NONCE, nonce.as_str().as_bytes())?;
-                w.bytes(attr::PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS)
+                if form == NonceForm::Features {
+                    w.bytes(attr::PASSWORD_ALGORITHMS, OFFERED_ALGORITHMS)?;
+                }
+                Ok(())
             },
             m,
             Class::Error,
             tid,
             None,
         )
+    }
+
+    /// Which nonce a 401 or 438 carries: the features form (nonce cookie
+    /// and PASSWORD-ALGORITHMS, so the client may pick SHA-256) when the
+    /// answer stays within [`AMPLIFICATION_LIMIT`] times the request, else
+    /// the plain form (MD5). A client's usual first Allocate, with
+    /// REQUESTED-TRANSPORT and FINGERPRINT, gets the features form; a bare
+    /// 20-byte request, what a reflector sends, gets the plain one.
+    fn challenge_form(&self) -> NonceForm {
+        let attr_len = |value: usize| 4 + value.next_multiple_of(4);
+        let full = raw::HEADER_LEN
+            + attr_len(4) // ERROR-CODE, no reason phrase
+            + attr_len(self.auth.realm.len())
+            + attr_len(crate::nonce::NONCE_LEN)
+            + attr_len(OFFERED_ALGORITHMS.len())
+            + if self.request_fingerprint { 8 } else { 0 };
+        if full <= AMPLIFICATION_LIMIT * self.request_len {
+            NonceForm::Features
+        } else {
+            NonceForm::Plain
+        }
     }
 
     fn error(
@@ -649,10 +766,36 @@ impl Server {
         code: u16,
         v: Option<Verified>,
     ) -> ClientAction {
+        self.error_with_reason(out, m, tid, code, "", v)
+    }
+
+    /// An error with a reason phrase (RFC 8489 §14.8): only in answers to
+    /// authenticated requests, which reflect nothing.
+    fn error_with_reason(
+        &mut self,
+        out: &mut [u8],
+        m: u16,
+        tid: &[u8; 12],
+        code: u16,
+        reason: &str,
+        v: Option<Verified>,
+    ) -> ClientAction {
         if m == method::ALLOCATE {
             *self.stats.allocate_errors.entry(code).or_default() += 1;
         }
-        self.reply(out, |w| w.error_code(code, ""), m, Class::Error, tid, v)
+        self.reply(out, |w| w.error_code(code, reason), m, Class::Error, tid, v)
+    }
+
+    /// Refuse an authenticated Allocate for want of room.
+    fn refuse(
+        &mut self,
+        out: &mut [u8],
+        tid: &[u8; 12],
+        why: Refusal,
+        v: Verified,
+    ) -> ClientAction {
+        self.stats.refused[why.index()] += 1;
+        self.error(out, method::ALLOCATE, tid, why.code(), Some(v))
     }
 
     /// Write a response: `body` adds attributes, then integrity (when the
@@ -711,7 +854,7 @@ impl Server {
             return self.error(out, m, &tid, 437, Some(v));
         }
         if self.cfg.draining {
-            return self.error(out, m, &tid, 508, Some(v));
+            return self.refuse(out, &tid, Refusal::Draining, v);
         }
         match req.requested_transport {
             None => return self.error(out, m, &tid, 400, Some(v)),
@@ -738,8 +881,12 @@ impl Server {
             // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6.
             Some(_) => return self.error(out, m, &tid, 400, Some(v)),
         };
-        if env.acquire_allocation(username).is_err() {
-            return self.error(out, m, &tid, 486, Some(v));
+        // RFC 8656 §7.2: 486 is the user's quota; the server's capacity is
+        // 508 (Insufficient Capacity).
+        match env.acquire_allocation(username) {
+            Ok(()) => {}
+            Err(QuotaError::PerUser) => return self.refuse(out, &tid, Refusal::UserQuota, v),
+            Err(QuotaError::Total) => return self.refuse(out, &tid, Refusal::MaxAllocations, v),
         }
         let first = env.open_relay(RelayRequest {
             family,
@@ -752,8 +899,13 @@ impl Server {
             Ok(r) => r,
             Err(e) => {
                 env.release_allocation(username);
-                let code = if e == RelayError::Family { 440 } else { 508 };
-                return self.error(out, m, &tid, code, Some(v));
+                return match e {
+                    RelayError::Family => self.error(out, m, &tid, 440, Some(v)),
+                    RelayError::NoPorts => self.refuse(out, &tid, Refusal::RelayPorts, v),
+                    // A token that is not (or no longer) ours: RFC 8656
+                    // §7.2 step 6 answers 508 too, but it is not capacity.
+                    RelayError::BadToken => self.error(out, m, &tid, 508, Some(v)),
+                };
             }
         };
         let mut relays = [None, None];
@@ -933,6 +1085,16 @@ impl Server {
         if req.peer_count == 0 {
             return self.error(out, m, &tid, 400, Some(v));
         }
+        // RFC 8656 §9.2: several XOR-PEER-ADDRESS are allowed; one request
+        // can install at most the allocation's quota.
+        let max = self.cfg.max_permissions;
+        if req.peer_count > max {
+            let reason = format!(
+                "{} peers in one request; this relay allows {max} permissions per allocation",
+                req.peer_count
+            );
+            return self.error_with_reason(out, m, &tid, 508, &reason, Some(v));
+        }
         let a = self.allocations[s as usize].as_ref().expect("live");
         for peer in req.peers() {
             if a.relay_for(peer.ip()).is_none() {
@@ -943,7 +1105,6 @@ impl Server {
                 return self.error(out, m, &tid, 403, Some(v));
             }
         }
-        let max = self.cfg.max_permissions;
         let a = self.allocations[s as usize].as_mut().expect("live");
         // All or nothing (RFC 8656 §9.2): check room before installing.
         let fresh = req
@@ -979,8 +1140,7 @@ impl Server {
         let Authed { req, v, now, .. } = cx;
         let m = method::CHANNEL_BIND;
         let tid = req.header.transaction_id;
-        let (Some(number), Some(peer), 1) = (req.channel, req.peers().next(), req.peer_count)
-        else {
+        let (Some(number), Some(peer), 1) = (req.channel, req.peer, req.peer_count) else {
             return self.error(out, m, &tid, 400, Some(v));
         };
         // RFC 8656 §11.2 asks for 0x4000-0x4FFF; RFC 5766 clients use up to
@@ -1042,7 +1202,7 @@ impl Server {
         req: &TurnRequest<'_>,
         now: Instant,
     ) -> ClientAction {
-        let (Some(peer), Some(data)) = (req.peers().next(), req.data) else {
+        let (Some(peer), Some(data)) = (req.peer, req.data) else {
             return self.drop(Drop::Malformed);
         };
         let Some(&s) = self.by_client.get(&client) else {

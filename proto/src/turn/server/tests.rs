@@ -17,6 +17,7 @@ struct FakeEnv {
     denied: Vec<IpAddr>,
     per_user: HashMap<String, usize>,
     max_per_user: usize,
+    max_total: usize,
 }
 
 impl FakeEnv {
@@ -30,6 +31,7 @@ impl FakeEnv {
             denied: vec!["10.0.0.1".parse().unwrap()],
             per_user: HashMap::new(),
             max_per_user: 10,
+            max_total: 1000,
         }
     }
 }
@@ -77,6 +79,9 @@ impl Env for FakeEnv {
         ip.to_string() == "203.0.113.1"
     }
     fn acquire_allocation(&mut self, user: &str) -> Result<(), QuotaError> {
+        if self.per_user.values().sum::<usize>() >= self.max_total {
+            return Err(QuotaError::Total);
+        }
         let n = self.per_user.entry(user.into()).or_default();
         if *n >= self.max_per_user {
             return Err(QuotaError::PerUser);
@@ -579,15 +584,21 @@ fn allocate_errors() {
         }),
         Some(420)
     );
+    // RFC 8656 §7.2: 486 for the user's quota, 508 for the server's
+    // capacity (max-allocations, ports, draining), each counted apart.
     env.max_per_user = 1;
     assert_eq!(code(&mut s, &mut env, c2, 10, &udp_transport), Some(486));
     env.max_per_user = 10;
+    env.max_total = 1;
+    assert_eq!(code(&mut s, &mut env, c2, 14, &udp_transport), Some(508));
+    env.max_total = 1000;
     env.ports_left = 0;
     assert_eq!(code(&mut s, &mut env, c2, 11, &udp_transport), Some(508));
     env.ports_left = 10;
     s.set_draining(true);
     assert_eq!(code(&mut s, &mut env, c2, 12, &udp_transport), Some(508));
     s.set_draining(false);
+    assert_eq!(s.stats.refused, [1, 1, 1, 1]);
     // EVEN-PORT with R: a reservation token comes back.
     let r = send(
         &mut s,
@@ -1051,10 +1062,36 @@ fn unauthenticated_answers_are_small() {
     let ClientAction::Reply(len) = s.handle_client(&mut env, c, &req[..n], t0, &mut out) else {
         panic!("no 401")
     };
-    // 20 + ERROR-CODE 8 + REALM "natkit" 12 + NONCE 36 + PASSWORD-ALGORITHMS 12.
-    assert_eq!(len, 88, "401 is x{:.1}", len as f64 / n as f64);
+    // 20 + ERROR-CODE 8 + REALM "natkit" 12 + a plain NONCE 20: the
+    // features form (cookie and PASSWORD-ALGORITHMS, 88 bytes) would be
+    // more than 3x the request.
+    assert_eq!(len, 60, "401 is x{:.1}", len as f64 / n as f64);
     let r = parse(&out[..len]);
     assert!(r.get(attr::FINGERPRINT).is_none() && r.get(attr::SOFTWARE).is_none());
+    assert!(r.get(attr::PASSWORD_ALGORITHMS).is_none());
+    assert_eq!(
+        r.get(attr::NONCE).unwrap().len(),
+        crate::nonce::PLAIN_NONCE_LEN
+    );
+    // A bare 20-byte Refresh: the worst case, x3.0.
+    let w = Writer::new(&mut req, method::REFRESH, Class::Request, &tid(4)).unwrap();
+    let n = w.finish();
+    let ClientAction::Reply(len) = s.handle_client(&mut env, c, &req[..n], t0, &mut out) else {
+        panic!("no 401")
+    };
+    assert_eq!((n, len), (20, 60));
+    // The usual first Allocate (REQUESTED-TRANSPORT and FINGERPRINT, 36
+    // bytes) is offered SHA-256: 96 bytes, x2.7.
+    let mut w = Writer::new(&mut req, method::ALLOCATE, Class::Request, &tid(5)).unwrap();
+    udp_transport(&mut w);
+    let n = w.fingerprint().unwrap();
+    let ClientAction::Reply(len) = s.handle_client(&mut env, c, &req[..n], t0, &mut out) else {
+        panic!("no 401")
+    };
+    assert_eq!((n, len), (36, 96));
+    let r = parse(&out[..len]);
+    assert_eq!(r.get(attr::PASSWORD_ALGORITHMS), Some(OFFERED_ALGORITHMS));
+    assert!(r.get(attr::NONCE).unwrap().starts_with(b"obMatJos2"));
     let w = Writer::new(&mut req, method::BINDING, Class::Request, &tid(2)).unwrap();
     let n = w.finish();
     let ClientAction::Reply(len) = s.handle_client(&mut env, c, &req[..n], t0, &mut out) else {
@@ -1155,4 +1192,189 @@ mod never_panics {
             prop_assert_eq!(s.allocation_count(), 0);
         }
     }
+}
+
+/// RFC 8656 §9.1: one CreatePermission may name several peers; up to
+/// max-permissions are installed at once, more are refused with a reason.
+#[test]
+fn create_permission_takes_as_many_peers_as_the_quota() {
+    let (mut s, mut env, t0) = server(Config {
+        max_permissions: 40,
+        ..Config::default()
+    });
+    let c = client(1000);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let peers = |n: u8| {
+        move |w: &mut Writer<'_>| {
+            for i in 0..n {
+                w.xor_address(
+                    attr::XOR_PEER_ADDRESS,
+                    SocketAddr::from(([192, 0, 2, i + 1], 9)),
+                )
+                .unwrap();
+            }
+        }
+    };
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::CREATE_PERMISSION,
+            Class::Request,
+            tid(3),
+            peers(40),
+            Some(&auth),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!((r.class, r.code), (Class::Success, None));
+    assert_eq!(s.allocation(&c).unwrap().permissions.len(), 40);
+    assert_eq!(s.stats.permissions, 40);
+    let r = send(
+        &mut s,
+        &mut env,
+        c,
+        &build(
+            method::CREATE_PERMISSION,
+            Class::Request,
+            tid(4),
+            peers(41),
+            Some(&auth),
+        ),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(508));
+    let reason = String::from_utf8_lossy(&r.get(attr::ERROR_CODE).unwrap()[4..]).into_owned();
+    assert!(
+        reason.contains("41 peers") && reason.contains("40 permissions"),
+        "{reason}"
+    );
+}
+
+/// A flood from strangers on a client's IP spends the IP's budget for
+/// unauthenticated answers; a client holding a nonce issued to its own
+/// address still gets its 438 and its allocation, and a new client on
+/// another port of that IP its first 401.
+#[test]
+fn strangers_on_the_same_ip_do_not_starve_a_client_with_a_nonce() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let c = client(1000);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let bare = |t: u8| {
+        build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(t),
+            udp_transport,
+            None,
+        )
+    };
+    // 40 ports flood the IP: the IP's burst (80) is gone.
+    let mut answered = 0;
+    for i in 0..400u16 {
+        if send(&mut s, &mut env, client(2000 + i % 40), &bare(7), t0).is_some() {
+            answered += 1;
+        }
+    }
+    // The IP's burst of 80, less the first client's own 401.
+    assert_eq!(answered, 79);
+    assert!(send(&mut s, &mut env, client(5000), &bare(8), t0).is_none());
+    // The nonce went stale: the Refresh of the live allocation gets 438.
+    env.now += Duration::from_secs(601);
+    let refresh = |a: &Auth, t| build(method::REFRESH, Class::Request, tid(t), |_| {}, Some(a));
+    let r = send(&mut s, &mut env, c, &refresh(&auth, 9), t0).expect("438 answered");
+    assert_eq!(r.code, Some(438));
+    let fresh = Auth {
+        nonce: String::from_utf8(r.get(attr::NONCE).unwrap().to_vec()).unwrap(),
+        ..auth.clone()
+    };
+    let r = send(&mut s, &mut env, c, &refresh(&fresh, 10), t0).unwrap();
+    assert_eq!((r.class, r.code), (Class::Success, None));
+    // Its failures are its own budget's (20, the 438 was one): a wrong
+    // password from a port with a nonce is answered 19 more times, then
+    // dropped unchecked.
+    let wrong = Auth {
+        pass: "wrong".into(),
+        ..fresh.clone()
+    };
+    let answered = (0..30u8)
+        .filter(|i| send(&mut s, &mut env, c, &refresh(&wrong, 20 + i), t0).is_some())
+        .count();
+    assert_eq!(answered, 19);
+    let failures = s.stats.auth_failures;
+    assert!(send(&mut s, &mut env, c, &refresh(&wrong, 60), t0).is_none());
+    assert_eq!(s.stats.auth_failures, failures, "dropped before any check");
+}
+
+/// Nonce keys that come with the credentials (derived from the REST
+/// secret) outlive a restart: a stale nonce from before it gets 438, not
+/// 401; and a reload keeps the previous keys valid.
+#[test]
+fn nonce_keys_from_the_credentials_survive_restarts_and_reloads() {
+    let keyed = |key: u8| {
+        Arc::new(
+            Credentials::new(HashMap::new(), RestSecrets::new(["s1"]))
+                .with_nonce_keys(vec![NonceKey::from_bytes([key; 32])]),
+        )
+    };
+    let t0 = Instant::now();
+    let fresh_server = |creds: Arc<Credentials>| {
+        Server::new(
+            Config::default(),
+            creds,
+            // A key of its own, random per process.
+            NonceKey::random(),
+            t0,
+        )
+        .with_limiter(Arc::new(UnauthLimiter::new(20, t0)))
+    };
+    let mut env = FakeEnv::new();
+    let c = client(1000);
+    let rest = crate::rest::generate(b"s1", "carol", Duration::from_secs(7200), env.now);
+    let mut before = fresh_server(keyed(1));
+    let carol = Auth {
+        user: rest.username.clone(),
+        pass: rest.password.clone(),
+        nonce: String::new(),
+        sha256: true,
+    };
+    let auth = rebind(&mut before, &mut env, c, &carol, t0);
+    drop(before);
+    let alloc = |a: &Auth, t| {
+        build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(t),
+            udp_transport,
+            Some(a),
+        )
+    };
+    // "Restarted": another instance, another random key of its own.
+    let mut after = fresh_server(keyed(1));
+    env.now += Duration::from_secs(700);
+    assert_eq!(
+        send(&mut after, &mut env, c, &alloc(&auth, 2), t0)
+            .unwrap()
+            .code,
+        Some(438)
+    );
+    // Without keys from the credentials, the same gets 401.
+    let mut bare = fresh_server(Arc::new(Credentials::new(
+        HashMap::new(),
+        RestSecrets::new(["s1"]),
+    )));
+    assert_eq!(
+        send(&mut bare, &mut env, c, &alloc(&auth, 3), t0)
+            .unwrap()
+            .code,
+        Some(401)
+    );
+    // A reload to other keys: a nonce of the old ones still verifies.
+    let auth = rebind(&mut after, &mut env, c, &auth, t0);
+    after.set_credentials(keyed(2));
+    let r = send(&mut after, &mut env, c, &alloc(&auth, 4), t0).unwrap();
+    assert_eq!((r.class, r.code), (Class::Success, None));
 }
