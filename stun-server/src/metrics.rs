@@ -73,7 +73,8 @@ impl Metrics {
         let connections_closed = counter_vec(
             &registry,
             "natkit_stun_connections_closed_total",
-            "TCP/TLS connections closed, by reason (eof, idle, framing, error, shutdown)",
+            "TCP/TLS connections closed, by reason (eof, idle, frame_timeout, framing, write_timeout, \
+             error, shutdown, tls_handshake)",
             &["transport", "reason"],
         );
         // Pre-create the common series so dashboards see zeros, not gaps.

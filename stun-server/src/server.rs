@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use natkit_runtime::config::TlsKeyError;
-use natkit_runtime::shutdown::{self, Shutdown, Signal};
+use natkit_runtime::shutdown::{Shutdown, Signal, Signals};
 use natkit_runtime::tls::ReloadableAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -58,6 +58,10 @@ async fn serve_async(
     metrics: Metrics,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    // One subscription for the life of the process, before any endpoint
+    // opens (a signal to a server that answers is handled, never fatal),
+    // and a signal that comes during a reload is handled after it.
+    let mut signals = Signals::new().context("cannot install signal handlers")?;
     let ctx = StreamContext {
         responder: responder.clone(),
         metrics: metrics.clone(),
@@ -104,10 +108,7 @@ async fn serve_async(
         info!(addr = %bound.local_addr, "serving /metrics and /healthz");
     }
     loop {
-        match shutdown::signal()
-            .await
-            .context("cannot install signal handlers")?
-        {
+        match signals.next().await {
             Signal::Hangup => reload_tls(cfg, acceptor.as_ref()),
             s => {
                 info!(signal = ?s, "shutting down");

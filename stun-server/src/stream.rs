@@ -1,25 +1,35 @@
 //! STUN over TCP and TLS (RFC 8489 §6.2.2, §6.2.3): one tokio task per
-//! connection, framing by the STUN header, with an idle timeout and a cap on
-//! open connections so half-open or idle peers cannot exhaust the server.
+//! connection reads the stream into the [`Deframer`] and answers every
+//! whole message; a writer task sends the answers. Bounded everywhere, so
+//! no peer can hold the server's memory or a connection slot for long: a
+//! cap on open connections, an idle timeout, a deadline for each frame from
+//! its first byte, a bounded queue of unsent answers (when it is full the
+//! connection is not read) and writes bounded by the idle timeout (a client
+//! that sends and never reads is closed).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use natkit_proto::framing::{self, FrameKind};
+use natkit_proto::framing::Deframer;
 use natkit_runtime::shutdown::Shutdown;
+use natkit_runtime::stream::{read_more, write_queued, StreamEnd};
 use natkit_runtime::tls::ReloadableAcceptor;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::metrics::{Metrics, Tally};
-use crate::responder::{Responder, Transport, MAX_REPLY_LEN};
+use crate::responder::{Outcome, Responder, Transport, MAX_REPLY_LEN};
 
 /// Largest STUN message accepted on a stream. Binding requests are tiny;
 /// anything bigger is a misbehaving peer.
 const MAX_FRAME: usize = 2048;
+/// Chunks of unsent answers (each the answers to one read: at most a few
+/// KiB) queued per connection. Full: the connection is not read until the
+/// client takes its answers.
+const OUT_QUEUE: usize = 16;
 
 /// Settings shared by all stream listeners.
 #[derive(Clone)]
@@ -97,8 +107,8 @@ pub async fn serve(
 }
 
 /// Serve one connection; returns why it ended.
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
+async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
+    s: S,
     transport: Transport,
     local: usize,
     peer: SocketAddr,
@@ -106,52 +116,63 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> &'static str {
     let counters = ctx.metrics.counters(transport);
     let mut tally = Tally::default();
-    let mut buf = vec![0u8; MAX_FRAME * 2];
-    let mut filled = 0;
+    let (reply_tx, reply_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(OUT_QUEUE);
+    let (mut reader, writer) = tokio::io::split(s);
+    let write_task = tokio::spawn(write_queued(writer, reply_rx, ctx.idle_timeout));
+    let mut d = Deframer::new(MAX_FRAME, false);
     let mut out = [0u8; MAX_REPLY_LEN];
     let shutdown = &ctx.shutdown;
-    let reason = 'conn: loop {
-        // Answer every whole frame already buffered.
-        let mut start = 0;
+    let end = 'conn: loop {
+        // Answer every whole frame read so far, in one chunk for the writer.
+        let mut answers = Vec::new();
         loop {
-            match framing::next_frame(&buf[start..filled], false, MAX_FRAME) {
+            match d.next_frame() {
                 Ok(Some(f)) => {
-                    debug_assert_eq!(f.kind, FrameKind::Stun);
-                    let msg = &buf[start..start + f.message_len];
-                    let (outcome, reply) =
-                        ctx.responder.respond(transport, local, peer, msg, &mut out);
-                    tally.message(outcome, f.consumed);
-                    start += f.consumed;
+                    let (outcome, reply) = ctx
+                        .responder
+                        .respond(transport, local, peer, f.message, &mut out);
+                    tally.message(outcome, f.message.len());
                     if let Some(r) = reply {
-                        if s.write_all(&out[..r.len]).await.is_err() {
-                            break 'conn "error";
-                        }
+                        answers.extend_from_slice(&out[..r.len]);
                         tally.sent(r.len);
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
                     debug!(%peer, error = %e, "closing stream");
-                    tally.message(crate::responder::Outcome::Malformed, filled - start);
-                    break 'conn "framing";
+                    tally.message(Outcome::Malformed, d.buffered());
+                    break 'conn StreamEnd::Framing;
                 }
             }
         }
-        buf.copy_within(start..filled, 0);
-        filled -= start;
         tally.flush(&counters);
-        let read = tokio::select! {
-            r = tokio::time::timeout(ctx.idle_timeout, s.read(&mut buf[filled..])) => r,
-            _ = shutdown.wait() => break 'conn "shutdown",
-        };
-        match read {
-            Err(_) => break 'conn "idle",
-            Ok(Ok(0)) => break 'conn "eof",
-            Ok(Ok(n)) => filled += n,
-            Ok(Err(_)) => break 'conn "error",
+        if !answers.is_empty() {
+            // Waits while the queue is full: the client is not read until
+            // it takes its answers, or the writer gives up on it.
+            let queued = tokio::select! {
+                r = reply_tx.send(answers) => r.is_ok(),
+                _ = shutdown.wait() => break 'conn StreamEnd::Shutdown,
+            };
+            if !queued {
+                break StreamEnd::WriteTimeout;
+            }
+        }
+        tokio::select! {
+            r = read_more(&mut reader, &mut d, ctx.idle_timeout) => {
+                if let Err(end) = r {
+                    break end;
+                }
+            }
+            _ = reply_tx.closed() => break StreamEnd::WriteTimeout,
+            _ = shutdown.wait() => break StreamEnd::Shutdown,
         }
     };
     tally.flush(&counters);
-    let _ = s.shutdown().await;
-    reason
+    // The writer sends what is queued (a client that half-closed gets every
+    // answer), then closes; a write that fails or stalls is the reason.
+    drop(reply_tx);
+    match write_task.await {
+        Ok(Err(w)) if matches!(end, StreamEnd::Eof | StreamEnd::WriteTimeout) => w.label(),
+        _ => end.label(),
+    }
 }
