@@ -392,3 +392,202 @@ impl Relay {
         ready::wait_tcp(addr, "natkit-turn's TLS listener", STEP);
     }
 }
+
+// ---------------------------------------------------------------- raw TURN
+
+use natkit_proto::integrity::{LongTermKey, PasswordAlgorithm};
+use natkit_proto::raw::{self, attr, method, Attributes, Class};
+use natkit_proto::writer::Writer;
+
+/// Long-term credentials for a hand-built request (MD5 keys, RFC 8489
+/// §9.2.2): what a client answering a 401 sends.
+#[derive(Debug, Clone)]
+pub struct RawAuth {
+    pub user: String,
+    pub pass: String,
+    pub realm: String,
+    pub nonce: String,
+}
+
+/// A hand-built TURN request: method `m`, attributes from `body`, then
+/// USERNAME, REALM, NONCE and MESSAGE-INTEGRITY with `auth`, then
+/// FINGERPRINT when `fingerprint`.
+pub fn raw_request(
+    m: u16,
+    tid: [u8; 12],
+    body: impl FnOnce(&mut Writer<'_>),
+    auth: Option<&RawAuth>,
+    fingerprint: bool,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 8192];
+    let mut w = Writer::new(&mut buf, m, Class::Request, &tid).unwrap();
+    body(&mut w);
+    if let Some(a) = auth {
+        w.bytes(attr::USERNAME, a.user.as_bytes()).unwrap();
+        w.bytes(attr::REALM, a.realm.as_bytes()).unwrap();
+        w.bytes(attr::NONCE, a.nonce.as_bytes()).unwrap();
+        let key = LongTermKey::derive(PasswordAlgorithm::Md5, &a.user, &a.realm, &a.pass);
+        w.message_integrity(key.as_bytes()).unwrap();
+    }
+    let n = if fingerprint {
+        w.fingerprint().unwrap()
+    } else {
+        w.finish()
+    };
+    buf.truncate(n);
+    buf
+}
+
+/// REQUESTED-TRANSPORT UDP, for Allocate bodies.
+pub fn udp_transport(w: &mut Writer<'_>) {
+    w.u32(attr::REQUESTED_TRANSPORT, 17 << 24).unwrap();
+}
+
+/// A STUN answer, decoded enough for tests.
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub len: usize,
+    pub class: Class,
+    pub tid: [u8; 12],
+    pub code: Option<u16>,
+    pub attrs: Vec<(u16, Vec<u8>)>,
+}
+
+impl RawAnswer {
+    /// Decode `bytes` (a whole STUN message), or `None`.
+    pub fn parse(bytes: &[u8]) -> Option<RawAnswer> {
+        let h = raw::parse_datagram(bytes).ok()?;
+        let attrs: Vec<(u16, Vec<u8>)> = Attributes::new(bytes, &h)
+            .map(|a| a.map(|a| (a.typ, a.value.to_vec())))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let code = attrs
+            .iter()
+            .find(|(t, _)| *t == attr::ERROR_CODE)
+            .and_then(|(_, v)| raw::decode_error_code(v));
+        Some(RawAnswer {
+            len: bytes.len(),
+            class: h.class(),
+            tid: h.transaction_id,
+            code,
+            attrs,
+        })
+    }
+
+    pub fn get(&self, t: u16) -> Option<&[u8]> {
+        self.attrs
+            .iter()
+            .find(|(a, _)| *a == t)
+            .map(|(_, v)| &v[..])
+    }
+
+    pub fn text(&self, t: u16) -> Option<String> {
+        self.get(t).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The reason phrase of ERROR-CODE.
+    pub fn reason(&self) -> String {
+        self.get(attr::ERROR_CODE)
+            .map(|v| String::from_utf8_lossy(&v[4..]).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// A UDP socket sending hand-built requests to a relay, waiting up to
+/// `STEP` for the answer with the same transaction ID.
+pub struct RawUdp {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+    next: u64,
+}
+
+impl RawUdp {
+    pub fn new(local_ip: &str, server: SocketAddr) -> RawUdp {
+        let sock = UdpSocket::bind((local_ip, 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        RawUdp {
+            sock,
+            server,
+            next: 1,
+        }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    pub fn tid(&mut self) -> [u8; 12] {
+        let mut t = [0u8; 12];
+        t[..8].copy_from_slice(&self.next.to_be_bytes());
+        t[8..].copy_from_slice(&std::process::id().to_be_bytes());
+        self.next += 1;
+        t
+    }
+
+    /// Send `msg` (retransmitted every 200 ms, as RFC 8489 §6.2.1 allows)
+    /// until its answer comes, within `limit`.
+    pub fn exchange_within(&self, msg: &[u8], limit: Duration) -> Option<RawAnswer> {
+        let tid: [u8; 12] = msg[8..20].try_into().unwrap();
+        let end = Instant::now() + limit;
+        let mut buf = [0u8; 2048];
+        while Instant::now() < end {
+            self.sock.send_to(msg, self.server).unwrap();
+            let wait_until = (Instant::now() + Duration::from_millis(200)).min(end);
+            while Instant::now() < wait_until {
+                if let Ok((n, from)) = self.sock.recv_from(&mut buf) {
+                    if from != self.server {
+                        continue;
+                    }
+                    if let Some(a) = RawAnswer::parse(&buf[..n]) {
+                        if a.tid == tid {
+                            return Some(a);
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    pub fn exchange(&self, msg: &[u8]) -> RawAnswer {
+        self.exchange_within(msg, STEP)
+            .unwrap_or_else(|| panic!("no answer from {} within {STEP:?}", self.server))
+    }
+
+    /// A 401 for an Allocate, then an authenticated Allocate: the relayed
+    /// address and the credentials that worked (with their nonce).
+    pub fn allocate(&mut self, user: &str, pass: &str) -> (SocketAddr, RawAuth) {
+        let t = self.tid();
+        let r = self.exchange(&raw_request(method::ALLOCATE, t, udp_transport, None, true));
+        assert_eq!(r.code, Some(401), "{r:?}");
+        let auth = RawAuth {
+            user: user.into(),
+            pass: pass.into(),
+            realm: r.text(attr::REALM).unwrap(),
+            nonce: r.text(attr::NONCE).unwrap(),
+        };
+        let t = self.tid();
+        let r = self.exchange(&raw_request(
+            method::ALLOCATE,
+            t,
+            udp_transport,
+            Some(&auth),
+            true,
+        ));
+        assert_eq!((r.class, r.code), (Class::Success, None), "{r:?}");
+        let relayed =
+            raw::decode_xor_address(r.get(attr::XOR_RELAYED_ADDRESS).unwrap(), &r.tid).unwrap();
+        (relayed, auth)
+    }
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
