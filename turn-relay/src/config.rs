@@ -199,9 +199,11 @@ pub struct Args {
     pub bandwidth: Option<Bandwidth>,
 
     /// Unauthenticated answers (401, 438) per second per source IP, burst
-    /// 4x, over all threads; one source port gets a tenth of it. Clients
-    /// answering with a nonce issued to their own address are charged to
-    /// their address and port instead. 0 = unlimited [default: 20]
+    /// 4x, over all threads; a port answered in the last second gets more
+    /// only from the upper half (the rest is for the address's other
+    /// ports). Clients answering with a nonce issued to their own address
+    /// are charged to their address and port instead. 0 = unlimited
+    /// [default: 20]
     #[arg(long, env = "NATKIT_TURN_UNAUTH_RATE")]
     pub unauth_rate: Option<u32>,
 

@@ -528,8 +528,10 @@ impl Worker {
                     errors += 1;
                     continue;
                 }
-                // Still failing: leave it to the next round.
-                Err(_) => return false,
+                // Still failing: as before, what is behind the errors comes
+                // with the next readiness edge (no spinning on a socket that
+                // keeps failing).
+                Err(_) => return true,
             };
             let mut env = WorkerEnv {
                 shared,
@@ -604,7 +606,7 @@ impl Worker {
                     errors += 1;
                     continue;
                 }
-                Err(_) => return false,
+                Err(_) => return true,
             };
             for d in rx.iter() {
                 if d.truncated {

@@ -227,18 +227,23 @@ pub const OFFERED_ALGORITHMS: &[u8] = &[0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00
 
 /// Charges unauthenticated work to its source, with bounded memory whatever
 /// the number of sources: fixed-size tables of token buckets indexed by a
-/// keyed hash (a collision only shares a bucket), shared by every shard of
-/// a relay (lock-free, so the limit is per source, not per thread).
+/// keyed hash, shared by every shard of a relay (lock-free, so the limit is
+/// per source, not per thread). Each source has two buckets in a table, each
+/// with half its budget, and spends from the fuller: a source that shares
+/// one bucket with a flooding stranger still has the other (with one bucket
+/// per source, a flood from 256 addresses silenced one new address in 64).
 ///
-/// Three budgets, from one rate `R` (`--unauth-rate`):
+/// Two budgets, from one rate `R` (`--unauth-rate`):
 ///
 /// - per source IP, `R`/s with a burst of `4R`: answers to requests that
 ///   prove nothing about their source (no credentials, or a NONCE this
 ///   relay did not issue to that address). These are what a spoofer can
-///   reflect at a victim, so the victim's address bounds them;
-/// - per source address and port, a tenth of that: the same answers, so
-///   one busy or spoofed port on an address cannot take its whole budget
-///   and a new client behind the same address still gets its first 401;
+///   reflect at a victim, so the victim's address bounds them. A port that
+///   got such an answer less than a second ago gets another only from the
+///   upper half of its address's budget: one busy (or spoofed) port cannot
+///   spend it all, and a new client behind the same address still gets its
+///   first 401. (Ports only ever lower a source's priority, never block
+///   it: a flood from many ports cannot fill a table and silence others.)
 /// - per source address and port, `R/4`/s with a burst of `R`: requests
 ///   that carry a nonce issued to that very address (so the sender
 ///   receives there: no reflection) but fail to authenticate. They are
@@ -248,23 +253,33 @@ pub const OFFERED_ALGORITHMS: &[u8] = &[0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00
 ///   source's requests are dropped before any credential is checked.
 pub struct UnauthLimiter {
     per_ip: BucketTable,
-    per_port: BucketTable,
+    /// When each (address, port) last got an unproven answer: milliseconds
+    /// since `epoch`, plus one (0: never). One slot per key; a collision
+    /// only lowers a port's priority.
+    answered: Vec<std::sync::atomic::AtomicU64>,
     failures: BucketTable,
     hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
 }
 
-/// Slots of each table: 16384 × 8 bytes.
-const LIMITER_SLOTS: usize = 1 << 14;
+/// Slots of the per-address table: 65536 × 8 bytes. With two slots per
+/// address, a flood from 4000 addresses leaves a new one its budget 98
+/// times in 100 (with one slot of 16384: 78 in 100).
+const IP_SLOTS: usize = 1 << 16;
+/// Slots of the per-port tables (answers, failures): 16384 × 8 bytes each.
+const PORT_SLOTS: usize = 1 << 14;
 
 impl UnauthLimiter {
     /// The limiter of `per_second` (`R` above); 0 turns every budget off.
     pub fn new(per_second: u32, now: Instant) -> Self {
-        let r = per_second;
+        // Budgets in sixteenths of an answer, split over the two buckets.
+        let r = per_second as u64 * TOKEN / 2;
         UnauthLimiter {
-            per_ip: BucketTable::new(r, r.saturating_mul(4)),
-            per_port: BucketTable::new(r.div_ceil(10), r.saturating_mul(4).div_ceil(10)),
-            failures: BucketTable::new(r.div_ceil(4), r),
+            per_ip: BucketTable::new(IP_SLOTS, r, 4 * r),
+            answered: (0..if r == 0 { 0 } else { PORT_SLOTS })
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            failures: BucketTable::new(PORT_SLOTS, r / 4, r),
             hasher: std::collections::hash_map::RandomState::new(),
             epoch: now,
         }
@@ -274,38 +289,52 @@ impl UnauthLimiter {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    fn slot_ip(&self, ip: IpAddr) -> usize {
+    /// A source's two slots of `n`: two halves of one keyed hash.
+    fn slots(&self, n: usize, key: impl std::hash::Hash) -> [usize; 2] {
         use std::hash::BuildHasher;
-        (self.hasher.hash_one((0u8, ip.to_canonical())) % LIMITER_SLOTS as u64) as usize
+        let h = self.hasher.hash_one(key);
+        let a = (h % n as u64) as usize;
+        let b = ((h >> 32) % n as u64) as usize;
+        [a, if b == a { (a + 1) % n } else { b }]
     }
 
-    fn slot_addr(&self, kind: u8, a: SocketAddr) -> usize {
-        use std::hash::BuildHasher;
-        (self
-            .hasher
-            .hash_one((kind, a.ip().to_canonical(), a.port()))
-            % LIMITER_SLOTS as u64) as usize
+    fn slots_ip(&self, ip: IpAddr) -> [usize; 2] {
+        self.slots(IP_SLOTS, (0u8, ip.to_canonical()))
+    }
+
+    fn slots_addr(&self, kind: u8, a: SocketAddr) -> [usize; 2] {
+        self.slots(PORT_SLOTS, (kind, a.ip().to_canonical(), a.port()))
     }
 
     /// Whether one more answer may go to `addr` for a request that proves
     /// nothing about its source; charges it if so.
     pub fn allow_unproven(&self, addr: SocketAddr, now: Instant) -> bool {
-        let t = self.ms(now);
-        // The port's share first: a port over its share does not spend the
-        // address's budget.
-        self.per_port.take(self.slot_addr(1, addr), t)
-            && self.per_ip.take(self.slot_ip(addr.ip()), t)
+        use std::sync::atomic::Ordering;
+        if self.answered.is_empty() {
+            return true; // no limit
+        }
+        let t = self.ms(now) + 1;
+        let seen = &self.answered[self.slots_addr(1, addr)[0]];
+        let last = seen.load(Ordering::Relaxed);
+        let repeat = last != 0 && t.saturating_sub(last) < 1000;
+        let keep = if repeat { self.per_ip.burst / 2 } else { 0 };
+        let ok = self.per_ip.take(self.slots_ip(addr.ip()), t, keep);
+        if ok {
+            seen.store(t, Ordering::Relaxed);
+        }
+        ok
     }
 
     /// Whether `addr`, which proved it receives at its address, may still
     /// fail to authenticate (checked before the credentials are).
     pub fn failures_left(&self, addr: SocketAddr, now: Instant) -> bool {
-        self.failures.peek(self.slot_addr(2, addr), self.ms(now))
+        self.failures.peek(self.slots_addr(2, addr), self.ms(now))
     }
 
     /// Charge one failed authentication to `addr`.
     pub fn charge_failure(&self, addr: SocketAddr, now: Instant) {
-        self.failures.take(self.slot_addr(2, addr), self.ms(now));
+        self.failures
+            .take(self.slots_addr(2, addr), self.ms(now), 0);
     }
 }
 
@@ -325,16 +354,25 @@ const TOKEN_BITS: u32 = 24;
 const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
 
 impl BucketTable {
-    fn new(per_second: u32, burst: u32) -> Self {
-        let burst = (burst.max(1) as u64 * TOKEN).min(TOKEN_MASK);
+    /// `n` buckets of `rate` sixteenths per second, `burst` at most (at
+    /// least a sixteenth per second and one whole answer); rate 0: no
+    /// table, no limit.
+    fn new(n: usize, rate: u64, burst: u64) -> Self {
+        let burst = burst.clamp(TOKEN, TOKEN_MASK);
         BucketTable {
             // Time 0 with a full bucket: a source never seen starts full.
-            slots: (0..if per_second == 0 { 0 } else { LIMITER_SLOTS })
+            slots: (0..if rate == 0 { 0 } else { n })
                 .map(|_| std::sync::atomic::AtomicU64::new(burst))
                 .collect(),
-            rate: per_second as u64 * TOKEN,
+            rate: rate.max(1),
             burst,
         }
+    }
+
+    /// The tokens slot `i` holds at `now_ms`.
+    fn level(&self, i: usize, now_ms: u64) -> u64 {
+        let packed = self.slots[i].load(std::sync::atomic::Ordering::Relaxed);
+        self.refilled(packed, now_ms).0
     }
 
     /// The bucket's tokens (sixteenths) at `now_ms`, and the packed value
@@ -352,25 +390,37 @@ impl BucketTable {
         (tokens, (now_ms.max(last) << TOKEN_BITS) | tokens)
     }
 
-    /// Whether slot `i` holds a whole token now (does not take it).
-    fn peek(&self, i: usize, now_ms: u64) -> bool {
-        let Some(slot) = self.slots.get(i) else {
+    /// Whether one of a source's slots holds a whole token now (does not
+    /// take it).
+    fn peek(&self, [a, b]: [usize; 2], now_ms: u64) -> bool {
+        if self.slots.is_empty() {
             return true; // rate 0: no limit
-        };
-        let packed = slot.load(std::sync::atomic::Ordering::Relaxed);
-        self.refilled(packed, now_ms).0 >= TOKEN
+        }
+        self.level(a, now_ms).max(self.level(b, now_ms)) >= TOKEN
     }
 
-    /// Take one token from slot `i` if it has one.
-    fn take(&self, i: usize, now_ms: u64) -> bool {
-        use std::sync::atomic::Ordering;
-        let Some(slot) = self.slots.get(i) else {
+    /// Take one token from the fuller of a source's slots, if it has one
+    /// more than `keep` (sixteenths).
+    fn take(&self, [a, b]: [usize; 2], now_ms: u64, keep: u64) -> bool {
+        if self.slots.is_empty() {
             return true;
+        }
+        let (first, second) = if self.level(a, now_ms) >= self.level(b, now_ms) {
+            (a, b)
+        } else {
+            (b, a)
         };
+        self.take_one(first, now_ms, keep) || self.take_one(second, now_ms, keep)
+    }
+
+    /// Take one token from slot `i` if it has one more than `keep`.
+    fn take_one(&self, i: usize, now_ms: u64, keep: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let slot = &self.slots[i];
         let mut packed = slot.load(Ordering::Relaxed);
         loop {
             let (tokens, refilled) = self.refilled(packed, now_ms);
-            if tokens < TOKEN {
+            if tokens < keep + TOKEN {
                 // Keep the refill (it moved the clock forward).
                 if refilled != packed {
                     let _ = slot.compare_exchange(
@@ -403,25 +453,31 @@ mod tests {
     fn unproven_answers_are_bounded_per_address_and_per_port() {
         let t0 = Instant::now();
         let l = UnauthLimiter::new(20, t0);
-        // One port: its share (a tenth of the burst of 80).
+        // One port: the upper half of its address's burst of 80; the lower
+        // half is for the address's other ports.
         let n = (0..100)
             .filter(|_| l.allow_unproven(a("192.0.2.1:1000"), t0))
             .count();
-        assert_eq!(n, 8);
+        assert_eq!(n, 40);
+        let n = (0..100u16)
+            .filter(|p| {
+                l.allow_unproven(SocketAddr::new("192.0.2.1".parse().unwrap(), 2000 + p), t0)
+            })
+            .count();
+        assert_eq!(n, 40);
         // Many ports of one address: the address's burst of 80 in all.
         let n = (0..1000u16)
             .filter(|p| {
-                l.allow_unproven(
-                    SocketAddr::new("192.0.2.2".parse().unwrap(), 2000 + p % 50),
-                    t0,
-                )
+                l.allow_unproven(SocketAddr::new("192.0.2.2".parse().unwrap(), 2000 + p), t0)
             })
             .count();
         assert_eq!(n, 80);
         // IPv4-mapped IPv6 is the same source.
         assert!(!l.allow_unproven(a("[::ffff:192.0.2.2]:4000"), t0));
-        // Refill at 20/s: 500 ms later, 10 more for the address.
+        // Refill at 20/s: 500 ms later, 10 more for the address, for ports
+        // that had no answer in the last second (none for one that had).
         let t1 = t0 + Duration::from_millis(500);
+        assert!(!l.allow_unproven(a("192.0.2.2:2000"), t1));
         let n = (0..1000u16)
             .filter(|p| {
                 l.allow_unproven(
@@ -431,11 +487,16 @@ mod tests {
             })
             .count();
         assert_eq!(n, 10);
-        // Another address is not affected (unless it shares a slot).
+        // Another address is not affected (unless both its slots are the
+        // flooded address's).
         assert!(
-            l.allow_unproven(a("192.0.2.3:1000"), t1)
-                || l.slot_ip("192.0.2.3".parse().unwrap())
-                    == l.slot_ip("192.0.2.2".parse().unwrap())
+            l.allow_unproven(a("192.0.2.3:1000"), t1) || {
+                let mut x = l.slots_ip("192.0.2.3".parse().unwrap());
+                let mut y = l.slots_ip("192.0.2.2".parse().unwrap());
+                x.sort();
+                y.sort();
+                x == y
+            }
         );
     }
 
@@ -454,8 +515,32 @@ mod tests {
         // The address's unproven budget and another port's failures are intact.
         assert!(l.allow_unproven(a("192.0.2.9:5001"), t0));
         assert!(l.failures_left(a("192.0.2.9:5001"), t0));
-        // 5/s refill.
-        assert!(l.failures_left(src, t0 + Duration::from_millis(200)));
+        // 5/s refill, over two buckets: a whole one in 400 ms.
+        assert!(!l.failures_left(src, t0 + Duration::from_millis(300)));
+        assert!(l.failures_left(src, t0 + Duration::from_millis(400)));
+    }
+
+    /// A flood from 4000 addresses, each from many ports, drains their
+    /// buckets; a new address is silenced only when both of its slots are
+    /// among theirs: about 1.3 in 100 (one slot of 16384 each, as before:
+    /// 22 in 100). Ports never silence anyone.
+    #[test]
+    fn a_flood_from_many_addresses_and_ports_leaves_new_addresses_their_budget() {
+        let t0 = Instant::now();
+        let l = UnauthLimiter::new(20, t0);
+        for i in 0..4000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0A00_0000 + i);
+            for p in 0..100u16 {
+                l.allow_unproven(SocketAddr::new(ip.into(), 1000 + p), t0);
+            }
+        }
+        let silenced = (0..4000u32)
+            .filter(|i| {
+                let ip = std::net::Ipv4Addr::from(0x0B00_0000 + i);
+                !l.allow_unproven(SocketAddr::new(ip.into(), 5000), t0)
+            })
+            .count();
+        assert!(silenced < 160, "{silenced} of 4000 new addresses silenced");
     }
 
     #[test]
