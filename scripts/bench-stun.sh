@@ -27,23 +27,15 @@ COTURN_PORT=${COTURN_PORT:-35478}
 NATKIT_PORT=${NATKIT_PORT:-35479}
 FINGERPRINT=${FINGERPRINT:-0}
 
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
+need_coturn
 
-command -v turnserver >/dev/null 2>&1 ||
-    die "coturn's turnserver is needed for the comparison: apt-get update && apt-get install -y coturn"
-
-say "building natkit-stun and natkit (release)"
-cargo build --release --quiet -p natkit-stun -p natkit-cli
-target=${CARGO_TARGET_DIR:-target}
+build_release natkit-stun natkit-cli
 STUN=$target/release/natkit-stun
 NATKIT=$target/release/natkit
 
-for p in "$COTURN_PORT" "$NATKIT_PORT"; do
-    if command -v ss >/dev/null 2>&1 && [[ -n $(ss -Hlun "sport = :$p") ]]; then
-        die "UDP port $p is in use on this machine; set COTURN_PORT / NATKIT_PORT"
-    fi
-done
+need_free_udp_ports "$COTURN_PORT" "$NATKIT_PORT"
 
 tmp=$(mktemp -d)
 pids=()
@@ -59,20 +51,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Wait until a Binding request to 127.0.0.1:$2 is answered, while $1 lives.
-wait_ready() {
-    local pid=$1 port=$2 log=$3
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "server on port $port exited"; }
-        if "$NATKIT" stun "127.0.0.1:$port" >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    cat "$log" >&2
-    die "server on port $port does not answer"
-}
-
 # coturn without its packaged config (-n), STUN only, loopback only; its
 # default of one UDP thread per core is left alone, like natkit-stun's.
 turnserver -n --stun-only --listening-ip 127.0.0.1 --listening-port "$COTURN_PORT" \
@@ -86,23 +64,6 @@ natkit_pid=$!
 wait_ready "$coturn_pid" "$COTURN_PORT" "$tmp/turn.out"
 wait_ready "$natkit_pid" "$NATKIT_PORT" "$tmp/natkit.log"
 
-# Loopback figures are only as good as the machine is idle: percentage of
-# CPU time idle over one second.
-idle_pct() {
-    local _ u n s i w q sq st u2 n2 s2 i2 w2 q2 sq2 st2
-    read -r _ u n s i w q sq st _ </proc/stat
-    sleep 1
-    read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
-    local busy=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u + n + s + q + sq + st)))
-    local idle=$(((i2 + w2) - (i + w)))
-    echo $((100 * idle / (busy + idle > 0 ? busy + idle : 1)))
-}
-# On a shared machine, WAIT_IDLE=SECONDS waits (up to that long) for >= 90 %
-# idle before each measurement.
-wait_idle() {
-    local deadline=$((SECONDS + ${WAIT_IDLE:-0}))
-    while (($(idle_pct) < 90 && SECONDS < deadline)); do :; done
-}
 idle_pct=$(idle_pct)
 
 model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')

@@ -44,11 +44,9 @@ NATKIT_PORT=${NATKIT_PORT:-36478}
 COTURN_PORT=${COTURN_PORT:-36479}
 PASSWORD=bench-$RANDOM$RANDOM
 
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-command -v turnserver >/dev/null 2>&1 ||
-    die "coturn's turnserver is needed for the comparison: apt-get update && apt-get install -y coturn"
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
+need_coturn
 
 # Every allocation is a socket in the relay and one (two with UDP peers) in
 # the generator.
@@ -56,19 +54,11 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 (($(ulimit -n) >= MEM_ALLOCATIONS + 1000)) ||
     die "open-file limit $(ulimit -n) is too low for MEM_ALLOCATIONS=$MEM_ALLOCATIONS"
 
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    say "building natkit-turn and natkit (release)"
-    cargo build --release --quiet -p natkit-turn -p natkit-cli
-fi
-target=${CARGO_TARGET_DIR:-target}
+build_release natkit-turn natkit-cli
 TURN=$target/release/natkit-turn
 NATKIT=$target/release/natkit
 
-for p in "$COTURN_PORT" "$NATKIT_PORT"; do
-    if command -v ss >/dev/null 2>&1 && [[ -n $(ss -Hlun "sport = :$p") ]]; then
-        die "UDP port $p is in use on this machine; set COTURN_PORT / NATKIT_PORT"
-    fi
-done
+need_free_udp_ports "$COTURN_PORT" "$NATKIT_PORT"
 
 tmp=$(mktemp -d)
 pids=()
@@ -83,19 +73,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-wait_ready() {
-    local pid=$1 port=$2 log=$3
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "server on port $port exited"; }
-        if "$NATKIT" stun "127.0.0.1:$port" >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    cat "$log" >&2
-    die "server on port $port does not answer"
-}
 
 # Relay port ranges below the ephemeral range (32768-60999), > 10k ports each.
 # Both relays: loopback only, one static user, peers on loopback allowed,
@@ -123,19 +100,6 @@ start_coturn() {
 start_natkit
 start_coturn
 
-idle_pct() {
-    local _ u n s i w q sq st u2 n2 s2 i2 w2 q2 sq2 st2
-    read -r _ u n s i w q sq st _ </proc/stat
-    sleep 1
-    read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ </proc/stat
-    local busy=$(((u2 + n2 + s2 + q2 + sq2 + st2) - (u + n + s + q + sq + st)))
-    local idle=$(((i2 + w2) - (i + w)))
-    echo $((100 * idle / (busy + idle > 0 ? busy + idle : 1)))
-}
-wait_idle() {
-    local deadline=$((SECONDS + ${WAIT_IDLE:-0}))
-    while (($(idle_pct) < 90 && SECONDS < deadline)); do :; done
-}
 # CPU seconds (user + system) a process has used.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 now_s() { date +%s.%N; }

@@ -33,6 +33,7 @@ TRANSPORT = struct.pack("!HHI", 0x0019, 4, 17 << 24)
 KINDS = {
     "Binding": msg(0x0001),
     "Binding + FINGERPRINT": msg(0x0001, fingerprint=True),
+    "Allocate, bare": msg(0x0003),
     "Allocate (REQUESTED-TRANSPORT)": msg(0x0003, TRANSPORT),
     "Allocate + FINGERPRINT": msg(0x0003, TRANSPORT, fingerprint=True),
     "Refresh": msg(0x0004),

@@ -7,6 +7,7 @@
 //! sleep in epoll_wait when the window is full so the server gets the CPU.
 
 mod epoll;
+mod flood;
 mod histogram;
 mod memory;
 mod stun;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+pub use flood::FloodArgs;
 pub use stun::StunArgs;
 pub use turn::TurnArgs;
 
@@ -34,6 +36,10 @@ pub enum Command {
     /// Relayed packets per second, loss and round-trip latency of a TURN
     /// relay (ChannelData to peers and back), and its allocation rate.
     Turn(TurnArgs),
+    /// A TURN relay under unauthenticated UDP and TCP floods: an existing
+    /// allocation's loss, Binding answers, new users' allocations and the
+    /// relay's memory, before and during the floods.
+    Flood(FloodArgs),
 }
 
 /// Run a benchmark subcommand.
@@ -41,6 +47,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
     match c {
         Command::Stun(a) => stun::run(a),
         Command::Turn(a) => turn::run(a),
+        Command::Flood(a) => flood::run(a),
     }
 }
 
