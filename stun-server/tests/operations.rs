@@ -163,7 +163,7 @@ fn sighup_reloads_the_tls_certificate() {
         log_file(&log),
     );
     srv.wait_ready(primary);
-    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", STEP);
+    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", START);
     assert!(tls_binding(tls_addr, &old));
     assert!(!tls_binding(tls_addr, &new));
 

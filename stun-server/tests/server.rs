@@ -293,7 +293,7 @@ fn tls_binding() {
         Stdio::null(),
     );
     srv.wait_ready(primary);
-    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", STEP);
+    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", START);
 
     let mut tls = tls::connect(tls_addr, &ck, "localhost", Duration::from_secs(3));
     let local = tls.sock.local_addr().unwrap();

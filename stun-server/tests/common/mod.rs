@@ -28,23 +28,26 @@ impl Server {
 
     /// Wait until a Binding request to `addr` is answered over UDP.
     pub fn wait_ready(&mut self, addr: SocketAddr) {
-        ready::wait_binding(&mut self.child, "natkit-stun", addr, STEP);
+        ready::wait_binding(&mut self.child, "natkit-stun", addr, START);
     }
 
     /// Wait until a Binding request to `addr` is answered over TCP.
     pub fn wait_tcp_ready(&mut self, addr: SocketAddr) {
-        ready::wait_binding_tcp(&mut self.child, "natkit-stun", addr, STEP);
+        ready::wait_binding_tcp(&mut self.child, "natkit-stun", addr, START);
     }
 
     /// Wait until the metrics endpoint on 127.0.0.1:`port` serves
     /// `/metrics`.
     pub fn wait_metrics(&mut self, port: u16) {
-        ready::wait_http_ok(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics", STEP);
+        ready::wait_http_ok(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics", START);
     }
 }
 
-/// Longest a server may take to open an endpoint on a loaded machine.
+/// Longest one step may take on a loaded machine.
 pub const STEP: Duration = Duration::from_secs(10);
+/// Longest a server may take to open an endpoint: a debug build on a loaded
+/// 2-core machine (as natkit-testkit's relay builder allows).
+pub const START: Duration = Duration::from_secs(30);
 
 /// A new file at `path` to pass as [`Server::spawn`]'s `stderr`.
 pub fn log_file(path: &std::path::Path) -> Stdio {

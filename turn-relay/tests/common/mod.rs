@@ -16,6 +16,9 @@ pub const USER: &str = "alice";
 pub const PASS: &str = "wonderland";
 /// Longest one step may take.
 pub const STEP: Duration = Duration::from_secs(10);
+/// Longest the relay may take to open an endpoint: a debug build on a
+/// loaded 2-core machine (as natkit-testkit's relay builder allows).
+pub const START: Duration = Duration::from_secs(30);
 
 static NEXT_RANGE: AtomicU16 = AtomicU16::new(0);
 
@@ -109,7 +112,7 @@ impl Relay {
     }
 
     fn wait_ready(&mut self) {
-        ready::wait_binding(&mut self.child, "natkit-turn", self.addr, STEP);
+        ready::wait_binding(&mut self.child, "natkit-turn", self.addr, START);
     }
 
     /// GET a path of the metrics endpoint; returns (status line, body).
@@ -375,21 +378,21 @@ impl Node {
 }
 
 impl Relay {
-    /// Wait (bounded by [`STEP`]) until the TCP listener answers a Binding
+    /// Wait (bounded by [`START`]) until the TCP listener answers a Binding
     /// request and the metrics endpoint serves `/metrics`: each endpoint the
     /// tests use, asked itself.
     pub fn wait_serving(&mut self) {
-        ready::wait_binding_tcp(&mut self.child, "natkit-turn", self.addr, STEP);
+        ready::wait_binding_tcp(&mut self.child, "natkit-turn", self.addr, START);
         ready::wait_http_ok(
             SocketAddr::from(([127, 0, 0, 1], self.metrics)),
             "/metrics",
-            STEP,
+            START,
         );
     }
 
     /// Wait until the TLS listener on `addr` accepts connections.
     pub fn wait_tls(&self, addr: SocketAddr) {
-        ready::wait_tcp(addr, "natkit-turn's TLS listener", STEP);
+        ready::wait_tcp(addr, "natkit-turn's TLS listener", START);
     }
 }
 
