@@ -104,6 +104,11 @@ pub fn next_frame(
     }
 }
 
+/// First size of a [`Deframer`]'s buffer.
+const INITIAL_BUFFER: usize = 2048;
+/// Least room a read is offered.
+const MIN_READ: usize = 1024;
+
 /// A frame cut from the stream by [`Deframer::next_frame`], borrowed from
 /// its buffer (mutable, so a reader can unwrap ChannelData in place).
 #[derive(Debug, PartialEq, Eq)]
@@ -162,10 +167,10 @@ impl Deframer {
     pub fn new(max_frame: usize, allow_channel_data: bool) -> Self {
         let max_frame = max_frame.max(HEADER_LEN);
         Deframer {
-            // Room for one whole frame plus as much again to read into, so
-            // a read after compaction always has at least `max_frame` bytes
-            // of space.
-            buf: vec![0; max_frame * 2],
+            // Small at first: most connections carry small messages, and a
+            // server holds thousands of them. It grows (up to room for one
+            // whole frame plus as much again) when a larger frame comes.
+            buf: vec![0; INITIAL_BUFFER.min(max_frame * 2)],
             start: 0,
             end: 0,
             allow_channel_data,
@@ -176,18 +181,31 @@ impl Deframer {
         }
     }
 
-    /// Where the next read goes: never empty (a frame never exceeds the
-    /// bound, so compacting always frees room).
+    /// Where the next read goes: never empty, at least `MIN_READ` bytes (or
+    /// the frame bound, if smaller). Compacts first, then grows the buffer
+    /// while it is under twice the frame bound; a frame never exceeds the
+    /// bound, so that always leaves room.
     pub fn read_buf(&mut self) -> &mut [u8] {
+        let want = MIN_READ.min(self.max_frame);
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.buf.len() - self.end < self.max_frame {
+        } else if self.buf.len() - self.end < want {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
+        let cap = self.max_frame * 2;
+        if self.buf.len() - self.end < want && self.buf.len() < cap {
+            let len = (self.buf.len() * 2).max(self.end + want).min(cap);
+            self.buf.resize(len, 0);
+        }
         &mut self.buf[self.end..]
+    }
+
+    /// Bytes the buffer holds now (it grows with the frames it meets).
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
     }
 
     /// `n` bytes were read into [`Deframer::read_buf`] at `now`.
@@ -325,6 +343,39 @@ mod tests {
         d.filled(n - 5, t0 + Duration::from_secs(3));
         assert!(d.next_frame().unwrap().is_some());
         assert_eq!(d.partial_since(), None);
+    }
+
+    #[test]
+    fn deframer_starts_small_and_grows_only_for_large_frames() {
+        let mut d = Deframer::new(65536 + 8, true);
+        assert_eq!(d.capacity(), INITIAL_BUFFER);
+        // Small messages, many of them: the buffer stays small.
+        let mut buf = [0u8; 64];
+        for i in 0..200u8 {
+            let n = write_request(&mut buf, &[i; 12], &RequestOptions::default()).unwrap();
+            d.read_buf()[..n].copy_from_slice(&buf[..n]);
+            d.filled(n, Instant::now());
+            assert!(d.next_frame().unwrap().is_some());
+        }
+        assert_eq!(d.capacity(), INITIAL_BUFFER);
+        // One ChannelData of 60 000 bytes, read in whatever pieces fit.
+        let data = vec![7u8; 60_000];
+        let mut frame = vec![0u8; 60_008];
+        let n = channel_data::encode(&mut frame, 0x4001, &data, true).unwrap();
+        let mut at = 0;
+        let mut got = None;
+        while at < n {
+            let room = d.read_buf();
+            let k = room.len().min(n - at);
+            room[..k].copy_from_slice(&frame[at..at + k]);
+            at += k;
+            d.filled(k, Instant::now());
+            if let Some(f) = d.next_frame().unwrap() {
+                got = Some(f.message.len());
+            }
+        }
+        assert_eq!(got, Some(4 + 60_000));
+        assert!(d.capacity() <= 2 * (65536 + 8));
     }
 
     #[test]

@@ -258,7 +258,9 @@ pub struct UnauthLimiter {
     /// only lowers a port's priority.
     answered: Vec<std::sync::atomic::AtomicU64>,
     failures: BucketTable,
-    hasher: std::collections::hash_map::RandomState,
+    /// Keys the slot hash: random in [`UnauthLimiter::new`], so nobody can
+    /// aim a flood at a victim's slots.
+    key: (u64, u64),
     epoch: Instant,
 }
 
@@ -272,6 +274,12 @@ const PORT_SLOTS: usize = 1 << 14;
 impl UnauthLimiter {
     /// The limiter of `per_second` (`R` above); 0 turns every budget off.
     pub fn new(per_second: u32, now: Instant) -> Self {
+        Self::with_key(per_second, now, (rand::random(), rand::random()))
+    }
+
+    /// [`UnauthLimiter::new`] with a chosen key for the slot hash: the same
+    /// sources share the same slots every run (tests, simulations).
+    pub fn with_key(per_second: u32, now: Instant, key: (u64, u64)) -> Self {
         // Budgets in sixteenths of an answer, split over the two buckets.
         let r = per_second as u64 * TOKEN / 2;
         UnauthLimiter {
@@ -280,7 +288,7 @@ impl UnauthLimiter {
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
             failures: BucketTable::new(PORT_SLOTS, r / 4, r),
-            hasher: std::collections::hash_map::RandomState::new(),
+            key,
             epoch: now,
         }
     }
@@ -291,8 +299,12 @@ impl UnauthLimiter {
 
     /// A source's two slots of `n`: two halves of one keyed hash.
     fn slots(&self, n: usize, key: impl std::hash::Hash) -> [usize; 2] {
-        use std::hash::BuildHasher;
-        let h = self.hasher.hash_one(key);
+        use std::hash::{Hash, Hasher};
+        // SipHash (std's DefaultHasher) keyed by a secret prefix.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.key.hash(&mut hasher);
+        key.hash(&mut hasher);
+        let h = hasher.finish();
         let a = (h % n as u64) as usize;
         let b = ((h >> 32) % n as u64) as usize;
         [a, if b == a { (a + 1) % n } else { b }]
@@ -452,7 +464,7 @@ mod tests {
     #[test]
     fn unproven_answers_are_bounded_per_address_and_per_port() {
         let t0 = Instant::now();
-        let l = UnauthLimiter::new(20, t0);
+        let l = UnauthLimiter::with_key(20, t0, (1, 2));
         // One port: the upper half of its address's burst of 80; the lower
         // half is for the address's other ports.
         let n = (0..100)
@@ -503,7 +515,7 @@ mod tests {
     #[test]
     fn failures_are_charged_per_port_and_do_not_touch_the_address_budget() {
         let t0 = Instant::now();
-        let l = UnauthLimiter::new(20, t0);
+        let l = UnauthLimiter::with_key(20, t0, (1, 2));
         let src = a("192.0.2.9:5000");
         let mut failed = 0;
         while l.failures_left(src, t0) {
@@ -527,7 +539,7 @@ mod tests {
     #[test]
     fn a_flood_from_many_addresses_and_ports_leaves_new_addresses_their_budget() {
         let t0 = Instant::now();
-        let l = UnauthLimiter::new(20, t0);
+        let l = UnauthLimiter::with_key(20, t0, (1, 2));
         for i in 0..4000u32 {
             let ip = std::net::Ipv4Addr::from(0x0A00_0000 + i);
             for p in 0..100u16 {
@@ -546,7 +558,7 @@ mod tests {
     #[test]
     fn shards_share_the_limit() {
         let t0 = Instant::now();
-        let l = std::sync::Arc::new(UnauthLimiter::new(20, t0));
+        let l = std::sync::Arc::new(UnauthLimiter::with_key(20, t0, (1, 2)));
         let answered: usize = (0..4)
             .map(|k| {
                 let l = l.clone();

@@ -100,7 +100,11 @@ fn server(cfg: Config) -> (Server, FakeEnv, Instant) {
     users.insert("bob".to_string(), "hunter2".to_string());
     let creds = Credentials::new(users, RestSecrets::new(["restsecret"]));
     let t0 = Instant::now();
-    let s = Server::new(cfg, Arc::new(creds), NonceKey::from_bytes([7; 32]), t0);
+    // A fixed slot layout for the limiter: counts of answered requests do
+    // not depend on which random slots many sources happened to share.
+    let limiter = Arc::new(UnauthLimiter::with_key(cfg.unauth_rate, t0, (7, 7)));
+    let s =
+        Server::new(cfg, Arc::new(creds), NonceKey::from_bytes([7; 32]), t0).with_limiter(limiter);
     (s, FakeEnv::new(), t0)
 }
 
@@ -1336,7 +1340,7 @@ fn nonce_keys_from_the_credentials_survive_restarts_and_reloads() {
             NonceKey::random(),
             t0,
         )
-        .with_limiter(Arc::new(UnauthLimiter::new(20, t0)))
+        .with_limiter(Arc::new(UnauthLimiter::with_key(20, t0, (7, 7))))
     };
     let mut env = FakeEnv::new();
     let c = client(1000);
