@@ -31,8 +31,12 @@ pub struct Config {
     /// Whether the controlling agent nominates again when a higher-priority
     /// pair succeeds after selection (e.g. a direct pair after the relay
     /// won), and keeps checking the remaining pairs to find one. RFC 8445
-    /// §8.1.1 nominates once per session; this is natkit's extension, and a
-    /// controlled natkit agent always follows the latest nomination.
+    /// §8.1.1 nominates once per session; this is natkit's extension. A
+    /// controlled natkit agent follows the highest-priority nomination, not
+    /// the latest (§8.1.1: with several nominated pairs both agents use the
+    /// highest-priority one; priorities of the valid pairs): the controlling
+    /// agent only renominates upwards, so a nomination below the selected
+    /// pair is a stale retransmission and is ignored.
     pub renominate: bool,
     /// RFC 7675 §5.1: consent checks on the selected pair every this much,
     /// randomized to 0.8-1.2 times it. They double as keepalives (RFC 8445

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{assert_same_path, config, final_selected, DropFilter, Filtering, Mapping, Nat, Sim};
@@ -665,6 +666,64 @@ fn a_nomination_never_answered_fails_its_pair_after_two_checks() {
     let v6 = list.iter().find(|p| p.local.addr.is_ipv6()).unwrap();
     assert_eq!(v6.state, PairState::Failed);
     assert!(matches!(v6.failure, Some(PairFailure::TimedOut { .. })));
+}
+
+/// RFC 8445 §7.2.5.2.1: the answer to A's first nominating check comes
+/// from another address than the check went to. The pair had succeeded, so
+/// A used to drop the answer and stay "nominating" for good: it never
+/// nominated again and never connected. The pair fails and nomination
+/// moves on to the next valid pair.
+#[test]
+fn a_nomination_answered_from_another_address_fails_its_pair_and_moves_on() {
+    let mut sim = Sim::new(
+        [config(Role::Controlling, 95), config(Role::Controlled, 96)],
+        [A_HOSTS, B_HOSTS],
+        [None, None],
+        57,
+    );
+    let mut nominating: Option<[u8; 12]> = None;
+    let mut answered_from = None;
+    sim.spoof_source = Some(Box::new(move |src, _, payload| {
+        let h = raw::parse_datagram(payload).ok()?;
+        let use_candidate = || {
+            Attributes::new(payload, &h)
+                .flatten()
+                .any(|a| a.typ == raw::attr::USE_CANDIDATE)
+        };
+        match h.class() {
+            Class::Request if nominating.is_none() && use_candidate() => {
+                nominating = Some(h.transaction_id);
+                None
+            }
+            Class::Success if answered_from.is_none() && nominating == Some(h.transaction_id) => {
+                answered_from = Some(SocketAddr::new(src.ip(), src.port() + 1));
+                answered_from
+            }
+            _ => None,
+        }
+    }));
+    sim.exchange_all();
+    assert!(sim.run(Duration::from_secs(5), |s| s.both_connected()));
+    // B took the nomination of the best pair (IPv6) when it arrived
+    // (§7.3.1.5); A failed that pair and nominated the IPv4 one.
+    assert!(sim.connected(1).unwrap().local.addr.is_ipv6());
+    assert!(sim.connected(0).unwrap().local.addr.is_ipv4());
+    let list = sim.nodes[0].agent.check_list();
+    let v6 = list.iter().find(|p| p.local.addr.is_ipv6()).unwrap();
+    assert_eq!(v6.state, PairState::Failed);
+    assert!(
+        matches!(v6.failure, Some(PairFailure::NonSymmetric { from, .. })
+            if from.ip() == v6.remote.addr.ip() && from.port() == v6.remote.addr.port() + 1),
+        "{:?}",
+        v6.failure
+    );
+    // B stays on the IPv6 pair (the highest nominated, §8.1.1), and its
+    // consent checks on it make A check it again (§7.3.1.4): it succeeds,
+    // and A renominates it. Both end on one path.
+    sim.run_for(Duration::from_secs(10), |_| false);
+    let (a, b) = (final_selected(&sim, 0), final_selected(&sim, 1));
+    assert!(a.local.addr.is_ipv6(), "{a}");
+    assert_same_path(&a, &b);
 }
 
 /// Found by the chaos test: a retransmitted nomination of the first pair,

@@ -344,10 +344,20 @@ impl Agent {
         let mut c = self.checks.swap_remove(i);
         let rtt = c.tx.on_response(now).and_then(|x| x.rtt());
         let p = c.pair;
+        // The nomination in flight ends with its check's answer, whatever
+        // the answer says (what follows depends on it): left set, it would
+        // keep the controlling agent from ever nominating again.
+        if c.use_candidate && self.nominating == Some(p) {
+            self.nominating = None;
+        }
         // RFC 8445 §7.2.5.2.1: the response must come from where the request
-        // went, and arrive where it left from.
+        // went, and arrive where it left from, or the pair fails. A stray
+        // answer to an ordinary check does not undo a pair another check
+        // proved; but a nominating check is the one whose success nominates
+        // the pair (§7.2.5.3.4), so its pair fails, and nomination moves on
+        // to the next valid pair (§8.1.1).
         if from != c.to || to_local != c.from {
-            if !c.consent && self.pairs[p].state != PairState::Succeeded {
+            if !c.consent && (c.use_candidate || self.pairs[p].state != PairState::Succeeded) {
                 self.fail_pair(p, PairFailure::NonSymmetric { from, to: to_local });
             }
             return Ok(());
@@ -362,9 +372,6 @@ impl Agent {
                 // the request claimed (unless already done) and retry.
                 if c.role == self.role {
                     self.switch_role(c.role.flip());
-                }
-                if self.nominating == Some(p) {
-                    self.nominating = None;
                 }
                 if self.pairs[p].state != PairState::Succeeded {
                     self.pairs[p].state = PairState::Waiting;
@@ -431,9 +438,6 @@ impl Agent {
             || (self.role == Role::Controlled && self.pairs[p].remote_nominated))
             && self.outranks_selected(p);
         if nominated {
-            if self.nominating == Some(p) {
-                self.nominating = None;
-            }
             self.pairs[p].nominated = true;
             self.select(p, now);
         } else if self.selected == Some(p) {

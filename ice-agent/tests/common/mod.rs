@@ -57,10 +57,18 @@ pub struct Sim {
     /// Drops the datagrams it returns true for, given their source (after
     /// NAT), destination and payload: losses aimed at chosen messages.
     pub drop_if: Option<DropFilter>,
+    /// Gives the datagrams it returns an address for that source instead
+    /// of their own (after NAT), given their source, destination and
+    /// payload: answers from an unexpected address, as from a multihomed
+    /// or misbehaving peer.
+    pub spoof_source: Option<SourceFilter>,
 }
 
 /// See [`Sim::drop_if`].
 pub type DropFilter = Box<dyn FnMut(SocketAddr, SocketAddr, &[u8]) -> bool>;
+
+/// See [`Sim::spoof_source`].
+pub type SourceFilter = Box<dyn FnMut(SocketAddr, SocketAddr, &[u8]) -> Option<SocketAddr>>;
 
 /// A config for tests: reproducible randomness.
 pub fn config(role: Role, seed: u64) -> Config {
@@ -127,6 +135,7 @@ impl Sim {
             seq: 0,
             delivered: 0,
             drop_if: None,
+            spoof_source: None,
         }
     }
 
@@ -235,10 +244,17 @@ impl Sim {
             "agent sent from {} which is not one of its bases",
             t.from
         );
-        let src = match &mut self.nodes[i].nat {
+        let mut src = match &mut self.nodes[i].nat {
             Some(nat) if !relayed => nat.outbound(t.from, t.to),
             _ => t.from,
         };
+        if let Some(spoofed) = self
+            .spoof_source
+            .as_mut()
+            .and_then(|f| f(src, t.to, &t.payload))
+        {
+            src = spoofed;
+        }
         if self.loss > 0.0 && self.rng.gen::<f64>() < self.loss {
             self.trace(format_args!("lost    {i}: {src} -> {}", t.to));
             return;

@@ -88,8 +88,13 @@ pub enum Event {
         /// The channel number.
         channel: u16,
     },
-    /// A ChannelBind (first or refresh) failed; the channel is dropped and
-    /// data to the peer goes in Send indications again.
+    /// A ChannelBind (first or refresh) failed: data to the peer goes in
+    /// Send indications until a bind succeeds. The peer keeps its channel
+    /// number (RFC 8656 §12), and ChannelData the server relays on it still
+    /// arrives. After a [`ClientError::Timeout`] the server may well have
+    /// bound it: [`Client::bind_channel`] asks again with the same number.
+    /// After an error answer the server refused it, and `bind_channel`
+    /// says so ([`UsageError::ChannelRefused`]).
     ChannelFailed {
         /// The peer.
         peer: SocketAddr,
@@ -137,7 +142,7 @@ pub struct Stats {
     /// Responses to no pending transaction (late duplicates, strays) and
     /// messages a client does not take (requests, other indications).
     pub stray: u64,
-    /// ChannelData on a channel the client has not bound.
+    /// ChannelData on a channel number the client never asked for.
     pub unknown_channel: u64,
 }
 
@@ -193,10 +198,21 @@ struct Permission {
 }
 
 /// A channel binding, keyed by peer address (RFC 8656 §12).
+///
+/// Once a ChannelBind for a peer has been sent, the peer keeps its number
+/// for the allocation's life, whatever the answer: a request whose answers
+/// were all lost may have bound it on the server, which then relays the
+/// peer's data on it (RFC 8656 §12.7) and refuses any other number for
+/// the peer with a 400 (§12.2). So the number is never given to another
+/// peer, ChannelData on it is always taken, and a new bind after a timeout
+/// reuses it, which binds or refreshes (§12.1) and so converges.
 struct Channel {
     number: u16,
+    /// A success answer confirmed the binding: data goes in ChannelData.
     bound: bool,
     in_flight: bool,
+    /// The error answer that refused the last bind; no new bind is sent.
+    refused: Option<ClientError>,
     refresh_at: Instant,
 }
 
@@ -308,9 +324,14 @@ impl Client {
         self.reservation_token
     }
 
-    /// The channel number bound (or being bound) for `peer`.
+    /// The channel number bound (or being bound) for `peer`; `None` when
+    /// none is, even if the peer has a number from a failed bind (see
+    /// [`Event::ChannelFailed`]).
     pub fn channel_for(&self, peer: SocketAddr) -> Option<u16> {
-        self.channels.get(&peer).map(|c| c.number)
+        self.channels
+            .get(&peer)
+            .filter(|c| c.bound || c.in_flight)
+            .map(|c| c.number)
     }
 
     /// Whether a permission for `peer`'s IP is installed (confirmed by the
@@ -369,29 +390,48 @@ impl Client {
         self.create_permissions(&[peer], now)
     }
 
-    /// Bind a channel to `peer` (RFC 8656 §11) and return its number; the
+    /// Bind a channel to `peer` (RFC 8656 §12) and return its number; the
     /// number already bound (or being bound) to `peer` if there is one. A
-    /// ChannelBind also installs a permission for the peer's IP.
-    /// [`Event::ChannelBound`] or [`Event::ChannelFailed`] follows.
+    /// peer whose last bind got no answer is bound again with the number it
+    /// had (RFC 8656 §12: one number per peer). A ChannelBind also installs
+    /// a permission for the peer's IP. [`Event::ChannelBound`] or
+    /// [`Event::ChannelFailed`] follows.
     pub fn bind_channel(&mut self, peer: SocketAddr, now: Instant) -> Result<u16, UsageError> {
         self.check_allocated()?;
         if self.relayed_address_for(peer).is_none() {
             return Err(UsageError::FamilyNotRelayed(peer));
         }
-        if let Some(c) = self.channels.get(&peer) {
-            return Ok(c.number);
-        }
-        let number = self.free_channel().ok_or(UsageError::ChannelsExhausted)?;
-        self.channels.insert(
-            peer,
-            Channel {
-                number,
-                bound: false,
-                in_flight: true,
-                refresh_at: now,
-            },
-        );
-        self.channel_peers.insert(number, peer);
+        let number = match self.channels.get_mut(&peer) {
+            Some(c) if c.bound || c.in_flight => return Ok(c.number),
+            Some(Channel {
+                refused: Some(error),
+                ..
+            }) => {
+                return Err(UsageError::ChannelRefused {
+                    peer,
+                    error: error.clone(),
+                })
+            }
+            Some(c) => {
+                c.in_flight = true;
+                c.number
+            }
+            None => {
+                let number = self.free_channel().ok_or(UsageError::ChannelsExhausted)?;
+                self.channels.insert(
+                    peer,
+                    Channel {
+                        number,
+                        bound: false,
+                        in_flight: true,
+                        refused: None,
+                        refresh_at: now,
+                    },
+                );
+                self.channel_peers.insert(number, peer);
+                number
+            }
+        };
         self.start(
             Op::ChannelBind {
                 channel: number,
@@ -437,7 +477,11 @@ impl Client {
                     _ => UsageError::DataTooLarge(data.len()),
                 });
         }
-        if !self.permissions.contains_key(&peer.ip()) && !self.channels.contains_key(&peer) {
+        let channel_asked = self
+            .channels
+            .get(&peer)
+            .is_some_and(|c| c.refused.is_none());
+        if !self.permissions.contains_key(&peer.ip()) && !channel_asked {
             return Err(UsageError::NoPermission(peer));
         }
         send_indication(out, peer, data)
@@ -752,6 +796,11 @@ impl Client {
                     Err(e) => self.fail(p.op, e),
                 }
             }
+            // RFC 8656 §12.2: a 400 to a ChannelBind says the peer or the
+            // number is bound otherwise on the server.
+            Some(400) if matches!(p.op, Op::ChannelBind { .. }) => {
+                self.fail(p.op, ClientError::ChannelConflict)
+            }
             Some(c) => self.fail(p.op, ClientError::from_code(c)),
         }
     }
@@ -939,13 +988,20 @@ impl Client {
                     .push_back(Event::PermissionFailed { peers, error });
             }
             Op::ChannelBind { channel, peer } => {
-                if self
-                    .channels
-                    .get(&peer)
-                    .is_some_and(|c| c.number == channel)
-                {
-                    self.channels.remove(&peer);
-                    self.channel_peers.remove(&channel);
+                // The peer keeps its number (see `Channel`): after a timeout
+                // the server may hold the binding and relay on it. An error
+                // answer refuses the bind; RFC 8656 §12.3 recommends a new
+                // allocation when a 400 shows client and server out of sync.
+                // That is left to the application: the allocation and its
+                // relayed candidate keep working with Send and Data
+                // indications, and this client never asks for a conflicting
+                // binding itself, so it does not send the same bind again.
+                if let Some(c) = self.channels.get_mut(&peer).filter(|c| c.number == channel) {
+                    c.bound = false;
+                    c.in_flight = false;
+                    if !matches!(error, ClientError::Timeout { .. }) {
+                        c.refused = Some(error.clone());
+                    }
                 }
                 self.events.push_back(Event::ChannelFailed {
                     peer,

@@ -39,6 +39,15 @@ pub enum ClientError {
     /// 443: the peer's address family differs from the relayed address's.
     #[error("peer address family mismatch (443)")]
     PeerAddressFamilyMismatch,
+    /// 400 to a ChannelBind: the server has the peer bound to another
+    /// channel number, or the number bound to another peer (RFC 8656
+    /// §12.2), which this client never asked for. Client and server are
+    /// out of sync; RFC 8656 §12.3 recommends a new allocation.
+    #[error(
+        "the server holds a conflicting channel binding (400): client and server are out of \
+         sync; data to the peer goes in Send indications, a new allocation starts afresh"
+    )]
+    ChannelConflict,
     /// The server never answered: RFC 8489 §6.2 retransmissions exhausted.
     #[error("no answer from the TURN server after {attempts} sends over {waited:?}")]
     Timeout {
@@ -91,9 +100,22 @@ pub enum UsageError {
     /// (RFC 8656 §9.1 would answer 443).
     #[error("no relayed address of the family of peer {0}")]
     FamilyNotRelayed(SocketAddr),
-    /// All 4096 channel numbers are bound.
+    /// All 4096 channel numbers are taken (a peer keeps its number for the
+    /// allocation's life, RFC 8656 §12).
     #[error("all channel numbers are in use")]
     ChannelsExhausted,
+    /// The server refused a channel to this peer (see
+    /// [`Event::ChannelFailed`](super::Event::ChannelFailed)); data to it
+    /// goes in Send indications.
+    #[error(
+        "the server refused a channel to peer {peer}: {error}; data to it goes in Send indications"
+    )]
+    ChannelRefused {
+        /// The peer.
+        peer: SocketAddr,
+        /// The server's answer.
+        error: ClientError,
+    },
     /// The output buffer cannot hold the message.
     #[error("output buffer too small")]
     BufferTooSmall,

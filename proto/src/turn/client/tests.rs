@@ -212,6 +212,11 @@ fn events(c: &mut Client) -> Vec<Event> {
     std::iter::from_fn(|| c.poll_event()).collect()
 }
 
+/// The client's events are exactly one [`Event::ChannelBound`].
+fn assert_bound(c: &mut Client, peer: SocketAddr, channel: u16) {
+    assert_eq!(events(c), vec![Event::ChannelBound { peer, channel }]);
+}
+
 /// Allocate through the 401 dance; returns the client, the key and t0.
 fn allocated(fake: &Fake, cfg: Config) -> (Client, LongTermKey, Instant) {
     let t0 = Instant::now();
@@ -671,13 +676,7 @@ fn data_goes_by_send_indication_then_by_channel_both_ways() {
     assert_eq!(buf[0] >> 6, 0, "still STUN");
     assert!(n > 20);
     c.handle_input(&fake.ok(&r, &key), t0);
-    assert_eq!(
-        events(&mut c),
-        vec![Event::ChannelBound {
-            peer: p,
-            channel: ch
-        }]
-    );
+    assert_bound(&mut c, p, ch);
     assert_eq!(c.channel_for(p), Some(ch));
 
     // Out on the channel: ChannelData, unpadded over UDP.
@@ -798,6 +797,202 @@ fn channel_bind_failure_falls_back_to_send_indications() {
     let n = c.send_to(p, b"x", &mut buf).unwrap();
     assert_eq!(buf[0] >> 6, 0);
     assert!(n > 20);
+    // The server said no: asking again would only be refused again.
+    assert_eq!(
+        c.bind_channel(p, t0),
+        Err(UsageError::ChannelRefused {
+            peer: p,
+            error: ClientError::InsufficientCapacity
+        })
+    );
+    assert!(c.poll_transmit().is_none());
+}
+
+/// Run the clock until the client reports something, losing every answer
+/// (the server is taken to process each send). Returns the requests sent
+/// meanwhile and when the events came.
+fn lose_answers_until_an_event(c: &mut Client) -> (Vec<Req>, Instant) {
+    let mut sent = Vec::new();
+    loop {
+        let now = c.poll_timeout().expect("a timer runs");
+        c.handle_timeout(now);
+        sent.extend(std::iter::from_fn(|| c.poll_transmit()).map(Req::new));
+        if c.events
+            .iter()
+            .any(|e| !matches!(e, Event::Refreshed { .. }))
+        {
+            return (sent, now);
+        }
+    }
+}
+
+fn channel_number(r: &Req) -> u16 {
+    let v = r.get(attr::CHANNEL_NUMBER).expect("CHANNEL-NUMBER");
+    u16::from_be_bytes([v[0], v[1]])
+}
+
+/// Found by a session sweep at 20 % loss: the server bound the channel but
+/// every answer was lost, the client forgot the number and bound the peer
+/// to the next one, which the server refused (400, RFC 8656 §12.2), while
+/// it relayed the peer's data on the first number, which the client then
+/// dropped. The peer must keep its number: its data keeps arriving, and
+/// binding again refreshes the server's binding (§12.1).
+#[test]
+fn a_channel_bind_whose_answers_are_all_lost_keeps_its_number() {
+    let fake = Fake::md5();
+    let (mut c, key, t0) = allocated(&fake, config(Transport::Udp));
+    let p = peer(8, 8000);
+    let ch = c.bind_channel(p, t0).unwrap();
+    let first = next_req(&mut c);
+    let (resent, now) = lose_answers_until_an_event(&mut c);
+    // RFC 8489 §6.2.1: the same transaction, sent 7 times in all.
+    assert_eq!(resent.len(), 6);
+    assert!(resent.iter().all(|r| r.bytes == first.bytes));
+    let ev = events(&mut c);
+    assert!(
+        matches!(
+            ev[..],
+            [Event::ChannelFailed {
+                peer: q,
+                channel,
+                error: ClientError::Timeout { attempts: 7, .. },
+            }] if q == p && channel == ch
+        ),
+        "{ev:?}"
+    );
+
+    // The server relays the peer's data on the channel it bound.
+    let msg = [0x40, 0x00, 0, 2, b'h', b'i'];
+    assert_eq!(
+        c.recv(&msg, now),
+        Some(PeerData {
+            peer: p,
+            data: b"hi",
+            channel: Some(ch)
+        })
+    );
+    assert_eq!(c.stats().unknown_channel, 0);
+    // Unconfirmed: data out goes in Send indications meanwhile.
+    assert_eq!(c.channel_for(p), None);
+    let mut buf = [0u8; 64];
+    c.send_to(p, b"x", &mut buf).unwrap();
+    assert_eq!(buf[0] >> 6, 0, "a Send indication");
+
+    // A new bind: a new transaction for the same number, which the server
+    // takes as a refresh.
+    assert_eq!(c.bind_channel(p, now), Ok(ch));
+    let again = next_req(&mut c);
+    assert_ne!(again.tid(), first.tid());
+    assert_eq!((channel_number(&again), again.peers()), (ch, vec![p]));
+    assert_eq!(c.channel_for(p), Some(ch));
+    assert_eq!(c.bind_channel(p, now), Ok(ch), "one bind in flight");
+    assert!(c.poll_transmit().is_none());
+    c.handle_input(&fake.ok(&again, &key), now);
+    assert_bound(&mut c, p, ch);
+    let n = c.send_to(p, b"x", &mut buf).unwrap();
+    assert_eq!(&buf[..n], &[0x40, 0x00, 0, 1, b'x']);
+    // A late answer to the first transaction changes nothing.
+    c.handle_input(&fake.ok(&first, &key), now);
+    assert!(events(&mut c).is_empty());
+    assert_eq!(c.stats().stray, 1);
+    // The number is the peer's: another peer gets the next one.
+    assert_eq!(c.bind_channel(peer(9, 9000), now), Ok(ch + 1));
+}
+
+/// The same when the answers to a channel refresh are lost: the server's
+/// binding is alive (refreshed or not yet expired), so its data keeps
+/// coming on the channel, and the next bind refreshes it again.
+#[test]
+fn a_channel_refresh_whose_answers_are_all_lost_keeps_its_number() {
+    let fake = Fake::md5();
+    let (mut c, key, t0) = allocated(&fake, config(Transport::Udp));
+    let p = peer(8, 8000);
+    let ch = c.bind_channel(p, t0).unwrap();
+    let r = next_req(&mut c);
+    c.handle_input(&fake.ok(&r, &key), t0);
+    events(&mut c);
+    // Answer the allocation and permission refreshes, lose the channel's.
+    let (refresh, now) = loop {
+        let now = c.poll_timeout().unwrap();
+        c.handle_timeout(now);
+        let mut bind = None;
+        while let Some(t) = c.poll_transmit() {
+            let r = Req::new(t);
+            match r.method() {
+                method::CHANNEL_BIND => bind = Some(r),
+                method::REFRESH => c.handle_input(&fake.refresh_ok(&r, &key, 600), now),
+                _ => c.handle_input(&fake.ok(&r, &key), now),
+            }
+        }
+        if let Some(b) = bind {
+            break (b, now);
+        }
+    };
+    assert_eq!(now - t0, secs(540));
+    assert_eq!(channel_number(&refresh), ch);
+    events(&mut c);
+    let (resent, now) = lose_answers_until_an_event(&mut c);
+    assert!(resent
+        .iter()
+        .all(|r| r.method() != method::CHANNEL_BIND || r.bytes == refresh.bytes));
+    let ev = events(&mut c);
+    assert!(
+        matches!(
+            ev[..],
+            [Event::ChannelFailed { peer: q, channel, error: ClientError::Timeout { .. } }]
+                if q == p && channel == ch
+        ),
+        "{ev:?}"
+    );
+    let msg = [0x40, 0x00, 0, 2, b'h', b'i'];
+    assert_eq!(c.recv(&msg, now).map(|d| d.peer), Some(p));
+    assert_eq!(c.stats().unknown_channel, 0);
+    assert_eq!(c.bind_channel(p, now), Ok(ch));
+    let again = next_req(&mut c);
+    assert_eq!(channel_number(&again), ch);
+    c.handle_input(&fake.ok(&again, &key), now);
+    assert_bound(&mut c, p, ch);
+}
+
+/// RFC 8656 §12.2: a 400 to a ChannelBind means the server has the peer or
+/// the number bound otherwise, so client and server are out of sync
+/// (§12.3). Binding again cannot help: the client reports the conflict,
+/// sends no more binds for the peer (no storm of 400s) and keeps the
+/// number out of other peers' reach. Data to the peer goes in Send
+/// indications, under a permission of its own.
+#[test]
+fn a_400_to_a_channel_bind_is_a_conflict_and_is_not_retried() {
+    let fake = Fake::md5();
+    let (mut c, _, t0) = allocated(&fake, config(Transport::Udp));
+    let p = peer(8, 8000);
+    let ch = c.bind_channel(p, t0).unwrap();
+    let r = next_req(&mut c);
+    // 400 is exempt from the integrity check (RFC 8489 §9.2.5).
+    c.handle_input(&fake.error(&r, 400, None), t0);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::ChannelFailed {
+            peer: p,
+            channel: ch,
+            error: ClientError::ChannelConflict
+        }]
+    );
+    assert_eq!(
+        c.bind_channel(p, t0),
+        Err(UsageError::ChannelRefused {
+            peer: p,
+            error: ClientError::ChannelConflict
+        })
+    );
+    assert!(c.poll_transmit().is_none(), "no new ChannelBind");
+    assert_eq!(c.channel_for(p), None);
+    // The refused bind installed no permission either.
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        c.send_to(p, b"x", &mut buf),
+        Err(UsageError::NoPermission(p))
+    );
+    assert_eq!(c.bind_channel(peer(9, 9000), t0), Ok(ch + 1));
 }
 
 #[test]
