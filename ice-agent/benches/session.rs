@@ -166,8 +166,19 @@ async fn plain_pair() -> (
     let client_cfg = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap(),
     ));
-    let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    // The same socket buffers as a session's bases (4 MiB): the ceiling
+    // must not lose for want of them.
+    let endpoint = |server: Option<quinn::ServerConfig>| {
+        quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server,
+            udp_socket_like_a_session(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .unwrap()
+    };
+    let server = endpoint(Some(server_cfg));
+    let client = endpoint(None);
     let addr = server.local_addr().unwrap();
     let accept = {
         let server = server.clone();
@@ -180,6 +191,20 @@ async fn plain_pair() -> (
         .unwrap();
     let sc = accept.await.unwrap();
     (server, client, cc, sc)
+}
+
+/// A UDP socket on 127.0.0.1 with the buffers a session asks for.
+fn udp_socket_like_a_session() -> std::net::UdpSocket {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&SocketAddr::from((LO, 0)).into()).unwrap();
+    s.into()
 }
 
 async fn throughput(rounds: usize, mib: usize) {
