@@ -13,7 +13,8 @@
 //! 3. Bulk throughput through natkit-turn (relay-only sessions over UDP),
 //!    MIB/4 per transfer.
 //!
-//! Environment: ROUNDS, MIB, NATKIT_TURN_BIN (else target/release/natkit-turn,
+//! Environment: ROUNDS, MIB, BULK_ROUNDS (bulk rounds of each kind,
+//! default 5), NATKIT_TURN_BIN (else target/release/natkit-turn,
 //! built when missing). Loopback only; every process started is killed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -301,7 +302,7 @@ fn main() {
         connect_times("host", rounds, None).await;
         let relay = start_relay();
         connect_times("relay-only", rounds, Some(relay.addr)).await;
-        throughput(5, mib).await;
+        throughput(env_usize("BULK_ROUNDS", 5), mib).await;
         relay_throughput(relay.addr, 3, mib / 4).await;
         drop(relay);
     });
