@@ -254,8 +254,8 @@ pub const OFFERED_ALGORITHMS: &[u8] = &[0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00
 pub struct UnauthLimiter {
     per_ip: BucketTable,
     /// When each (address, port) last got an unproven answer: milliseconds
-    /// since `epoch`, plus one (0: never). One slot per key; a collision
-    /// only lowers a port's priority.
+    /// since `epoch`, plus one (0: never). Two slots per key; only a
+    /// collision on both lowers a port's priority.
     answered: Vec<std::sync::atomic::AtomicU64>,
     failures: BucketTable,
     /// Keys the slot hash: random in [`UnauthLimiter::new`], so nobody can
@@ -326,13 +326,19 @@ impl UnauthLimiter {
             return true; // no limit
         }
         let t = self.ms(now) + 1;
-        let seen = &self.answered[self.slots_addr(1, addr)[0]];
-        let last = seen.load(Ordering::Relaxed);
-        let repeat = last != 0 && t.saturating_sub(last) < 1000;
+        // A port is a repeat when both its slots say so: a new client whose
+        // one slot collides with a busy port's keeps its priority.
+        let seen = self.slots_addr(1, addr).map(|i| &self.answered[i]);
+        let repeat = seen.iter().all(|s| {
+            let last = s.load(Ordering::Relaxed);
+            last != 0 && t.saturating_sub(last) < 1000
+        });
         let keep = if repeat { self.per_ip.burst / 2 } else { 0 };
         let ok = self.per_ip.take(self.slots_ip(addr.ip()), t, keep);
         if ok {
-            seen.store(t, Ordering::Relaxed);
+            for s in seen {
+                s.store(t, Ordering::Relaxed);
+            }
         }
         ok
     }
