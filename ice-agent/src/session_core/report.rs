@@ -116,8 +116,12 @@ impl fmt::Display for ServerKind {
 pub enum ConnectionStage {
     /// The TCP connection.
     Connect,
-    /// The TLS handshake (certificate, protocol, alert).
+    /// The TLS handshake (protocol, alert, a peer that does not speak TLS).
     TlsHandshake,
+    /// The TLS handshake refused the server's certificate (untrusted
+    /// issuer, wrong name, expired): a matter of trust settings rather
+    /// than of the network.
+    Certificate,
     /// The connection was up and broke or was closed.
     Established,
 }
@@ -150,7 +154,9 @@ impl fmt::Display for ConnectionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.stage {
             ConnectionStage::Connect => write!(f, "TCP connection failed: {}", self.detail),
-            ConnectionStage::TlsHandshake => write!(f, "TLS handshake failed: {}", self.detail),
+            ConnectionStage::TlsHandshake | ConnectionStage::Certificate => {
+                write!(f, "TLS handshake failed: {}", self.detail)
+            }
             ConnectionStage::Established if self.kind == io::ErrorKind::UnexpectedEof => {
                 f.write_str("the server closed the connection")
             }

@@ -74,6 +74,12 @@ pub enum SendError {
 pub enum Incoming {
     /// The client's allocation, permission or channel news.
     Event(turn::Event),
+    /// UDP only: the system reported an ICMP error about the server
+    /// (`ConnectionRefused`: port unreachable, nothing listens there).
+    /// News, not failure: the client's timers still decide when silence
+    /// means the server is gone (an ICMP error can be stale or forged,
+    /// RFC 8085 §5.2), but a tool may give up at once.
+    Unreachable(io::ErrorKind),
     /// Data relayed from a peer.
     Data {
         /// The peer.
@@ -97,6 +103,11 @@ enum Link {
 /// One allocation on one TURN server over UDP, TCP or TLS, driven by
 /// tokio. The allocation starts as soon as the connection is up; its
 /// refreshes run whenever [`TurnConnection::next`] is awaited.
+///
+/// [`TurnConnection::next`] and [`TurnConnection::flush`] are cancel-safe:
+/// dropping them before they finish (a `tokio::select!` over several
+/// connections) loses and repeats nothing; a message the system could not
+/// take yet is sent by the next call.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -126,9 +137,18 @@ pub struct TurnConnection {
     local: SocketAddr,
     tls: Option<TlsInfo>,
     incoming: VecDeque<Incoming>,
+    /// Receive buffer (UDP), also where [`TurnConnection::send_to`]
+    /// frames; its capacity is reserved but never zeroed (see `recv`).
     buf: Vec<u8>,
+    /// A message taken from the client that the socket has not taken yet
+    /// (a cancelled flush): sent first by the next one.
+    unsent: Option<Vec<u8>>,
     icmp: Option<io::ErrorKind>,
 }
+
+/// Room for the largest datagram the server may send: a UDP datagram's
+/// payload is at most 65,507 bytes over IPv4 (65,527 over IPv6).
+const RECV_BUF: usize = 65_536;
 
 impl std::fmt::Debug for TurnConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,8 +160,8 @@ impl std::fmt::Debug for TurnConnection {
     }
 }
 
-/// Errors a UDP read reports that say nothing final: signals, and ICMP
-/// errors (noted, see [`TurnConnection::icmp_error`]).
+/// Errors a UDP read or write reports that say nothing final: signals, and
+/// ICMP errors (noted, see [`TurnConnection::icmp_error`]).
 fn transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -149,6 +169,15 @@ fn transient(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Whether `e` is an ICMP error about the server (port unreachable; reset
+/// is how some systems report it).
+fn is_icmp(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
     )
 }
 
@@ -183,16 +212,13 @@ impl TurnConnection {
                 let (stream, info) = ServerStream::connect(server, tls, limit)
                     .await
                     .map_err(|error| ConnectError::Connection { server, error })?;
-                Ok(TurnConnection {
-                    local: stream.local_addr(),
-                    link: Link::Stream(stream),
-                    server,
-                    client: Client::new(cfg, Instant::now()),
-                    tls: info,
-                    incoming: VecDeque::new(),
-                    buf: vec![0; 65536 + 64],
-                    icmp: None,
-                })
+                let local = stream.local_addr();
+                Ok(Self::new(
+                    Link::Stream(stream),
+                    local,
+                    Client::new(cfg, Instant::now()),
+                    info,
+                ))
             }
         }
     }
@@ -201,20 +227,47 @@ impl TurnConnection {
     /// loopback addresses of a load generator). The socket is connected to
     /// the server: an allocation is its 5-tuple (RFC 8656 §2.2).
     pub fn over_udp(sock: std::net::UdpSocket, cfg: turn::Config) -> io::Result<TurnConnection> {
-        let server = cfg.server;
-        sock.connect(server)?;
+        sock.connect(cfg.server)?;
+        Self::from_udp_parts(Client::new(cfg, Instant::now()), sock)
+    }
+
+    /// Drive `client` again over `sock`, both taken with
+    /// [`TurnConnection::into_udp_parts`] (e.g. to delete the allocations
+    /// a load generator used). `sock` must be connected to the client's
+    /// server.
+    pub fn from_udp_parts(client: Client, sock: std::net::UdpSocket) -> io::Result<TurnConnection> {
         sock.set_nonblocking(true)?;
         let sock = UdpSocket::from_std(sock)?;
-        Ok(TurnConnection {
-            local: sock.local_addr()?,
-            link: Link::Udp(sock),
-            server,
-            client: Client::new(cfg, Instant::now()),
-            tls: None,
+        let local = sock.local_addr()?;
+        Ok(Self::new(Link::Udp(sock), local, client, None))
+    }
+
+    fn new(link: Link, local: SocketAddr, client: Client, tls: Option<TlsInfo>) -> TurnConnection {
+        TurnConnection {
+            server: client.config().server,
+            link,
+            client,
+            local,
+            tls,
             incoming: VecDeque::new(),
-            buf: vec![0; 65536 + 64],
+            buf: Vec::new(),
+            unsent: None,
             icmp: None,
-        })
+        }
+    }
+
+    /// Start the allocation over at `now` with a new client of the same
+    /// configuration, for a caller that connects first and allocates
+    /// later (`natkit turn` sets up all its connections, then allocates on
+    /// one after the other): the client made at connect time would count
+    /// the wait for its turn against its first request's retransmission
+    /// timer. Call it before anything was sent: the server would answer a
+    /// second Allocate on a 5-tuple that has an allocation with 437
+    /// (RFC 8656 §7.2).
+    pub fn restart(&mut self, now: Instant) {
+        self.client = Client::new(self.client.config().clone(), now);
+        self.incoming.clear();
+        self.unsent = None;
     }
 
     /// The sans-IO client: state, relayed addresses, and the calls that
@@ -238,9 +291,9 @@ impl TurnConnection {
         self.tls.as_ref()
     }
 
-    /// The last ICMP error a UDP read reported (`ConnectionRefused`: the
-    /// server's port is closed), which the client's timers otherwise only
-    /// see as silence.
+    /// The last ICMP error a UDP read or write reported
+    /// (`ConnectionRefused`: the server's port is closed), which the
+    /// client's timers otherwise only see as silence.
     pub fn icmp_error(&self) -> Option<io::ErrorKind> {
         self.icmp
     }
@@ -253,6 +306,9 @@ impl TurnConnection {
                 return Ok(i);
             }
             self.flush().await?;
+            if let Some(i) = self.incoming.pop_front() {
+                return Ok(i);
+            }
             if let Some(e) = self.client.poll_event() {
                 return Ok(Incoming::Event(e));
             }
@@ -277,52 +333,63 @@ impl TurnConnection {
     }
 
     /// Relay `data` to `peer`: ChannelData when a channel is bound, else a
-    /// Send indication (it needs a permission).
+    /// Send indication (it needs a permission). Cancelled before it
+    /// finishes, the data may not have been sent (like a lost datagram).
     pub async fn send_to(&mut self, peer: SocketAddr, data: &[u8]) -> Result<(), SendError> {
+        // Whatever the client queued goes first: requests keep their order
+        // with the data on a stream.
+        self.flush().await?;
+        // A Send indication's header, XOR-PEER-ADDRESS and DATA header
+        // fit in 64 bytes (RFC 8656 §11.1).
+        let need = data.len() + 64;
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
         let n = self.client.send_to(peer, data, &mut self.buf)?;
-        let msg = std::mem::take(&mut self.buf);
-        let r = self.write(&msg[..n]).await;
-        self.buf = msg;
-        Ok(r?)
+        let msg = &self.buf[..n];
+        match &mut self.link {
+            Link::Udp(s) => send_udp(s, msg, &mut self.icmp, &mut self.incoming).await?,
+            Link::Stream(s) => {
+                queue_stream(s, msg).await?;
+                poll_fn(|cx| s.poll_flush(cx))
+                    .await
+                    .map_err(LinkError::Io)?;
+            }
+        }
+        Ok(())
     }
 
     /// Send what the client queued (requests, refreshes).
     pub async fn flush(&mut self) -> Result<(), LinkError> {
-        while let Some(t) = self.client.poll_transmit() {
-            self.write(&t.payload).await?;
+        loop {
+            if self.unsent.is_none() {
+                self.unsent = self.client.poll_transmit().map(|t| t.payload);
+            }
+            let Some(msg) = self.unsent.as_deref() else {
+                break;
+            };
+            match &mut self.link {
+                Link::Udp(s) => send_udp(s, msg, &mut self.icmp, &mut self.incoming).await?,
+                // Once queued, the stream owns the bytes: writing them
+                // below resumes where a cancelled call stopped.
+                Link::Stream(s) => queue_stream(s, msg).await?,
+            }
+            self.unsent = None;
+        }
+        if let Link::Stream(s) = &mut self.link {
+            poll_fn(|cx| s.poll_flush(cx)).await?;
         }
         Ok(())
     }
 
     /// The UDP socket and the client, for a load generator that takes the
-    /// data path over (refreshes must then be driven by the caller).
+    /// data path over (refreshes must then be driven by the caller; see
+    /// [`TurnConnection::from_udp_parts`] to hand them back). Flush first:
+    /// a message the socket had not taken yet is dropped.
     pub fn into_udp_parts(self) -> Option<(Client, std::net::UdpSocket)> {
         match self.link {
             Link::Udp(s) => s.into_std().ok().map(|s| (self.client, s)),
             Link::Stream(_) => None,
-        }
-    }
-
-    async fn write(&mut self, msg: &[u8]) -> Result<(), LinkError> {
-        match &mut self.link {
-            Link::Udp(s) => match s.send(msg).await {
-                Ok(_) => Ok(()),
-                // The timers decide when silence means failure.
-                Err(e) if transient(&e) => {
-                    self.icmp = Some(e.kind());
-                    Ok(())
-                }
-                Err(e) => Err(e.into()),
-            },
-            Link::Stream(s) => {
-                // The queue bound applies to relayed data; a tool waits
-                // for room instead of dropping.
-                while !s.queue(msg) {
-                    poll_fn(|cx| s.poll_flush(cx)).await?;
-                }
-                poll_fn(|cx| s.poll_flush(cx)).await?;
-                Ok(())
-            }
         }
     }
 
@@ -331,10 +398,15 @@ impl TurnConnection {
     async fn recv(&mut self) -> Result<(), LinkError> {
         match &mut self.link {
             Link::Udp(s) => {
-                let n = match s.recv(&mut self.buf).await {
+                // Reserved, not zeroed: a connection costs no 64 KiB memset
+                // (a load generator makes thousands), and only the pages a
+                // datagram touches become resident.
+                self.buf.clear();
+                self.buf.reserve(RECV_BUF);
+                let n = match s.recv_buf(&mut self.buf).await {
                     Ok(n) => n,
                     Err(e) if transient(&e) => {
-                        self.icmp = Some(e.kind());
+                        note_icmp(&e, &mut self.icmp, &mut self.incoming);
                         return Ok(());
                     }
                     Err(e) => return Err(e.into()),
@@ -365,6 +437,41 @@ impl TurnConnection {
             }
         }
         Ok(())
+    }
+}
+
+/// Send one datagram to the server (cancel-safe: tokio sends all or
+/// nothing). ICMP errors and signals are noted, not failures: the timers
+/// decide when silence means failure.
+async fn send_udp(
+    s: &UdpSocket,
+    msg: &[u8],
+    icmp: &mut Option<io::ErrorKind>,
+    incoming: &mut VecDeque<Incoming>,
+) -> Result<(), LinkError> {
+    match s.send(msg).await {
+        Ok(_) => Ok(()),
+        Err(e) if transient(&e) => {
+            note_icmp(&e, icmp, incoming);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Queue one message on a stream, waiting for room: the queue bound
+/// applies to relayed data, a tool waits instead of dropping.
+async fn queue_stream(s: &mut ServerStream, msg: &[u8]) -> Result<(), LinkError> {
+    while !s.queue(msg) {
+        poll_fn(|cx| s.poll_flush(cx)).await?;
+    }
+    Ok(())
+}
+
+fn note_icmp(e: &io::Error, icmp: &mut Option<io::ErrorKind>, incoming: &mut VecDeque<Incoming>) {
+    if is_icmp(e) {
+        *icmp = Some(e.kind());
+        incoming.push_back(Incoming::Unreachable(e.kind()));
     }
 }
 

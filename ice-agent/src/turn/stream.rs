@@ -70,6 +70,21 @@ fn timed_out(what: &str, limit: Duration) -> io::Error {
     )
 }
 
+/// Where a failed handshake stopped: rustls hands its own errors up
+/// inside the I/O error; a refused certificate is told apart, since the
+/// remedy (trust settings) differs from that of a broken handshake.
+fn handshake_stage(e: &io::Error) -> ConnectionStage {
+    let certificate = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+    if certificate {
+        ConnectionStage::Certificate
+    } else {
+        ConnectionStage::TlsHandshake
+    }
+}
+
 impl ServerStream {
     /// Connect to `server` (TCP, then with `tls` the whole handshake), each
     /// step bounded by `limit`.
@@ -89,7 +104,7 @@ impl ServerStream {
         let (io, info) = match tls {
             None => (Io::Tcp(tcp), None),
             Some((config, name)) => {
-                let hs = |e: io::Error| ConnectionError::new(ConnectionStage::TlsHandshake, &e);
+                let hs = |e: io::Error| ConnectionError::new(handshake_stage(&e), &e);
                 let started = Instant::now();
                 let s = tokio::time::timeout(
                     limit,
