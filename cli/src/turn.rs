@@ -8,25 +8,27 @@
 //! ChannelData (RFC 8656 §11, §12), so one run exercises both data paths of
 //! the relay. With `--peer` the peer is any UDP echo service.
 //!
-//! The protocol is `natkit_proto::turn::client` (sans-IO); this module owns
-//! the sockets (one connection per allocation: RFC 8656 §2 ties an
-//! allocation to its 5-tuple) and the clock.
+//! The protocol is `natkit_proto::turn::client` (sans-IO), driven over
+//! UDP, TCP or TLS by natkit-ice's `TurnConnection` on a one-thread tokio
+//! runtime; one connection per allocation (RFC 8656 §2 ties an allocation
+//! to its 5-tuple).
 
 pub(crate) mod args;
-mod conn;
 mod failure;
 mod report;
 mod session;
 pub(crate) mod tls;
 
-use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natkit_proto::turn::client::{AddressFamily, Client, Config, Event};
+use anyhow::Context;
+use natkit_ice::session_core::{ConnectionError, ConnectionStage};
+use natkit_ice::turn::{ConnectError, SendError, TurnConnection};
+use natkit_proto::turn::client::{AddressFamily, Config, Event};
 
 use crate::udp_driver;
-use conn::{Conn, TlsConnectError};
 use failure::{Doing, Failure, Who};
 use report::{AllocationOut, Printer, RoundTripOut};
 use session::{Alloc, Session};
@@ -40,8 +42,13 @@ const CLEANUP_WAIT: Duration = Duration::from_secs(2);
 
 /// Run `natkit turn`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // One thread: the allocations take turns on it, as the steps do.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let mut out = Printer::new(args.json);
-    let result = probe(&args, &mut out);
+    let result = rt.block_on(probe(&args, &mut out));
     let failure = result.err();
     out.finish(failure.as_ref())?;
     match failure {
@@ -50,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {
+async fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {
     let (creds, rest) = credentials(args)?;
     let (spec, transport) = target(args)?;
     out.report.server_name = spec.to_string();
@@ -107,6 +114,7 @@ fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {
         rest,
         server,
         stream: transport != TransportArg::Udp,
+        port_unreachable: false,
     };
 
     // Connect: one socket or connection per allocation.
@@ -118,24 +126,20 @@ fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {
     let connect_timeout = args.timing.config().budget().max(Duration::from_secs(1));
     let mut pending = Vec::new();
     for &name in names {
+        let mut cfg = Config::new(server, transport.into(), creds.clone());
+        cfg.transaction = args.timing.config();
+        if args.peer.is_some_and(|p| p.is_ipv6()) {
+            // RFC 6156: relay to an IPv6 peer from an IPv6 relayed address.
+            cfg.family = AddressFamily::V6;
+        }
         let t = Instant::now();
-        let (conn, local, detail) = match transport {
-            TransportArg::Udp => {
-                let (c, l) =
-                    Conn::udp(server).map_err(|e| Failure::new("connect", format!("{e:#}")))?;
-                (c, l, None)
-            }
-            TransportArg::Tcp => {
-                let (c, l) = Conn::tcp(server, connect_timeout)
-                    .map_err(|e| connect_failure(server, "TCP", &e))?;
-                (c, l, Some(format!("{name} {l} -> {server} over TCP")))
-            }
-            TransportArg::Tls => {
-                let Some((config, sni)) = &tls_setup else {
-                    return Err(Failure::new("tls", "TLS was not set up"));
-                };
-                let (c, l, info) = Conn::tls(server, sni.clone(), config.clone(), connect_timeout)
-                    .map_err(|e| tls_failure(server, e, connect_timeout))?;
+        let conn = TurnConnection::connect(cfg, tls_setup.clone(), connect_timeout)
+            .await
+            .map_err(|e| connect_failure(server, transport, &e, connect_timeout))?;
+        let l = conn.local_addr();
+        match (transport, conn.tls_info()) {
+            (TransportArg::Udp, _) => {}
+            (TransportArg::Tls, Some(info)) => {
                 let d = format!(
                     "{name} {l} -> {server} over TLS: {} {}, handshake {}",
                     info.version,
@@ -143,51 +147,33 @@ fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {
                     udp_driver::millis(info.handshake)
                 );
                 out.report.tls.get_or_insert(report::TlsOut {
-                    version: info.version,
-                    cipher: info.cipher,
+                    version: info.version.clone(),
+                    cipher: info.cipher.clone(),
                     handshake_ms: udp_driver::json_ms(info.handshake),
                 });
-                (c, l, Some(d))
+                out.step("connect", t.elapsed(), d);
             }
-        };
-        if let Some(d) = detail {
-            out.step("connect", t.elapsed(), d);
+            _ => out.step(
+                "connect",
+                t.elapsed(),
+                format!("{name} {l} -> {server} over TCP"),
+            ),
         }
-        let mut cfg = Config::new(server, transport.into(), creds.clone());
-        cfg.transaction = args.timing.config();
-        if args.peer.is_some_and(|p| p.is_ipv6()) {
-            // RFC 6156: relay to an IPv6 peer from an IPv6 relayed address.
-            cfg.family = AddressFamily::V6;
-        }
-        pending.push(Pending {
-            name,
-            cfg,
-            conn,
-            local,
-        });
+        pending.push((name, conn));
     }
-    let mut session = Session {
-        allocs: Vec::new(),
-        who,
-    };
-    let result = relay_check(args, pending, &mut session, out);
+    let mut session = Session::new(who);
+    let result = relay_check(args, pending, &mut session, out).await;
     if result.is_err() {
         // Free what was allocated; the error is the news, not this.
-        let _ = session.close(Some(Instant::now() + CLEANUP_WAIT));
+        let _ = session.close(Some(Instant::now() + CLEANUP_WAIT)).await;
     }
     result
 }
 
-/// A connected allocation not yet asked for: [`Client::new`] sends the
-/// Allocate at once.
-struct Pending {
-    name: &'static str,
-    cfg: Config,
-    conn: Conn,
-    local: SocketAddr,
-}
+/// Connected, not allocating yet: each allocation starts in its turn.
+type Pending = (&'static str, TurnConnection);
 
-fn relay_check(
+async fn relay_check(
     args: &Args,
     pending: Vec<Pending>,
     s: &mut Session,
@@ -196,32 +182,27 @@ fn relay_check(
     // Allocate (RFC 8656 §7), A then B: each timing is its own, and a
     // quota of one allocation always stops B, not a random one of the two.
     let mut relayed = Vec::new();
-    for (i, p) in pending.into_iter().enumerate() {
+    for (i, (name, conn)) in pending.into_iter().enumerate() {
         let t0 = Instant::now();
-        s.allocs.push(Alloc {
-            name: p.name,
-            client: Client::new(p.cfg, t0),
-            conn: p.conn,
-            local: p.local,
-            events: VecDeque::new(),
-            data: VecDeque::new(),
-        });
-        let got = s.wait_each(&[i], None, |_, ev| match ev {
-            Event::Allocated {
-                relayed,
-                mapped,
-                lifetime,
-            } => Some(Ok((relayed, mapped, lifetime))),
-            Event::Failed(e) => Some(Err(e)),
-            _ => None,
-        })?;
-        let a = &s.allocs[i];
+        s.allocs.push(Alloc::start(name, conn, t0));
+        let got = s
+            .wait_each(&[i], None, |_, ev| match ev {
+                Event::Allocated {
+                    relayed,
+                    mapped,
+                    lifetime,
+                } => Some(Ok((relayed, mapped, lifetime))),
+                Event::Failed(e) => Some(Err(e)),
+                _ => None,
+            })
+            .await?;
+        let a = &mut s.allocs[i];
         let Some((res, at)) = got[i].clone() else {
             return Err(Failure::new("io", "allocation did not finish"));
         };
         match res {
             Ok((r, mapped, lifetime)) => {
-                let auth = session::AuthSeen::of(&a.client);
+                let auth = session::AuthSeen::of(a.client());
                 let mut detail = format!(
                     "relayed {}, mapped {mapped}, lifetime {} s",
                     join(&r),
@@ -237,7 +218,7 @@ fn relay_check(
                 out.step(step_name("allocate", a.name), took, detail);
                 out.report.allocations.push(AllocationOut {
                     name: a.name,
-                    local: a.local,
+                    local: a.conn.local_addr(),
                     relayed: r.clone(),
                     mapped,
                     lifetime_s: lifetime.as_secs(),
@@ -284,17 +265,19 @@ fn relay_check(
     for &(i, p) in &targets {
         let now = Instant::now();
         s.allocs[i]
-            .client
+            .client()
             .create_permission(p, now)
             .map_err(|e| Failure::new("usage", format!("permission for {p}: {e}")))?;
     }
     let which: Vec<usize> = targets.iter().map(|t| t.0).collect();
-    let got = s.wait_each(&which, None, |_, ev| match ev {
-        Event::PermissionCreated { peers } => Some(Ok(peers)),
-        Event::PermissionFailed { peers, error } => Some(Err((peers, error, false))),
-        Event::Failed(e) => Some(Err((Vec::new(), e, true))),
-        _ => None,
-    })?;
+    let got = s
+        .wait_each(&which, None, |_, ev| match ev {
+            Event::PermissionCreated { peers } => Some(Ok(peers)),
+            Event::PermissionFailed { peers, error } => Some(Err((peers, error, false))),
+            Event::Failed(e) => Some(Err((Vec::new(), e, true))),
+            _ => None,
+        })
+        .await?;
     for &(i, p) in &targets {
         match got[i].as_ref().map(|g| &g.0) {
             Some(Ok(_)) => {}
@@ -325,15 +308,17 @@ fn relay_check(
     // then travels as a Send indication, so both data paths are used.
     let t = Instant::now();
     let channel = s.allocs[0]
-        .client
+        .client()
         .bind_channel(peer_of_a, Instant::now())
         .map_err(|e| Failure::new("usage", format!("channel to {peer_of_a}: {e}")))?;
-    let got = s.wait_each(&[0], None, |_, ev| match ev {
-        Event::ChannelBound { channel, .. } => Some(Ok(channel)),
-        Event::ChannelFailed { error, .. } => Some(Err((error, false))),
-        Event::Failed(e) => Some(Err((e, true))),
-        _ => None,
-    })?;
+    let got = s
+        .wait_each(&[0], None, |_, ev| match ev {
+            Event::ChannelBound { channel, .. } => Some(Ok(channel)),
+            Event::ChannelFailed { error, .. } => Some(Err((error, false))),
+            Event::Failed(e) => Some(Err((e, true))),
+            _ => None,
+        })
+        .await?;
     match got[0].as_ref().map(|g| &g.0) {
         Some(Ok(_)) => {}
         Some(Err((e, true))) => return Err(failure::from_client(e, Doing::Allocate("A"), &s.who)),
@@ -354,7 +339,7 @@ fn relay_check(
     );
 
     // Round trips.
-    let rt = round_trips(args, s, peer_of_a, peer_of_b)?;
+    let rt = round_trips(args, s, peer_of_a, peer_of_b).await?;
     let summary = rt.summary();
     let lost = rt.sent - rt.received;
     out.report.round_trip = Some(rt.clone());
@@ -384,7 +369,7 @@ fn relay_check(
 
     // Delete the allocations.
     let t = Instant::now();
-    let problems = s.close(None)?;
+    let problems = s.close(None).await?;
     out.report.closed = Some(problems.is_empty());
     if problems.is_empty() {
         let names: Vec<&str> = s.allocs.iter().map(|a| a.name).collect();
@@ -410,7 +395,7 @@ fn relay_check(
 /// Send `args.count` payloads from A to `peer_of_a` and time each echo. B
 /// (when it is the peer) echoes every message from A's relayed address
 /// back to `peer_of_b`.
-fn round_trips(
+async fn round_trips(
     args: &Args,
     s: &mut Session,
     peer_of_a: SocketAddr,
@@ -432,27 +417,36 @@ fn round_trips(
             *b = i as u8;
         }
         let sent_at = Instant::now();
-        let who = s.who.clone();
-        s.allocs[0].send_data(peer_of_a, &payload, &who)?;
-        let got = s.wait(Some(sent_at + wait), |s| {
-            if let (Some(back), Some(b)) = (peer_of_b, s.allocs.get_mut(1)) {
-                while let Some(d) = b.data.pop_front() {
-                    if d.peer == back {
-                        b_received += 1;
-                        a_to_b = Some(d.channel);
-                        b.send_data(back, &d.data, &s.who)?;
+        let server = s.who.server;
+        let a = &mut s.allocs[0];
+        a.conn
+            .send_to(peer_of_a, &payload)
+            .await
+            .map_err(|e| match e {
+                SendError::Usage(e) => Failure::new("usage", format!("allocation {}: {e}", a.name)),
+                e => Failure::new("io", format!("cannot send to {server}: {e}")),
+            })?;
+        let got = s
+            .wait(Some(sent_at + wait), |s| {
+                if let (Some(back), Some(b)) = (peer_of_b, s.allocs.get_mut(1)) {
+                    while let Some(d) = b.data.pop_front() {
+                        if d.peer == back {
+                            b_received += 1;
+                            a_to_b = Some(d.channel);
+                            b.queue_data(back, &d.data)?;
+                        }
                     }
                 }
-            }
-            let a = &mut s.allocs[0];
-            while let Some(d) = a.data.pop_front() {
-                if d.peer == peer_of_a && d.data == payload {
-                    b_to_a = Some(d.channel);
-                    return Ok(Some(d.at - sent_at));
+                let a = &mut s.allocs[0];
+                while let Some(d) = a.data.pop_front() {
+                    if d.peer == peer_of_a && d.data == payload {
+                        b_to_a = Some(d.channel);
+                        return Ok(Some(d.at - sent_at));
+                    }
                 }
-            }
-            Ok(None)
-        })?;
+                Ok(None)
+            })
+            .await?;
         if let Some(rtt) = got {
             rtts.push(rtt);
         }
@@ -494,43 +488,58 @@ fn transport_name(t: TransportArg) -> &'static str {
     }
 }
 
-fn connect_failure(server: SocketAddr, over: &str, e: &std::io::Error) -> Failure {
-    let hint = match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => " (nothing listens there, or a firewall refuses)",
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-            " (no answer: server down, or a firewall drops the packets)"
-        }
-        _ => "",
+/// Why the connection of an allocation could not be set up, with what to
+/// try next.
+fn connect_failure(
+    server: SocketAddr,
+    transport: TransportArg,
+    e: &ConnectError,
+    limit: Duration,
+) -> Failure {
+    let error = match e {
+        ConnectError::Connection { error, .. } => error,
+        e => return Failure::new("connect", e.to_string()),
     };
-    Failure::new(
-        "connect",
-        format!("cannot connect to {server} over {over}: {e}{hint}"),
-    )
-}
-
-fn tls_failure(server: SocketAddr, e: TlsConnectError, timeout: Duration) -> Failure {
-    match e {
-        TlsConnectError::Connect(e) => connect_failure(server, "TCP (for TLS)", &e),
-        TlsConnectError::Handshake(e) => {
-            let hint = match e {
-                rustls::Error::InvalidCertificate(_) => {
-                    "; use --ca FILE to trust the server's CA or self-signed certificate \
-                     (or --insecure to skip the check)"
+    let ConnectionError { kind, detail, .. } = error;
+    match error.stage {
+        ConnectionStage::Connect | ConnectionStage::Established => {
+            let over = match transport {
+                TransportArg::Tls => "TCP (for TLS)",
+                _ => "TCP",
+            };
+            let hint = match kind {
+                io::ErrorKind::ConnectionRefused => {
+                    " (nothing listens there, or a firewall refuses)"
+                }
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                    " (no answer: server down, or a firewall drops the packets)"
                 }
                 _ => "",
             };
             Failure::new(
-                "tls",
-                format!("TLS handshake with {server} failed: {e}{hint}"),
+                "connect",
+                format!("cannot connect to {server} over {over}: {detail}{hint}"),
             )
         }
-        TlsConnectError::Io(e) => {
-            let why = match e.kind() {
-                // SO_RCVTIMEO ran out (see Conn::tls).
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    format!("no TLS answer within {}", udp_driver::secs(timeout))
+        ConnectionStage::Certificate => Failure::new(
+            "tls",
+            format!(
+                "TLS handshake with {server} failed: {detail}; use --ca FILE to trust the \
+                 server's CA or self-signed certificate (or --insecure to skip the check)"
+            ),
+        ),
+        // rustls refused what the server said (an alert, a protocol
+        // error): its own words say it.
+        ConnectionStage::TlsHandshake if *kind == io::ErrorKind::InvalidData => Failure::new(
+            "tls",
+            format!("TLS handshake with {server} failed: {detail}"),
+        ),
+        ConnectionStage::TlsHandshake => {
+            let why = match kind {
+                io::ErrorKind::TimedOut => {
+                    format!("no TLS answer within {}", udp_driver::secs(limit))
                 }
-                _ => e.to_string(),
+                _ => detail.clone(),
             };
             Failure::new(
                 "tls",

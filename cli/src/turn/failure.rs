@@ -48,6 +48,8 @@ pub struct Who {
     pub server: SocketAddr,
     /// Whether the transport is a stream (TCP, TLS): no retransmissions.
     pub stream: bool,
+    /// Whether an ICMP port unreachable about the server came back (UDP).
+    pub port_unreachable: bool,
 }
 
 /// What was being done when the server answered with an error.
@@ -117,19 +119,24 @@ pub fn from_client(e: &ClientError, doing: Doing, who: &Who) -> Failure {
             "capacity",
             format!("the server has no capacity for {what} (508 Insufficient Capacity)"),
         ),
-        ClientError::Timeout { waited, attempts } => {
-            timeout(server, *waited, *attempts, who.stream)
-        }
+        ClientError::Timeout { waited, attempts } => timeout(who, *waited, *attempts),
         other => Failure::new("server_error", format!("{what} failed: {other}")),
     }
 }
 
 /// No answer from the server: RFC 8489 §6.2.1 retransmissions over UDP, one
 /// long wait over a stream (§6.2.2).
-pub fn timeout(server: SocketAddr, waited: Duration, attempts: u32, stream: bool) -> Failure {
-    let message = if stream {
+pub fn timeout(who: &Who, waited: Duration, attempts: u32) -> Failure {
+    let server = who.server;
+    let message = if who.stream {
         format!(
             "no answer from {server} within {} (the connection is open, the server is silent)",
+            secs(waited)
+        )
+    } else if who.port_unreachable {
+        format!(
+            "no answer from {server} after {attempts} tries over {}: ICMP port unreachable came \
+             back (nothing listens on that UDP port: wrong port, or the server is not running)",
             secs(waited)
         )
     } else {
@@ -152,6 +159,7 @@ mod tests {
             rest,
             server: "192.0.2.1:3478".parse().unwrap(),
             stream: false,
+            port_unreachable: false,
         }
     }
 
@@ -211,6 +219,27 @@ mod tests {
         assert!(f
             .message
             .starts_with("no answer from 192.0.2.1:3478 after 7 tries over 39.5 s"));
+        assert!(f.message.contains("UDP blocked"), "{}", f.message);
+        let refused = Who {
+            port_unreachable: true,
+            ..who(false)
+        };
+        let f = from_client(
+            &ClientError::Timeout {
+                waited: Duration::from_millis(790),
+                attempts: 7,
+            },
+            Doing::Allocate("A"),
+            &refused,
+        );
+        assert_eq!(f.kind, "timeout");
+        assert!(
+            f.message.starts_with(
+                "no answer from 192.0.2.1:3478 after 7 tries over 0.8 s: ICMP port unreachable"
+            ),
+            "{}",
+            f.message
+        );
         let f = from_client(&ClientError::Other(599), Doing::Allocate("A"), &who(false));
         assert_eq!(f.kind, "server_error");
         assert!(f.message.contains("599"), "{}", f.message);

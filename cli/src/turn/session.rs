@@ -1,15 +1,20 @@
-//! The allocations of one `natkit turn` run and the blocking loop that
-//! drives their sans-IO clients: send what they queue, wait on all sockets
-//! at once with `poll(2)` until input or the next timer, feed the input.
+//! The allocations of one `natkit turn` run, each a
+//! [`TurnConnection`] (natkit-ice's one copy of the TURN client's I/O over
+//! UDP, TCP and TLS), and the loop that waits on all of them at once: the
+//! first one with news wins, the others' waits are dropped (cancel-safe).
 
 use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Instant;
 
+use natkit_ice::turn::{Incoming, LinkError, TurnConnection};
 use natkit_proto::integrity::PasswordAlgorithm;
 use natkit_proto::turn::client::{Client, Event, State};
 
-use super::conn::{self, Conn};
 use super::failure::{Failure, Who};
 
 /// Data from a peer, as it arrived.
@@ -46,127 +51,140 @@ impl AuthSeen {
     }
 }
 
-/// One allocation: the sans-IO client and its connection.
+/// One allocation: its connection, and what it reported that the steps
+/// have not looked at yet.
 pub struct Alloc {
     pub name: &'static str,
-    pub client: Client,
-    pub conn: Conn,
-    pub local: SocketAddr,
+    pub conn: TurnConnection,
     pub events: VecDeque<Event>,
     pub data: VecDeque<Received>,
 }
 
 impl Alloc {
-    /// Send what the client queued; collect its events.
-    pub fn flush(&mut self, who: &Who) -> Result<(), Failure> {
-        while let Some(t) = self.client.poll_transmit() {
-            self.conn
-                .send(&t.payload)
-                .map_err(|e| Failure::new("io", format!("cannot send to {}: {e}", who.server)))?;
+    /// A connection about to allocate: its client starts now (see
+    /// [`TurnConnection::restart`]), so that waiting for an earlier
+    /// allocation does not count against its first request's timer.
+    pub fn start(name: &'static str, mut conn: TurnConnection, now: Instant) -> Alloc {
+        conn.restart(now);
+        Alloc {
+            name,
+            conn,
+            events: VecDeque::new(),
+            data: VecDeque::new(),
         }
-        while let Some(e) = self.client.poll_event() {
-            self.events.push_back(e);
-        }
-        Ok(())
     }
 
-    /// Relay `data` to `peer` (ChannelData if a channel is bound, else a
-    /// Send indication).
-    pub fn send_data(&mut self, peer: SocketAddr, data: &[u8], who: &Who) -> Result<(), Failure> {
-        let mut buf = vec![0u8; data.len() + 64];
-        let n = self
-            .client
-            .send_to(peer, data, &mut buf)
-            .map_err(|e| Failure::new("usage", format!("allocation {}: {e}", self.name)))?;
+    pub fn client(&mut self) -> &mut Client {
+        self.conn.client()
+    }
+
+    /// Queue `data` for `peer` (ChannelData if a channel is bound, else a
+    /// Send indication); the next wait sends it.
+    pub fn queue_data(&mut self, peer: SocketAddr, data: &[u8]) -> Result<(), Failure> {
         self.conn
-            .send(&buf[..n])
-            .map_err(|e| Failure::new("io", format!("cannot send to {}: {e}", who.server)))
+            .client()
+            .queue_send(peer, data)
+            .map_err(|e| Failure::new("usage", format!("allocation {}: {e}", self.name)))
     }
 }
 
-/// The allocations and the I/O loop that drives them.
+/// The allocations and the loop that drives them.
 pub struct Session {
     pub allocs: Vec<Alloc>,
     pub who: Who,
+    /// Which allocation is asked first on the next turn (they take turns,
+    /// so a busy one cannot keep the others waiting).
+    first: usize,
 }
 
 impl Session {
-    /// One round: send, wait for input until the earliest timer or
-    /// `deadline`, feed what came, fire due timers.
-    pub fn turn(&mut self, deadline: Option<Instant>) -> Result<(), Failure> {
-        for a in &mut self.allocs {
-            a.flush(&self.who)?;
+    pub fn new(who: Who) -> Session {
+        Session {
+            allocs: Vec::new(),
+            who,
+            first: 0,
         }
-        let now = Instant::now();
-        let wake = self
-            .allocs
-            .iter()
-            .filter_map(|a| a.client.poll_timeout())
-            .chain(deadline)
-            .min()
-            // Nothing scheduled cannot happen while a step waits (each
-            // request has a timer); still, never block without bound.
-            .unwrap_or(now + Duration::from_secs(1));
-        let fds: Vec<_> = self.allocs.iter().map(|a| a.conn.fd()).collect();
-        let ready = conn::wait_readable(&fds, wake.saturating_duration_since(now))
-            .map_err(|e| Failure::new("io", format!("poll: {e}")))?;
-        let mut frames = Vec::new();
-        for (a, ready) in self.allocs.iter_mut().zip(ready) {
-            if !ready {
-                continue;
+    }
+
+    /// One round: wait until an allocation has news (an event, relayed
+    /// data; each connection sends what its client queued and runs its
+    /// timers while waiting) or `deadline`, and keep the news.
+    async fn turn(&mut self, deadline: Option<Instant>) -> Result<(), Failure> {
+        let n = self.allocs.len();
+        if n == 0 {
+            return Ok(());
+        }
+        self.first = (self.first + 1) % n;
+        let first = self.first;
+        let got = {
+            let mut waits: Vec<_> = self
+                .allocs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, a)| Box::pin(async move { (i, a.conn.next().await) }))
+                .collect();
+            waits.rotate_left(first);
+            let any = poll_fn(|cx| {
+                for w in waits.iter_mut() {
+                    if let Poll::Ready(r) = Pin::as_mut(w).poll(cx) {
+                        return Poll::Ready(r);
+                    }
+                }
+                Poll::Pending
+            });
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), any).await.ok(),
+                None => Some(any.await),
             }
-            frames.clear();
-            a.conn.read(&mut frames).map_err(|e| {
-                Failure::new(
-                    "io",
-                    format!("allocation {}: {}: {e}", a.name, self.who.server),
-                )
-            })?;
-            let at = Instant::now();
-            for f in &frames {
-                if let Some(d) = a.client.recv(f, at) {
-                    a.data.push_back(Received {
-                        peer: d.peer,
-                        data: d.data.to_vec(),
-                        channel: d.channel,
-                        at,
-                    });
+        };
+        let Some((i, r)) = got else {
+            return Ok(());
+        };
+        let a = &mut self.allocs[i];
+        match r.map_err(|e| link_failure(a.name, self.who.server, &e))? {
+            Incoming::Event(e) => a.events.push_back(e),
+            Incoming::Data {
+                peer,
+                data,
+                channel,
+                at,
+            } => a.data.push_back(Received {
+                peer,
+                data,
+                channel,
+                at,
+            }),
+            // The client's timers decide; the error message names it.
+            Incoming::Unreachable(kind) => {
+                if kind == io::ErrorKind::ConnectionRefused {
+                    self.who.port_unreachable = true;
                 }
             }
-        }
-        let now = Instant::now();
-        for a in &mut self.allocs {
-            if a.client.poll_timeout().is_some_and(|t| t <= now) {
-                a.client.handle_timeout(now);
-            }
-            a.flush(&self.who)?;
         }
         Ok(())
     }
 
     /// Run until `check` returns a value, or `deadline` passes (`None`).
-    pub fn wait<T>(
+    /// What `check` queues is sent by the next turn.
+    pub async fn wait<T>(
         &mut self,
         deadline: Option<Instant>,
         mut check: impl FnMut(&mut Session) -> Result<Option<T>, Failure>,
     ) -> Result<Option<T>, Failure> {
         loop {
-            for a in &mut self.allocs {
-                a.flush(&self.who)?;
-            }
             if let Some(v) = check(self)? {
                 return Ok(Some(v));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
-            self.turn(deadline)?;
+            self.turn(deadline).await?;
         }
     }
 
     /// Wait for one event per allocation in `which` that `pick` accepts
     /// (other events are dropped: a short-lived check has no use for them).
-    pub fn wait_each<T: Clone>(
+    pub async fn wait_each<T: Clone>(
         &mut self,
         which: &[usize],
         deadline: Option<Instant>,
@@ -186,29 +204,37 @@ impl Session {
                 }
             }
             Ok(which.iter().all(|&i| got[i].is_some()).then_some(()))
-        })?;
+        })
+        .await?;
         Ok(got)
     }
 
     /// Delete every allocation (Refresh with LIFETIME 0, RFC 8656 §8) and
     /// wait for the answers; returns the allocations that failed to close.
-    pub fn close(&mut self, deadline: Option<Instant>) -> Result<Vec<String>, Failure> {
+    pub async fn close(&mut self, deadline: Option<Instant>) -> Result<Vec<String>, Failure> {
         let now = Instant::now();
         // A failed or closed client has nothing to delete and will say
         // nothing more: waiting for it would only run out the deadline.
         let live: Vec<usize> = (0..self.allocs.len())
-            .filter(|&i| !matches!(self.allocs[i].client.state(), State::Failed | State::Closed))
+            .filter(|&i| {
+                !matches!(
+                    self.allocs[i].client().state(),
+                    State::Failed | State::Closed
+                )
+            })
             .collect();
         for &i in &live {
             // Earlier events are answered already; keep only what close says.
             self.allocs[i].events.clear();
-            self.allocs[i].client.close(now);
+            self.allocs[i].client().close(now);
         }
-        let got = self.wait_each(&live, deadline, |_, ev| match ev {
-            Event::Closed => Some(None),
-            Event::Failed(e) => Some(Some(e)),
-            _ => None,
-        })?;
+        let got = self
+            .wait_each(&live, deadline, |_, ev| match ev {
+                Event::Closed => Some(None),
+                Event::Failed(e) => Some(Some(e)),
+                _ => None,
+            })
+            .await?;
         let mut problems = Vec::new();
         for &i in &live {
             let name = self.allocs[i].name;
@@ -220,4 +246,9 @@ impl Session {
         }
         Ok(problems)
     }
+}
+
+/// The connection of allocation `name` failed.
+pub fn link_failure(name: &str, server: SocketAddr, e: &LinkError) -> Failure {
+    Failure::new("io", format!("allocation {name}: {server}: {e}"))
 }
