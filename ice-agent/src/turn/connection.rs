@@ -4,10 +4,12 @@
 //! [`SessionCore`](crate::session_core::SessionCore) instead; both use
 //! proto's sans-IO [`Client`] and the same [`ServerStream`] for TCP and TLS.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use natkit_proto::framing::FramingError;
 use natkit_proto::turn::client::{self as turn, Client, Transport, UsageError};
 use rustls::pki_types::ServerName;
 use tokio::net::UdpSocket;
+use tokio::time::Sleep;
 
 use super::stream::{ServerStream, TlsInfo};
 use crate::session_core::ConnectionError;
@@ -137,9 +140,10 @@ pub struct TurnConnection {
     local: SocketAddr,
     tls: Option<TlsInfo>,
     incoming: VecDeque<Incoming>,
-    /// Receive buffer (UDP), also where [`TurnConnection::send_to`]
-    /// frames; its capacity is reserved but never zeroed (see `recv`).
+    /// Where [`TurnConnection::send_to`] frames (grown on first use).
     buf: Vec<u8>,
+    /// The client's next timer, reset rather than made anew at each wait.
+    timer: Pin<Box<Sleep>>,
     /// A message taken from the client that the socket has not taken yet
     /// (a cancelled flush): sent first by the next one.
     unsent: Option<Vec<u8>>,
@@ -149,6 +153,13 @@ pub struct TurnConnection {
 /// Room for the largest datagram the server may send: a UDP datagram's
 /// payload is at most 65,507 bytes over IPv4 (65,527 over IPv6).
 const RECV_BUF: usize = 65_536;
+
+thread_local! {
+    /// One receive buffer per thread for all the UDP connections on it: a
+    /// datagram is read and handed to the client within one poll, so no
+    /// connection needs 64 KiB of its own (a load generator has thousands).
+    static RECV: RefCell<Box<[u8]>> = RefCell::new(vec![0; RECV_BUF].into_boxed_slice());
+}
 
 impl std::fmt::Debug for TurnConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -251,6 +262,8 @@ impl TurnConnection {
             tls,
             incoming: VecDeque::new(),
             buf: Vec::new(),
+            // Armed at the first wait (see `next`).
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             unsent: None,
             icmp: None,
         }
@@ -313,9 +326,14 @@ impl TurnConnection {
                 return Ok(Incoming::Event(e));
             }
             let wake = self.client.poll_timeout();
+            if let Some(w) = wake.map(tokio::time::Instant::from_std) {
+                if self.timer.deadline() != w || self.timer.is_elapsed() {
+                    self.timer.as_mut().reset(w);
+                }
+            }
             tokio::select! {
-                r = self.recv() => r?,
-                _ = sleep_until(wake) => {}
+                r = recv(&mut self.link, &mut self.client, &mut self.incoming, &mut self.icmp) => r?,
+                _ = &mut self.timer, if wake.is_some() => {}
             }
             let now = Instant::now();
             if self.client.poll_timeout().is_some_and(|t| t <= now) {
@@ -392,51 +410,59 @@ impl TurnConnection {
             Link::Stream(_) => None,
         }
     }
+}
 
-    /// Read what is there (at least one datagram or read) and feed it to
-    /// the client.
-    async fn recv(&mut self) -> Result<(), LinkError> {
-        match &mut self.link {
-            Link::Udp(s) => {
-                // Reserved, not zeroed: a connection costs no 64 KiB memset
-                // (a load generator makes thousands), and only the pages a
-                // datagram touches become resident.
-                self.buf.clear();
-                self.buf.reserve(RECV_BUF);
-                let n = match s.recv_buf(&mut self.buf).await {
-                    Ok(n) => n,
-                    Err(e) if transient(&e) => {
-                        note_icmp(&e, &mut self.icmp, &mut self.incoming);
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let now = Instant::now();
-                if let Some(d) = self.client.recv(&self.buf[..n], now) {
-                    self.incoming.push_back(Incoming::Data {
-                        peer: d.peer,
-                        data: d.data.to_vec(),
-                        channel: d.channel,
-                        at: now,
-                    });
+/// Read what is there (at least one datagram or read) and feed it to the
+/// client; peer data goes to `incoming`.
+async fn recv(
+    link: &mut Link,
+    client: &mut Client,
+    incoming: &mut VecDeque<Incoming>,
+    icmp: &mut Option<io::ErrorKind>,
+) -> Result<(), LinkError> {
+    match link {
+        Link::Udp(s) => loop {
+            s.readable().await?;
+            // Read and hand over within this poll (no await): the
+            // thread's buffer serves every connection.
+            let got = RECV.with_borrow_mut(|buf| match s.try_recv(buf) {
+                Ok(n) => {
+                    deliver(client, incoming, &buf[..n], Instant::now());
+                    Ok(true)
                 }
-            }
-            Link::Stream(s) => {
-                poll_fn(|cx| s.poll_read(cx, Instant::now())).await?;
-                let now = Instant::now();
-                while let Some(f) = s.next_frame()? {
-                    if let Some(d) = self.client.recv(f.message, now) {
-                        self.incoming.push_back(Incoming::Data {
-                            peer: d.peer,
-                            data: d.data.to_vec(),
-                            channel: d.channel,
-                            at: now,
-                        });
-                    }
+                // Readiness was stale: wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) if transient(&e) => {
+                    note_icmp(&e, icmp, incoming);
+                    Ok(true)
                 }
+                Err(e) => Err(e),
+            });
+            if got? {
+                return Ok(());
             }
+        },
+        Link::Stream(s) => {
+            poll_fn(|cx| s.poll_read(cx, Instant::now())).await?;
+            let now = Instant::now();
+            while let Some(f) = s.next_frame()? {
+                deliver(client, incoming, f.message, now);
+            }
+            Ok(())
         }
-        Ok(())
+    }
+}
+
+/// Hand one message from the server to the client; peer data goes to
+/// `incoming`.
+fn deliver(client: &mut Client, incoming: &mut VecDeque<Incoming>, msg: &[u8], now: Instant) {
+    if let Some(d) = client.recv(msg, now) {
+        incoming.push_back(Incoming::Data {
+            peer: d.peer,
+            data: d.data.to_vec(),
+            channel: d.channel,
+            at: now,
+        });
     }
 }
 
@@ -472,12 +498,5 @@ fn note_icmp(e: &io::Error, icmp: &mut Option<io::ErrorKind>, incoming: &mut Vec
     if is_icmp(e) {
         *icmp = Some(e.kind());
         incoming.push_back(Incoming::Unreachable(e.kind()));
-    }
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }
