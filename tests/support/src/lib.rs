@@ -16,7 +16,9 @@
 //!   trickling one byte at a time;
 //! - [`tempdir`]: a scratch directory removed on drop;
 //! - [`tls`]: self-signed certificates written as PEM files, and TLS
-//!   clients that trust only one of them.
+//!   clients that trust only one of them;
+//! - `turn_client` (feature `turn-client`): a blocking TURN test client
+//!   over natkit-ice's `TurnConnection`.
 //!
 //! Everything panics on failure: these are test helpers, and a panic is how
 //! a test reports.
@@ -29,7 +31,11 @@ pub mod relay;
 pub mod stream;
 pub mod tempdir;
 pub mod tls;
+#[cfg(feature = "turn-client")]
+pub mod turn_client;
 
 pub use ports::free_port;
 pub use relay::{TurnRelay, TurnRelayBuilder};
 pub use tempdir::TempDir;
+#[cfg(feature = "turn-client")]
+pub use turn_client::TurnTestClient;
