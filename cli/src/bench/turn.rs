@@ -1,8 +1,8 @@
 //! `natkit bench turn`: relayed packets per second, loss and round-trip
 //! latency of a TURN relay, and its allocation rate.
 //!
-//! Setup (allocations, then one channel per allocation) runs with the
-//! sans-IO TURN client, many allocations in flight at once from one thread
+//! Setup (allocations, then one channel per allocation) runs natkit-ice's
+//! `TurnConnection`s, many allocations in flight at once from one thread
 //! (see `turn_setup`); its pace is reported as the allocation rate. The
 //! measured phase is the batched path of `turn_load`: ChannelData out with
 //! sendmmsg, echoes back with recvmmsg/sendmmsg. At the end the allocations
@@ -16,13 +16,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use natkit_proto::turn::client::{Client, Config, Credentials, Transport};
+use natkit_proto::turn::client::{Config, Credentials, Transport};
 use serde::Serialize;
 
 use super::histogram::Latency;
 use super::memory::{self, MemorySample, PerItem};
 use super::turn_load::{self, Lane, Plan, Stats, MIN_PAYLOAD};
-use super::turn_setup::{self, AllocatePhase, Allocation, ChannelPhase, ClosePhase};
+use super::turn_setup::{self, Allocation};
 use super::{check_target, parse_duration, parse_run_duration, process_cpu_time, resolve};
 
 /// Most allocations one run makes.
@@ -195,7 +195,13 @@ pub fn run(a: TurnArgs) -> anyhow::Result<()> {
 
     let mem_before = a.server_pid.map(memory::sample).transpose()?;
 
-    let (lanes, setup) = setup(&a, server, config)?;
+    // Setup and teardown: one thread drives all the allocations' control
+    // traffic, as a relay's clients would from many machines.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (lanes, setup) = rt.block_on(setup(&a, server, config))?;
     if let Some(h) = a.hold {
         std::thread::sleep(h);
     }
@@ -216,7 +222,7 @@ pub fn run(a: TurnArgs) -> anyhow::Result<()> {
     } else {
         (lanes, None, Duration::ZERO)
     };
-    let closed_in = teardown(&a, lanes)?;
+    let closed_in = rt.block_on(teardown(&a, lanes))?;
 
     let report = Report::new(&a, server, setup, memory, load.as_ref(), cpu, closed_in);
     if a.json {
@@ -234,7 +240,7 @@ pub fn run(a: TurnArgs) -> anyhow::Result<()> {
 
 /// Open a socket per allocation, allocate, bind one channel per allocation
 /// to its peer, and make the load lanes.
-fn setup(
+async fn setup(
     a: &TurnArgs,
     server: SocketAddr,
     config: Config,
@@ -247,22 +253,16 @@ fn setup(
             .with_context(|| format!("cannot connect a UDP socket to {server}"))?;
         socks.push(s);
     }
-    let mut clients: Vec<Option<Client>> = (0..a.allocations).map(|_| None).collect();
     let deadline = Instant::now() + a.setup_timeout;
-    let alloc_time = turn_setup::drive(
-        "Allocate",
-        &socks,
-        &mut clients,
-        &mut AllocatePhase { config },
-        a.setup_window,
-        deadline,
-        false,
-    )?;
-    let relayed: Vec<SocketAddr> = clients
-        .iter()
+    let (mut conns, alloc_time) =
+        turn_setup::allocate(socks, &config, a.setup_window, deadline).await?;
+    let relayed: Vec<SocketAddr> = conns
+        .iter_mut()
         .map(|c| {
-            c.as_ref()
-                .and_then(|c| c.relayed_addresses().first().copied())
+            c.client()
+                .relayed_addresses()
+                .first()
+                .copied()
                 .context("an allocation without a relayed address")
         })
         .collect::<anyhow::Result<_>>()?;
@@ -291,18 +291,8 @@ fn setup(
         // Pairs (2k, 2k+1): each one's peer is the other's relayed address.
         PeerMode::Relay => (0..a.allocations).map(|i| relayed[i ^ 1]).collect(),
     };
-    let mut chan = ChannelPhase {
-        peers: peers.clone(),
-    };
-    let chan_time = turn_setup::drive(
-        "ChannelBind",
-        &socks,
-        &mut clients,
-        &mut chan,
-        a.setup_window,
-        deadline,
-        false,
-    )?;
+    let (conns, chan_time) =
+        turn_setup::bind_channels(conns, &peers, a.setup_window, deadline).await?;
     let setup = SetupReport {
         allocate_s: secs3(alloc_time),
         allocations_per_sec: (a.allocations as f64 / alloc_time.as_secs_f64()).round(),
@@ -310,14 +300,15 @@ fn setup(
         channels_per_sec: (a.allocations as f64 / chan_time.as_secs_f64()).round(),
     };
     let mut lanes: Vec<Lane> = Vec::with_capacity(a.allocations);
-    for (i, (c, s)) in clients.iter_mut().zip(socks).enumerate() {
-        let client = c.take().context("client missing after setup")?;
+    for (i, c) in conns.into_iter().enumerate() {
+        // The load generator takes the data path (and the refreshes) over.
+        let (client, sock) = (*c).into_udp_parts().context("a UDP allocation")?;
         let channel = client
             .channel_for(peers[i])
             .context("no channel after ChannelBind")?;
         let alloc = Allocation {
             client,
-            sock: s,
+            sock,
             relayed: relayed[i],
             channel,
         };
@@ -386,20 +377,14 @@ fn load(
 
 /// Delete the allocations so the relay's quotas are free for the next run
 /// (best effort, bounded); returns how long it took.
-fn teardown(a: &TurnArgs, lanes: Vec<Lane>) -> anyhow::Result<Duration> {
-    let (mut clients, socks): (Vec<Option<Client>>, Vec<std::net::UdpSocket>) = lanes
-        .into_iter()
-        .map(|l| (Some(l.alloc.client), l.alloc.sock))
-        .unzip();
-    turn_setup::drive(
-        "Refresh (delete)",
-        &socks,
-        &mut clients,
-        &mut ClosePhase,
+async fn teardown(a: &TurnArgs, lanes: Vec<Lane>) -> anyhow::Result<Duration> {
+    let allocations = lanes.into_iter().map(|l| l.alloc).collect();
+    turn_setup::close(
+        allocations,
         a.setup_window,
         Instant::now() + Duration::from_secs(10),
-        true,
     )
+    .await
 }
 
 fn secs3(d: Duration) -> f64 {

@@ -1,19 +1,24 @@
-//! Setup and teardown of `natkit bench turn`'s allocations with the sans-IO
-//! TURN client: many clients driven at once from one thread, a bounded number
-//! of them with a request in flight, each on its own UDP socket (an
-//! allocation is identified by its 5-tuple, RFC 8656 §2.2). This is not the
-//! measured data path, but its pace is the allocation rate that is reported.
+//! Setup and teardown of `natkit bench turn`'s allocations: each one a
+//! natkit-ice `TurnConnection` on its own UDP socket (an allocation is
+//! identified by its 5-tuple, RFC 8656 §2.2), thousands of them driven from
+//! one thread by a tokio runtime, a bounded number with a request in
+//! flight. This is not the measured data path, but its pace is the
+//! allocation rate that is reported. Afterwards the load generator takes
+//! each allocation's socket and client over (`into_udp_parts`), and hands
+//! them back for the deletion.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use natkit_ice::turn::{Incoming, TurnConnection};
 use natkit_proto::turn::client::{Client, Config, Event};
 use natkit_runtime::batch::{udp_socket, UdpSocketOptions};
-
-use super::epoll::Epoll;
+use tokio::task::JoinSet;
 
 /// Socket buffers of the generator's sockets: enough for a window of small
 /// datagrams, without reserving 4 MiB each for thousands of sockets.
@@ -66,211 +71,210 @@ pub fn open_socket(local: IpAddr) -> anyhow::Result<UdpSocket> {
     })
 }
 
-/// Where a phase stands for one allocation.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Step {
-    Waiting,
-    Running,
-    Done,
-}
+/// How a phase ended for one allocation: the connection, or why it
+/// failed.
+type Outcome = Result<Conn, String>;
 
-/// What a phase does to each client and which event ends it.
-pub trait Phase {
-    /// Start the step for client `i` (queue its request).
-    fn start(&mut self, i: usize, c: &mut Option<Client>, now: Instant) -> anyhow::Result<()>;
-    /// Whether `e` ends the step for client `i`: `Some(Ok)` done,
-    /// `Some(Err)` failed, `None` not this one.
-    fn finished(&mut self, i: usize, c: &Client, e: &Event) -> Option<Result<(), String>>;
-}
+/// Boxed: connections move from phase to phase, into and out of the
+/// tasks; a pointer copy each time instead of half a kilobyte.
+type Conn = Box<TurnConnection>;
 
-/// Drive every client of `clients` through `phase`, at most `window` at a
-/// time, until all are done or `deadline`. Returns the phase's wall time.
-/// With `tolerate_failures`, failures and the deadline end the phase early
-/// instead of failing it (teardown).
-pub fn drive(
+/// Run `step` on every item of `items`, `window` at a time, until all are
+/// done or `deadline`; returns the connections (`None` where the step
+/// failed, with `tolerate_failures`) and the phase's wall time. Without
+/// `tolerate_failures` the first failure or the deadline fails the phase;
+/// with it (teardown) they only end it.
+///
+/// `window` tasks each take the next item as soon as their last one is
+/// done: an item's step starts (and with it its request's timer) only
+/// then, and a task per item would cost a spawn and a large allocation
+/// each.
+async fn drive<T, F, Fut>(
     what: &str,
-    socks: &[UdpSocket],
-    clients: &mut [Option<Client>],
-    phase: &mut dyn Phase,
+    items: Vec<T>,
     window: usize,
     deadline: Instant,
     tolerate_failures: bool,
-) -> anyhow::Result<Duration> {
-    let n = clients.len();
-    let mut steps = vec![Step::Waiting; n];
-    let mut running: Vec<usize> = Vec::with_capacity(window);
-    let mut epoll = Epoll::new(256)?;
-    // Only the sockets with a request in flight are watched: answers to
-    // earlier phases (there are none pending) cannot starve the others.
-    let mut watched = vec![false; n];
-    let mut next = 0;
-    let mut done = 0;
-    let mut failed = 0;
-    let mut buf = vec![0u8; 2048];
+    step: F,
+) -> anyhow::Result<(Vec<Option<Conn>>, Duration)>
+where
+    T: Send + 'static,
+    F: Fn(usize, T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send,
+{
     let t0 = Instant::now();
-    while done + failed < n {
-        let now = Instant::now();
-        while running.len() < window && next < n {
-            phase.start(next, &mut clients[next], now)?;
-            steps[next] = Step::Running;
-            running.push(next);
-            if !watched[next] {
-                epoll.add(socks[next].as_raw_fd(), next as u64)?;
-                watched[next] = true;
-            }
-            flush(&socks[next], clients[next].as_mut())?;
-            next += 1;
-        }
-        if now >= deadline {
-            if tolerate_failures {
-                break;
-            }
-            bail!("{what}: {done} of {n} done when the setup timeout expired");
-        }
-        let ready: Vec<u64> = epoll.wait(5)?.collect();
-        let now = Instant::now();
-        let mut touched: Vec<usize> = ready.iter().map(|&k| k as usize).collect();
-        for &i in &touched {
-            let Some(c) = clients[i].as_mut() else {
-                continue;
-            };
-            for _ in 0..16 {
-                match socks[i].recv(&mut buf) {
-                    Ok(len) => c.handle_input(&buf[..len], now),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        bail!(
-                            "{what}: the server at {} refused (ICMP port unreachable: nothing \
-                             listens there)",
-                            c.config().server
-                        )
+    let n = items.len();
+    let todo = Arc::new(Mutex::new(items.into_iter().enumerate()));
+    let step = Arc::new(step);
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..window.clamp(1, n.max(1)) {
+        let (todo, step, done) = (todo.clone(), step.clone(), done.clone());
+        workers.spawn(async move {
+            let mut finished = Vec::new();
+            loop {
+                let next = todo.lock().expect("no worker panics holding it").next();
+                let Some((i, item)) = next else {
+                    return Ok(finished);
+                };
+                match step(i, item).await {
+                    Ok(c) => {
+                        finished.push((i, c));
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => return Err(e).context("receive from the TURN server"),
+                    Err(_) if tolerate_failures => {}
+                    Err(why) => return Err((i, why)),
                 }
             }
-        }
-        for &i in &running {
-            if let Some(c) = clients[i].as_mut() {
-                if c.poll_timeout().is_some_and(|t| t <= now) {
-                    c.handle_timeout(now);
-                    touched.push(i);
-                }
-            }
-        }
-        for i in touched {
-            let Some(c) = clients[i].as_mut() else {
-                continue;
-            };
-            while let Some(e) = c.poll_event() {
-                if steps[i] != Step::Running {
+        });
+    }
+    let mut out: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    loop {
+        // Dropping `workers` (bail, break) aborts the ones still running.
+        let (i, why) = match tokio::time::timeout_at(deadline.into(), workers.join_next()).await {
+            Ok(Some(joined)) => match joined.context("a setup task panicked")? {
+                Ok(finished) => {
+                    for (i, c) in finished {
+                        out[i] = Some(c);
+                    }
                     continue;
                 }
-                match phase.finished(i, c, &e) {
-                    Some(Ok(())) => {
-                        steps[i] = Step::Done;
-                        done += 1;
-                    }
-                    Some(Err(why)) if tolerate_failures => {
-                        steps[i] = Step::Done;
-                        failed += 1;
-                        let _ = why;
-                    }
-                    Some(Err(why)) => bail!("{what} #{i} failed: {why}"),
-                    None => {}
+                Err(failed) => failed,
+            },
+            Ok(None) => break,
+            Err(_) if tolerate_failures => break,
+            Err(_) => bail!(
+                "{what}: {} of {n} done when the setup timeout expired",
+                done.load(Ordering::Relaxed)
+            ),
+        };
+        bail!("{what} #{i} failed: {why}");
+    }
+    Ok((out, t0.elapsed()))
+}
+
+/// Drive `c` until `done` accepts an event, or `failed` names why one
+/// ends the step (a failed client always does). ICMP port unreachable
+/// fails at once: a load generator has no use for the RFC's 39.5 s of
+/// retransmissions to a closed port.
+async fn until(
+    mut c: Conn,
+    done: impl Fn(&Event) -> bool,
+    failed: impl Fn(&Event) -> Option<String>,
+) -> Outcome {
+    loop {
+        match c.next().await {
+            Ok(Incoming::Event(Event::Failed(err))) => return Err(err.to_string()),
+            Ok(Incoming::Event(e)) if done(&e) => return Ok(c),
+            Ok(Incoming::Event(e)) => {
+                if let Some(why) = failed(&e) {
+                    return Err(why);
                 }
             }
-            flush(&socks[i], Some(c))?;
-        }
-        running.retain(|&i| steps[i] == Step::Running);
-    }
-    Ok(t0.elapsed())
-}
-
-/// Send what the client queued (control messages: one send per message is
-/// fine off the data path). A full socket buffer drops the message; the
-/// client's retransmission timer covers it.
-fn flush(sock: &UdpSocket, c: Option<&mut Client>) -> anyhow::Result<()> {
-    let Some(c) = c else { return Ok(()) };
-    while let Some(t) = c.poll_transmit() {
-        match sock.send(&t.payload) {
+            Ok(Incoming::Unreachable(io::ErrorKind::ConnectionRefused)) => {
+                return Err(format!(
+                    "the server at {} refused (ICMP port unreachable: nothing listens there)",
+                    c.server()
+                ))
+            }
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionRefused
-                ) => {}
-            Err(e) => return Err(e).context("send to the TURN server"),
-        }
-    }
-    Ok(())
-}
-
-/// Allocate with a fresh client.
-pub struct AllocatePhase {
-    /// Configuration of every client.
-    pub config: Config,
-}
-
-impl Phase for AllocatePhase {
-    fn start(&mut self, _i: usize, c: &mut Option<Client>, now: Instant) -> anyhow::Result<()> {
-        *c = Some(Client::new(self.config.clone(), now));
-        Ok(())
-    }
-
-    fn finished(&mut self, _i: usize, _c: &Client, e: &Event) -> Option<Result<(), String>> {
-        match e {
-            Event::Allocated { .. } => Some(Ok(())),
-            Event::Failed(err) => Some(Err(err.to_string())),
-            _ => None,
+            Err(e) => return Err(format!("{}: {e}", c.server())),
         }
     }
 }
 
-/// Bind a channel from client `i` to `peers[i]`.
-pub struct ChannelPhase {
-    /// The peer of each client.
-    pub peers: Vec<SocketAddr>,
+/// No event but [`Event::Failed`] fails the step.
+fn no_failure(_: &Event) -> Option<String> {
+    None
 }
 
-impl Phase for ChannelPhase {
-    fn start(&mut self, i: usize, c: &mut Option<Client>, now: Instant) -> anyhow::Result<()> {
-        let c = c.as_mut().context("no client")?;
-        c.bind_channel(self.peers[i], now)
-            .map_err(|e| anyhow::anyhow!("ChannelBind to {}: {e}", self.peers[i]))?;
-        Ok(())
-    }
-
-    fn finished(&mut self, i: usize, _c: &Client, e: &Event) -> Option<Result<(), String>> {
-        match e {
-            Event::ChannelBound { peer, .. } if *peer == self.peers[i] => Some(Ok(())),
-            Event::ChannelFailed { error, .. } => Some(Err(format!(
-                "ChannelBind to {}: {error} (does the relay allow this peer?)",
-                self.peers[i]
-            ))),
-            Event::Failed(err) => Some(Err(err.to_string())),
-            _ => None,
+/// Allocate with a fresh client on each socket (connected to the server
+/// already: connecting is not part of the allocation rate).
+pub async fn allocate(
+    socks: Vec<UdpSocket>,
+    config: &Config,
+    window: usize,
+    deadline: Instant,
+) -> anyhow::Result<(Vec<Conn>, Duration)> {
+    let config = config.clone();
+    let (conns, took) = drive("Allocate", socks, window, deadline, false, move |_, s| {
+        let client = Client::new(config.clone(), Instant::now());
+        let c = TurnConnection::from_udp_parts(client, s)
+            .map(Box::new)
+            .map_err(|e| format!("cannot use a UDP socket with tokio: {e}"));
+        async move {
+            let allocated = |e: &Event| matches!(e, Event::Allocated { .. });
+            until(c?, allocated, no_failure).await
         }
-    }
+    })
+    .await?;
+    Ok((conns.into_iter().flatten().collect(), took))
 }
 
-/// Delete each allocation (Refresh with LIFETIME 0).
-pub struct ClosePhase;
+/// Bind a channel from connection `i` to `peers[i]`.
+pub async fn bind_channels(
+    conns: Vec<Conn>,
+    peers: &[SocketAddr],
+    window: usize,
+    deadline: Instant,
+) -> anyhow::Result<(Vec<Conn>, Duration)> {
+    let peers = peers.to_vec();
+    let (conns, took) = drive(
+        "ChannelBind",
+        conns,
+        window,
+        deadline,
+        false,
+        move |i, mut c| {
+            let peer = peers[i];
+            let started = c
+                .client()
+                .bind_channel(peer, Instant::now())
+                .map_err(|e| format!("ChannelBind to {peer}: {e}"));
+            async move {
+                started?;
+                let bound =
+                    |e: &Event| matches!(e, Event::ChannelBound { peer: p, .. } if *p == peer);
+                let refused = |e: &Event| match e {
+                    Event::ChannelFailed { error, .. } => Some(format!(
+                        "ChannelBind to {peer}: {error} (does the relay allow this peer?)"
+                    )),
+                    _ => None,
+                };
+                until(c, bound, refused).await
+            }
+        },
+    )
+    .await?;
+    Ok((conns.into_iter().flatten().collect(), took))
+}
 
-impl Phase for ClosePhase {
-    fn start(&mut self, _i: usize, c: &mut Option<Client>, now: Instant) -> anyhow::Result<()> {
-        if let Some(c) = c {
-            c.close(now);
-        }
-        Ok(())
-    }
-
-    fn finished(&mut self, _i: usize, _c: &Client, e: &Event) -> Option<Result<(), String>> {
-        match e {
-            Event::Closed => Some(Ok(())),
-            Event::Failed(err) => Some(Err(err.to_string())),
-            _ => None,
-        }
-    }
+/// Delete each allocation (Refresh with LIFETIME 0), best effort until
+/// `deadline`; returns how long it took.
+pub async fn close(
+    allocations: Vec<Allocation>,
+    window: usize,
+    deadline: Instant,
+) -> anyhow::Result<Duration> {
+    let (_, took) = drive(
+        "Refresh (delete)",
+        allocations,
+        window,
+        deadline,
+        true,
+        |_, a| {
+            let c = TurnConnection::from_udp_parts(a.client, a.sock)
+                .map(Box::new)
+                .map_err(|e| format!("cannot take an allocation's socket back: {e}"));
+            async move {
+                let mut c = c?;
+                c.client().close(Instant::now());
+                until(c, |e| *e == Event::Closed, no_failure).await
+            }
+        },
+    )
+    .await?;
+    Ok(took)
 }
 
 #[cfg(test)]

@@ -136,7 +136,9 @@ enum Link {
 pub struct TurnConnection {
     link: Link,
     server: SocketAddr,
-    client: Client,
+    /// Boxed: a connection is moved around (into tasks, between a load
+    /// generator's phases), and the client is most of its size.
+    client: Box<Client>,
     local: SocketAddr,
     tls: Option<TlsInfo>,
     incoming: VecDeque<Incoming>,
@@ -257,7 +259,7 @@ impl TurnConnection {
         TurnConnection {
             server: client.config().server,
             link,
-            client,
+            client: Box::new(client),
             local,
             tls,
             incoming: VecDeque::new(),
@@ -278,7 +280,7 @@ impl TurnConnection {
     /// second Allocate on a 5-tuple that has an allocation with 437
     /// (RFC 8656 §7.2).
     pub fn restart(&mut self, now: Instant) {
-        self.client = Client::new(self.client.config().clone(), now);
+        *self.client = Client::new(self.client.config().clone(), now);
         self.incoming.clear();
         self.unsent = None;
     }
@@ -406,7 +408,7 @@ impl TurnConnection {
     /// a message the socket had not taken yet is dropped.
     pub fn into_udp_parts(self) -> Option<(Client, std::net::UdpSocket)> {
         match self.link {
-            Link::Udp(s) => s.into_std().ok().map(|s| (self.client, s)),
+            Link::Udp(s) => s.into_std().ok().map(|s| (*self.client, s)),
             Link::Stream(_) => None,
         }
     }
@@ -475,7 +477,15 @@ async fn send_udp(
     icmp: &mut Option<io::ErrorKind>,
     incoming: &mut VecDeque<Incoming>,
 ) -> Result<(), LinkError> {
-    match s.send(msg).await {
+    // A UDP socket almost always has room: send at once. tokio would
+    // first wait for a writability event, which a socket registered a
+    // moment ago has not had yet (one reactor turn more per allocation of
+    // a load generator); its wait is for when the buffer is full.
+    let r = match socket2::SockRef::from(s).send(msg) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.send(msg).await,
+        r => r,
+    };
+    match r {
         Ok(_) => Ok(()),
         Err(e) if transient(&e) => {
             note_icmp(&e, icmp, incoming);
