@@ -4,12 +4,13 @@
 //! tops out near 30k requests/s on a small machine and reports that as the
 //! server's limit. These generators batch with sendmmsg/recvmmsg, keep a
 //! window of requests in flight on several connected sockets per thread, and
-//! sleep in epoll_wait when the window is full so the server gets the CPU.
+//! sleep in tokio's reactor when the window is full so the server gets the
+//! CPU.
 
-mod epoll;
 mod flood;
 mod histogram;
 mod memory;
+mod readiness;
 mod stun;
 mod turn;
 mod turn_load;

@@ -14,7 +14,6 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -23,8 +22,8 @@ use natkit_proto::raw::{self, method, Class};
 use natkit_runtime::batch::{udp_socket, RecvBatch, SendBatch, UdpSocketOptions};
 use serde::Serialize;
 
-use super::epoll::Epoll;
 use super::histogram::{Histogram, Latency};
+use super::readiness::Readiness;
 use super::window::{parse_transaction_id, transaction_id, Answer, Window};
 use super::{check_target, parse_duration, parse_run_duration, process_cpu_time, resolve};
 
@@ -38,7 +37,7 @@ const SEND_BUF: usize = 64;
 /// Most receive calls per socket before moving on to the next one, so one
 /// busy socket cannot starve the others (or the send side) of its thread.
 const RECV_ROUNDS: usize = 4;
-/// Longest sleep in epoll_wait: the loop also wakes for timeouts and phase ends.
+/// Longest wait for datagrams: the loop also wakes for timeouts and phase ends.
 const MAX_WAIT_MS: u64 = 10;
 
 /// Arguments of `natkit bench stun`.
@@ -260,9 +259,10 @@ fn worker(mut flows: Vec<Flow>, plan: &Plan, start: Instant) -> io::Result<Stats
     let mut recv = RecvBatch::new(BATCH, RECV_BUF);
     // Slots of the batch being sent, to give back those the kernel did not take.
     let mut batch_slots = [0u16; BATCH];
-    let mut epoll = Epoll::new(flows.len())?;
+    let mut readiness = Readiness::new()?;
+    let mut ready = Vec::new();
     for (fi, f) in flows.iter().enumerate() {
-        epoll.add(f.sock.as_raw_fd(), fi as u64)?;
+        readiness.add(&f.sock, fi as u64)?;
     }
     let opts = RequestOptions {
         fingerprint: plan.fingerprint,
@@ -316,7 +316,8 @@ fn worker(mut flows: Vec<Flow>, plan: &Plan, start: Instant) -> io::Result<Stats
             .saturating_sub(now)
             .div_ceil(1_000_000)
             .min(MAX_WAIT_MS);
-        for key in epoll.wait(ms as i32)? {
+        readiness.wait(Duration::from_millis(ms), &mut ready);
+        for &key in &ready {
             let fi = key as usize;
             let f = &mut flows[fi];
             for _ in 0..RECV_ROUNDS {
@@ -327,10 +328,14 @@ fn worker(mut flows: Vec<Flow>, plan: &Plan, start: Instant) -> io::Result<Stats
                             on_datagram(d.data, fi as u16, f, salt, now, plan, &mut stats);
                         }
                         if n < recv.slots() {
+                            readiness.drained(key);
                             break;
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        readiness.drained(key);
+                        break;
+                    }
                     // An ICMP error from an earlier request (EPOLLERR), reported once.
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                         stats.refused += 1;

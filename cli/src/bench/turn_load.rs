@@ -14,15 +14,14 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use natkit_proto::channel_data;
 use natkit_proto::turn::client::Event;
 use natkit_runtime::batch::{gso, RecvBatch, SendBatch};
 
-use super::epoll::Epoll;
 use super::histogram::Histogram;
+use super::readiness::Readiness;
 use super::turn_setup::Allocation;
 use super::window::{parse_transaction_id, transaction_id, Answer, Window};
 
@@ -30,7 +29,7 @@ use super::window::{parse_transaction_id, transaction_id, Answer, Window};
 const BATCH: usize = 64;
 /// Most receive calls per socket before moving on to the next one.
 const RECV_ROUNDS: usize = 4;
-/// Longest sleep in epoll_wait.
+/// Longest wait for datagrams.
 const MAX_WAIT_MS: u64 = 10;
 /// Payload kinds (first byte).
 const PING: u8 = 0x50;
@@ -275,7 +274,8 @@ pub fn read_payload(data: &[u8]) -> Option<(u8, [u8; 12])> {
     Some((data[0], data[4..16].try_into().ok()?))
 }
 
-/// The epoll key of lane `i`'s allocation socket (2i) or peer socket (2i+1).
+/// The readiness key of lane `i`'s allocation socket (2i) or peer socket
+/// (2i+1).
 fn key(i: usize, peer: bool) -> u64 {
     (2 * i + usize::from(peer)) as u64
 }
@@ -290,11 +290,12 @@ pub fn worker(lanes: &mut [Lane], plan: &Plan, start: Instant) -> io::Result<Sta
     let mut send = Out::new(buf_size, plan.gso);
     let mut echo = Out::new(buf_size, plan.gso);
     let mut recv = RecvBatch::new(BATCH, 2048);
-    let mut epoll = Epoll::new(2 * lanes.len())?;
+    let mut readiness = Readiness::new()?;
+    let mut ready: Vec<u64> = Vec::new();
     for (i, l) in lanes.iter().enumerate() {
-        epoll.add(l.alloc.sock.as_raw_fd(), key(i, false))?;
+        readiness.add(&l.alloc.sock, key(i, false))?;
         if let Some(p) = &l.peer {
-            epoll.add(p.as_raw_fd(), key(i, true))?;
+            readiness.add(p, key(i, true))?;
         }
     }
     let scan_every = (plan.timeout / 4).max(1_000_000);
@@ -335,10 +336,10 @@ pub fn worker(lanes: &mut [Lane], plan: &Plan, start: Instant) -> io::Result<Sta
             .saturating_sub(now)
             .div_ceil(1_000_000)
             .min(MAX_WAIT_MS);
-        let ready: Vec<u64> = epoll.wait(ms as i32)?.collect();
-        for k in ready {
+        readiness.wait(Duration::from_millis(ms), &mut ready);
+        for &k in &ready {
             let i = (k / 2) as usize;
-            if k % 2 == 1 {
+            let drained = if k % 2 == 1 {
                 peer_echo(
                     &mut lanes[i],
                     &mut recv,
@@ -346,11 +347,14 @@ pub fn worker(lanes: &mut [Lane], plan: &Plan, start: Instant) -> io::Result<Sta
                     plan,
                     now_ns,
                     &mut stats,
-                )?;
+                )?
             } else {
                 on_allocation_socket(
                     i, lanes, &mut recv, &mut echo, salt, plan, now_ns, &mut stats,
-                )?;
+                )?
+            };
+            if drained {
+                readiness.drained(k);
             }
         }
         let now = now_ns();
@@ -469,12 +473,12 @@ fn peer_echo(
     plan: &Plan,
     now_ns: impl Fn() -> u64,
     stats: &mut Stats,
-) -> io::Result<()> {
-    let Some(p) = &l.peer else { return Ok(()) };
+) -> io::Result<bool> {
+    let Some(p) = &l.peer else { return Ok(true) };
     for _ in 0..RECV_ROUNDS {
         let n = match recv.recv(p) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 stats.refused += 1;
                 continue;
@@ -503,10 +507,10 @@ fn peer_echo(
         }
         flush_echo(echo, p, stats)?;
         if n < recv.slots() {
-            break;
+            return Ok(true);
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 fn flush_echo(echo: &mut Out, sock: &UdpSocket, stats: &mut Stats) -> io::Result<()> {
@@ -531,12 +535,12 @@ fn on_allocation_socket(
     plan: &Plan,
     now_ns: impl Fn() -> u64,
     stats: &mut Stats,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let l = &mut lanes[i];
     for _ in 0..RECV_ROUNDS {
         let n = match recv.recv(&l.alloc.sock) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 stats.refused += 1;
                 continue;
@@ -598,10 +602,10 @@ fn on_allocation_socket(
         }
         flush_echo(echo, &l.alloc.sock, stats)?;
         if n < recv.slots() {
-            break;
+            return Ok(true);
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Spread `n` lanes over `threads` workers, keeping relay-mode pairs
