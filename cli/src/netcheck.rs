@@ -86,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = discovery::Config::with_probe(args.timing.config());
     cfg.hairpinning = !args.no_hairpin;
     let mut d = Discovery::new(Instant::now(), local, servers, cfg)?;
-    udp_driver::drive(&sock, &mut d)?;
+    udp_driver::run(sock, &mut d)?;
     let Some(report) = d.into_report() else {
         bail!("internal error: discovery did not finish");
     };

@@ -55,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut txn = BindingTransaction::new(Instant::now(), server, &opts, args.timing.config());
-    udp_driver::drive(&sock, &mut txn)?;
+    udp_driver::run(sock, &mut txn)?;
     let (from, response, completion) = match txn.outcome() {
         Some(BindingOutcome::Answered {
             from,

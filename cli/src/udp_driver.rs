@@ -1,6 +1,7 @@
-//! The blocking UDP driver shared by `natkit stun` and `natkit netcheck`:
-//! server names, the local socket, and the loop that feeds a sans-IO client
-//! state machine from `natkit_proto` with datagrams and time.
+//! The UDP driver shared by `natkit stun` and `natkit netcheck`: server
+//! names, the local socket, and the loop that feeds a sans-IO client state
+//! machine from `natkit_proto` with datagrams and time, on tokio (the CLI
+//! waits on sockets one way).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
@@ -9,12 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use natkit_proto::discovery::Discovery;
 use natkit_proto::transaction::{self, BindingTransaction, Transmit};
+use tokio::net::UdpSocket as AsyncUdpSocket;
 
 /// Default STUN port (RFC 8489 §18.6).
 pub const DEFAULT_PORT: u16 = 3478;
-
-/// Longest single blocking read; see [`drive`].
-const MAX_SLICE: Duration = Duration::from_millis(50);
 
 /// A sans-IO client the driver can run.
 pub trait Machine {
@@ -66,16 +65,32 @@ impl Machine for Discovery {
     }
 }
 
-/// Run `m` on `sock` until it is done. The socket's read timeout follows
-/// the machine's next deadline, so the only waits are the ones the RFC 8489
-/// §6.2.1 timers ask for.
-pub fn drive(sock: &UdpSocket, m: &mut impl Machine) -> anyhow::Result<()> {
+/// [`drive`] on a one-thread tokio runtime of its own, for the commands'
+/// synchronous code.
+pub fn run(sock: UdpSocket, m: &mut impl Machine) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        sock.set_nonblocking(true)?;
+        let sock = AsyncUdpSocket::from_std(sock).context("cannot use the UDP socket")?;
+        drive(&sock, m).await
+    })
+}
+
+/// Run `m` on `sock` until it is done: send what it queues, then wait for
+/// a datagram or its next deadline (the RFC 8489 §6.2.1 timers), nothing
+/// else. tokio's timers fire within a millisecond of the deadline, so the
+/// schedule does not drift over the retransmissions.
+pub async fn drive(sock: &AsyncUdpSocket, m: &mut impl Machine) -> anyhow::Result<()> {
     // Larger than any datagram a Binding response can be on a sane path;
     // a larger one is truncated and then fails to parse, which is right.
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         while let Some(t) = m.poll_transmit() {
             sock.send_to(&t.payload, t.to)
+                .await
                 .with_context(|| format!("cannot send to {}", t.to))?;
         }
         if m.is_done() {
@@ -91,32 +106,21 @@ pub fn drive(sock: &UdpSocket, m: &mut impl Machine) -> anyhow::Result<()> {
             m.handle_timeout(now);
             continue;
         }
-        // SO_RCVTIMEO runs on the kernel's timer wheel, whose granularity
-        // grows with the timeout (a 4 s wait fired 160 ms late here, and the
-        // lateness adds up over the RFC 8489 schedule); short slices stay on
-        // its finest level. A zero timeout means "block forever": keep >= 1 ms.
-        let wait = (deadline - now).clamp(Duration::from_millis(1), MAX_SLICE);
-        sock.set_read_timeout(Some(wait))?;
-        match sock.recv_from(&mut buf) {
-            Ok((n, from)) => m.handle_datagram(Instant::now(), from, &buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                m.handle_timeout(Instant::now())
-            }
-            // ICMP errors reported on the socket, signals: the timers
-            // decide when to give up, not a single error.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionRefused
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e).context("cannot receive"),
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, from)) => m.handle_datagram(Instant::now(), from, &buf[..n]),
+                // ICMP errors reported on the socket, signals: the timers
+                // decide when to give up, not a single error.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e).context("cannot receive"),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => m.handle_timeout(Instant::now()),
         }
     }
 }
