@@ -82,7 +82,7 @@ fn unauthenticatable_tcp_pipelines_do_not_stall_the_relay_or_grow_it() {
     echo.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let peer = echo.local_addr().unwrap();
-    let (mut a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, relayed) = allocate(relay.addr, Transport::Udp);
     a.bind(peer).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let echoer = {

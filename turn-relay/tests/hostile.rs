@@ -290,7 +290,7 @@ fn empty_datagrams_in_a_burst_reach_the_peer() {
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let peer = peer_sock.local_addr().unwrap();
-    let (mut a, _) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, _) = allocate(relay.addr, Transport::Udp);
     a.bind(peer).unwrap();
     let before = relay.metric("natkit_turn_relayed_packets_total{direction=\"to_peer\"}");
     for _ in 0..20 {

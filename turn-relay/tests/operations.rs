@@ -147,14 +147,14 @@ fn configured_limits_are_metrics() {
     );
     assert_eq!(relay.metric("natkit_turn_max_allocations"), 7.0);
     assert_eq!(relay.metric("natkit_turn_relay_ports"), 30.0);
-    let (_a, _) = Node::allocate(relay.addr, Transport::Udp);
+    let (_a, _) = allocate(relay.addr, Transport::Udp);
     // A reload with another quota and another user: the user changes, the
     // quota (and its gauge) stay until a restart.
     write(9, "bob");
     relay.signal(libc::SIGHUP);
     let end = Instant::now() + STEP;
     loop {
-        if Node::new(relay.addr, Transport::Udp, "bob", PASS)
+        if node(relay.addr, Transport::Udp, "bob", PASS)
             .allocated()
             .is_ok()
         {
@@ -180,7 +180,7 @@ fn rest(secret: &str, user: &str) -> (String, String) {
 
 fn allocate_with(relay: &Relay, secret: &str) -> Result<(), ClientError> {
     let (u, p) = rest(secret, "carol");
-    Node::new(relay.addr, Transport::Udp, &u, &p)
+    node(relay.addr, Transport::Udp, &u, &p)
         .allocated()
         .map(|_| ())
 }
@@ -239,7 +239,7 @@ fn auth_secret_file_rotates_on_sighup() {
     );
     // An allocation that must survive the rotation.
     let (u, p) = rest(previous, "dave");
-    let mut held = Node::new(relay.addr, Transport::Udp, &u, &p);
+    let mut held = node(relay.addr, Transport::Udp, &u, &p);
     held.allocated().expect("allocation before the rotation");
     let echo = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
     echo.set_read_timeout(Some(STEP)).unwrap();

@@ -21,8 +21,8 @@ fn addr(s: &str) -> SocketAddr {
 fn two_allocations_exchange_data_through_each_others_relayed_address() {
     let relay = Relay::start(&[]);
     for transport in [Transport::Udp, Transport::Tcp] {
-        let (mut a, ra) = Node::allocate(relay.addr, transport);
-        let (mut b, rb) = Node::allocate(relay.addr, transport);
+        let (mut a, ra) = allocate(relay.addr, transport);
+        let (mut b, rb) = allocate(relay.addr, transport);
         assert_eq!(ra.ip().to_string(), "127.0.0.1");
         a.permit(rb).expect("A may reach B's relayed address");
         b.permit(ra).expect("B may reach A's relayed address");
@@ -50,7 +50,7 @@ fn two_allocations_exchange_data_through_each_others_relayed_address() {
 #[test]
 fn default_deny_list_refuses_private_and_special_peers() {
     let relay = Relay::start(&[]);
-    let (mut a, ra) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, ra) = allocate(relay.addr, Transport::Udp);
     let denied = [
         "127.0.0.1:9",
         "10.1.2.3:9",
@@ -67,7 +67,7 @@ fn default_deny_list_refuses_private_and_special_peers() {
     }
     assert_eq!(a.bind(addr("10.0.0.1:9")), Err(ClientError::Forbidden));
     // The allocation survives refusals and still works.
-    let (mut b, rb) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut b, rb) = allocate(relay.addr, Transport::Udp);
     a.permit(rb).unwrap();
     b.permit(ra).unwrap();
     a.send(rb, b"still relaying");
@@ -110,9 +110,9 @@ fn ipv6_relay_refuses_embedded_ipv4_and_special_v6_peers() {
     // Dual: an IPv4 and an IPv6 relayed address (RFC 8656 §7.2), so an
     // IPv4-mapped peer is judged as the IPv4 peer it is.
     cfg.family = natkit_proto::turn::client::AddressFamily::Dual;
-    let mut n = Node::with_config(cfg);
+    let mut n = TurnTestClient::connect(cfg);
     n.allocated().expect("dual allocation");
-    let relayed = n.client.relayed_addresses().to_vec();
+    let relayed = n.client().relayed_addresses().to_vec();
     assert_eq!(relayed.len(), 2, "{relayed:?}");
     assert!(relayed.iter().any(|a| a.is_ipv6()) && relayed.iter().any(|a| a.is_ipv4()));
     for p in [
@@ -139,7 +139,7 @@ fn allow_peer_reaches_loopback_but_never_the_relays_own_listener() {
     let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
     echo.set_read_timeout(Some(STEP)).unwrap();
     let peer = echo.local_addr().unwrap();
-    let (mut a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, relayed) = allocate(relay.addr, Transport::Udp);
     a.permit(peer).unwrap();
     a.send(peer, b"ping");
     let mut buf = [0u8; 64];
@@ -161,8 +161,8 @@ fn quotas_per_user_permissions_and_401_rate() {
         "--allow-peer",
         "127.0.0.0/8",
     ]);
-    let (mut a, _) = Node::allocate(relay.addr, Transport::Udp);
-    let mut second = Node::new(relay.addr, Transport::Udp, USER, PASS);
+    let (mut a, _) = allocate(relay.addr, Transport::Udp);
+    let mut second = node(relay.addr, Transport::Udp, USER, PASS);
     assert_eq!(second.allocated(), Err(ClientError::QuotaReached));
     a.permit(addr("127.0.0.5:1")).unwrap();
     assert_eq!(
@@ -205,13 +205,13 @@ fn quotas_per_user_permissions_and_401_rate() {
 #[test]
 fn wrong_credentials_and_rest_secrets_with_rotation() {
     let relay = Relay::start(&["--auth-secret", "new-secret", "--auth-secret", "old-secret"]);
-    let mut n = Node::new(relay.addr, Transport::Udp, USER, "not-the-password");
+    let mut n = node(relay.addr, Transport::Udp, USER, "not-the-password");
     assert_eq!(n.allocated(), Err(ClientError::WrongCredentials));
     let now = std::time::SystemTime::now();
     for secret in ["new-secret", "old-secret"] {
         let c =
             natkit_proto::rest::generate(secret.as_bytes(), "carol", Duration::from_secs(600), now);
-        let mut n = Node::new(relay.addr, Transport::Udp, &c.username, &c.password);
+        let mut n = node(relay.addr, Transport::Udp, &c.username, &c.password);
         n.allocated().unwrap_or_else(|e| panic!("{secret}: {e:?}"));
     }
     let c = natkit_proto::rest::generate(
@@ -220,10 +220,10 @@ fn wrong_credentials_and_rest_secrets_with_rotation() {
         Duration::ZERO,
         now - Duration::from_secs(60),
     );
-    let mut n = Node::new(relay.addr, Transport::Udp, &c.username, &c.password);
+    let mut n = node(relay.addr, Transport::Udp, &c.username, &c.password);
     assert_eq!(n.allocated(), Err(ClientError::WrongCredentials), "expired");
     let c = natkit_proto::rest::generate(b"unknown-secret", "carol", Duration::from_secs(600), now);
-    let mut n = Node::new(relay.addr, Transport::Udp, &c.username, &c.password);
+    let mut n = node(relay.addr, Transport::Udp, &c.username, &c.password);
     assert_eq!(n.allocated(), Err(ClientError::WrongCredentials));
     assert!(relay.metric("natkit_turn_auth_failures_total") >= 3.0);
 }
@@ -234,8 +234,8 @@ fn metrics_are_live() {
     let relay = Relay::start(&[]);
     let (status, body) = relay.http("/healthz");
     assert!(status.contains("200"), "{status} {body}");
-    let (mut a, ra) = Node::allocate(relay.addr, Transport::Udp);
-    let (mut b, rb) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, ra) = allocate(relay.addr, Transport::Udp);
+    let (mut b, rb) = allocate(relay.addr, Transport::Udp);
     assert_eq!(relay.metric("natkit_turn_allocations"), 2.0);
     a.permit(rb).unwrap();
     b.permit(ra).unwrap();
@@ -248,7 +248,7 @@ fn metrics_are_live() {
     assert!(relay.metric("natkit_turn_channels_bound_total") >= 1.0);
     assert!(relay.metric("natkit_turn_permissions_created_total") >= 2.0);
     assert!(relay.metric("natkit_turn_allocation_attempts_total{outcome=\"success\"}") >= 2.0);
-    a.client.close(std::time::Instant::now());
+    a.client().close(std::time::Instant::now());
     a.wait("close", |e| {
         matches!(e, natkit_proto::turn::client::Event::Closed).then_some(())
     });
@@ -281,8 +281,8 @@ fn sighup_reloads_users_and_keeps_allocations() {
         port,
         metrics,
     );
-    let (mut a, ra) = Node::allocate(relay.addr, Transport::Udp);
-    let (mut b, rb) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, ra) = allocate(relay.addr, Transport::Udp);
+    let (mut b, rb) = allocate(relay.addr, Transport::Udp);
     a.permit(rb).unwrap();
     b.permit(ra).unwrap();
     // Drop bob, keep alice.
@@ -290,7 +290,7 @@ fn sighup_reloads_users_and_keeps_allocations() {
     relay.signal(libc::SIGHUP);
     let end = std::time::Instant::now() + STEP;
     loop {
-        let mut bob = Node::new(relay.addr, Transport::Udp, "bob", "builder");
+        let mut bob = node(relay.addr, Transport::Udp, "bob", "builder");
         if bob.allocated() == Err(ClientError::WrongCredentials) {
             break;
         }
@@ -307,7 +307,7 @@ fn sighup_reloads_users_and_keeps_allocations() {
     std::fs::write(&cfg, "this is not toml = = =").unwrap();
     relay.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
-    let (_, _) = Node::allocate(relay.addr, Transport::Udp);
+    let (_, _) = allocate(relay.addr, Transport::Udp);
 }
 
 /// SIGTERM drains: new allocations are refused, existing ones relay until
@@ -315,8 +315,8 @@ fn sighup_reloads_users_and_keeps_allocations() {
 #[test]
 fn sigterm_drains_then_exits() {
     let mut relay = Relay::start(&["--drain-grace", "2"]);
-    let (mut a, ra) = Node::allocate(relay.addr, Transport::Udp);
-    let (mut b, rb) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, ra) = allocate(relay.addr, Transport::Udp);
+    let (mut b, rb) = allocate(relay.addr, Transport::Udp);
     a.permit(rb).unwrap();
     b.permit(ra).unwrap();
     relay.signal(libc::SIGTERM);
@@ -326,7 +326,7 @@ fn sigterm_drains_then_exits() {
         status.contains("503"),
         "draining relays report unhealthy: {status}"
     );
-    let mut c = Node::new(relay.addr, Transport::Udp, USER, PASS);
+    let mut c = node(relay.addr, Transport::Udp, USER, PASS);
     assert_eq!(c.allocated(), Err(ClientError::InsufficientCapacity));
     a.send(rb, b"during drain");
     assert_eq!(b.recv(), (ra, b"during drain".to_vec()));
@@ -348,7 +348,7 @@ fn garbage_is_dropped_and_the_relay_keeps_serving() {
     for j in &junk {
         s.send_to(j, relay.addr).unwrap();
     }
-    let (_a, _) = Node::allocate(relay.addr, Transport::Udp);
+    let (_a, _) = allocate(relay.addr, Transport::Udp);
     assert!(relay.metric("natkit_turn_dropped_total{reason=\"malformed\"}") >= 3.0);
 }
 
@@ -395,7 +395,7 @@ fn external_ip_is_advertised() {
         "--allow-peer",
         "127.0.0.0/8",
     ]);
-    let (mut a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, relayed) = allocate(relay.addr, Transport::Udp);
     assert_eq!(relayed.ip().to_string(), "203.0.113.7");
     // The socket behind it is on the internal address: a peer reaches the
     // client there.
@@ -415,10 +415,10 @@ fn external_ip_is_advertised() {
 #[test]
 fn total_allocation_quota() {
     let relay = Relay::start(&["--max-allocations", "2", "--user", "bob:builder"]);
-    let (_a, _) = Node::allocate(relay.addr, Transport::Udp);
-    let mut b = Node::new(relay.addr, Transport::Udp, "bob", "builder");
+    let (_a, _) = allocate(relay.addr, Transport::Udp);
+    let mut b = node(relay.addr, Transport::Udp, "bob", "builder");
     b.allocated().expect("second allocation fits");
-    let mut c = Node::new(relay.addr, Transport::Udp, "bob", "builder");
+    let mut c = node(relay.addr, Transport::Udp, "bob", "builder");
     assert_eq!(c.allocated(), Err(ClientError::InsufficientCapacity));
     assert_eq!(
         relay.metric("natkit_turn_allocations_refused_total{reason=\"max_allocations\"}"),
@@ -463,7 +463,7 @@ fn sighup_reloads_peer_lists() {
     echo.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let peer = echo.local_addr().unwrap();
-    let (mut a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, relayed) = allocate(relay.addr, Transport::Udp);
     a.permit(peer).unwrap();
     echo.send_to(b"before", relayed).unwrap();
     assert_eq!(a.recv(), (peer, b"before".to_vec()));
@@ -517,11 +517,11 @@ fn secrets_never_reach_the_log() {
     .collect();
     let mut relay = Relay::start_logged(args, port, metrics, &log, &[("RUST_LOG", "trace")]);
     let (mut a, _) = {
-        let mut n = Node::new(relay.addr, Transport::Udp, USER, password);
+        let mut n = node(relay.addr, Transport::Udp, USER, password);
         let r = n.allocated().expect("allocation");
         (n, r)
     };
-    let mut wrong = Node::new(relay.addr, Transport::Udp, USER, "not-it");
+    let mut wrong = node(relay.addr, Transport::Udp, USER, "not-it");
     assert_eq!(wrong.allocated(), Err(ClientError::WrongCredentials));
     let c = natkit_proto::rest::generate(
         secret.as_bytes(),
@@ -529,9 +529,9 @@ fn secrets_never_reach_the_log() {
         Duration::from_secs(60),
         std::time::SystemTime::now(),
     );
-    let mut rest = Node::new(relay.addr, Transport::Udp, &c.username, &c.password);
+    let mut rest = node(relay.addr, Transport::Udp, &c.username, &c.password);
     rest.allocated().expect("REST allocation");
-    a.client.close(std::time::Instant::now());
+    a.client().close(std::time::Instant::now());
     relay.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(200));
     relay.signal(libc::SIGINT);
@@ -666,7 +666,7 @@ fn bursts_to_one_peer_arrive_whole_and_in_order() {
     let peer_sock = UdpSocket::bind("127.0.0.2:0").unwrap();
     peer_sock.set_read_timeout(Some(STEP)).unwrap();
     let peer = peer_sock.local_addr().unwrap();
-    let (mut a, relayed) = Node::allocate(relay.addr, Transport::Udp);
+    let (mut a, relayed) = allocate(relay.addr, Transport::Udp);
     a.bind(peer).unwrap();
     let sizes: Vec<usize> = (0..150)
         .map(|i| match i {

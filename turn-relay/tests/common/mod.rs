@@ -1,15 +1,15 @@
 //! Harness for natkit-turn's integration tests: the binary on loopback, and
-//! natkit's sans-IO TURN client behind a small blocking driver.
+//! natkit's TURN client (natkit-testkit's blocking `TurnTestClient`).
 #![allow(dead_code)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use natkit_proto::framing::{self, FrameKind};
-use natkit_proto::turn::client::{Client, ClientError, Config, Credentials, Event, Transport};
+use natkit_proto::turn::client::{Config, Credentials, Transport};
+pub use natkit_testkit::TurnTestClient;
 use natkit_testkit::{ports, ready};
 
 pub const USER: &str = "alice";
@@ -167,214 +167,20 @@ impl Drop for Relay {
     }
 }
 
-/// How a node reaches the server.
-enum Link {
-    Udp(UdpSocket, SocketAddr),
-    Tcp { stream: TcpStream, buf: Vec<u8> },
+/// natkit's TURN client (natkit-testkit's `TurnTestClient`: natkit-ice's
+/// `TurnConnection` behind a blocking facade) for `user`, over UDP or TCP.
+pub fn node(server: SocketAddr, transport: Transport, user: &str, pass: &str) -> TurnTestClient {
+    let mut cfg = Config::new(server, transport, Credentials::new(user, pass));
+    // Loopback: no need to wait the RFC's 39.5 s for a lost answer.
+    cfg.transaction.rto = Duration::from_millis(100);
+    TurnTestClient::connect(cfg)
 }
 
-impl Link {
-    fn send(&mut self, bytes: &[u8]) {
-        match self {
-            Link::Udp(s, server) => {
-                let _ = s.send_to(bytes, *server);
-            }
-            Link::Tcp { stream, .. } => {
-                let end = Instant::now() + STEP;
-                let mut rest = bytes;
-                while !rest.is_empty() {
-                    match stream.write(rest) {
-                        Ok(n) => rest = &rest[n..],
-                        Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < end => {
-                            std::thread::sleep(Duration::from_millis(1))
-                        }
-                        Err(_) => return,
-                    }
-                }
-            }
-        }
-    }
-
-    fn recv_all(&mut self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut tmp = [0u8; 65_536];
-        match self {
-            Link::Udp(s, server) => {
-                while let Ok((n, from)) = s.recv_from(&mut tmp) {
-                    if from == *server {
-                        out.push(tmp[..n].to_vec());
-                    }
-                }
-            }
-            Link::Tcp { stream, buf } => {
-                while let Ok(n) = stream.read(&mut tmp) {
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&tmp[..n]);
-                }
-                while let Ok(Some(f)) = framing::next_frame(buf, true, 70_000) {
-                    let end = match f.kind {
-                        FrameKind::Stun => f.message_len,
-                        FrameKind::ChannelData => f.consumed,
-                    };
-                    out.push(buf[..end].to_vec());
-                    buf.drain(..f.consumed);
-                }
-            }
-        }
-        out
-    }
-}
-
-/// natkit's TURN client with a blocking driver.
-pub struct Node {
-    pub client: Client,
-    link: Link,
-    pub events: Vec<Event>,
-}
-
-impl Node {
-    pub fn new(server: SocketAddr, transport: Transport, user: &str, pass: &str) -> Node {
-        let mut cfg = Config::new(server, transport, Credentials::new(user, pass));
-        // Loopback: no need to wait the RFC's 39.5 s for a lost answer.
-        cfg.transaction.rto = Duration::from_millis(100);
-        Node::with_config(cfg)
-    }
-
-    pub fn with_config(cfg: Config) -> Node {
-        let (server, transport) = (cfg.server, cfg.transport);
-        let local = if server.is_ipv6() {
-            "[::1]:0"
-        } else {
-            "127.0.0.1:0"
-        };
-        let link = match transport {
-            Transport::Udp => {
-                let s = UdpSocket::bind(local).unwrap();
-                s.set_nonblocking(true).unwrap();
-                Link::Udp(s, server)
-            }
-            _ => {
-                let s = TcpStream::connect(server).unwrap();
-                s.set_nodelay(true).unwrap();
-                s.set_nonblocking(true).unwrap();
-                Link::Tcp {
-                    stream: s,
-                    buf: Vec::new(),
-                }
-            }
-        };
-        Node {
-            client: Client::new(cfg, Instant::now()),
-            link,
-            events: Vec::new(),
-        }
-    }
-
-    pub fn step(&mut self) {
-        let now = Instant::now();
-        if self.client.poll_timeout().is_some_and(|t| t <= now) {
-            self.client.handle_timeout(now);
-        }
-        while let Some(t) = self.client.poll_transmit() {
-            self.link.send(&t.payload);
-        }
-        for msg in self.link.recv_all() {
-            self.client.handle_input(&msg, Instant::now());
-        }
-        while let Some(t) = self.client.poll_transmit() {
-            self.link.send(&t.payload);
-        }
-        while let Some(e) = self.client.poll_event() {
-            self.events.push(e);
-        }
-    }
-
-    /// Step until `pick` finds an event (removing it), bounded by STEP.
-    pub fn wait<T>(&mut self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-        let end = Instant::now() + STEP;
-        loop {
-            self.step();
-            if let Some(i) = self.events.iter().position(|e| pick(e).is_some()) {
-                return pick(&self.events.remove(i)).unwrap();
-            }
-            assert!(
-                Instant::now() < end,
-                "timed out waiting for {what}: {:?}",
-                self.events
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Wait for the allocation: its relayed address, or the failure.
-    pub fn allocated(&mut self) -> Result<SocketAddr, ClientError> {
-        self.wait("allocation", |e| match e {
-            Event::Allocated { relayed, .. } => Some(Ok(relayed[0])),
-            Event::Failed(err) => Some(Err(err.clone())),
-            _ => None,
-        })
-    }
-
-    /// Allocate or panic.
-    pub fn allocate(server: SocketAddr, transport: Transport) -> (Node, SocketAddr) {
-        let mut n = Node::new(server, transport, USER, PASS);
-        let relayed = n.allocated().expect("allocation");
-        (n, relayed)
-    }
-
-    /// Create a permission; Ok or the error the server gave.
-    pub fn permit(&mut self, peer: SocketAddr) -> Result<(), ClientError> {
-        self.client.create_permission(peer, Instant::now()).unwrap();
-        self.wait("permission", |e| match e {
-            Event::PermissionCreated { .. } => Some(Ok(())),
-            Event::PermissionFailed { error, .. } => Some(Err(error.clone())),
-            _ => None,
-        })
-    }
-
-    /// Bind a channel; Ok or the error the server gave.
-    pub fn bind(&mut self, peer: SocketAddr) -> Result<u16, ClientError> {
-        self.client.bind_channel(peer, Instant::now()).unwrap();
-        self.wait("channel", |e| match e {
-            Event::ChannelBound { channel, .. } => Some(Ok(*channel)),
-            Event::ChannelFailed { error, .. } => Some(Err(error.clone())),
-            _ => None,
-        })
-    }
-
-    pub fn send(&mut self, peer: SocketAddr, data: &[u8]) {
-        let mut buf = vec![0u8; data.len() + 64];
-        let n = self.client.send_to(peer, data, &mut buf).unwrap();
-        self.link.send(&buf[..n]);
-    }
-
-    /// Data received from peers within `limit`.
-    pub fn recv_for(&mut self, limit: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
-        let end = Instant::now() + limit;
-        let mut got = Vec::new();
-        while Instant::now() < end {
-            self.step();
-            self.events.retain(|e| match e {
-                Event::Data { peer, data } => {
-                    got.push((*peer, data.clone()));
-                    false
-                }
-                _ => true,
-            });
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        got
-    }
-
-    /// Wait for one datagram from a peer.
-    pub fn recv(&mut self) -> (SocketAddr, Vec<u8>) {
-        self.wait("data", |e| match e {
-            Event::Data { peer, data } => Some((*peer, data.clone())),
-            _ => None,
-        })
-    }
+/// An allocation of this crate's user, or a panic.
+pub fn allocate(server: SocketAddr, transport: Transport) -> (TurnTestClient, SocketAddr) {
+    let mut n = node(server, transport, USER, PASS);
+    let relayed = n.allocated().expect("allocation");
+    (n, relayed)
 }
 
 impl Relay {
