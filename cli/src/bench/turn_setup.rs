@@ -73,11 +73,11 @@ pub fn open_socket(local: IpAddr) -> anyhow::Result<UdpSocket> {
 
 /// How a phase ended for one allocation: the connection, or why it
 /// failed.
-type Outcome = Result<Conn, String>;
+pub type Outcome = Result<Conn, String>;
 
 /// Boxed: connections move from phase to phase, into and out of the
 /// tasks; a pointer copy each time instead of half a kilobyte.
-type Conn = Box<TurnConnection>;
+pub type Conn = Box<TurnConnection>;
 
 /// Run `step` on every item of `items`, `window` at a time, until all are
 /// done or `deadline`; returns the connections (`None` where the step
@@ -188,6 +188,33 @@ fn no_failure(_: &Event) -> Option<String> {
     None
 }
 
+/// Drive `c` until its allocation is there.
+pub async fn allocated(c: Conn) -> Outcome {
+    until(c, |e| matches!(e, Event::Allocated { .. }), no_failure).await
+}
+
+/// Bind a channel from `c` to `peer` and drive it until bound.
+pub async fn channel_bound(mut c: Conn, peer: SocketAddr) -> Outcome {
+    c.client()
+        .bind_channel(peer, Instant::now())
+        .map_err(|e| format!("ChannelBind to {peer}: {e}"))?;
+    let bound = |e: &Event| matches!(e, Event::ChannelBound { peer: p, .. } if *p == peer);
+    let refused = |e: &Event| match e {
+        Event::ChannelFailed { error, .. } => Some(format!(
+            "ChannelBind to {peer}: {error} (does the relay allow this peer?)"
+        )),
+        _ => None,
+    };
+    until(c, bound, refused).await
+}
+
+/// Delete `c`'s allocation (Refresh with LIFETIME 0) and drive it until
+/// the server confirmed.
+pub async fn closed(mut c: Conn) -> Outcome {
+    c.client().close(Instant::now());
+    until(c, |e| *e == Event::Closed, no_failure).await
+}
+
 /// Allocate with a fresh client on each socket (connected to the server
 /// already: connecting is not part of the allocation rate).
 pub async fn allocate(
@@ -202,10 +229,7 @@ pub async fn allocate(
         let c = TurnConnection::from_udp_parts(client, s)
             .map(Box::new)
             .map_err(|e| format!("cannot use a UDP socket with tokio: {e}"));
-        async move {
-            let allocated = |e: &Event| matches!(e, Event::Allocated { .. });
-            until(c?, allocated, no_failure).await
-        }
+        async move { allocated(c?).await }
     })
     .await?;
     Ok((conns.into_iter().flatten().collect(), took))
@@ -225,25 +249,7 @@ pub async fn bind_channels(
         window,
         deadline,
         false,
-        move |i, mut c| {
-            let peer = peers[i];
-            let started = c
-                .client()
-                .bind_channel(peer, Instant::now())
-                .map_err(|e| format!("ChannelBind to {peer}: {e}"));
-            async move {
-                started?;
-                let bound =
-                    |e: &Event| matches!(e, Event::ChannelBound { peer: p, .. } if *p == peer);
-                let refused = |e: &Event| match e {
-                    Event::ChannelFailed { error, .. } => Some(format!(
-                        "ChannelBind to {peer}: {error} (does the relay allow this peer?)"
-                    )),
-                    _ => None,
-                };
-                until(c, bound, refused).await
-            }
-        },
+        move |i, c| channel_bound(c, peers[i]),
     )
     .await?;
     Ok((conns.into_iter().flatten().collect(), took))
@@ -266,11 +272,7 @@ pub async fn close(
             let c = TurnConnection::from_udp_parts(a.client, a.sock)
                 .map(Box::new)
                 .map_err(|e| format!("cannot take an allocation's socket back: {e}"));
-            async move {
-                let mut c = c?;
-                c.client().close(Instant::now());
-                until(c, |e| *e == Event::Closed, no_failure).await
-            }
+            async move { closed(c?).await }
         },
     )
     .await?;
