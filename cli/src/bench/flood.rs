@@ -21,20 +21,22 @@
 mod attack;
 mod watch;
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use natkit_proto::turn::client::{Client, Config, Credentials, Event, Transport};
+use natkit_proto::turn::client::{Config, Credentials, Transport};
 use natkit_runtime::batch::{udp_socket, UdpSocketOptions};
 use serde::Serialize;
 
 use super::memory;
 use super::{check_target, parse_duration, parse_run_duration, process_cpu_time, resolve};
 use attack::{tcp_flood, udp_flood};
-use watch::{allocate, client_socket, drive, new_users, peer, probes, rss_max, victim, Phases};
+use watch::{existing_allocation, new_users, peer, probes, rss_max, victim, Phase};
 
 /// Arguments of `natkit bench flood`.
 #[derive(clap::Args, Debug)]
@@ -154,6 +156,23 @@ pub(super) fn socket(ip: IpAddr, buffer: usize) -> anyhow::Result<UdpSocket> {
     };
     udp_socket(SocketAddr::new(ip, 0), &opts)
         .with_context(|| format!("cannot open a UDP socket on {ip}"))
+}
+
+/// A one-thread tokio runtime, for one of the generator's threads.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Run `task` on a thread of its own, on a one-thread tokio runtime.
+fn spawn_async<T, F>(task: impl FnOnce() -> F + Send + 'static) -> JoinHandle<anyhow::Result<T>>
+where
+    T: Send + 'static,
+    F: Future<Output = anyhow::Result<T>>,
+{
+    std::thread::spawn(move || runtime()?.block_on(task()))
 }
 
 /// Binding requests to the relay's UDP listener.
@@ -277,9 +296,9 @@ impl Report {
 /// Measurements that run in both phases: probes, new users, memory.
 struct Watchers {
     stop: Arc<AtomicBool>,
-    probes: std::thread::JoinHandle<anyhow::Result<ProbeReport>>,
-    users: std::thread::JoinHandle<anyhow::Result<(NewUsersReport, usize)>>,
-    rss: Option<std::thread::JoinHandle<Option<f64>>>,
+    probes: JoinHandle<anyhow::Result<ProbeReport>>,
+    users: JoinHandle<anyhow::Result<(NewUsersReport, usize)>>,
+    rss: Option<JoinHandle<Option<f64>>>,
     start: Instant,
 }
 
@@ -288,13 +307,15 @@ impl Watchers {
         let stop = Arc::new(AtomicBool::new(false));
         let probes = {
             let stop = stop.clone();
-            std::thread::spawn(move || probes(server, &stop))
+            spawn_async(move || async move { probes(server, &stop).await })
         };
         let users = {
             let stop = stop.clone();
             let config = config.clone();
             let every = a.new_user_every;
-            std::thread::spawn(move || new_users(server, &config, every, first_user, &stop))
+            spawn_async(move || async move {
+                new_users(server, &config, every, first_user, &stop).await
+            })
         };
         let rss = a.server_pid.map(|pid| {
             let stop = stop.clone();
@@ -320,7 +341,7 @@ impl Watchers {
     }
 }
 
-fn join<T>(h: std::thread::JoinHandle<T>) -> anyhow::Result<T> {
+fn join<T>(h: JoinHandle<T>) -> anyhow::Result<T> {
     h.join()
         .map_err(|_| anyhow::anyhow!("a load generator thread panicked"))
 }
@@ -396,15 +417,9 @@ pub fn run(a: FloodArgs) -> anyhow::Result<()> {
         ..Report::default()
     };
 
-    // The existing allocation, with a channel to a peer that echoes.
-    let vsock = client_socket(server, local_ip(server, NET_VICTIM, 0))?;
-    let mut vclient = Client::new(config.clone(), Instant::now());
-    allocate(&mut vclient, &vsock, Duration::from_secs(10))
-        .map_err(|e| anyhow::anyhow!("the first allocation failed: {e}"))?;
-    let relayed = *vclient
-        .relayed_addresses()
-        .first()
-        .context("an allocation without a relayed address")?;
+    // The existing allocation, with a channel to a peer that echoes. Its
+    // thread's runtime is made here: a connection stays on the runtime
+    // it was made on.
     let psock = socket(local_ip(server, NET_VICTIM, 1), 4 << 20)?;
     let peer_addr = SocketAddr::new(
         if psock.local_addr()?.ip().is_unspecified() {
@@ -414,35 +429,24 @@ pub fn run(a: FloodArgs) -> anyhow::Result<()> {
         },
         psock.local_addr()?.port(),
     );
-    vclient
-        .bind_channel(peer_addr, Instant::now())
-        .map_err(|e| anyhow::anyhow!("ChannelBind: {e}"))?;
-    match drive(&mut vclient, &vsock, Duration::from_secs(10), |e| match e {
-        Event::ChannelBound { .. } => Some(Ok(())),
-        Event::ChannelFailed { error, .. } => Some(Err(error.to_string())),
-        _ => None,
-    }) {
-        Some(Ok(())) => {}
-        Some(Err(e)) => bail!(
-            "ChannelBind to the peer {peer_addr} failed: {e} (does the relay allow loopback peers?)"
-        ),
-        None => bail!("no answer to ChannelBind within 10 s"),
-    }
+    let victim_rt = runtime()?;
+    let (vconn, relayed) = victim_rt.block_on(existing_allocation(
+        local_ip(server, NET_VICTIM, 0),
+        &config,
+        peer_addr,
+    ))?;
 
-    let phases = Arc::new(Phases {
-        phase: AtomicU64::new(0),
-        flood_from: AtomicU64::new(0),
-        flood_until: AtomicU64::new(0),
-    });
+    let (phase, phase_rx) = tokio::sync::watch::channel(Phase::Baseline);
     let peer_stop = Arc::new(AtomicBool::new(false));
     let peer_t = {
         let stop = peer_stop.clone();
-        std::thread::spawn(move || peer(psock, relayed, &stop))
+        spawn_async(move || async move { peer(psock, relayed, &stop).await })
     };
     let victim_t = {
-        let phases = phases.clone();
         let (rate, size) = (a.rate, a.size);
-        std::thread::spawn(move || victim(vclient, vsock, peer_addr, rate, size, &phases))
+        std::thread::spawn(move || {
+            victim_rt.block_on(victim(vconn, peer_addr, rate, size, phase_rx))
+        })
     };
 
     // Baseline.
@@ -453,7 +457,7 @@ pub fn run(a: FloodArgs) -> anyhow::Result<()> {
     // The floods.
     let socks = flood_sockets(server, a.udp_sources)?;
     let flood_stop = Arc::new(AtomicBool::new(false));
-    phases.phase.store(1, Ordering::Release);
+    phase.send_replace(Phase::Flood);
     let w = Watchers::start(&a, server, &config, next_user);
     let t_flood = Instant::now();
     let (udp_sent, tcp) = std::thread::scope(|s| -> anyhow::Result<(u64, (u64, u64))> {
@@ -475,24 +479,22 @@ pub fn run(a: FloodArgs) -> anyhow::Result<()> {
         Ok((udp, tcp))
     })?;
     let flood_secs = t_flood.elapsed().as_secs_f64();
-    phases.phase.store(2, Ordering::Release);
+    phase.send_replace(Phase::Drain);
     w.finish(&mut report.flood)?;
     // What is still in flight arrives or is lost.
     std::thread::sleep(Duration::from_secs(1));
-    phases.phase.store(3, Ordering::Release);
-    let (sent, back) = join(victim_t)?;
+    phase.send_replace(Phase::Stop);
+    let stream = join(victim_t)??;
     peer_stop.store(true, Ordering::Relaxed);
-    let at_peer = join(peer_t)?;
+    let at_peer = join(peer_t)??;
 
-    let from = phases.flood_from.load(Ordering::Acquire);
-    let until = phases.flood_until.load(Ordering::Acquire).min(sent);
     for (p, range) in [
-        (&mut report.baseline, 0..from),
-        (&mut report.flood, from..until),
+        (&mut report.baseline, 0..stream.flood.start),
+        (&mut report.flood, stream.flood.clone()),
     ] {
         p.stream_sent = range.end - range.start;
         p.stream_at_peer = at_peer.count(range.clone());
-        p.stream_back = back.count(range);
+        p.stream_back = stream.back.count(range);
         p.loss_to_peer_percent = pct_lost(p.stream_sent, p.stream_at_peer);
         p.loss_back_percent = pct_lost(p.stream_at_peer, p.stream_back);
     }

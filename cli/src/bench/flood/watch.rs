@@ -1,91 +1,101 @@
 //! What `natkit bench flood` measures: an existing allocation's stream and
 //! the peer that echoes it, Binding requests, new users, the relay's memory.
+//! The TURN clients are natkit-ice `TurnConnection`s and every socket is
+//! waited on through tokio, like the rest of the CLI; each of these runs on
+//! a thread of its own (with a one-thread runtime) so that the flood
+//! threads and the other watchers do not delay the stream's pacing.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use natkit_proto::turn::client::{Client, Config, Event};
+use natkit_ice::turn::{Incoming, TurnConnection};
+use natkit_proto::turn::client::Config;
+use tokio::sync::watch;
 
 use super::{local_ip, socket, NewUsersReport, ProbeReport, NET_NEW_USERS, NET_PROBE};
 use crate::bench::memory;
+use crate::bench::turn_setup::{allocated, channel_bound, closed, Conn};
 
 /// How long a Binding probe waits for its answer.
 const PROBE_WAIT: Duration = Duration::from_millis(500);
 /// How long a new user may take to allocate.
 const NEW_USER_LIMIT: Duration = Duration::from_secs(5);
+/// How long a new user waits for the deletion of its allocation.
+const CLOSE_LIMIT: Duration = Duration::from_secs(1);
+/// How long the existing allocation and its channel may take.
+const SETUP_LIMIT: Duration = Duration::from_secs(10);
+/// Socket buffers of the TURN clients and the probe.
+const CLIENT_BUFFER: usize = 1 << 20;
+/// How often a loop that waits for data checks whether it must stop.
+const STOP_CHECK: Duration = Duration::from_millis(10);
 
-/// Wait up to `wait` for `sock` to be readable.
-pub(super) fn wait_readable(sock: &impl AsRawFd, wait: Duration) {
-    let mut p = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = wait.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, ms) };
-}
-
-/// Drive `client` on `sock` until `pick` accepts an event or `limit`.
-pub(super) fn drive<T>(
-    client: &mut Client,
-    sock: &UdpSocket,
-    limit: Duration,
-    mut pick: impl FnMut(&Event) -> Option<T>,
-) -> Option<T> {
-    let end = Instant::now() + limit;
-    let mut buf = [0u8; 2048];
-    loop {
-        let now = Instant::now();
-        if client.poll_timeout().is_some_and(|t| t <= now) {
-            client.handle_timeout(now);
-        }
-        while let Some(t) = client.poll_transmit() {
-            let _ = sock.send(&t.payload);
-        }
-        while let Some(e) = client.poll_event() {
-            if let Some(v) = pick(&e) {
-                return Some(v);
-            }
-        }
-        if now >= end {
-            return None;
-        }
-        wait_readable(sock, Duration::from_millis(5));
-        while let Ok(n) = sock.recv(&mut buf) {
-            client.handle_input(&buf[..n], Instant::now());
-        }
+/// Resolves once `stop` is set (checked every [`STOP_CHECK`]): the flag is
+/// set by plain threads, outside any runtime.
+pub(super) async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(STOP_CHECK).await;
     }
 }
 
 /// A client of the relay on its own connected socket.
 pub(super) fn client_socket(server: SocketAddr, ip: IpAddr) -> anyhow::Result<UdpSocket> {
-    let s = socket(ip, 1 << 20)?;
+    let s = socket(ip, CLIENT_BUFFER)?;
     s.connect(server)
         .with_context(|| format!("cannot connect a UDP socket to {server}"))?;
     Ok(s)
 }
 
-/// Allocate (401, then the authenticated Allocate): how long it took, or
-/// why it did not.
-pub(super) fn allocate(
-    client: &mut Client,
-    sock: &UdpSocket,
+/// A TURN client from `ip` (a socket of its own: an allocation is its
+/// 5-tuple, RFC 8656 §2.2), on the current runtime.
+fn turn_client(ip: IpAddr, config: &Config) -> anyhow::Result<Conn> {
+    let sock = socket(ip, CLIENT_BUFFER)?;
+    let c = TurnConnection::over_udp(sock, config.clone())
+        .with_context(|| format!("cannot use a UDP socket on {ip} for {}", config.server))?;
+    Ok(Box::new(c))
+}
+
+/// `step` within `limit`, or why not.
+async fn within<T>(
     limit: Duration,
-) -> Result<Duration, String> {
+    what: &str,
+    step: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(limit, step)
+        .await
+        .unwrap_or_else(|_| Err(format!("no {what} within {limit:?}")))
+}
+
+/// Allocate (401, then the authenticated Allocate): the connection and how
+/// long it took, or why it did not.
+async fn allocate(c: Conn, limit: Duration) -> Result<(Conn, Duration), String> {
     let t0 = Instant::now();
-    match drive(client, sock, limit, |e| match e {
-        Event::Allocated { .. } => Some(Ok(())),
-        Event::Failed(err) => Some(Err(err.to_string())),
-        _ => None,
-    }) {
-        Some(Ok(())) => Ok(t0.elapsed()),
-        Some(Err(e)) => Err(e),
-        None => Err(format!("no allocation within {limit:?}")),
-    }
+    let c = within(limit, "allocation", allocated(c)).await?;
+    Ok((c, t0.elapsed()))
+}
+
+/// The existing allocation, from `ip`, with a channel to `peer`; and its
+/// relayed address.
+pub(super) async fn existing_allocation(
+    ip: IpAddr,
+    config: &Config,
+    peer: SocketAddr,
+) -> anyhow::Result<(Conn, SocketAddr)> {
+    let (c, _) = allocate(turn_client(ip, config)?, SETUP_LIMIT)
+        .await
+        .map_err(|e| anyhow::anyhow!("the first allocation failed: {e}"))?;
+    let mut c = within(SETUP_LIMIT, "answer to ChannelBind", channel_bound(c, peer))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let relayed = *c
+        .client()
+        .relayed_addresses()
+        .first()
+        .context("an allocation without a relayed address")?;
+    Ok((c, relayed))
 }
 
 /// Stream packets: kind byte, 8-byte sequence number, padding.
@@ -122,94 +132,125 @@ impl Seen {
     }
 }
 
-/// The stream's sequence numbers at the phase boundaries.
-pub(super) struct Phases {
-    /// 0: warm-up (baseline), 1: floods, 2: draining, 3: stop.
-    pub(super) phase: AtomicU64,
-    pub(super) flood_from: AtomicU64,
-    pub(super) flood_until: AtomicU64,
+/// Where the run is, told to the stream by the thread that runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Phase {
+    /// The warm-up: the baseline.
+    Baseline,
+    /// The floods.
+    Flood,
+    /// The stream has stopped; what is in flight arrives or is lost.
+    Drain,
+    /// Done.
+    Stop,
+}
+
+/// What the stream sent and got back.
+pub(super) struct Stream {
+    /// The packets that came back (those sent are numbered from 0).
+    pub(super) back: Seen,
+    /// The sequence numbers sent during the floods.
+    pub(super) flood: std::ops::Range<u64>,
 }
 
 /// The existing allocation: send `rate` packets per second through its
-/// channel, count those that come back, keep it refreshed.
-pub(super) fn victim(
-    mut client: Client,
-    sock: UdpSocket,
+/// channel to `peer`, count those that come back, keep it refreshed, until
+/// `phase` says [`Phase::Stop`] (or its sender is gone).
+pub(super) async fn victim(
+    mut conn: Conn,
     peer: SocketAddr,
     rate: u64,
     size: usize,
-    phases: &Phases,
-) -> (u64, Seen) {
+    mut phase: watch::Receiver<Phase>,
+) -> anyhow::Result<Stream> {
     let gap = Duration::from_nanos(1_000_000_000 / rate);
     let mut payload = vec![0u8; size];
     payload[0] = STREAM;
-    let mut out = vec![0u8; size + 64];
-    let mut buf = [0u8; 2048];
     let mut back = Seen::default();
     let mut seq = 0u64;
-    let mut phase = 0;
-    let start = Instant::now();
-    let mut next = start;
+    let (mut flood_from, mut flood_until) = (None, None);
+    let mut now_phase = *phase.borrow_and_update();
+    let mut next = tokio::time::Instant::now();
+    let mut tick = pin!(tokio::time::sleep_until(next));
     loop {
-        let p = phases.phase.load(Ordering::Acquire);
-        if p != phase {
-            match p {
-                1 => phases.flood_from.store(seq, Ordering::Release),
-                2 => phases.flood_until.store(seq, Ordering::Release),
-                _ => {}
-            }
-            phase = p;
-        }
-        if phase >= 3 {
-            return (seq, back);
-        }
-        let now = Instant::now();
         // The stream stops with the floods; what is in flight drains.
-        while phase < 2 && next <= now {
-            payload[1..9].copy_from_slice(&seq.to_be_bytes());
-            if let Ok(n) = client.send_to(peer, &payload, &mut out) {
-                let _ = sock.send(&out[..n]);
+        let sending = now_phase < Phase::Drain;
+        tokio::select! {
+            // First the phase, then the pace, then what came back: a busy
+            // socket must not hold a packet back.
+            biased;
+            changed = phase.changed() => {
+                now_phase = match changed {
+                    Ok(()) => *phase.borrow_and_update(),
+                    Err(_) => Phase::Stop,
+                };
+                // A phase may be skipped over (a zero-length one).
+                if now_phase >= Phase::Flood {
+                    flood_from.get_or_insert(seq);
+                }
+                if now_phase >= Phase::Drain {
+                    flood_until.get_or_insert(seq);
+                }
+                if now_phase == Phase::Stop {
+                    break;
+                }
             }
-            seq += 1;
-            next += gap;
-        }
-        if client.poll_timeout().is_some_and(|t| t <= now) {
-            client.handle_timeout(now);
-        }
-        while let Some(t) = client.poll_transmit() {
-            let _ = sock.send(&t.payload);
-        }
-        while let Ok(n) = sock.recv(&mut buf) {
-            client.handle_input(&buf[..n], Instant::now());
-        }
-        while let Some(e) = client.poll_event() {
-            if let Event::Data { data, .. } = e {
-                if let Some(s) = seq_of(&data) {
-                    back.mark(s);
+            () = &mut tick, if sending => {
+                // tokio's timers have millisecond resolution: send every
+                // packet that is due, so the rate is exact on average.
+                let now = tokio::time::Instant::now();
+                while next <= now {
+                    payload[1..9].copy_from_slice(&seq.to_be_bytes());
+                    // A packet that cannot be sent counts as lost on the
+                    // way to the peer, which is what is measured.
+                    let _ = conn.send_to(peer, &payload).await;
+                    seq += 1;
+                    next += gap;
+                }
+                tick.as_mut().reset(next);
+            }
+            got = conn.next() => {
+                if let Incoming::Data { data, .. } = got.context("the existing allocation's socket failed")? {
+                    if let Some(s) = seq_of(&data) {
+                        back.mark(s);
+                    }
                 }
             }
         }
-        let wait = next.saturating_duration_since(Instant::now());
-        wait_readable(&sock, wait.min(Duration::from_millis(2)));
     }
+    let from = flood_from.unwrap_or(seq);
+    Ok(Stream {
+        back,
+        flood: from..flood_until.unwrap_or(seq).max(from),
+    })
 }
 
-/// The peer: echo every stream packet from the relayed address.
-pub(super) fn peer(sock: UdpSocket, relayed: SocketAddr, stop: &AtomicBool) -> Seen {
+/// The peer: echo every stream packet from the relayed address until
+/// `stop`; which ones arrived.
+pub(super) async fn peer(
+    sock: UdpSocket,
+    relayed: SocketAddr,
+    stop: &AtomicBool,
+) -> anyhow::Result<Seen> {
+    let sock = tokio::net::UdpSocket::from_std(sock).context("cannot use the peer's socket")?;
     let mut seen = Seen::default();
     let mut buf = [0u8; 2048];
-    while !stop.load(Ordering::Relaxed) {
-        wait_readable(&sock, Duration::from_millis(20));
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            if from == relayed {
-                if let Some(s) = seq_of(&buf[..n]) {
-                    seen.mark(s);
+    let mut stopped = pin!(stopped(stop));
+    loop {
+        tokio::select! {
+            () = &mut stopped => return Ok(seen),
+            got = sock.recv_from(&mut buf) => {
+                // Errors (an ICMP report) say nothing about the stream.
+                let Ok((n, from)) = got else { continue };
+                if from == relayed {
+                    if let Some(s) = seq_of(&buf[..n]) {
+                        seen.mark(s);
+                    }
+                    let _ = sock.send_to(&buf[..n], relayed).await;
                 }
-                let _ = sock.send_to(&buf[..n], relayed);
             }
         }
     }
-    seen
 }
 
 pub(super) fn percentile(sorted: &[Duration], q: f64) -> f64 {
@@ -222,8 +263,9 @@ pub(super) fn percentile(sorted: &[Duration], q: f64) -> f64 {
 
 /// One Binding request every 100 ms until `stop`, each waited for up to
 /// [`PROBE_WAIT`].
-pub(super) fn probes(server: SocketAddr, stop: &AtomicBool) -> anyhow::Result<ProbeReport> {
+pub(super) async fn probes(server: SocketAddr, stop: &AtomicBool) -> anyhow::Result<ProbeReport> {
     let sock = client_socket(server, local_ip(server, NET_PROBE, 0))?;
+    let sock = tokio::net::UdpSocket::from_std(sock).context("cannot use the probe's socket")?;
     let mut times = Vec::new();
     let mut sent = 0u64;
     let mut buf = [0u8; 512];
@@ -232,23 +274,23 @@ pub(super) fn probes(server: SocketAddr, stop: &AtomicBool) -> anyhow::Result<Pr
         let t0 = Instant::now();
         let tid = natkit_proto::transaction::new_transaction_id();
         let n = natkit_proto::binding::write_request(&mut req, &tid, &Default::default())?;
-        let _ = sock.send(&req[..n]);
+        let _ = sock.send(&req[..n]).await;
         sent += 1;
-        let end = t0 + PROBE_WAIT;
-        'wait: while Instant::now() < end {
-            wait_readable(&sock, end.saturating_duration_since(Instant::now()));
-            while let Ok(n) = sock.recv(&mut buf) {
-                if natkit_proto::binding::parse_response(&buf[..n])
-                    .is_ok_and(|r| r.transaction_id == tid)
-                {
-                    times.push(t0.elapsed());
-                    break 'wait;
+        let answer = async {
+            loop {
+                if let Ok(n) = sock.recv(&mut buf).await {
+                    if natkit_proto::binding::parse_response(&buf[..n])
+                        .is_ok_and(|r| r.transaction_id == tid)
+                    {
+                        return t0.elapsed();
+                    }
                 }
             }
+        };
+        if let Ok(took) = tokio::time::timeout_at((t0 + PROBE_WAIT).into(), answer).await {
+            times.push(took);
         }
-        if let Some(d) = (t0 + Duration::from_millis(100)).checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
-        }
+        tokio::time::sleep_until((t0 + Duration::from_millis(100)).into()).await;
     }
     times.sort();
     Ok(ProbeReport {
@@ -261,7 +303,7 @@ pub(super) fn probes(server: SocketAddr, stop: &AtomicBool) -> anyhow::Result<Pr
 
 /// A new user from a new address every `every` until `stop`; each deletes
 /// its allocation once it has it.
-pub(super) fn new_users(
+pub(super) async fn new_users(
     server: SocketAddr,
     config: &Config,
     every: Duration,
@@ -273,26 +315,21 @@ pub(super) fn new_users(
     let mut i = first;
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
-        let sock = client_socket(server, local_ip(server, NET_NEW_USERS, i))?;
+        let c = turn_client(local_ip(server, NET_NEW_USERS, i), config)?;
         i += 1;
-        let mut c = Client::new(config.clone(), Instant::now());
         r.tried += 1;
-        match allocate(&mut c, &sock, NEW_USER_LIMIT) {
-            Ok(d) => {
-                times.push(d);
+        match allocate(c, NEW_USER_LIMIT).await {
+            Ok((c, took)) => {
+                times.push(took);
                 r.allocated += 1;
-                c.close(Instant::now());
-                drive(&mut c, &sock, Duration::from_secs(1), |e| {
-                    matches!(e, Event::Closed).then_some(())
-                });
+                // Best effort: the relay frees it at its lifetime anyway.
+                let _ = tokio::time::timeout(CLOSE_LIMIT, closed(c)).await;
             }
             Err(e) => {
                 r.failure.get_or_insert(e);
             }
         }
-        if let Some(d) = (t0 + every).checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
-        }
+        tokio::time::sleep_until((t0 + every).into()).await;
     }
     times.sort();
     r.median_ms = percentile(&times, 0.5);
