@@ -2,10 +2,9 @@
 //! many addresses, and TCP connections pipelining requests that can never
 //! authenticate.
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -14,13 +13,22 @@ use natkit_proto::integrity::{LongTermKey, PasswordAlgorithm};
 use natkit_proto::raw::{self, attr, method, Attributes, Class};
 use natkit_proto::writer::Writer;
 use natkit_runtime::batch::SendBatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
 
-use super::{local_ip, NET_TCP_FLOOD};
+use super::watch::stopped;
+use super::{local_ip, runtime, NET_TCP_FLOOD};
 
 /// Requests in one TCP write of the flood.
 const TCP_CHUNK: usize = 256;
 /// Datagrams per sendmmsg of the UDP flood.
 const UDP_BATCH: usize = 64;
+/// How long a TCP flood connection may take to connect, and then to draw
+/// its 401.
+const TCP_SETUP_LIMIT: Duration = Duration::from_secs(5);
+/// Pause after a reconnection failed, before the next try.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
 
 /// A hand-built request: method `m`, `body`, then USERNAME, REALM, NONCE
 /// and MESSAGE-INTEGRITY (MD5 key of `user`/`pass`) with `auth`.
@@ -101,28 +109,52 @@ struct Attacker {
 /// Connect from `ip`, draw a 401 for a nonce, and build the pipeline:
 /// CreatePermission with that nonce, a real username and a wrong
 /// MESSAGE-INTEGRITY (issue 15's attack).
-fn attacker(server: SocketAddr, ip: IpAddr, user: &str) -> anyhow::Result<Attacker> {
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(server),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    sock.bind(&SocketAddr::new(ip, 0).into())?;
-    sock.connect_timeout(&server.into(), Duration::from_secs(5))
+async fn attacker(server: SocketAddr, ip: IpAddr, user: &str) -> anyhow::Result<Attacker> {
+    let sock = if server.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("cannot open a TCP socket")?;
+    sock.bind(SocketAddr::new(ip, 0))
+        .with_context(|| format!("cannot bind a TCP socket to {ip}"))?;
+    let mut stream = tokio::time::timeout(TCP_SETUP_LIMIT, sock.connect(server))
+        .await
+        .map_err(|_| anyhow::anyhow!("no TCP connection to {server} within {TCP_SETUP_LIMIT:?}"))?
         .with_context(|| format!("cannot connect to {server} over TCP"))?;
-    let mut stream: TcpStream = sock.into();
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let peer = |w: &mut Writer<'_>| {
         let _ = w.xor_address(
             attr::XOR_PEER_ADDRESS,
             SocketAddr::from(([127, 0, 0, 9], 9)),
         );
     };
-    stream.write_all(&request(method::CREATE_PERMISSION, &[1; 12], peer, None))?;
+    stream
+        .write_all(&request(method::CREATE_PERMISSION, &[1; 12], peer, None))
+        .await?;
+    let (realm, nonce) = tokio::time::timeout(TCP_SETUP_LIMIT, challenge(&mut stream, server))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("no answer from {server} over TCP within {TCP_SETUP_LIMIT:?}")
+        })??;
+    let one = request(
+        method::CREATE_PERMISSION,
+        &[2; 12],
+        peer,
+        Some((user, "not-the-password", &realm, &nonce)),
+    );
+    Ok(Attacker {
+        stream,
+        chunk: one.repeat(TCP_CHUNK),
+        at: 0,
+    })
+}
+
+/// Read the 401 to the first request: its REALM and NONCE.
+async fn challenge(stream: &mut TcpStream, server: SocketAddr) -> anyhow::Result<(String, String)> {
     let mut d = Deframer::new(4096, true);
-    let (realm, nonce) = loop {
-        let n = stream.read(d.read_buf())?;
+    loop {
+        let n = stream.read(d.read_buf()).await?;
         if n == 0 {
             bail!("{server} closed the connection instead of answering with 401");
         }
@@ -138,91 +170,106 @@ fn attacker(server: SocketAddr, ip: IpAddr, user: &str) -> anyhow::Result<Attack
                     _ => {}
                 }
             }
-            match (realm, nonce) {
-                (Some(r), Some(n)) => break (r, n),
+            return match (realm, nonce) {
+                (Some(r), Some(n)) => Ok((r, n)),
                 _ => bail!("{server}'s answer over TCP has no REALM and NONCE"),
-            }
+            };
         }
-    };
-    let one = request(
-        method::CREATE_PERMISSION,
-        &[2; 12],
-        peer,
-        Some((user, "not-the-password", &realm, &nonce)),
-    );
-    stream.set_nonblocking(true)?;
-    Ok(Attacker {
-        stream,
-        chunk: one.repeat(TCP_CHUNK),
-        at: 0,
-    })
+    }
 }
 
-/// Run the TCP flood until `stop`: write the pipelines as fast as the
-/// server takes them, read and drop whatever comes back, reconnect what
-/// the server closes.
+/// What the TCP flood's connections share.
+struct TcpFlood {
+    server: SocketAddr,
+    user: String,
+    /// Bytes of requests written.
+    bytes: AtomicU64,
+    /// Connections the server closed.
+    closed: AtomicU64,
+    /// The next source address for a new connection.
+    next_ip: AtomicUsize,
+}
+
+impl TcpFlood {
+    /// Write `a`'s pipeline as fast as the server takes it, read and drop
+    /// whatever comes back; when the server closes the connection (or it
+    /// fails), count it and open another from a new address. Never ends:
+    /// the caller drops it at the end of the flood.
+    async fn keep_writing(&self, mut a: Attacker) {
+        let mut sink = vec![0u8; 65536];
+        loop {
+            let (mut rd, mut wr) = a.stream.split();
+            loop {
+                tokio::select! {
+                    got = rd.read(&mut sink) => {
+                        if !matches!(got, Ok(n) if n > 0) {
+                            break;
+                        }
+                    }
+                    put = wr.write(&a.chunk[a.at..]) => match put {
+                        Ok(k) => {
+                            self.bytes.fetch_add(k as u64, Ordering::Relaxed);
+                            a.at = (a.at + k) % a.chunk.len();
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.closed.fetch_add(1, Ordering::Relaxed);
+            a = loop {
+                let i = self.next_ip.fetch_add(1, Ordering::Relaxed);
+                match attacker(
+                    self.server,
+                    local_ip(self.server, NET_TCP_FLOOD, i),
+                    &self.user,
+                )
+                .await
+                {
+                    Ok(new) => break new,
+                    Err(_) => tokio::time::sleep(RECONNECT_PAUSE).await,
+                }
+            };
+        }
+    }
+}
+
+/// Run the TCP flood until `stop`, on a one-thread runtime of its own: `n`
+/// connections, each its own task writing its pipeline as fast as the
+/// server takes it. Returns the requests written (whole or in part) and
+/// the connections the server closed.
 pub(super) fn tcp_flood(
     server: SocketAddr,
     user: &str,
     n: usize,
     stop: &AtomicBool,
 ) -> anyhow::Result<(u64, u64)> {
-    let mut conns: Vec<Attacker> = (0..n)
-        .map(|i| attacker(server, local_ip(server, NET_TCP_FLOOD, i), user))
-        .collect::<anyhow::Result<_>>()?;
-    let one = conns.first().map_or(1, |c| c.chunk.len() / TCP_CHUNK);
-    let mut bytes = 0u64;
-    let mut closed = 0u64;
-    let mut sink = vec![0u8; 65536];
-    let mut next_ip = n;
-    while !stop.load(Ordering::Relaxed) {
-        let mut fds: Vec<libc::pollfd> = conns
-            .iter()
-            .map(|c| libc::pollfd {
-                fd: c.stream.as_raw_fd(),
-                events: libc::POLLIN | libc::POLLOUT,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
-        for (i, p) in fds.iter().enumerate() {
-            let c = &mut conns[i];
-            let mut dead = p.revents & (libc::POLLERR | libc::POLLHUP) != 0;
-            if p.revents & libc::POLLIN != 0 {
-                loop {
-                    match c.stream.read(&mut sink) {
-                        Ok(0) => {
-                            dead = true;
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            dead = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            if !dead && p.revents & libc::POLLOUT != 0 {
-                match c.stream.write(&c.chunk[c.at..]) {
-                    Ok(k) => {
-                        bytes += k as u64;
-                        c.at = (c.at + k) % c.chunk.len();
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => dead = true,
-                }
-            }
-            if dead {
-                closed += 1;
-                if let Ok(a) = attacker(server, local_ip(server, NET_TCP_FLOOD, next_ip), user) {
-                    conns[i] = a;
-                }
-                next_ip += 1;
-            }
+    runtime()?.block_on(async {
+        let mut first = Vec::with_capacity(n);
+        for i in 0..n {
+            first.push(attacker(server, local_ip(server, NET_TCP_FLOOD, i), user).await?);
         }
-    }
-    Ok((bytes / one as u64, closed))
+        let one = first.first().map_or(1, |c| c.chunk.len() / TCP_CHUNK) as u64;
+        let flood = Arc::new(TcpFlood {
+            server,
+            user: user.to_owned(),
+            bytes: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            next_ip: AtomicUsize::new(n),
+        });
+        let mut conns = JoinSet::new();
+        for a in first {
+            let flood = flood.clone();
+            conns.spawn(async move { flood.keep_writing(a).await });
+        }
+        tokio::select! {
+            () = stopped(stop) => {}
+            Some(Err(e)) = conns.join_next() => bail!("a TCP flood connection's task failed: {e}"),
+        }
+        // Dropping the set ends the connections' tasks.
+        conns.abort_all();
+        Ok((
+            flood.bytes.load(Ordering::Relaxed) / one,
+            flood.closed.load(Ordering::Relaxed),
+        ))
+    })
 }
