@@ -1,7 +1,7 @@
-//! `natkit bench turn` through the binary against natkit-turn on loopback:
-//! a short run in each peer mode, checking that the JSON figures are
-//! consistent with each other. The relay is killed by PID when its handle
-//! drops; every wait is bounded.
+//! `natkit bench turn` and `natkit bench flood` through the binary against
+//! natkit-turn on loopback: short runs (for `bench turn`, one in each peer
+//! mode), checking that the JSON figures are consistent with each other.
+//! The relay is killed by PID when its handle drops; every wait is bounded.
 
 use std::process::Command;
 
@@ -39,8 +39,13 @@ fn bench(relay: &TurnRelay, extra: &[&str]) -> Value {
         "--json".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
+    natkit_json(&args)
+}
+
+/// Run natkit with `args`, which must succeed: its JSON report.
+fn natkit_json(args: &[String]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_natkit"))
-        .args(&args)
+        .args(args)
         .env("RUST_LOG", "off")
         .output()
         .expect("run natkit");
@@ -175,4 +180,65 @@ fn bench_turn_wrong_password_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Allocate #"), "{err}");
+}
+
+/// Heavy (unpaced floods): it has the machine to itself under cargo-nextest
+/// (.config/nextest.toml).
+#[test]
+fn bench_flood_measures_through_the_floods() {
+    let relay = start_relay();
+    let pid = relay.child.id().to_string();
+    let args = [
+        "bench",
+        "flood",
+        &format!("127.0.0.1:{}", relay.port()),
+        "--password",
+        "secret-pw",
+        "--warmup",
+        "1s",
+        "--duration",
+        "1s",
+        "--rate",
+        "200",
+        "--udp-sources",
+        "4",
+        "--tcp-connections",
+        "2",
+        "--new-user-every",
+        "200ms",
+        "--server-pid",
+        &pid,
+        "--json",
+    ];
+    let r = natkit_json(&args.map(String::from));
+    assert!(u(&r, &["udp_flood_sent"]) > 0, "{r:#}");
+    assert!(u(&r, &["tcp_flood", "requests"]) > 0, "{r:#}");
+    assert_eq!(u(&r, &["tcp_flood", "connections"]), 2);
+    for phase in ["baseline", "flood"] {
+        let p = &r[phase];
+        let sent = u(p, &["stream_sent"]);
+        let at_peer = u(p, &["stream_at_peer"]);
+        let back = u(p, &["stream_back"]);
+        assert!(back <= at_peer && at_peer <= sent, "{phase}: {r:#}");
+        // The stream is paced at --rate through both phases (the baseline's
+        // stream also runs while the watchers stop); the floods stop on
+        // time.
+        let seconds = f(p, &["seconds"]);
+        assert!((1.0..2.0).contains(&seconds), "{phase}: {r:#}");
+        let rate = sent as f64 / seconds;
+        assert!((100.0..350.0).contains(&rate), "{phase}: {r:#}");
+        // A Binding every 100 ms, a new user every 200 ms.
+        assert!(u(p, &["bindings", "sent"]) >= 5, "{phase}: {r:#}");
+        assert!(u(p, &["new_users", "tried"]) >= 3, "{phase}: {r:#}");
+        assert!(f(p, &["server_rss_max_mib"]) > 0.0, "{phase}: {r:#}");
+    }
+    // Before the floods nothing on loopback is lost or late.
+    let b = &r["baseline"];
+    assert_eq!(u(b, &["stream_back"]), u(b, &["stream_sent"]), "{r:#}");
+    assert_eq!(u(b, &["bindings", "answered"]), u(b, &["bindings", "sent"]));
+    assert_eq!(
+        u(b, &["new_users", "allocated"]),
+        u(b, &["new_users", "tried"])
+    );
+    assert!(b["new_users"]["failure"].is_null(), "{r:#}");
 }
