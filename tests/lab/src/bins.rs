@@ -10,10 +10,12 @@ use crate::cmd;
 use crate::error::{LabError, Result};
 
 /// The binaries the lab needs, with the package that builds each.
-const NEEDED: [(&str, &str); 3] = [
+const NEEDED: [(&str, &str); 4] = [
     ("natkit-stun", "natkit-stun"),
     ("natkit-turn", "natkit-turn"),
     ("natkit", "natkit-cli"),
+    // The lab's own binary runs the wires of shaped links (`natkit-lab wire`).
+    ("natkit-lab", "natkit-lab"),
 ];
 
 /// Paths of the lab's binaries.
@@ -25,6 +27,8 @@ pub struct Binaries {
     pub turn: PathBuf,
     /// natkit (the CLI).
     pub natkit: PathBuf,
+    /// natkit-lab (for its `wire` subcommand).
+    pub lab: PathBuf,
 }
 
 /// The profile directory (`target/debug`, `target/release`) of the running
@@ -79,6 +83,7 @@ pub fn find() -> Result<Binaries> {
         stun: path("natkit-stun")?,
         turn: path("natkit-turn")?,
         natkit,
+        lab: path("natkit-lab")?,
     })
 }
 
@@ -107,5 +112,20 @@ fn build(dir: &Path) -> Result<()> {
             name: NEEDED.map(|(b, _)| b).join(", "),
             dir: dir.to_path_buf(),
             why: e.to_string(),
+        })
+}
+
+/// The system program `name` (from Debian package `package`), looked up in
+/// `PATH` and the sbin directories root's `PATH` may lack.
+pub fn system(name: &str, package: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| LabError::MissingBinary {
+            name: name.into(),
+            dir: PathBuf::from("/usr/sbin"),
+            why: format!("install package {package} (scripts/deps/lab.sh does)"),
         })
 }

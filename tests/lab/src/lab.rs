@@ -16,8 +16,10 @@ use serde::Serialize;
 use crate::addr::{self, INTERNET_GATEWAY, INTERNET_PREFIX, LAN_PREFIX};
 use crate::bins::{self, Binaries};
 use crate::error::{LabError, Result};
+use crate::link::LinkProfile;
 use crate::nat::{self, Filtering, NatKind, RouterMapping, RouterSpec, LAN, WAN};
 use crate::netns::{self, Netns};
+use crate::portmap::{self, PortMapping};
 use crate::probe;
 use crate::process::Process;
 use crate::topology::{SiteSpec, TopologySpec};
@@ -36,6 +38,8 @@ pub const TURN_SECRET: &str = "lab-secret";
 
 /// How long servers get to answer after start.
 const READY: Duration = Duration::from_secs(20);
+/// How long a link's wire gets to attach its devices.
+const WIRE_READY: Duration = Duration::from_secs(10);
 
 /// Where the lab's servers listen, and how to use them.
 #[derive(Debug, Clone, Serialize)]
@@ -76,12 +80,31 @@ pub struct Site {
     pub routers: Vec<String>,
     /// The address the internet sees the host's traffic come from.
     pub public_addr: Ipv4Addr,
+    /// The host's default gateway: its (home) router's LAN address.
+    pub gateway: Ipv4Addr,
+    /// How the site's access link is shaped.
+    pub profile: LinkProfile,
+    /// Whether the (home) NAT answers port-mapping requests.
+    pub port_mapping: PortMapping,
+    /// The NATs' UDP mapping lifetime in seconds, if not the default.
+    pub udp_timeout: Option<u32>,
 }
 
 impl Site {
     /// The host's namespace.
     pub fn host_ns(&self) -> Netns {
         Netns::existing(&self.host)
+    }
+
+    /// The namespace of the router the host sits behind (the home NAT).
+    pub fn home_router(&self) -> Netns {
+        Netns::existing(self.routers.last().expect("every site has a router"))
+    }
+
+    /// The UPnP IGD description URL, when the site runs a port-mapping
+    /// daemon (`upnpc -u URL ...`).
+    pub fn igd_url(&self) -> Option<String> {
+        (self.port_mapping != PortMapping::Off).then(|| portmap::igd_url(self.gateway))
     }
 }
 
@@ -253,6 +276,7 @@ impl Lab {
             lab.sites.push(site);
         }
         lab.start_servers()?;
+        lab.start_port_mapping()?;
         lab.build_time = t0.elapsed();
         Ok(lab)
     }
@@ -330,22 +354,75 @@ impl Lab {
         r.sysctl("net/ipv4/conf/all/rp_filter", "0")?;
         r.sysctl("net/ipv4/conf/default/rp_filter", "0")?;
         r.sysctl("net/ipv4/conf/all/accept_redirects", "0")?;
+        if let Some(secs) = spec.udp_timeout {
+            // Per namespace (checked: a write inside one leaves the root
+            // namespace's value alone). Both the unanswered and the
+            // answered ("stream") lifetime, so any mapping idles out.
+            let secs = secs.to_string();
+            r.sysctl("net/netfilter/nf_conntrack_udp_timeout", &secs)?;
+            r.sysctl("net/netfilter/nf_conntrack_udp_timeout_stream", &secs)?;
+        }
         r.nft(&nat::ruleset(spec, wan))?;
+        if spec.port_mapping {
+            r.nft(&nat::port_mapping_table())?;
+        }
         Ok(r)
     }
 
     /// Site `n`'s outermost router `node`: built from `spec` (kept for
-    /// [`Lab::renumber_wan`]), its WAN linked to the internet bridge.
-    fn outer_router(&mut self, n: usize, node: &str, spec: RouterSpec) -> Result<Netns> {
+    /// [`Lab::renumber_wan`]), its WAN linked to the internet bridge by a
+    /// veth pair, or by a shaped link ([`crate::link`]).
+    fn outer_router(
+        &mut self,
+        n: usize,
+        node: &str,
+        spec: RouterSpec,
+        profile: LinkProfile,
+    ) -> Result<Netns> {
         let wan = addr::site_wan(n);
         let r = self.router(node, &spec, wan)?;
         self.router_specs.push(spec);
         let port = format!("s{n}");
-        Self::veth(&r, WAN, &self.internet, &port)?;
+        if profile.shape().is_some() {
+            self.shaped_link(n, &r, &port, profile)?;
+        } else {
+            Self::veth(&r, WAN, &self.internet, &port)?;
+        }
         self.internet.ip(&["link", "set", &port, "master", "br0"])?;
         Self::address(&r, WAN, wan, INTERNET_PREFIX)?;
         Self::default_route(&r, INTERNET_GATEWAY)?;
         Ok(r)
+    }
+
+    /// Join `r`'s WAN and the internet's `port` by two TAP devices and a
+    /// wire process shaping both directions as `profile`; returns once the
+    /// wire holds both devices (their carrier is up).
+    fn shaped_link(&mut self, n: usize, r: &Netns, port: &str, profile: LinkProfile) -> Result<()> {
+        let inet = self.internet.clone();
+        for (ns, dev) in [(r, WAN), (&inet, port)] {
+            ns.ip(&["tuntap", "add", "dev", dev, "mode", "tap"])?;
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        let mut c = std::process::Command::new(&self.binaries.lab);
+        c.args(["wire", "--a-ns", r.name(), "--a-dev", WAN, "--b-ns"])
+            .arg(inet.name())
+            .args(["--b-dev", port, "--profile", profile.name(), "--seed"])
+            .arg(n.to_string());
+        let log = self.dir.join(format!("wire-{port}.log"));
+        let wire = Process::spawn_logged(&format!("wire-{port}"), c, &log)?;
+        let pid = wire.pid();
+        self.track(wire);
+        let carrier = |ns: &Netns, dev: &str| {
+            ns.ip(&["link", "show", "dev", dev])
+                .is_ok_and(|out| out.contains("LOWER_UP"))
+        };
+        if !probe::wait_until(WIRE_READY, || carrier(r, WAN) && carrier(&inet, port)) {
+            return Err(LabError::Timeout(format!(
+                "the wire of {port} (pid {pid}) did not attach within {WIRE_READY:?}; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )));
+        }
+        Ok(())
     }
 
     fn build_site(&mut self, n: usize, s: &SiteSpec, blocks: &mut usize) -> Result<Site> {
@@ -354,6 +431,8 @@ impl Lab {
             filtering: Some(filtering),
             hairpin: s.hairpin,
             tcp_only_to: None,
+            udp_timeout: s.udp_timeout,
+            port_mapping: s.port_mapping != PortMapping::Off,
         };
         let eim = RouterMapping::EndpointIndependent;
         let wan = addr::site_wan(n);
@@ -362,13 +441,13 @@ impl Lab {
         let (routers, home, router_lan, host_addr, public_addr) = match s.kind {
             NatKind::Open | NatKind::NoNat => {
                 let spec = RouterSpec {
-                    mapping: RouterMapping::None,
-                    filtering: (s.kind == NatKind::NoNat)
-                        .then_some(Filtering::AddressAndPortDependent),
-                    hairpin: false,
-                    tcp_only_to: None,
+                    udp_timeout: s.udp_timeout,
+                    ..RouterSpec::nat(
+                        RouterMapping::None,
+                        (s.kind == NatKind::NoNat).then_some(Filtering::AddressAndPortDependent),
+                    )
                 };
-                let r = self.outer_router(n, &format!("{name}-r"), spec)?;
+                let r = self.outer_router(n, &format!("{name}-r"), spec, s.profile)?;
                 let b = next_block(blocks)?;
                 let (gw, host) = (addr::public(b, 1), addr::public(b, 2));
                 self.internet.ip(&[
@@ -382,12 +461,10 @@ impl Lab {
             }
             NatKind::DoubleNat => {
                 let cgn_spec = RouterSpec {
-                    mapping: eim,
-                    filtering: Some(Filtering::AddressDependent),
-                    hairpin: false,
-                    tcp_only_to: None,
+                    udp_timeout: s.udp_timeout,
+                    ..RouterSpec::nat(eim, Some(Filtering::AddressDependent))
                 };
-                let cgn = self.outer_router(n, &format!("{name}-cgn"), cgn_spec)?;
+                let cgn = self.outer_router(n, &format!("{name}-cgn"), cgn_spec, s.profile)?;
                 let b = next_block(blocks)?;
                 let (cgn_in, home_wan) = (addr::public(b, 1), addr::public(b, 2));
                 let home_spec = nat_router(eim, Filtering::AddressAndPortDependent);
@@ -415,12 +492,20 @@ impl Lab {
                         RouterMapping::AddressAndPortDependent,
                         Filtering::AddressAndPortDependent,
                     ),
+                    NatKind::SymmetricSequential => nat_router(
+                        RouterMapping::Sequential,
+                        Filtering::AddressAndPortDependent,
+                    ),
+                    NatKind::SymmetricPreserving => nat_router(
+                        RouterMapping::Preserving,
+                        Filtering::AddressAndPortDependent,
+                    ),
                     _ => RouterSpec {
                         tcp_only_to: Some((addr::TURN, [3478, 5349])),
                         ..nat_router(eim, Filtering::AddressAndPortDependent)
                     },
                 };
-                let r = self.outer_router(n, &format!("{name}-r"), spec)?;
+                let r = self.outer_router(n, &format!("{name}-r"), spec, s.profile)?;
                 (
                     vec![r.clone()],
                     r,
@@ -443,7 +528,49 @@ impl Lab {
             host_addr,
             routers: routers.iter().map(|r| r.name().to_string()).collect(),
             public_addr,
+            gateway: router_lan,
+            profile: s.profile,
+            port_mapping: s.port_mapping,
+            udp_timeout: s.udp_timeout,
         })
+    }
+
+    /// Start miniupnpd on the home router of every site that asks for it
+    /// (after natkit-stun answers: it tests its outside address with STUN at
+    /// start and exits if nobody answers), and wait until each answers
+    /// NAT-PMP and opens its UPnP HTTP port.
+    fn start_port_mapping(&mut self) -> Result<()> {
+        for (n, site) in self.sites.iter().enumerate() {
+            if site.port_mapping == PortMapping::Off {
+                continue;
+            }
+            let inst = portmap::Instance::new(&self.dir, &site.name);
+            let conf = portmap::config(&inst, n, &addr::lan_net(site.host_addr), site.port_mapping);
+            std::fs::write(&inst.conf, conf)
+                .map_err(|e| LabError::io(format!("writing {}", inst.conf.display()), e))?;
+            let name = format!("miniupnpd-{}", site.name);
+            let program = bins::system("miniupnpd", "miniupnpd-nftables")?;
+            let mut c = site.home_router().command(&program)?;
+            c.args(inst.args());
+            portmap::quiet_console(&mut c);
+            let log = self.dir.join(format!("{name}.log"));
+            let p = Process::spawn_logged(&name, c, &log)?;
+            self.track(p);
+            let gw = site.gateway;
+            let ok = site.host_ns().enter(|| {
+                portmap::natpmp_answers(gw, READY)
+                    && probe::tcp_opens(SocketAddr::from((gw, portmap::HTTP_PORT)), READY)
+            })?;
+            if !ok {
+                return Err(LabError::Timeout(format!(
+                    "miniupnpd on {} did not answer NAT-PMP and UPnP on {gw} within {READY:?}; \
+                     its log ends:\n{}",
+                    site.name,
+                    self.server_log(&name)
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn start_servers(&mut self) -> Result<()> {
@@ -631,8 +758,9 @@ impl Lab {
             "via",
             &INTERNET_GATEWAY.to_string(),
         ])?;
-        // The prerouting rules name the outside address: reload them.
-        r.run("nft", &["flush", "ruleset"], None)?;
+        // The prerouting rules name the outside address: reload them
+        // (only the lab's table: miniupnpd's keeps its mappings).
+        r.run("nft", &["delete", "table", "ip", "natlab"], None)?;
         r.nft(&nat::ruleset(&self.router_specs[n], new))?;
         r.run("conntrack", &["-F"], None)?;
         Ok(new)

@@ -8,6 +8,11 @@
 //! natkit-lab matrix [--kinds K,K...] [--json FILE] [--markdown FILE]  the connection matrix
 //! ```
 //!
+//! `up` and `matrix` also take `--profile unshaped|lan|broadband|mobile`
+//! (latency, jitter and loss of every site's access link), `--port-mapping
+//! off|on|refuse` (miniupnpd on every NAT) and `--udp-timeout SECS` (the
+//! NATs' UDP mapping lifetime).
+//!
 //! Needs root, iproute2, nftables and conntrack (scripts/deps/lab.sh).
 
 use std::path::PathBuf;
@@ -17,8 +22,9 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use natkit_lab::lab::{clean, PERSISTENT_OWNER};
+use natkit_lab::link::{self, LinkProfile};
 use natkit_lab::matrix::{self, MatrixSpec};
-use natkit_lab::{netcheck, netns, Lab, NatKind, TopologySpec};
+use natkit_lab::{netcheck, netns, Lab, NatKind, PortMapping, TopologySpec};
 
 /// The tag of labs `up` leaves running.
 const UP_TAG: &str = "up";
@@ -42,6 +48,38 @@ enum Topology {
     Matrix,
 }
 
+/// What `up` and `matrix` set on every site.
+#[derive(clap::Args, Clone, Copy)]
+struct SiteOptions {
+    /// Latency, jitter and loss of each site's access link: unshaped, lan
+    /// (~1 ms between peers), broadband (~20 ms to the internet, ~40 ms
+    /// between peers), mobile (~60 ms to the internet, jitter, loss).
+    #[arg(long, default_value = "unshaped", value_parser = parse_profile)]
+    profile: LinkProfile,
+    /// miniupnpd (UPnP IGD, NAT-PMP, PCP) on every NAT: off, on, or refuse
+    /// (answers every request with an error).
+    #[arg(long, default_value = "off", value_parser = parse_port_mapping)]
+    port_mapping: PortMapping,
+    /// The NATs' UDP mapping lifetime in seconds (default: conntrack's,
+    /// 30 s unanswered, 120 s answered).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    udp_timeout: Option<u32>,
+}
+
+impl SiteOptions {
+    fn apply(self, spec: TopologySpec) -> TopologySpec {
+        let mut t = spec
+            .with_profile(self.profile)
+            .with_port_mapping(self.port_mapping);
+        if let Some(secs) = self.udp_timeout {
+            for s in &mut t.sites {
+                s.udp_timeout = Some(secs);
+            }
+        }
+        t
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Build a lab and leave it running, for people to poke at.
@@ -52,6 +90,26 @@ enum Command {
         /// NAT kinds (comma-separated; default: all).
         #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
         kinds: Vec<NatKind>,
+        #[command(flatten)]
+        sites: SiteOptions,
+    },
+    /// The link emulator of one shaped access link (the lab starts it):
+    /// frames between two TAP devices, delayed and dropped as the profile
+    /// says.
+    #[command(hide = true)]
+    Wire {
+        #[arg(long)]
+        a_ns: String,
+        #[arg(long)]
+        a_dev: String,
+        #[arg(long)]
+        b_ns: String,
+        #[arg(long)]
+        b_dev: String,
+        #[arg(long, value_parser = parse_profile)]
+        profile: LinkProfile,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Show what `up` left running.
     Status,
@@ -88,7 +146,20 @@ enum Command {
         /// Write the matrix as Markdown here (docs/NAT-MATRIX.md).
         #[arg(long)]
         markdown: Option<PathBuf>,
+        #[command(flatten)]
+        sites: SiteOptions,
     },
+}
+
+fn parse_profile(s: &str) -> Result<LinkProfile, String> {
+    LinkProfile::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = LinkProfile::ALL.iter().map(|p| p.name()).collect();
+        format!("unknown profile {s:?}; one of {}", all.join(", "))
+    })
+}
+
+fn parse_port_mapping(s: &str) -> Result<PortMapping, String> {
+    PortMapping::parse(s).ok_or_else(|| format!("{s:?}: one of off, on, refuse"))
 }
 
 fn parse_kind(s: &str) -> Result<NatKind, String> {
@@ -105,7 +176,19 @@ fn main() -> anyhow::Result<()> {
         bail!("the lab needs root (network namespaces, nftables)");
     }
     match cli.command {
-        Command::Up { topology, kinds } => up(topology, kinds),
+        Command::Up {
+            topology,
+            kinds,
+            sites,
+        } => up(topology, kinds, sites),
+        Command::Wire {
+            a_ns,
+            a_dev,
+            b_ns,
+            b_dev,
+            profile,
+            seed,
+        } => Ok(link::run_wire(&a_ns, &a_dev, &b_ns, &b_dev, profile, seed)?),
         Command::Status => status(),
         Command::Down => {
             let n = clean(UP_TAG, Some(PERSISTENT_OWNER))?;
@@ -121,6 +204,7 @@ fn main() -> anyhow::Result<()> {
             timeout,
             json,
             markdown,
+            sites,
         } => {
             let spec = MatrixSpec {
                 kinds: if kinds.is_empty() {
@@ -134,7 +218,7 @@ fn main() -> anyhow::Result<()> {
                 peer_timeout: Duration::from_secs(timeout),
                 pair_limit: Duration::from_secs(timeout * 2 + 10),
             };
-            run_matrix(&spec, json, markdown)
+            run_matrix(&spec, sites, json, markdown)
         }
     }
 }
@@ -147,12 +231,12 @@ fn kinds_or_all(kinds: Vec<NatKind>) -> Vec<NatKind> {
     }
 }
 
-fn up(topology: Topology, kinds: Vec<NatKind>) -> anyhow::Result<()> {
-    let spec = match (topology, kinds.is_empty()) {
+fn up(topology: Topology, kinds: Vec<NatKind>, sites: SiteOptions) -> anyhow::Result<()> {
+    let spec = sites.apply(match (topology, kinds.is_empty()) {
         (Topology::Everything, true) => TopologySpec::everything(),
         (Topology::Everything, false) => TopologySpec::one_of_each(&kinds, false),
         (Topology::Matrix, _) => TopologySpec::pairs(&kinds_or_all(kinds)),
-    };
+    });
     let lab = Lab::build_persistent(UP_TAG, &spec).context("building the lab")?;
     let s = lab.servers();
     println!("lab up in {:?}", lab.build_time());
@@ -170,19 +254,27 @@ fn up(topology: Topology, kinds: Vec<NatKind>) -> anyhow::Result<()> {
         s.user, s.password, s.secret
     );
     println!(
-        "{:<9} {:<22} {:<8} {:<16} {:<16} host namespace",
-        "site", "kind", "hairpin", "host", "public"
+        "{:<9} {:<22} {:<8} {:<10} {:<8} {:<16} {:<16} host namespace",
+        "site", "kind", "hairpin", "link", "mapping", "host", "public"
     );
     for site in lab.sites() {
         println!(
-            "{:<9} {:<22} {:<8} {:<16} {:<16} {}",
+            "{:<9} {:<22} {:<8} {:<10} {:<8} {:<16} {:<16} {}",
             site.name,
             site.kind.name(),
             site.hairpin,
+            site.profile.name(),
+            site.port_mapping.name(),
             site.host_addr,
             site.public_addr,
             site.host
         );
+        if let Some(url) = site.igd_url() {
+            println!(
+                "          port mapping: upnpc -u {url} ..., natpmpc -g {}",
+                site.gateway
+            );
+        }
     }
     if let Some(first) = lab.sites().first() {
         println!(
@@ -267,11 +359,12 @@ fn run_netcheck(kinds: Vec<NatKind>) -> anyhow::Result<()> {
 
 fn run_matrix(
     spec: &MatrixSpec,
+    sites: SiteOptions,
     json: Option<PathBuf>,
     markdown: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let lab = Lab::build("mxcli", &spec.topology()).context("building the lab")?;
+    let lab = Lab::build("mxcli", &sites.apply(spec.topology())).context("building the lab")?;
     eprintln!(
         "lab of {} sites built in {:?}; {} pairs, {} at a time",
         lab.sites().len(),

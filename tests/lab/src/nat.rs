@@ -7,6 +7,17 @@
 //!   reuses nothing per destination, so the mapping is endpoint-independent
 //!   (EIM); `masquerade random` picks a fresh random port for every new flow,
 //!   which is address-and-port-dependent mapping (APDM, "symmetric").
+//! - Two more APDM allocators seen in the wild (RFC 4787 §4.2.1 port
+//!   preservation, and the sequential allocators port prediction feeds on):
+//!   `snat to WAN:numgen inc` hands each new flow the next port of a counter;
+//!   and "preserving" keeps the inside source port while no mapping holds it
+//!   as an outside port (a dynamic set the router learns after NAT), and
+//!   picks a random one otherwise, so a socket's first flow keeps its port
+//!   and every later destination gets another.
+//! - The UDP mapping lifetime is conntrack's UDP timeouts, which are per
+//!   network namespace (`net.netfilter.nf_conntrack_udp_timeout` and
+//!   `..._stream`); a router can get short ones (RFC 4787 §4.3 asks for at
+//!   least 2 min; many home routers use 30 s).
 //! - Conntrack alone lets in only replies to flows the inside opened:
 //!   address-and-port-dependent filtering (APDF). Looser filtering needs
 //!   the inbound half by hand: the router learns each mapping (outside
@@ -53,8 +64,14 @@ pub enum NatKind {
     RestrictedCone,
     /// EIM + APDF.
     PortRestrictedCone,
-    /// APDM (+ APDF).
+    /// APDM (+ APDF), a random port per flow.
     Symmetric,
+    /// APDM (+ APDF), ports handed out in sequence: each new flow gets the
+    /// previous one's port plus one.
+    SymmetricSequential,
+    /// APDM (+ APDF) with port preservation: a flow keeps its inside source
+    /// port when no other mapping holds it, else gets a random one.
+    SymmetricPreserving,
     /// A carrier-grade NAT (EIM + ADF, RFC 6888 asks for EIM) in front of a
     /// home NAT (EIM + APDF): together EIM + APDF.
     DoubleNat,
@@ -65,13 +82,15 @@ pub enum NatKind {
 
 impl NatKind {
     /// Every kind, in table order.
-    pub const ALL: [NatKind; 8] = [
+    pub const ALL: [NatKind; 10] = [
         NatKind::Open,
         NatKind::NoNat,
         NatKind::FullCone,
         NatKind::RestrictedCone,
         NatKind::PortRestrictedCone,
         NatKind::Symmetric,
+        NatKind::SymmetricSequential,
+        NatKind::SymmetricPreserving,
         NatKind::DoubleNat,
         NatKind::UdpBlocked,
     ];
@@ -85,6 +104,8 @@ impl NatKind {
             NatKind::RestrictedCone => "restricted-cone",
             NatKind::PortRestrictedCone => "port-restricted-cone",
             NatKind::Symmetric => "symmetric",
+            NatKind::SymmetricSequential => "symmetric-sequential",
+            NatKind::SymmetricPreserving => "symmetric-preserving",
             NatKind::DoubleNat => "double-nat",
             NatKind::UdpBlocked => "udp-blocked",
         }
@@ -109,6 +130,12 @@ impl NatKind {
             NatKind::Symmetric => {
                 "address-and-port-dependent mapping and filtering (masquerade random)"
             }
+            NatKind::SymmetricSequential => {
+                "address-and-port-dependent mapping and filtering, ports in sequence (snat to a numgen counter)"
+            }
+            NatKind::SymmetricPreserving => {
+                "address-and-port-dependent mapping and filtering, keeps the source port while free (masquerade, random when taken)"
+            }
             NatKind::DoubleNat => {
                 "a carrier-grade NAT (EIM, address-dependent filtering) in front of a port-restricted home NAT"
             }
@@ -127,6 +154,8 @@ impl NatKind {
             NatKind::RestrictedCone => "rc",
             NatKind::PortRestrictedCone => "pr",
             NatKind::Symmetric => "sy",
+            NatKind::SymmetricSequential => "sq",
+            NatKind::SymmetricPreserving => "sp",
             NatKind::DoubleNat => "dn",
             NatKind::UdpBlocked => "ub",
         }
@@ -145,7 +174,10 @@ impl NatKind {
     /// Whether the mapping, as seen from outside, depends on the
     /// destination (APDM).
     pub fn endpoint_dependent_mapping(self) -> bool {
-        self == NatKind::Symmetric
+        matches!(
+            self,
+            NatKind::Symmetric | NatKind::SymmetricSequential | NatKind::SymmetricPreserving
+        )
     }
 
     /// The filtering seen from outside, all NATs on the way together
@@ -158,6 +190,8 @@ impl NatKind {
             NatKind::NoNat
             | NatKind::PortRestrictedCone
             | NatKind::Symmetric
+            | NatKind::SymmetricSequential
+            | NatKind::SymmetricPreserving
             | NatKind::DoubleNat
             | NatKind::UdpBlocked => Some(Filtering::AddressAndPortDependent),
         }
@@ -204,9 +238,19 @@ pub enum RouterMapping {
     None,
     /// Endpoint-independent mapping.
     EndpointIndependent,
-    /// Address-and-port-dependent mapping.
+    /// Address-and-port-dependent mapping, a random port per flow.
     AddressAndPortDependent,
+    /// Address-and-port-dependent mapping, ports from a counter.
+    Sequential,
+    /// Address-and-port-dependent mapping, the source port kept while no
+    /// mapping holds it.
+    Preserving,
 }
+
+/// First outside port the sequential allocator hands out.
+pub const SEQUENTIAL_FIRST_PORT: u16 = 20_000;
+/// How many ports it cycles through (20000-21999) before starting over.
+pub const SEQUENTIAL_PORTS: u32 = 2_000;
 
 /// What one router does; [`ruleset`] turns it into nftables rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +263,27 @@ pub struct RouterSpec {
     pub hairpin: bool,
     /// If set, only TCP to this address on these ports leaves the inside.
     pub tcp_only_to: Option<(Ipv4Addr, [u16; 2])>,
+    /// The UDP mapping lifetime in seconds when not conntrack's default
+    /// (the learned maps follow it).
+    pub udp_timeout: Option<u32>,
+    /// Whether a port-mapping daemon (miniupnpd) runs on the router: it
+    /// needs the answers of the lab's STUN server let in (it tests its own
+    /// outside address with RFC 3489 CHANGE-REQUESTs) and its own table.
+    pub port_mapping: bool,
+}
+
+impl RouterSpec {
+    /// A router that maps and filters as given, nothing else.
+    pub fn nat(mapping: RouterMapping, filtering: Option<Filtering>) -> RouterSpec {
+        RouterSpec {
+            mapping,
+            filtering,
+            hairpin: false,
+            tcp_only_to: None,
+            udp_timeout: None,
+            port_mapping: false,
+        }
+    }
 }
 
 /// Interface names inside every router namespace.
@@ -229,6 +294,9 @@ pub const LAN: &str = "lan";
 /// How long a learned mapping or contacted address stays (longer than
 /// conntrack's UDP timeouts, refreshed by every outbound packet).
 const MAP_TIMEOUT: &str = "3m";
+
+/// The nftables table miniupnpd writes its rules to (see [`port_mapping_table`]).
+pub const UPNP_TABLE: &str = "miniupnpd";
 
 /// The nftables ruleset of a router whose outside address is `wan_addr`.
 pub fn ruleset(spec: &RouterSpec, wan_addr: Ipv4Addr) -> String {
@@ -244,12 +312,41 @@ pub fn ruleset(spec: &RouterSpec, wan_addr: Ipv4Addr) -> String {
     ];
     let dnat_by_map = "dnat ip addr . port to udp dport map @mapping";
     if nat {
-        let random = if spec.mapping == RouterMapping::AddressAndPortDependent {
-            " random"
-        } else {
-            ""
-        };
-        post.push(format!("oifname \"{WAN}\" masquerade{random}"));
+        // The router's own traffic keeps its address and port: it is the
+        // public host here, and miniupnpd's STUN test must see it 1:1
+        // (a random port would make it disable port forwarding).
+        post.push(format!("oifname \"{WAN}\" ip saddr {wan_addr} accept"));
+        match spec.mapping {
+            RouterMapping::AddressAndPortDependent => {
+                post.push(format!("oifname \"{WAN}\" masquerade random"));
+            }
+            RouterMapping::Sequential => {
+                // The counter steps once per new flow: NAT chains see only
+                // a flow's first packet. Through a map: numgen's value is in
+                // host byte order and nft hands it to NAT unconverted (the
+                // ports came out byte-swapped, 20000 as 8270).
+                let ports: Vec<String> = (0..SEQUENTIAL_PORTS)
+                    .map(|i| format!("{i} : {}", u32::from(SEQUENTIAL_FIRST_PORT) + i))
+                    .collect();
+                post.push(format!(
+                    "oifname \"{WAN}\" meta l4proto udp snat to {wan_addr} : numgen inc mod {SEQUENTIAL_PORTS} map {{ {} }}",
+                    ports.join(", ")
+                ));
+                post.push(format!("oifname \"{WAN}\" masquerade random"));
+            }
+            RouterMapping::Preserving => {
+                // Before NAT `udp sport` is the inside port: taken as an
+                // outside port by a live mapping -> random.
+                post.push(format!(
+                    "oifname \"{WAN}\" meta l4proto udp udp sport @held masquerade random"
+                ));
+                post.push(format!("oifname \"{WAN}\" masquerade"));
+                learn.push(format!(
+                    "oifname \"{WAN}\" meta l4proto udp ct direction original update @held {{ ct reply proto-dst }}"
+                ));
+            }
+            _ => post.push(format!("oifname \"{WAN}\" masquerade")),
+        }
         // After source NAT, `ct reply proto-dst` is the outside port the
         // flow got. Only original-direction packets: for an inbound flow
         // DNAT let in, the reply tuple holds the remote's port instead.
@@ -291,14 +388,33 @@ pub fn ruleset(spec: &RouterSpec, wan_addr: Ipv4Addr) -> String {
         }
         None => forward.push(format!("iifname \"{LAN}\" accept")),
     }
+    let mut input = vec![format!(
+        "iifname \"{WAN}\" ct state established,related accept"
+    )];
+    if spec.port_mapping {
+        // miniupnpd's RFC 3489 test (ext_perform_stun) asks the STUN server
+        // to answer from its other address and port: new flows to conntrack.
+        input.push(format!(
+            "iifname \"{WAN}\" ip saddr {{ {}, {} }} udp sport {{ 3478, 3479 }} accept",
+            crate::addr::STUN_PRIMARY,
+            crate::addr::STUN_OTHER
+        ));
+    }
+    input.push(format!("iifname \"{WAN}\" drop"));
+    let map_timeout = spec
+        .udp_timeout
+        .map_or(MAP_TIMEOUT.to_string(), |s| format!("{s}s"));
     let lines = |v: &[String]| v.iter().map(|l| format!("    {l}\n")).collect::<String>();
     let mut s = String::from("table ip natlab {\n");
     if nat {
         s.push_str(&format!(
-            "  map mapping {{ type inet_service : ipv4_addr . inet_service; flags dynamic, timeout; timeout {MAP_TIMEOUT}; }}\n"
+            "  map mapping {{ type inet_service : ipv4_addr . inet_service; flags dynamic, timeout; timeout {map_timeout}; }}\n"
         ));
         s.push_str(&format!(
-            "  set contacted {{ type inet_service . ipv4_addr; flags dynamic, timeout; timeout {MAP_TIMEOUT}; }}\n"
+            "  set contacted {{ type inet_service . ipv4_addr; flags dynamic, timeout; timeout {map_timeout}; }}\n"
+        ));
+        s.push_str(&format!(
+            "  set held {{ type inet_service; flags dynamic, timeout; timeout {map_timeout}; }}\n"
         ));
         s.push_str(&format!(
             "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{}  }}\n",
@@ -318,10 +434,30 @@ pub fn ruleset(spec: &RouterSpec, wan_addr: Ipv4Addr) -> String {
         lines(&forward)
     ));
     s.push_str(&format!(
-        "  chain input {{\n    type filter hook input priority filter; policy accept;\n    iifname \"{WAN}\" ct state established,related accept\n    iifname \"{WAN}\" drop\n  }}\n"
+        "  chain input {{\n    type filter hook input priority filter; policy accept;\n{}  }}\n",
+        lines(&input)
     ));
     s.push_str("}\n");
     s
+}
+
+/// The table and chains miniupnpd adds its rules to (it creates none, and
+/// Debian's nft_init.sh is broken): base chains that jump to the chains it
+/// fills. Its DNAT runs before the lab's NAT; its SNAT (an outbound flow of
+/// a mapped port keeps the mapped port) before the lab's masquerade. The
+/// lab's forward chain accepts what it DNATs (`ct status dnat`).
+pub fn port_mapping_table() -> String {
+    format!(
+        "table inet {UPNP_TABLE} {{
+  chain forward {{ type filter hook forward priority filter - 5; policy accept; jump miniupnpd; }}
+  chain miniupnpd {{ }}
+  chain prerouting {{ type nat hook prerouting priority dstnat - 5; policy accept; jump prerouting_miniupnpd; }}
+  chain prerouting_miniupnpd {{ }}
+  chain postrouting {{ type nat hook postrouting priority srcnat - 5; policy accept; jump postrouting_miniupnpd; }}
+  chain postrouting_miniupnpd {{ }}
+}}
+"
+    )
 }
 
 #[cfg(test)]
@@ -349,14 +485,11 @@ mod tests {
         for mapping in [
             RouterMapping::EndpointIndependent,
             RouterMapping::AddressAndPortDependent,
+            RouterMapping::Sequential,
+            RouterMapping::Preserving,
         ] {
             let r = ruleset(
-                &RouterSpec {
-                    mapping,
-                    filtering: Some(Filtering::AddressAndPortDependent),
-                    hairpin: false,
-                    tcp_only_to: None,
-                },
+                &RouterSpec::nat(mapping, Some(Filtering::AddressAndPortDependent)),
                 Ipv4Addr::new(203, 0, 113, 10),
             );
             assert!(r.contains("policy drop"), "{r}");

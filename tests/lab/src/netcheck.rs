@@ -71,7 +71,9 @@ pub fn expected_nat_type(kind: NatKind) -> &'static str {
         NatKind::FullCone => "full_cone",
         NatKind::RestrictedCone => "restricted_cone",
         NatKind::PortRestrictedCone | NatKind::DoubleNat => "port_restricted_cone",
-        NatKind::Symmetric => "symmetric",
+        NatKind::Symmetric | NatKind::SymmetricSequential | NatKind::SymmetricPreserving => {
+            "symmetric"
+        }
         NatKind::UdpBlocked => "udp_blocked",
     }
 }

@@ -3,7 +3,9 @@
 use serde::Serialize;
 
 use crate::error::{LabError, Result};
+use crate::link::LinkProfile;
 use crate::nat::NatKind;
+use crate::portmap::PortMapping;
 
 /// One site: a host behind a NAT (or none) of a given kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -15,16 +17,46 @@ pub struct SiteSpec {
     pub kind: NatKind,
     /// Whether the (home) NAT hairpins.
     pub hairpin: bool,
+    /// Latency, jitter and loss of the site's access link (between its
+    /// outermost router and the internet).
+    pub profile: LinkProfile,
+    /// Whether the site's (home) NAT runs a port-mapping daemon.
+    pub port_mapping: PortMapping,
+    /// The UDP mapping lifetime of the site's NATs in seconds, when not
+    /// conntrack's default (30 s unanswered, 120 s once answered).
+    pub udp_timeout: Option<u32>,
 }
 
 impl SiteSpec {
-    /// A site named `name` of `kind`.
+    /// A site named `name` of `kind`, its link unshaped, no port mapping,
+    /// default mapping lifetimes.
     pub fn new(name: impl Into<String>, kind: NatKind, hairpin: bool) -> SiteSpec {
         SiteSpec {
             name: name.into(),
             kind,
             hairpin,
+            profile: LinkProfile::Unshaped,
+            port_mapping: PortMapping::Off,
+            udp_timeout: None,
         }
+    }
+
+    /// The same site with its access link shaped as `profile`.
+    pub fn with_profile(mut self, profile: LinkProfile) -> SiteSpec {
+        self.profile = profile;
+        self
+    }
+
+    /// The same site with a port-mapping daemon as `pm` says.
+    pub fn with_port_mapping(mut self, pm: PortMapping) -> SiteSpec {
+        self.port_mapping = pm;
+        self
+    }
+
+    /// The same site with a UDP mapping lifetime of `secs` seconds.
+    pub fn with_udp_timeout(mut self, secs: u32) -> SiteSpec {
+        self.udp_timeout = Some(secs);
+        self
     }
 }
 
@@ -85,9 +117,39 @@ impl TopologySpec {
         t
     }
 
-    /// Check names are unique and short.
+    /// Every site's access link shaped as `profile`.
+    pub fn with_profile(mut self, profile: LinkProfile) -> TopologySpec {
+        for s in &mut self.sites {
+            s.profile = profile;
+        }
+        self
+    }
+
+    /// A port-mapping daemon as `pm` says on every site with a NAT.
+    pub fn with_port_mapping(mut self, pm: PortMapping) -> TopologySpec {
+        for s in &mut self.sites {
+            if !s.kind.is_public() {
+                s.port_mapping = pm;
+            }
+        }
+        self
+    }
+
+    /// Check names are unique and short, and options fit the kinds.
     pub fn validate(&self) -> Result<()> {
         for (i, s) in self.sites.iter().enumerate() {
+            if s.kind.is_public() && s.port_mapping != PortMapping::Off {
+                return Err(LabError::Topology(format!(
+                    "site {:?} ({}) has no NAT to map ports on",
+                    s.name, s.kind
+                )));
+            }
+            if s.udp_timeout == Some(0) {
+                return Err(LabError::Topology(format!(
+                    "site {:?}: a UDP timeout of 0 s",
+                    s.name
+                )));
+            }
             let ok = !s.name.is_empty()
                 && s.name.len() <= 8
                 && s.name

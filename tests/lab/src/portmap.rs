@@ -1,0 +1,226 @@
+//! Port mapping on a NAT router: miniupnpd (Debian's `miniupnpd-nftables`,
+//! UPnP IGD, NAT-PMP RFC 6886 and PCP RFC 6887) run by the lab.
+//!
+//! What Debian's build (2.3.1, nftables backend) does, checked here: PCP is
+//! compiled in (its startup line says `starting NAT-PMP/PCP UPnP-IGD`) and
+//! the one switch `enable_natpmp=yes` turns on NAT-PMP and PCP together on
+//! UDP 5351; UPnP IGD answers on `http_port` (the lab uses 5000) and SSDP.
+//! It creates no nftables table of its own (and Debian's `nft_init.sh` is
+//! broken), so the lab creates [`crate::nat::port_mapping_table`].
+//!
+//! miniupnpd refuses to map when its outside address is private or reserved,
+//! and counts the documentation ranges the lab lives in as reserved. The way
+//! round that it offers is `ext_perform_stun=yes`: it asks a STUN server
+//! (RFC 3489 CHANGE-REQUEST from four sockets) and, when every answer shows
+//! a 1:1 unfiltered address, enables port forwarding whatever the address.
+//! natkit-stun in the internet namespace answers those requests (it honours
+//! CHANGE-REQUEST, RFC 5780 §7.2, from its two addresses and two ports), so
+//! each instance starts after natkit-stun answers, and the router lets the
+//! changed-address answers in ([`crate::nat::RouterSpec::port_mapping`]).
+//!
+//! Clients need the gateway's description URL (`upnpc -u URL`): libminiupnpc
+//! also rejects an IGD whose outside address is reserved.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::addr;
+use crate::nat::{LAN, UPNP_TABLE, WAN};
+
+/// Whether and how a NAT answers port-mapping requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortMapping {
+    /// No daemon: requests go unanswered.
+    #[default]
+    Off,
+    /// miniupnpd maps ports of the LAN's hosts (their own address only,
+    /// ports 1024-65535).
+    On,
+    /// miniupnpd with a deny-everything rule: every request answered with
+    /// an error (UPnP 606, NAT-PMP result 2 "not authorized").
+    Refuse,
+}
+
+impl PortMapping {
+    /// Every setting.
+    pub const ALL: [PortMapping; 3] = [PortMapping::Off, PortMapping::On, PortMapping::Refuse];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PortMapping::Off => "off",
+            PortMapping::On => "on",
+            PortMapping::Refuse => "refuse",
+        }
+    }
+
+    /// Parse a name as [`PortMapping::name`] gives it.
+    pub fn parse(s: &str) -> Option<PortMapping> {
+        PortMapping::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// UPnP IGD's HTTP port on the router's LAN address.
+pub const HTTP_PORT: u16 = 5000;
+/// NAT-PMP and PCP (RFC 6886 §3, RFC 6887 §19.1).
+pub const NATPMP_PORT: u16 = 5351;
+
+/// Files of one miniupnpd instance, in the lab's directory.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Its configuration.
+    pub conf: PathBuf,
+    /// Its pidfile (the default one is shared by every namespace).
+    pub pidfile: PathBuf,
+    /// Where it keeps its mappings.
+    pub leases: PathBuf,
+}
+
+impl Instance {
+    /// The files of site `site`'s instance under `dir`.
+    pub fn new(dir: &Path, site: &str) -> Instance {
+        Instance {
+            conf: dir.join(format!("miniupnpd-{site}.conf")),
+            pidfile: dir.join(format!("miniupnpd-{site}.pid")),
+            leases: dir.join(format!("miniupnpd-{site}.leases")),
+        }
+    }
+
+    /// miniupnpd's arguments: foreground (`-d`, which also logs at debug
+    /// level to stderr, the lab's log file), its own pidfile.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "-f".into(),
+            self.conf.display().to_string(),
+            "-d".into(),
+            "-P".into(),
+            self.pidfile.display().to_string(),
+        ]
+    }
+}
+
+/// The configuration of site number `n`'s instance, its LAN `lan_net`
+/// (`a.b.c.d/28`), answering as `mode` says.
+pub fn config(inst: &Instance, n: usize, lan_net: &str, mode: PortMapping) -> String {
+    let permissions = match mode {
+        // RFC 6887 §13.1 lets a server refuse; secure_mode also keeps a
+        // host from mapping for another one (UPnP 718).
+        PortMapping::On => {
+            format!("allow 1024-65535 {lan_net} 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n")
+        }
+        PortMapping::Refuse | PortMapping::Off => "deny 0-65535 0.0.0.0/0 0-65535\n".to_string(),
+    };
+    format!(
+        "# natkit-lab: miniupnpd of site {n}
+ext_ifname={WAN}
+listening_ip={LAN}
+http_port={HTTP_PORT}
+enable_upnp=yes
+enable_natpmp=yes
+secure_mode=yes
+system_uptime=yes
+uuid=6e61746b-6974-6c61-6200-0000000000{n:02x}
+lease_file={leases}
+ext_perform_stun=yes
+ext_stun_host={stun}
+ext_stun_port=3478
+upnp_table_name={UPNP_TABLE}
+upnp_nat_table_name={UPNP_TABLE}
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+{permissions}",
+        leases = inst.leases.display(),
+        stun = addr::STUN_PRIMARY,
+    )
+}
+
+/// The UPnP description URL of the IGD on `gateway` (what `upnpc -u`
+/// takes).
+pub fn igd_url(gateway: Ipv4Addr) -> String {
+    format!("http://{gateway}:{HTTP_PORT}/rootDesc.xml")
+}
+
+/// Whether the NAT-PMP server on `gateway` answers an external address
+/// request (RFC 6886 §3.2: version 0, opcode 0; the answer is opcode 128)
+/// within `limit`. Run it inside the site's host namespace.
+pub fn natpmp_answers(gateway: Ipv4Addr, limit: Duration) -> bool {
+    let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+        return false;
+    };
+    if sock
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .is_err()
+    {
+        return false;
+    }
+    let server = SocketAddr::from((gateway, NATPMP_PORT));
+    let end = Instant::now() + limit;
+    let mut buf = [0u8; 64];
+    while Instant::now() < end {
+        if sock.send_to(&[0, 0], server).is_err() {
+            return false;
+        }
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if from == server && n >= 12 && buf[0] == 0 && buf[1] == 128 {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Run `cmd` in a mount namespace of its own where /dev/console is
+/// /dev/null.
+///
+/// miniupnpd in the foreground (`-d`) logs every message at debug level
+/// through syslog(3) with LOG_CONS; with no syslog daemon (no /dev/log)
+/// glibc writes each line to /dev/console instead, about 1.5 ms a line
+/// here. A refused NAT-PMP or PCP request makes miniupnpd try all 65535
+/// external ports, logging each refusal: 107 s for one `natpmpc -a`
+/// against the refusing gateway. The lines still reach its stderr (the
+/// lab's log file), which is fast.
+pub fn quiet_console(cmd: &mut Command) {
+    // SAFETY: unshare(2) and mount(2) with static C strings, between fork
+    // and exec; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            let check = |r: libc::c_int| {
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Keep the bind mount out of the parent's namespace.
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                c"/dev/null".as_ptr(),
+                c"/dev/console".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))
+        });
+    }
+}
