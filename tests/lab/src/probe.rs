@@ -73,3 +73,98 @@ pub fn stun_mapped(sock: &UdpSocket, server: SocketAddr, tries: u32) -> Option<S
     }
     None
 }
+
+/// Round trips measured by [`udp_rtt`].
+#[derive(Debug, Clone)]
+pub struct RttStats {
+    /// Datagrams sent.
+    pub sent: usize,
+    /// Round-trip times of those answered, sorted.
+    pub rtts: Vec<Duration>,
+}
+
+impl RttStats {
+    /// The median round trip (zero when nothing came back).
+    pub fn median(&self) -> Duration {
+        self.rtts
+            .get(self.rtts.len() / 2)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The share of datagrams not answered, 0.0 to 1.0.
+    pub fn loss(&self) -> f64 {
+        if self.sent == 0 {
+            return 0.0;
+        }
+        1.0 - self.rtts.len() as f64 / self.sent as f64
+    }
+}
+
+/// Send `count` numbered datagrams from `sock` to the UDP echo at `echo`
+/// (see [`udp_echo`]), one every `interval`, and time each answer; answers
+/// are awaited until `grace` after the last send. Sends and receives
+/// overlap, so a lossy or slow path costs no more time than a clean one.
+pub fn udp_rtt(
+    sock: &UdpSocket,
+    echo: SocketAddr,
+    count: usize,
+    interval: Duration,
+    grace: Duration,
+) -> std::io::Result<RttStats> {
+    let start = Instant::now();
+    let mut sent_at = vec![None; count];
+    let mut rtts = Vec::with_capacity(count);
+    let mut next = 0;
+    let mut last_send = start;
+    let mut buf = [0u8; 64];
+    loop {
+        let now = Instant::now();
+        if next < count && now >= start + interval * next as u32 {
+            sock.send_to(&(next as u32).to_be_bytes(), echo)?;
+            last_send = Instant::now();
+            sent_at[next] = Some(last_send);
+            next += 1;
+            continue;
+        }
+        let deadline = if next < count {
+            start + interval * next as u32
+        } else {
+            if now >= last_send + grace || rtts.len() == count {
+                break;
+            }
+            last_send + grace
+        };
+        let wait = deadline.saturating_duration_since(now);
+        sock.set_read_timeout(Some(wait.max(Duration::from_micros(100))))?;
+        match sock.recv_from(&mut buf) {
+            Ok((4, from)) if from == echo => {
+                let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                if let Some(t) = sent_at.get_mut(seq).and_then(Option::take) {
+                    rtts.push(t.elapsed());
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    rtts.sort();
+    Ok(RttStats { sent: count, rtts })
+}
+
+/// Answer every datagram `sock` receives with the same bytes, until `stop`
+/// is set (checked every 100 ms). Run it on a thread of its own.
+pub fn udp_echo(sock: &UdpSocket, stop: &std::sync::atomic::AtomicBool) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 1500];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    }
+}
