@@ -169,6 +169,8 @@ pub mod session_core;
 mod tls;
 #[cfg(feature = "tokio")]
 pub mod turn;
+#[cfg(feature = "tokio")]
+mod udp;
 mod wire;
 
 pub use agent::{Agent, CandidateError, IceState, InputError, PairInfo, PairState};

@@ -30,6 +30,7 @@ use crate::session_core::{
     SessionEvent, StreamId, Transmit, Via,
 };
 use crate::turn::stream::{ServerStream, TlsInfo};
+use crate::udp::send_now;
 use crate::{PairInfo, Role};
 
 /// Most QUIC datagrams unwrapped out of order (from TCP/TLS relays, Data
@@ -392,8 +393,11 @@ impl Driver {
         match t.via {
             Via::Base(addr) => {
                 if let Some(b) = bases.iter().find(|b| b.addr == addr) {
-                    // A full socket buffer drops it; the core retransmits.
-                    if let Err(e) = b.io.try_send_to(&t.payload, t.to) {
+                    // At once, even on a socket tokio has not seen
+                    // writable yet (see `crate::udp`): the session's first
+                    // STUN probes went to waste otherwise. A full socket
+                    // buffer drops it; the core retransmits.
+                    if let Err(e) = send_now(&b.io, &t.payload, Some(t.to)) {
                         tracing::trace!(to = %t.to, error = %e, "send failed");
                     }
                 }

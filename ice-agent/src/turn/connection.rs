@@ -21,6 +21,7 @@ use tokio::time::Sleep;
 
 use super::stream::{ServerStream, TlsInfo};
 use crate::session_core::ConnectionError;
+use crate::udp::send_now;
 
 /// Why a [`TurnConnection`] could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -477,11 +478,8 @@ async fn send_udp(
     icmp: &mut Option<io::ErrorKind>,
     incoming: &mut VecDeque<Incoming>,
 ) -> Result<(), LinkError> {
-    // A UDP socket almost always has room: send at once. tokio would
-    // first wait for a writability event, which a socket registered a
-    // moment ago has not had yet (one reactor turn more per allocation of
-    // a load generator); its wait is for when the buffer is full.
-    let r = match socket2::SockRef::from(s).send(msg) {
+    // At once (see `crate::udp`); tokio's wait is for a full buffer.
+    let r = match send_now(s, msg, None) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.send(msg).await,
         r => r,
     };
