@@ -262,7 +262,9 @@ fn worker(mut flows: Vec<Flow>, plan: &Plan, start: Instant) -> io::Result<Stats
     let mut readiness = Readiness::new()?;
     let mut ready = Vec::new();
     for (fi, f) in flows.iter().enumerate() {
-        readiness.add(&f.sock, fi as u64)?;
+        // SAFETY: the flows (and their sockets, never replaced) outlive
+        // `readiness`, declared after them.
+        unsafe { readiness.add(&f.sock, fi as u64)? };
     }
     let opts = RequestOptions {
         fingerprint: plan.fingerprint,

@@ -216,13 +216,20 @@ pub fn run(a: TurnArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let (lanes, load, cpu) = if a.hold.is_none() {
-        let (lanes, stats, cpu) = load(&a, server, lanes)?;
-        (lanes, Some(stats), cpu)
-    } else {
-        (lanes, None, Duration::ZERO)
+    let (lanes, measured) = match a.hold {
+        None => {
+            let (lanes, r) = load(&a, server, lanes);
+            (lanes, Some(r))
+        }
+        Some(_) => (lanes, None),
     };
-    let closed_in = rt.block_on(teardown(&a, lanes))?;
+    // Also after a failed measurement: the relay's quotas are freed.
+    let closed_in = rt.block_on(teardown(&a, lanes));
+    let (load, cpu) = match measured.transpose()? {
+        Some((stats, cpu)) => (Some(stats), cpu),
+        None => (None, Duration::ZERO),
+    };
+    let closed_in = closed_in?;
 
     let report = Report::new(&a, server, setup, memory, load.as_ref(), cpu, closed_in);
     if a.json {
@@ -319,13 +326,14 @@ async fn setup(
 }
 
 /// The measured phase: the lanes spread over the worker threads. Returns
-/// the lanes (for teardown), the merged counters and the CPU the
+/// the lanes, whatever happened (the teardown deletes their allocations
+/// also after a failure), and the merged counters and the CPU the
 /// generator used.
 fn load(
     a: &TurnArgs,
     server: SocketAddr,
     lanes: Vec<Lane>,
-) -> anyhow::Result<(Vec<Lane>, Stats, Duration)> {
+) -> (Vec<Lane>, anyhow::Result<(Stats, Duration)>) {
     let plan = Plan {
         server,
         measure_from: a.warmup.as_nanos() as u64,
@@ -367,12 +375,15 @@ fn load(
             .collect()
     });
     let cpu = process_cpu_time().saturating_sub(cpu_before);
+    let lanes = per_thread.into_iter().flatten().collect();
     let mut total = Stats::default();
     for r in results {
-        total.merge(&r.context("load generator worker failed")?);
+        match r {
+            Ok(s) => total.merge(&s),
+            Err(e) => return (lanes, Err(e).context("load generator worker failed")),
+        }
     }
-    let lanes = per_thread.into_iter().flatten().collect();
-    Ok((lanes, total, cpu))
+    (lanes, Ok((total, cpu)))
 }
 
 /// Delete the allocations so the relay's quotas are free for the next run

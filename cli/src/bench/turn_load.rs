@@ -293,9 +293,13 @@ pub fn worker(lanes: &mut [Lane], plan: &Plan, start: Instant) -> io::Result<Sta
     let mut readiness = Readiness::new()?;
     let mut ready: Vec<u64> = Vec::new();
     for (i, l) in lanes.iter().enumerate() {
-        readiness.add(&l.alloc.sock, key(i, false))?;
-        if let Some(p) = &l.peer {
-            readiness.add(p, key(i, true))?;
+        // SAFETY: the lanes (and their sockets, never replaced) are
+        // borrowed for this whole function, which drops `readiness`.
+        unsafe {
+            readiness.add(&l.alloc.sock, key(i, false))?;
+            if let Some(p) = &l.peer {
+                readiness.add(p, key(i, true))?;
+            }
         }
     }
     let scan_every = (plan.timeout / 4).max(1_000_000);
