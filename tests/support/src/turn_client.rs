@@ -130,10 +130,15 @@ impl TurnTestClient {
     pub fn wait<T>(&mut self, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
         let mut found = None;
         let ok = self.drive_until(Instant::now() + STEP, |c| {
-            found = c.events.iter().position(|e| pick(e).is_some()).map(|i| {
-                let e = c.events.remove(i);
-                pick(&e)
-            });
+            found = c
+                .events
+                .iter()
+                .enumerate()
+                .find_map(|(i, e)| pick(e).map(|v| (i, v)))
+                .map(|(i, v)| {
+                    c.events.remove(i);
+                    v
+                });
             found.is_some()
         });
         assert!(
@@ -142,7 +147,7 @@ impl TurnTestClient {
             self.events,
             self.conn.client().state()
         );
-        found.flatten().expect("the picked event")
+        found.expect("the picked event")
     }
 
     /// Wait for the allocation: its (first) relayed address, or the
