@@ -10,8 +10,17 @@ use anyhow::{anyhow, Context};
 use natkit_ice::{Description, DescriptionError};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-/// How often a `--remote` file is looked at.
+/// How often a `--remote` file is looked at once the session runs (the
+/// peer's ICE restarts).
 pub const POLL: Duration = Duration::from_millis(100);
+
+/// How often the `--remote` file is looked at while the peer's first
+/// description is awaited. Each side starts checking when it reads the
+/// other's description, so this poll is a lag between the two starts: at
+/// 100 ms it was up to 100 ms added to the connect time (NAT'd peers' checks
+/// only get through once both sides send). A look is one failed open(2)
+/// while the file is missing: 100 a second costs nothing.
+pub const ARRIVAL_POLL: Duration = Duration::from_millis(10);
 
 /// The description as text: the one-line `nk1.` form, or JSON.
 pub fn render(d: &Description, json: bool) -> String {
@@ -119,7 +128,7 @@ pub async fn from_file(path: &Path, wait: Duration) -> Result<Description, Remot
                 },
             });
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(ARRIVAL_POLL).await;
     }
 }
 
