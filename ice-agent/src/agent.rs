@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::candidate::{is_ice_chars, Candidate, CandidateKind, MAX_FOUNDATION_LEN};
-use crate::config::Config;
+use crate::config::{Config, IceOptions};
 use crate::credentials::{Credentials, CredentialsError};
 use crate::event::{Event, Failure, PairFailure, SelectedPair, Transmit};
 use crate::wire::{self, WireError};
@@ -206,6 +206,8 @@ pub struct Agent {
     tiebreaker: u64,
     local_creds: Credentials,
     remote_creds: Option<Credentials>,
+    /// What the peer announced (see [`Agent::set_remote_ice_options`]).
+    remote_options: IceOptions,
     local: Vec<Candidate>,
     remote: Vec<Candidate>,
     pairs: Vec<Pair>,
@@ -278,6 +280,7 @@ impl Agent {
             tiebreaker,
             local_creds,
             remote_creds: None,
+            remote_options: IceOptions::default(),
             local: Vec::new(),
             remote: Vec::new(),
             pairs: Vec::new(),
@@ -307,6 +310,30 @@ impl Agent {
     /// The peer's credentials, once given.
     pub fn remote_credentials(&self) -> Option<&Credentials> {
         self.remote_creds.as_ref()
+    }
+
+    /// What this agent announces to the peer (signal it with the
+    /// credentials; natkit's [`crate::Description`] carries it): the Ta it
+    /// proposes ([`Config::ta`]) and natkit's renomination
+    /// ([`Config::renominate`]).
+    pub fn local_ice_options(&self) -> IceOptions {
+        IceOptions {
+            pacing: Some(self.cfg.ta),
+            renomination: self.cfg.renominate,
+        }
+    }
+
+    /// What the peer announced. Without this call the peer counts as a
+    /// standard agent that announced nothing: Ta at RFC 8445's default
+    /// 50 ms and regular nomination. It holds across ICE restarts (the
+    /// peer is the same program) until called again.
+    pub fn set_remote_ice_options(&mut self, options: IceOptions) {
+        self.remote_options = options;
+    }
+
+    /// What the peer announced ([`Agent::set_remote_ice_options`]).
+    pub fn remote_ice_options(&self) -> IceOptions {
+        self.remote_options
     }
 
     /// Our current role.

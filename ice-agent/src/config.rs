@@ -13,8 +13,17 @@ pub struct Config {
     /// The role the agent starts in (RFC 8445 §6.1.1: the offerer is
     /// usually controlling). Role conflicts are resolved on the wire.
     pub role: Role,
-    /// Ta, the pacing interval between new checks (RFC 8445 §14.2: 50 ms by
-    /// default).
+    /// The Ta this agent proposes, the interval between new checks (RFC
+    /// 8445 §14.2): announced to the peer ([`Agent::local_ice_options`],
+    /// carried by natkit's [`crate::Description`] like SDP's `ice-pacing`,
+    /// RFC 8839 §5.5). The agent paces at the larger of both proposals, a
+    /// peer that proposed none counting as RFC 8445's default of 50 ms (a
+    /// standard agent paced by another signalling), and never below 5 ms
+    /// (§14.2). natkit proposes 5 ms and slows down on large check lists
+    /// (see [`Agent::pacing`]).
+    ///
+    /// [`Agent::local_ice_options`]: crate::Agent::local_ice_options
+    /// [`Agent::pacing`]: crate::Agent::pacing
     pub ta: Duration,
     /// Retransmission timer of each check. ICE uses a shorter RTO than plain
     /// STUN (RFC 8445 §14.3): checks run on paths that are about to carry
@@ -26,7 +35,9 @@ pub struct Config {
     /// How long the controlling agent waits, after a pair first succeeds,
     /// for a higher-priority pair before nominating it anyway (regular
     /// nomination, RFC 8445 §8.1.1). It nominates at once when no
-    /// higher-priority pair can still succeed.
+    /// higher-priority pair can still succeed, and always when the peer
+    /// announced natkit's renomination ([`IceOptions::renomination`]): the
+    /// first pair that works is nominated, better ones after it.
     pub nomination_delay: Duration,
     /// Whether the controlling agent nominates again when a higher-priority
     /// pair succeeds after selection (e.g. a direct pair after the relay
@@ -37,6 +48,16 @@ pub struct Config {
     /// highest-priority one; priorities of the valid pairs): the controlling
     /// agent only renominates upwards, so a nomination below the selected
     /// pair is a stale retransmission and is ignored.
+    ///
+    /// Announced as [`IceOptions::renomination`]; with a peer that
+    /// announced it too, the controlling agent nominates without
+    /// [`Config::nomination_delay`]. Toward other peers it keeps regular
+    /// nomination's wait and renominates only when a better pair succeeds
+    /// after it: a standard controlled agent that accepts several
+    /// nominations uses the highest-priority one (§8.1.1), as libnice does,
+    /// or the latest, as aioice does, which is the same pair; one that
+    /// refuses answers with an error (§7.3.1.5) and the pair fails here,
+    /// leaving both on the first.
     pub renominate: bool,
     /// RFC 7675 §5.1: consent checks on the selected pair every this much,
     /// randomized to 0.8-1.2 times it. They double as keepalives (RFC 8445
@@ -75,11 +96,38 @@ pub struct Config {
     pub seed: Option<u64>,
 }
 
+/// The least Ta (RFC 8445 §14.2: "MUST NOT be sent more often than once
+/// every 5 ms"), natkit's proposal.
+pub const MIN_TA: Duration = Duration::from_millis(5);
+
+/// RFC 8445 §14.2's default Ta: the pacing of a peer that proposed none.
+pub const DEFAULT_TA: Duration = Duration::from_millis(50);
+
+/// What an agent announces to its peer beyond credentials and candidates,
+/// for natkit's [`crate::Description`] to carry (SDP's counterparts are
+/// `ice-pacing` and `ice-options`, RFC 8839 §5.5-§5.6). The default is what
+/// a standard agent that says nothing gets: RFC 8445's pacing, no
+/// renomination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IceOptions {
+    /// The Ta the agent proposes (RFC 8445 §14.2); `None`: RFC 8445's
+    /// default, 50 ms.
+    pub pacing: Option<Duration>,
+    /// natkit's renomination: as the controlled agent it follows the
+    /// highest-priority nomination (RFC 8445 §8.1.1), ranked by the valid
+    /// pairs' priorities both agents compute alike, and ignores lower ones
+    /// as stale; so a controlling agent may nominate the first pair that
+    /// works and renominate upwards as better ones succeed. (Not
+    /// libwebrtc's renomination, which numbers nominations with a NOMINATION
+    /// attribute; natkit sends nothing but standard USE-CANDIDATE.)
+    pub renomination: bool,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             role: Role::Controlling,
-            ta: Duration::from_millis(50),
+            ta: MIN_TA,
             check_retransmit: transaction::Config {
                 rto: Duration::from_millis(250),
                 rc: 6,

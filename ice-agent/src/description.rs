@@ -18,12 +18,14 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::candidate::{is_ice_chars, CandidateKind, MAX_FOUNDATION_LEN};
+use crate::config::IceOptions;
 use crate::credentials::{Credentials, CredentialsError};
 use crate::fingerprint::Fingerprint;
 use crate::Candidate;
@@ -96,6 +98,36 @@ pub struct Description {
     /// No more candidates will follow (RFC 8838 §8.2).
     #[serde(default)]
     pub end_of_candidates: bool,
+    /// The Ta this side proposes, in milliseconds (RFC 8445 §14.2; SDP's
+    /// `ice-pacing`, RFC 8839 §5.5): both sides pace their checks at the
+    /// larger proposal. Absent, as from an agent that proposes none:
+    /// RFC 8445's default, 50 ms. The text form carries 1 to 63 ms (larger
+    /// proposals as 63, which only makes the peer pace faster than we do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice_pacing_ms: Option<u16>,
+    /// This side does natkit's renomination ([`IceOptions::renomination`]):
+    /// with both sides announcing it, the controlling side nominates the
+    /// first pair that works at once and better ones after it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub renomination: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Flag bits of the text form (the byte after the version). Readers ignore
+/// bits they do not know, so new ones keep older natkits reading it.
+mod flag {
+    /// [`super::Description::end_of_candidates`].
+    pub const END_OF_CANDIDATES: u8 = 1;
+    /// [`super::Description::renomination`].
+    pub const RENOMINATION: u8 = 1 << 1;
+    /// [`super::Description::ice_pacing_ms`] sits in the top six bits
+    /// (0: none).
+    pub const PACING_SHIFT: u8 = 2;
+    /// The largest pacing the six bits hold, in ms.
+    pub const PACING_MAX: u16 = 63;
 }
 
 /// A description or trickled candidate that could not be read.
@@ -173,9 +205,41 @@ impl Description {
         }
     }
 
+    /// What this side announced beyond standard ICE, for
+    /// [`crate::Agent::set_remote_ice_options`].
+    pub fn ice_options(&self) -> IceOptions {
+        IceOptions {
+            pacing: self
+                .ice_pacing_ms
+                .map(|ms| Duration::from_millis(u64::from(ms))),
+            renomination: self.renomination,
+        }
+    }
+
+    /// Announce `o` (from [`crate::Agent::local_ice_options`]).
+    pub fn set_ice_options(&mut self, o: IceOptions) {
+        self.ice_pacing_ms = o
+            .pacing
+            .map(|d| u16::try_from(d.as_millis()).unwrap_or(u16::MAX));
+        self.renomination = o.renomination;
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         out.push(1); // format version
-        out.push(u8::from(self.end_of_candidates));
+        let pacing = self
+            .ice_pacing_ms
+            .map_or(0, |ms| ms.clamp(1, flag::PACING_MAX) as u8);
+        out.push(
+            (if self.end_of_candidates {
+                flag::END_OF_CANDIDATES
+            } else {
+                0
+            }) | (if self.renomination {
+                flag::RENOMINATION
+            } else {
+                0
+            }) | (pacing << flag::PACING_SHIFT),
+        );
         put_str(out, &self.ufrag);
         put_str(out, &self.pwd);
         out.extend_from_slice(&self.fingerprint.0);
@@ -208,7 +272,12 @@ impl Description {
             pwd,
             fingerprint,
             candidates,
-            end_of_candidates: flags & 1 != 0,
+            end_of_candidates: flags & flag::END_OF_CANDIDATES != 0,
+            ice_pacing_ms: match u16::from(flags >> flag::PACING_SHIFT) {
+                0 => None,
+                ms => Some(ms),
+            },
+            renomination: flags & flag::RENOMINATION != 0,
         };
         d.validate()?;
         Ok(d)
@@ -435,6 +504,8 @@ mod tests {
                 .map(SignalledCandidate::from_local)
                 .collect(),
             end_of_candidates: true,
+            ice_pacing_ms: Some(5),
+            renomination: true,
         }
     }
 

@@ -359,10 +359,11 @@ impl SessionCore {
 
     /// The description to signal: credentials, the certificate fingerprint,
     /// the candidates gathered so far (RFC 8445 §5.1.3: not peer-reflexive
-    /// ones), and end-of-candidates once gathering is done.
+    /// ones), end-of-candidates once gathering is done, and the agent's
+    /// ICE options (its Ta, natkit's renomination).
     pub fn local_description(&self) -> Description {
         let creds = self.agent.local_credentials();
-        Description {
+        let mut d = Description {
             ufrag: creds.ufrag.clone(),
             pwd: creds.pwd.clone(),
             fingerprint: self.cfg.fingerprint,
@@ -374,7 +375,11 @@ impl SessionCore {
                 .map(SignalledCandidate::from_local)
                 .collect(),
             end_of_candidates: self.gathering_done,
-        }
+            ice_pacing_ms: None,
+            renomination: false,
+        };
+        d.set_ice_options(self.agent.local_ice_options());
+        d
     }
 
     /// Take the peer's description. Returns `true` when it started an ICE
@@ -389,6 +394,7 @@ impl SessionCore {
         desc.validate()?;
         self.now = now;
         self.dirty = true;
+        self.agent.set_remote_ice_options(desc.ice_options());
         let mut restarted = false;
         self.checking_since = now;
         if let Some(cur) = self.agent.remote_credentials() {

@@ -24,10 +24,24 @@ impl Agent {
             && (self.selected.is_none() || self.cfg.renominate)
     }
 
+    /// Whether the controlling agent nominates the first pair that works at
+    /// once and better ones after it: both agents renominate (natkit's
+    /// extension, announced by the peer, [`IceOptions::renomination`]), so
+    /// the controlled one follows the highest-priority nomination and a
+    /// first nomination is no commitment. Waiting for better pairs would
+    /// only delay the connection: a better pair that succeeds later is
+    /// nominated then.
+    ///
+    /// [`IceOptions::renomination`]: crate::IceOptions::renomination
+    pub(super) fn nominate_first(&self) -> bool {
+        self.cfg.renominate && self.remote_options.renomination
+    }
+
     /// The pair the controlling agent would nominate and from when (RFC 8445
     /// §8.1.1 leaves the stopping rule to the agent): the best succeeded
-    /// pair, at once if no higher-priority pair can still succeed, else
-    /// after [`Config::nomination_delay`].
+    /// pair, at once if no higher-priority pair can still succeed or the
+    /// peer renominates too ([`Agent::nominate_first`]), else after
+    /// [`Config::nomination_delay`].
     ///
     /// Pairs are ranked by their valid pairs' priorities (see
     /// [`Agent::valid_priority`]): the numbers the controlled agent ranks
@@ -47,13 +61,14 @@ impl Agent {
         // A pair still being checked can at best produce a valid pair of its
         // own priority (its local candidate may turn out peer-reflexive or
         // server-reflexive, of a lower type preference, never higher).
-        let better_pending = self.pairs.iter().any(|q| {
-            q.priority > best_priority
-                && matches!(
-                    q.state,
-                    PairState::Frozen | PairState::Waiting | PairState::InProgress
-                )
-        });
+        let better_pending = !self.nominate_first()
+            && self.pairs.iter().any(|q| {
+                q.priority > best_priority
+                    && matches!(
+                        q.state,
+                        PairState::Frozen | PairState::Waiting | PairState::InProgress
+                    )
+            });
         Some((
             best,
             if better_pending {
