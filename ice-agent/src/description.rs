@@ -526,6 +526,39 @@ mod tests {
     }
 
     #[test]
+    fn ice_options_travel_in_both_forms_and_older_forms_read_without_them() {
+        let d = sample();
+        assert_eq!(
+            d.ice_options(),
+            IceOptions {
+                pacing: Some(Duration::from_millis(5)),
+                renomination: true,
+            }
+        );
+        // An older natkit's description: only the end-of-candidates bit.
+        let mut old = d.clone();
+        old.set_ice_options(IceOptions::default());
+        for form in [old.to_string(), serde_json::to_string(&old).unwrap()] {
+            let back = Description::parse_any(&form).unwrap();
+            assert_eq!(back.ice_options(), IceOptions::default(), "{form}");
+            assert!(back.end_of_candidates);
+        }
+        let j = serde_json::to_string(&old).unwrap();
+        assert!(!j.contains("pacing") && !j.contains("renomination"), "{j}");
+        let mut b = Vec::new();
+        old.encode(&mut b);
+        assert_eq!(b[1], flag::END_OF_CANDIDATES);
+        // The text form's six bits hold up to 63 ms; JSON any u16.
+        let mut slow = d.clone();
+        slow.ice_pacing_ms = Some(100);
+        let text: Description = slow.to_string().parse().unwrap();
+        assert_eq!(text.ice_pacing_ms, Some(63));
+        assert!(text.renomination);
+        let json = Description::parse_any(&serde_json::to_string(&slow).unwrap()).unwrap();
+        assert_eq!(json.ice_pacing_ms, Some(100));
+    }
+
+    #[test]
     fn json_form_round_trips() {
         let d = sample();
         let j = serde_json::to_string(&d).unwrap();

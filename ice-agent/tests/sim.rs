@@ -18,6 +18,10 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
 #[test]
 fn host_to_host_connects_and_both_sides_agree() {
     let mut sim = Sim::new(
@@ -564,11 +568,16 @@ fn renomination_to_a_peer_reflexive_valid_pair_is_followed() {
 /// end on the same path.
 #[test]
 fn symmetric_nats_with_relays_agree_whatever_the_seed() {
-    for seed in 0..200u64 {
+    // Between natkit agents (nomination at the first success, 5 ms Ta) and
+    // between agents that announced nothing (regular nomination).
+    for seed in 0..400u64 {
         let (mut sim, _) = symmetric_nats_with_relays([seed, seed ^ 1], seed);
         sim.loss = 0.1;
         sim.delay = ms(5 + seed % 40);
         sim.exchange_all();
+        if seed % 2 == 0 {
+            sim.announce_options();
+        }
         assert!(
             sim.run(Duration::from_secs(30), |s| s.both_connected()),
             "seed {seed}"
@@ -584,6 +593,100 @@ fn symmetric_nats_with_relays_agree_whatever_the_seed() {
             "seed {seed}: A {a}, B {b}"
         );
     }
+}
+
+/// Two agents behind port-restricted cone NATs, 40 ms round trip: between
+/// natkit agents (each announced its 5 ms Ta and renomination) both are
+/// connected in two round trips: the first checks, to the server-reflexive
+/// addresses, open both NATs and succeed in one, the nomination takes the
+/// other. Between agents that announced nothing, RFC 8445's 50 ms Ta and
+/// regular nomination's wait for the (hopeless) host pair hold it up.
+#[test]
+fn natkit_agents_behind_nats_connect_in_two_round_trips() {
+    let rtt = ms(40);
+    for natkit in [true, false] {
+        let mut sim = two_nats(
+            Mapping::EndpointIndependent,
+            Filtering::AddressAndPortDependent,
+        );
+        sim.delay = rtt / 2;
+        sim.exchange_all();
+        if natkit {
+            sim.announce_options();
+        }
+        assert!(sim.run(Duration::from_secs(3), |s| s.both_connected()));
+        assert_same_path(sim.connected(0).unwrap(), sim.connected(1).unwrap());
+        let last = sim.connected_at(0).max(sim.connected_at(1)).unwrap();
+        if natkit {
+            assert!(last <= rtt * 2 + ms(10), "natkit: connected at {last:?}");
+        } else {
+            assert!(last >= ms(150) + rtt * 2, "standard: connected at {last:?}");
+        }
+    }
+}
+
+/// A with a host and a relayed candidate, B with a host one; the first
+/// check each way on the host pair is lost, so the relayed pair succeeds
+/// first. Between natkit agents A nominates it at once (no wait for the
+/// better host pair still in progress: one round trip for the check, one
+/// for the nomination), and when the host pair succeeds on its
+/// retransmission A renominates it and B follows.
+#[test]
+fn the_first_pair_that_works_is_nominated_at_once_and_a_better_one_after_it() {
+    let (a_host, b_host) = (addr("192.0.2.1:1000"), addr("198.51.100.2:2000"));
+    let mut sim = Sim::new(
+        [
+            config(Role::Controlling, 101),
+            config(Role::Controlled, 102),
+        ],
+        [&["192.0.2.1:1000"], &["198.51.100.2:2000"]],
+        [None, None],
+        49,
+    );
+    let relay = sim.add_relay(
+        0,
+        "203.0.113.100:50000".parse().unwrap(),
+        "203.0.113.100:3478".parse().unwrap(),
+    );
+    let mut lost = [false; 2];
+    sim.drop_if = Some(Box::new(move |src, dst, payload| {
+        let request = raw::parse_datagram(payload).is_ok_and(|h| h.class() == Class::Request);
+        let way = match (src, dst) {
+            (s, d) if s == a_host && d == b_host => 0,
+            (s, d) if s == b_host && d == a_host => 1,
+            _ => return false,
+        };
+        let drop = request && !lost[way];
+        lost[way] |= drop;
+        drop
+    }));
+    sim.exchange_all();
+    sim.announce_options();
+    assert!(sim.run(Duration::from_secs(1), |s| s.both_connected()));
+    let rtt = sim.delay * 2;
+    for i in 0..2 {
+        let first = sim.connected(i).unwrap();
+        assert!(
+            first.local.addr == relay.addr || first.remote.addr == relay.addr,
+            "node {i} first on {first}"
+        );
+    }
+    let a_at = sim.connected_at(0).unwrap();
+    // The relayed pair's check leaves in the second Ta slot (5 ms).
+    assert!(a_at <= ms(5) + rtt * 2 + ms(1), "A connected at {a_at:?}");
+    // The host pair's retransmission (250 ms) succeeds: renominated.
+    sim.run_for(Duration::from_secs(2), |_| false);
+    for i in 0..2 {
+        assert_eq!(
+            count(&sim, i, |e| matches!(e, Event::SelectedPairChanged(_))),
+            1,
+            "node {i}"
+        );
+        let last = final_selected(&sim, i);
+        assert_eq!(last.local.kind, CandidateKind::Host, "node {i}: {last}");
+        assert_eq!(last.remote.kind, CandidateKind::Host, "node {i}: {last}");
+    }
+    assert_same_path(&final_selected(&sim, 0), &final_selected(&sim, 1));
 }
 
 /// A filter losing every answer to the first `n` nominating checks
@@ -775,7 +878,8 @@ mod chaos {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         /// Whatever the loss, delay, roles and NAT in front of A (B is
-        /// public), both agents connect and end up on the same path.
+        /// public), between natkit agents or not, both agents connect and
+        /// end up on the same path.
         #[test]
         fn agents_connect_and_agree(
             seed in any::<u64>(),
@@ -783,6 +887,7 @@ mod chaos {
             delay in 1u64..150,
             roles in (any::<bool>(), any::<bool>()),
             nat_kind in 0u8..3,
+            natkit in any::<bool>(),
         ) {
             let role = |c: bool| if c { Role::Controlling } else { Role::Controlled };
             let a_hosts: &[&str] = if nat_kind == 0 { A_HOSTS } else { &["10.0.0.1:1000"] };
@@ -798,6 +903,9 @@ mod chaos {
             sim.loss = loss;
             sim.delay = ms(delay);
             sim.exchange_all();
+            if natkit {
+                sim.announce_options();
+            }
             prop_assert!(sim.run(Duration::from_secs(30), |s| s.both_connected()));
             // A renomination can be in flight at connection time; under loss
             // its check may need retransmissions (the regression file's seed

@@ -227,6 +227,16 @@ impl Sim {
         self.give_candidates(1, 0, true);
     }
 
+    /// Each agent learns what the other announces (its Ta, natkit's
+    /// renomination), as natkit's descriptions carry it: natkit peers.
+    /// Without this call each takes the other for a standard agent.
+    pub fn announce_options(&mut self) {
+        for i in 0..2 {
+            let o = self.nodes[1 - i].agent.local_ice_options();
+            self.nodes[i].agent.set_remote_ice_options(o);
+        }
+    }
+
     /// Packet trace on stderr when SIMTRACE is set (debugging aid).
     fn trace(&self, what: std::fmt::Arguments<'_>) {
         if std::env::var_os("SIMTRACE").is_some() {

@@ -14,8 +14,8 @@ use natkit_proto::raw::{self, attr, method, Attributes, Class};
 use natkit_proto::rest::RestSecrets;
 use natkit_proto::turn::request;
 use natkit_proto::turn::server::{
-    ClientAction, ClientKey, Config, Credentials, Env, OpenedRelay, QuotaError, RelayError,
-    RelayId, RelayRequest, Server, MAX_FRAMING,
+    ClientAction, ClientKey, Config, Credentials, Drop as RelayDrop, Env, OpenedRelay, QuotaError,
+    RelayError, RelayId, RelayRequest, Server, MAX_FRAMING,
 };
 
 /// The one user the simulated servers know.
@@ -148,6 +148,9 @@ pub struct SimTurn {
     pub ignore_refresh_from: Vec<IpAddr>,
     /// Every request and response.
     pub log: Vec<TurnLog>,
+    /// Datagrams from peers the relay did not pass on: when, from whom,
+    /// to which relayed address, and why (e.g. no permission yet).
+    pub peer_drops: Vec<(Duration, SocketAddr, SocketAddr, RelayDrop)>,
     start: Instant,
     system_start: SystemTime,
     out: Vec<u8>,
@@ -177,6 +180,7 @@ impl SimTurn {
             down: false,
             ignore_refresh_from: Vec::new(),
             log: Vec::new(),
+            peer_drops: Vec::new(),
             start,
             system_start,
             out: vec![0; 65536 + MAX_FRAMING],
@@ -266,7 +270,15 @@ impl SimTurn {
         now: Instant,
     ) -> Option<TurnOut> {
         self.tick(now);
-        let route = self.server.route_peer(relay, peer, data.len(), now).ok()?;
+        let route = match self.server.route_peer(relay, peer, data.len(), now) {
+            Ok(r) => r,
+            Err(why) => {
+                let to = self.env.relays.get(&relay).copied();
+                self.peer_drops
+                    .push((now - self.start, peer, to.unwrap_or(self.addr), why));
+                return None;
+            }
+        };
         let n = route.framing.write(&mut self.out, data)?;
         Some(TurnOut::ToClient(route.client, self.out[..n].to_vec()))
     }
