@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `up` and `matrix` also take `--profile unshaped|lan|broadband|mobile`
-//! (latency, jitter and loss of every site's access link), `--port-mapping
+//! (latency, jitter and loss of every site's access link; `matrix` takes a
+//! comma-separated list and runs once per profile), `--port-mapping
 //! off|on|refuse` (miniupnpd on every NAT) and `--udp-timeout SECS` (the
 //! NATs' UDP mapping lifetime).
 //!
@@ -49,13 +50,14 @@ enum Topology {
 }
 
 /// What `up` and `matrix` set on every site.
-#[derive(clap::Args, Clone, Copy)]
+#[derive(clap::Args, Clone)]
 struct SiteOptions {
     /// Latency, jitter and loss of each site's access link: unshaped, lan
     /// (~1 ms between peers), broadband (~20 ms to the internet, ~40 ms
     /// between peers), mobile (~60 ms to the internet, jitter, loss).
-    #[arg(long, default_value = "unshaped", value_parser = parse_profile)]
-    profile: LinkProfile,
+    /// `matrix` takes several (comma-separated) and runs once per profile.
+    #[arg(long, default_value = "unshaped", value_delimiter = ',', value_parser = parse_profile)]
+    profile: Vec<LinkProfile>,
     /// miniupnpd (UPnP IGD, NAT-PMP, PCP) on every NAT: off, on, or refuse
     /// (answers every request with an error).
     #[arg(long, default_value = "off", value_parser = parse_port_mapping)]
@@ -67,9 +69,19 @@ struct SiteOptions {
 }
 
 impl SiteOptions {
-    fn apply(self, spec: TopologySpec) -> TopologySpec {
+    /// The one profile `up` builds with.
+    fn single_profile(&self) -> anyhow::Result<LinkProfile> {
+        match self.profile[..] {
+            [p] => Ok(p),
+            _ => bail!("give one --profile here (matrix takes several)"),
+        }
+    }
+
+    /// `spec` with these options on every site, its links shaped as
+    /// `profile`.
+    fn apply(&self, spec: TopologySpec, profile: LinkProfile) -> TopologySpec {
         let mut t = spec
-            .with_profile(self.profile)
+            .with_profile(profile)
             .with_port_mapping(self.port_mapping);
         if let Some(secs) = self.udp_timeout {
             for s in &mut t.sites {
@@ -232,11 +244,15 @@ fn kinds_or_all(kinds: Vec<NatKind>) -> Vec<NatKind> {
 }
 
 fn up(topology: Topology, kinds: Vec<NatKind>, sites: SiteOptions) -> anyhow::Result<()> {
-    let spec = sites.apply(match (topology, kinds.is_empty()) {
-        (Topology::Everything, true) => TopologySpec::everything(),
-        (Topology::Everything, false) => TopologySpec::one_of_each(&kinds, false),
-        (Topology::Matrix, _) => TopologySpec::pairs(&kinds_or_all(kinds)),
-    });
+    let profile = sites.single_profile()?;
+    let spec = sites.apply(
+        match (topology, kinds.is_empty()) {
+            (Topology::Everything, true) => TopologySpec::everything(),
+            (Topology::Everything, false) => TopologySpec::one_of_each(&kinds, false),
+            (Topology::Matrix, _) => TopologySpec::pairs(&kinds_or_all(kinds)),
+        },
+        profile,
+    );
     let lab = Lab::build_persistent(UP_TAG, &spec).context("building the lab")?;
     let s = lab.servers();
     println!("lab up in {:?}", lab.build_time());
@@ -364,18 +380,24 @@ fn run_matrix(
     markdown: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let lab = Lab::build("mxcli", &sites.apply(spec.topology())).context("building the lab")?;
-    eprintln!(
-        "lab of {} sites built in {:?}; {} pairs, {} at a time",
-        lab.sites().len(),
-        lab.build_time(),
-        spec.pairs().len(),
-        spec.concurrency
-    );
-    let m = matrix::run(&lab, spec, &|c| {
-        eprintln!("  {} x {}: {}", c.listen, c.connect, c.short());
-    });
-    print!("{}", m.table());
+    let mut runs = Vec::new();
+    for &profile in &sites.profile {
+        let lab = Lab::build("mxcli", &sites.apply(spec.topology(), profile))
+            .context("building the lab")?;
+        eprintln!(
+            "lab of {} sites ({} links) built in {:?}; {} pairs, {} at a time",
+            lab.sites().len(),
+            profile.name(),
+            lab.build_time(),
+            spec.pairs().len(),
+            spec.concurrency
+        );
+        let m = matrix::run(&lab, spec, &|c| {
+            eprintln!("  {} x {}: {}", c.listen, c.connect, c.short());
+        });
+        print!("{}", m.table());
+        runs.push(m);
+    }
     eprintln!("took {:.1} s", t0.elapsed().as_secs_f64());
     let command = std::iter::once("natkit-lab".to_string())
         .chain(std::env::args().skip(1))
@@ -383,17 +405,15 @@ fn run_matrix(
         .join(" ");
     let when = matrix::utc_now();
     if let Some(p) = json {
-        std::fs::write(
-            &p,
-            serde_json::to_string_pretty(&m.json(&command, &when))? + "\n",
-        )
-        .with_context(|| format!("writing {}", p.display()))?;
-    }
-    if let Some(p) = markdown {
-        std::fs::write(&p, m.markdown(&command, &when))
+        let doc = matrix::json(&runs, &command, &when);
+        std::fs::write(&p, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    if !m.all_ok() {
+    if let Some(p) = markdown {
+        std::fs::write(&p, matrix::markdown(&runs, &command, &when))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if !runs.iter().all(|m| m.all_ok()) {
         bail!("some pairs failed");
     }
     Ok(())

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::lab::Lab;
+use crate::link::LinkProfile;
 use crate::nat::NatKind;
 use crate::peer::{self, Pair, PeerOptions, Transfer};
 use crate::topology::TopologySpec;
@@ -118,6 +119,8 @@ pub struct Cell {
 /// The whole matrix.
 #[derive(Debug, Clone, Serialize)]
 pub struct Matrix {
+    /// The sites' access links.
+    pub profile: LinkProfile,
     /// Kinds in table order.
     pub kinds: Vec<NatKind>,
     /// Bytes each side sent per pair.
@@ -231,6 +234,10 @@ pub fn run(lab: &Lab, spec: &MatrixSpec, progress: &(dyn Fn(&Cell) + Sync)) -> M
     let mut cells = done.into_inner().unwrap_or_else(|e| e.into_inner());
     cells.sort_by_key(|(i, _)| *i);
     Matrix {
+        profile: lab
+            .sites()
+            .first()
+            .map_or_else(LinkProfile::default, |s| s.profile),
         kinds: spec.kinds.clone(),
         payload_bytes: spec.payload,
         cells: cells.into_iter().map(|(_, c)| c).collect(),
@@ -252,7 +259,86 @@ impl Cell {
     }
 }
 
+/// Connect times of some pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TimeStats {
+    /// How many pairs.
+    pub n: usize,
+    /// Median connect time, ms (nearest rank).
+    pub p50_ms: f64,
+    /// 90th percentile, ms (nearest rank).
+    pub p90_ms: f64,
+}
+
+impl TimeStats {
+    /// Of `times` (ms); `None` when empty.
+    pub fn of(mut times: Vec<f64>) -> Option<TimeStats> {
+        if times.is_empty() {
+            return None;
+        }
+        times.sort_by(f64::total_cmp);
+        // Nearest rank: the smallest value with at least q of the samples
+        // at or below it.
+        let rank =
+            |q: f64| times[((q * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1];
+        Some(TimeStats {
+            n: times.len(),
+            p50_ms: rank(0.5),
+            p90_ms: rank(0.9),
+        })
+    }
+}
+
+impl std::fmt::Display for TimeStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.1} ms, p90 {:.1} ms ({} pairs)",
+            self.p50_ms, self.p90_ms, self.n
+        )
+    }
+}
+
+/// Connect times of the pairs that passed, by the path they connected on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ConnectTimes {
+    /// Direct paths (host, srflx, prflx).
+    pub direct: Option<TimeStats>,
+    /// Relayed paths.
+    pub relayed: Option<TimeStats>,
+}
+
+impl std::fmt::Display for ConnectTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |s: Option<TimeStats>| s.map_or("none".to_string(), |s| s.to_string());
+        write!(
+            f,
+            "direct {}; relayed {}",
+            show(self.direct),
+            show(self.relayed)
+        )
+    }
+}
+
 impl Matrix {
+    /// Connect times (the connect side's `connect_ms`) of the pairs that
+    /// passed, direct and relayed apart.
+    pub fn connect_times(&self) -> ConnectTimes {
+        let of = |relayed: bool| {
+            TimeStats::of(
+                self.cells
+                    .iter()
+                    .filter(|c| c.ok && (c.path.as_deref() == Some("relay")) == relayed)
+                    .filter_map(|c| c.connect_ms)
+                    .collect(),
+            )
+        };
+        ConnectTimes {
+            direct: of(false),
+            relayed: of(true),
+        }
+    }
+
     /// The cell for a pair, in either order.
     pub fn cell(&self, a: NatKind, b: NatKind) -> Option<&Cell> {
         self.cells
@@ -308,6 +394,12 @@ impl Matrix {
             self.cells.len(),
             self.payload_bytes
         );
+        let _ = writeln!(
+            s,
+            "connect time, profile {}: {}",
+            self.profile.name(),
+            self.connect_times()
+        );
         for c in self.cells.iter().filter(|c| !c.ok) {
             let _ = writeln!(
                 s,
@@ -320,31 +412,9 @@ impl Matrix {
         s
     }
 
-    /// The Markdown page (docs/NAT-MATRIX.md), naming the command that
-    /// made it.
-    pub fn markdown(&self, command: &str, when: &str) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "# NAT connection matrix\n");
-        let _ = writeln!(
-            s,
-            "Two natkit peers, `natkit listen` behind the row's NAT and `natkit connect` behind the \
-             column's, each in its own site of the NAT lab (`tests/lab`: network namespaces, veth \
-             pairs and nftables NATs, natkit-stun and natkit-turn in an \"internet\" namespace), \
-             connect with ICE and exchange {} bytes each way over QUIC, spread over a few seconds \
-             and checked with SHA-256. A cell gives the path the session ended on and the connect \
-             side's `connect_ms` (from having the peer's description to a usable QUIC connection). \
-             The expected path is direct (host, srflx, prflx) wherever hole punching can work and \
-             `relay` where it cannot: an address-and-port-dependent mapping (symmetric NAT) facing \
-             another one or an address-and-port-dependent filter, and any network that lets no UDP \
-             out (there the peer reaches the relay over TCP or TLS).\n",
-            self.payload_bytes
-        );
-        let _ = writeln!(
-            s,
-            "Made by `{command}` on {when}, as root from the repository root \
-             (`cargo run -p natkit-lab -- matrix ...`; `natkit-lab matrix --help` lists the \
-             options). The lab's own tests run the same matrix: `cargo test -p natkit-lab --test matrix`.\n"
-        );
+    /// This matrix's section of the Markdown page: the grid, the pass
+    /// count, the connect times and one row per pair.
+    fn markdown_section(&self, s: &mut String) {
         let rows = self.grid();
         for (i, r) in rows.iter().enumerate() {
             let _ = writeln!(s, "| {} |", r.join(" | "));
@@ -353,15 +423,12 @@ impl Matrix {
             }
         }
         let passed = self.cells.iter().filter(|c| c.ok).count();
-        let _ = writeln!(s, "\n{passed} of {} pairs passed.\n", self.cells.len());
         let _ = writeln!(
             s,
-            "The NATs (Linux nftables; every router but `open`, the unfiltered baseline, drops unsolicited inbound traffic):\n"
+            "\n{passed} of {} pairs passed. Connect time: {}.\n",
+            self.cells.len(),
+            self.connect_times()
         );
-        for k in &self.kinds {
-            let _ = writeln!(s, "- `{k}`: {}", k.describe());
-        }
-        let _ = writeln!(s);
         let _ = writeln!(
             s,
             "| listen | connect | expected | path | connect ms | final path at ms | rtt ms | data intact | wall ms | result |"
@@ -397,17 +464,91 @@ impl Matrix {
                 }
             );
         }
-        s
     }
+}
 
-    /// The JSON document.
-    pub fn json(&self, command: &str, when: &str) -> serde_json::Value {
-        serde_json::json!({
-            "command": command,
-            "generated_at": when,
-            "matrix": self,
-        })
+/// The JSON document for the matrices of one run (one per link profile),
+/// each with its connect-time summary.
+pub fn json(matrices: &[Matrix], command: &str, when: &str) -> serde_json::Value {
+    let runs: Vec<serde_json::Value> = matrices
+        .iter()
+        .map(|m| serde_json::json!({ "connect_times": m.connect_times(), "matrix": m }))
+        .collect();
+    serde_json::json!({
+        "command": command,
+        "generated_at": when,
+        "runs": runs,
+    })
+}
+
+/// The Markdown page (docs/NAT-MATRIX.md) for the matrices of one run, one
+/// per link profile, naming the command that made it.
+pub fn markdown(matrices: &[Matrix], command: &str, when: &str) -> String {
+    let mut s = String::new();
+    let Some(first) = matrices.first() else {
+        return s;
+    };
+    let _ = writeln!(s, "# NAT connection matrix\n");
+    let _ = writeln!(
+        s,
+        "Two natkit peers, `natkit listen` behind the row's NAT and `natkit connect` behind the \
+         column's, each in its own site of the NAT lab (`tests/lab`: network namespaces, veth \
+         pairs and nftables NATs, natkit-stun and natkit-turn in an \"internet\" namespace), \
+         connect with ICE and exchange {} bytes each way over QUIC, spread over a few seconds \
+         and checked with SHA-256. A cell gives the path the session ended on and the connect \
+         side's `connect_ms` (from having the peer's description to a usable QUIC connection). \
+         The expected path is direct (host, srflx, prflx) wherever hole punching can work and \
+         `relay` where it cannot: an address-and-port-dependent mapping (symmetric NAT) facing \
+         another one or an address-and-port-dependent filter, and any network that lets no UDP \
+         out (there the peer reaches the relay over TCP or TLS).\n",
+        first.payload_bytes
+    );
+    let _ = writeln!(
+        s,
+        "Made by `{command}` on {when}, as root from the repository root \
+         (`cargo run -p natkit-lab -- matrix ...`; `natkit-lab matrix --help` lists the \
+         options). The lab's own tests run the same matrix: `cargo test -p natkit-lab --test matrix`.\n"
+    );
+    let _ = writeln!(
+        s,
+        "Connect times by link profile (the README's lab section gives each profile's \
+         numbers; percentiles by nearest rank over the pairs that passed, by the path they \
+         ended on):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| profile | passed | direct p50 ms | direct p90 ms | direct pairs | relayed p50 ms | relayed p90 ms | relayed pairs |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for m in matrices {
+        let t = m.connect_times();
+        let cols = |x: Option<TimeStats>| {
+            x.map_or("- | - | 0".to_string(), |x| {
+                format!("{:.1} | {:.1} | {}", x.p50_ms, x.p90_ms, x.n)
+            })
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} of {} | {} | {} |",
+            m.profile.name(),
+            m.cells.iter().filter(|c| c.ok).count(),
+            m.cells.len(),
+            cols(t.direct),
+            cols(t.relayed)
+        );
     }
+    let _ = writeln!(
+        s,
+        "\nThe NATs (Linux nftables; every router but `open`, the unfiltered baseline, drops unsolicited inbound traffic):\n"
+    );
+    for k in &first.kinds {
+        let _ = writeln!(s, "- `{k}`: {}", k.describe());
+    }
+    for m in matrices {
+        let _ = writeln!(s, "\n## Profile `{}`\n", m.profile.name());
+        m.markdown_section(&mut s);
+    }
+    s
 }
 
 /// Now as `YYYY-MM-DD HH:MM UTC` (no time zone database needed).
@@ -431,4 +572,59 @@ pub fn utc_now() -> String {
         rem / 3600,
         rem % 3600 / 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(path: &str, ms: f64, ok: bool) -> Cell {
+        Cell {
+            listen: NatKind::Open,
+            connect: NatKind::Open,
+            expected: Expect::Direct,
+            path: Some(path.into()),
+            connect_ms: Some(ms),
+            settled_ms: None,
+            rtt_ms: None,
+            data_ok: ok,
+            ok,
+            wall_ms: 0.0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn connect_times_by_nearest_rank_direct_and_relayed_apart() {
+        assert_eq!(TimeStats::of(Vec::new()), None);
+        let t = TimeStats::of((1..=10).rev().map(f64::from).collect()).unwrap();
+        assert_eq!((t.n, t.p50_ms, t.p90_ms), (10, 5.0, 9.0));
+        let one = TimeStats::of(vec![7.0]).unwrap();
+        assert_eq!((one.p50_ms, one.p90_ms), (7.0, 7.0));
+        let m = Matrix {
+            profile: LinkProfile::Lan,
+            kinds: vec![NatKind::Open],
+            payload_bytes: 0,
+            cells: vec![
+                cell("host", 3.0, true),
+                cell("srflx", 5.0, true),
+                cell("prflx", 4.0, true),
+                cell("relay", 20.0, true),
+                // A failed pair counts in neither.
+                cell("srflx", 900.0, false),
+            ],
+        };
+        let t = m.connect_times();
+        let d = t.direct.unwrap();
+        assert_eq!((d.n, d.p50_ms, d.p90_ms), (3, 4.0, 5.0));
+        assert_eq!(t.relayed.unwrap().n, 1);
+        assert!(m
+            .table()
+            .contains("connect time, profile lan: direct p50 4.0 ms"));
+        let page = markdown(&[m], "natkit-lab matrix", "now");
+        assert!(
+            page.contains("| lan | 4 of 5 | 4.0 | 5.0 | 3 | 20.0 | 20.0 | 1 |"),
+            "{page}"
+        );
+    }
 }
