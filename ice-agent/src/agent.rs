@@ -168,7 +168,15 @@ struct Check {
     to: SocketAddr,
     /// The role attribute the request carried (for 487 handling, §7.2.5.1).
     role: Role,
+    /// Regular nomination's nominating check (RFC 8445 §8.1.1), sent by
+    /// `maybe_nominate` on a pair that succeeded.
     use_candidate: bool,
+    /// Carries USE-CANDIDATE without being a nominating check: between
+    /// natkit agents every check of the controlling agent nominates its
+    /// pair (see `Agent::nominate_first`). Its success nominates the pair
+    /// like a nominating check's; its timeout fails the pair like an
+    /// ordinary check's.
+    nominates: bool,
     /// RFC 7675 consent check rather than a connectivity check.
     consent: bool,
     /// Superseded by a triggered check (RFC 8445 §7.3.1.4): no more

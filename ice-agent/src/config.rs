@@ -35,9 +35,10 @@ pub struct Config {
     /// How long the controlling agent waits, after a pair first succeeds,
     /// for a higher-priority pair before nominating it anyway (regular
     /// nomination, RFC 8445 §8.1.1). It nominates at once when no
-    /// higher-priority pair can still succeed, and always when the peer
-    /// announced natkit's renomination ([`IceOptions::renomination`]): the
-    /// first pair that works is nominated, better ones after it.
+    /// higher-priority pair can still succeed. Not used when the peer
+    /// announced natkit's renomination ([`IceOptions::renomination`]):
+    /// then every check nominates its pair, the first pair that works is
+    /// selected and better ones after it.
     pub nomination_delay: Duration,
     /// Whether the controlling agent nominates again when a higher-priority
     /// pair succeeds after selection (e.g. a direct pair after the relay
@@ -50,8 +51,9 @@ pub struct Config {
     /// pair is a stale retransmission and is ignored.
     ///
     /// Announced as [`IceOptions::renomination`]; with a peer that
-    /// announced it too, the controlling agent nominates without
-    /// [`Config::nomination_delay`]. Toward other peers it keeps regular
+    /// announced it too, every check of the controlling agent nominates its
+    /// pair (USE-CANDIDATE), with no [`Config::nomination_delay`] and no
+    /// second check to nominate. Toward other peers it keeps regular
     /// nomination's wait and renominates only when a better pair succeeds
     /// after it: a standard controlled agent that accepts several
     /// nominations uses the highest-priority one (§8.1.1), as libnice does,
@@ -116,8 +118,8 @@ pub struct IceOptions {
     /// natkit's renomination: as the controlled agent it follows the
     /// highest-priority nomination (RFC 8445 §8.1.1), ranked by the valid
     /// pairs' priorities both agents compute alike, and ignores lower ones
-    /// as stale; so a controlling agent may nominate the first pair that
-    /// works and renominate upwards as better ones succeed. (Not
+    /// as stale; so a controlling agent may nominate every pair it checks
+    /// and take the first that works, then better ones as they succeed. (Not
     /// libwebrtc's renomination, which numbers nominations with a NOMINATION
     /// attribute; natkit sends nothing but standard USE-CANDIDATE.)
     pub renomination: bool,

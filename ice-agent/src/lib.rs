@@ -156,11 +156,13 @@
 //! likely to work (srflx, prflx, relayed).
 //!
 //! Between two natkit agents, which announce it in their descriptions
-//! ([`IceOptions`]), connecting takes a few round trips: checks paced at
+//! ([`IceOptions`]), connecting takes a round trip or two: checks paced at
 //! 5 ms (RFC 8445 §14.2's floor; slower on large check lists) instead of
-//! the default 50 ms, and the first pair that works nominated at once,
-//! better ones after it. With other agents the agent keeps RFC 8445's
-//! defaults.
+//! the default 50 ms, and every check of the controlling agent nominates
+//! its pair, so the first pair that works is selected as its check
+//! succeeds and better ones after it (both agents follow the
+//! highest-priority nomination). With other agents the agent keeps RFC
+//! 8445's pacing and regular nomination.
 
 #![deny(missing_docs)]
 

@@ -893,6 +893,17 @@ fn symmetric_nats_connected(seed: u64, loss: f64, delay: Duration) -> Sim {
 
 /// [`symmetric_nats_connected`] with the sessions seeded with `seeds`.
 fn symmetric_nats_seeded(seed: u64, seeds: (u64, u64), loss: f64, delay: Duration) -> Sim {
+    let mut sim = symmetric_nats_world(seed, seeds, loss, delay);
+    sim.exchange();
+    assert!(
+        sim.run_for(secs(30), |s| s.both_connected()),
+        "seed {seed}: not connected"
+    );
+    sim
+}
+
+/// The world of [`symmetric_nats_seeded`], before the descriptions.
+fn symmetric_nats_world(seed: u64, seeds: (u64, u64), loss: f64, delay: Duration) -> Sim {
     let mut sim = Sim::new(seed);
     sim.loss = loss;
     sim.delay = delay;
@@ -905,11 +916,6 @@ fn symmetric_nats_seeded(seed: u64, seeds: (u64, u64), loss: f64, delay: Duratio
         symmetric("198.51.100.1"),
     );
     sim.auto_trickle = true;
-    sim.exchange();
-    assert!(
-        sim.run_for(secs(30), |s| s.both_connected()),
-        "seed {seed}: not connected"
-    );
     sim
 }
 
@@ -962,16 +968,31 @@ fn symmetric_nats_agree_on_the_path_whatever_the_seed() {
 /// §12.2), while the relay kept relaying A's checks on the first number,
 /// which B then dropped: B's path degraded and the peers split. The peer
 /// must keep its number, so its data keeps arriving and the next bind
-/// refreshes the binding.
+/// refreshes the binding. The answers are lost on purpose here (the seed
+/// lost them by chance, with timings since changed), every one of them.
 #[test]
 fn a_channel_bind_whose_answers_are_lost_keeps_the_relayed_path() {
-    let mut sim = symmetric_nats_seeded(275, (406, 407), 0.2, ms(30));
+    let mut sim = symmetric_nats_world(275, (406, 407), 0.0, ms(30));
+    let b_public: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    let turn_addr = addr(TURN);
+    let lost = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let count = lost.clone();
+    sim.drop_if = Some(Box::new(move |src, dst, payload| {
+        let bind_answer = natkit_proto::raw::parse_datagram(payload)
+            .is_ok_and(|h| h.method() == method::CHANNEL_BIND && h.class() == Class::Success);
+        let drop = src == turn_addr && dst.ip() == b_public && bind_answer;
+        count.set(count.get() + u32::from(drop));
+        drop
+    }));
+    sim.exchange();
+    assert!(sim.run_for(secs(30), |s| s.both_connected()));
     assert!(sim.run_for(secs(30), |s| s.checking_over()));
     assert_same_path(&sim);
     let turn = &sim.turns[0];
     let binds = |class, code| {
         turn.count(|l| l.method == method::CHANNEL_BIND && l.class == class && l.code == code)
     };
+    assert!(lost.get() >= 2, "B's binds answered: {} lost", lost.get());
     assert_eq!(binds(Class::Error, Some(400)), 0, "no conflicting rebind");
     assert!(binds(Class::Success, None) >= 2);
     for p in &sim.peers {
@@ -1014,12 +1035,13 @@ fn connected_after(sim: &Sim, i: usize, t0: Duration) -> Duration {
 /// once after gathering. Each side's first check goes to the other's
 /// server-reflexive address (the host pairs, to private addresses behind
 /// another NAT, wait), so both first checks open their NATs for each other
-/// and succeed in one round trip; the controlling side nominates that pair
-/// at once (both announced natkit's renomination), and both are connected
-/// in two round trips, where RFC 8445's 50 ms pacing and a 150 ms wait for
-/// better pairs took about six. QUIC's handshake adds one more.
+/// and succeed in one round trip, and the controlling side's carried the
+/// nomination (both announced natkit's renomination): both are connected
+/// in one round trip, where RFC 8445's 50 ms pacing, a 150 ms wait for
+/// better pairs and a nominating check took about seven. QUIC's handshake
+/// adds one more.
 #[test]
-fn natkit_sessions_behind_nats_connect_in_two_round_trips() {
+fn natkit_sessions_behind_nats_connect_in_one_round_trip() {
     let rtt = ms(40);
     let mut sim = Sim::new(21);
     sim.delay = rtt / 2;
@@ -1040,7 +1062,7 @@ fn natkit_sessions_behind_nats_connect_in_two_round_trips() {
         assert_eq!(p.core.path().unwrap().kind, PathKind::Srflx, "{}", p.name);
         let after = connected_after(&sim, i, t0);
         assert!(
-            after <= rtt * 2 + ms(10),
+            after <= rtt + ms(5),
             "{} connected {after:?} after the descriptions",
             p.name
         );
@@ -1057,8 +1079,8 @@ fn natkit_sessions_behind_nats_connect_in_two_round_trips() {
 /// §7.3.1.4) no longer held for the next 50 ms pacing slot (it waited
 /// 25 ms of it here, and the connect times through a relay were bimodal
 /// by that) or for its retransmission 250 ms later. So the connection
-/// takes what the permissions allow: B's check one way, A's check and
-/// A's nomination both ways, 2.5 relayed round trips from B's start.
+/// takes what the permissions allow: B's check one way, then A's check,
+/// which nominates, both ways: 1.5 relayed round trips from B's start.
 #[test]
 fn relay_only_connects_at_once_when_the_first_check_met_no_permission() {
     let mut sim = Sim::new(22);
@@ -1091,7 +1113,7 @@ fn relay_only_connects_at_once_when_the_first_check_met_no_permission() {
     );
     let a = connected_after(&sim, 0, t_b);
     assert!(
-        a <= relayed_rtt * 5 / 2 + ms(1),
+        a <= relayed_rtt * 3 / 2 + ms(1),
         "A connected {a:?} after B's start (a relayed round trip is {relayed_rtt:?})"
     );
     for p in &sim.peers {

@@ -35,6 +35,8 @@ impl Agent {
         use_candidate: bool,
         consent: bool,
     ) {
+        let nominates =
+            !consent && !use_candidate && self.role == Role::Controlling && self.nominate_first();
         let Some(rc) = &self.remote_creds else { return };
         let pair = &self.pairs[p];
         let (l, r) = (&self.local[pair.local], &self.remote[pair.remote]);
@@ -46,7 +48,7 @@ impl Agent {
             priority: l.peer_reflexive_priority(),
             role: self.role,
             tiebreaker: self.tiebreaker,
-            use_candidate,
+            use_candidate: use_candidate || nominates,
         };
         // The buffer fits the largest check; an error cannot happen with
         // validated credentials, and skipping the check is the safe outcome.
@@ -68,6 +70,7 @@ impl Agent {
             to,
             role: self.role,
             use_candidate,
+            nominates,
             consent,
             cancelled: false,
         });
@@ -434,7 +437,7 @@ impl Agent {
             }
         }
         // RFC 8445 §7.2.5.3.4 / §8.1.1: nomination completes.
-        let nominated = ((c.use_candidate && self.role == Role::Controlling)
+        let nominated = (((c.use_candidate || c.nominates) && self.role == Role::Controlling)
             || (self.role == Role::Controlled && self.pairs[p].remote_nominated))
             && self.outranks_selected(p);
         if nominated {

@@ -32,6 +32,18 @@ impl Agent {
     /// only delay the connection: a better pair that succeeds later is
     /// nominated then.
     ///
+    /// The nomination then rides on every check (USE-CANDIDATE, as RFC
+    /// 5245's aggressive nomination did), not on a second check after the
+    /// first succeeded: the controlling agent selects a pair when its check
+    /// succeeds, the controlled one when its own check on a pair the peer's
+    /// checks nominated succeeds (RFC 8445 §7.3.1.5), a round trip sooner
+    /// than regular nomination's. Both rank pairs alike (their valid pairs'
+    /// priorities, see [`Agent::valid_priority`]) and only move upwards,
+    /// so they end on the same pair: the best that works both ways. (RFC
+    /// 8445 dropped aggressive nomination because standard controlled
+    /// agents may take a nomination once and keep it; natkit's follow the
+    /// highest.)
+    ///
     /// [`IceOptions::renomination`]: crate::IceOptions::renomination
     pub(super) fn nominate_first(&self) -> bool {
         self.cfg.renominate && self.remote_options.renomination

@@ -166,7 +166,14 @@ pub struct Sim {
     trace: Vec<String>,
     /// UDP datagrams dropped by the loss model.
     pub lost: u64,
+    /// Drops the UDP datagrams it returns true for, given their source
+    /// (after NAT), destination and payload: losses aimed at chosen
+    /// messages, whatever the timing.
+    pub drop_if: Option<DropFilter>,
 }
+
+/// See [`Sim::drop_if`].
+pub type DropFilter = Box<dyn FnMut(SocketAddr, SocketAddr, &[u8]) -> bool>;
 
 impl Drop for Sim {
     /// On failure: the end of the trace on stderr, the whole of it in a
@@ -260,6 +267,7 @@ impl Sim {
             signal_delay: ms(50),
             trace: Vec::new(),
             lost: 0,
+            drop_if: None,
         }
     }
 
@@ -699,6 +707,10 @@ impl Sim {
         if self.loss > 0.0 && self.rng.gen::<f64>() < self.loss {
             self.lost += 1;
             self.log(format!("lost {src} -> {dst} {}", describe(&payload)));
+            return;
+        }
+        if self.drop_if.as_mut().is_some_and(|f| f(src, dst, &payload)) {
+            self.log(format!("dropped {src} -> {dst} {}", describe(&payload)));
             return;
         }
         self.log(format!("send {src} -> {dst} {}", describe(&payload)));
