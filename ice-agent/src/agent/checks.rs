@@ -264,6 +264,9 @@ impl Agent {
                 self.enqueue_triggered(p);
             }
             PairState::InProgress => {
+                if self.resend_in_flight(p) {
+                    return Ok(());
+                }
                 // The peer's check got through while ours may have been
                 // lost: cancel ours and check again now, which the path just
                 // proved likely to work.
@@ -278,6 +281,40 @@ impl Agent {
             PairState::Succeeded => {}
         }
         Ok(())
+    }
+
+    /// The peer's check arrived on pair `p`, whose own check is in flight:
+    /// between natkit agents, send that check's request again at once
+    /// instead of cancelling it for a triggered check in the next pacing
+    /// slot (RFC 8445 §7.3.1.4). The peer's check proved that the path
+    /// works now, and ours was likely lost on the way to a NAT or relay
+    /// that did not let it in yet (above all a relayed check that reached
+    /// the peer's relay before the peer's permission for us, RFC 8656 §9):
+    /// the slot's wait (up to 5 ms) was what kept relayed connects
+    /// bimodal. It is a retransmission of the same transaction, one for
+    /// each check of the peer, not a new transaction for §14.2 to pace,
+    /// and it costs what the triggered check would have. Returns whether
+    /// it did (else the standard way applies: with a standard peer, or
+    /// when the request carries a role we no longer have, §7.2.5.1).
+    fn resend_in_flight(&mut self, p: usize) -> bool {
+        if !self.remote_options.renomination {
+            return false;
+        }
+        let role = self.role;
+        let Some(c) = self
+            .checks
+            .iter()
+            .rev()
+            .find(|c| c.pair == p && !c.consent && !c.cancelled && c.role == role)
+        else {
+            return false;
+        };
+        self.transmits.push_back(Transmit {
+            from: c.from,
+            to: c.to,
+            payload: c.payload.clone(),
+        });
+        true
     }
 
     pub(super) fn fresh_remote_foundation(&mut self) -> String {
