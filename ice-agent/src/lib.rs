@@ -173,6 +173,7 @@ pub mod credentials;
 pub mod description;
 pub mod event;
 mod fingerprint;
+pub mod portmap;
 #[cfg(feature = "tokio")]
 pub mod session;
 pub mod session_core;

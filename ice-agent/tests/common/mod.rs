@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod gateway;
 mod nat;
 
 pub use nat::{Filtering, Mapping, Nat};
