@@ -62,6 +62,21 @@ impl fmt::Display for CandidateKind {
     }
 }
 
+/// The type preference of a port-mapped candidate (PCP, NAT-PMP or UPnP
+/// IGD, see [`Candidate::port_mapped`]): between server-reflexive (100)
+/// and peer-reflexive (110).
+///
+/// natkit treats "port-mapped" as a type of its own, so RFC 8445
+/// §5.1.2.1's rule (one type preference per type, different types
+/// different ones) holds; on the wire it is `srflx`, the only type a
+/// standard peer knows that fits (an address of our NAT, related to our
+/// host address), as libnice signals its UPnP mappings. It ranks above
+/// the STUN-learned srflx because the NAT forwards it to us whatever its
+/// filtering (the srflx of a symmetric or port-restricted NAT is filtered
+/// or useless), and below prflx (learned from checks that worked) and host
+/// (a path that does not cross the NAT at all).
+pub const PORT_MAPPED_TYPE_PREFERENCE: u32 = 105;
+
 /// Candidate priority (RFC 8445 §5.1.2.1):
 /// `2^24 × type preference + 2^8 × local preference + (256 − component ID)`.
 pub fn candidate_priority(kind: CandidateKind, local_preference: u16) -> u32 {
@@ -214,6 +229,37 @@ impl Candidate {
         }
     }
 
+    /// A local port-mapped candidate: the gateway `gateway` forwards `addr`
+    /// to the host candidate `base` (a PCP, NAT-PMP or UPnP IGD mapping).
+    /// Signalled as `srflx` with type preference
+    /// [`PORT_MAPPED_TYPE_PREFERENCE`] (see there why); its foundation is
+    /// that of a server-reflexive candidate from the gateway.
+    pub fn port_mapped(
+        addr: SocketAddr,
+        base: SocketAddr,
+        gateway: IpAddr,
+        local_preference: u16,
+    ) -> Self {
+        let kind = CandidateKind::ServerReflexive;
+        Candidate {
+            kind,
+            addr,
+            base,
+            priority: (PORT_MAPPED_TYPE_PREFERENCE << 24)
+                | (u32::from(local_preference) << 8)
+                | (256 - COMPONENT_ID),
+            foundation: foundation(kind, base.ip(), Some(gateway)),
+            related: Some(base),
+        }
+    }
+
+    /// Whether this is a port-mapped candidate (ours, or a natkit peer's:
+    /// a `srflx` with [`PORT_MAPPED_TYPE_PREFERENCE`]).
+    pub fn is_port_mapped(&self) -> bool {
+        self.kind == CandidateKind::ServerReflexive
+            && self.priority >> 24 == PORT_MAPPED_TYPE_PREFERENCE
+    }
+
     /// A local relayed candidate: TURN server `server`, reached from the
     /// host address `host_ip`, allocated `addr` and saw us as `mapped`
     /// (RFC 8445 §5.1.1.2). Its base is `addr` itself.
@@ -347,6 +393,25 @@ mod tests {
                 assert_ne!(x, y);
             }
         }
+    }
+
+    #[test]
+    fn port_mapped_candidates_rank_between_srflx_and_prflx() {
+        let base: SocketAddr = "192.168.1.2:5000".parse().unwrap();
+        let ext: SocketAddr = "203.0.113.1:5000".parse().unwrap();
+        let gw: IpAddr = "192.168.1.1".parse().unwrap();
+        let m = Candidate::port_mapped(ext, base, gw, 65535);
+        let s = Candidate::server_reflexive(ext, base, "192.0.2.1".parse().unwrap(), 65535);
+        assert_eq!(m.kind, CandidateKind::ServerReflexive);
+        assert_eq!(m.priority, (105 << 24) + (65535 << 8) + 255);
+        assert!(m.priority > s.priority);
+        assert!(m.priority < candidate_priority(CandidateKind::PeerReflexive, 0));
+        assert!(m.is_port_mapped() && !s.is_port_mapped());
+        assert_ne!(m.foundation, s.foundation);
+        assert_eq!(m.related, Some(base));
+        // A natkit peer's, as signalled, is recognised too.
+        let r = Candidate::remote(m.kind, m.addr, m.priority, &m.foundation);
+        assert!(r.is_port_mapped());
     }
 
     #[test]

@@ -30,7 +30,9 @@
 //! The driver sends UDP from the socket of the internal address (PCP and
 //! NAT-PMP map the requester's address), opens the TCP connections UPnP
 //! needs from that address ([`Output::Http`]), and feeds back what comes
-//! in; [`gateway`] finds the gateway in the routing table.
+//! in; [`gateway`] finds the gateway in the routing table. With the
+//! `tokio` feature, [`driver`] has the HTTP exchange and a complete driver
+//! for one UDP socket.
 //!
 //! | module | what it does |
 //! |---|---|
@@ -38,8 +40,11 @@
 //! | [`pcp`], [`natpmp`] | the two UDP protocols' messages |
 //! | [`ssdp`], [`http`], [`upnp`] | UPnP IGD: discovery, HTTP/1.1, the device description and SOAP |
 //! | [`gateway`] | the default gateway from `/proc/net/route` and `/proc/net/ipv6_route` |
+//! | [`driver`] | (feature `tokio`) HTTP over TCP, and a driver for one socket |
 
 mod client;
+#[cfg(feature = "tokio")]
+pub mod driver;
 pub mod gateway;
 pub mod http;
 pub mod natpmp;

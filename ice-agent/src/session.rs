@@ -89,6 +89,8 @@ pub struct Builder {
     ice: Config,
     idle_timeout: Duration,
     degraded_after: Option<Duration>,
+    port_mapping: bool,
+    gateway: Option<IpAddr>,
 }
 
 impl Builder {
@@ -131,6 +133,29 @@ impl Builder {
     /// every interface's.
     pub fn bind(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
         self.bind = ips.into_iter().collect();
+        self
+    }
+
+    /// Ask the gateway to map a port (PCP, then NAT-PMP, then UPnP IGD;
+    /// see [`crate::portmap`]) and offer the mapped address as a candidate
+    /// ([`crate::Candidate::port_mapped`]). On by default: behind a NAT
+    /// that maps ports, it connects directly where STUN's address is
+    /// filtered or useless (a symmetric NAT), as Tailscale, iroh and libnice
+    /// do; the mapping is renewed while the session lives and deleted when
+    /// it closes. It costs one datagram to the gateway (and an SSDP search)
+    /// where nothing answers, and holds gathering at most
+    /// [`crate::session_core::PORTMAP_FIRST_ANSWER`] then. Only a non-loopback
+    /// IPv4 base is mapped, through the default route's gateway (from
+    /// `/proc/net/route`) unless [`Builder::gateway`] names one.
+    pub fn port_mapping(mut self, yes: bool) -> Self {
+        self.port_mapping = yes;
+        self
+    }
+
+    /// The gateway to ask for port mapping, instead of the default
+    /// route's. A loopback gateway maps a loopback base (for tests).
+    pub fn gateway(mut self, ip: IpAddr) -> Self {
+        self.gateway = Some(ip);
         self
     }
 
@@ -260,6 +285,8 @@ impl Session {
             ice: Config::default(),
             idle_timeout: Duration::from_secs(30),
             degraded_after: None,
+            port_mapping: true,
+            gateway: None,
         }
     }
 
@@ -299,6 +326,9 @@ impl Session {
         cfg.gather_timeout = b.gather_timeout;
         cfg.ice = b.ice.clone();
         cfg.degraded_after = b.degraded_after;
+        if b.port_mapping && !b.relay_only {
+            cfg.port_mapping = port_mapping_config(b.gateway, &base_addrs);
+        }
         let core = SessionCore::new(cfg, base_addrs.clone(), now).map_err(ConfigError::from)?;
 
         let mut transport = quinn::TransportConfig::default();
@@ -655,6 +685,50 @@ fn refused_certificate(e: &quinn::ConnectionError) -> bool {
         quinn::ConnectionError::ConnectionClosed(c) => c.error_code == code,
         _ => false,
     }
+}
+
+/// The port mapping of the session: the gateway (`explicit`, else the
+/// default IPv4 route's) and the base to map, one that reaches it (same
+/// family, loopback only with a loopback gateway), preferring one on the
+/// gateway's link.
+fn port_mapping_config(
+    explicit: Option<IpAddr>,
+    bases: &[SocketAddr],
+) -> Option<crate::portmap::Config> {
+    use crate::portmap::gateway;
+    let (gw, on_link) = match explicit {
+        Some(ip) => (ip, None),
+        None => match gateway::system_default_v4() {
+            Ok(Some((route, text))) => (IpAddr::V4(route.gateway), Some((route.interface, text))),
+            Ok(None) => {
+                tracing::debug!("no default route: no port mapping");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "routing table unreadable: no port mapping");
+                return None;
+            }
+        },
+    };
+    if gw.is_unspecified() || gw.is_multicast() {
+        return None;
+    }
+    let gw_sock = SocketAddr::new(gw, crate::portmap::SERVER_PORT);
+    let usable: Vec<SocketAddr> = bases
+        .iter()
+        .copied()
+        .filter(|b| crate::session_core::reaches(*b, gw_sock))
+        .collect();
+    let base = on_link
+        .and_then(|(iface, text)| {
+            usable.iter().copied().find(|b| match b.ip() {
+                IpAddr::V4(ip) => gateway::on_link_v4(&text, &iface, ip),
+                IpAddr::V6(_) => false,
+            })
+        })
+        .or_else(|| usable.first().copied())?;
+    tracing::debug!(gateway = %gw, %base, "port mapping");
+    Some(crate::portmap::Config::new(gw, base))
 }
 
 /// The addresses to bind host bases on.

@@ -15,6 +15,10 @@
 //!   connection to a TURN server, then report it with
 //!   [`SessionCore::handle_stream_connected`] or
 //!   [`SessionCore::handle_stream_closed`];
+//! - [`Output::Http`]: one HTTP exchange with the gateway's UPnP device
+//!   (port mapping): feed what comes back to
+//!   [`SessionCore::handle_http_data`] and the end to
+//!   [`SessionCore::handle_http_end`] ([`Output::Disconnect`] cancels it);
 //! - [`Output::Event`]: a [`SessionEvent`] for the application;
 //! - [`Output::Timeout`]: when to call [`SessionCore::handle_timeout`].
 //!
@@ -37,13 +41,15 @@
 //! | `relays` | TURN allocations (proto's client): where their messages travel, their events, replacing lost ones |
 //! | `route` | [`Route`]: how application datagrams go, for the selected pair or learnt before it |
 //! | `freshness` | consent across ICE restarts (RFC 7675) and the degraded-path warning |
-//! | `closing` | the close grace and the deletions (RFC 8656 §8) |
+//! | `port_mapping` | the port-mapped candidate ([`crate::portmap`]: PCP, NAT-PMP, UPnP IGD), its renewals and deletion |
+//! | `closing` | the close grace and the deletions (RFC 8656 §8, the port mapping's) |
 //! | `report` | events, paths, server problems, endings |
 
 mod checks;
 mod closing;
 mod freshness;
 mod gather;
+mod port_mapping;
 mod relays;
 mod report;
 mod route;
@@ -56,6 +62,7 @@ use std::time::{Duration, Instant};
 use natkit_proto::demux::{classify, PacketKind};
 use natkit_proto::turn::client::{self as turn, Credentials, Transport};
 
+pub use port_mapping::PORTMAP_FIRST_ANSWER;
 pub use report::{
     ConnectionError, ConnectionStage, Ending, PathInfo, PathKind, Problem, ServerKind,
     ServerProblem, SessionEvent,
@@ -69,7 +76,9 @@ use crate::fingerprint::Fingerprint;
 use crate::{Agent, Candidate, CandidateKind, Config, Event, PairInfo, Role, SelectedPair};
 
 use freshness::Freshness;
+pub(crate) use gather::reaches;
 use gather::Probe;
+use port_mapping::Mapper;
 use relays::{Alloc, Link};
 
 /// The most a restart waits for gathering before its description is given
@@ -153,6 +162,11 @@ pub struct CoreConfig {
     /// The fingerprint of the certificate the application protocol
     /// presents, signalled in the description.
     pub fingerprint: Fingerprint,
+    /// Map the port of one host base on the gateway (PCP, NAT-PMP, UPnP
+    /// IGD) and offer the mapped address as a candidate: `internal` is
+    /// the base. `None` (the default): no port mapping. The tokio
+    /// [`crate::Session`] fills it from the routing table.
+    pub port_mapping: Option<crate::portmap::Config>,
 }
 
 impl CoreConfig {
@@ -166,6 +180,7 @@ impl CoreConfig {
             ice: Config::default(),
             degraded_after: None,
             fingerprint,
+            port_mapping: None,
         }
     }
 
@@ -218,6 +233,21 @@ pub enum Output {
         /// For TLS, the name the certificate must carry.
         tls_name: Option<String>,
     },
+    /// Open a TCP connection from `from` (any port) to `to` for stream
+    /// `stream`, send `request`, and give what comes back to
+    /// [`SessionCore::handle_http_data`], then the end to
+    /// [`SessionCore::handle_http_end`]: one HTTP exchange with the
+    /// gateway's UPnP device.
+    Http {
+        /// The name the core uses for it.
+        stream: StreamId,
+        /// The local address to connect from (the base being mapped).
+        from: std::net::IpAddr,
+        /// The device.
+        to: SocketAddr,
+        /// The request.
+        request: Vec<u8>,
+    },
     /// Close stream `stream` (after sending what was queued on it).
     Disconnect {
         /// The stream.
@@ -248,6 +278,7 @@ pub struct SessionCore {
     bases: Vec<SocketAddr>,
     probes: Vec<Probe>,
     allocs: Vec<Alloc>,
+    mapper: Option<Mapper>,
     next_stream: u64,
     gather_deadline: Instant,
     gathering_done: bool,
@@ -312,7 +343,12 @@ impl SessionCore {
             return Err(CoreConfigError::TlsWithoutName(t.addr));
         }
         let agent = Agent::new(cfg.ice.clone(), now);
+        let mapper = match (&cfg.port_mapping, cfg.relay_only) {
+            (Some(pm), false) => Mapper::new(pm.clone(), &bases, now),
+            _ => None,
+        };
         let mut core = SessionCore {
+            mapper,
             gather_deadline: now + cfg.gather_timeout,
             cfg,
             agent,
@@ -452,6 +488,11 @@ impl SessionCore {
         self.known_remote = 0;
         // New mappings may exist after a network change: ask again.
         self.start_probes(now);
+        // And the port mapping may be gone: renew it now (a refusal or
+        // silence till expiry is SessionEvent::PortMappingLost).
+        if let Some(mp) = &mut self.mapper {
+            mp.m.renew_now(now);
+        }
         let over: Vec<usize> = (0..self.allocs.len())
             .filter(|&i| self.allocs[i].is_over() || matches!(self.allocs[i].link, Link::Down(_)))
             .collect();
@@ -504,8 +545,12 @@ impl SessionCore {
     ) -> Option<Range<usize>> {
         self.now = now;
         if self.closing.is_some() {
-            // Only the TURN servers' answers to our deletions matter; ICE
-            // checks go unanswered, as from a gone peer.
+            // Only the TURN servers' and the gateway's answers to our
+            // deletions matter; ICE checks go unanswered, as from a gone
+            // peer.
+            if self.mapper_datagram(local, from, data, now) {
+                return None;
+            }
             if let Some(a) = self
                 .allocs
                 .iter_mut()
@@ -514,6 +559,9 @@ impl SessionCore {
                 a.client.handle_input(data, now);
                 self.dirty = true;
             }
+            return None;
+        }
+        if self.mapper_datagram(local, from, data, now) {
             return None;
         }
         if self
@@ -622,6 +670,11 @@ impl SessionCore {
         for p in &mut self.probes {
             p.handle_timeout(now);
         }
+        if let Some(mp) = &mut self.mapper {
+            if mp.m.poll_timeout().is_some_and(|t| t <= now) {
+                mp.m.handle_timeout(now);
+            }
+        }
         // An allocation whose connection is gone was reported already: its
         // client's timers have nothing more to say.
         for a in self
@@ -679,6 +732,12 @@ impl SessionCore {
         }
         for p in &self.probes {
             take(p.poll_timeout());
+        }
+        if let Some(mp) = &self.mapper {
+            take(mp.m.poll_timeout());
+            if !self.gathering_done && self.now < mp.first_answer_by {
+                take(Some(mp.first_answer_by));
+            }
         }
         for a in self.allocs.iter().filter(|a| a.via().is_some()) {
             take(a.client.poll_timeout());
@@ -795,6 +854,7 @@ impl SessionCore {
         let now = self.now;
         while std::mem::take(&mut self.dirty) {
             self.pump_probes();
+            self.pump_mapper();
             self.pump_allocs(now);
             self.pump_agent(now);
             self.check_gathering(now);

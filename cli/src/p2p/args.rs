@@ -43,6 +43,14 @@ pub struct Common {
     /// Offer loopback addresses too (both peers on this machine).
     #[arg(long)]
     pub loopback: bool,
+    /// Do not ask the gateway to map a port (PCP, NAT-PMP, UPnP IGD). By
+    /// default the mapped address is offered as a candidate, renewed and
+    /// deleted at the end.
+    #[arg(long)]
+    pub no_port_mapping: bool,
+    /// The gateway to ask for a port mapping (default: the default route's).
+    #[arg(long, value_name = "IP", conflicts_with = "no_port_mapping")]
+    pub gateway: Option<IpAddr>,
     /// Use only this local address for host candidates (repeatable;
     /// default: every interface's).
     #[arg(long = "bind", value_name = "IP")]
@@ -122,6 +130,7 @@ impl Common {
             .role(role)
             .loopback(self.loopback)
             .relay_only(self.relay_only)
+            .port_mapping(!self.no_port_mapping)
             .connect_timeout(self.timeout)
             .gather_timeout(self.timeout.min(Duration::from_secs(5)))
             .ice_config(Config {
@@ -140,6 +149,9 @@ impl Common {
         }
         if !self.bind.is_empty() {
             b = b.bind(self.bind.iter().copied());
+        }
+        if let Some(gw) = self.gateway {
+            b = b.gateway(gw);
         }
         for s in &self.stun {
             let spec = udp_driver::parse_server(s).with_context(|| format!("--stun {s}"))?;

@@ -1322,6 +1322,16 @@ impl PortMapper {
         }
     }
 
+    /// Renew the mapping now (after a network change, say): a refusal, or
+    /// silence until expiry, is [`Event::Lost`].
+    pub fn renew_now(&mut self, now: Instant) {
+        self.now = now;
+        if self.closing || self.active.is_none() {
+            return;
+        }
+        self.renew(now);
+    }
+
     /// Every protocol is out without a mapping: say so, once.
     fn finish_if_failed(&mut self) {
         if self.reported_failure || self.active.is_some() || self.closing {

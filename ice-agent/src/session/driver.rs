@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::socket::{Base, Outbound, Sender, SharedStream, VIRTUAL_REMOTE};
 use super::Error;
 use crate::description::{Description, TrickleCandidate};
+use crate::portmap::driver::{http_exchange, HttpPiece, HttpStage};
 use crate::session_core::{
     ConnectionError, ConnectionStage, Ending, Output, PathInfo, ServerProblem, SessionCore,
     SessionEvent, StreamId, Transmit, Via,
@@ -44,6 +45,9 @@ const STREAM_READS: usize = 16;
 const STREAM_LINGER: Duration = Duration::from_secs(1);
 /// Rounds of one `poll_recv` before it yields (and asks to be polled again).
 const ROUNDS: usize = 64;
+/// The most one HTTP exchange with the gateway's UPnP device may take (the
+/// core's port mapper gives up sooner; this only bounds the task).
+const HTTP_LIMIT: Duration = Duration::from_secs(5);
 
 /// Requests from the [`Session`](super::Session) handle.
 pub(super) enum Command {
@@ -117,6 +121,19 @@ pub(super) struct Driver {
     status_dirty: bool,
     published_route: Option<u64>,
     next_base: usize,
+    /// UPnP's HTTP exchanges (port mapping): their tasks, and what they
+    /// read.
+    http_tasks: HashMap<StreamId, tokio::task::AbortHandle>,
+    http_tx: mpsc::UnboundedSender<(StreamId, HttpPiece)>,
+    http_rx: mpsc::UnboundedReceiver<(StreamId, HttpPiece)>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        for t in self.http_tasks.values() {
+            t.abort();
+        }
+    }
 }
 
 impl Driver {
@@ -129,7 +146,11 @@ impl Driver {
         connect_limit: Duration,
         now: Instant,
     ) -> Driver {
+        let (http_tx, http_rx) = mpsc::unbounded_channel();
         Driver {
+            http_tasks: HashMap::new(),
+            http_tx,
+            http_rx,
             core,
             cmds,
             cmds_closed: false,
@@ -167,6 +188,7 @@ impl Driver {
                 worked = true;
             }
             worked |= self.poll_streams(cx, now);
+            worked |= self.poll_http(cx, now);
             self.drain(now, bases, out);
             worked |= self.flush_streams(cx);
             if let Some(n) = self.hand_app(bufs, meta) {
@@ -240,6 +262,30 @@ impl Driver {
             }
             Command::Close => self.core.close(now),
         }
+    }
+
+    /// What UPnP's HTTP exchanges read.
+    fn poll_http(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        let mut worked = false;
+        while let Poll::Ready(Some((stream, piece))) = self.http_rx.poll_recv(cx) {
+            worked = true;
+            self.touched = true;
+            match piece {
+                HttpPiece::Data(d) => self.core.handle_http_data(stream, &d, now),
+                HttpPiece::End(r) => {
+                    self.http_tasks.remove(&stream);
+                    let r = r.map_err(|(stage, e)| {
+                        let stage = match stage {
+                            HttpStage::Connect => ConnectionStage::Connect,
+                            HttpStage::Exchange => ConnectionStage::Established,
+                        };
+                        ConnectionError::new(stage, &e)
+                    });
+                    self.core.handle_http_end(stream, r, now);
+                }
+            }
+        }
+        worked
     }
 
     /// Connections being made, read, or closed.
@@ -368,7 +414,26 @@ impl Driver {
                     transport,
                     tls_name,
                 } => self.connect(stream, server, transport, tls_name),
+                Output::Http {
+                    stream,
+                    from,
+                    to,
+                    request,
+                } => {
+                    let task = tokio::spawn(http_exchange(
+                        stream,
+                        from,
+                        to,
+                        request,
+                        HTTP_LIMIT,
+                        self.http_tx.clone(),
+                    ));
+                    self.http_tasks.insert(stream, task.abort_handle());
+                }
                 Output::Disconnect { stream } => {
+                    if let Some(t) = self.http_tasks.remove(&stream) {
+                        t.abort();
+                    }
                     if let Some(StreamState::Up(s)) = self.streams.remove(&stream) {
                         self.streams
                             .insert(stream, StreamState::Closing(s, now + STREAM_LINGER));

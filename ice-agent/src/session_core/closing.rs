@@ -1,6 +1,8 @@
 //! Closing a session: the application's goodbye gets [`CLOSE_GRACE`] to
-//! cross the relay, then the allocations are deleted (RFC 8656 §8) and the
-//! servers get [`CLOSE_WAIT`] to confirm.
+//! cross the relay, then the allocations are deleted (RFC 8656 §8), the
+//! port mapping too (RFC 6887 §15, RFC 6886 §3.4, UPnP
+//! DeletePortMapping), and the servers and the gateway get [`CLOSE_WAIT`]
+//! to confirm.
 
 // The core's own state and types (a split of its impl).
 use super::*;
@@ -19,17 +21,26 @@ impl SessionCore {
             for a in &mut self.allocs {
                 a.client.close(now);
             }
+            if let Some(mp) = &mut self.mapper {
+                mp.m.close(now);
+            }
             self.closing = Some(Closing { deleted: true, ..c });
             self.dirty = true;
         }
         let confirmed = self
             .allocs
             .iter()
-            .all(|a| a.closed || a.is_over() || a.via().is_none());
+            .all(|a| a.closed || a.is_over() || a.via().is_none())
+            && !self.mapper.as_ref().is_some_and(|m| !m.m.is_closed());
         if confirmed || now >= c.give_up_at {
             self.closed = true;
             for a in &self.allocs {
                 if let Some(stream) = a.stream() {
+                    self.streams.push_back(Output::Disconnect { stream });
+                }
+            }
+            if let Some(mp) = &mut self.mapper {
+                for (_, stream) in mp.http.drain(..) {
                     self.streams.push_back(Output::Disconnect { stream });
                 }
             }

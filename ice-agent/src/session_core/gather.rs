@@ -24,7 +24,7 @@ pub(super) const GATHER_RTO: transaction::Config = transaction::Config {
 
 /// Whether a base can reach a server: same family, and loopback only with
 /// loopback (a loopback base cannot reach a real server and vice versa).
-pub(super) fn reaches(base: SocketAddr, server: SocketAddr) -> bool {
+pub(crate) fn reaches(base: SocketAddr, server: SocketAddr) -> bool {
     base.is_ipv4() == server.is_ipv4() && base.ip().is_loopback() == server.ip().is_loopback()
 }
 
@@ -191,7 +191,9 @@ impl SessionCore {
         if self.gathering_done {
             return;
         }
-        let all = self.probes.iter().all(|p| p.done) && self.allocs.iter().all(|a| a.done);
+        let all = self.probes.iter().all(|p| p.done)
+            && self.allocs.iter().all(|a| a.done)
+            && !self.mapper.as_ref().is_some_and(|m| m.holds_gathering(now));
         if !all && now < self.gather_deadline {
             return;
         }

@@ -283,7 +283,22 @@ pub enum SessionEvent {
     Failed(Vec<FailedPair>),
     /// The ICE role changed (RFC 8445 §7.3.1.1 role conflict).
     RoleChanged(Role),
-    /// The session finished closing (TURN allocations deleted).
+    /// The gateway mapped a port: its external address is a local
+    /// candidate now ([`crate::Candidate::port_mapped`]).
+    PortMapped(crate::portmap::Mapping),
+    /// No port mapping: each protocol and why (usually: the gateway
+    /// answers none).
+    PortMappingFailed(Vec<(crate::portmap::Protocol, crate::portmap::Status)>),
+    /// The port mapping is gone (a refused renewal, or it expired): its
+    /// candidate no longer works.
+    PortMappingLost {
+        /// The mapping.
+        mapping: crate::portmap::Mapping,
+        /// Why.
+        failure: crate::portmap::Failure,
+    },
+    /// The session finished closing (TURN allocations and the port
+    /// mapping deleted).
     Closed,
 }
 

@@ -43,6 +43,7 @@ use natkit_proto::turn::server::{self, ClientKey};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::common::gateway::SimGateway;
 use crate::common::Nat;
 
 /// Milliseconds.
@@ -123,7 +124,43 @@ enum Ev {
         to: usize,
         cand: TrickleCandidate,
     },
+    /// A datagram from peer `peer`'s base `src` reaches its gateway's
+    /// `port`.
+    GatewayUdp {
+        peer: usize,
+        src: SocketAddr,
+        port: u16,
+        payload: Vec<u8>,
+    },
+    /// The gateway's answer reaches the peer's base `to`.
+    FromGateway {
+        peer: usize,
+        from: SocketAddr,
+        to: SocketAddr,
+        payload: Vec<u8>,
+    },
+    /// An HTTP request of the peer's reaches its gateway (after the
+    /// handshake).
+    HttpRequest {
+        peer: usize,
+        stream: StreamId,
+        from: std::net::IpAddr,
+        payload: Vec<u8>,
+    },
+    HttpData {
+        peer: usize,
+        stream: StreamId,
+        data: Vec<u8>,
+    },
+    HttpEnd {
+        peer: usize,
+        stream: StreamId,
+        result: Result<(), ConnectionError>,
+    },
 }
+
+/// One-way latency between a host and its own gateway.
+pub const LAN_DELAY: Duration = Duration::from_millis(1);
 
 /// A simulated TCP connection from a peer to a TURN server.
 struct Conn {
@@ -310,9 +347,24 @@ impl Sim {
         hosts: &[&str],
         nat: Option<Nat>,
     ) -> usize {
+        self.add_peer_behind(name, cfg, hosts, nat, None)
+    }
+
+    /// [`Sim::add_peer`] with a port-mapping gateway on its NAT (the
+    /// config's `port_mapping` says whether the session uses it).
+    pub fn add_peer_behind(
+        &mut self,
+        name: &'static str,
+        cfg: CoreConfig,
+        hosts: &[&str],
+        nat: Option<Nat>,
+        gateway: Option<SimGateway>,
+    ) -> usize {
         let hosts: Vec<SocketAddr> = hosts.iter().map(|h| h.parse().unwrap()).collect();
         let core = SessionCore::new(cfg, hosts.clone(), self.now).expect("valid config");
-        self.peers.push(Peer::new(name, core, hosts, nat, self.now));
+        let mut peer = Peer::new(name, core, hosts, nat, self.now);
+        peer.gateway = gateway;
+        self.peers.push(peer);
         let i = self.peers.len() - 1;
         self.pump(i);
         i
@@ -614,6 +666,12 @@ impl Sim {
                     Via::Stream(s) => self.stream_send(i, s, t.payload),
                 },
                 Output::Connect { stream, server, .. } => self.connect(i, stream, server),
+                Output::Http {
+                    stream,
+                    from,
+                    to,
+                    request,
+                } => self.http_request(i, stream, from, to, request),
                 Output::Disconnect { stream } => self.disconnect(i, stream),
                 Output::Event(e) => self.on_event(i, e),
                 Output::Timeout(t) => {
@@ -676,6 +734,99 @@ impl Sim {
                 self.peers[to].core.add_remote_candidate(&cand, now);
                 self.pump(to);
             }
+            Ev::GatewayUdp {
+                peer,
+                src,
+                port,
+                payload,
+            } => {
+                let now = self.now;
+                let Some(gw) = &mut self.peers[peer].gateway else {
+                    return;
+                };
+                let lan = gw.lan;
+                for (p, answer) in gw.udp(src, port, &payload, now) {
+                    let from = SocketAddr::new(lan, p);
+                    self.schedule(
+                        LAN_DELAY,
+                        Ev::FromGateway {
+                            peer,
+                            from,
+                            to: src,
+                            payload: answer,
+                        },
+                    );
+                }
+            }
+            Ev::FromGateway {
+                peer,
+                from,
+                to,
+                mut payload,
+            } => {
+                if self.peers[peer].down {
+                    return;
+                }
+                self.log(format!("gateway {from} -> {to}: {} bytes", payload.len()));
+                let now = self.now;
+                let r = self.peers[peer]
+                    .core
+                    .handle_datagram(now, to, from, &mut payload);
+                assert!(r.is_none(), "the gateway's answer went to the application");
+                self.pump(peer);
+            }
+            Ev::HttpRequest {
+                peer,
+                stream,
+                from,
+                payload,
+            } => {
+                if self.peers[peer].disconnects.contains(&stream) {
+                    return;
+                }
+                let now = self.now;
+                let Some(gw) = &mut self.peers[peer].gateway else {
+                    return;
+                };
+                if let Some(resp) = gw.http(from, &payload, now) {
+                    self.schedule(
+                        LAN_DELAY,
+                        Ev::HttpData {
+                            peer,
+                            stream,
+                            data: resp,
+                        },
+                    );
+                    self.schedule(
+                        LAN_DELAY * 2,
+                        Ev::HttpEnd {
+                            peer,
+                            stream,
+                            result: Ok(()),
+                        },
+                    );
+                }
+            }
+            Ev::HttpData { peer, stream, data } => {
+                if self.peers[peer].disconnects.contains(&stream) {
+                    return;
+                }
+                let now = self.now;
+                self.peers[peer].core.handle_http_data(stream, &data, now);
+                self.pump(peer);
+            }
+            Ev::HttpEnd {
+                peer,
+                stream,
+                result,
+            } => {
+                if self.peers[peer].disconnects.contains(&stream) {
+                    return;
+                }
+                let now = self.now;
+                self.peers[peer].core.handle_http_end(stream, result, now);
+                self.pump(peer);
+            }
         }
     }
 
@@ -700,8 +851,30 @@ impl Sim {
             if p.down {
                 return;
             }
+            // The LAN: the gateway itself, and the SSDP multicast group.
+            if let Some(gw) = &p.gateway {
+                if dst.ip() == gw.lan || dst.ip().is_multicast() {
+                    let port = dst.port();
+                    self.log(format!("send {src} -> gateway port {port}"));
+                    self.schedule(
+                        LAN_DELAY,
+                        Ev::GatewayUdp {
+                            peer: i,
+                            src,
+                            port,
+                            payload,
+                        },
+                    );
+                    return;
+                }
+            }
+            let forwarded = p.forwarded.get(&(src, dst)).copied();
             if let Some(nat) = &mut p.nat {
-                src = nat.outbound(src, dst);
+                src = match forwarded {
+                    // The reply direction of a forwarded flow (conntrack).
+                    Some(port) => SocketAddr::new(nat.public_ip, port),
+                    None => nat.outbound(src, dst),
+                };
             }
         }
         if self.loss > 0.0 && self.rng.gen::<f64>() < self.loss {
@@ -751,8 +924,18 @@ impl Sim {
         }
         for j in 0..self.peers.len() {
             let p = &self.peers[j];
+            let forward = p
+                .gateway
+                .as_ref()
+                .and_then(|g| g.forward(dst.port(), self.now));
+            let mut via_forward = false;
             let (owns, local) = match &p.nat {
-                Some(nat) if nat.public_ip == dst.ip() => (true, nat.inbound(dst.port(), src)),
+                Some(nat) if nat.public_ip == dst.ip() => {
+                    // A port the gateway forwards lets anyone in.
+                    let mapped = nat.inbound(dst.port(), src);
+                    via_forward = mapped.is_none() && forward.is_some();
+                    (true, mapped.or(forward))
+                }
                 Some(_) => (false, None),
                 None => (p.hosts.contains(&dst), Some(dst)),
             };
@@ -766,6 +949,9 @@ impl Sim {
             };
             if down {
                 return;
+            }
+            if via_forward {
+                self.peers[j].forwarded.insert((local, src), dst.port());
             }
             self.log(format!(
                 "deliver {src} -> {dst} (on {local}) {}",
@@ -871,6 +1057,41 @@ impl Sim {
             Ev::Connected { conn }
         };
         self.schedule(self.delay * 2, ev);
+    }
+
+    /// An HTTP exchange with peer `i`'s gateway (UPnP): after the TCP
+    /// handshake the request arrives; anything else is refused.
+    fn http_request(
+        &mut self,
+        i: usize,
+        stream: StreamId,
+        from: std::net::IpAddr,
+        to: SocketAddr,
+        payload: Vec<u8>,
+    ) {
+        self.log(format!("{} HTTP {stream} -> {to}", self.peers[i].name));
+        let ours = self.peers[i]
+            .gateway
+            .as_ref()
+            .is_some_and(|g| g.lan == to.ip() && to.port() == crate::common::gateway::HTTP_PORT);
+        let ev = if ours {
+            Ev::HttpRequest {
+                peer: i,
+                stream,
+                from,
+                payload,
+            }
+        } else {
+            Ev::HttpEnd {
+                peer: i,
+                stream,
+                result: Err(ConnectionError::new(
+                    ConnectionStage::Connect,
+                    &io::Error::from(io::ErrorKind::ConnectionRefused),
+                )),
+            }
+        };
+        self.schedule(LAN_DELAY * 3, ev);
     }
 
     fn disconnect(&mut self, i: usize, id: StreamId) {

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use natkit_ice::session_core::{Route, StreamId, Via};
 use natkit_ice::{SessionCore, SessionEvent};
 
+use std::collections::HashMap;
+
+use crate::common::gateway::SimGateway;
 use crate::common::Nat;
 
 /// An application datagram sent.
@@ -47,6 +50,12 @@ pub struct Peer {
     pub hosts: Vec<SocketAddr>,
     /// The NAT in front of it, if any.
     pub nat: Option<Nat>,
+    /// Its NAT's port-mapping side (PCP, NAT-PMP, UPnP), if any.
+    pub gateway: Option<SimGateway>,
+    /// Flows that came in through a port the gateway forwards, as
+    /// conntrack remembers them: (base, remote) -> external port. Replies
+    /// on them leave from that port.
+    pub(super) forwarded: HashMap<(SocketAddr, SocketAddr), u16>,
     /// Off the network: nothing it sends leaves, nothing reaches it.
     pub down: bool,
     /// When its core wants `handle_timeout`.
@@ -79,6 +88,8 @@ impl Peer {
             core,
             hosts,
             nat,
+            gateway: None,
+            forwarded: HashMap::new(),
             down: false,
             timer: now,
             events: Vec::new(),
