@@ -5,6 +5,7 @@ mod creds;
 mod discovery_output;
 mod netcheck;
 mod p2p;
+mod portmap_check;
 mod stun;
 mod turn;
 mod udp_driver;

@@ -2,10 +2,11 @@
 //! discovery (mapping, filtering, hairpinning) with a verdict on peer-to-peer
 //! prospects. The protocol is `natkit_proto::discovery`; this module resolves
 //! names, binds the socket, runs the driver and prints (in the words of
-//! [`crate::discovery_output`]).
+//! [`crate::discovery_output`]). Meanwhile it asks the gateway for a port
+//! mapping with PCP, NAT-PMP and UPnP IGD ([`crate::portmap_check`]).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::bail;
@@ -13,6 +14,7 @@ use natkit_proto::discovery::{self, Discovery, Mapping, NatType, Observation, Re
 use serde::Serialize;
 
 use crate::discovery_output::{self as words, ReportJson};
+use crate::portmap_check;
 use crate::udp_driver::{self, millis, secs, TimingArgs};
 
 /// Flags of `natkit netcheck`.
@@ -33,6 +35,12 @@ pub struct Args {
     /// Skip the hairpinning test.
     #[arg(long)]
     pub no_hairpin: bool,
+    /// Skip the port-mapping check (PCP, NAT-PMP, UPnP IGD on the gateway).
+    #[arg(long)]
+    pub no_port_mapping: bool,
+    /// The gateway to ask for a port mapping (default: the default route's).
+    #[arg(long, value_name = "IP", conflicts_with = "no_port_mapping")]
+    pub gateway: Option<IpAddr>,
     #[command(flatten)]
     pub timing: TimingArgs,
 }
@@ -43,11 +51,54 @@ struct Given {
     address: SocketAddr,
 }
 
+/// The port-mapping check's outcome.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PortMapping {
+    Checked(portmap_check::Report),
+    Skipped { skipped: String },
+}
+
 #[derive(Serialize)]
 struct Output {
     servers_given: Vec<Given>,
     #[serde(flatten)]
     report: ReportJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port_mapping: Option<PortMapping>,
+}
+
+/// Start the port-mapping check on a thread of its own (it runs while the
+/// STUN tests do) for `local`, the address the STUN tests use (a loopback
+/// one maps nothing, so tests against loopback servers never ask the real
+/// gateway); `None` when it is off.
+fn start_port_mapping(args: &Args, local: IpAddr) -> Option<std::thread::JoinHandle<PortMapping>> {
+    if args.no_port_mapping {
+        return None;
+    }
+    let explicit = args.gateway;
+    Some(std::thread::spawn(move || {
+        let skipped = |why: String| PortMapping::Skipped { skipped: why };
+        let gateway = match portmap_check::find_gateway(explicit) {
+            Ok(g) => g,
+            Err(e) => return skipped(e),
+        };
+        let local = if local.is_unspecified() {
+            match portmap_check::local_for(gateway) {
+                Ok(ip) => ip,
+                Err(e) => return skipped(format!("no route to the gateway {gateway}: {e}")),
+            }
+        } else {
+            local
+        };
+        if let Some(why) = portmap_check::skip_reason(local, gateway) {
+            return skipped(why.to_string());
+        }
+        match portmap_check::check(gateway, local) {
+            Ok(r) => PortMapping::Checked(r),
+            Err(e) => skipped(format!("{e:#}")),
+        }
+    }))
 }
 
 /// Run `natkit netcheck`.
@@ -83,6 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let servers: Vec<SocketAddr> = given.iter().map(|g| g.address).collect();
     let (sock, local) = udp_driver::bind_for(servers[0], args.bind)?;
+    let port_mapping = start_port_mapping(&args, local.ip());
     let mut cfg = discovery::Config::with_probe(args.timing.config());
     cfg.hairpinning = !args.no_hairpin;
     let mut d = Discovery::new(Instant::now(), local, servers, cfg)?;
@@ -90,15 +142,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let Some(report) = d.into_report() else {
         bail!("internal error: discovery did not finish");
     };
+    let port_mapping = port_mapping.map(|t| {
+        t.join().unwrap_or_else(|_| PortMapping::Skipped {
+            skipped: "internal error: the check panicked".into(),
+        })
+    });
 
     if args.json {
         let out = Output {
             servers_given: given,
             report: (&report).into(),
+            port_mapping,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
-    } else if report.learned_anything() {
-        print!("{}", human(&report));
+    } else {
+        if report.learned_anything() {
+            print!("{}", human(&report));
+        }
+        match &port_mapping {
+            Some(PortMapping::Checked(r)) => print!("{}", portmap_check::human(r)),
+            Some(PortMapping::Skipped { skipped }) if report.learned_anything() => {
+                println!("Port mapping\n  not checked: {skipped}")
+            }
+            _ => {}
+        }
     }
     if !report.learned_anything() {
         let why: Vec<String> = report.notes.iter().map(words::note).collect();
