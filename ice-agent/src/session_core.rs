@@ -76,6 +76,7 @@ use crate::fingerprint::Fingerprint;
 use crate::{Agent, Candidate, CandidateKind, Config, Event, PairInfo, Role, SelectedPair};
 
 use freshness::Freshness;
+#[cfg(feature = "tokio")]
 pub(crate) use gather::reaches;
 use gather::Probe;
 use port_mapping::Mapper;

@@ -131,14 +131,14 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn outputs(&mut self, m: &mut PortMapper) {
+    async fn outputs(&mut self, m: &mut PortMapper) {
         let limit = m.config().http_timeout;
         while let Some(o) = m.poll_output() {
             match o {
                 Output::Transmit { to, payload } => {
-                    // A full buffer or an unreachable network: the
-                    // retransmissions and the mapper's timers decide.
-                    if let Err(e) = self.sock.try_send_to(&payload, to) {
+                    // An unreachable network: the retransmissions and the
+                    // mapper's timers decide.
+                    if let Err(e) = self.sock.send_to(&payload, to).await {
                         tracing::debug!(%to, error = %e, "port mapping request not sent");
                     }
                 }
@@ -171,7 +171,7 @@ impl<'a> Driver<'a> {
     ) -> io::Result<()> {
         let mut buf = vec![0u8; 2048];
         loop {
-            self.outputs(m);
+            self.outputs(m).await;
             if stop(m) {
                 return Ok(());
             }

@@ -144,13 +144,21 @@ pub fn default_route_v6(route_text: &str) -> Option<DefaultRouteV6> {
         .min_by_key(|r| r.metric)
 }
 
+/// A file of the calling thread's network namespace: `/proc/net` follows
+/// the process's main thread, `/proc/thread-self/net` (Linux 3.17) this
+/// one's, which differ in a thread that joined another namespace.
+fn read_net(file: &str) -> std::io::Result<String> {
+    std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))
+        .or_else(|_| std::fs::read_to_string(format!("/proc/net/{file}")))
+}
+
 /// This machine's default IPv4 route (Linux; elsewhere `None`), with the
 /// routing table's text for [`on_link_v4`].
 pub fn system_default_v4() -> std::io::Result<Option<(DefaultRouteV4, String)>> {
     if !cfg!(target_os = "linux") {
         return Ok(None);
     }
-    let text = std::fs::read_to_string("/proc/net/route")?;
+    let text = read_net("route")?;
     Ok(default_route_v4(&text).map(|r| (r, text)))
 }
 
@@ -160,7 +168,7 @@ pub fn system_default_v6() -> std::io::Result<Option<DefaultRouteV6>> {
         return Ok(None);
     }
     // No IPv6 at all: no file.
-    match std::fs::read_to_string("/proc/net/ipv6_route") {
+    match read_net("ipv6_route") {
         Ok(text) => Ok(default_route_v6(&text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),

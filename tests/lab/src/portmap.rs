@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr;
+use crate::addr::{self, INTERNET_GATEWAY};
+use crate::lab::Lab;
 use crate::nat::{LAN, UPNP_TABLE, WAN};
 
 /// Whether and how a NAT answers port-mapping requests.
@@ -178,6 +179,36 @@ pub fn natpmp_answers(gateway: Ipv4Addr, limit: Duration) -> bool {
             if from == server && n >= 12 && buf[0] == 0 && buf[1] == 128 {
                 return true;
             }
+        }
+    }
+    false
+}
+
+/// Whether a datagram from the internet (from `remote_port` of the
+/// internet namespace's gateway address) to `public` reaches `sock` in a
+/// site's host, and the answer gets back out from `public`: what a port
+/// mapping must do. Three tries: a lone datagram proves nothing either way.
+pub fn reachable(lab: &Lab, sock: &UdpSocket, public: SocketAddr, remote_port: u16) -> bool {
+    let Ok(Ok(outside)) = lab
+        .internet()
+        .enter(|| UdpSocket::bind((INTERNET_GATEWAY, remote_port)))
+    else {
+        return false;
+    };
+    let limit = Some(Duration::from_secs(1));
+    if outside.set_read_timeout(limit).is_err() || sock.set_read_timeout(limit).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    for _ in 0..3 {
+        if outside.send_to(b"hello", public).is_err() {
+            return false;
+        }
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            if sock.send_to(b"back", from).is_err() {
+                return false;
+            }
+            return matches!(outside.recv_from(&mut buf), Ok((4, f)) if f == public);
         }
     }
     false

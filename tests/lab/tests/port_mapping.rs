@@ -6,8 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use natkit_lab::addr::INTERNET_GATEWAY;
-use natkit_lab::portmap::NATPMP_PORT;
+use natkit_lab::portmap::{reachable, NATPMP_PORT};
 use natkit_lab::{Lab, NatKind, PortMapping, Site, SiteSpec, TopologySpec};
 
 /// Run a port-mapping client in the site's host namespace: (success, output).
@@ -35,30 +34,6 @@ fn upnp_add(site: &Site, port: u16) -> (bool, String) {
         "upnpc",
         &["-u", &url, "-a", &host, &port, &port, "UDP"],
     )
-}
-
-/// Whether a datagram from the internet to `public` reaches `sock` (and
-/// the answer gets back out from `public`).
-fn reachable(lab: &Lab, sock: &UdpSocket, public: SocketAddr, remote_port: u16) -> bool {
-    let outside = lab
-        .internet()
-        .enter(|| UdpSocket::bind((INTERNET_GATEWAY, remote_port)))
-        .unwrap()
-        .unwrap();
-    outside
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let mut buf = [0u8; 64];
-    // Three tries: a lone datagram proves nothing either way.
-    for _ in 0..3 {
-        outside.send_to(b"hello", public).unwrap();
-        if let Ok((_, from)) = sock.recv_from(&mut buf) {
-            sock.send_to(b"back", from).unwrap();
-            return matches!(outside.recv_from(&mut buf), Ok((4, f)) if f == public);
-        }
-    }
-    false
 }
 
 /// A PCP MAP request (RFC 6887 §11.1, §7.1) for UDP `port` from `sock`;
