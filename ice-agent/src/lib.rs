@@ -2,8 +2,9 @@
 //!
 //! Connect two peers behind NATs and get a QUIC connection between them:
 //! ICE (RFC 8445, Trickle ICE per RFC 8838, consent freshness per RFC 7675,
-//! RFC 8863's patience) over host, server-reflexive (STUN) and relayed
-//! (TURN over UDP, TCP or TLS) candidates, then QUIC (quinn) on the winning
+//! RFC 8863's patience) over host, server-reflexive (STUN), port-mapped
+//! (PCP, NAT-PMP, UPnP IGD on the gateway) and relayed (TURN over UDP, TCP
+//! or TLS) candidates, then QUIC (quinn) on the winning
 //! pair, both certificates pinned by the fingerprints the peers signalled.
 //!
 //! ## The Session: what apps use
@@ -133,7 +134,8 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`session`] | the tokio [`Session`]: builder, errors, events; private `driver` (runs the core inside quinn's endpoint task) and `socket` (quinn's socket: reads every base, sends by the published route) |
-//! | [`session_core`] | [`SessionCore`]; private submodules `gather` (STUN probes), `relays` (TURN allocations), `route`, `freshness` (consent across restarts), `report` (events, paths, problems) |
+//! | [`session_core`] | [`SessionCore`]; private submodules `gather` (STUN probes), `relays` (TURN allocations), `port_mapping` (the port-mapped candidate), `route`, `freshness` (consent across restarts), `report` (events, paths, problems) |
+//! | [`portmap`] | port mapping on the gateway, sans-IO: PCP (RFC 6887), NAT-PMP (RFC 6886), UPnP IGD; the default gateway from the routing table; with `tokio`, a driver |
 //! | [`turn`] | TURN over tokio: [`turn::TurnConnection`] and the TCP/TLS stream both it and the session use |
 //! | [`candidate`] | candidate types, priorities, foundations (RFC 8445 §5.1), pair priority (§6.1.2.3) |
 //! | [`credentials`] | ufrag and password generation and checks (RFC 8445 §5.3, RFC 8839 §5.4) |

@@ -222,6 +222,36 @@ fn a_refusing_gateway_is_reported_and_the_session_goes_on() {
 }
 
 #[test]
+fn an_ice_restart_renews_the_mapping_and_a_refusal_reports_it_lost() {
+    let mut sim = world(5, true, Some(|_| {}));
+    connect(&mut sim);
+    let asked = |sim: &Sim| {
+        sim.peers[0]
+            .gateway
+            .as_ref()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|l| l.starts_with("pcp map"))
+            .count()
+    };
+    assert_eq!(asked(&sim), 1);
+    // A network change: the restart asks the gateway again at once.
+    sim.restart(0);
+    assert!(sim.run_for(ms(100), |s| asked(s) == 2));
+    assert!(sim.peers[0].core.port_mapping().is_some());
+    // The gateway now refuses: the next restart loses the mapping.
+    sim.peers[0].gateway.as_mut().unwrap().pcp = Answer::Refuse;
+    sim.restart(0);
+    assert!(sim.run_for(ms(100), |s| s.peers[0]
+        .event_at(|e| matches!(e, SessionEvent::PortMappingLost { .. }))
+        .is_some()));
+    assert!(sim.peers[0].core.port_mapping().is_none());
+    // Nothing more to wait for: the restart's gathering is not held.
+    assert!(sim.run_for(ms(200), |s| s.peers[0].core.gathering_done()));
+}
+
+#[test]
 fn close_deletes_the_port_mapping_before_reporting_closed() {
     for setup in [(|_: &mut SimGateway| {}) as fn(&mut SimGateway), |g| {
         g.pcp = Answer::Silent;

@@ -411,6 +411,9 @@ pub struct PortMapper {
     closing: bool,
     closed: bool,
     reported_failure: bool,
+    /// A mapping was made (and may since be lost): nothing more to wait
+    /// for.
+    ever_mapped: bool,
     http: Vec<Exchange>,
     next_http: u64,
     out: VecDeque<Output>,
@@ -469,6 +472,7 @@ impl PortMapper {
             closing: false,
             closed: false,
             reported_failure: false,
+            ever_mapped: false,
             http: Vec::new(),
             next_http: 0,
             out: VecDeque::new(),
@@ -1203,6 +1207,7 @@ impl PortMapper {
 
     fn mapped(&mut self, mapping: Mapping, now: Instant) {
         tracing::info!(%mapping, "port mapped");
+        self.ever_mapped = true;
         self.set(mapping.protocol, Status::Mapped(mapping.external));
         // The ones not needed any more: UPnP's discovery or description
         // (nothing mapped there, nothing to undo).
@@ -1646,9 +1651,10 @@ impl PortMapper {
         self.answered
     }
 
-    /// Whether mapping is over: mapped, or every protocol failed.
+    /// Whether mapping is over: mapped (even if lost since), or every
+    /// protocol failed.
     pub fn settled(&self) -> bool {
-        self.active.is_some() || self.reported_failure || self.closed
+        self.ever_mapped || self.reported_failure || self.closed
     }
 
     /// Whether [`PortMapper::close`] finished.
