@@ -36,12 +36,14 @@
 //!
 //! | module | what it does |
 //! |---|---|
-//! | `client` | [`PortMapper`], the state machine |
+//! | `api` | what the mapper is asked, makes, reports and outputs |
+//! | `client` | [`PortMapper`], the state machine (a file per protocol, the lifetime, the closing) |
 //! | [`pcp`], [`natpmp`] | the two UDP protocols' messages |
 //! | [`ssdp`], [`http`], [`upnp`] | UPnP IGD: discovery, HTTP/1.1, the device description and SOAP |
 //! | [`gateway`] | the default gateway from `/proc/net/route` and `/proc/net/ipv6_route` |
 //! | [`driver`] | (feature `tokio`) HTTP over TCP, and a driver for one socket |
 
+mod api;
 mod client;
 #[cfg(feature = "tokio")]
 pub mod driver;
@@ -52,6 +54,5 @@ pub mod pcp;
 pub mod ssdp;
 pub mod upnp;
 
-pub use client::{
-    Config, Event, Failure, HttpId, Mapping, Output, PortMapper, Protocol, Status, SERVER_PORT,
-};
+pub use api::{Config, Event, Failure, HttpId, Mapping, Output, Protocol, Status, SERVER_PORT};
+pub use client::{PortMapper, UDP_PATIENCE};
