@@ -643,14 +643,34 @@ fn close_deletes_the_mapping_with_each_protocol() {
 #[test]
 fn close_while_the_request_is_in_flight_deletes_what_it_made() {
     let mut w = World::new(|_| {}, |c| c.protocols = vec![Protocol::Pcp]);
-    // The request is on its way; close before the answer.
+    // The request is on its way; close before the answer. Nothing
+    // answered yet: one deletion goes out, and the mapper is closed at
+    // once (no wait for a gateway that may not exist).
     w.close();
-    assert!(w.run(ms(1000), |w| w.m.is_closed()));
+    assert!(w.m.is_closed() && w.has(|e| *e == Event::Closed));
+    w.run(ms(1000), |_| false);
     assert!(w.gw.mappings.is_empty(), "{:?}", w.gw.mappings);
     assert_eq!(
         w.gw.log,
         ["pcp map 40000 lifetime 7200", "pcp map 40000 lifetime 0"]
     );
+}
+
+#[test]
+fn close_after_an_answer_waits_for_the_deletion_of_what_is_in_flight() {
+    // NAT-PMP only: PCP's "unsupported version" is an answer on 5351, so
+    // the NAT-PMP request in flight is deleted and confirmed.
+    let mut w = World::new(|g| g.pcp = Answer::NatPmpOnly, |_| {});
+    assert!(w.run(ms(3), |w| w
+        .gw
+        .log
+        .iter()
+        .any(|l| l.starts_with("nat-pmp map"))));
+    assert!(w.mapped().is_none(), "{:?}", w.events);
+    w.close();
+    assert!(!w.m.is_closed());
+    assert!(w.run(ms(1000), |w| w.m.is_closed()));
+    assert!(w.gw.mappings.is_empty(), "{:?}", w.gw.mappings);
 }
 
 #[test]

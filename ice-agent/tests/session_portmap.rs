@@ -192,6 +192,26 @@ fn gathering_waits_for_a_gateway_that_answers_not_for_a_silent_one() {
     assert_eq!(failed, ms(3750));
     // B, without port mapping, gathers as before: when STUN answers.
     assert_eq!(gathered_at(&sim, 1), ms(20));
+
+    // Closing early, while PCP still retransmits to the silent gateway:
+    // no wait for a confirmation that cannot come.
+    let mut sim = world(
+        2,
+        false,
+        Some(|g| {
+            g.pcp = Answer::Silent;
+            g.natpmp = Answer::Silent;
+            g.upnp = Answer::Silent;
+        }),
+    );
+    assert!(sim.run_for(ms(300), |s| s.peers[0].core.gathering_done()));
+    let t_close = sim.t();
+    sim.close(0);
+    assert!(sim.run_for(secs(3), |s| s.peers[0].core.is_closed()));
+    let closed = sim.peers[0]
+        .event_at(|e| matches!(e, SessionEvent::Closed))
+        .unwrap();
+    assert_eq!(closed - t_close, natkit_ice::session_core::CLOSE_GRACE);
 }
 
 #[test]

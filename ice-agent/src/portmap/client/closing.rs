@@ -26,9 +26,20 @@ impl PortMapper {
         for e in self.http.drain(..) {
             self.out.push_back(Output::CloseHttp(e.id));
         }
-        match (self.active.as_ref().map(|a| a.mapping.protocol), in_flight) {
-            (Some(_), _) | (None, Some(_)) => self.start_delete(now),
-            (None, None) => self.close_done(),
+        match (self.active.is_some(), in_flight) {
+            (true, _) => self.start_delete(now),
+            // A gateway that never answered on port 5351 has most likely
+            // made nothing (no daemon, the common case): one deletion for
+            // the case it did and the answer was lost, and no wait for a
+            // confirmation that will not come.
+            (false, Some(Protocol::Pcp)) if !self.udp_answered => {
+                let p = self.pcp_request(0, pcp::any_external(self.cfg.internal.ip()));
+                self.udp_send(p);
+                self.pcp = Pcp::Done;
+                self.close_done();
+            }
+            (false, Some(_)) => self.start_delete(now),
+            (false, None) => self.close_done(),
         }
     }
 
