@@ -456,6 +456,22 @@ fn upnp_718_conflicts_move_to_another_port_and_725_to_a_permanent_lease() {
 }
 
 #[test]
+fn a_given_description_url_skips_ssdp() {
+    let mut w = World::new(
+        |_| {},
+        |c| {
+            c.protocols = vec![Protocol::Upnp];
+            c.upnp_location = Some(
+                natkit_ice::portmap::http::Url::parse("http://10.0.0.1:5000/rootDesc.xml").unwrap(),
+            );
+        },
+    );
+    assert!(w.run(ms(500), |w| w.mapped().is_some()));
+    assert!(w.sent.is_empty(), "no SSDP: {:?}", w.sent);
+    assert_eq!(w.gw.log[0], "upnp description");
+}
+
+#[test]
 fn upnp_718_every_time_gives_up_after_three_tries() {
     let mut w = World::new(
         |g| g.upnp_conflicts = 10,
@@ -740,4 +756,51 @@ fn ipv6_uses_pcp_only_and_a_family_mismatch_tries_nothing() {
         failed |= matches!(o, Output::Event(Event::Failed(_)));
     }
     assert!(failed && m.settled());
+}
+
+proptest::proptest! {
+    /// Whatever the gateway's ports and its HTTP connection send, the
+    /// mapper neither panics nor stops keeping time.
+    #[test]
+    fn junk_from_the_gateway_never_panics(
+        udp in proptest::collection::vec(
+            (proptest::bool::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..80)),
+            0..8,
+        ),
+        http in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        close_http in proptest::bool::ANY,
+    ) {
+        let start = Instant::now();
+        let mut c = Config::new("10.0.0.1".parse().unwrap(), INTERNAL.parse().unwrap());
+        c.seed = Some(3);
+        c.upnp_location = Some(
+            natkit_ice::portmap::http::Url::parse("http://10.0.0.1:5000/d.xml").unwrap(),
+        );
+        let mut m = PortMapper::new(c, start);
+        let mut ids = Vec::new();
+        while let Some(o) = m.poll_output() {
+            if let Output::Http { id, .. } = o {
+                ids.push(id);
+            }
+        }
+        for (ssdp, d) in &udp {
+            let port = if *ssdp { 1900 } else { 5351 };
+            let from = SocketAddr::new("10.0.0.1".parse().unwrap(), port);
+            proptest::prop_assert!(m.handle_datagram(from, d, start + ms(1)));
+        }
+        for id in ids {
+            m.handle_http_data(id, &http, start + ms(2));
+            if close_http {
+                m.handle_http_end(id, Ok(()), start + ms(3));
+            }
+        }
+        let mut now = start;
+        for _ in 0..200 {
+            while m.poll_output().is_some() {}
+            let Some(t) = m.poll_timeout() else { break };
+            proptest::prop_assert!(t >= now);
+            now = t;
+            m.handle_timeout(now);
+        }
+    }
 }

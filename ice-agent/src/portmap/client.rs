@@ -188,6 +188,13 @@ impl PortMapper {
             }
         }
         let status = protocols.iter().map(|p| (*p, Status::Waiting)).collect();
+        // Absurd durations would overflow `Instant` arithmetic (a panic).
+        let day = Duration::from_secs(24 * 3600);
+        let cfg = Config {
+            http_timeout: cfg.http_timeout.min(day),
+            lifetime: cfg.lifetime.min(Duration::from_secs(u32::MAX.into())),
+            ..cfg
+        };
         let mut m = PortMapper {
             cfg: Config { protocols, ..cfg },
             rng,
