@@ -143,8 +143,9 @@ impl Builder {
     /// filtered or useless (a symmetric NAT), as Tailscale, iroh and libnice
     /// do; the mapping is renewed while the session lives and deleted when
     /// it closes. It costs one datagram to the gateway (and an SSDP search)
-    /// where nothing answers, and holds gathering at most
-    /// [`crate::session_core::PORTMAP_FIRST_ANSWER`] then. Only a non-loopback
+    /// where nothing answers, and does not hold gathering then (without
+    /// STUN or TURN servers, at most
+    /// [`crate::session_core::PORTMAP_FIRST_ANSWER`]). Only a non-loopback
     /// IPv4 base is mapped, through the default route's gateway (from
     /// `/proc/net/route`) unless [`Builder::gateway`] names one.
     pub fn port_mapping(mut self, yes: bool) -> Self {

@@ -167,8 +167,8 @@ fn gathering_waits_for_a_gateway_that_answers_not_for_a_silent_one() {
     assert!(t >= ms(500) && t < ms(600), "gathered at {t:?}");
     assert!(sim.peers[0].core.port_mapping().is_some());
 
-    // Nothing answers: gathering is not held past the first-answer wait
-    // (STUN answers at 20 ms), and the failure comes later.
+    // Nothing answers: gathering ends when STUN answers (20 ms), not
+    // later, and the failure comes later.
     let mut sim = world(
         2,
         false,
@@ -179,10 +179,7 @@ fn gathering_waits_for_a_gateway_that_answers_not_for_a_silent_one() {
         }),
     );
     assert!(sim.run_for(secs(6), |s| s.peers[0].core.gathering_done()));
-    assert_eq!(
-        gathered_at(&sim, 0),
-        natkit_ice::session_core::PORTMAP_FIRST_ANSWER
-    );
+    assert_eq!(gathered_at(&sim, 0), ms(20));
     assert!(sim.run_for(secs(6), |s| s.peers[0]
         .event_at(|e| matches!(e, SessionEvent::PortMappingFailed(_)))
         .is_some()));
@@ -192,6 +189,26 @@ fn gathering_waits_for_a_gateway_that_answers_not_for_a_silent_one() {
     assert_eq!(failed, ms(3750));
     // B, without port mapping, gathers as before: when STUN answers.
     assert_eq!(gathered_at(&sim, 1), ms(20));
+
+    // Without STUN or TURN servers, a silent gateway holds gathering only
+    // for the first-answer wait; one that answers, until it maps.
+    for (silent, want) in [
+        (true, natkit_ice::session_core::PORTMAP_FIRST_ANSWER),
+        (false, ms(2)),
+    ] {
+        let mut sim = Sim::new(2);
+        let mut cfg = session_harness::core_config(Role::Controlling, 1);
+        let mut g = SimGateway::new(A_GW, A_PUBLIC, sim.now);
+        if silent {
+            g.pcp = Answer::Silent;
+            g.natpmp = Answer::Silent;
+            g.upnp = Answer::Silent;
+        }
+        cfg.port_mapping = Some(portmap::Config::new(g.lan, A_HOST.parse().unwrap()));
+        sim.add_peer_behind("A", cfg, &[A_HOST], symmetric(A_PUBLIC), Some(g));
+        assert!(sim.run_for(secs(1), |s| s.peers[0].core.gathering_done()));
+        assert_eq!(gathered_at(&sim, 0), want, "silent: {silent}");
+    }
 
     // Closing early, while PCP still retransmits to the silent gateway:
     // no wait for a confirmation that cannot come.

@@ -191,9 +191,13 @@ impl SessionCore {
         if self.gathering_done {
             return;
         }
+        let servers = !self.probes.is_empty() || !self.allocs.is_empty();
         let all = self.probes.iter().all(|p| p.done)
             && self.allocs.iter().all(|a| a.done)
-            && !self.mapper.as_ref().is_some_and(|m| m.holds_gathering(now));
+            && !self
+                .mapper
+                .as_ref()
+                .is_some_and(|m| m.holds_gathering(now, servers));
         if !all && now < self.gather_deadline {
             return;
         }

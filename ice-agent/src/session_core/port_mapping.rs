@@ -4,18 +4,20 @@
 //! closes (before [`SessionEvent::Closed`]).
 //!
 //! Gathering waits for the mapping only while the gateway has answered
-//! something and mapping is not over, or for [`PORTMAP_FIRST_ANSWER`] from
-//! the start: a gateway one hop away answers within milliseconds, and on
-//! the many networks whose gateway maps nothing the description must not
-//! wait for retransmissions to run out. A mapping made later still
-//! trickles.
+//! something and mapping is not over. Before any answer it waits no
+//! longer than the STUN and TURN servers take (a gateway one hop away
+//! answers before a server beyond it does), or, with no server to ask,
+//! [`PORTMAP_FIRST_ANSWER`]: on the many networks whose gateway maps
+//! nothing the description must not wait for retransmissions to run out.
+//! A mapping made later still trickles.
 
 use crate::portmap::{self, HttpId, Mapping, PortMapper};
 
 // The core's state, types and imports (this file is part of its impl).
 use super::*;
 
-/// How long gathering waits for a first answer from the gateway.
+/// How long gathering waits for a first answer from the gateway when there
+/// is no STUN or TURN server whose answers bound the wait.
 pub const PORTMAP_FIRST_ANSWER: Duration = Duration::from_millis(100);
 
 /// The mapper of the session and what the core knows of it.
@@ -45,9 +47,11 @@ impl Mapper {
         })
     }
 
-    /// Whether gathering should wait for it at `now`.
-    pub fn holds_gathering(&self, now: Instant) -> bool {
-        !self.m.settled() && (self.m.answered() || now < self.first_answer_by)
+    /// Whether gathering should wait for it at `now`; `servers`: whether
+    /// STUN or TURN servers are asked too (their answers bound the wait
+    /// for a first answer from the gateway).
+    pub fn holds_gathering(&self, now: Instant, servers: bool) -> bool {
+        !self.m.settled() && (self.m.answered() || (!servers && now < self.first_answer_by))
     }
 }
 
