@@ -9,8 +9,8 @@
 //! - No daemon: every protocol gives up within its bound.
 //! - `natkit netcheck` says which protocols answer and the mapped address.
 //! - A session between two symmetric NATs, one of them mapping ports,
-//!   connects directly over the port-mapped candidate (without it the
-//!   pair relays: the matrix test shows it).
+//!   connects directly over the port-mapped candidate; with port mapping
+//!   off, the same pair relays.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -252,6 +252,25 @@ fn natkit_maps_ports_through_miniupnpd_and_connects_symmetric_nats_directly() {
             }
         }
         Err(e) => failures.push(format!("symmetric pair: {e}")),
+    }
+
+    // Control: the same two sites, port mapping off: the relay.
+    let mut off_opts = opts.clone();
+    off_opts.extra.push("--no-port-mapping".into());
+    match Pair::start(&lab, syon, &off_opts, sy, &off_opts, "sym-unmapped") {
+        Ok(pair) => {
+            let data = payload(16 * 1024);
+            let t = transfer(pair, &data, &data, Duration::ZERO, Duration::from_secs(40));
+            eprintln!("symmetric x symmetric without port mapping: {:?}", t.path());
+            if !t.data_ok || !t.relayed() {
+                failures.push(format!(
+                    "control pair: data ok {}, path {:?} (want relay)",
+                    t.data_ok,
+                    t.path()
+                ));
+            }
+        }
+        Err(e) => failures.push(format!("control pair: {e}")),
     }
 
     assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
