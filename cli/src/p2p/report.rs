@@ -30,6 +30,10 @@ pub struct PathOut {
     pub remote: String,
     /// The peer's candidate's type.
     pub remote_kind: String,
+    /// Whether our candidate is port-mapped (PCP, NAT-PMP, UPnP IGD).
+    pub local_port_mapped: bool,
+    /// Whether the peer's is (a natkit peer's port-mapped candidate).
+    pub remote_port_mapped: bool,
     /// RTT of the checks, if measured.
     pub rtt_ms: Option<f64>,
 }
@@ -42,6 +46,8 @@ impl From<&PathInfo> for PathOut {
             local_kind: p.local.kind.to_string(),
             remote: p.remote.addr.to_string(),
             remote_kind: p.remote.kind.to_string(),
+            local_port_mapped: p.local.is_port_mapped(),
+            remote_port_mapped: p.remote.is_port_mapped(),
             rtt_ms: p.rtt.map(ms),
         }
     }
@@ -228,6 +234,8 @@ mod tests {
         assert_eq!(v["local_kind"], "host");
         assert_eq!(v["remote"], "127.0.0.1:6000");
         assert_eq!(v["remote_kind"], "host");
+        assert_eq!(v["local_port_mapped"], false);
+        assert_eq!(v["remote_port_mapped"], false);
         assert_eq!(v["rtt_ms"], 0.12);
         assert_eq!(v["connect_ms"], 43.0);
         assert_eq!(v["role"], "controlling");

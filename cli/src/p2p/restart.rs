@@ -100,7 +100,8 @@ async fn restart(session: &Session, out: &Path, json: bool, report: &Report) {
     }
 }
 
-/// Path changes to stderr and the report; a degraded path restarts ICE.
+/// Path changes (and port mappings) to stderr and the report; a degraded
+/// path restarts ICE.
 pub async fn watch_events(
     session: Session,
     mut events: natkit_ice::Events,
@@ -126,6 +127,10 @@ pub async fn watch_events(
                 maybe_restart(&session, &c, &report, &restarts);
             }
             SessionEvent::ConsentLost(p) => eprintln!("natkit: consent lost on {p}"),
+            SessionEvent::PortMapped(m) => eprintln!("natkit: port mapped: {m}"),
+            SessionEvent::PortMappingLost { mapping, failure } => {
+                eprintln!("natkit: port mapping {} lost: {failure}", mapping.external)
+            }
             _ => {}
         }
     }

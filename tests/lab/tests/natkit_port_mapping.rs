@@ -242,11 +242,16 @@ fn natkit_maps_ports_through_miniupnpd_and_connects_symmetric_nats_directly() {
                     t.path()
                 ));
             }
-            // The path runs over the mapped address of syon's NAT.
-            let remote = t.connect.as_ref().and_then(|r| r.remote.clone());
-            if !remote.is_some_and(|r| r.starts_with(&format!("{}:", syon.public_addr))) {
+            // The path runs over the port-mapped candidate of syon's NAT,
+            // on both sides' reports.
+            let mapped = |r: &Option<natkit_lab::peer::Report>, key: &str| {
+                r.as_ref().is_some_and(|r| r.raw[key] == true)
+            };
+            if !mapped(&t.listen, "local_port_mapped") || !mapped(&t.connect, "remote_port_mapped")
+            {
                 failures.push(format!(
-                    "symmetric pair: connect's remote is not syon's NAT: {:?}",
+                    "symmetric pair: not over the port-mapped candidate: listen {:?}, connect {:?}",
+                    t.listen.as_ref().map(|r| &r.raw),
                     t.connect.as_ref().map(|r| &r.raw)
                 ));
             }
