@@ -349,6 +349,7 @@ impl Session {
             problems: Vec::new(),
             ending: None,
             closed: false,
+            port_mapping: None,
         });
         let subscribers: Subscribers = Arc::new(Mutex::new(Vec::new()));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -444,6 +445,12 @@ impl Session {
     /// The path in use, once connected.
     pub fn path(&self) -> Option<PathInfo> {
         self.inner.status.borrow().path.clone()
+    }
+
+    /// The port mapping the gateway made for this session, while it holds
+    /// (see [`Builder::port_mapping`]).
+    pub fn port_mapping(&self) -> Option<crate::portmap::Mapping> {
+        self.inner.status.borrow().port_mapping.clone()
     }
 
     /// The current ICE role (after any role conflict).

@@ -704,6 +704,23 @@ fn a_silent_gateway_does_not_hold_close() {
 }
 
 #[test]
+fn a_loopback_address_never_searches_the_multicast_group() {
+    let mut c = Config::new(
+        "127.83.51.1".parse().unwrap(),
+        "127.0.0.1:40000".parse().unwrap(),
+    );
+    c.protocols = vec![Protocol::Upnp];
+    let mut m = PortMapper::new(c, Instant::now());
+    let mut to = Vec::new();
+    while let Some(o) = m.poll_output() {
+        if let Output::Transmit { to: t, .. } = o {
+            to.push(t);
+        }
+    }
+    assert_eq!(to, ["127.83.51.1:1900".parse::<SocketAddr>().unwrap()]);
+}
+
+#[test]
 fn answers_from_elsewhere_are_not_the_mappers() {
     let mut w = World::new(|_| {}, |_| {});
     let now = w.now;

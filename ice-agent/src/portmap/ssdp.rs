@@ -3,10 +3,10 @@
 //! device's description (`LOCATION`).
 //!
 //! natkit sends the search to the gateway's own port 1900 (a unicast
-//! M-SEARCH, UDA 1.1 §1.3.2, answered at once) and to the multicast group
-//! (for devices that only listen there), and accepts answers from the
-//! gateway only: an IGD elsewhere on the LAN does not control the NAT our
-//! traffic crosses.
+//! M-SEARCH, UDA 1.1 §1.3.2, answered at once) and, from a non-loopback
+//! address, to the multicast group (for devices that only listen there),
+//! and accepts answers from the gateway only: an IGD elsewhere on the LAN
+//! does not control the NAT our traffic crosses.
 
 use std::net::{Ipv4Addr, SocketAddr};
 

@@ -74,6 +74,7 @@ pub(super) struct Status {
     pub problems: Vec<ServerProblem>,
     pub ending: Option<Ending>,
     pub closed: bool,
+    pub port_mapping: Option<crate::portmap::Mapping>,
 }
 
 impl Status {
@@ -85,6 +86,7 @@ impl Status {
             problems: core.problems().to_vec(),
             ending: core.ending(),
             closed: core.is_closed(),
+            port_mapping: core.port_mapping().cloned(),
         }
     }
 }

@@ -12,10 +12,15 @@ impl PortMapper {
             to: gw,
             payload: ssdp::search_request(gw),
         });
-        self.out.push_back(Output::Transmit {
-            to: ssdp::MULTICAST_V4,
-            payload: ssdp::search_request(ssdp::MULTICAST_V4),
-        });
+        // The multicast group only from a LAN address: from a loopback one
+        // (a test's gateway on loopback) the search would leave by the
+        // default route's interface, onto a real network.
+        if !self.cfg.internal.ip().is_loopback() {
+            self.out.push_back(Output::Transmit {
+                to: ssdp::MULTICAST_V4,
+                payload: ssdp::search_request(ssdp::MULTICAST_V4),
+            });
+        }
     }
 
     pub(super) fn on_ssdp(&mut self, data: &[u8], now: Instant) {
