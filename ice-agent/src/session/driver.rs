@@ -407,6 +407,7 @@ impl Driver {
         if !std::mem::take(&mut self.touched) {
             return;
         }
+        let mut events = Vec::new();
         loop {
             match self.core.poll_output() {
                 Output::Transmit(t) => self.send(t, bases),
@@ -441,7 +442,10 @@ impl Driver {
                             .insert(stream, StreamState::Closing(s, now + STREAM_LINGER));
                     }
                 }
-                Output::Event(e) => self.publish_event(e),
+                Output::Event(e) => {
+                    self.status_dirty = true;
+                    events.push(e);
+                }
                 Output::Timeout(t) => {
                     self.timer_at = t;
                     break;
@@ -451,8 +455,14 @@ impl Driver {
         if self.published_route != Some(self.core.route_version()) {
             self.publish_route(bases, out);
         }
+        // The status first: an application that reads the session's state
+        // on an event sees what the event says (the path of Connected, the
+        // mapping of PortMapped).
         if std::mem::take(&mut self.status_dirty) {
             self.status.send_replace(Status::of(&self.core));
+        }
+        for e in events {
+            self.publish_event(e);
         }
     }
 
@@ -530,7 +540,6 @@ impl Driver {
     }
 
     fn publish_event(&mut self, e: SessionEvent) {
-        self.status_dirty = true;
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         // A subscriber that dropped its receiver is forgotten; the others
         // get every event (unbounded: events are few, see `Events`).
