@@ -240,16 +240,11 @@ impl Candidate {
         gateway: IpAddr,
         local_preference: u16,
     ) -> Self {
-        let kind = CandidateKind::ServerReflexive;
         Candidate {
-            kind,
-            addr,
-            base,
             priority: (PORT_MAPPED_TYPE_PREFERENCE << 24)
                 | (u32::from(local_preference) << 8)
                 | (256 - COMPONENT_ID),
-            foundation: foundation(kind, base.ip(), Some(gateway)),
-            related: Some(base),
+            ..Candidate::server_reflexive(addr, base, gateway, local_preference)
         }
     }
 

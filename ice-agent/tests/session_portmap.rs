@@ -65,6 +65,13 @@ fn connect(sim: &mut Sim) {
     );
 }
 
+/// A gateway that answers nothing at all.
+fn all_silent(g: &mut SimGateway) {
+    g.pcp = Answer::Silent;
+    g.natpmp = Answer::Silent;
+    g.upnp = Answer::Silent;
+}
+
 fn gathered_at(sim: &Sim, i: usize) -> Duration {
     sim.peers[i]
         .event_at(|e| matches!(e, SessionEvent::GatheringDone))
@@ -169,15 +176,7 @@ fn gathering_waits_for_a_gateway_that_answers_not_for_a_silent_one() {
 
     // Nothing answers: gathering ends when STUN answers (20 ms), not
     // later, and the failure comes later.
-    let mut sim = world(
-        2,
-        false,
-        Some(|g| {
-            g.pcp = Answer::Silent;
-            g.natpmp = Answer::Silent;
-            g.upnp = Answer::Silent;
-        }),
-    );
+    let mut sim = world(2, false, Some(all_silent));
     assert!(sim.run_for(secs(6), |s| s.peers[0].core.gathering_done()));
     assert_eq!(gathered_at(&sim, 0), ms(20));
     assert!(sim.run_for(secs(6), |s| s.peers[0]
@@ -200,9 +199,7 @@ fn gathering_waits_for_a_gateway_that_answers_not_for_a_silent_one() {
         let mut cfg = session_harness::core_config(Role::Controlling, 1);
         let mut g = SimGateway::new(A_GW, A_PUBLIC, sim.now);
         if silent {
-            g.pcp = Answer::Silent;
-            g.natpmp = Answer::Silent;
-            g.upnp = Answer::Silent;
+            all_silent(&mut g);
         }
         cfg.port_mapping = Some(portmap::Config::new(g.lan, A_HOST.parse().unwrap()));
         sim.add_peer_behind("A", cfg, &[A_HOST], symmetric(A_PUBLIC), Some(g));
@@ -212,15 +209,7 @@ fn gathering_waits_for_a_gateway_that_answers_not_for_a_silent_one() {
 
     // Closing early, while PCP still retransmits to the silent gateway:
     // no wait for a confirmation that cannot come.
-    let mut sim = world(
-        2,
-        false,
-        Some(|g| {
-            g.pcp = Answer::Silent;
-            g.natpmp = Answer::Silent;
-            g.upnp = Answer::Silent;
-        }),
-    );
+    let mut sim = world(2, false, Some(all_silent));
     assert!(sim.run_for(ms(300), |s| s.peers[0].core.gathering_done()));
     let t_close = sim.t();
     sim.close(0);
