@@ -132,6 +132,10 @@ fn worker(
                 tally.sent(r.len);
             }
         }
+        // Count the batch before its answers leave: whoever got an answer
+        // then reads metrics that include its request (and the malformed
+        // datagrams that came in the same batch before it).
+        flush(&mut tally, 0);
         let mut errors = direct_errors;
         for (i, b) in tx.iter_mut().enumerate() {
             if b.is_empty() {
@@ -147,7 +151,9 @@ fn worker(
                 }
             }
         }
-        flush(&mut tally, errors);
+        if errors > 0 {
+            flush(&mut tally, errors);
+        }
     }
 }
 
