@@ -36,6 +36,14 @@ impl TempDir {
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.0.join(name)
     }
+
+    /// Writes `text` to the file `name` inside the directory and returns its path as text
+    /// (for a command line): config files of tests.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        p.to_str().expect("a UTF-8 temporary path").to_owned()
+    }
 }
 
 impl Drop for TempDir {
@@ -53,7 +61,8 @@ mod tests {
         let a = TempDir::new("natkit-testkit");
         let b = TempDir::new("natkit-testkit");
         assert_ne!(a.path(), b.path());
-        std::fs::write(a.join("f"), b"x").unwrap();
+        let f = a.write("f", "x");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "x");
         let p = a.path().to_path_buf();
         drop(a);
         assert!(!p.exists());
