@@ -22,7 +22,7 @@ use crate::udp;
 /// loaded by `natkit_runtime::config::load_tls` (`None` without TLS).
 pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.threads.clamp(1, 4))
+        .worker_threads(cfg.common.threads.clamp(1, 4))
         .thread_name("natkit-stun-io")
         .enable_all()
         .build()
@@ -32,12 +32,12 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Resul
     let responder = Arc::new(
         Responder::new(cfg.endpoints()).map_err(|e| anyhow::anyhow!("invalid endpoints: {e}"))?,
     );
-    let workers = udp::start(responder.clone(), cfg.threads, &metrics, &shutdown)?;
+    let workers = udp::start(responder.clone(), cfg.common.threads, &metrics, &shutdown)?;
     for e in responder.endpoints() {
         info!(
             addr = %e.addr,
             rfc5780 = e.rfc5780.is_some(),
-            threads = cfg.threads,
+            threads = cfg.common.threads,
             "listening on UDP"
         );
     }
@@ -65,11 +65,11 @@ async fn serve_async(
     let ctx = StreamContext {
         responder: responder.clone(),
         metrics: metrics.clone(),
-        idle_timeout: cfg.tcp_idle_timeout,
-        slots: Arc::new(Semaphore::new(cfg.max_tcp_connections)),
+        idle_timeout: cfg.common.tcp_idle_timeout,
+        slots: Arc::new(Semaphore::new(cfg.common.max_tcp_connections)),
         shutdown: shutdown.clone(),
     };
-    if cfg.tcp {
+    if cfg.common.tcp {
         for (i, e) in responder.endpoints().iter().enumerate() {
             let l = TcpListener::bind(e.addr)
                 .await
@@ -81,7 +81,7 @@ async fn serve_async(
     let mut acceptor: Option<ReloadableAcceptor> = None;
     if let Some(tls) = tls {
         let shared = ReloadableAcceptor::new(tls);
-        for addr in &cfg.tls_listen {
+        for addr in &cfg.common.tls_listen {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind TLS {addr}"))?;
@@ -95,7 +95,7 @@ async fn serve_async(
         }
         acceptor = Some(shared);
     }
-    if let Some(addr) = cfg.metrics {
+    if let Some(addr) = cfg.common.metrics {
         let health = natkit_runtime::metrics_http::Health::new();
         let bound = natkit_runtime::metrics_http::spawn(
             addr,
