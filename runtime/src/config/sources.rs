@@ -236,13 +236,22 @@ impl Sources<'_> {
             value: e.value,
             reason: e.reason,
         };
+        // The file's value is read even when a flag or env var overrides it: a broken file
+        // is refused now, not when the override is dropped.
+        let in_file = match &self.file {
+            Some(f) => match f.values.get(&key.name) {
+                Some(v) => Some(
+                    T::from_toml(v.get_ref()).map_err(|e| invalid(&key.name, f.source(v), e))?,
+                ),
+                None => None,
+            },
+            None => None,
+        };
         if let Some((from, texts)) = self.cli.given(key) {
             return T::from_texts(&texts).map_err(|e| invalid(&key.flag, from, e));
         }
-        if let Some(f) = &self.file {
-            if let Some(v) = f.values.get(&key.name) {
-                return T::from_toml(v.get_ref()).map_err(|e| invalid(&key.name, f.source(v), e));
-            }
+        if let Some(v) = in_file {
+            return Ok(v);
         }
         match key.default {
             KeyDefault::Text(text) => {

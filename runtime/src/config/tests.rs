@@ -324,3 +324,16 @@ fn the_reference_has_a_row_per_key_from_its_definition() {
     assert!(help.contains("Most widgets. [default: 7]"), "{help}");
     assert!(help.contains("NATKIT_RTTEST_MAX_WIDGETS"), "{help}");
 }
+
+/// A bad value in the file is refused even when a flag overrides it: dropping the flag later
+/// must not turn up a broken file.
+#[test]
+fn a_bad_file_value_is_refused_under_a_flag_too() {
+    let dir = TempDir::new("natkit-runtime-config-shadowed");
+    let file = dir.write("s.toml", "max-widgets = \"many\"\n");
+    let msg = chain(&resolve(&cli(&["--config", &file, "--max-widgets", "3"])).unwrap_err());
+    assert!(
+        msg.starts_with("max-widgets: invalid value \"many\" (set in "),
+        "{msg}"
+    );
+}
