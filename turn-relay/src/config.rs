@@ -1,9 +1,10 @@
-//! Configuration: one schema, three sources. Every key can be set in the
-//! TOML file (`--config`), as a flag, or as a `NATKIT_TURN_*` environment
-//! variable (the flag's name in upper case with `_`, e.g. `--min-port` is
-//! `NATKIT_TURN_MIN_PORT` and `min-port` in the file). Flags and env vars
-//! win over the file, the file over the defaults. A list given as a flag
-//! or env var replaces the file's list whole (lists are not merged).
+//! Configuration: natkit-turn's keys, each defined once. The shared ones (listen, TLS,
+//! metrics, logging, threads, TCP limits) are `natkit_runtime::config::Common`; the rest are
+//! [`TurnKeys`]. Every key is a flag, a `NATKIT_TURN_*` environment variable (the flag's name
+//! in upper case with `_`: `--min-port` is `NATKIT_TURN_MIN_PORT`) and a key of the TOML file
+//! (`--config`, `min-port`). Flags win over environment variables, those over the file, the
+//! file over the defaults; a list given as a flag or env var replaces the file's list whole
+//! (see `natkit_runtime::config`).
 //!
 //! Repeatable keys take several flags (`--listen A --listen B`) or one
 //! comma-separated value (`--listen A,B`, which is also how their env vars
@@ -32,37 +33,26 @@
 //! level are refused.
 //!
 //! Passwords and secrets are [`Secret`]s: their `Debug` prints
-//! `<redacted>`, they have no `Display`, and parse errors never repeat
-//! them, so neither `{:?}` of [`Args`] / [`Config`] nor an error message
-//! leaks them.
+//! `<redacted>`, they have no `Display`, and errors never repeat them, so
+//! neither `{:?}` of [`Args`] / [`Config`] nor an error message leaks them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::Parser;
 use ipnet::IpNet;
 use natkit_proto::nonce::NonceKey;
 use natkit_proto::rest::RestSecrets;
 use natkit_proto::turn::server::{self as core, Credentials};
-use natkit_runtime::logging::LogFormat;
-use serde::{Deserialize, Deserializer};
+use natkit_runtime::config::{
+    expected, CommandLine, Common, Invalid, Schema, Setting, Settings, Shape, Sources, Value,
+};
 
 use crate::peer_policy::{self, PeerPolicy};
 
-/// Default listen address: the TURN port (RFC 8656 §4) on every IPv4 address.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:3478";
-/// Default REALM.
-pub const DEFAULT_REALM: &str = "natkit";
-/// Default relay port range: the IANA dynamic ports (RFC 6335 §6), as
-/// RFC 8656 §7.2 suggests.
-pub const DEFAULT_MIN_PORT: u16 = 49152;
-/// See [`DEFAULT_MIN_PORT`].
-pub const DEFAULT_MAX_PORT: u16 = 65535;
 /// RFC 8656 §7.2: the default allocation lifetime (10 minutes); also the
 /// least `max-lifetime` can be, since the core never grants less.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
@@ -75,213 +65,81 @@ pub const MAX_UNAUTH_RATE: u32 = 100_000;
 /// second. The budget refills every second, so a datagram larger than it
 /// could never be relayed.
 pub const MIN_BANDWIDTH: u64 = 1500;
+/// Longest `max-lifetime`, `nonce-ttl` and `drain-grace`: a day.
+const MAX_SECS: Duration = Duration::from_secs(86_400);
 
-/// natkit-turn: a TURN relay (RFC 8656, RFC 6156), secure by default.
-#[derive(Debug, Parser, Default)]
-#[command(name = "natkit-turn", version, about)]
-pub struct Args {
-    /// TOML config file; flags and env vars override its keys.
-    #[arg(long, env = "NATKIT_TURN_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// Address for clients, over UDP and TCP (repeatable) [default: 0.0.0.0:3478]
-    #[arg(long, env = "NATKIT_TURN_LISTEN", value_delimiter = ',')]
-    pub listen: Vec<SocketAddr>,
-
-    /// Also answer over TCP on the --listen addresses: true or false [default: true]
-    #[arg(long, env = "NATKIT_TURN_TCP")]
-    pub tcp: Option<bool>,
-
-    /// Address for TURN over TLS (repeatable; needs --cert and --key).
-    #[arg(long, env = "NATKIT_TURN_TLS_LISTEN", value_delimiter = ',')]
-    pub tls_listen: Vec<SocketAddr>,
-
-    /// PEM certificate chain for TLS.
-    #[arg(long, env = "NATKIT_TURN_CERT")]
-    pub cert: Option<PathBuf>,
-
-    /// PEM private key for TLS.
-    #[arg(long, env = "NATKIT_TURN_KEY")]
-    pub key: Option<PathBuf>,
-
-    /// REALM of the long-term credentials [default: natkit]
-    #[arg(long, env = "NATKIT_TURN_REALM")]
-    pub realm: Option<String>,
-
-    /// Static user (repeatable). In the file: a `[users]` table, name = "password".
-    #[arg(
-        long,
-        env = "NATKIT_TURN_USER",
-        value_name = "NAME:PASS",
-        hide_env_values = true
-    )]
-    pub user: Vec<Secret>,
-
-    /// Shared secret for REST credentials (repeatable, for rotation: the
-    /// first signs, all verify).
-    #[arg(
-        long,
-        env = "NATKIT_TURN_AUTH_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    pub auth_secret: Vec<Secret>,
-
-    /// File of REST shared secrets, one per line (blank lines and lines
-    /// starting with `#` ignored): the first is the one new credentials
-    /// are expected to be signed with, every line verifies. Re-read on
-    /// SIGHUP. Instead of --auth-secret, not with it; either of them
-    /// replaces the config file's `auth-secret` and `auth-secret-file`.
-    #[arg(long, env = "NATKIT_TURN_AUTH_SECRET_FILE", value_name = "PATH")]
-    pub auth_secret_file: Option<PathBuf>,
-
-    /// Address relay sockets bind to (repeatable: at most one IPv4 and one
-    /// IPv6) [default: the IP of the concrete --listen addresses]
-    #[arg(long, env = "NATKIT_TURN_RELAY_IP", value_delimiter = ',')]
-    pub relay_ip: Vec<IpAddr>,
-
-    /// Address advertised to clients behind a 1:1 NAT, EXT or EXT/INT where
-    /// INT is the relay IP it maps to (repeatable, one per family).
-    #[arg(
-        long,
-        env = "NATKIT_TURN_EXTERNAL_IP",
-        value_delimiter = ',',
-        value_name = "EXT[/INT]"
-    )]
-    pub external_ip: Vec<ExternalIp>,
-
-    /// Lowest relay port [default: 49152]
-    #[arg(long, env = "NATKIT_TURN_MIN_PORT")]
-    pub min_port: Option<u16>,
-
-    /// Highest relay port [default: 65535]
-    #[arg(long, env = "NATKIT_TURN_MAX_PORT")]
-    pub max_port: Option<u16>,
-
-    /// Peer range to allow although the default deny list has it, CIDR or
-    /// bare IP (repeatable; e.g. 127.0.0.0/8 for tests on loopback).
-    #[arg(
-        long,
-        env = "NATKIT_TURN_ALLOW_PEER",
-        value_delimiter = ',',
-        value_name = "CIDR"
-    )]
-    pub allow_peer: Vec<PeerNet>,
-
-    /// Peer range to deny, CIDR or bare IP (repeatable; wins over --allow-peer).
-    #[arg(
-        long,
-        env = "NATKIT_TURN_DENY_PEER",
-        value_delimiter = ',',
-        value_name = "CIDR"
-    )]
-    pub deny_peer: Vec<PeerNet>,
-
-    /// Most allocations on the relay [default: 10000]
-    #[arg(long, env = "NATKIT_TURN_MAX_ALLOCATIONS")]
-    pub max_allocations: Option<usize>,
-
-    /// Most allocations per user [default: 100]
-    #[arg(long, env = "NATKIT_TURN_USER_QUOTA")]
-    pub user_quota: Option<usize>,
-
-    /// Most permissions per allocation [default: 32]
-    #[arg(long, env = "NATKIT_TURN_MAX_PERMISSIONS")]
-    pub max_permissions: Option<usize>,
-
-    /// Most channels per allocation [default: 32]
-    #[arg(long, env = "NATKIT_TURN_MAX_CHANNELS")]
-    pub max_channels: Option<usize>,
-
-    /// Bytes per second per allocation, each direction counted; suffixes
-    /// K, M, G (x1000) and Ki, Mi, Gi (x1024); 0 = unlimited [default: 0]
-    #[arg(long, env = "NATKIT_TURN_BANDWIDTH")]
-    pub bandwidth: Option<Bandwidth>,
-
-    /// Unauthenticated answers (401, 438) per second per source IP, burst
-    /// 4x, over all threads; a port answered in the last second gets more
-    /// only from the upper half (the rest is for the address's other
-    /// ports). Clients answering with a nonce issued to their own address
-    /// are charged to their address and port instead. 0 = unlimited
-    /// [default: 20]
-    #[arg(long, env = "NATKIT_TURN_UNAUTH_RATE")]
-    pub unauth_rate: Option<u32>,
-
-    /// Longest allocation lifetime granted, in seconds [default: 3600]
-    #[arg(long, env = "NATKIT_TURN_MAX_LIFETIME")]
-    pub max_lifetime: Option<u64>,
-
-    /// Seconds a nonce stays fresh before 438 Stale Nonce [default: 600]
-    #[arg(long, env = "NATKIT_TURN_NONCE_TTL")]
-    pub nonce_ttl: Option<u64>,
-
-    /// Serve Prometheus metrics at /metrics and health at /healthz on this address.
-    #[arg(long, env = "NATKIT_TURN_METRICS")]
-    pub metrics: Option<SocketAddr>,
-
-    /// Log format: text or json [default: text]
-    #[arg(long, env = "NATKIT_TURN_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-
-    /// Worker threads [default: number of cores]
-    #[arg(long, env = "NATKIT_TURN_THREADS")]
-    pub threads: Option<usize>,
-
-    /// Close TCP/TLS client connections idle this many seconds [default: 300]
-    #[arg(long, env = "NATKIT_TURN_TCP_IDLE_TIMEOUT")]
-    pub tcp_idle_timeout: Option<u64>,
-
-    /// Most TCP/TLS client connections open at once [default: 10000]
-    #[arg(long, env = "NATKIT_TURN_MAX_TCP_CONNECTIONS")]
-    pub max_tcp_connections: Option<usize>,
-
-    /// Seconds SIGTERM keeps relaying existing allocations (new ones are
-    /// refused) before exiting [default: 30]
-    #[arg(long, env = "NATKIT_TURN_DRAIN_GRACE")]
-    pub drain_grace: Option<u64>,
-
-    /// Validate the configuration and exit without serving.
-    #[arg(long)]
-    pub check_config: bool,
+natkit_runtime::settings! {
+    /// natkit-turn's own keys; the shared ones are `Common`.
+    pub struct TurnKeys {
+        /// REALM of the long-term credentials.
+        realm: String ["REALM"] = "natkit";
+        /// Static user (repeatable). In the file: a `[users]` table, name = "password".
+        users: Users ["NAME:PASS", flag = "user"] = _;
+        /// Shared secret for REST credentials (repeatable, for rotation: the first signs, all
+        /// verify).
+        auth_secret: Vec<Secret> ["SECRET"] = _;
+        /// File of REST shared secrets, one per line (blank lines and lines starting with `#`
+        /// ignored): the first is the one new credentials are expected to be signed with,
+        /// every line verifies. Re-read on SIGHUP. Instead of auth-secret, not with it;
+        /// either of them as a flag or env var replaces the config file's auth-secret and
+        /// auth-secret-file.
+        auth_secret_file: Option<PathBuf> ["PATH"] = _;
+        /// Address relay sockets bind to (repeatable: at most one IPv4 and one IPv6).
+        relay_ip: Vec<IpAddr> ["IP"] = (_, "the IP of the concrete listen addresses");
+        /// Address advertised to clients behind a 1:1 NAT, EXT or EXT/INT where INT is the
+        /// relay IP it maps to (repeatable, one per family).
+        external_ip: Vec<ExternalIp> ["EXT[/INT]"] = _;
+        /// Lowest relay port (the IANA dynamic ports by default, RFC 8656 §7.2).
+        min_port: u16 ["PORT"] = "49152";
+        /// Highest relay port.
+        max_port: u16 ["PORT"] = "65535";
+        /// Peer range to allow although the default deny list has it, CIDR or bare IP
+        /// (repeatable; e.g. 127.0.0.0/8 for tests on loopback).
+        allow_peer: Vec<PeerNet> ["CIDR"] = _;
+        /// Peer range to deny, CIDR or bare IP (repeatable; wins over allow-peer).
+        deny_peer: Vec<PeerNet> ["CIDR"] = _;
+        /// Most allocations on the relay (508 when reached).
+        max_allocations: usize ["N"] = "10000";
+        /// Most allocations per user (486 when reached).
+        user_quota: usize ["N"] = "100";
+        /// Most permissions per allocation.
+        max_permissions: usize ["N"] = "32";
+        /// Most channels per allocation (at most 4096, RFC 8656 §12).
+        max_channels: usize ["N"] = "32";
+        /// Bytes per second per allocation, each direction counted; suffixes K, M, G (x1000)
+        /// and Ki, Mi, Gi (x1024); 0 = unlimited.
+        bandwidth: Bandwidth ["BYTES"] = "0";
+        /// Unauthenticated answers (401, 438) per second per source IP, burst 4x, over all
+        /// threads; a port answered in the last second gets more only from the upper half
+        /// (the rest is for the address's other ports). Clients answering with a nonce issued
+        /// to their own address are charged to their address and port instead. 0 =
+        /// unlimited, at most 100000.
+        unauth_rate: u32 ["N"] = "20";
+        /// Longest allocation lifetime granted, in seconds (600 to 86400).
+        max_lifetime: Duration ["SECS"] = "3600";
+        /// Seconds a nonce stays fresh before 438 Stale Nonce (1 to 86400).
+        nonce_ttl: Duration ["SECS"] = "600";
+        /// Seconds SIGTERM keeps relaying existing allocations (new ones are refused) before
+        /// exiting (0 to 86400).
+        drain_grace: Duration ["SECS"] = "30";
+    }
 }
 
-/// The TOML file's schema: the same keys as the flags, in kebab-case,
-/// except `--user NAME:PASS`, which is the `[users]` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-#[allow(missing_docs)]
-pub struct FileConfig {
-    pub listen: Option<Vec<SocketAddr>>,
-    pub tcp: Option<bool>,
-    pub tls_listen: Option<Vec<SocketAddr>>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub realm: Option<String>,
-    /// name = "password"
-    pub users: Option<BTreeMap<String, Secret>>,
-    pub auth_secret: Option<Vec<Secret>>,
-    pub auth_secret_file: Option<PathBuf>,
-    pub relay_ip: Option<Vec<IpAddr>>,
-    pub external_ip: Option<Vec<ExternalIp>>,
-    pub min_port: Option<u16>,
-    pub max_port: Option<u16>,
-    pub allow_peer: Option<Vec<PeerNet>>,
-    pub deny_peer: Option<Vec<PeerNet>>,
-    pub max_allocations: Option<usize>,
-    pub user_quota: Option<usize>,
-    pub max_permissions: Option<usize>,
-    pub max_channels: Option<usize>,
-    pub bandwidth: Option<Bandwidth>,
-    pub unauth_rate: Option<u32>,
-    pub max_lifetime: Option<u64>,
-    pub nonce_ttl: Option<u64>,
-    pub metrics: Option<SocketAddr>,
-    pub log_format: Option<LogFormat>,
-    pub threads: Option<usize>,
-    pub tcp_idle_timeout: Option<u64>,
-    pub max_tcp_connections: Option<usize>,
-    pub drain_grace: Option<u64>,
+/// natkit-turn's configuration interface: the shared keys and its own.
+pub fn schema() -> Schema {
+    Schema::new(
+        "natkit-turn",
+        env!("CARGO_PKG_VERSION"),
+        "natkit-turn: a TURN relay (RFC 8656, RFC 6156), secure by default.",
+        "NATKIT_TURN",
+    )
+    .with::<Common>()
+    .with::<TurnKeys>()
 }
+
+/// The command line and environment, parsed once (`schema().parse()`) and kept to resolve
+/// the configuration again on SIGHUP.
+pub type Args = CommandLine;
 
 /// The relay addresses of one IP family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,261 +154,155 @@ pub struct RelayIp {
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// UDP (and TCP, with `tcp`) client addresses.
-    pub listen: Vec<SocketAddr>,
-    /// Whether to answer over TCP on `listen`.
-    pub tcp: bool,
-    /// TLS client addresses.
-    pub tls_listen: Vec<SocketAddr>,
+    /// The keys both servers have.
+    pub common: Common,
+    /// natkit-turn's own keys, as given.
+    pub turn: TurnKeys,
     /// Certificate chain and key files, when TLS is configured.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// REALM.
-    pub realm: String,
-    /// Static users: name to password.
-    pub users: BTreeMap<String, Secret>,
-    /// REST shared secrets, the first one signs: from `auth-secret`, or
-    /// read from `auth_secret_file`.
+    /// REST shared secrets in effect, the first one signs: from `auth-secret`, or read from
+    /// `auth_secret_file`.
     pub auth_secrets: Vec<Secret>,
     /// Where `auth_secrets` were read from, if from a file.
     pub auth_secret_file: Option<PathBuf>,
     /// Relay addresses by family: index 0 IPv4, 1 IPv6 (the index of
     /// `natkit_proto::turn::server::RelayRequest::family`). At least one is set.
     pub relay: [Option<RelayIp>; 2],
-    /// Relay port range, inclusive, at least 2 ports.
-    pub min_port: u16,
-    /// See `min_port`.
-    pub max_port: u16,
-    /// Operator allow ranges (`--allow-peer`).
-    pub allow_peer: Vec<IpNet>,
-    /// Operator deny ranges (`--deny-peer`).
-    pub deny_peer: Vec<IpNet>,
-    /// Most allocations in total.
-    pub max_allocations: usize,
-    /// Most allocations per user.
-    pub user_quota: usize,
-    /// Most permissions per allocation.
-    pub max_permissions: usize,
-    /// Most channels per allocation.
-    pub max_channels: usize,
-    /// Bytes per second per allocation; 0 = unlimited.
-    pub bandwidth: u64,
-    /// Unauthenticated answers per second per source IP; 0 = unlimited.
-    pub unauth_rate: u32,
-    /// Longest allocation lifetime.
-    pub max_lifetime: Duration,
-    /// How long a nonce stays fresh.
-    pub nonce_ttl: Duration,
-    /// Metrics and health endpoint.
-    pub metrics: Option<SocketAddr>,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Worker threads.
-    pub threads: usize,
-    /// Idle timeout of TCP/TLS client connections.
-    pub tcp_idle_timeout: Duration,
-    /// Most TCP/TLS client connections.
-    pub max_tcp_connections: usize,
-    /// How long SIGTERM keeps relaying.
-    pub drain_grace: Duration,
 }
 
 impl Config {
-    /// Merges flags/env over the file over the defaults, and validates.
-    /// Call it again (same `args`) on SIGHUP: it re-reads the file.
+    /// Resolves every key from its sources and validates. Call it again (same `args`) on
+    /// SIGHUP: it re-reads the file.
     pub fn resolve(args: &Args) -> anyhow::Result<Config> {
-        let file = match &args.config {
-            Some(p) => natkit_runtime::config::load_toml(p)?,
-            None => FileConfig::default(),
-        };
-        let listen = list(&args.listen, file.listen, || {
-            vec![DEFAULT_LISTEN.parse().expect("valid default")]
-        });
-        let tls_listen = list(&args.tls_listen, file.tls_listen, Vec::new);
-        let cert = args.cert.clone().or(file.cert);
-        let key = args.key.clone().or(file.key);
-        let tls = match (cert, key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            (Some(_), None) => bail!("cert is set but key is not: TLS needs both"),
-            (None, Some(_)) => bail!("key is set but cert is not: TLS needs both"),
-        };
-        let users = if args.user.is_empty() {
-            file.users.unwrap_or_default()
-        } else {
-            parse_users(&args.user)?
-        };
-        // The REST secrets are one setting given in one of two forms (a list or a file): flags
-        // and env vars win over the config file as a whole, as for every other key, so a
-        // Kubernetes Secret mounted as NATKIT_TURN_AUTH_SECRET_FILE overrides the file's
-        // `auth-secret`. Both forms at the same level are refused: which would win is a guess.
-        let (auth_secrets, auth_secret_file) = match rest_secrets(
-            "--auth-secret",
-            &args.auth_secret,
-            args.auth_secret_file.clone(),
-        )? {
-            Some(s) => s,
-            None => rest_secrets(
-                "the config file's auth-secret",
-                file.auth_secret.as_deref().unwrap_or_default(),
-                file.auth_secret_file,
-            )?
-            .unwrap_or_default(),
-        };
+        let s = args.sources()?;
+        let common = Common::resolve(&s)?;
+        let turn = TurnKeys::resolve(&s)?;
+        let (auth_secrets, auth_secret_file) = rest_secrets(&s, &turn)?;
         // Before anything else: the most important refusal comes first.
-        if users.is_empty() && auth_secrets.is_empty() {
+        if turn.users.0.is_empty() && auth_secrets.is_empty() {
             bail!("natkit-turn refuses to run an open relay: give --user or --auth-secret or --auth-secret-file (or [users], auth-secret or auth-secret-file in the config file)");
         }
-        let relay_ips = list(&args.relay_ip, file.relay_ip, Vec::new);
-        let external = list(&args.external_ip, file.external_ip, Vec::new);
-        let relay = relay_addresses(&relay_ips, &external, &listen, &tls_listen)?;
-        let secs = |flag: Option<u64>, file: Option<u64>, default: u64| {
-            Duration::from_secs(flag.or(file).unwrap_or(default))
-        };
+        let tls = common.validate(&s)?;
+        let relay = relay_addresses(
+            &turn.relay_ip,
+            &turn.external_ip,
+            &common.listen,
+            &common.tls_listen,
+        )?;
         let cfg = Config {
-            tcp: args.tcp.or(file.tcp).unwrap_or(true),
-            realm: args
-                .realm
-                .clone()
-                .or(file.realm)
-                .unwrap_or_else(|| DEFAULT_REALM.into()),
-            users,
+            common,
+            turn,
+            tls,
             auth_secrets,
             auth_secret_file,
             relay,
-            min_port: args.min_port.or(file.min_port).unwrap_or(DEFAULT_MIN_PORT),
-            max_port: args.max_port.or(file.max_port).unwrap_or(DEFAULT_MAX_PORT),
-            allow_peer: nets(list(&args.allow_peer, file.allow_peer, Vec::new)),
-            deny_peer: nets(list(&args.deny_peer, file.deny_peer, Vec::new)),
-            max_allocations: args
-                .max_allocations
-                .or(file.max_allocations)
-                .unwrap_or(10_000),
-            user_quota: args.user_quota.or(file.user_quota).unwrap_or(100),
-            max_permissions: args.max_permissions.or(file.max_permissions).unwrap_or(32),
-            max_channels: args.max_channels.or(file.max_channels).unwrap_or(32),
-            bandwidth: args.bandwidth.or(file.bandwidth).map_or(0, |b| b.0),
-            unauth_rate: args.unauth_rate.or(file.unauth_rate).unwrap_or(20),
-            max_lifetime: secs(args.max_lifetime, file.max_lifetime, 3600),
-            nonce_ttl: secs(args.nonce_ttl, file.nonce_ttl, 600),
-            metrics: args.metrics.or(file.metrics),
-            log_format: args
-                .log_format
-                .or(file.log_format)
-                .unwrap_or(LogFormat::Text),
-            threads: args
-                .threads
-                .or(file.threads)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            tcp_idle_timeout: secs(args.tcp_idle_timeout, file.tcp_idle_timeout, 300),
-            max_tcp_connections: args
-                .max_tcp_connections
-                .or(file.max_tcp_connections)
-                .unwrap_or(10_000),
-            drain_grace: secs(args.drain_grace, file.drain_grace, 30),
-            listen,
-            tls_listen,
-            tls,
         };
-        cfg.validate()?;
+        cfg.validate(&s)?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        for (name, pass) in &self.users {
+    fn validate(&self, s: &Sources<'_>) -> anyhow::Result<()> {
+        let t = &self.turn;
+        for (name, pass) in &t.users.0 {
             check_user(name, pass)?;
         }
         if self.auth_secrets.iter().any(|s| s.expose().is_empty()) {
             bail!("auth-secret: a secret is empty (an empty HMAC key would let anyone mint credentials)");
         }
-        if self.listen.is_empty() {
-            bail!("listen: at least one address is needed");
-        }
-        if !self.tls_listen.is_empty() && self.tls.is_none() {
-            bail!("tls-listen is set but cert and key are not: TLS needs both");
-        }
-        if self.realm.is_empty() {
-            bail!("realm: must not be empty");
+        if t.realm.is_empty() {
+            return Err(s.rule("realm", "must not be empty").into());
         }
         // RFC 8489 §14.9: REALM is fewer than 128 characters.
-        if self.realm.chars().count() >= 128 || self.realm.chars().any(char::is_control) {
-            bail!("realm: must be fewer than 128 characters, without control characters (RFC 8489 §14.9)");
+        if t.realm.chars().count() >= 128 || t.realm.chars().any(char::is_control) {
+            return Err(s
+                .rule(
+                    "realm",
+                    "must be fewer than 128 characters, without control characters (RFC 8489 §14.9)",
+                )
+                .into());
         }
-        if self.min_port == 0 {
-            bail!("min-port: must be at least 1");
+        if t.min_port == 0 {
+            return Err(s.rule("min_port", "must be at least 1").into());
         }
-        if self.min_port > self.max_port {
-            bail!(
-                "min-port {} is above max-port {}",
-                self.min_port,
-                self.max_port
-            );
+        if t.min_port > t.max_port {
+            bail!("min-port {} is above max-port {}", t.min_port, t.max_port);
         }
-        if self.max_port - self.min_port < 1 {
+        if t.max_port - t.min_port < 1 {
             bail!(
                 "min-port/max-port: the range {}-{} has one port; at least 2 are needed (EVEN-PORT reserves pairs)",
-                self.min_port,
-                self.max_port
+                t.min_port,
+                t.max_port
             );
         }
-        for (key, v) in [
-            ("max-allocations", self.max_allocations),
-            ("user-quota", self.user_quota),
-            ("max-permissions", self.max_permissions),
-            ("max-channels", self.max_channels),
-            ("max-tcp-connections", self.max_tcp_connections),
+        for (field, v) in [
+            ("max_allocations", t.max_allocations),
+            ("user_quota", t.user_quota),
+            ("max_permissions", t.max_permissions),
+            ("max_channels", t.max_channels),
         ] {
             if v == 0 {
-                bail!("{key}: must be at least 1");
+                return Err(s.rule(field, "must be at least 1").into());
             }
         }
-        if self.max_channels > MAX_CHANNEL_NUMBERS {
-            bail!(
-                "max-channels: {} is more than the {MAX_CHANNEL_NUMBERS} channel numbers there are (RFC 8656 §12)",
-                self.max_channels
-            );
+        if t.max_channels > MAX_CHANNEL_NUMBERS {
+            return Err(s
+                .rule(
+                    "max_channels",
+                    format!(
+                        "{} is more than the {MAX_CHANNEL_NUMBERS} channel numbers there are (RFC 8656 §12)",
+                        t.max_channels
+                    ),
+                )
+                .into());
         }
-        if self.bandwidth != 0 && self.bandwidth < MIN_BANDWIDTH {
-            bail!(
-                "bandwidth: {} bytes/s is below {MIN_BANDWIDTH} (one full-size packet per second); use 0 for no limit",
-                self.bandwidth
-            );
+        if t.bandwidth.0 != 0 && t.bandwidth.0 < MIN_BANDWIDTH {
+            return Err(s
+                .rule(
+                    "bandwidth",
+                    format!(
+                        "{} bytes/s is below {MIN_BANDWIDTH} (one full-size packet per second); use 0 for no limit",
+                        t.bandwidth.0
+                    ),
+                )
+                .into());
         }
-        if self.unauth_rate > MAX_UNAUTH_RATE {
-            bail!(
-                "unauth-rate: {} is above {MAX_UNAUTH_RATE} per second; use 0 for no limit",
-                self.unauth_rate
-            );
+        if t.unauth_rate > MAX_UNAUTH_RATE {
+            return Err(s
+                .rule(
+                    "unauth_rate",
+                    format!(
+                        "{} is above {MAX_UNAUTH_RATE} per second; use 0 for no limit",
+                        t.unauth_rate
+                    ),
+                )
+                .into());
         }
-        if self.max_lifetime < DEFAULT_LIFETIME || self.max_lifetime > Duration::from_secs(86_400) {
-            bail!(
-                "max-lifetime: {} s is out of range (600-86400; RFC 8656 §7.2 grants at least the 600 s default)",
-                self.max_lifetime.as_secs()
-            );
-        }
-        if self.nonce_ttl.is_zero() || self.nonce_ttl > Duration::from_secs(86_400) {
-            bail!(
-                "nonce-ttl: {} s is out of range (1-86400)",
-                self.nonce_ttl.as_secs()
-            );
-        }
-        if self.threads == 0 || self.threads > 256 {
-            bail!("threads: {} is out of range (1-256)", self.threads);
-        }
-        if self.tcp_idle_timeout.is_zero() {
-            bail!("tcp-idle-timeout: must be at least 1 second");
-        }
-        if self.drain_grace > Duration::from_secs(86_400) {
-            bail!(
-                "drain-grace: {} s is out of range (0-86400)",
-                self.drain_grace.as_secs()
-            );
+        for (field, v, least) in [
+            // RFC 8656 §7.2: the core grants at least the 600 s default.
+            ("max_lifetime", t.max_lifetime, DEFAULT_LIFETIME),
+            ("nonce_ttl", t.nonce_ttl, Duration::from_secs(1)),
+            ("drain_grace", t.drain_grace, Duration::ZERO),
+        ] {
+            if v < least || v > MAX_SECS {
+                return Err(s
+                    .rule(
+                        field,
+                        format!(
+                            "{} s is out of range ({}-{})",
+                            v.as_secs(),
+                            least.as_secs(),
+                            MAX_SECS.as_secs()
+                        ),
+                    )
+                    .into());
+            }
         }
         Ok(())
     }
 
     /// How many relay ports the range holds (per relay IP).
     pub fn relay_ports(&self) -> usize {
-        usize::from(self.max_port - self.min_port) + 1
+        usize::from(self.turn.max_port - self.turn.min_port) + 1
     }
 
     /// The relay's IPs: every bind and advertised address (advertised ones
@@ -575,8 +327,8 @@ impl Config {
         let mut ips = self.own_ips();
         ips.extend(peer_policy::local_ips().unwrap_or_default());
         PeerPolicy::new(
-            self.allow_peer.clone(),
-            self.deny_peer.clone(),
+            nets(&self.turn.allow_peer),
+            nets(&self.turn.deny_peer),
             bound_listeners.to_vec(),
             ips,
         )
@@ -594,7 +346,9 @@ impl Config {
     /// answers an old nonce with 401, which clients recover from.
     pub fn credentials(&self) -> Credentials {
         let users: HashMap<String, String> = self
+            .turn
             .users
+            .0
             .iter()
             .map(|(n, p)| (n.clone(), p.expose().to_owned()))
             .collect();
@@ -602,7 +356,7 @@ impl Config {
         let nonce_keys = self
             .auth_secrets
             .iter()
-            .map(|s| NonceKey::derive(s.expose().as_bytes(), &self.realm))
+            .map(|s| NonceKey::derive(s.expose().as_bytes(), &self.turn.realm))
             .collect();
         Credentials::new(users, rest).with_nonce_keys(nonce_keys)
     }
@@ -610,45 +364,76 @@ impl Config {
     /// The protocol core's settings (`draining` false).
     pub fn core_config(&self) -> core::Config {
         core::Config {
-            realm: self.realm.clone(),
-            nonce_ttl: self.nonce_ttl,
+            realm: self.turn.realm.clone(),
+            nonce_ttl: self.turn.nonce_ttl,
             default_lifetime: DEFAULT_LIFETIME,
-            max_lifetime: self.max_lifetime,
-            max_permissions: self.max_permissions,
-            max_channels: self.max_channels,
-            bandwidth: self.bandwidth,
-            unauth_rate: self.unauth_rate,
+            max_lifetime: self.turn.max_lifetime,
+            max_permissions: self.turn.max_permissions,
+            max_channels: self.turn.max_channels,
+            bandwidth: self.turn.bandwidth.0,
+            unauth_rate: self.turn.unauth_rate,
             draining: false,
         }
     }
 }
 
-/// The flag's list if given, else the file's, else the default.
-fn list<T: Clone>(flag: &[T], file: Option<Vec<T>>, default: impl FnOnce() -> Vec<T>) -> Vec<T> {
-    if flag.is_empty() {
-        file.unwrap_or_else(default)
-    } else {
-        flag.to_vec()
-    }
+fn nets(v: &[PeerNet]) -> Vec<IpNet> {
+    v.iter().map(|n| n.0).collect()
 }
 
-fn nets(v: Vec<PeerNet>) -> Vec<IpNet> {
-    v.into_iter().map(|n| n.0).collect()
-}
+/// Static users: `--user NAME:PASS` (repeatable; the password may hold ':' and ',') and a
+/// `[users]` table (name = "password") in the file. Errors name the user, never the password.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Users(pub BTreeMap<String, Secret>);
 
-/// `--user NAME:PASS` values into the users table. Messages name the user,
-/// never the password.
-fn parse_users(args: &[Secret]) -> anyhow::Result<BTreeMap<String, Secret>> {
-    let mut users = BTreeMap::new();
-    for (i, u) in args.iter().enumerate() {
-        let Some((name, pass)) = u.expose().split_once(':') else {
-            bail!("user: value #{} is not NAME:PASS (no ':' in it)", i + 1);
+impl Setting for Users {
+    const SHAPE: Shape = Shape::Table;
+    const COMMAS: bool = false;
+    const SECRET: bool = true;
+
+    fn from_texts(texts: &[&str]) -> Result<Self, Invalid> {
+        let mut users = BTreeMap::new();
+        let refuse = |reason: String| Invalid {
+            value: None,
+            reason,
         };
-        if users.insert(name.to_owned(), Secret::new(pass)).is_some() {
-            bail!("user: {name:?} is given twice");
+        for (i, u) in texts.iter().enumerate() {
+            let Some((name, pass)) = u.split_once(':') else {
+                return Err(refuse(format!(
+                    "value #{} is not NAME:PASS (no ':' in it)",
+                    i + 1
+                )));
+            };
+            if users.insert(name.to_owned(), Secret::new(pass)).is_some() {
+                return Err(refuse(format!("{name:?} is given twice")));
+            }
         }
+        Ok(Users(users))
     }
-    Ok(users)
+
+    fn from_toml(v: &toml::Value) -> Result<Self, Invalid> {
+        let refuse = |reason: String| Invalid {
+            value: None,
+            reason,
+        };
+        let toml::Value::Table(t) = v else {
+            return Err(refuse(expected("a table of name = \"password\"", v)));
+        };
+        t.iter()
+            .map(|(name, pass)| match pass {
+                toml::Value::String(p) => Ok((name.clone(), Secret::new(p.as_str()))),
+                other => Err(refuse(format!(
+                    "user {name:?}: {}",
+                    expected("a password string", other)
+                ))),
+            })
+            .collect::<Result<_, _>>()
+            .map(Users)
+    }
+
+    fn unset() -> Option<Self> {
+        Some(Users::default())
+    }
 }
 
 fn check_user(name: &str, pass: &Secret) -> anyhow::Result<()> {
@@ -779,21 +564,45 @@ fn family_name(f: usize) -> &'static str {
     }
 }
 
-/// The REST secrets given at one level (flags and env vars, or the config file): `Ok(None)` if
-/// neither form is there, the secrets (and the file they came from) if one is, an error naming
-/// `list` (the list form at this level) if both are.
+/// The REST secrets in effect, and the file they were read from. The list and the file are
+/// two forms of one setting: flags and env vars win over the config file as a whole, as for
+/// every other key, so a Kubernetes Secret mounted as NATKIT_TURN_AUTH_SECRET_FILE overrides
+/// the file's `auth-secret`. Both forms at the same level are refused: which would win is a
+/// guess.
 fn rest_secrets(
-    list: &str,
-    secrets: &[Secret],
-    file: Option<PathBuf>,
-) -> anyhow::Result<Option<(Vec<Secret>, Option<PathBuf>)>> {
+    s: &Sources<'_>,
+    turn: &TurnKeys,
+) -> anyhow::Result<(Vec<Secret>, Option<PathBuf>)> {
+    let cli = |field| s.origin(field).is_some_and(|o| o.is_command_line());
+    let (list_cli, file_cli) = (cli("auth_secret"), cli("auth_secret_file"));
+    let command_line = list_cli || file_cli;
+    // The forms at the level that counts: a form set only below it is replaced.
+    let list: &[Secret] = if list_cli || !command_line {
+        &turn.auth_secret
+    } else {
+        &[]
+    };
+    let file = if file_cli || !command_line {
+        turn.auth_secret_file.clone()
+    } else {
+        None
+    };
     match file {
-        None if secrets.is_empty() => Ok(None),
-        None => Ok(Some((secrets.to_vec(), None))),
-        Some(_) if !secrets.is_empty() => bail!(
-            "auth-secret-file: {list} is set too; give the REST secrets in one place (the file can list several)"
-        ),
-        Some(path) => Ok(Some((read_secret_file(&path)?, Some(path)))),
+        None => Ok((list.to_vec(), None)),
+        Some(_) if !list.is_empty() => {
+            let other = if command_line {
+                "--auth-secret"
+            } else {
+                "the config file's auth-secret"
+            };
+            Err(s
+                .rule(
+                    "auth_secret_file",
+                    format!("{other} is set too; give the REST secrets in one place (the file can list several)"),
+                )
+                .into())
+        }
+        Some(path) => Ok((read_secret_file(&path)?, Some(path))),
     }
 }
 
@@ -861,18 +670,14 @@ impl fmt::Debug for Secret {
     }
 }
 
-impl FromStr for Secret {
-    // Never fails, so clap never echoes the value in an error.
-    type Err = std::convert::Infallible;
+impl Value for Secret {
+    const EXPECTED: &'static str = "a secret";
+    // Never echoed, and never split at commas: a secret may hold one.
+    const SECRET: bool = true;
+    const COMMAS: bool = false;
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret::new(s))
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(Secret::new(text))
     }
 }
 
@@ -894,10 +699,10 @@ impl fmt::Display for ExternalIp {
     }
 }
 
-impl FromStr for ExternalIp {
-    type Err = String;
+impl Value for ExternalIp {
+    const EXPECTED: &'static str = "EXT or EXT/INT";
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+    fn parse(s: &str) -> Result<Self, String> {
         let ip = |t: &str| {
             t.trim()
                 .parse::<IpAddr>()
@@ -920,22 +725,19 @@ impl FromStr for ExternalIp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerNet(pub IpNet);
 
-impl FromStr for PeerNet {
-    type Err = String;
+impl Value for PeerNet {
+    const EXPECTED: &'static str = "a CIDR range or IP address";
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+    fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(PeerNet(IpNet::from(ip)));
         }
         let net: IpNet = s
             .parse()
-            .map_err(|_| format!("{s:?} is not a CIDR range or IP address"))?;
+            .map_err(|_| format!("expected {}", Self::EXPECTED))?;
         if net.trunc() != net {
-            return Err(format!(
-                "{s:?} has host bits set; did you mean {}?",
-                net.trunc()
-            ));
+            return Err(format!("has host bits set; did you mean {}?", net.trunc()));
         }
         Ok(PeerNet(net))
     }
@@ -946,14 +748,14 @@ impl FromStr for PeerNet {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bandwidth(pub u64);
 
-impl FromStr for Bandwidth {
-    type Err = String;
+impl Value for Bandwidth {
+    const EXPECTED: &'static str = "bytes per second";
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
+    fn parse(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, suffix) = t.split_at(digits);
-        let bad = || format!("{s:?} is not bytes per second (e.g. 1000000, 500K, 10M, 1Gi)");
+        let bad = || "not bytes per second (e.g. 1000000, 500K, 10M, 1Gi)".to_owned();
         let n: u64 = num.parse().map_err(|_| bad())?;
         let mult: u64 = match suffix {
             "" => 1,
@@ -967,38 +769,26 @@ impl FromStr for Bandwidth {
         };
         n.checked_mul(mult).map(Bandwidth).ok_or_else(bad)
     }
-}
 
-impl<'de> Deserialize<'de> for Bandwidth {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Bandwidth(n)),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    /// In the file also a plain integer.
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) => u64::try_from(*n)
+                .map(Bandwidth)
+                .map_err(|_| "must not be negative".into()),
+            toml::Value::String(s) => Self::parse(s),
+            other => Err(expected(
+                "bytes per second (an integer, or a string with a suffix: \"10M\")",
+                other,
+            )),
         }
     }
 }
 
-/// Types parsed from a string in the file, with their `FromStr` message.
-macro_rules! deserialize_from_str {
-    ($($t:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    )*};
-}
-deserialize_from_str!(ExternalIp, PeerNet);
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natkit_runtime::logging::LogFormat;
     use std::sync::Mutex;
 
     /// Tests that parse `Args` read `NATKIT_TURN_*` variables; the env test
@@ -1012,7 +802,7 @@ mod tests {
         let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
         let mut v = vec!["natkit-turn"];
         v.extend_from_slice(args);
-        Config::resolve(&Args::try_parse_from(v)?)
+        Config::resolve(&schema().try_parse_from(v)?)
     }
 
     fn parse(args: &[&str]) -> anyhow::Result<Config> {
@@ -1052,28 +842,28 @@ mod tests {
     fn defaults() {
         let c = parse(&[]).unwrap();
         assert_eq!(
-            c.listen,
+            c.common.listen,
             vec!["127.0.0.1:3478".parse::<SocketAddr>().unwrap()]
         );
-        assert!(c.tcp);
-        assert_eq!(c.realm, "natkit");
-        assert_eq!((c.min_port, c.max_port), (49152, 65535));
+        assert!(c.common.tcp);
+        assert_eq!(c.turn.realm, "natkit");
+        assert_eq!((c.turn.min_port, c.turn.max_port), (49152, 65535));
         assert_eq!(
             (
-                c.max_allocations,
-                c.user_quota,
-                c.max_permissions,
-                c.max_channels
+                c.turn.max_allocations,
+                c.turn.user_quota,
+                c.turn.max_permissions,
+                c.turn.max_channels
             ),
             (10_000, 100, 32, 32)
         );
-        assert_eq!((c.bandwidth, c.unauth_rate), (0, 20));
-        assert_eq!(c.max_lifetime, Duration::from_secs(3600));
-        assert_eq!(c.nonce_ttl, Duration::from_secs(600));
-        assert_eq!(c.tcp_idle_timeout, Duration::from_secs(300));
-        assert_eq!(c.max_tcp_connections, 10_000);
-        assert_eq!(c.drain_grace, Duration::from_secs(30));
-        assert!(c.threads >= 1);
+        assert_eq!((c.turn.bandwidth.0, c.turn.unauth_rate), (0, 20));
+        assert_eq!(c.turn.max_lifetime, Duration::from_secs(3600));
+        assert_eq!(c.turn.nonce_ttl, Duration::from_secs(600));
+        assert_eq!(c.common.tcp_idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.common.max_tcp_connections, 10_000);
+        assert_eq!(c.turn.drain_grace, Duration::from_secs(30));
+        assert!(c.common.threads >= 1);
         // The relay IP comes from the concrete listen address.
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(
@@ -1088,7 +878,7 @@ mod tests {
         );
         let core = c.core_config();
         assert_eq!(core.default_lifetime, DEFAULT_LIFETIME);
-        assert_eq!(core.max_lifetime, c.max_lifetime);
+        assert_eq!(core.max_lifetime, c.turn.max_lifetime);
         assert!(!c.credentials().is_empty());
     }
 
@@ -1111,8 +901,8 @@ mod tests {
         assert!(e.contains("0.0.0.0:3478"), "{e}");
         let c = parse_raw(&["--user", "a:b", "--relay-ip", "192.0.2.7"]).unwrap();
         assert_eq!(
-            c.listen,
-            vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]
+            c.common.listen,
+            vec!["0.0.0.0:3478".parse::<SocketAddr>().unwrap()]
         );
         assert_eq!(
             c.relay[0].unwrap().bind,
@@ -1190,7 +980,7 @@ mod tests {
     #[test]
     fn ports_are_validated() {
         let c = parse(&["--min-port", "40000", "--max-port", "40001"]).unwrap();
-        assert_eq!((c.min_port, c.max_port), (40000, 40001));
+        assert_eq!((c.turn.min_port, c.turn.max_port), (40000, 40001));
         let e = err(&["--min-port", "50000", "--max-port", "40000"]);
         assert!(e.contains("min-port 50000 is above max-port 40000"), "{e}");
         let e = err(&["--min-port", "40000", "--max-port", "40000"]);
@@ -1213,7 +1003,10 @@ mod tests {
         }
         assert!(err(&["--max-channels", "4097"]).starts_with("max-channels:"));
         assert_eq!(
-            parse(&["--max-channels", "4096"]).unwrap().max_channels,
+            parse(&["--max-channels", "4096"])
+                .unwrap()
+                .turn
+                .max_channels,
             4096
         );
         assert!(err(&["--max-lifetime", "599"]).starts_with("max-lifetime:"));
@@ -1221,7 +1014,7 @@ mod tests {
         assert!(err(&["--threads", "0"]).starts_with("threads:"));
         assert!(err(&["--tcp-idle-timeout", "0"]).starts_with("tcp-idle-timeout:"));
         assert_eq!(
-            parse(&["--drain-grace", "0"]).unwrap().drain_grace,
+            parse(&["--drain-grace", "0"]).unwrap().turn.drain_grace,
             Duration::ZERO
         );
         assert!(err(&["--bandwidth", "100"]).starts_with("bandwidth:"));
@@ -1232,7 +1025,7 @@ mod tests {
 
     #[test]
     fn bandwidth_suffixes() {
-        let b = |s: &str| s.parse::<Bandwidth>().map(|b| b.0);
+        let b = |s: &str| Bandwidth::parse(s).map(|b| b.0);
         assert_eq!(b("0"), Ok(0));
         assert_eq!(b("125000"), Ok(125_000));
         assert_eq!(b("500K"), Ok(500_000));
@@ -1245,7 +1038,7 @@ mod tests {
         assert!(b("1.5M").is_err());
         assert!(b("99999999999999G").is_err());
         assert_eq!(
-            parse(&["--bandwidth", "10M"]).unwrap().bandwidth,
+            parse(&["--bandwidth", "10M"]).unwrap().turn.bandwidth.0,
             10_000_000
         );
     }
@@ -1261,9 +1054,9 @@ mod tests {
             "2001:db8::/32",
         ])
         .unwrap();
-        let s = |v: &[IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        assert_eq!(s(&c.allow_peer), ["127.0.0.0/8", "::1/128"]);
-        assert_eq!(s(&c.deny_peer), ["8.8.8.8/32", "2001:db8::/32"]);
+        let s = |v: &[PeerNet]| v.iter().map(|n| n.0.to_string()).collect::<Vec<_>>();
+        assert_eq!(s(&c.turn.allow_peer), ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(s(&c.turn.deny_peer), ["8.8.8.8/32", "2001:db8::/32"]);
         let e = format!("{:#}", parse(&["--allow-peer", "10.0.0.0/33"]).unwrap_err());
         assert!(
             e.contains("--allow-peer") && e.contains("10.0.0.0/33"),
@@ -1285,21 +1078,22 @@ mod tests {
     fn users_are_checked_and_never_printed() {
         let c = parse(&["--user", "bob:se:cr,et", "--auth-secret", "hunter2"]).unwrap();
         // NAME:PASS splits at the first ':'; the password keeps the rest.
-        assert_eq!(c.users["bob"].expose(), "se:cr,et");
+        assert_eq!(c.turn.users.0["bob"].expose(), "se:cr,et");
         let dbg = format!("{c:?}");
         for secret in ["pw", "se:cr,et", "hunter2"] {
             assert!(!dbg.contains(secret), "{secret} in {dbg}");
         }
         assert!(dbg.contains("alice") && dbg.contains("<redacted>"), "{dbg}");
         let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
-        let args = Args::try_parse_from([
-            "natkit-turn",
-            "--user",
-            "carol:xyzzy",
-            "--auth-secret",
-            "plugh",
-        ])
-        .unwrap();
+        let args = schema()
+            .try_parse_from([
+                "natkit-turn",
+                "--user",
+                "carol:xyzzy",
+                "--auth-secret",
+                "plugh",
+            ])
+            .unwrap();
         let dbg = format!("{args:?}");
         assert!(!dbg.contains("xyzzy") && !dbg.contains("plugh"), "{dbg}");
         drop(_g);
@@ -1322,8 +1116,8 @@ mod tests {
     fn tls_needs_cert_and_key() {
         let e = err(&["--tls-listen", "127.0.0.1:5349"]);
         assert!(e.starts_with("tls-listen"), "{e}");
-        assert!(err(&["--cert", "/x.pem"]).starts_with("cert is set"));
-        assert!(err(&["--key", "/x.pem"]).starts_with("key is set"));
+        assert!(err(&["--cert", "/x.pem"]).starts_with("cert: set without key"));
+        assert!(err(&["--key", "/x.pem"]).starts_with("key: set without cert"));
         let c = parse(&[
             "--tls-listen",
             "127.0.0.1:5349",
@@ -1377,34 +1171,34 @@ frank = "also-from-file"
         );
         // The file alone (no BASE: its users and listen apply).
         let c = parse_raw(&["--config", &path]).unwrap();
-        assert_eq!(c.listen[0].port(), 4000);
-        assert!(!c.tcp);
-        assert_eq!(c.realm, "file.example");
-        assert_eq!(c.users.len(), 2);
-        assert_eq!(c.users["erin"].expose(), "from-file");
+        assert_eq!(c.common.listen[0].port(), 4000);
+        assert!(!c.common.tcp);
+        assert_eq!(c.turn.realm, "file.example");
+        assert_eq!(c.turn.users.0.len(), 2);
+        assert_eq!(c.turn.users.0["erin"].expose(), "from-file");
         assert_eq!(c.auth_secrets, vec![Secret::new("s1"), Secret::new("s2")]);
         assert_eq!(c.relay[0].unwrap().advertised.to_string(), "192.0.2.9");
-        assert_eq!((c.min_port, c.max_port), (30000, 30999));
-        assert_eq!(c.allow_peer.len(), 1);
-        assert_eq!(c.deny_peer[0].to_string(), "127.0.0.9/32");
+        assert_eq!((c.turn.min_port, c.turn.max_port), (30000, 30999));
+        assert_eq!(c.turn.allow_peer.len(), 1);
+        assert_eq!(c.turn.deny_peer[0].0.to_string(), "127.0.0.9/32");
         assert_eq!(
             (
-                c.max_allocations,
-                c.user_quota,
-                c.max_permissions,
-                c.max_channels
+                c.turn.max_allocations,
+                c.turn.user_quota,
+                c.turn.max_permissions,
+                c.turn.max_channels
             ),
             (50, 5, 8, 9)
         );
-        assert_eq!((c.bandwidth, c.unauth_rate), (2_000_000, 7));
-        assert_eq!(c.max_lifetime, Duration::from_secs(1200));
-        assert_eq!(c.nonce_ttl, Duration::from_secs(60));
-        assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));
-        assert_eq!(c.log_format, LogFormat::Json);
-        assert_eq!(c.threads, 3);
-        assert_eq!(c.tcp_idle_timeout, Duration::from_secs(45));
-        assert_eq!(c.max_tcp_connections, 77);
-        assert_eq!(c.drain_grace, Duration::from_secs(5));
+        assert_eq!((c.turn.bandwidth.0, c.turn.unauth_rate), (2_000_000, 7));
+        assert_eq!(c.turn.max_lifetime, Duration::from_secs(1200));
+        assert_eq!(c.turn.nonce_ttl, Duration::from_secs(60));
+        assert_eq!(c.common.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.common.log_format, LogFormat::Json);
+        assert_eq!(c.common.threads, 3);
+        assert_eq!(c.common.tcp_idle_timeout, Duration::from_secs(45));
+        assert_eq!(c.common.max_tcp_connections, 77);
+        assert_eq!(c.turn.drain_grace, Duration::from_secs(5));
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("from-file") && !dbg.contains("s1"), "{dbg}");
 
@@ -1422,11 +1216,11 @@ frank = "also-from-file"
             "true",
         ])
         .unwrap();
-        assert_eq!(c.users.keys().collect::<Vec<_>>(), ["gina"]);
-        assert_eq!(c.threads, 2);
-        assert_eq!((c.min_port, c.max_port), (30000, 30001));
-        assert!(c.tcp);
-        assert_eq!(c.realm, "file.example");
+        assert_eq!(c.turn.users.0.keys().collect::<Vec<_>>(), ["gina"]);
+        assert_eq!(c.common.threads, 2);
+        assert_eq!((c.turn.min_port, c.turn.max_port), (30000, 30001));
+        assert!(c.common.tcp);
+        assert_eq!(c.turn.realm, "file.example");
 
         // Env vars win over the file, flags over env vars.
         let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
@@ -1434,20 +1228,20 @@ frank = "also-from-file"
         std::env::set_var("NATKIT_TURN_MAX_CHANNELS", "11");
         std::env::set_var("NATKIT_TURN_USER", "hank:env,pass");
         std::env::set_var("NATKIT_TURN_ALLOW_PEER", "10.0.0.0/8,192.168.0.0/16");
-        let parsed =
-            Args::try_parse_from(["natkit-turn", "--config", &path, "--max-channels", "12"])
-                .map_err(anyhow::Error::from)
-                .and_then(|a| Config::resolve(&a));
+        let parsed = schema()
+            .try_parse_from(["natkit-turn", "--config", &path, "--max-channels", "12"])
+            .map_err(anyhow::Error::from)
+            .and_then(|a| Config::resolve(&a));
         for k in ["REALM", "MAX_CHANNELS", "USER", "ALLOW_PEER"] {
             std::env::remove_var(format!("NATKIT_TURN_{k}"));
         }
         drop(_g);
         let c = parsed.unwrap();
-        assert_eq!(c.realm, "env.example");
-        assert_eq!(c.max_channels, 12);
-        assert_eq!(c.users["hank"].expose(), "env,pass");
-        assert_eq!(c.allow_peer.len(), 2);
-        assert_eq!(c.max_permissions, 8);
+        assert_eq!(c.turn.realm, "env.example");
+        assert_eq!(c.turn.max_channels, 12);
+        assert_eq!(c.turn.users.0["hank"].expose(), "env,pass");
+        assert_eq!(c.turn.allow_peer.len(), 2);
+        assert_eq!(c.turn.max_permissions, 8);
     }
 
     #[test]
@@ -1504,7 +1298,8 @@ frank = "also-from-file"
         assert_eq!(c.auth_secrets.len(), 2);
         let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("NATKIT_TURN_AUTH_SECRET_FILE", &path);
-        let parsed = Args::try_parse_from(["natkit-turn", "--relay-ip", "127.0.0.1"])
+        let parsed = schema()
+            .try_parse_from(["natkit-turn", "--relay-ip", "127.0.0.1"])
             .map_err(anyhow::Error::from)
             .and_then(|a| Config::resolve(&a));
         std::env::remove_var("NATKIT_TURN_AUTH_SECRET_FILE");
@@ -1546,7 +1341,8 @@ previous-Tz3
         let with_env = |cfg: &str| {
             let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
             std::env::set_var("NATKIT_TURN_AUTH_SECRET_FILE", &mounted);
-            let parsed = Args::try_parse_from(["natkit-turn", "--config", cfg])
+            let parsed = schema()
+                .try_parse_from(["natkit-turn", "--config", cfg])
                 .map_err(anyhow::Error::from)
                 .and_then(|a| Config::resolve(&a));
             std::env::remove_var("NATKIT_TURN_AUTH_SECRET_FILE");
@@ -1611,7 +1407,9 @@ previous-Tz3
     #[test]
     fn check_config_flag_parses() {
         let _g = ENV.lock().unwrap_or_else(|e| e.into_inner());
-        let a = Args::try_parse_from(["natkit-turn", "--check-config"]).unwrap();
-        assert!(a.check_config);
+        let a = schema()
+            .try_parse_from(["natkit-turn", "--check-config"])
+            .unwrap();
+        assert!(a.check_config());
     }
 }

@@ -1,10 +1,9 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use natkit_turn::config::{Args, Config};
+use natkit_turn::config::{self, Config};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = config::schema().parse();
     // The certificate and key are part of the configuration: refuse files the server could
     // not serve with before starting, with or without --check-config.
     let resolved = Config::resolve(&args).and_then(|cfg| {
@@ -18,11 +17,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.check_config {
+    if args.check_config() {
         println!("natkit-turn: configuration OK");
         return ExitCode::SUCCESS;
     }
-    natkit_runtime::logging::init(cfg.log_format, "info");
+    natkit_runtime::logging::init(cfg.common.log_format, "info");
     match natkit_turn::server::run(cfg, tls, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

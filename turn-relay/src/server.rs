@@ -33,7 +33,7 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
     let metrics = Metrics::new();
     // Fixed for the life of the process: SIGHUP does not change quotas or
     // the port range (a restart does), so the gauges show what runs.
-    metrics.set_limits(cfg.max_allocations, cfg.relay_ports());
+    metrics.set_limits(cfg.turn.max_allocations, cfg.relay_ports());
     let shutdown = Shutdown::new();
     let relay = cfg.relay.map(|r| {
         r.map(|r| RelayAddress {
@@ -41,19 +41,19 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
             advertised: r.advertised,
         })
     });
-    let listeners = cfg.listen.clone();
+    let listeners = cfg.common.listen.clone();
     let mut bound_listeners = listeners.clone();
-    bound_listeners.extend(&cfg.tls_listen);
+    bound_listeners.extend(&cfg.common.tls_listen);
     let shared = Arc::new(Shared::new(
         Reloadable {
             credentials: Arc::new(cfg.credentials()),
             policy: Arc::new(cfg.peer_policy(&bound_listeners)),
         },
-        PortPool::new(cfg.min_port, cfg.max_port),
+        PortPool::new(cfg.turn.min_port, cfg.turn.max_port),
         relay,
-        cfg.max_allocations,
-        cfg.user_quota,
-        cfg.unauth_rate,
+        cfg.turn.max_allocations,
+        cfg.turn.user_quota,
+        cfg.turn.unauth_rate,
     ));
 
     // One shard per thread, each with its own SO_REUSEPORT socket on every
@@ -66,11 +66,11 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
     };
     let mut groups = Vec::new();
     for addr in &listeners {
-        let socks = batch::udp_socket_group(*addr, cfg.threads, &opts)
+        let socks = batch::udp_socket_group(*addr, cfg.common.threads, &opts)
             .with_context(|| format!("cannot bind UDP {addr}"))?;
         groups.push(socks.into_iter());
     }
-    for index in 0..cfg.threads {
+    for index in 0..cfg.common.threads {
         let socks = groups
             .iter_mut()
             .map(|g| g.next().expect("one socket per thread"))
@@ -93,10 +93,10 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
         );
     }
     for addr in &listeners {
-        info!(%addr, threads = cfg.threads, "listening on UDP");
+        info!(%addr, threads = cfg.common.threads, "listening on UDP");
     }
     for r in relay.iter().flatten() {
-        info!(bind = %r.bind, advertised = %r.advertised, ports = %format!("{}-{}", cfg.min_port, cfg.max_port), "relaying");
+        info!(bind = %r.bind, advertised = %r.advertised, ports = %format!("{}-{}", cfg.turn.min_port, cfg.turn.max_port), "relaying");
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -139,13 +139,13 @@ async fn serve_async(
     let ctx = StreamContext {
         workers,
         metrics: metrics.clone(),
-        idle_timeout: cfg.tcp_idle_timeout,
-        slots: Arc::new(Semaphore::new(cfg.max_tcp_connections)),
+        idle_timeout: cfg.common.tcp_idle_timeout,
+        slots: Arc::new(Semaphore::new(cfg.common.max_tcp_connections)),
         shutdown: shutdown.clone(),
         next_conn: Arc::new(AtomicU64::new(0)),
     };
-    if cfg.tcp {
-        for addr in &cfg.listen {
+    if cfg.common.tcp {
+        for addr in &cfg.common.listen {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind TCP {addr}"))?;
@@ -156,7 +156,7 @@ async fn serve_async(
     let mut acceptor: Option<ReloadableAcceptor> = None;
     if let Some(tls) = tls {
         let a = ReloadableAcceptor::new(tls);
-        for addr in &cfg.tls_listen {
+        for addr in &cfg.common.tls_listen {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind TLS {addr}"))?;
@@ -166,7 +166,7 @@ async fn serve_async(
         acceptor = Some(a);
     }
     let health = Health::new();
-    if let Some(addr) = cfg.metrics {
+    if let Some(addr) = cfg.common.metrics {
         let m = metrics_http::spawn(
             addr,
             metrics.registry.clone(),
@@ -177,8 +177,13 @@ async fn serve_async(
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!(addr = %m.local_addr, "serving /metrics and /healthz");
     }
-    let bound_listeners: Vec<SocketAddr> =
-        cfg.listen.iter().chain(&cfg.tls_listen).copied().collect();
+    let bound_listeners: Vec<SocketAddr> = cfg
+        .common
+        .listen
+        .iter()
+        .chain(&cfg.common.tls_listen)
+        .copied()
+        .collect();
     loop {
         match signals.next().await {
             Signal::Hangup => reload(&args, &shared, acceptor.as_ref(), &bound_listeners),
@@ -198,13 +203,13 @@ async fn serve_async(
 /// ends or a second SIGTERM/SIGINT comes.
 async fn drain(cfg: &Config, shared: &Shared, health: &Health, signals: &mut Signals) {
     info!(
-        grace_secs = cfg.drain_grace.as_secs(),
+        grace_secs = cfg.turn.drain_grace.as_secs(),
         allocations = shared.total_allocations(),
         "SIGTERM: draining; new allocations are refused"
     );
     shared.draining.store(true, Ordering::Relaxed);
     health.set_ready(false);
-    let deadline = tokio::time::sleep(cfg.drain_grace);
+    let deadline = tokio::time::sleep(cfg.turn.drain_grace);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
@@ -246,7 +251,7 @@ fn reload(
         policy: Arc::new(cfg.peer_policy(listeners)),
     });
     info!(
-        users = cfg.users.len(),
+        users = cfg.turn.users.0.len(),
         secrets = cfg.auth_secrets.len(),
         secret_file = cfg
             .auth_secret_file

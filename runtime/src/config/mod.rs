@@ -103,19 +103,3 @@ pub enum ConfigError {
 
 #[cfg(test)]
 mod tests;
-
-/// Reads and parses the TOML file at `path` into `T` (the servers' former per-server schemas;
-/// removed once both use [`Schema`]).
-pub fn load_toml<T: serde::de::DeserializeOwned>(
-    path: impl AsRef<std::path::Path>,
-) -> Result<T, ConfigError> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })
-}
