@@ -144,7 +144,11 @@ fn stun_bad_configs_name_the_key_and_the_reason() {
     rejects(
         "stun",
         "listen = [\"127.0.0.1:3478\"]\nlisten-port = 3478\n",
-        &["unknown field `listen-port`", "line 2"],
+        &[
+            "unknown key `listen-port`",
+            "line 2",
+            "did you mean `listen`?",
+        ],
     );
     rejects(
         "stun",
@@ -254,7 +258,7 @@ fn turn_bad_configs_name_the_key_and_the_reason() {
     rejects(
         "turn",
         &format!("{base}relay-port = 5\n"),
-        &["unknown field `relay-port`"],
+        &["unknown key `relay-port`"],
     );
     let dir = TempDir::new("natkit-deploy-secretfile");
     let empty = dir.join("empty");
