@@ -1,6 +1,9 @@
-//! What the servers' TCP and TLS connections share around
-//! [`natkit_proto::framing::Deframer`]: reading with two deadlines, and a
-//! writer task with a bounded queue and bounded writes.
+//! What the servers' TCP and TLS connections share: one accept loop
+//! ([`listen`], [`accept_loop`]) with a cap on open connections and a bounded
+//! TLS handshake, and around [`natkit_proto::framing::Deframer`], reading
+//! with two deadlines and a writer task with a bounded queue and bounded
+//! writes. A server says what a connection is for by implementing
+//! [`StreamService`].
 //!
 //! A connection is closed when it makes no progress: no bytes for the idle
 //! timeout while no frame has started, or a frame not finished within the
@@ -8,12 +11,187 @@
 //! connection open), or a write that does not complete within the idle
 //! timeout (a client that sends and never reads).
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use natkit_proto::framing::Deframer;
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::shutdown::Shutdown;
+use crate::tls::ReloadableAcceptor;
+
+/// A stream listener's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+impl StreamKind {
+    /// The metric label: `tcp` or `tls`.
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamKind::Tcp => "tcp",
+            StreamKind::Tls => "tls",
+        }
+    }
+}
+
+/// What became of an accepted connection before it was served: the `result`
+/// label of the servers' connection counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    /// Taken (after its TLS handshake, for TLS).
+    Accepted,
+    /// Closed at once: the cap on open connections is reached.
+    RejectedCap,
+    /// The TLS handshake failed or did not finish in time.
+    TlsFailed,
+}
+
+impl AcceptOutcome {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AcceptOutcome::Accepted => "accepted",
+            AcceptOutcome::RejectedCap => "rejected_cap",
+            AcceptOutcome::TlsFailed => "tls_failed",
+        }
+    }
+}
+
+/// What a server does with the connections its stream listeners accept.
+pub trait StreamService: Clone + Send + Sync + 'static {
+    /// Counts what became of an accepted connection.
+    fn count(&self, kind: StreamKind, outcome: AcceptOutcome);
+
+    /// The gauge of open connections of `kind`.
+    fn open_gauge(&self, kind: StreamKind) -> IntGauge;
+
+    /// Serves one connection until it ends.
+    fn serve<S>(
+        &self,
+        stream: S,
+        kind: StreamKind,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static;
+}
+
+/// The limits a server's stream listeners share.
+#[derive(Clone)]
+pub struct StreamLimits {
+    /// The idle timeout of a connection (see [`read_more`], [`write_queued`]).
+    pub idle_timeout: Duration,
+    /// One permit per open connection.
+    pub slots: Arc<Semaphore>,
+    /// Stops the listeners and their connections.
+    pub shutdown: Shutdown,
+}
+
+impl StreamLimits {
+    /// At most `max_connections` open at once, each closed after `idle_timeout` without
+    /// progress.
+    pub fn new(idle_timeout: Duration, max_connections: usize, shutdown: Shutdown) -> Self {
+        StreamLimits {
+            idle_timeout,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            shutdown,
+        }
+    }
+
+    /// How long a TLS handshake may take: a few round trips, so at most 10 s (a client that
+    /// stalls it holds a connection slot), and never more than the idle timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.idle_timeout.min(Duration::from_secs(10))
+    }
+}
+
+/// Binds `addr` and serves it in a task until shutdown: TLS with `tls` (the
+/// certificate current when each connection is accepted: SIGHUP replaces it),
+/// plain TCP without.
+pub async fn listen<H: StreamService>(
+    addr: SocketAddr,
+    tls: Option<ReloadableAcceptor>,
+    limits: StreamLimits,
+    service: H,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let kind = if tls.is_some() { "TLS" } else { "TCP" };
+    info!(addr = %bound, "listening on {kind}");
+    tokio::spawn(accept_loop(listener, tls, limits, service));
+    Ok(bound)
+}
+
+/// Accepts connections on `listener` until shutdown, each in a task of its
+/// own holding a slot of `limits` (none free: closed at once). With `tls`,
+/// each is a TLS server session first, with the certificate current when it
+/// is accepted.
+pub async fn accept_loop<H: StreamService>(
+    listener: TcpListener,
+    tls: Option<ReloadableAcceptor>,
+    limits: StreamLimits,
+    service: H,
+) {
+    let kind = if tls.is_some() {
+        StreamKind::Tls
+    } else {
+        StreamKind::Tcp
+    };
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = limits.shutdown.wait() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limits.slots.clone().try_acquire_owned() else {
+            service.count(kind, AcceptOutcome::RejectedCap);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let acceptor = tls.as_ref().map(ReloadableAcceptor::current);
+        let handshake = limits.handshake_timeout();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let open = service.open_gauge(kind);
+            open.inc();
+            match acceptor {
+                None => {
+                    service.count(kind, AcceptOutcome::Accepted);
+                    service.serve(stream, kind, peer).await;
+                }
+                Some(a) => match tokio::time::timeout(handshake, a.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        service.count(kind, AcceptOutcome::Accepted);
+                        service.serve(s, kind, peer).await;
+                    }
+                    _ => service.count(kind, AcceptOutcome::TlsFailed),
+                },
+            }
+            open.dec();
+        });
+    }
+}
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,5 +381,92 @@ mod tests {
         tx.send(vec![0; 1000]).await.unwrap();
         assert_eq!(writer.await.unwrap(), Err(StreamEnd::WriteTimeout));
         assert!(tx.send(vec![1]).await.is_err());
+    }
+
+    /// Records what the accept loop reports and holds each connection until
+    /// the client closes it.
+    #[derive(Clone)]
+    struct Recorder {
+        outcomes: Arc<std::sync::Mutex<Vec<(StreamKind, AcceptOutcome)>>>,
+        open: IntGauge,
+    }
+
+    impl StreamService for Recorder {
+        fn count(&self, kind: StreamKind, outcome: AcceptOutcome) {
+            self.outcomes.lock().unwrap().push((kind, outcome));
+        }
+
+        fn open_gauge(&self, _kind: StreamKind) -> IntGauge {
+            self.open.clone()
+        }
+
+        async fn serve<S>(&self, stream: S, _kind: StreamKind, _peer: SocketAddr)
+        where
+            S: AsyncRead + AsyncWrite + Send + 'static,
+        {
+            let mut stream = Box::pin(stream);
+            let mut buf = [0u8; 16];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        }
+    }
+
+    #[tokio::test]
+    async fn the_loop_caps_open_connections_and_counts_every_outcome() {
+        let shutdown = Shutdown::new();
+        let limits = StreamLimits::new(Duration::from_secs(3), 1, shutdown.clone());
+        let rec = Recorder {
+            outcomes: Arc::default(),
+            open: IntGauge::new("open", "open connections").unwrap(),
+        };
+        let addr = listen("127.0.0.1:0".parse().unwrap(), None, limits, rec.clone())
+            .await
+            .unwrap();
+        let outcomes = || rec.outcomes.lock().unwrap().clone();
+        let wait_for = |n: usize| async move {
+            for _ in 0..500 {
+                if outcomes().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no outcome {n}: {:?}", outcomes());
+        };
+        let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        wait_for(1).await;
+        assert_eq!(rec.open.get(), 1);
+        // The one slot is taken: the next client is closed at once.
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        wait_for(2).await;
+        let mut b = [0u8; 1];
+        assert_eq!(second.read(&mut b).await.unwrap(), 0);
+        drop(first);
+        // The slot comes back when the first connection ends.
+        let mut served = None;
+        for _ in 0..500 {
+            if rec.open.get() == 0 {
+                served = Some(tokio::net::TcpStream::connect(addr).await.unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(served.is_some(), "the first connection never closed");
+        wait_for(3).await;
+        let tcp = StreamKind::Tcp;
+        assert_eq!(
+            outcomes(),
+            [
+                (tcp, AcceptOutcome::Accepted),
+                (tcp, AcceptOutcome::RejectedCap),
+                (tcp, AcceptOutcome::Accepted)
+            ]
+        );
+        shutdown.trigger();
+    }
+
+    #[test]
+    fn a_tls_handshake_is_bounded_by_10_s_and_the_idle_timeout() {
+        let limits = |idle| StreamLimits::new(Duration::from_secs(idle), 1, Shutdown::new());
+        assert_eq!(limits(300).handshake_timeout(), Duration::from_secs(10));
+        assert_eq!(limits(3).handshake_timeout(), Duration::from_secs(3));
     }
 }

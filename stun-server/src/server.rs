@@ -7,15 +7,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::shutdown::{Shutdown, Signal, Signals};
+use natkit_runtime::stream::{self, StreamLimits};
 use natkit_runtime::tls::ReloadableAcceptor;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::{error, info};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::responder::Responder;
-use crate::stream::{self, StreamContext};
+use crate::stream::StreamContext;
 use crate::udp;
 
 /// Run the server until SIGTERM or SIGINT. `tls`: the certificate and key
@@ -65,33 +64,31 @@ async fn serve_async(
     let ctx = StreamContext {
         responder: responder.clone(),
         metrics: metrics.clone(),
-        idle_timeout: cfg.common.tcp_idle_timeout,
-        slots: Arc::new(Semaphore::new(cfg.common.max_tcp_connections)),
-        shutdown: shutdown.clone(),
+        limits: StreamLimits::new(
+            cfg.common.tcp_idle_timeout,
+            cfg.common.max_tcp_connections,
+            shutdown.clone(),
+        ),
+        local: Responder::STREAM_ONLY,
     };
     if cfg.common.tcp {
         for (i, e) in responder.endpoints().iter().enumerate() {
-            let l = TcpListener::bind(e.addr)
+            let local = StreamContext {
+                local: i,
+                ..ctx.clone()
+            };
+            stream::listen(e.addr, None, ctx.limits.clone(), local)
                 .await
                 .with_context(|| format!("cannot bind TCP {}", e.addr))?;
-            info!(addr = %e.addr, "listening on TCP");
-            tokio::spawn(stream::serve(l, i, None, ctx.clone()));
         }
     }
     let mut acceptor: Option<ReloadableAcceptor> = None;
     if let Some(tls) = tls {
         let shared = ReloadableAcceptor::new(tls);
         for addr in &cfg.common.tls_listen {
-            let l = TcpListener::bind(addr)
+            stream::listen(*addr, Some(shared.clone()), ctx.limits.clone(), ctx.clone())
                 .await
                 .with_context(|| format!("cannot bind TLS {addr}"))?;
-            info!(%addr, "listening on TLS");
-            tokio::spawn(stream::serve(
-                l,
-                Responder::STREAM_ONLY,
-                Some(shared.clone()),
-                ctx.clone(),
-            ));
         }
         acceptor = Some(shared);
     }

@@ -9,15 +9,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use natkit_proto::framing::Deframer;
-use natkit_runtime::shutdown::Shutdown;
-use natkit_runtime::stream::{read_more, write_queued, StreamEnd};
-use natkit_runtime::tls::ReloadableAcceptor;
+use natkit_runtime::stream::{
+    read_more, write_queued, AcceptOutcome, StreamEnd, StreamKind, StreamLimits, StreamService,
+};
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::metrics::{Metrics, Tally};
@@ -31,78 +29,44 @@ const MAX_FRAME: usize = 2048;
 /// client takes its answers.
 const OUT_QUEUE: usize = 16;
 
-/// Settings shared by all stream listeners.
+/// What a stream listener serves its connections with; the runtime's accept
+/// loop (`natkit_runtime::stream::listen`) hands it each connection.
 #[derive(Clone)]
 pub struct StreamContext {
     pub responder: Arc<Responder>,
     pub metrics: Metrics,
-    pub idle_timeout: Duration,
-    pub slots: Arc<Semaphore>,
-    pub shutdown: Shutdown,
+    pub limits: StreamLimits,
+    /// The endpoint the listener is bound to ([`Responder::STREAM_ONLY`] for TLS).
+    pub local: usize,
 }
 
-/// Accept connections on `listener` (bound to endpoint `local`) until
-/// shutdown. With `tls`, each connection is a TLS server session first, with
-/// the certificate current when it is accepted (SIGHUP replaces it).
-pub async fn serve(
-    listener: TcpListener,
-    local: usize,
-    tls: Option<ReloadableAcceptor>,
-    ctx: StreamContext,
-) {
-    let transport = if tls.is_some() {
-        Transport::Tls
-    } else {
-        Transport::Tcp
-    };
-    let shutdown = &ctx.shutdown;
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                debug!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-            ctx.metrics.connection(transport, "rejected_cap");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        let tls = tls.as_ref().map(ReloadableAcceptor::current);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let gauge = ctx.metrics.connection_open(transport);
-            gauge.inc();
-            let reason = match tls {
-                None => {
-                    ctx.metrics.connection(transport, "accepted");
-                    connection(stream, transport, local, peer, &ctx).await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(ctx.idle_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            ctx.metrics.connection(transport, "accepted");
-                            connection(s, transport, local, peer, &ctx).await
-                        }
-                        _ => {
-                            ctx.metrics.connection(transport, "tls_failed");
-                            "tls_handshake"
-                        }
-                    }
-                }
-            };
-            gauge.dec();
-            ctx.metrics.connection_closed(transport, reason);
-        });
+fn transport(kind: StreamKind) -> Transport {
+    match kind {
+        StreamKind::Tcp => Transport::Tcp,
+        StreamKind::Tls => Transport::Tls,
+    }
+}
+
+impl StreamService for StreamContext {
+    fn count(&self, kind: StreamKind, outcome: AcceptOutcome) {
+        let t = transport(kind);
+        self.metrics.connection(t, outcome.label());
+        if outcome == AcceptOutcome::TlsFailed {
+            self.metrics.connection_closed(t, "tls_handshake");
+        }
+    }
+
+    fn open_gauge(&self, kind: StreamKind) -> IntGauge {
+        self.metrics.connection_open(transport(kind))
+    }
+
+    async fn serve<S>(&self, stream: S, kind: StreamKind, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let t = transport(kind);
+        let reason = connection(stream, t, self.local, peer, self).await;
+        self.metrics.connection_closed(t, reason);
     }
 }
 
@@ -118,10 +82,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     let mut tally = Tally::default();
     let (reply_tx, reply_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let (mut reader, writer) = tokio::io::split(s);
-    let write_task = tokio::spawn(write_queued(writer, reply_rx, ctx.idle_timeout));
+    let write_task = tokio::spawn(write_queued(writer, reply_rx, ctx.limits.idle_timeout));
     let mut d = Deframer::new(MAX_FRAME, false);
     let mut out = [0u8; MAX_REPLY_LEN];
-    let shutdown = &ctx.shutdown;
+    let shutdown = &ctx.limits.shutdown;
     let end = 'conn: loop {
         // Answer every whole frame read so far, in one chunk for the writer.
         let mut answers = Vec::new();
@@ -158,7 +122,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
             }
         }
         tokio::select! {
-            r = read_more(&mut reader, &mut d, ctx.idle_timeout) => {
+            r = read_more(&mut reader, &mut d, ctx.limits.idle_timeout) => {
                 if let Err(end) = r {
                     break end;
                 }

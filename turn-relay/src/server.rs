@@ -14,16 +14,15 @@ use natkit_runtime::batch::{self, UdpSocketOptions};
 use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::metrics_http::{self, Health};
 use natkit_runtime::shutdown::{Shutdown, Signal, Signals};
+use natkit_runtime::stream::{self, StreamLimits};
 use natkit_runtime::tls::ReloadableAcceptor;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
 use crate::config::{Args, Config};
 use crate::metrics::Metrics;
 use crate::ports::PortPool;
 use crate::shared::{RelayAddress, Reloadable, Shared};
-use crate::stream::{self, StreamContext};
+use crate::stream::StreamContext;
 use crate::worker::{self, WorkerSetup};
 
 /// Run the relay until it is told to stop. `tls`: the certificate and key
@@ -139,29 +138,27 @@ async fn serve_async(
     let ctx = StreamContext {
         workers,
         metrics: metrics.clone(),
-        idle_timeout: cfg.common.tcp_idle_timeout,
-        slots: Arc::new(Semaphore::new(cfg.common.max_tcp_connections)),
-        shutdown: shutdown.clone(),
+        limits: StreamLimits::new(
+            cfg.common.tcp_idle_timeout,
+            cfg.common.max_tcp_connections,
+            shutdown.clone(),
+        ),
         next_conn: Arc::new(AtomicU64::new(0)),
     };
     if cfg.common.tcp {
         for addr in &cfg.common.listen {
-            let l = TcpListener::bind(addr)
+            stream::listen(*addr, None, ctx.limits.clone(), ctx.clone())
                 .await
                 .with_context(|| format!("cannot bind TCP {addr}"))?;
-            info!(%addr, "listening on TCP");
-            tokio::spawn(stream::serve(l, None, ctx.clone()));
         }
     }
     let mut acceptor: Option<ReloadableAcceptor> = None;
     if let Some(tls) = tls {
         let a = ReloadableAcceptor::new(tls);
         for addr in &cfg.common.tls_listen {
-            let l = TcpListener::bind(addr)
+            stream::listen(*addr, Some(a.clone()), ctx.limits.clone(), ctx.clone())
                 .await
                 .with_context(|| format!("cannot bind TLS {addr}"))?;
-            info!(%addr, "listening on TLS");
-            tokio::spawn(stream::serve(l, Some(a.clone()), ctx.clone()));
         }
         acceptor = Some(a);
     }

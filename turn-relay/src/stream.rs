@@ -11,15 +11,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use natkit_proto::framing::Deframer;
-use natkit_runtime::shutdown::Shutdown;
-use natkit_runtime::stream::{read_more, write_queued, StreamEnd};
-use natkit_runtime::tls::ReloadableAcceptor;
+use natkit_runtime::stream::{
+    read_more, write_queued, AcceptOutcome, StreamEnd, StreamKind, StreamLimits, StreamService,
+};
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::metrics::Metrics;
@@ -35,79 +33,35 @@ const IN_QUEUE: usize = 32;
 /// beyond it closes the connection (the client does not read).
 const OUT_QUEUE: usize = 256;
 
-/// What every stream listener shares.
+/// What every stream listener shares; the runtime's accept loop
+/// (`natkit_runtime::stream::listen`) hands it each connection.
 #[derive(Clone)]
 pub struct StreamContext {
     pub workers: Arc<Vec<WorkerHandle>>,
     pub metrics: Metrics,
-    pub idle_timeout: Duration,
-    pub slots: Arc<Semaphore>,
-    pub shutdown: Shutdown,
+    pub limits: StreamLimits,
     pub next_conn: Arc<AtomicU64>,
 }
 
-/// Accept clients until shutdown. With `tls`, each connection is a TLS
-/// server session first, with the certificate current when it is accepted
-/// (SIGHUP replaces it).
-pub async fn serve(listener: TcpListener, tls: Option<ReloadableAcceptor>, ctx: StreamContext) {
-    let label = if tls.is_some() { "tls" } else { "tcp" };
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = ctx.shutdown.wait() => return,
-        };
-        let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-            ctx.metrics
-                .connections
-                .with_label_values(&[label, "rejected_cap"])
-                .inc();
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        let acceptor = tls.as_ref().map(ReloadableAcceptor::current);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let open = ctx.metrics.connections_open.with_label_values(&[label]);
-            open.inc();
-            match acceptor {
-                None => {
-                    ctx.metrics
-                        .connections
-                        .with_label_values(&[label, "accepted"])
-                        .inc();
-                    connection(stream, peer, &ctx).await;
-                }
-                Some(a) => match tokio::time::timeout(
-                    ctx.idle_timeout.min(Duration::from_secs(10)),
-                    a.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => {
-                        ctx.metrics
-                            .connections
-                            .with_label_values(&[label, "accepted"])
-                            .inc();
-                        connection(s, peer, &ctx).await;
-                    }
-                    _ => {
-                        ctx.metrics
-                            .connections
-                            .with_label_values(&[label, "tls_failed"])
-                            .inc();
-                    }
-                },
-            }
-            open.dec();
-        });
+impl StreamService for StreamContext {
+    fn count(&self, kind: StreamKind, outcome: AcceptOutcome) {
+        self.metrics
+            .connections
+            .with_label_values(&[kind.label(), outcome.label()])
+            .inc();
+    }
+
+    fn open_gauge(&self, kind: StreamKind) -> IntGauge {
+        self.metrics
+            .connections_open
+            .with_label_values(&[kind.label()])
+    }
+
+    async fn serve<S>(&self, stream: S, _kind: StreamKind, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        connection(stream, peer, self).await;
     }
 }
 
@@ -134,7 +88,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
         return;
     }
     let (mut reader, writer) = tokio::io::split(stream);
-    let write_task = tokio::spawn(write_queued(writer, out_rx, ctx.idle_timeout));
+    let write_task = tokio::spawn(write_queued(writer, out_rx, ctx.limits.idle_timeout));
     let mut d = Deframer::new(MAX_FRAME, true);
     let end = 'conn: loop {
         // Hand every whole frame to the shard, waiting for room.
@@ -150,7 +104,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
             let queued = tokio::select! {
                 r = frames.send(frame) => r.is_ok(),
                 _ = writer_alive.closed() => break 'conn StreamEnd::WriteTimeout,
-                _ = ctx.shutdown.wait() => break 'conn StreamEnd::Shutdown,
+                _ = ctx.limits.shutdown.wait() => break 'conn StreamEnd::Shutdown,
             };
             // The shard closed the connection (it does not read its
             // answers), or has stopped.
@@ -159,13 +113,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
             }
         }
         tokio::select! {
-            r = read_more(&mut reader, &mut d, ctx.idle_timeout) => {
+            r = read_more(&mut reader, &mut d, ctx.limits.idle_timeout) => {
                 if let Err(end) = r {
                     break end;
                 }
             }
             _ = writer_alive.closed() => break StreamEnd::WriteTimeout,
-            _ = ctx.shutdown.wait() => break StreamEnd::Shutdown,
+            _ = ctx.limits.shutdown.wait() => break StreamEnd::Shutdown,
         }
     };
     debug!(%peer, reason = end.label(), "client stream ending");
