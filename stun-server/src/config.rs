@@ -182,4 +182,12 @@ mod tests {
         assert!(parse(&["--tls-listen", "127.0.0.1:5349"]).is_err());
         assert!(parse(&["--cert", "/x.pem"]).is_err());
     }
+
+    /// The README's configuration table is the schema's reference, so it lists every key
+    /// with its flag, variable, default and documentation as the binary has them.
+    #[test]
+    fn the_readme_table_is_generated_from_the_schema() {
+        let stale = schema().stale_reference(include_str!("../../README.md"));
+        assert!(stale.is_none(), "README.md: {}", stale.unwrap_or_default());
+    }
 }

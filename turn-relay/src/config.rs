@@ -1412,4 +1412,12 @@ previous-Tz3
             .unwrap();
         assert!(a.check_config());
     }
+
+    /// The README's configuration table is the schema's reference, so it lists every key
+    /// with its flag, variable, default and documentation as the binary has them.
+    #[test]
+    fn the_readme_table_is_generated_from_the_schema() {
+        let stale = schema().stale_reference(include_str!("../../README.md"));
+        assert!(stale.is_none(), "README.md: {}", stale.unwrap_or_default());
+    }
 }

@@ -31,7 +31,7 @@ crate::settings! {
         /// PEM private key for TLS; read again on SIGHUP.
         key: Option<PathBuf> ["PATH"] = _;
         /// Serve Prometheus metrics at /metrics and health at /healthz on this address.
-        metrics: Option<SocketAddr> ["IP:PORT"] = _;
+        metrics: Option<SocketAddr> ["IP:PORT"] = (_, "off");
         /// Log format: text or json.
         log_format: LogFormat ["text|json"] = "text";
         /// Worker threads (1 to 256).

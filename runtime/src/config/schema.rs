@@ -291,6 +291,35 @@ impl Schema {
         }
         s
     }
+
+    /// The reference table inside `doc` (the README), between the lines
+    /// `<!-- BIN --print-config-reference -->` and `<!-- end BIN --print-config-reference -->`;
+    /// `None` without them. Each server's tests compare it with [`Schema::reference`].
+    pub fn reference_in<'d>(&self, doc: &'d str) -> Option<&'d str> {
+        let start = format!("<!-- {} --print-config-reference -->\n", self.bin);
+        let end = format!("<!-- end {} --print-config-reference -->", self.bin);
+        let from = doc.find(&start)? + start.len();
+        let len = doc[from..].find(&end)?;
+        Some(&doc[from..from + len])
+    }
+
+    /// What is wrong with the reference table in `doc` (the README): `None` when it is
+    /// [`Schema::reference`], else what to do about it.
+    pub fn stale_reference(&self, doc: &str) -> Option<String> {
+        let want = self.reference();
+        let fix = format!(
+            "replace it with the output of `cargo run -p {bin} -- --print-config-reference`",
+            bin = self.bin
+        );
+        match self.reference_in(doc) {
+            Some(have) if have == want => None,
+            Some(_) => Some(format!("{}'s configuration table is stale: {fix}", self.bin)),
+            None => Some(format!(
+                "no {}'s configuration table between `<!-- {0} --print-config-reference -->` and `<!-- end {0} --print-config-reference -->`: {fix}",
+                self.bin
+            )),
+        }
+    }
 }
 
 /// Defines a group of configuration keys once: each field's doc comment, type, value name

@@ -337,3 +337,18 @@ fn a_bad_file_value_is_refused_under_a_flag_too() {
         "{msg}"
     );
 }
+
+#[test]
+fn the_reference_is_found_between_its_markers() {
+    let s = schema();
+    let doc = format!(
+        "# Config\n<!-- rttest --print-config-reference -->\n{}<!-- end rttest --print-config-reference -->\n",
+        s.reference()
+    );
+    assert_eq!(s.reference_in(&doc), Some(s.reference().as_str()));
+    assert_eq!(s.reference_in("no table here"), None);
+    assert_eq!(s.stale_reference(&doc), None);
+    let stale = doc.replace("Most widgets.", "Most gadgets.");
+    assert!(s.stale_reference(&stale).unwrap().contains("is stale"));
+    assert!(s.stale_reference("").unwrap().starts_with("no rttest's"));
+}
