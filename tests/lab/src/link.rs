@@ -9,15 +9,25 @@
 //! pair of TAP devices (the router's `wan`, the bridge's `s<n>`) joined by a
 //! "wire" process (`natkit-lab wire`) that reads each Ethernet frame from
 //! one side and writes it to the other after the profile's one-way delay,
-//! plus a uniform jitter, or drops it with the profile's loss probability.
+//! plus a jitter offset, or drops it with the profile's loss probability.
 //! Like netem, each direction is delayed separately, so a profile's
 //! round-trip time is twice its one-way delay.
 //!
-//! Unlike netem with jitter, frames are never reordered: a frame leaves no
-//! earlier than the one before it in the same direction (real access links
-//! are FIFO; netem's reordering under jitter is a known artefact). The
-//! queue holds at most 1000 frames per direction (netem's default `limit`);
-//! more are dropped as a full queue would.
+//! Unlike netem with jitter, frames are never reordered (real access links
+//! are FIFO; netem's reordering under jitter is a known artefact), and the
+//! mean delay is the profile's at any packet rate. Both come from how the
+//! jitter offset is drawn: not per frame, but as a value uniform in
+//! ± jitter every [`jitter_period`] (4 × the jitter: 40 ms for `mobile`),
+//! the offset moving linearly from one value to the next in between (like
+//! netem's correlation, the delay of frames close in time is close). The
+//! offset then changes at most half as fast as time passes, so a later
+//! frame is always due later. (Drawing per frame and holding each frame
+//! behind the one before made every frame wait for the slowest draw of the
+//! last jitter window: 31.7 ms one way at a frame every 5 ms, 38 ms in
+//! bulk, for a nominal 30 ms. A constant offset per 10 ms period still
+//! holds frames back each time the offset drops: 31.5 ms in bulk.) The
+//! queue holds at most 1000 frames per direction (netem's default
+//! `limit`); more are dropped as a full queue would.
 //!
 //! The figures (one way, on each site's access link, both directions):
 //!
@@ -183,20 +193,82 @@ fn open_tap(ns: &str, dev: &str) -> Result<File> {
     Ok(tun)
 }
 
+/// How often the jitter offset gets a new value: 4 × the jitter, so the
+/// offset (moving linearly between values up to 2 × jitter apart) changes at
+/// most half as fast as time passes and never reorders frames.
+pub fn jitter_period(jitter: Duration) -> Duration {
+    jitter * 4
+}
+
+/// The jitter offset of one direction over time: values drawn uniformly in
+/// ± jitter every [`jitter_period`], joined linearly.
+struct Jitter {
+    /// Nanoseconds of ± jitter.
+    range: i64,
+    period: Duration,
+    /// Start of the current period and the offsets (ns) at its two ends.
+    from: Instant,
+    at_from: i64,
+    at_to: i64,
+}
+
+impl Jitter {
+    fn new(jitter: Duration, now: Instant, rng: &mut StdRng) -> Jitter {
+        let range = jitter.as_nanos() as i64;
+        let mut j = Jitter {
+            range,
+            period: jitter_period(jitter),
+            from: now,
+            at_from: 0,
+            at_to: 0,
+        };
+        j.at_from = j.draw(rng);
+        j.at_to = j.draw(rng);
+        j
+    }
+
+    fn draw(&self, rng: &mut StdRng) -> i64 {
+        if self.range > 0 {
+            rng.gen_range(-self.range..=self.range)
+        } else {
+            0
+        }
+    }
+
+    /// The offset in nanoseconds at `now` (not earlier than the last call).
+    fn offset(&mut self, now: Instant, rng: &mut StdRng) -> i64 {
+        if self.range == 0 {
+            return 0;
+        }
+        while now >= self.from + self.period {
+            self.from += self.period;
+            self.at_from = self.at_to;
+            self.at_to = self.draw(rng);
+        }
+        let f = now.duration_since(self.from).as_nanos() as i64;
+        let p = self.period.as_nanos() as i64;
+        self.at_from + (self.at_to - self.at_from) * f / p
+    }
+}
+
 /// Frames in flight in one direction, due in order.
 struct Direction {
     shape: Shape,
+    jitter: Jitter,
     queue: VecDeque<(Instant, Vec<u8>)>,
-    /// When the last queued frame leaves: no frame overtakes it.
+    /// When the last queued frame leaves: no frame overtakes it (with the
+    /// jitter's slow drift none would; this holds if the clock stalls).
     last_due: Instant,
 }
 
 impl Direction {
-    fn new(shape: Shape) -> Direction {
+    fn new(shape: Shape, rng: &mut StdRng) -> Direction {
+        let now = Instant::now();
         Direction {
             shape,
+            jitter: Jitter::new(shape.jitter, now, rng),
             queue: VecDeque::with_capacity(QUEUE_LIMIT),
-            last_due: Instant::now(),
+            last_due: now,
         }
     }
 
@@ -207,8 +279,7 @@ impl Direction {
         {
             return;
         }
-        let j = self.shape.jitter.as_nanos() as i64;
-        let offset = if j > 0 { rng.gen_range(-j..=j) } else { 0 };
+        let offset = self.jitter.offset(now, rng);
         let delay = (self.shape.delay.as_nanos() as i64 + offset).max(0) as u64;
         let due = (now + Duration::from_nanos(delay)).max(self.last_due);
         self.last_due = due;
@@ -243,7 +314,10 @@ pub fn run_wire(
     println!("ready");
     let _ = std::io::stdout().flush();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut dirs = [Direction::new(shape), Direction::new(shape)];
+    let mut dirs = [
+        Direction::new(shape, &mut rng),
+        Direction::new(shape, &mut rng),
+    ];
     let mut pool: Vec<Vec<u8>> = (0..64).map(|_| Vec::with_capacity(2048)).collect();
     let mut frame = vec![0u8; FRAME_MAX];
     loop {
@@ -315,5 +389,78 @@ pub fn run_wire(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed one direction a frame every `spacing` for 20 s of simulated
+    /// time, delivering what is due: (mean delay, min, max), in ms, and
+    /// whether the frames left in order.
+    fn run(shape: Shape, spacing: Duration) -> (f64, f64, f64, bool) {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut dir = Direction::new(shape, &mut rng);
+        let start = dir.last_due;
+        let mut pool = Vec::new();
+        let (mut sum, mut min, mut max, mut n) = (0.0, f64::MAX, 0.0f64, 0u32);
+        let mut in_order = true;
+        let mut last_out = start;
+        let mut now = start;
+        while now < start + Duration::from_secs(20) {
+            // Each frame carries its send time, in ns since start.
+            let sent = now.duration_since(start).as_nanos() as u64;
+            dir.admit(&sent.to_be_bytes(), now, &mut rng, &mut pool);
+            now += spacing;
+            while dir.queue.front().is_some_and(|(due, _)| *due <= now) {
+                let (due, buf) = dir.queue.pop_front().unwrap();
+                in_order &= due >= last_out;
+                last_out = due;
+                let sent = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                let d = due.duration_since(start + Duration::from_nanos(sent));
+                let ms = d.as_secs_f64() * 1000.0;
+                sum += ms;
+                min = min.min(ms);
+                max = max.max(ms);
+                n += 1;
+                pool.push(buf);
+            }
+        }
+        (sum / f64::from(n), min, max, in_order)
+    }
+
+    #[test]
+    fn mobile_delay_keeps_its_mean_at_any_rate_without_reordering() {
+        let shape = LinkProfile::Mobile.shape().unwrap();
+        let shape = Shape { loss: 0.0, ..shape };
+        // From bulk (a frame every 100 µs) to sparse (every 50 ms).
+        for us in [100, 1_000, 5_000, 50_000] {
+            let (mean, min, max, in_order) = run(shape, Duration::from_micros(us));
+            assert!(in_order, "every {us} µs: frames reordered");
+            assert!(
+                (29.5..=30.5).contains(&mean),
+                "every {us} µs: mean one-way delay {mean:.2} ms, want 30"
+            );
+            assert!(
+                min >= 20.0 && max <= 40.0,
+                "every {us} µs: delay {min:.1}-{max:.1} ms, want within 30 ± 10"
+            );
+            assert!(
+                max - min >= 10.0,
+                "every {us} µs: {min:.1}-{max:.1} ms, want jitter"
+            );
+        }
+    }
+
+    #[test]
+    fn lan_delay_is_exact() {
+        let shape = LinkProfile::Lan.shape().unwrap();
+        let (mean, min, max, in_order) = run(shape, Duration::from_micros(100));
+        assert!(in_order);
+        assert!(
+            (mean - 0.25).abs() < 1e-6 && min == max,
+            "{mean} {min} {max}"
+        );
     }
 }
