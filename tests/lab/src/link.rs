@@ -47,6 +47,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -54,6 +55,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LabError, Result};
+use crate::netns::Netns;
 
 /// How a site's access link behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -149,48 +151,37 @@ const QUEUE_LIMIT: usize = 1000;
 /// an MTU-sized frame; room for jumbo ones anyway).
 const FRAME_MAX: usize = 65_536;
 
-/// Open the existing TAP device `dev` in namespace `ns` (the calling
-/// thread joins `ns` for good: call it from the wire process only).
+/// Open the existing TAP device `dev` in namespace `ns`, non-blocking.
+/// Opened on a thread inside `ns` ([`Netns::enter`]): a tun file is bound
+/// to the namespace it was opened in, and TUNSETIFF looks `dev` up there;
+/// the calling thread stays where it is.
 fn open_tap(ns: &str, dev: &str) -> Result<File> {
-    let path = format!("/run/netns/{ns}");
-    let handle = File::open(&path).map_err(|e| LabError::io(format!("opening {path}"), e))?;
-    // SAFETY: setns(2) on a valid namespace fd; the wire process is single
-    // threaded while it attaches its devices.
-    if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(LabError::io(
-            format!("joining {ns}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let tun = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(|e| LabError::io("opening /dev/net/tun", e))?;
     if dev.len() >= libc::IFNAMSIZ {
         return Err(LabError::Other(format!("device name {dev:?} too long")));
     }
-    // SAFETY: an all-zero ifreq is valid (name empty, union zero).
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(dev.bytes()) {
-        *d = s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-    // SAFETY: TUNSETIFF reads and writes one ifreq, which lives on this
-    // stack frame for the call. The device is created in the namespace of
-    // the thread that opened /dev/net/tun.
-    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
-        return Err(LabError::io(
-            format!("attaching to TAP device {dev} in {ns}"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let fl = libc::fcntl(tun.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(tun.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
-    Ok(tun)
+    Netns::existing(ns).enter(|| {
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/net/tun")
+            .map_err(|e| LabError::io(format!("opening /dev/net/tun in {ns}"), e))?;
+        // SAFETY: an all-zero ifreq is valid (name empty, union zero).
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(dev.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one ifreq, which lives on this
+        // stack frame for the call.
+        if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
+            return Err(LabError::io(
+                format!("attaching to TAP device {dev} in {ns}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(tun)
+    })?
 }
 
 /// How often the jitter offset gets a new value: 4 × the jitter, so the
