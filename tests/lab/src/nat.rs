@@ -268,7 +268,8 @@ pub struct RouterSpec {
     pub udp_timeout: Option<u32>,
     /// Whether a port-mapping daemon (miniupnpd) runs on the router: it
     /// needs the answers of the lab's STUN server let in (it tests its own
-    /// outside address with RFC 3489 CHANGE-REQUESTs) and its own table.
+    /// outside address with RFC 3489 CHANGE-REQUESTs), its own packets
+    /// left untranslated, and its own table.
     pub port_mapping: bool,
 }
 
@@ -312,10 +313,13 @@ pub fn ruleset(spec: &RouterSpec, wan_addr: Ipv4Addr) -> String {
     ];
     let dnat_by_map = "dnat ip addr . port to udp dport map @mapping";
     if nat {
-        // The router's own traffic keeps its address and port: it is the
-        // public host here, and miniupnpd's STUN test must see it 1:1
-        // (a random port would make it disable port forwarding).
-        post.push(format!("oifname \"{WAN}\" ip saddr {wan_addr} accept"));
+        if spec.port_mapping {
+            // The router's own traffic keeps its address and port:
+            // miniupnpd's STUN test must see it 1:1 (a random port from
+            // `masquerade random` would make it disable port forwarding).
+            // Nothing else on a router sends from its outside address.
+            post.push(format!("oifname \"{WAN}\" ip saddr {wan_addr} accept"));
+        }
         match spec.mapping {
             RouterMapping::AddressAndPortDependent => {
                 post.push(format!("oifname \"{WAN}\" masquerade random"));
@@ -496,5 +500,21 @@ mod tests {
             assert!(!r.contains("iifname \"wan\" accept"), "{r}");
             assert!(!r.contains("dnat ip addr"), "{r}");
         }
+    }
+
+    #[test]
+    fn only_a_port_mapping_router_leaves_its_own_traffic_untranslated() {
+        let wan = Ipv4Addr::new(203, 0, 113, 10);
+        let rule = format!("ip saddr {wan} accept");
+        let plain = RouterSpec::nat(
+            RouterMapping::AddressAndPortDependent,
+            Some(Filtering::AddressAndPortDependent),
+        );
+        assert!(!ruleset(&plain, wan).contains(&rule));
+        let mapping = RouterSpec {
+            port_mapping: true,
+            ..plain
+        };
+        assert!(ruleset(&mapping, wan).contains(&rule));
     }
 }
