@@ -11,7 +11,7 @@
 //! `up` and `matrix` also take `--profile unshaped|lan|broadband|mobile`
 //! (latency, jitter and loss of every site's access link; `matrix` takes a
 //! comma-separated list and runs once per profile), `--port-mapping
-//! off|on|refuse` (miniupnpd on every NAT) and `--udp-timeout SECS` (the
+//! off|on|refuse` (miniupnpd on every single NAT) and `--udp-timeout SECS` (the
 //! NATs' UDP mapping lifetime).
 //!
 //! Needs root, iproute2, nftables and conntrack (scripts/deps/lab.sh).
@@ -58,8 +58,9 @@ struct SiteOptions {
     /// `matrix` takes several (comma-separated) and runs once per profile.
     #[arg(long, default_value = "unshaped", value_delimiter = ',', value_parser = parse_profile)]
     profile: Vec<LinkProfile>,
-    /// miniupnpd (UPnP IGD, NAT-PMP, PCP) on every NAT: off, on, or refuse
-    /// (answers every request with an error).
+    /// miniupnpd (UPnP IGD, NAT-PMP, PCP) on every single NAT (none on
+    /// double-nat sites, whose carrier-grade NAT a mapping cannot open):
+    /// off, on, or refuse (answers every request with an error).
     #[arg(long, default_value = "off", value_parser = parse_port_mapping)]
     port_mapping: PortMapping,
     /// The NATs' UDP mapping lifetime in seconds (default: conntrack's,

@@ -197,6 +197,19 @@ impl NatKind {
         }
     }
 
+    /// Whether a port-mapping daemon on the site's (home) NAT can open it
+    /// to the internet. Not without a NAT, and not behind the double NAT's
+    /// carrier-grade NAT: a mapping on the home NAT leaves the CGN's
+    /// filter closed, and miniupnpd sees that at start (its RFC 3489 test
+    /// gets no answer from the STUN server's other address through the
+    /// CGN's address-dependent filtering), says "Port forwarding is now
+    /// disabled" and answers every request with an error (UPnP 501,
+    /// NAT-PMP 3 "network failure"). RFC 6887 §5 leaves that case to a
+    /// PCP server on the CGN itself, which real carriers rarely run.
+    pub fn port_mapping_possible(self) -> bool {
+        !self.is_public() && self != NatKind::DoubleNat
+    }
+
     /// Whether UDP gets out of the site at all.
     pub fn udp_allowed(self) -> bool {
         self != NatKind::UdpBlocked

@@ -47,7 +47,10 @@ impl SiteSpec {
         self
     }
 
-    /// The same site with a port-mapping daemon as `pm` says.
+    /// The same site with a port-mapping daemon as `pm` says. Only a site
+    /// whose NAT can be opened that way takes one
+    /// ([`NatKind::port_mapping_possible`]); [`TopologySpec::validate`]
+    /// (and so [`crate::Lab::build`]) refuses the others.
     pub fn with_port_mapping(mut self, pm: PortMapping) -> SiteSpec {
         self.port_mapping = pm;
         self
@@ -125,10 +128,12 @@ impl TopologySpec {
         self
     }
 
-    /// A port-mapping daemon as `pm` says on every site with a NAT.
+    /// A port-mapping daemon as `pm` says on every site whose NAT it can
+    /// open ([`NatKind::port_mapping_possible`]: not the public sites, not
+    /// the double NAT).
     pub fn with_port_mapping(mut self, pm: PortMapping) -> TopologySpec {
         for s in &mut self.sites {
-            if !s.kind.is_public() {
+            if s.kind.port_mapping_possible() {
                 s.port_mapping = pm;
             }
         }
@@ -138,9 +143,16 @@ impl TopologySpec {
     /// Check names are unique and short, and options fit the kinds.
     pub fn validate(&self) -> Result<()> {
         for (i, s) in self.sites.iter().enumerate() {
-            if s.kind.is_public() && s.port_mapping != PortMapping::Off {
+            if s.port_mapping != PortMapping::Off && !s.kind.port_mapping_possible() {
+                let why = if s.kind.is_public() {
+                    "has no NAT to map ports on"
+                } else {
+                    "cannot map ports: a mapping on the home NAT leaves the carrier-grade \
+                     NAT in front of it closed (miniupnpd finds that out and disables port \
+                     forwarding); use port mapping on a single NAT"
+                };
                 return Err(LabError::Topology(format!(
-                    "site {:?} ({}) has no NAT to map ports on",
+                    "site {:?} ({}) {why}",
                     s.name, s.kind
                 )));
             }
@@ -166,5 +178,41 @@ impl TopologySpec {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_mapping_only_where_a_mapping_can_open_the_nat() {
+        let spec = |kind| TopologySpec {
+            sites: vec![SiteSpec::new("s", kind, false).with_port_mapping(PortMapping::On)],
+        };
+        let err = spec(NatKind::DoubleNat).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("double-nat") && err.contains("carrier-grade"),
+            "{err}"
+        );
+        let err = spec(NatKind::Open).validate().unwrap_err().to_string();
+        assert!(err.contains("no NAT"), "{err}");
+        spec(NatKind::Symmetric).validate().unwrap();
+        // Refusing is a daemon too, and just as unable to open a CGN.
+        let refuse = TopologySpec {
+            sites: vec![SiteSpec::new("s", NatKind::DoubleNat, false)
+                .with_port_mapping(PortMapping::Refuse)],
+        };
+        assert!(refuse.validate().is_err());
+
+        // Applied to a whole topology, it skips the sites it cannot serve.
+        let all =
+            TopologySpec::one_of_each(&NatKind::ALL, false).with_port_mapping(PortMapping::On);
+        all.validate().unwrap();
+        for s in &all.sites {
+            let want = s.kind.port_mapping_possible();
+            assert_eq!(s.port_mapping == PortMapping::On, want, "{}", s.kind);
+        }
+        assert!(!NatKind::DoubleNat.port_mapping_possible());
     }
 }
