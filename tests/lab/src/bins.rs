@@ -123,9 +123,8 @@ pub fn system(name: &str, package: &str) -> Result<PathBuf> {
         .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| LabError::MissingBinary {
+        .ok_or_else(|| LabError::MissingTool {
             name: name.into(),
-            dir: PathBuf::from("/usr/sbin"),
-            why: format!("install package {package} (scripts/deps/lab.sh does)"),
+            package: package.into(),
         })
 }

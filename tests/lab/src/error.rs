@@ -47,6 +47,15 @@ pub enum LabError {
         /// Why the build did not help.
         why: String,
     },
+    /// A system program the lab runs (miniupnpd, upnpc...) is not
+    /// installed.
+    #[error("{name} not found in PATH, /usr/sbin, /sbin or /usr/bin: install Debian package {package} (scripts/deps/lab.sh does)")]
+    MissingTool {
+        /// The program.
+        name: String,
+        /// The Debian package that has it.
+        package: String,
+    },
     /// Anything else, with a message.
     #[error("{0}")]
     Other(String),
