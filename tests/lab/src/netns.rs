@@ -7,6 +7,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -123,6 +124,14 @@ impl Netns {
             .join()
             .map_err(|_| LabError::Other(format!("code inside {} panicked", self.name)))?
         })
+    }
+
+    /// A UDP socket bound to `addr` inside the namespace (a socket belongs
+    /// to the namespace it was created in, whichever thread uses it later).
+    pub fn bind_udp(&self, addr: impl Into<SocketAddr>) -> Result<UdpSocket> {
+        let addr = addr.into();
+        self.enter(|| UdpSocket::bind(addr))?
+            .map_err(|e| LabError::io(format!("binding UDP {addr} in {}", self.name), e))
     }
 
     /// Set a sysctl under /proc/sys (`key` like `net/ipv4/ip_forward`) in

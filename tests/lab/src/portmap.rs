@@ -187,31 +187,11 @@ pub fn natpmp_answers(gateway: Ipv4Addr, limit: Duration) -> bool {
 /// Whether a datagram from the internet (from `remote_port` of the
 /// internet namespace's gateway address) to `public` reaches `sock` in a
 /// site's host, and the answer gets back out from `public`: what a port
-/// mapping must do. Three tries: a lone datagram proves nothing either way.
+/// mapping must do ([`crate::probe::gets_in`]).
 pub fn reachable(lab: &Lab, sock: &UdpSocket, public: SocketAddr, remote_port: u16) -> bool {
-    let Ok(Ok(outside)) = lab
-        .internet()
-        .enter(|| UdpSocket::bind((INTERNET_GATEWAY, remote_port)))
-    else {
-        return false;
-    };
-    let limit = Some(Duration::from_secs(1));
-    if outside.set_read_timeout(limit).is_err() || sock.set_read_timeout(limit).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    for _ in 0..3 {
-        if outside.send_to(b"hello", public).is_err() {
-            return false;
-        }
-        if let Ok((_, from)) = sock.recv_from(&mut buf) {
-            if sock.send_to(b"back", from).is_err() {
-                return false;
-            }
-            return matches!(outside.recv_from(&mut buf), Ok((4, f)) if f == public);
-        }
-    }
-    false
+    lab.internet()
+        .bind_udp((INTERNET_GATEWAY, remote_port))
+        .is_ok_and(|outside| crate::probe::gets_in(&outside, sock, public))
 }
 
 /// Run `cmd` in a mount namespace of its own where /dev/console is

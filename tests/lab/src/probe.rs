@@ -74,6 +74,35 @@ pub fn stun_mapped(sock: &UdpSocket, server: SocketAddr, tries: u32) -> Option<S
     None
 }
 
+/// Whether a datagram from `outside` (a socket in the internet namespace)
+/// to `public` reaches `inside` (a socket in a site), and `inside`'s answer
+/// gets back to `outside` from `public`: what a NAT mapping or firewall
+/// lets in, and out again. Three tries, a second each: one lost datagram
+/// proves nothing either way. Sets both sockets' read timeouts.
+pub fn gets_in(outside: &UdpSocket, inside: &UdpSocket, public: SocketAddr) -> bool {
+    const PROBE: &[u8] = b"from outside";
+    const ANSWER: &[u8] = b"from inside";
+    let wait = Some(Duration::from_secs(1));
+    if outside.set_read_timeout(wait).is_err() || inside.set_read_timeout(wait).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    for _ in 0..3 {
+        if outside.send_to(PROBE, public).is_err() {
+            return false;
+        }
+        let Ok((n, from)) = inside.recv_from(&mut buf) else {
+            continue;
+        };
+        if &buf[..n] != PROBE || inside.send_to(ANSWER, from).is_err() {
+            return false;
+        }
+        return matches!(outside.recv_from(&mut buf),
+            Ok((n, f)) if f == public && &buf[..n] == ANSWER);
+    }
+    false
+}
+
 /// Round trips measured by [`udp_rtt`].
 #[derive(Debug, Clone)]
 pub struct RttStats {

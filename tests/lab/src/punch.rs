@@ -64,10 +64,7 @@ fn side(sock: &UdpSocket, me: u8, peer_reflexive: SocketAddr, barrier: &Barrier)
 pub fn punch(lab: &Lab, a: &Site, b: &Site) -> Result<Punch> {
     let stun = lab.servers().stun;
     let open = |s: &Site| -> Result<(UdpSocket, SocketAddr)> {
-        let sock = s
-            .host_ns()
-            .enter(|| UdpSocket::bind(SocketAddr::from((s.host_addr, 0))))?
-            .map_err(|e| LabError::io(format!("binding in {}", s.name), e))?;
+        let sock = s.host_ns().bind_udp((s.host_addr, 0))?;
         let mapped = stun_mapped(&sock, stun, 8)
             .ok_or_else(|| LabError::Timeout(format!("no STUN answer in {}", s.name)))?;
         Ok((sock, mapped))

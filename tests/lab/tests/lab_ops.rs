@@ -2,7 +2,7 @@
 //! outside address and flushing its mappings change what the internet sees,
 //! and an endpoint-independent NAT keeps the source port.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 
 use natkit_lab::probe::stun_mapped;
 use natkit_lab::{Lab, NatKind, SiteSpec, TopologySpec};
@@ -21,11 +21,7 @@ fn renumbering_and_flushing_change_the_mapping() {
     // Port-restricted (EIM): the port is kept; renumbering moves the IP.
     let pr = lab.site("pr").unwrap();
     let bind = SocketAddr::from((pr.host_addr, 40_000));
-    let sock = pr
-        .host_ns()
-        .enter(|| UdpSocket::bind(bind))
-        .unwrap()
-        .unwrap();
+    let sock = pr.host_ns().bind_udp(bind).unwrap();
     let before = stun_mapped(&sock, stun, 6).expect("mapped address before");
     assert_eq!(before, SocketAddr::from((pr.public_addr, 40_000)));
     let new = lab.renumber_wan(pr).expect("renumber");
@@ -42,8 +38,7 @@ fn renumbering_and_flushing_change_the_mapping() {
     let sy = lab.site("sy").unwrap();
     let sock = sy
         .host_ns()
-        .enter(|| UdpSocket::bind(SocketAddr::from((sy.host_addr, 40_000))))
-        .unwrap()
+        .bind_udp(SocketAddr::from((sy.host_addr, 40_000)))
         .unwrap();
     let first = stun_mapped(&sock, stun, 6).expect("mapped address");
     let again = stun_mapped(&sock, stun, 6).expect("mapped address again");

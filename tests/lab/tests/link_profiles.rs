@@ -3,7 +3,7 @@
 //! with public addresses (no NAT in the way), each on an access link of the
 //! profile, and from a site to the internet namespace.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -60,21 +60,13 @@ fn each_profile_gives_its_round_trip_time_and_loss() {
         for (p, _, _) in EXPECT {
             let b = lab.site(&format!("{}b", &p.name()[..2])).unwrap();
             let addr = SocketAddr::from((b.host_addr, 7000));
-            let sock = b
-                .host_ns()
-                .enter(|| UdpSocket::bind(addr))
-                .unwrap()
-                .unwrap();
+            let sock = b.host_ns().bind_udp(addr).unwrap();
             echoes.push(addr);
             let stop = &stop;
             s.spawn(move || udp_echo(&sock, stop));
         }
         let inet_echo = SocketAddr::from((natkit_lab::addr::INTERNET_GATEWAY, 7000));
-        let sock = lab
-            .internet()
-            .enter(|| UdpSocket::bind(inet_echo))
-            .unwrap()
-            .unwrap();
+        let sock = lab.internet().bind_udp(inet_echo).unwrap();
         {
             let stop = &stop;
             s.spawn(move || udp_echo(&sock, stop));
@@ -88,11 +80,7 @@ fn each_profile_gives_its_round_trip_time_and_loss() {
                 let lab = &lab;
                 s.spawn(move || {
                     let a = lab.site(&format!("{}a", &p.name()[..2])).unwrap();
-                    let sock = a
-                        .host_ns()
-                        .enter(|| UdpSocket::bind((a.host_addr, 0)))
-                        .unwrap()
-                        .unwrap();
+                    let sock = a.host_ns().bind_udp((a.host_addr, 0)).unwrap();
                     // Mobile: enough datagrams that its ~2 % peer-to-peer
                     // loss shows (P(no loss in 400) < 0.1 %).
                     let n = if p == LinkProfile::Mobile { 400 } else { 50 };

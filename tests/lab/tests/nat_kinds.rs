@@ -29,11 +29,7 @@ fn stun_servers() -> [SocketAddr; 4] {
 /// A socket on `local` in `site`'s host, and the outside port each of the
 /// four STUN addresses sees it from, in order.
 fn ports_seen(site: &Site, local: u16) -> (UdpSocket, Vec<u16>) {
-    let sock = site
-        .host_ns()
-        .enter(|| UdpSocket::bind((site.host_addr, local)))
-        .unwrap()
-        .unwrap();
+    let sock = site.host_ns().bind_udp((site.host_addr, local)).unwrap();
     let ports = stun_servers()
         .iter()
         .map(|&d| stun_mapped(&sock, d, 6).expect("mapped").port())
@@ -128,20 +124,12 @@ fn new_nat_kinds_map_and_expire_as_named() {
 fn short_timeout(lab: &Lab) -> Result<(), String> {
     let site = lab.site("short").unwrap();
     let remote = SocketAddr::from((INTERNET_GATEWAY, 9000));
-    let outside = lab
-        .internet()
-        .enter(|| UdpSocket::bind(remote))
-        .unwrap()
-        .unwrap();
+    let outside = lab.internet().bind_udp(remote).unwrap();
     outside
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     let bind = |port| {
-        let s = site
-            .host_ns()
-            .enter(|| UdpSocket::bind((site.host_addr, port)))
-            .unwrap()
-            .unwrap();
+        let s = site.host_ns().bind_udp((site.host_addr, port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         s
     };

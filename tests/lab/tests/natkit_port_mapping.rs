@@ -73,10 +73,7 @@ fn map_with(
 }
 
 fn bind(site: &Site) -> UdpSocket {
-    site.host_ns()
-        .enter(|| UdpSocket::bind((site.host_addr, 0)))
-        .unwrap()
-        .unwrap()
+    site.host_ns().bind_udp((site.host_addr, 0)).unwrap()
 }
 
 /// One test for the whole file: one lab.

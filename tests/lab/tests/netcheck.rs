@@ -2,10 +2,10 @@
 //! reports its mapping, filtering and hairpinning as built; and every
 //! router drops unsolicited inbound traffic.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use natkit_lab::netcheck;
+use natkit_lab::probe::gets_in;
 use natkit_lab::{Lab, NatKind, SiteSpec, TopologySpec};
 
 fn topology() -> TopologySpec {
@@ -86,36 +86,24 @@ fn netcheck_reports_each_nat_and_routers_drop_unsolicited_inbound() {
 }
 
 /// A datagram from the internet to the site's public address, on a port
-/// the host listens on but never sent from, must not arrive (except with no
+/// the host listens on but never sent from, must not get in (except with no
 /// firewall at all, where it must: the probe itself is checked). Then the
-/// host sends out from that port and the reply comes back: the path works.
+/// host sends out from that port and the internet's reply gets in: the
+/// path works.
 fn unsolicited(lab: &Lab, site: &natkit_lab::Site, remote_port: u16) -> Result<(), String> {
     let port = 40_000;
-    let host = site.host_ns();
-    let inet = lab.internet();
-    let listen = SocketAddr::from((site.host_addr, port));
-    let sock = host
-        .enter(|| UdpSocket::bind(listen))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("bind {listen}: {e}"))?;
-    sock.set_read_timeout(Some(Duration::from_millis(1500)))
-        .unwrap();
+    let sock = site
+        .host_ns()
+        .bind_udp((site.host_addr, port))
+        .map_err(|e| e.to_string())?;
     let public = SocketAddr::from((site.public_addr, port));
     let remote = SocketAddr::from((natkit_lab::addr::INTERNET_GATEWAY, remote_port));
-    let outside = inet
-        .enter(|| UdpSocket::bind(remote))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("bind {remote}: {e}"))?;
-    outside
-        .set_read_timeout(Some(Duration::from_millis(1500)))
-        .unwrap();
-    outside.send_to(b"unsolicited", public).unwrap();
-    let mut buf = [0u8; 64];
-    let arrived = sock.recv_from(&mut buf).is_ok();
+    let outside = lab.internet().bind_udp(remote).map_err(|e| e.to_string())?;
+    let arrived = gets_in(&outside, &sock, public);
     let want = site.kind == NatKind::Open;
     if arrived != want {
         return Err(format!(
-            "unsolicited datagram to {public} arrived: {arrived}, want {want}"
+            "unsolicited datagram to {public} got in: {arrived}, want {want}"
         ));
     }
     if !site.kind.udp_allowed() {
@@ -123,6 +111,7 @@ fn unsolicited(lab: &Lab, site: &natkit_lab::Site, remote_port: u16) -> Result<(
     }
     // Positive control: solicited traffic does get back in.
     sock.send_to(b"out", remote).unwrap();
+    let mut buf = [0u8; 64];
     let (n, from) = outside
         .recv_from(&mut buf)
         .map_err(|e| format!("outbound datagram to {remote} lost: {e}"))?;
@@ -132,8 +121,8 @@ fn unsolicited(lab: &Lab, site: &natkit_lab::Site, remote_port: u16) -> Result<(
             site.public_addr
         ));
     }
-    outside.send_to(b"reply", from).unwrap();
-    sock.recv_from(&mut buf)
-        .map_err(|e| format!("reply from {remote} to {from} lost: {e}"))?;
+    if !gets_in(&outside, &sock, from) {
+        return Err(format!("the reply from {remote} to {from} did not get in"));
+    }
     Ok(())
 }

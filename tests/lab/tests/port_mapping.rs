@@ -93,12 +93,7 @@ fn miniupnpd_maps_ports_and_the_refusing_gateway_refuses() {
     let on = lab.site("on").unwrap();
     let gw = on.gateway.to_string();
     let public = |port| SocketAddr::from((on.public_addr, port));
-    let bind = |site: &Site, port| {
-        site.host_ns()
-            .enter(|| UdpSocket::bind((site.host_addr, port)))
-            .unwrap()
-            .unwrap()
-    };
+    let bind = |site: &Site, port| site.host_ns().bind_udp((site.host_addr, port)).unwrap();
 
     // Control: without a mapping nothing gets in.
     let unmapped = bind(on, 40_010);
