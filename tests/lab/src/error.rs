@@ -1,6 +1,8 @@
 //! The lab's error type.
 
 use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
 
 /// What can go wrong while building, using or tearing down a lab.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,29 @@ pub enum LabError {
     /// A server or peer did not become ready in time.
     #[error("{0}")]
     Timeout(String),
+    /// A process the lab started did not become ready in time.
+    #[error("{name} was not ready after {waited:?}: {last}; its log ends:\n{log}")]
+    NotReady {
+        /// The process's name (`natkit-stun`, `miniupnpd-<site>`, `wire-s<n>`).
+        name: String,
+        /// How long the lab waited.
+        waited: Duration,
+        /// What the last readiness probe found.
+        last: String,
+        /// The end of its log.
+        log: String,
+    },
+    /// A process the lab started exited while the lab waited for it to
+    /// become ready.
+    #[error("{name} exited ({status}) before it was ready; its log ends:\n{log}")]
+    Exited {
+        /// The process's name.
+        name: String,
+        /// How it exited.
+        status: ExitStatus,
+        /// The end of its log (stdout and stderr).
+        log: String,
+    },
     /// The topology asked for is not valid (too many sites, unknown name).
     #[error("bad topology: {0}")]
     Topology(String),

@@ -6,11 +6,13 @@
 //! by `natkit-lab up`). Building first deletes the namespaces of the same
 //! tag whose owner process is gone: what an interrupted run left behind.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use natkit_testkit::ready::answers_binding;
 use serde::Serialize;
 
 use crate::addr::{self, INTERNET_GATEWAY, INTERNET_PREFIX, LAN_PREFIX};
@@ -20,7 +22,6 @@ use crate::link::LinkProfile;
 use crate::nat::{self, Filtering, NatKind, RouterMapping, RouterSpec, LAN, WAN};
 use crate::netns::{self, Netns};
 use crate::portmap::{self, PortMapping};
-use crate::probe;
 use crate::process::Process;
 use crate::topology::{SiteSpec, TopologySpec};
 
@@ -40,6 +41,27 @@ pub const TURN_SECRET: &str = "lab-secret";
 const READY: Duration = Duration::from_secs(20);
 /// How long a link's wire gets to attach its devices.
 const WIRE_READY: Duration = Duration::from_secs(10);
+/// How long one readiness probe waits for its answer.
+const PROBE: Duration = Duration::from_millis(250);
+
+/// Whether `server` answers a Binding request from `sock` (RFC 8489 §6.3:
+/// a response with the request's transaction id) within the socket's read
+/// timeout.
+fn binding_answered(sock: &UdpSocket, server: SocketAddr) -> std::result::Result<(), String> {
+    if answers_binding(sock, server) {
+        Ok(())
+    } else {
+        Err(format!("no Binding answer from {server}"))
+    }
+}
+
+/// Whether a TCP connection to `addr` opens within [`PROBE`] (from the
+/// calling thread's namespace).
+fn tcp_accepts(addr: SocketAddr) -> std::result::Result<(), String> {
+    TcpStream::connect_timeout(&addr, PROBE)
+        .map(drop)
+        .map_err(|e| format!("TCP to {addr}: {e}"))
+}
 
 /// Where the lab's servers listen, and how to use them.
 #[derive(Debug, Clone, Serialize)]
@@ -410,19 +432,23 @@ impl Lab {
             .arg(n.to_string());
         let log = self.dir.join(format!("wire-{port}.log"));
         let wire = Process::spawn_logged(&format!("wire-{port}"), c, &log)?;
-        let pid = wire.pid();
+        let name = wire.name().to_string();
         self.track(wire);
         let carrier = |ns: &Netns, dev: &str| {
             ns.ip(&["link", "show", "dev", dev])
                 .is_ok_and(|out| out.contains("LOWER_UP"))
         };
-        if !probe::wait_until(WIRE_READY, || carrier(r, WAN) && carrier(&inet, port)) {
-            return Err(LabError::Timeout(format!(
-                "the wire of {port} (pid {pid}) did not attach within {WIRE_READY:?}; its log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )));
-        }
-        Ok(())
+        self.wait_ready(&name, WIRE_READY, || {
+            if carrier(r, WAN) && carrier(&inet, port) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no carrier yet on {WAN} in {} or {port} in {}",
+                    r.name(),
+                    inet.name()
+                ))
+            }
+        })
     }
 
     fn build_site(&mut self, n: usize, s: &SiteSpec, blocks: &mut usize) -> Result<Site> {
@@ -556,19 +582,29 @@ impl Lab {
             let log = self.dir.join(format!("{name}.log"));
             let p = Process::spawn_logged(&name, c, &log)?;
             self.track(p);
-            let gw = site.gateway;
-            let ok = site.host_ns().enter(|| {
-                portmap::natpmp_answers(gw, READY)
-                    && probe::tcp_opens(SocketAddr::from((gw, portmap::HTTP_PORT)), READY)
-            })?;
-            if !ok {
-                return Err(LabError::Timeout(format!(
-                    "miniupnpd on {} did not answer NAT-PMP and UPnP on {gw} within {READY:?}; \
-                     its log ends:\n{}",
-                    site.name,
-                    self.server_log(&name)
-                )));
-            }
+            let (gw, public) = (site.gateway, site.public_addr);
+            let upnp = SocketAddr::from((gw, portmap::HTTP_PORT));
+            let host = site.host_ns();
+            let sock = host.bind_udp((site.host_addr, 0))?;
+            // Ready when NAT-PMP answers with success and the address its
+            // STUN test found (a failed test leaves it answering errors or
+            // exiting), and the UPnP HTTP port accepts.
+            host.enter(|| {
+                self.wait_ready(&name, READY, || {
+                    match portmap::natpmp_external_address(&sock, gw, PROBE) {
+                        Some((portmap::SUCCESS, a)) if a == public => {}
+                        Some((result, a)) => {
+                            return Err(format!(
+                                "NAT-PMP on {gw} answered result {result}, address {a}; \
+                                 want {}, {public}",
+                                portmap::SUCCESS
+                            ))
+                        }
+                        None => return Err(format!("no NAT-PMP answer from {gw}")),
+                    }
+                    tcp_accepts(upnp)
+                })
+            })??;
         }
         Ok(())
     }
@@ -632,19 +668,11 @@ impl Lab {
         self.turn_args = turn_args;
         self.start_turn()?;
 
-        let inet = self.internet.clone();
-        let ok = inet.enter(|| {
-            probe::stun_answers(s.stun, READY) && probe::stun_answers(s.stun_other, READY)
-        })?;
-        if !ok {
-            return Err(LabError::Timeout(format!(
-                "natkit-stun did not answer on {} and {} within {READY:?}; its log ends:\n{}",
-                s.stun,
-                s.stun_other,
-                self.server_log("natkit-stun")
-            )));
-        }
-        Ok(())
+        let sock = self.probe_socket()?;
+        self.wait_ready("natkit-stun", READY, || {
+            binding_answered(&sock, s.stun)?;
+            binding_answered(&sock, s.stun_other)
+        })
     }
 
     /// Start natkit-turn in the internet namespace and wait until it
@@ -658,21 +686,70 @@ impl Lab {
         )?;
         self.track(p);
         let s = &self.servers;
-        let ok = self.internet.enter(|| {
-            probe::stun_answers(s.turn, READY)
-                && probe::tcp_opens(s.turn, READY)
-                && probe::tcp_opens(s.turn_tls, READY)
-        })?;
-        if !ok {
-            return Err(LabError::Timeout(format!(
-                "natkit-turn did not answer on {} (UDP, TCP) and {} (TLS) within {READY:?}; \
-                 its log ends:\n{}",
-                s.turn,
-                s.turn_tls,
-                self.server_log("natkit-turn")
-            )));
+        let sock = self.probe_socket()?;
+        self.internet.enter(|| {
+            self.wait_ready("natkit-turn", READY, || {
+                binding_answered(&sock, s.turn)?;
+                tcp_accepts(s.turn)?;
+                tcp_accepts(s.turn_tls)
+            })
+        })?
+    }
+
+    /// A UDP socket in the internet namespace for readiness probes, each
+    /// waiting [`PROBE`] for its answer.
+    fn probe_socket(&self) -> Result<UdpSocket> {
+        let sock = self.internet.bind_udp((Ipv4Addr::UNSPECIFIED, 0))?;
+        sock.set_read_timeout(Some(PROBE))
+            .map_err(|e| LabError::io("setting a probe socket's timeout", e))?;
+        Ok(sock)
+    }
+
+    /// Wait until `ready` (a probe of the very endpoint about to be used,
+    /// saying what it found when not ready) succeeds, calling it about every
+    /// 20 ms. Fails at once with the exit status and log of the tracked
+    /// process `name` if it exits first (a server refusing its
+    /// configuration, miniupnpd whose STUN test failed, a wire that cannot
+    /// open its devices), and after `limit` with what the last probe found.
+    pub fn wait_ready(
+        &self,
+        name: &str,
+        limit: Duration,
+        mut ready: impl FnMut() -> std::result::Result<(), String>,
+    ) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.exit_status(name) {
+                return Err(LabError::Exited {
+                    name: name.to_string(),
+                    status,
+                    log: self.server_log(name),
+                });
+            }
+            let last = match ready() {
+                Ok(()) => return Ok(()),
+                Err(last) => last,
+            };
+            if start.elapsed() >= limit {
+                return Err(LabError::NotReady {
+                    name: name.to_string(),
+                    waited: start.elapsed(),
+                    last,
+                    log: self.server_log(name),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
+    }
+
+    /// The exit status of the tracked process `name`, if it has exited.
+    fn exit_status(&self, name: &str) -> Option<ExitStatus> {
+        let mut procs = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        procs
+            .iter_mut()
+            .rev()
+            .find(|p| p.name() == name)
+            .and_then(Process::try_status)
     }
 
     /// The last lines of the log of the tracked server `name`: the lab

@@ -155,33 +155,135 @@ pub fn igd_url(gateway: Ipv4Addr) -> String {
     format!("http://{gateway}:{HTTP_PORT}/rootDesc.xml")
 }
 
-/// Whether the NAT-PMP server on `gateway` answers an external address
-/// request (RFC 6886 §3.2: version 0, opcode 0; the answer is opcode 128)
-/// within `limit`. Run it inside the site's host namespace.
-pub fn natpmp_answers(gateway: Ipv4Addr, limit: Duration) -> bool {
-    let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
-        return false;
-    };
-    if sock
-        .set_read_timeout(Some(Duration::from_millis(250)))
-        .is_err()
-    {
-        return false;
-    }
+/// Result code of a successful NAT-PMP or PCP request (RFC 6886 §3.5,
+/// RFC 6887 §7.4).
+pub const SUCCESS: u16 = 0;
+/// Result code of a request the server's policy refuses: NAT-PMP's "Not
+/// Authorized/Refused" and PCP's NOT_AUTHORIZED are both 2.
+pub const NOT_AUTHORIZED: u16 = 2;
+
+/// Send `request` from `sock` to the NAT-PMP/PCP port of `gateway` and
+/// return the first answer from there that `parse` takes, resending after
+/// 250 ms, then 500 ms, 1 s... (RFC 6886 §3.1; a PCP client backs off the
+/// same way, RFC 6887 §8.1.1), until `limit` has passed.
+pub fn ask<T>(
+    sock: &UdpSocket,
+    gateway: Ipv4Addr,
+    request: &[u8],
+    limit: Duration,
+    mut parse: impl FnMut(&[u8]) -> Option<T>,
+) -> Option<T> {
     let server = SocketAddr::from((gateway, NATPMP_PORT));
     let end = Instant::now() + limit;
-    let mut buf = [0u8; 64];
-    while Instant::now() < end {
-        if sock.send_to(&[0, 0], server).is_err() {
-            return false;
-        }
-        if let Ok((n, from)) = sock.recv_from(&mut buf) {
-            if from == server && n >= 12 && buf[0] == 0 && buf[1] == 128 {
-                return true;
+    let mut wait = Duration::from_millis(250);
+    let mut buf = [0u8; 1100];
+    loop {
+        sock.send_to(request, server).ok()?;
+        let resend = (Instant::now() + wait).min(end);
+        loop {
+            let left = resend.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            sock.set_read_timeout(Some(left)).ok()?;
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if from == server {
+                    if let Some(t) = parse(&buf[..n]) {
+                        return Some(t);
+                    }
+                }
             }
         }
+        if Instant::now() >= end {
+            return None;
+        }
+        wait *= 2;
     }
-    false
+}
+
+/// Ask the NAT-PMP server on `gateway` for its external address (RFC 6886
+/// §3.2: version 0, opcode 0; the answer is opcode 128): the result code
+/// and the address.
+pub fn natpmp_external_address(
+    sock: &UdpSocket,
+    gateway: Ipv4Addr,
+    limit: Duration,
+) -> Option<(u16, Ipv4Addr)> {
+    ask(sock, gateway, &[0, 0], limit, |d| {
+        (d.len() >= 12 && d[0] == 0 && d[1] == 128).then(|| {
+            let result = u16::from_be_bytes([d[2], d[3]]);
+            (result, Ipv4Addr::new(d[8], d[9], d[10], d[11]))
+        })
+    })
+}
+
+/// Ask the NAT-PMP server on `gateway` to map UDP `port` of this host to
+/// the same external port for `lifetime` seconds (RFC 6886 §3.3: opcode 1;
+/// the answer is opcode 129): the result code and the external port it
+/// mapped.
+pub fn natpmp_map_udp(
+    sock: &UdpSocket,
+    gateway: Ipv4Addr,
+    port: u16,
+    lifetime: u32,
+    limit: Duration,
+) -> Option<(u16, u16)> {
+    let mut req = vec![0, 1, 0, 0];
+    req.extend_from_slice(&port.to_be_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    req.extend_from_slice(&lifetime.to_be_bytes());
+    ask(sock, gateway, &req, limit, |d| {
+        // Version, opcode, result, epoch, internal port, external port,
+        // lifetime: the answer names the internal port it is about.
+        (d.len() >= 16 && d[0] == 0 && d[1] == 129 && d[8..10] == port.to_be_bytes()).then(|| {
+            let result = u16::from_be_bytes([d[2], d[3]]);
+            (result, u16::from_be_bytes([d[10], d[11]]))
+        })
+    })
+}
+
+/// An IPv4 address as PCP carries it: IPv4-mapped IPv6 (RFC 6887 §5).
+fn v4_mapped(ip: Ipv4Addr) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[10] = 0xff;
+    a[11] = 0xff;
+    a[12..].copy_from_slice(&ip.octets());
+    a
+}
+
+/// Send a PCP MAP request (RFC 6887 §11.1, §7.1) for UDP on `sock`'s port,
+/// the same external port suggested, to `gateway`: the result code and the
+/// external address and port it assigned.
+pub fn pcp_map_udp(
+    sock: &UdpSocket,
+    gateway: Ipv4Addr,
+    lifetime: u32,
+    limit: Duration,
+) -> Option<(u16, SocketAddr)> {
+    let SocketAddr::V4(local) = sock.local_addr().ok()? else {
+        return None;
+    };
+    let nonce: [u8; 12] = rand::random();
+    // Header: version 2, opcode MAP, reserved, lifetime, client address.
+    let mut req = vec![2, 1, 0, 0];
+    req.extend_from_slice(&lifetime.to_be_bytes());
+    req.extend_from_slice(&v4_mapped(*local.ip()));
+    // MAP: nonce, protocol (UDP), reserved, internal port, suggested
+    // external port and address (any).
+    req.extend_from_slice(&nonce);
+    req.extend_from_slice(&[17, 0, 0, 0]);
+    req.extend_from_slice(&local.port().to_be_bytes());
+    req.extend_from_slice(&local.port().to_be_bytes());
+    req.extend_from_slice(&v4_mapped(Ipv4Addr::UNSPECIFIED));
+    ask(sock, gateway, &req, limit, |d| {
+        // Response: version 2, R bit + MAP, result at byte 3, then from
+        // byte 24 the MAP payload, whose nonce must be ours (§11.3).
+        (d.len() >= 60 && d[0] == 2 && d[1] == 0x81 && d[24..36] == nonce).then(|| {
+            let eport = u16::from_be_bytes([d[42], d[43]]);
+            let eip = Ipv4Addr::new(d[56], d[57], d[58], d[59]);
+            (u16::from(d[3]), SocketAddr::from((eip, eport)))
+        })
+    })
 }
 
 /// Whether a datagram from the internet (from `remote_port` of the

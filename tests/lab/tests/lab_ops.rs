@@ -1,11 +1,14 @@
 //! The lab's own operations that later tests lean on: renumbering a NAT's
 //! outside address and flushing its mappings change what the internet sees,
-//! and an endpoint-independent NAT keeps the source port.
+//! an endpoint-independent NAT keeps the source port, and waiting for a
+//! process to be ready stops as soon as it exits.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use natkit_lab::probe::stun_mapped;
-use natkit_lab::{Lab, NatKind, SiteSpec, TopologySpec};
+use natkit_lab::{Lab, LabError, NatKind, SiteSpec, TopologySpec};
 
 #[test]
 fn renumbering_and_flushing_change_the_mapping() {
@@ -52,4 +55,33 @@ fn renumbering_and_flushing_change_the_mapping() {
     lab.flush_conntrack(sy).expect("conntrack -F");
     let flushed = stun_mapped(&sock, stun, 6).expect("mapped address after flush");
     assert_ne!(first, flushed, "flushing gives the flow a new mapping");
+
+    // A process that dies at start-up: the wait ends with its exit status
+    // and what it printed, not after the whole limit.
+    let dying = lab
+        .spawn_in(
+            lab.internet(),
+            "dying",
+            Path::new("/bin/sh"),
+            &[
+                "-c".into(),
+                "echo cannot bind 203.0.113.1:3478 >&2; exit 3".into(),
+            ],
+        )
+        .expect("start sh");
+    lab.track(dying);
+    let t0 = Instant::now();
+    let err = lab
+        .wait_ready("dying", Duration::from_secs(30), || Err("not yet".into()))
+        .expect_err("a dead process is never ready");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        matches!(&err, LabError::Exited { status, log, .. }
+            if status.code() == Some(3) && log.contains("cannot bind")),
+        "{err}"
+    );
 }

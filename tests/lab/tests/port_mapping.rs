@@ -3,11 +3,15 @@
 //! internet then reaches the host through it; the refusing gateway answers
 //! every request with an error and nothing gets in.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use natkit_lab::portmap::{reachable, NATPMP_PORT};
+use natkit_lab::portmap::{pcp_map_udp, reachable, SUCCESS};
 use natkit_lab::{Lab, NatKind, PortMapping, Site, SiteSpec, TopologySpec};
+
+/// How long a request to a gateway may take: a refusal makes miniupnpd try
+/// every external port first (~1.5 s here, see `portmap::quiet_console`).
+const ASK: Duration = Duration::from_secs(10);
 
 /// Run a port-mapping client in the site's host namespace: (success, output).
 fn client(site: &Site, program: &str, args: &[&str]) -> (bool, String) {
@@ -34,46 +38,6 @@ fn upnp_add(site: &Site, port: u16) -> (bool, String) {
         "upnpc",
         &["-u", &url, "-a", &host, &port, &port, "UDP"],
     )
-}
-
-/// A PCP MAP request (RFC 6887 §11.1, §7.1) for UDP `port` from `sock`;
-/// the result code and the assigned external address.
-fn pcp_map(sock: &UdpSocket, gateway: Ipv4Addr, port: u16) -> Option<(u8, SocketAddr)> {
-    let v4mapped = |ip: Ipv4Addr| {
-        let mut a = [0u8; 16];
-        a[10] = 0xff;
-        a[11] = 0xff;
-        a[12..].copy_from_slice(&ip.octets());
-        a
-    };
-    let SocketAddr::V4(local) = sock.local_addr().ok()? else {
-        return None;
-    };
-    let mut req = vec![2, 1, 0, 0];
-    req.extend_from_slice(&600u32.to_be_bytes());
-    req.extend_from_slice(&v4mapped(*local.ip()));
-    req.extend_from_slice(&rand::random::<[u8; 12]>());
-    req.extend_from_slice(&[17, 0, 0, 0]);
-    req.extend_from_slice(&port.to_be_bytes());
-    req.extend_from_slice(&port.to_be_bytes());
-    req.extend_from_slice(&v4mapped(Ipv4Addr::UNSPECIFIED));
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .ok()?;
-    let mut buf = [0u8; 1100];
-    for _ in 0..4 {
-        sock.send_to(&req, (gateway, NATPMP_PORT)).ok()?;
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            // Response: version 2, R bit + opcode 1, result at byte 3,
-            // MAP payload from byte 24: nonce, protocol, reserved,
-            // internal port, external port, external address.
-            if n >= 60 && buf[0] == 2 && buf[1] == 0x81 {
-                let eport = u16::from_be_bytes([buf[42], buf[43]]);
-                let eip = Ipv4Addr::new(buf[56], buf[57], buf[58], buf[59]);
-                return Some((buf[3], SocketAddr::from((eip, eport))));
-            }
-        }
-    }
-    None
 }
 
 /// One test for the whole file: one lab, a mapping and a refusing gateway.
@@ -125,8 +89,8 @@ fn miniupnpd_maps_ports_and_the_refusing_gateway_refuses() {
 
     // PCP (Debian's build has it; `enable_natpmp` turns it on).
     let sock = bind(on, 40_002);
-    match pcp_map(&sock, on.gateway, 40_002) {
-        Some((0, ext)) if ext.ip() == public(0).ip() => {
+    match pcp_map_udp(&sock, on.gateway, 600, ASK) {
+        Some((SUCCESS, ext)) if ext.ip() == public(0).ip() => {
             if !reachable(&lab, &sock, ext, 9003) {
                 failures.push(format!("the PCP mapping {ext} did not let the internet in"));
             }
