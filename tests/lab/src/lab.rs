@@ -591,7 +591,7 @@ impl Lab {
             // exiting), and the UPnP HTTP port accepts.
             host.enter(|| {
                 self.wait_ready(&name, READY, || {
-                    match portmap::natpmp_external_address(&sock, gw, PROBE) {
+                    match portmap::natpmp_external_address(&sock, gw, PROBE, PROBE) {
                         Some((portmap::SUCCESS, a)) if a == public => {}
                         Some((result, a)) => {
                             return Err(format!(

@@ -45,7 +45,7 @@ pub enum PortMapping {
     /// ports 1024-65535).
     On,
     /// miniupnpd with a deny-everything rule: every request answered with
-    /// an error (UPnP 606, NAT-PMP result 2 "not authorized").
+    /// an error (UPnP 606, NAT-PMP and PCP result 2 "not authorized").
     Refuse,
 }
 
@@ -162,20 +162,31 @@ pub const SUCCESS: u16 = 0;
 /// Authorized/Refused" and PCP's NOT_AUTHORIZED are both 2.
 pub const NOT_AUTHORIZED: u16 = 2;
 
+/// NAT-PMP's first retransmission, doubled each time (RFC 6886 §3.1).
+///
+/// The functions below take the first retransmission time as an argument:
+/// asking a refusing miniupnpd, wait longer than this. Every copy of a
+/// refused request costs it a pass over all 65535 external ports (one to
+/// three seconds here), so resending at this pace piles up copies, and
+/// every request behind them waits for each pass.
+pub const NATPMP_FIRST_RESEND: Duration = Duration::from_millis(250);
+/// PCP's initial retransmission time, IRT (RFC 6887 §8.1.1).
+pub const PCP_FIRST_RESEND: Duration = Duration::from_secs(3);
+
 /// Send `request` from `sock` to the NAT-PMP/PCP port of `gateway` and
 /// return the first answer from there that `parse` takes, resending after
-/// 250 ms, then 500 ms, 1 s... (RFC 6886 §3.1; a PCP client backs off the
-/// same way, RFC 6887 §8.1.1), until `limit` has passed.
+/// `first_resend`, then twice that, and so on, until `limit` has passed.
 pub fn ask<T>(
     sock: &UdpSocket,
     gateway: Ipv4Addr,
     request: &[u8],
+    first_resend: Duration,
     limit: Duration,
     mut parse: impl FnMut(&[u8]) -> Option<T>,
 ) -> Option<T> {
     let server = SocketAddr::from((gateway, NATPMP_PORT));
     let end = Instant::now() + limit;
-    let mut wait = Duration::from_millis(250);
+    let mut wait = first_resend;
     let mut buf = [0u8; 1100];
     loop {
         sock.send_to(request, server).ok()?;
@@ -202,14 +213,16 @@ pub fn ask<T>(
 }
 
 /// Ask the NAT-PMP server on `gateway` for its external address (RFC 6886
-/// §3.2: version 0, opcode 0; the answer is opcode 128): the result code
-/// and the address.
+/// §3.2: version 0, opcode 0; the answer is opcode 128), resending after
+/// `first_resend` (see [`NATPMP_FIRST_RESEND`]): the result code and the
+/// address.
 pub fn natpmp_external_address(
     sock: &UdpSocket,
     gateway: Ipv4Addr,
+    first_resend: Duration,
     limit: Duration,
 ) -> Option<(u16, Ipv4Addr)> {
-    ask(sock, gateway, &[0, 0], limit, |d| {
+    ask(sock, gateway, &[0, 0], first_resend, limit, |d| {
         (d.len() >= 12 && d[0] == 0 && d[1] == 128).then(|| {
             let result = u16::from_be_bytes([d[2], d[3]]);
             (result, Ipv4Addr::new(d[8], d[9], d[10], d[11]))
@@ -219,20 +232,22 @@ pub fn natpmp_external_address(
 
 /// Ask the NAT-PMP server on `gateway` to map UDP `port` of this host to
 /// the same external port for `lifetime` seconds (RFC 6886 §3.3: opcode 1;
-/// the answer is opcode 129): the result code and the external port it
+/// the answer is opcode 129), resending after `first_resend` (see
+/// [`NATPMP_FIRST_RESEND`]): the result code and the external port it
 /// mapped.
 pub fn natpmp_map_udp(
     sock: &UdpSocket,
     gateway: Ipv4Addr,
     port: u16,
     lifetime: u32,
+    first_resend: Duration,
     limit: Duration,
 ) -> Option<(u16, u16)> {
     let mut req = vec![0, 1, 0, 0];
     req.extend_from_slice(&port.to_be_bytes());
     req.extend_from_slice(&port.to_be_bytes());
     req.extend_from_slice(&lifetime.to_be_bytes());
-    ask(sock, gateway, &req, limit, |d| {
+    ask(sock, gateway, &req, first_resend, limit, |d| {
         // Version, opcode, result, epoch, internal port, external port,
         // lifetime: the answer names the internal port it is about.
         (d.len() >= 16 && d[0] == 0 && d[1] == 129 && d[8..10] == port.to_be_bytes()).then(|| {
@@ -252,12 +267,14 @@ fn v4_mapped(ip: Ipv4Addr) -> [u8; 16] {
 }
 
 /// Send a PCP MAP request (RFC 6887 §11.1, §7.1) for UDP on `sock`'s port,
-/// the same external port suggested, to `gateway`: the result code and the
+/// the same external port suggested, to `gateway`, resending after
+/// `first_resend` (see [`PCP_FIRST_RESEND`]): the result code and the
 /// external address and port it assigned.
 pub fn pcp_map_udp(
     sock: &UdpSocket,
     gateway: Ipv4Addr,
     lifetime: u32,
+    first_resend: Duration,
     limit: Duration,
 ) -> Option<(u16, SocketAddr)> {
     let SocketAddr::V4(local) = sock.local_addr().ok()? else {
@@ -275,7 +292,7 @@ pub fn pcp_map_udp(
     req.extend_from_slice(&local.port().to_be_bytes());
     req.extend_from_slice(&local.port().to_be_bytes());
     req.extend_from_slice(&v4_mapped(Ipv4Addr::UNSPECIFIED));
-    ask(sock, gateway, &req, limit, |d| {
+    ask(sock, gateway, &req, first_resend, limit, |d| {
         // Response: version 2, R bit + MAP, result at byte 3, then from
         // byte 24 the MAP payload, whose nonce must be ours (§11.3).
         (d.len() >= 60 && d[0] == 2 && d[1] == 0x81 && d[24..36] == nonce).then(|| {

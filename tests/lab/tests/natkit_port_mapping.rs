@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use natkit_ice::portmap::{driver::Driver, Config, Failure, Mapping, PortMapper, Protocol, Status};
 use natkit_lab::peer::{payload, transfer, Pair, PeerOptions};
-use natkit_lab::portmap::{natpmp_external_address, reachable};
+use natkit_lab::portmap::{natpmp_external_address, reachable, NATPMP_FIRST_RESEND};
 use natkit_lab::{Lab, NatKind, PortMapping, Site, SiteSpec, TopologySpec};
 
 /// What one mapper run gave: its status, the mapping, and whether the
@@ -134,7 +134,12 @@ fn natkit_maps_ports_through_miniupnpd_and_connects_symmetric_nats_directly() {
     // of an idle daemon, one that answers an external address request.
     let no = lab.site("no").unwrap();
     for p in Protocol::ALL {
-        let idle = natpmp_external_address(&bind(no), no.gateway, Duration::from_secs(60));
+        let idle = natpmp_external_address(
+            &bind(no),
+            no.gateway,
+            NATPMP_FIRST_RESEND,
+            Duration::from_secs(60),
+        );
         assert!(idle.is_some(), "the refusing miniupnpd stays busy");
         let sock = bind(no);
         let run = map_with(no, &sock, p, |_| {});
