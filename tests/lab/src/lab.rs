@@ -108,8 +108,6 @@ pub struct Site {
     pub profile: LinkProfile,
     /// Whether the (home) NAT answers port-mapping requests.
     pub port_mapping: PortMapping,
-    /// The NATs' UDP mapping lifetime in seconds, if not the default.
-    pub udp_timeout: Option<u32>,
 }
 
 impl Site {
@@ -557,7 +555,6 @@ impl Lab {
             gateway: router_lan,
             profile: s.profile,
             port_mapping: s.port_mapping,
-            udp_timeout: s.udp_timeout,
         })
     }
 
@@ -571,7 +568,8 @@ impl Lab {
                 continue;
             }
             let inst = portmap::Instance::new(&self.dir, &site.name);
-            let conf = portmap::config(&inst, n, &addr::lan_net(site.host_addr), site.port_mapping);
+            let allow = site.port_mapping == PortMapping::On;
+            let conf = portmap::config(&inst, n, &addr::lan_net(site.host_addr), allow);
             std::fs::write(&inst.conf, conf)
                 .map_err(|e| LabError::io(format!("writing {}", inst.conf.display()), e))?;
             let name = format!("miniupnpd-{}", site.name);

@@ -52,13 +52,13 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{LabError, Result};
 use crate::netns::Netns;
 
 /// How a site's access link behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinkProfile {
     /// A plain veth pair: what the lab always had (~0.1 ms between peers).
@@ -129,12 +129,6 @@ impl LinkProfile {
                 loss: 0.005,
             }),
         }
-    }
-
-    /// The round-trip time between a host of this profile and the internet
-    /// namespace, jitter averaged out.
-    pub fn site_rtt(self) -> Duration {
-        self.shape().map_or(Duration::ZERO, |s| s.delay * 2)
     }
 }
 
@@ -282,8 +276,8 @@ impl Direction {
 }
 
 /// Run the wire between TAP `a_dev` in `a_ns` and TAP `b_dev` in `b_ns`
-/// with `profile`'s shape each way, until killed. Prints `ready` once both
-/// devices are attached (their carrier comes up then).
+/// with `profile`'s shape each way, until killed. Both devices' carrier
+/// comes up once they are attached: what the lab waits for.
 pub fn run_wire(
     a_ns: &str,
     a_dev: &str,
@@ -302,13 +296,15 @@ pub fn run_wire(
         libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64);
     }
     let mut taps = [open_tap(a_ns, a_dev)?, open_tap(b_ns, b_dev)?];
-    println!("ready");
-    let _ = std::io::stdout().flush();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut dirs = [
         Direction::new(shape, &mut rng),
         Direction::new(shape, &mut rng),
     ];
+    // Buffers of frames in flight, reused: the pool grows to the most
+    // frames ever in flight (at most 2 x QUEUE_LIMIT, ~4 MB of MTU-sized
+    // frames; no GSO without IFF_VNET_HDR, so a frame is at most the MTU)
+    // and allocates no more after that.
     let mut pool: Vec<Vec<u8>> = (0..64).map(|_| Vec::with_capacity(2048)).collect();
     let mut frame = vec![0u8; FRAME_MAX];
     loop {

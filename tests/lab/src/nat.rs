@@ -35,10 +35,10 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Filtering behavior of an endpoint-independent-mapping NAT (RFC 4787 §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Filtering {
     /// Anyone may send to a mapping (full cone).
@@ -50,7 +50,7 @@ pub enum Filtering {
 }
 
 /// What stands between a site's host and the internet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum NatKind {
     /// Public address, plain router: no NAT, no filtering.

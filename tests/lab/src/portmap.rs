@@ -28,14 +28,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::addr::{self, INTERNET_GATEWAY};
 use crate::lab::Lab;
 use crate::nat::{LAN, UPNP_TABLE, WAN};
 
 /// Whether and how a NAT answers port-mapping requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum PortMapping {
     /// No daemon: requests go unanswered.
@@ -114,15 +114,16 @@ impl Instance {
 }
 
 /// The configuration of site number `n`'s instance, its LAN `lan_net`
-/// (`a.b.c.d/28`), answering as `mode` says.
-pub fn config(inst: &Instance, n: usize, lan_net: &str, mode: PortMapping) -> String {
-    let permissions = match mode {
-        // RFC 6887 §13.1 lets a server refuse; secure_mode also keeps a
-        // host from mapping for another one (UPnP 718).
-        PortMapping::On => {
-            format!("allow 1024-65535 {lan_net} 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n")
-        }
-        PortMapping::Refuse | PortMapping::Off => "deny 0-65535 0.0.0.0/0 0-65535\n".to_string(),
+/// (`a.b.c.d/28`): with `allow`, the LAN's hosts may map their own ports
+/// 1024-65535 ([`PortMapping::On`]); without, every request is refused
+/// ([`PortMapping::Refuse`]; RFC 6887 §13.1 lets a server refuse).
+pub fn config(inst: &Instance, n: usize, lan_net: &str, allow: bool) -> String {
+    let deny = "deny 0-65535 0.0.0.0/0 0-65535\n";
+    // secure_mode also keeps a host from mapping for another one (UPnP 718).
+    let permissions = if allow {
+        format!("allow 1024-65535 {lan_net} 1024-65535\n{deny}")
+    } else {
+        deny.to_string()
     };
     format!(
         "# natkit-lab: miniupnpd of site {n}
