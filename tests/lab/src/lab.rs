@@ -367,25 +367,28 @@ impl Lab {
             .map(drop)
     }
 
-    /// A router namespace with IP forwarding on, its ruleset loaded.
+    /// A router namespace with its ruleset loaded, then IP forwarding on.
     fn router(&mut self, node: &str, spec: &RouterSpec, wan: Ipv4Addr) -> Result<Netns> {
         let r = self.namespace(node)?;
-        r.sysctl("net/ipv4/ip_forward", "1")?;
         r.sysctl("net/ipv4/conf/all/rp_filter", "0")?;
         r.sysctl("net/ipv4/conf/default/rp_filter", "0")?;
         r.sysctl("net/ipv4/conf/all/accept_redirects", "0")?;
+        r.nft(&nat::ruleset(spec, wan))?;
+        if spec.port_mapping {
+            r.nft(&nat::port_mapping_table())?;
+        }
         if let Some(secs) = spec.udp_timeout {
-            // Per namespace (checked: a write inside one leaves the root
-            // namespace's value alone). Both the unanswered and the
+            // After the ruleset: its `ct` rules load nf_conntrack where it
+            // is a module (Debian's kernels), and these sysctls exist only
+            // then. Per namespace (checked: a write inside one leaves the
+            // root namespace's value alone). Both the unanswered and the
             // answered ("stream") lifetime, so any mapping idles out.
             let secs = secs.to_string();
             r.sysctl("net/netfilter/nf_conntrack_udp_timeout", &secs)?;
             r.sysctl("net/netfilter/nf_conntrack_udp_timeout_stream", &secs)?;
         }
-        r.nft(&nat::ruleset(spec, wan))?;
-        if spec.port_mapping {
-            r.nft(&nat::port_mapping_table())?;
-        }
+        // Last: the router never forwards without its filter and NAT.
+        r.sysctl("net/ipv4/ip_forward", "1")?;
         Ok(r)
     }
 
