@@ -308,6 +308,10 @@ pub const LAN: &str = "lan";
 /// How long a learned mapping or contacted address stays (longer than
 /// conntrack's UDP timeouts, refreshed by every outbound packet).
 const MAP_TIMEOUT: &str = "3m";
+/// conntrack's default lifetime of an answered UDP flow after its last
+/// packet (`nf_conntrack_udp_timeout_stream`), in seconds: how long the
+/// preserving NAT counts an outside port as held.
+const CONNTRACK_UDP_STREAM_SECS: u32 = 120;
 
 /// The nftables table miniupnpd writes its rules to (see [`port_mapping_table`]).
 pub const UPNP_TABLE: &str = "miniupnpd";
@@ -358,8 +362,17 @@ pub fn ruleset(spec: &RouterSpec, wan_addr: Ipv4Addr) -> String {
                     "oifname \"{WAN}\" meta l4proto udp udp sport @held masquerade random"
                 ));
                 post.push(format!("oifname \"{WAN}\" masquerade"));
+                // A port is held while its flow lives: refreshed by packets
+                // both ways, as conntrack's timer is, and expiring when an
+                // answered flow would (see `held` below). Refreshed by
+                // outbound packets only, with the 3 min of the maps, a
+                // socket whose flow had expired still saw its own port
+                // "held" for minutes and got a random one.
                 learn.push(format!(
                     "oifname \"{WAN}\" meta l4proto udp ct direction original update @held {{ ct reply proto-dst }}"
+                ));
+                learn.push(format!(
+                    "oifname \"{LAN}\" meta l4proto udp ct direction reply update @held {{ ct reply proto-dst }}"
                 ));
             }
             _ => post.push(format!("oifname \"{WAN}\" masquerade")),
@@ -430,8 +443,12 @@ pub fn ruleset(spec: &RouterSpec, wan_addr: Ipv4Addr) -> String {
         s.push_str(&format!(
             "  set contacted {{ type inet_service . ipv4_addr; flags dynamic, timeout; timeout {map_timeout}; }}\n"
         ));
+        // Never shorter than a live flow, so a port is never "free" while a
+        // mapping holds it; longer only for an unanswered flow, which
+        // conntrack drops after 30 s and the set after 120 s.
+        let held_timeout = spec.udp_timeout.unwrap_or(CONNTRACK_UDP_STREAM_SECS);
         s.push_str(&format!(
-            "  set held {{ type inet_service; flags dynamic, timeout; timeout {map_timeout}; }}\n"
+            "  set held {{ type inet_service; flags dynamic, timeout; timeout {held_timeout}s; }}\n"
         ));
         s.push_str(&format!(
             "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{}  }}\n",
