@@ -73,10 +73,20 @@ pub struct RttStats {
 impl RttStats {
     /// The median round trip (zero when nothing came back).
     pub fn median(&self) -> Duration {
-        self.rtts
-            .get(self.rtts.len() / 2)
-            .copied()
-            .unwrap_or_default()
+        self.quantile(0.5)
+    }
+
+    /// The round trip below which a share `q` (0.0 to 1.0) of the answered
+    /// ones fall (zero when nothing came back).
+    pub fn quantile(&self, q: f64) -> Duration {
+        let i = ((self.rtts.len() as f64 * q) as usize).min(self.rtts.len().saturating_sub(1));
+        self.rtts.get(i).copied().unwrap_or_default()
+    }
+
+    /// The mean round trip (zero when nothing came back).
+    pub fn mean(&self) -> Duration {
+        let n = u32::try_from(self.rtts.len()).unwrap_or(u32::MAX).max(1);
+        self.rtts.iter().sum::<Duration>() / n
     }
 
     /// The share of datagrams not answered, 0.0 to 1.0.
