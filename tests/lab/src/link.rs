@@ -24,19 +24,24 @@
 //! frame is always due later. (Drawing per frame and holding each frame
 //! behind the one before made every frame wait for the slowest draw of the
 //! last jitter window: 31.7 ms one way at a frame every 5 ms, 38 ms in
-//! bulk, for a nominal 30 ms. A constant offset per 10 ms period still
+//! bulk, for a nominal 30 ms, simulated; in the lab, mobile's peer RTT
+//! measured 131.6 ms every 5 ms, 144.5 ms every 1 ms and 155 ms every
+//! 0.2 ms, for a nominal 120. A constant offset per 10 ms period still
 //! holds frames back each time the offset drops: 31.5 ms in bulk.) The
 //! queue holds at most 1000 frames per direction (netem's default
 //! `limit`); more are dropped as a full queue would.
 //!
-//! The figures (one way, on each site's access link, both directions):
+//! The figures (one way, on each site's access link, both directions),
+//! and the medians measured by `cargo nextest run -p natkit-lab --test
+//! link_profiles --no-capture` (five runs, load average 4.6-5.5 on two
+//! cores; peer ↔ peer with a datagram every 5 ms / every 1 ms):
 //!
-//! | profile     | delay   | jitter   | loss | site ↔ internet RTT | peer ↔ peer RTT |
-//! |-------------|---------|----------|------|---------------------|-----------------|
-//! | `unshaped`  | -       | -        | -    | ~0.05 ms (veth)     | ~0.1 ms         |
-//! | `lan`       | 0.25 ms | -        | -    | 0.5 ms              | 1 ms            |
-//! | `broadband` | 10 ms   | ± 1 ms   | -    | 20 ms               | 40 ms           |
-//! | `mobile`    | 30 ms   | ± 10 ms  | 0.5 %| 60 ms               | 120 ms          |
+//! | profile     | delay   | jitter   | loss | site ↔ internet RTT | peer ↔ peer RTT | measured peer ↔ peer | measured site |
+//! |-------------|---------|----------|------|---------------------|-----------------|----------------------|---------------|
+//! | `unshaped`  | -       | -        | -    | ~0.05 ms (veth)     | ~0.1 ms         | 0.04-0.09 / 0.17-0.20 ms | 0.04-0.18 ms |
+//! | `lan`       | 0.25 ms | -        | -    | 0.5 ms              | 1 ms            | 1.30-1.44 / 1.35-1.38 ms | 0.69-0.76 ms |
+//! | `broadband` | 10 ms   | ± 1 ms   | -    | 20 ms               | 40 ms           | 40.5-41.3 / 40.5-40.9 ms | 19.8-20.4 ms |
+//! | `mobile`    | 30 ms   | ± 10 ms  | 0.5 %| 60 ms               | 120 ms          | 122-126 / 120.5-124.6 ms | 59-64 ms |
 //!
 //! Mobile's 0.5 % per direction makes about 1 % per round trip to the
 //! internet (and about 2 % between two mobile peers, whose datagrams cross
