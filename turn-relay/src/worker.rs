@@ -549,6 +549,12 @@ impl Worker {
                     addr: d.source,
                     via: Via::Udp(i as u16),
                 };
+                if is_request(d.data) {
+                    // A request may delete the allocation (Refresh with
+                    // lifetime 0, RFC 8656 §7.4): the data its client sent
+                    // before it leaves first, while the relay socket lives.
+                    relay_out.flush(env.relays, rx, send_errors);
+                }
                 match core.handle_client(&mut env, client, d.data, now, out) {
                     ClientAction::Reply(len) => {
                         if tx[i].is_full() {
@@ -768,6 +774,14 @@ impl Worker {
             self.core.client_gone(&mut env, &key);
         }
     }
+}
+
+/// Whether `data` is a STUN request (RFC 8489 §5: class bits C1 C0 both
+/// zero), not an indication or ChannelData: the client's control messages,
+/// rare next to its data.
+#[inline]
+fn is_request(data: &[u8]) -> bool {
+    data.len() >= 2 && data[0] & 0xC0 == 0 && u16::from_be_bytes([data[0], data[1]]) & 0x0110 == 0
 }
 
 fn flush_one(b: &mut SendBatch, sock: &mio::net::UdpSocket, errors: &mut u64) {

@@ -707,3 +707,38 @@ fn bursts_to_one_peer_arrive_whole_and_in_order() {
         assert_eq!(d[0], i as u8, "in order");
     }
 }
+
+/// Data a client sends right before deleting its allocation (Refresh with
+/// LIFETIME 0) still reaches the peer: the relay used to send a batch's
+/// data after handling the whole batch, when the deletion had already
+/// closed the relayed socket. Repeated, since the race needs the data and
+/// the deletion in one receive batch.
+#[test]
+fn data_sent_just_before_the_deletion_still_leaves() {
+    let relay = Relay::start(&["--allow-peer", "127.0.0.0/8"]);
+    let peer_sock = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let peer = peer_sock.local_addr().unwrap();
+    for round in 0..20u8 {
+        let (mut a, relayed) = allocate(relay.addr, Transport::Udp);
+        a.bind(peer).unwrap();
+        for i in 0..32u8 {
+            a.send(peer, &[round, i]);
+        }
+        a.close();
+        // Bounded: a lost datagram ends the wait after a second.
+        peer_sock
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < 32 {
+            let Ok((n, from)) = peer_sock.recv_from(&mut buf) else {
+                break;
+            };
+            assert_eq!(from, relayed);
+            got.push(buf[..n].to_vec());
+        }
+        let want: Vec<Vec<u8>> = (0..32u8).map(|i| vec![round, i]).collect();
+        assert_eq!(got, want, "round {round}: every datagram, in order");
+    }
+}
