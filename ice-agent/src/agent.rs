@@ -24,6 +24,7 @@ use crate::Role;
 
 mod checklist;
 mod checks;
+mod punch;
 mod selection;
 
 /// RFC 8445 §6.1.2.6 candidate pair states.
@@ -234,6 +235,8 @@ pub struct Agent {
     prflx_count: u32,
     pac: Pac,
     failure: Option<Failure>,
+    /// natkit's hard-NAT punch (see `punch`).
+    punch: punch::PunchState,
 }
 
 impl std::fmt::Debug for Agent {
@@ -307,6 +310,7 @@ impl Agent {
             prflx_count: 0,
             pac: Pac::Off,
             failure: None,
+            punch: punch::PunchState::default(),
         }
     }
 
@@ -526,6 +530,9 @@ impl Agent {
             // (e.g. a host pair when the check came through our relay).
             if let Some(ri) = self.remote.iter().position(|r| r.addr == c_addr) {
                 for li in 0..self.local.len() {
+                    if self.is_punch_candidate(li) {
+                        continue;
+                    }
                     self.try_pair(li, ri);
                 }
             }
@@ -537,6 +544,10 @@ impl Agent {
         self.remote.push(c);
         let ri = self.remote.len() - 1;
         for li in 0..self.local.len() {
+            // A punch base pairs only with the remote that checked it.
+            if self.is_punch_candidate(li) {
+                continue;
+            }
             self.try_pair(li, ri);
         }
         Ok(())
@@ -558,8 +569,10 @@ impl Agent {
     /// returned credentials and the candidates again.
     pub fn restart(&mut self) -> &Credentials {
         self.local_creds = Credentials::random(&mut self.rng);
+        // The punch's bases belong to the last generation's punch.
+        let punch = std::mem::take(&mut self.punch);
         self.local
-            .retain(|c| c.kind != CandidateKind::PeerReflexive);
+            .retain(|c| c.kind != CandidateKind::PeerReflexive && !punch.is_promoted(c.base));
         self.reset_remote();
         self.remote_creds = None;
         self.state = IceState::New;

@@ -207,6 +207,7 @@ impl Agent {
             .local
             .iter()
             .position(|c| is_base(c) && c.base == to_local)
+            .or_else(|| self.promote_punch_base(to_local))
         else {
             return Ok(());
         };
@@ -353,6 +354,18 @@ impl Agent {
         self.events.push_back(Event::RoleChanged(role));
     }
 
+    /// Responses are signed with the password the request used: the
+    /// peer's (RFC 8445 §7.2.5.1).
+    pub(super) fn verify_response(&self, bytes: &[u8], m: &Message<'_>) -> Result<(), InputError> {
+        let key = self
+            .remote_creds
+            .as_ref()
+            .ok_or(InputError::UnknownTransaction)?;
+        integrity::verify(bytes, &m.header, key.pwd.as_bytes())
+            .map(|_| ())
+            .map_err(|_| InputError::Unauthenticated)
+    }
+
     /// RFC 8445 §7.2.5: a response to one of our checks.
     pub(super) fn on_response(
         &mut self,
@@ -362,19 +375,14 @@ impl Agent {
         m: &Message<'_>,
         now: Instant,
     ) -> Result<(), InputError> {
-        let i = self
+        let Some(i) = self
             .checks
             .iter()
             .position(|c| c.tid == m.header.transaction_id)
-            .ok_or(InputError::UnknownTransaction)?;
-        // Responses are signed with the password the request used: the
-        // peer's (RFC 8445 §7.2.5.1).
-        let key = self
-            .remote_creds
-            .as_ref()
-            .ok_or(InputError::UnknownTransaction)?;
-        integrity::verify(bytes, &m.header, key.pwd.as_bytes())
-            .map_err(|_| InputError::Unauthenticated)?;
+        else {
+            return self.on_probe_response(from, to_local, bytes, m);
+        };
+        self.verify_response(bytes, m)?;
         let class = m.header.class();
         if (class == Class::Success && m.xor_mapped.is_none())
             || (class == Class::Error && m.error_code.is_none())
