@@ -110,6 +110,39 @@ pub struct Description {
     /// first pair that works at once and better ones after it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub renomination: bool,
+    /// natkit only: how this side's NAT maps, as found while gathering,
+    /// for the hard-NAT punch (`session_core::punch`). Absent when unknown
+    /// (one STUN answer, no RFC 5780 other address) and from standard
+    /// agents; a peer acts on it only when both sides announce it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatMapping>,
+}
+
+/// How a NAT maps (RFC 4787 §4.1), as far as the punch needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "mapping", rename_all = "snake_case")]
+pub enum NatMapping {
+    /// Endpoint-independent mapping: every peer sees this side at `addr`
+    /// (two STUN answers agreed, a gateway maps the port, or the host's
+    /// own address is public). The peer's punch sockets send to it.
+    Easy {
+        /// The address every peer sees.
+        addr: SocketAddr,
+    },
+    /// Address- or address-and-port-dependent mapping ("symmetric"): each
+    /// destination gets another port of `ip`. `last_port` is the last
+    /// mapping gathering saw; `delta` the step between successive mappings
+    /// when they came in sequence (port prediction: the next ones are
+    /// `last_port + k * delta`).
+    Hard {
+        /// The NAT's outside address.
+        ip: IpAddr,
+        /// The last mapped port seen.
+        last_port: u16,
+        /// The step between successive mappings, if constant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delta: Option<i16>,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -247,6 +280,9 @@ impl Description {
         for c in self.candidates.iter().take(255) {
             put_candidate(out, c);
         }
+        if let Some(n) = &self.nat {
+            put_nat(out, n);
+        }
     }
 
     fn decode(b: &[u8]) -> Result<Description, DescriptionError> {
@@ -264,9 +300,7 @@ impl Description {
         for index in 0..n {
             candidates.push(r.candidate(index)?);
         }
-        if !r.0.is_empty() {
-            return Err(DescriptionError::Trailing(r.0.len()));
-        }
+        let nat = r.extensions()?;
         let d = Description {
             ufrag,
             pwd,
@@ -278,6 +312,7 @@ impl Description {
                 ms => Some(ms),
             },
             renomination: flags & flag::RENOMINATION != 0,
+            nat,
         };
         d.validate()?;
         Ok(d)
@@ -431,6 +466,87 @@ fn put_candidate(out: &mut Vec<u8>, c: &SignalledCandidate) {
     put_str(out, &c.foundation);
 }
 
+/// Extension records of the text form, after the candidates: a type
+/// byte, a length byte, the value. Readers skip types they do not know;
+/// natkit before the punch read no records at all and refuse a
+/// description with one ("unexpected bytes at its end"), which is why a
+/// description carries one only when gathering classified the NAT.
+mod ext {
+    /// [`super::NatMapping::Easy`]: address (4 or 16 bytes), port.
+    pub const NAT_EASY: u8 = 1;
+    /// [`super::NatMapping::Hard`]: address (4 or 16 bytes), last port,
+    /// delta (i16, 0: none).
+    pub const NAT_HARD: u8 = 2;
+}
+
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
+        IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+    }
+}
+
+fn put_nat(out: &mut Vec<u8>, n: &NatMapping) {
+    let mut v = Vec::with_capacity(20);
+    let typ = match *n {
+        NatMapping::Easy { addr } => {
+            put_ip(&mut v, addr.ip());
+            v.extend_from_slice(&addr.port().to_be_bytes());
+            ext::NAT_EASY
+        }
+        NatMapping::Hard {
+            ip,
+            last_port,
+            delta,
+        } => {
+            put_ip(&mut v, ip);
+            v.extend_from_slice(&last_port.to_be_bytes());
+            v.extend_from_slice(&delta.unwrap_or(0).to_be_bytes());
+            ext::NAT_HARD
+        }
+    };
+    out.push(typ);
+    out.push(v.len() as u8);
+    out.extend_from_slice(&v);
+}
+
+/// An IPv4 or IPv6 address of `len` bytes at the start of `v`.
+fn ip_of(v: &[u8], len: usize) -> Option<IpAddr> {
+    match len {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(
+            <[u8; 4]>::try_from(&v[..4]).ok()?,
+        ))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(&v[..16]).ok()?,
+        ))),
+        _ => None,
+    }
+}
+
+fn nat_of(typ: u8, v: &[u8]) -> Result<Option<NatMapping>, DescriptionError> {
+    let bad = DescriptionError::Truncated("the NAT mapping record");
+    Ok(match typ {
+        ext::NAT_EASY => {
+            let ip = ip_of(v, v.len().wrapping_sub(2)).ok_or(bad)?;
+            let port = u16::from_be_bytes([v[v.len() - 2], v[v.len() - 1]]);
+            Some(NatMapping::Easy {
+                addr: SocketAddr::new(ip, port),
+            })
+        }
+        ext::NAT_HARD => {
+            let ip = ip_of(v, v.len().wrapping_sub(4)).ok_or(bad)?;
+            let t = &v[v.len() - 4..];
+            let delta = i16::from_be_bytes([t[2], t[3]]);
+            Some(NatMapping::Hard {
+                ip,
+                last_port: u16::from_be_bytes([t[0], t[1]]),
+                delta: (delta != 0).then_some(delta),
+            })
+        }
+        _ => None,
+    })
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
@@ -455,6 +571,20 @@ impl Reader<'_> {
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec()).map_err(|_| DescriptionError::Truncated(what))
     }
+    /// The extension records up to the end (see [`ext`]).
+    fn extensions(&mut self) -> Result<Option<NatMapping>, DescriptionError> {
+        let mut nat = None;
+        while !self.0.is_empty() {
+            let typ = self.u8("an extension's type")?;
+            let n = usize::from(self.u8("an extension's length")?);
+            let v = self.take(n, "an extension")?;
+            if let Some(m) = nat_of(typ, v)? {
+                nat = Some(m);
+            }
+        }
+        Ok(nat)
+    }
+
     fn candidate(&mut self, index: usize) -> Result<SignalledCandidate, DescriptionError> {
         let bad = |reason| DescriptionError::Candidate { index, reason };
         let tag = self.u8("a candidate's type")?;
@@ -506,6 +636,7 @@ mod tests {
             end_of_candidates: true,
             ice_pacing_ms: Some(5),
             renomination: true,
+            nat: None,
         }
     }
 
@@ -556,6 +687,50 @@ mod tests {
         assert!(text.renomination);
         let json = Description::parse_any(&serde_json::to_string(&slow).unwrap()).unwrap();
         assert_eq!(json.ice_pacing_ms, Some(100));
+    }
+
+    #[test]
+    fn nat_mapping_travels_in_both_forms_and_unknown_records_are_skipped() {
+        let hard = NatMapping::Hard {
+            ip: "198.51.100.1".parse().unwrap(),
+            last_port: 20003,
+            delta: Some(-2),
+        };
+        let easy = NatMapping::Easy {
+            addr: "[2001:db8::7]:4000".parse().unwrap(),
+        };
+        let random = NatMapping::Hard {
+            ip: "198.51.100.1".parse().unwrap(),
+            last_port: 61000,
+            delta: None,
+        };
+        for n in [hard, easy, random] {
+            let mut d = sample();
+            d.nat = Some(n);
+            assert_eq!(d.to_string().parse::<Description>().unwrap(), d);
+            let j = serde_json::to_string(&d).unwrap();
+            assert_eq!(Description::parse_any(&j).unwrap(), d, "{j}");
+        }
+        let j = serde_json::to_string(&sample()).unwrap();
+        assert!(!j.contains("\"nat\""), "{j}");
+        // A record of a later natkit is skipped; a cut one is refused.
+        let mut b = Vec::new();
+        let mut d = sample();
+        d.nat = Some(hard);
+        d.encode(&mut b);
+        let mut later = b.clone();
+        later.extend_from_slice(&[99, 3, 1, 2, 3]);
+        let back: Description = format!("{PREFIX}{}", seal(later)).parse().unwrap();
+        assert_eq!(back.nat, Some(hard));
+        for cut in 1..=9 {
+            let short = b[..b.len() - cut].to_vec();
+            assert!(
+                format!("{PREFIX}{}", seal(short))
+                    .parse::<Description>()
+                    .is_err(),
+                "cut {cut}"
+            );
+        }
     }
 
     #[test]

@@ -191,7 +191,9 @@ pub use agent::{Agent, CandidateError, IceState, InputError, PairInfo, PairState
 pub use candidate::{Candidate, CandidateKind};
 pub use config::{Config, IceOptions};
 pub use credentials::{Credentials, CredentialsError};
-pub use description::{Description, DescriptionError, SignalledCandidate, TrickleCandidate};
+pub use description::{
+    Description, DescriptionError, NatMapping, SignalledCandidate, TrickleCandidate,
+};
 pub use event::{Event, FailedPair, Failure, FailureReason, PairFailure, SelectedPair, Transmit};
 pub use fingerprint::{Fingerprint, FingerprintParseError};
 /// TURN credentials (long-term or REST), for [`TurnServer`].
@@ -199,7 +201,8 @@ pub use natkit_proto::turn::client::{Credentials as TurnCredentials, Transport};
 #[cfg(feature = "tokio")]
 pub use session::{Error, Events, Session};
 pub use session_core::{
-    PathInfo, PathKind, Problem, ServerKind, ServerProblem, SessionCore, SessionEvent, TurnServer,
+    PathInfo, PathKind, Problem, PunchReport, ServerKind, ServerProblem, SessionCore, SessionEvent,
+    TurnServer,
 };
 pub use wire::WireError;
 

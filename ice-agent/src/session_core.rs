@@ -50,6 +50,7 @@ mod closing;
 mod freshness;
 mod gather;
 mod port_mapping;
+mod punch;
 mod relays;
 mod report;
 mod route;
@@ -63,6 +64,10 @@ use natkit_proto::demux::{classify, PacketKind};
 use natkit_proto::turn::client::{self as turn, Credentials, Transport};
 
 pub use port_mapping::PORTMAP_FIRST_ANSWER;
+pub use punch::{
+    PunchReport, FIRST_PORT, PREDICTION_WINDOW, PROBE_BATCH, PROBE_BUDGET, PROBE_INTERVAL,
+    PUNCH_LIFETIME, PUNCH_SOCKETS, WINDOW_REPEAT_AFTER,
+};
 pub use report::{
     ConnectionError, ConnectionStage, Ending, PathInfo, PathKind, Problem, ServerKind,
     ServerProblem, SessionEvent,
@@ -70,7 +75,9 @@ pub use report::{
 pub use route::{Route, StreamId, Via, Wrap, MAX_WRAP_OVERHEAD};
 
 use crate::candidate::local_preference;
-use crate::description::{Description, DescriptionError, SignalledCandidate, TrickleCandidate};
+use crate::description::{
+    Description, DescriptionError, NatMapping, SignalledCandidate, TrickleCandidate,
+};
 use crate::event::{FailedPair, FailureReason};
 use crate::fingerprint::Fingerprint;
 use crate::{Agent, Candidate, CandidateKind, Config, Event, PairInfo, Role, SelectedPair};
@@ -80,6 +87,7 @@ use freshness::Freshness;
 pub(crate) use gather::reaches;
 use gather::Probe;
 use port_mapping::Mapper;
+use punch::{Mappings, Punch};
 use relays::{Alloc, Link};
 
 /// The most a restart waits for gathering before its description is given
@@ -254,6 +262,20 @@ pub enum Output {
         /// The stream.
         stream: StreamId,
     },
+    /// Open `count` UDP sockets on `ip` (any port) for the hard-NAT punch
+    /// and report their addresses with
+    /// [`SessionCore::handle_sockets_opened`]; until
+    /// [`Output::CloseSockets`] they are bases like the host ones:
+    /// datagrams arriving on them go to
+    /// [`SessionCore::handle_datagram`], [`Via::Base`] may name them.
+    OpenSockets {
+        /// The address to bind them to (a host base's).
+        ip: std::net::IpAddr,
+        /// How many.
+        count: usize,
+    },
+    /// Close these sockets of [`Output::OpenSockets`].
+    CloseSockets(Vec<SocketAddr>),
     /// Tell the application.
     Event(SessionEvent),
     /// Nothing more now: call [`SessionCore::handle_timeout`] at this time
@@ -305,6 +327,16 @@ pub struct SessionCore {
     relay_lost: Option<ServerProblem>,
     closing: Option<Closing>,
     closed: bool,
+    /// Mappings the STUN servers reported (how the NAT maps).
+    mappings: Mappings,
+    /// How the peer's NAT maps, as its description announced.
+    remote_nat: Option<NatMapping>,
+    /// The hard-NAT punch of this ICE generation, once started.
+    punch: Option<Punch>,
+    /// Sockets open for the punch (bases while open).
+    punch_sockets: Vec<SocketAddr>,
+    /// How long the punch took to a direct pair.
+    punch_direct: Option<Duration>,
     transmits: VecDeque<Transmit>,
     streams: VecDeque<Output>,
     events: VecDeque<SessionEvent>,
@@ -373,6 +405,11 @@ impl SessionCore {
             relay_lost: None,
             closing: None,
             closed: false,
+            mappings: Mappings::default(),
+            remote_nat: None,
+            punch: None,
+            punch_sockets: Vec::new(),
+            punch_direct: None,
             transmits: VecDeque::new(),
             streams: VecDeque::new(),
             events: VecDeque::new(),
@@ -408,12 +445,19 @@ impl SessionCore {
                 .agent
                 .local_candidates()
                 .iter()
-                .filter(|c| c.kind != CandidateKind::PeerReflexive)
+                // Not peer-reflexive ones, nor the punch's sockets.
+                .filter(|c| {
+                    c.kind != CandidateKind::PeerReflexive
+                        && !self.is_punch_socket(c.base)
+                        && !self.agent.punch_base_used(c.base)
+                })
                 .map(SignalledCandidate::from_local)
                 .collect(),
             end_of_candidates: self.gathering_done,
             ice_pacing_ms: None,
             renomination: false,
+            // natkit's own extension: known once gathering classified it.
+            nat: self.nat_mapping().map(|(_, m)| m),
         };
         d.set_ice_options(self.agent.local_ice_options());
         d
@@ -432,6 +476,7 @@ impl SessionCore {
         self.now = now;
         self.dirty = true;
         self.agent.set_remote_ice_options(desc.ice_options());
+        self.remote_nat = desc.nat;
         let mut restarted = false;
         self.checking_since = now;
         if let Some(cur) = self.agent.remote_credentials() {
@@ -485,6 +530,7 @@ impl SessionCore {
         self.dirty = true;
         // Remember when the path last answered: the restart forgets it.
         self.freshness.note(&self.agent);
+        self.reset_punch();
         self.agent.restart();
         self.known_remote = 0;
         // New mappings may exist after a network change: ask again.
@@ -523,6 +569,7 @@ impl SessionCore {
     pub fn close(&mut self, now: Instant) {
         self.now = now;
         self.dirty = true;
+        self.end_punch();
         self.closing.get_or_insert(Closing {
             delete_at: now + CLOSE_GRACE,
             deleted: false,
@@ -749,6 +796,7 @@ impl SessionCore {
         if let Some(c) = &self.closing {
             take(Some(if c.deleted { c.give_up_at } else { c.delete_at }));
         }
+        take(self.punch_timeout());
         t
     }
 
@@ -859,6 +907,7 @@ impl SessionCore {
             self.pump_allocs(now);
             self.pump_agent(now);
             self.check_gathering(now);
+            self.pump_punch(now);
             self.progress_close(now);
         }
     }

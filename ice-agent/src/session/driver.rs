@@ -49,6 +49,30 @@ const ROUNDS: usize = 64;
 /// core's port mapper gives up sooner; this only bounds the task).
 const HTTP_LIMIT: Duration = Duration::from_secs(5);
 
+/// A batch from `b` if one is ready (`None`: nothing). ICMP errors (a
+/// peer's port closed) surface on a read and say nothing quinn needs: the
+/// read is tried again, a bounded number of times.
+fn recv_from(
+    b: &Base,
+    cx: &mut Context<'_>,
+    bufs: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+) -> io::Result<Option<usize>> {
+    for _ in 0..64 {
+        match b.io.poll_recv_ready(cx) {
+            Poll::Pending => return Ok(None),
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Ready(Ok(())) => {}
+        }
+        if let Ok(n) = b.io.try_io(Interest::READABLE, || {
+            b.state.recv((&b.io).into(), bufs, meta)
+        }) {
+            return Ok(Some(n));
+        }
+    }
+    Ok(None)
+}
+
 /// Requests from the [`Session`](super::Session) handle.
 pub(super) enum Command {
     SetRemote {
@@ -128,6 +152,9 @@ pub(super) struct Driver {
     http_tasks: HashMap<StreamId, tokio::task::AbortHandle>,
     http_tx: mpsc::UnboundedSender<(StreamId, HttpPiece)>,
     http_rx: mpsc::UnboundedReceiver<(StreamId, HttpPiece)>,
+    /// The hard-NAT punch's sockets ([`Output::OpenSockets`]).
+    punch: Vec<Arc<Base>>,
+    next_punch: usize,
 }
 
 impl Drop for Driver {
@@ -168,6 +195,8 @@ impl Driver {
             status_dirty: true,
             published_route: None,
             next_base: 0,
+            punch: Vec::new(),
+            next_punch: 0,
         }
     }
 
@@ -442,6 +471,13 @@ impl Driver {
                             .insert(stream, StreamState::Closing(s, now + STREAM_LINGER));
                     }
                 }
+                Output::OpenSockets { ip, count } => {
+                    let opened = self.open_punch(ip, count);
+                    self.core.handle_sockets_opened(opened, now);
+                }
+                Output::CloseSockets(addrs) => {
+                    self.punch.retain(|b| !addrs.contains(&b.addr));
+                }
                 Output::Event(e) => {
                     self.status_dirty = true;
                     events.push(e);
@@ -466,10 +502,36 @@ impl Driver {
         }
     }
 
+    /// Bind `count` UDP sockets on `ip` for the punch; as many as the
+    /// system gives (a descriptor limit ends it early).
+    fn open_punch(&mut self, ip: std::net::IpAddr, count: usize) -> Vec<SocketAddr> {
+        let mut opened = Vec::with_capacity(count);
+        for _ in 0..count {
+            let b = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).and_then(Base::new);
+            match b {
+                Ok(b) => {
+                    opened.push(b.addr);
+                    self.punch.push(Arc::new(b));
+                }
+                Err(e) => {
+                    tracing::warn!(%ip, opened = opened.len(), error = %e, "hard-NAT punch: cannot open more sockets");
+                    break;
+                }
+            }
+        }
+        opened
+    }
+
     fn send(&mut self, t: Transmit, bases: &[Base]) {
         match t.via {
             Via::Base(addr) => {
-                if let Some(b) = bases.iter().find(|b| b.addr == addr) {
+                let b = bases.iter().find(|b| b.addr == addr).or_else(|| {
+                    self.punch
+                        .iter()
+                        .find(|b| b.addr == addr)
+                        .map(|b| b.as_ref())
+                });
+                if let Some(b) = b {
                     // At once, even on a socket tokio has not seen
                     // writable yet (see `crate::udp`): the session's first
                     // STUN probes went to waste otherwise. A full socket
@@ -528,7 +590,14 @@ impl Driver {
         self.published_route = Some(self.core.route_version());
         let o = self.core.route().and_then(|route| {
             let sender = match route.via {
-                Via::Base(a) => bases.iter().position(|b| b.addr == a).map(Sender::Base),
+                Via::Base(a) => bases
+                    .iter()
+                    .position(|b| b.addr == a)
+                    .map(Sender::Base)
+                    .or_else(|| {
+                        let b = self.punch.iter().find(|b| b.addr == a)?;
+                        Some(Sender::Punch(b.clone()))
+                    }),
                 Via::Stream(id) => match self.streams.get(&id) {
                     Some(StreamState::Up(s)) => Some(Sender::Stream(s.clone())),
                     _ => None,
@@ -582,24 +651,23 @@ impl Driver {
         for k in 0..nb {
             let bi = (self.next_base + k) % nb;
             let b = &bases[bi];
-            // ICMP errors (a peer's port closed) surface on a read and say
-            // nothing quinn needs: keep reading, a bounded number of times.
-            for _ in 0..64 {
-                match b.io.poll_recv_ready(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Ready(Ok(())) => {}
-                }
-                match b.io.try_io(Interest::READABLE, || {
-                    b.state.recv((&b.io).into(), bufs, meta)
-                }) {
-                    Ok(n) => {
-                        self.next_base = bi + 1;
-                        self.sort(b.addr, now, bufs, meta, n);
-                        return Ok(Some(n));
-                    }
-                    Err(_) => continue,
-                }
+            if let Some(n) = recv_from(b, cx, bufs, meta)? {
+                self.next_base = bi + 1;
+                self.sort(b.addr, now, bufs, meta, n);
+                return Ok(Some(n));
+            }
+        }
+        // The punch's sockets: few datagrams (probes, checks), one each
+        // per round, a different one first each time. An error on one (an
+        // ICMP report) is no reason to stop the session.
+        let np = self.punch.len();
+        for k in 0..np {
+            let pi = (self.next_punch + k) % np;
+            let b = self.punch[pi].clone();
+            if let Ok(Some(n)) = recv_from(&b, cx, bufs, meta) {
+                self.next_punch = pi + 1;
+                self.sort(b.addr, now, bufs, meta, n);
+                return Ok(Some(n));
             }
         }
         Ok(None)

@@ -125,6 +125,8 @@ pub(super) struct Outbound {
 pub(super) enum Sender {
     /// Index of a host base.
     Base(usize),
+    /// A socket of the hard-NAT punch, owned by the driver.
+    Punch(Arc<Base>),
     /// A connection to a TURN server.
     Stream(Arc<SharedStream>),
 }
@@ -236,8 +238,12 @@ impl AsyncUdpSocket for IceSocket {
             return Ok(());
         };
         match &out.sender {
-            Sender::Base(i) => {
-                let b = &self.bases[*i];
+            Sender::Base(_) | Sender::Punch(_) => {
+                let b = match &out.sender {
+                    Sender::Punch(b) => b,
+                    Sender::Base(i) => &self.bases[*i],
+                    Sender::Stream(_) => return Ok(()),
+                };
                 if out.route.wrap == Wrap::None {
                     let tx = Transmit {
                         destination: out.route.to,
@@ -301,6 +307,7 @@ impl UdpPoller for Poller {
         let out = self.sock.out.load();
         match out.as_ref().map(|o| &o.sender) {
             Some(Sender::Base(i)) => self.sock.bases[*i].io.poll_send_ready(cx),
+            Some(Sender::Punch(b)) => b.io.poll_send_ready(cx),
             // A stream's queue drops instead of blocking; no route drops.
             _ => Poll::Ready(Ok(())),
         }

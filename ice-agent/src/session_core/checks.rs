@@ -80,7 +80,7 @@ impl SessionCore {
             if self.closing.is_some() {
                 continue;
             }
-            if self.bases.contains(&t.from) {
+            if self.is_host_base(t.from) {
                 self.transmits.push_back(Transmit {
                     via: Via::Base(t.from),
                     to: t.to,
@@ -115,6 +115,7 @@ impl SessionCore {
                 let route = self.route_for(&sp, now);
                 self.set_route(route);
                 self.selected = Some(sp.clone());
+                self.punch_on_selected(&sp);
                 let info = PathInfo::new(sp.local, sp.remote, sp.rtt);
                 self.path = Some(info.clone());
                 self.consent_lost = None;

@@ -34,6 +34,9 @@ pub(super) struct Probe {
     pub server: SocketAddr,
     tx: BindingTransaction,
     pub done: bool,
+    /// Sent only to learn how the NAT maps (RFC 5780 §4.3: the server's
+    /// other address), not for a candidate.
+    pub detect: bool,
 }
 
 /// What a finished probe found.
@@ -43,6 +46,10 @@ pub(super) enum Found {
         base: SocketAddr,
         mapped: SocketAddr,
         server: SocketAddr,
+        /// The server's RFC 5780 OTHER-ADDRESS, if it gave one.
+        other: Option<SocketAddr>,
+        /// A detection probe's answer.
+        detect: bool,
     },
     /// The server gave nothing.
     Problem(ServerProblem),
@@ -51,22 +58,28 @@ pub(super) enum Found {
 impl Probe {
     /// Probes of every STUN server from every base that reaches it.
     pub fn start_all(bases: &[SocketAddr], servers: &[SocketAddr], now: Instant) -> Vec<Probe> {
+        let mut probes = Vec::new();
+        for &server in servers {
+            for &base in bases.iter().filter(|b| reaches(**b, server)) {
+                probes.push(Probe::new(base, server, false, now));
+            }
+        }
+        probes
+    }
+
+    /// A Binding request from `base` to `server`.
+    pub fn new(base: SocketAddr, server: SocketAddr, detect: bool, now: Instant) -> Probe {
         let opts = RequestOptions {
             fingerprint: true,
             ..RequestOptions::default()
         };
-        let mut probes = Vec::new();
-        for &server in servers {
-            for &base in bases.iter().filter(|b| reaches(**b, server)) {
-                probes.push(Probe {
-                    base,
-                    server,
-                    tx: BindingTransaction::new(now, server, &opts, GATHER_RTO),
-                    done: false,
-                });
-            }
+        Probe {
+            base,
+            server,
+            tx: BindingTransaction::new(now, server, &opts, GATHER_RTO),
+            done: false,
+            detect,
         }
-        probes
     }
 
     /// Whether `data` from `from` on `base` answered this probe (it is
@@ -125,6 +138,8 @@ impl Probe {
                         base: self.base,
                         mapped,
                         server: self.server,
+                        other: response.other_address,
+                        detect: self.detect,
                     },
                     (Ok(()), None) => problem(Problem::NoMappedAddress),
                     (Err(code), _) => problem(Problem::StunError(code)),
@@ -147,11 +162,12 @@ impl SessionCore {
         } else {
             Probe::start_all(&self.bases, &self.cfg.stun, now)
         };
+        self.mappings.clear();
     }
 
     pub(super) fn pump_probes(&mut self) {
         let mut found = Vec::new();
-        for p in &mut self.probes {
+        for (seq, p) in self.probes.iter_mut().enumerate() {
             while let Some((base, to, payload)) = p.poll_transmit() {
                 self.transmits.push_back(Transmit {
                     via: Via::Base(base),
@@ -160,17 +176,26 @@ impl SessionCore {
                 });
             }
             if let Some(f) = p.take_outcome() {
-                found.push(f);
+                found.push((seq, f));
             }
         }
-        for f in found {
+        for (seq, f) in found {
             self.dirty = true;
             match f {
                 Found::Mapped {
                     base,
                     mapped,
                     server,
+                    other,
+                    detect,
                 } => {
+                    self.mappings.note(seq, base, mapped);
+                    if let Some(other) = other.filter(|_| !detect) {
+                        self.detect_mapping(base, server, other);
+                    }
+                    if detect {
+                        continue;
+                    }
                     if mapped != base {
                         let i = self.bases.iter().position(|b| *b == base).unwrap_or(0);
                         let pref = local_preference(base.ip(), i as u16);
@@ -185,6 +210,27 @@ impl SessionCore {
                 Found::Problem(p) => self.problem(p),
             }
         }
+    }
+
+    /// RFC 5780 §4.3: ask the server's other address (another IP and
+    /// port), then its other port on the same IP, from the same base, once
+    /// per base. Mappings that differ mean an address-dependent mapping;
+    /// the step between the last two (sent back to back) is the port
+    /// prediction of a sequential allocator.
+    fn detect_mapping(&mut self, base: SocketAddr, server: SocketAddr, other: SocketAddr) {
+        if other.is_ipv4() != base.is_ipv4()
+            || other == server
+            || self.probes.iter().any(|p| p.detect && p.base == base)
+        {
+            return;
+        }
+        let now = self.now;
+        for to in [other, SocketAddr::new(server.ip(), other.port())] {
+            if to != server {
+                self.probes.push(Probe::new(base, to, true, now));
+            }
+        }
+        self.dirty = true;
     }
 
     pub(super) fn check_gathering(&mut self, now: Instant) {

@@ -297,6 +297,10 @@ pub enum SessionEvent {
         /// Why.
         failure: crate::portmap::Failure,
     },
+    /// What the hard-NAT punch tried and how it ended (once per ICE
+    /// generation; only between natkit peers whose NATs map differently,
+    /// see `session_core::punch`).
+    Punch(super::PunchReport),
     /// The session finished closing (TURN allocations and the port
     /// mapping deleted).
     Closed,

@@ -132,7 +132,7 @@ impl SessionCore {
     /// The way back to the peer's first datagram, before a selection.
     pub(super) fn learn_route(&mut self, local: SocketAddr, from: SocketAddr) {
         let now = self.now;
-        let r = if self.bases.contains(&local) {
+        let r = if self.is_host_base(local) {
             Some(Route::direct(local, from))
         } else {
             self.allocs
@@ -162,7 +162,7 @@ impl SessionCore {
     /// The route of the selected pair: from a host base straight to the
     /// peer, or through our allocation for a relayed base.
     pub(super) fn route_for(&mut self, sp: &SelectedPair, now: Instant) -> Option<Route> {
-        if self.bases.contains(&sp.local.base) {
+        if self.is_host_base(sp.local.base) {
             return Some(Route::direct(sp.local.base, sp.remote.addr));
         }
         self.allocs

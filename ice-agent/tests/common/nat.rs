@@ -4,6 +4,9 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 /// RFC 4787 §4.1 mapping behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mapping {
@@ -32,12 +35,22 @@ struct Binding {
     contacted: HashSet<SocketAddr>,
 }
 
+/// How a NAT picks the outside port of a new mapping.
+pub enum Ports {
+    /// The previous one's plus one (a sequential allocator).
+    Sequential,
+    /// Uniformly at random in 1024..=65535, as Linux's `masquerade
+    /// random` does (seeded).
+    Random(Box<StdRng>),
+}
+
 /// A NAT in front of one agent.
 pub struct Nat {
     pub public_ip: IpAddr,
     pub mapping: Mapping,
     pub filtering: Filtering,
     next_port: u16,
+    ports: Ports,
     bindings: Vec<Binding>,
 }
 
@@ -48,8 +61,43 @@ impl Nat {
             mapping,
             filtering,
             next_port: 40000,
+            ports: Ports::Sequential,
             bindings: Vec::new(),
         }
+    }
+
+    /// A symmetric NAT (address-and-port-dependent mapping and filtering)
+    /// whose ports are random, from `seed`: Linux's `masquerade random`.
+    pub fn symmetric_random(public_ip: &str, seed: u64) -> Self {
+        Nat {
+            ports: Ports::Random(Box::new(StdRng::seed_from_u64(seed))),
+            ..Nat::new(
+                public_ip,
+                Mapping::AddressAndPortDependent,
+                Filtering::AddressAndPortDependent,
+            )
+        }
+    }
+
+    /// The outside port of a new mapping: never one in use.
+    fn new_port(&mut self) -> u16 {
+        loop {
+            let p = match &mut self.ports {
+                Ports::Sequential => {
+                    self.next_port += 1;
+                    self.next_port
+                }
+                Ports::Random(rng) => rng.gen_range(1024..=65535),
+            };
+            if !self.bindings.iter().any(|b| b.external_port == p) {
+                return p;
+            }
+        }
+    }
+
+    /// How many mappings it holds.
+    pub fn mappings(&self) -> usize {
+        self.bindings.len()
     }
 
     /// Translate an outgoing packet's source.
@@ -65,11 +113,11 @@ impl Nat {
         {
             Some(i) => i,
             None => {
-                self.next_port += 1;
+                let external_port = self.new_port();
                 self.bindings.push(Binding {
                     internal,
                     dest: key,
-                    external_port: self.next_port,
+                    external_port,
                     contacted: HashSet::new(),
                 });
                 self.bindings.len() - 1

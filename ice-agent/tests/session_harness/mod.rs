@@ -191,6 +191,9 @@ pub struct Sim {
     pub stun: Vec<SocketAddr>,
     /// What the STUN servers saw: (server, the source it answered).
     pub stun_seen: Vec<(SocketAddr, SocketAddr)>,
+    /// RFC 5780 servers: every address of the square (primary and other
+    /// IP, primary and other port) and the OTHER-ADDRESS they announce.
+    pub stun_square: Vec<(SocketAddr, SocketAddr)>,
     pub turns: Vec<SimTurn>,
     conns: Vec<Conn>,
     /// Send an application datagram from each peer this often.
@@ -296,6 +299,7 @@ impl Sim {
             peers: Vec::new(),
             stun: Vec::new(),
             stun_seen: Vec::new(),
+            stun_square: Vec::new(),
             turns: Vec::new(),
             conns: Vec::new(),
             app_every: None,
@@ -329,6 +333,23 @@ impl Sim {
         let a = addr.parse().unwrap();
         self.stun.push(a);
         a
+    }
+
+    /// An RFC 5780 STUN server: `primary` (the one sessions are given)
+    /// and `other`, answering on all four combinations of their IPs and
+    /// ports with OTHER-ADDRESS `other`.
+    pub fn add_stun_5780(&mut self, primary: &str, other: &str) -> SocketAddr {
+        let (p, o): (SocketAddr, SocketAddr) = (primary.parse().unwrap(), other.parse().unwrap());
+        self.stun.push(p);
+        for a in [
+            p,
+            o,
+            SocketAddr::new(p.ip(), o.port()),
+            SocketAddr::new(o.ip(), p.port()),
+        ] {
+            self.stun_square.push((a, o));
+        }
+        p
     }
 
     /// A TURN server at `addr` (UDP and TCP) with relay settings `cfg`.
@@ -415,6 +436,28 @@ impl Sim {
             .expect("valid description");
         self.pump(to);
         restarted
+    }
+
+    /// Give peer `to` peer `from`'s description as `edit` changes it
+    /// (e.g. without natkit's extensions, as a standard agent's).
+    pub fn signal_edited(
+        &mut self,
+        from: usize,
+        to: usize,
+        edit: impl FnOnce(&mut natkit_ice::Description),
+    ) {
+        let mut d = self.peers[from].core.local_description();
+        edit(&mut d);
+        self.log(format!(
+            "signal {} -> {} (edited)",
+            self.peers[from].name, self.peers[to].name
+        ));
+        let now = self.now;
+        self.peers[to]
+            .core
+            .set_remote_description(&d, now)
+            .expect("valid description");
+        self.pump(to);
     }
 
     /// Give peer `to` peer `from`'s whole description.
@@ -673,6 +716,27 @@ impl Sim {
                     request,
                 } => self.http_request(i, stream, from, to, request),
                 Output::Disconnect { stream } => self.disconnect(i, stream),
+                Output::OpenSockets { ip, count } => {
+                    let p = &mut self.peers[i];
+                    let mut opened = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        opened.push(SocketAddr::new(ip, p.next_ephemeral));
+                        p.next_ephemeral += 1;
+                    }
+                    p.hosts.extend_from_slice(&opened);
+                    p.punch_opened += opened.len();
+                    let name = p.name;
+                    self.log(format!("{name} opens {count} sockets"));
+                    let now = self.now;
+                    self.peers[i].core.handle_sockets_opened(opened, now);
+                }
+                Output::CloseSockets(addrs) => {
+                    let p = &mut self.peers[i];
+                    p.hosts.retain(|h| !addrs.contains(h));
+                    p.punch_closed += addrs.len();
+                    let name = p.name;
+                    self.log(format!("{name} closes {} sockets", addrs.len()));
+                }
                 Output::Event(e) => self.on_event(i, e),
                 Output::Timeout(t) => {
                     self.peers[i].timer = t;
@@ -891,7 +955,7 @@ impl Sim {
     }
 
     fn deliver_udp(&mut self, src: SocketAddr, dst: SocketAddr, mut payload: Vec<u8>) {
-        if self.stun.contains(&dst) {
+        if self.stun.contains(&dst) || self.stun_square.iter().any(|(a, _)| *a == dst) {
             return self.answer_stun(src, dst, &payload);
         }
         if let Some(t) = self.turns.iter().position(|t| t.addr == dst) {
@@ -986,7 +1050,11 @@ impl Sim {
             &SuccessFields {
                 mapped: src,
                 response_origin: None,
-                other_address: None,
+                other_address: self
+                    .stun_square
+                    .iter()
+                    .find(|(a, _)| *a == server)
+                    .map(|(_, o)| *o),
                 padding: None,
                 fingerprint: req.fingerprint,
             },

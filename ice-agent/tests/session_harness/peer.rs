@@ -73,6 +73,9 @@ pub struct Peer {
     pub disconnects: Vec<StreamId>,
     pub(super) next_seq: u32,
     pub(super) next_ephemeral: u16,
+    /// Sockets opened and closed for the hard-NAT punch.
+    pub punch_opened: usize,
+    pub punch_closed: usize,
 }
 
 impl Peer {
@@ -100,6 +103,8 @@ impl Peer {
             disconnects: Vec::new(),
             next_seq: 0,
             next_ephemeral: 30000,
+            punch_opened: 0,
+            punch_closed: 0,
         }
     }
 
