@@ -144,12 +144,14 @@ fn sequential_ports_are_hit_in_the_predicted_window() {
             sent,
             predicted,
             hit: Some(hit),
+            hit_predicted,
             ..
         }) => {
             assert_eq!(hit.ip().to_string(), HARD_IP);
-            // Found in the first pass over the window, long before the
-            // random probes.
-            assert!(sent <= predicted && sent < 2 * PUNCH_SOCKETS, "{sent}");
+            // Found in the first pass over the window, before any random
+            // probe.
+            assert!(hit_predicted);
+            assert!(sent == predicted && sent < 2 * PUNCH_SOCKETS, "{sent}");
         }
         r => panic!("A: {r:?}"),
     }

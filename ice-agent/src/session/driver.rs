@@ -49,6 +49,23 @@ const ROUNDS: usize = 64;
 /// core's port mapper gives up sooner; this only bounds the task).
 const HTTP_LIMIT: Duration = Duration::from_secs(5);
 
+/// Bind `count` UDP sockets on `ip` for the punch (in a blocking task,
+/// inside the runtime); as many as the system gives (a descriptor limit
+/// ends it early).
+fn open_punch(ip: std::net::IpAddr, count: usize) -> Vec<Base> {
+    let mut opened = Vec::with_capacity(count);
+    for _ in 0..count {
+        match std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).and_then(Base::new) {
+            Ok(b) => opened.push(b),
+            Err(e) => {
+                tracing::warn!(%ip, opened = opened.len(), error = %e, "hard-NAT punch: cannot open more sockets");
+                break;
+            }
+        }
+    }
+    opened
+}
+
 /// A batch from `b` if one is ready (`None`: nothing). ICMP errors (a
 /// peer's port closed) surface on a read and say nothing quinn needs: the
 /// read is tried again, a bounded number of times.
@@ -155,6 +172,10 @@ pub(super) struct Driver {
     /// The hard-NAT punch's sockets ([`Output::OpenSockets`]).
     punch: Vec<Arc<Base>>,
     next_punch: usize,
+    /// Sockets bound off the driver's task (hundreds of binds would hold
+    /// up everything else for tens of milliseconds).
+    punch_tx: mpsc::UnboundedSender<Vec<Base>>,
+    punch_rx: mpsc::UnboundedReceiver<Vec<Base>>,
 }
 
 impl Drop for Driver {
@@ -176,7 +197,10 @@ impl Driver {
         now: Instant,
     ) -> Driver {
         let (http_tx, http_rx) = mpsc::unbounded_channel();
+        let (punch_tx, punch_rx) = mpsc::unbounded_channel();
         Driver {
+            punch_tx,
+            punch_rx,
             http_tasks: HashMap::new(),
             http_tx,
             http_rx,
@@ -220,6 +244,7 @@ impl Driver {
             }
             worked |= self.poll_streams(cx, now);
             worked |= self.poll_http(cx, now);
+            worked |= self.poll_punch(cx, now);
             self.drain(now, bases, out);
             worked |= self.flush_streams(cx);
             if let Some(n) = self.hand_app(bufs, meta) {
@@ -315,6 +340,19 @@ impl Driver {
                     self.core.handle_http_end(stream, r, now);
                 }
             }
+        }
+        worked
+    }
+
+    /// Sockets for the punch, bound.
+    fn poll_punch(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        let mut worked = false;
+        while let Poll::Ready(Some(bases)) = self.punch_rx.poll_recv(cx) {
+            worked = true;
+            self.touched = true;
+            let addrs = bases.iter().map(|b| b.addr).collect();
+            self.punch.extend(bases.into_iter().map(Arc::new));
+            self.core.handle_sockets_opened(addrs, now);
         }
         worked
     }
@@ -472,8 +510,10 @@ impl Driver {
                     }
                 }
                 Output::OpenSockets { ip, count } => {
-                    let opened = self.open_punch(ip, count);
-                    self.core.handle_sockets_opened(opened, now);
+                    let tx = self.punch_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = tx.send(open_punch(ip, count));
+                    });
                 }
                 Output::CloseSockets(addrs) => {
                     self.punch.retain(|b| !addrs.contains(&b.addr));
@@ -500,26 +540,6 @@ impl Driver {
         for e in events {
             self.publish_event(e);
         }
-    }
-
-    /// Bind `count` UDP sockets on `ip` for the punch; as many as the
-    /// system gives (a descriptor limit ends it early).
-    fn open_punch(&mut self, ip: std::net::IpAddr, count: usize) -> Vec<SocketAddr> {
-        let mut opened = Vec::with_capacity(count);
-        for _ in 0..count {
-            let b = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).and_then(Base::new);
-            match b {
-                Ok(b) => {
-                    opened.push(b.addr);
-                    self.punch.push(Arc::new(b));
-                }
-                Err(e) => {
-                    tracing::warn!(%ip, opened = opened.len(), error = %e, "hard-NAT punch: cannot open more sockets");
-                    break;
-                }
-            }
-        }
-        opened
     }
 
     fn send(&mut self, t: Transmit, bases: &[Base]) {

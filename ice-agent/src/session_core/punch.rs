@@ -124,12 +124,57 @@ pub enum PunchReport {
         sent: usize,
         /// Of which in the predicted window.
         predicted: usize,
+        /// Whether the port that answered was a predicted one.
+        hit_predicted: bool,
         /// The peer's address that answered, if one did.
         hit: Option<SocketAddr>,
         /// From the start of the punch to a direct pair, if one came.
         #[serde(serialize_with = "ms_opt")]
         direct_after: Option<Duration>,
     },
+}
+
+impl std::fmt::Display for PunchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let took = |d: &Option<Duration>| match d {
+            Some(d) => format!("direct after {:.0} ms", d.as_secs_f64() * 1e3),
+            None => "no direct path".to_string(),
+        };
+        match self {
+            PunchReport::BothHard => f.write_str(
+                "both NATs map each destination to another port (and neither maps a port): not tried",
+            ),
+            PunchReport::Opened {
+                sockets,
+                target,
+                reached,
+                direct_after,
+            } => {
+                write!(f, "{sockets} sockets sent to {target}; ")?;
+                match reached {
+                    Some(r) => write!(f, "the peer's probe reached {r}, ")?,
+                    None => f.write_str("no probe of the peer reached one, ")?,
+                }
+                f.write_str(&took(direct_after))
+            }
+            PunchReport::Probed {
+                ip,
+                sent,
+                predicted,
+                hit,
+                hit_predicted,
+                direct_after,
+            } => {
+                write!(f, "{sent} ports of {ip} probed ({predicted} predicted); ")?;
+                match hit {
+                    Some(h) if *hit_predicted => write!(f, "{h} answered (predicted), ")?,
+                    Some(h) => write!(f, "{h} answered, ")?,
+                    None => f.write_str("none answered, ")?,
+                }
+                f.write_str(&took(direct_after))
+            }
+        }
+    }
 }
 
 fn ms_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -210,12 +255,12 @@ pub(super) fn classify(mapped: &[SocketAddr]) -> Option<NatMapping> {
 
 /// The easy side's order of ports: the predicted window, some random
 /// ports, the window again, the rest of the random ports; [`PROBE_BUDGET`]
-/// in all. Returns the order and how many are in the windows.
+/// in all. Returns the order and the window (its ports once).
 pub(super) fn probe_order(
     last_port: u16,
     delta: Option<i16>,
     rng: &mut impl Rng,
-) -> (Vec<u16>, usize) {
+) -> (Vec<u16>, Vec<u16>) {
     let mut window = Vec::new();
     if let Some(d) = delta {
         for k in 1..=PREDICTION_WINDOW as i32 {
@@ -227,9 +272,13 @@ pub(super) fn probe_order(
     }
     let windows = (2 * window.len()).min(PROBE_BUDGET);
     let range = usize::from(u16::MAX - FIRST_PORT) + 1;
-    let random: Vec<u16> = rand::seq::index::sample(rng, range, PROBE_BUDGET - windows)
+    // Distinct ports, none of the window's (sampled with room for them).
+    let want = PROBE_BUDGET - windows;
+    let random: Vec<u16> = rand::seq::index::sample(rng, range, want + window.len())
         .into_iter()
         .map(|i| FIRST_PORT + i as u16)
+        .filter(|p| !window.contains(p))
+        .take(want)
         .collect();
     let split = WINDOW_REPEAT_AFTER.min(random.len());
     let mut order = Vec::with_capacity(PROBE_BUDGET);
@@ -238,7 +287,7 @@ pub(super) fn probe_order(
     order.extend_from_slice(&window);
     order.extend_from_slice(&random[split..]);
     order.truncate(PROBE_BUDGET);
-    (order, windows)
+    (order, window)
 }
 
 /// The punch of one ICE generation.
@@ -269,7 +318,8 @@ enum Side {
         order: Vec<u16>,
         next: usize,
         next_at: Instant,
-        predicted: usize,
+        /// The predicted ports (once).
+        window: Vec<u16>,
         hit: Option<SocketAddr>,
     },
 }
@@ -378,14 +428,14 @@ impl SessionCore {
                     Some(s) => StdRng::seed_from_u64(s ^ 0x7075_6e63_6821),
                     None => StdRng::from_entropy(),
                 };
-                let (order, predicted) = probe_order(last_port, delta, &mut rng);
+                let (order, window) = probe_order(last_port, delta, &mut rng);
                 Side::Easy {
                     base,
                     ip,
                     order,
                     next: 0,
                     next_at: now,
-                    predicted,
+                    window,
                     hit: None,
                 }
             }
@@ -551,14 +601,16 @@ impl SessionCore {
             },
             Side::Easy {
                 ip,
+                order,
                 next,
-                predicted,
+                window,
                 hit,
                 ..
             } => PunchReport::Probed {
                 ip: *ip,
                 sent: *next,
-                predicted: (*predicted).min(*next),
+                predicted: order[..*next].iter().filter(|p| window.contains(p)).count(),
+                hit_predicted: hit.is_some_and(|h| window.contains(&h.port())),
                 hit: *hit,
                 direct_after,
             },
@@ -629,21 +681,25 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let (o, w) = probe_order(20003, Some(1), &mut rng);
         assert_eq!(o.len(), PROBE_BUDGET);
-        assert_eq!(w, 2 * PREDICTION_WINDOW);
+        assert_eq!(w.len(), PREDICTION_WINDOW);
+        assert_eq!(
+            o.iter().filter(|p| w.contains(p)).count(),
+            2 * PREDICTION_WINDOW
+        );
         assert_eq!(o[0], 20004);
         assert_eq!(o[PREDICTION_WINDOW - 1], 20003 + PREDICTION_WINDOW as u16);
         let again = PREDICTION_WINDOW + WINDOW_REPEAT_AFTER;
         assert_eq!(o[again], 20004);
         assert!(o.iter().all(|p| *p >= FIRST_PORT));
         let (o, w) = probe_order(4000, None, &mut rng);
-        assert_eq!((o.len(), w), (PROBE_BUDGET, 0));
+        assert_eq!((o.len(), w.len()), (PROBE_BUDGET, 0));
         let mut d = o.clone();
         d.sort_unstable();
         d.dedup();
         assert_eq!(d.len(), o.len(), "random ports are distinct");
         // A window running off the port range is cut.
         let (o, w) = probe_order(65500, Some(1), &mut rng);
-        assert_eq!(w, 2 * 35);
+        assert_eq!(w.len(), 35);
         assert_eq!(o.len(), PROBE_BUDGET);
     }
 }
