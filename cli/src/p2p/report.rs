@@ -85,6 +85,9 @@ pub struct ReportOut {
     pub restarts_started: u32,
     /// ICE restarts the peer started that this side answered.
     pub restarts_answered: u32,
+    /// What the hard-NAT punch tried, when it ran (between natkit peers
+    /// whose NATs map differently, or `both_hard`).
+    pub punch: Option<natkit_ice::PunchReport>,
     /// `connected` while running, then `ok` or `error`.
     pub status: &'static str,
     /// The error that ended the run, if any.
@@ -125,6 +128,7 @@ impl Report {
                 path_changes: Vec::new(),
                 restarts_started: 0,
                 restarts_answered: 0,
+                punch: None,
                 status: "connecting",
                 error: None,
             })),
@@ -167,6 +171,12 @@ impl Report {
                 path: p,
             });
         });
+        self.write();
+    }
+
+    /// The hard-NAT punch ended (or was found useless).
+    pub fn punch(&self, r: &natkit_ice::PunchReport) {
+        self.update(|o| o.punch = Some(r.clone()));
         self.write();
     }
 

@@ -128,6 +128,10 @@ pub async fn watch_events(
             }
             SessionEvent::ConsentLost(p) => eprintln!("natkit: consent lost on {p}"),
             SessionEvent::PortMapped(m) => eprintln!("natkit: port mapped: {m}"),
+            SessionEvent::Punch(r) => {
+                eprintln!("natkit: hard-NAT punch: {r}");
+                report.punch(&r);
+            }
             SessionEvent::PortMappingLost { mapping, failure } => {
                 eprintln!("natkit: port mapping {} lost: {failure}", mapping.external)
             }

@@ -5,7 +5,7 @@
 //! natkit-lab status                                                what `up` left running
 //! natkit-lab down                                                  tear it down
 //! natkit-lab netcheck [--kinds K,K...]                             natkit netcheck in each NAT, checked
-//! natkit-lab matrix [--kinds K,K...] [--json FILE] [--markdown FILE]  the connection matrix
+//! natkit-lab matrix [--kinds K,K...] [--repetitions N] [--json FILE] [--markdown FILE]  the connection matrix
 //! ```
 //!
 //! `up` and `matrix` also take `--profile unshaped|lan|broadband|mobile`
@@ -153,6 +153,10 @@ enum Command {
         /// The peers' --timeout, seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Run each pair this many times (success rates and time-to-direct
+        /// percentiles per pair; the rounds are interleaved).
+        #[arg(long, default_value_t = 1)]
+        repetitions: usize,
         /// Write the matrix as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -215,6 +219,7 @@ fn main() -> anyhow::Result<()> {
             spread,
             concurrency,
             timeout,
+            repetitions,
             json,
             markdown,
             sites,
@@ -230,6 +235,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 peer_timeout: Duration::from_secs(timeout),
                 pair_limit: Duration::from_secs(timeout * 2 + 10),
+                repetitions: repetitions.max(1),
             };
             run_matrix(&spec, sites, json, markdown)
         }
@@ -386,11 +392,11 @@ fn run_matrix(
         let lab = Lab::build("mxcli", &sites.apply(spec.topology(), profile))
             .context("building the lab")?;
         eprintln!(
-            "lab of {} sites ({} links) built in {:?}; {} pairs, {} at a time",
+            "lab of {} sites ({} links) built in {:?}; {} runs, {} at a time",
             lab.sites().len(),
             profile.name(),
             lab.build_time(),
-            spec.pairs().len(),
+            spec.runs().len(),
             spec.concurrency
         );
         let m = matrix::run(&lab, spec, &|c| {

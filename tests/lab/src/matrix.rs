@@ -1,7 +1,8 @@
 //! The connection matrix (issue 5, test 2): for every pair of NAT kinds,
 //! `natkit listen` behind one and `natkit connect` behind the other move
-//! data over QUIC; the path must be direct wherever hole punching can work
-//! and relayed otherwise ([`NatKind::direct_possible`]).
+//! data over QUIC; the path must be direct wherever hole punching (with
+//! natkit's hard-NAT punch) can work and relayed otherwise
+//! ([`NatKind::natkit_direct`]).
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -45,6 +46,8 @@ pub struct MatrixSpec {
     pub peer_timeout: Duration,
     /// How long one pair may take in all before it is killed.
     pub pair_limit: Duration,
+    /// How many times each pair runs (success rates of the hard pairs).
+    pub repetitions: usize,
 }
 
 impl Default for MatrixSpec {
@@ -56,6 +59,7 @@ impl Default for MatrixSpec {
             concurrency: 4,
             peer_timeout: Duration::from_secs(30),
             pair_limit: Duration::from_secs(60),
+            repetitions: 1,
         }
     }
 }
@@ -75,6 +79,15 @@ impl MatrixSpec {
             }
         }
         v
+    }
+
+    /// Every run: each pair [`MatrixSpec::repetitions`] times, the
+    /// repetitions of one pair apart (rounds interleaved).
+    pub fn runs(&self) -> Vec<(NatKind, NatKind)> {
+        let pairs = self.pairs();
+        (0..self.repetitions.max(1))
+            .flat_map(|_| pairs.iter().copied())
+            .collect()
     }
 }
 
@@ -129,10 +142,10 @@ pub struct Matrix {
     pub cells: Vec<Cell>,
 }
 
-/// The path the NATs of `listen` and `connect` allow
-/// ([`NatKind::direct_possible`]).
+/// The path the NATs of `listen` and `connect` allow natkit
+/// ([`NatKind::natkit_direct`]).
 pub fn expect_for(listen: NatKind, connect: NatKind) -> Expect {
-    if listen.direct_possible(connect) {
+    if listen.natkit_direct(connect) {
         Expect::Direct
     } else {
         Expect::Relay
@@ -202,7 +215,10 @@ pub fn run_pair(lab: &Lab, spec: &MatrixSpec, a: NatKind, b: NatKind) -> Result<
 /// Run every pair of `spec` in `lab` (built from [`MatrixSpec::topology`]),
 /// `spec.concurrency` at a time; `progress` sees each cell as it finishes.
 pub fn run(lab: &Lab, spec: &MatrixSpec, progress: &(dyn Fn(&Cell) + Sync)) -> Matrix {
-    let todo = Mutex::new(spec.pairs().into_iter().enumerate().collect::<Vec<_>>());
+    let mut runs: Vec<_> = spec.runs().into_iter().enumerate().collect();
+    // Popped from the end: the first rounds first.
+    runs.reverse();
+    let todo = Mutex::new(runs);
     let done = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..spec.concurrency.max(1) {
@@ -244,7 +260,37 @@ pub fn run(lab: &Lab, spec: &MatrixSpec, progress: &(dyn Fn(&Cell) + Sync)) -> M
     }
 }
 
+/// One pair over its repetitions ([`MatrixSpec::repetitions`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct PairStats {
+    /// Kind of the listen side's NAT.
+    pub listen: NatKind,
+    /// Kind of the connect side's NAT.
+    pub connect: NatKind,
+    /// The path the NATs allow.
+    pub expected: Expect,
+    /// Runs.
+    pub runs: usize,
+    /// Runs that passed (path as expected, data intact).
+    pub passed: usize,
+    /// Runs that ended on a direct path.
+    pub direct: usize,
+    /// From having the peer's description to the final direct path
+    /// ([`Cell::direct_ms`]), over the runs that ended direct.
+    pub time_to_direct: Option<TimeStats>,
+}
+
 impl Cell {
+    /// From having the peer's description to the direct path the session
+    /// ended on (connected there, or moved there from the relay), in ms;
+    /// `None` unless it ended direct.
+    pub fn direct_ms(&self) -> Option<f64> {
+        if !matches!(self.path.as_deref(), Some("host" | "srflx" | "prflx")) {
+            return None;
+        }
+        Some(self.connect_ms? + self.settled_ms.unwrap_or(0.0))
+    }
+
     /// Short text for a table cell: `srflx 312 ms`, `FAIL`.
     pub fn short(&self) -> String {
         let path = self.path.as_deref().unwrap_or("none");
@@ -346,6 +392,38 @@ impl Matrix {
             .find(|c| (c.listen, c.connect) == (a, b) || (c.listen, c.connect) == (b, a))
     }
 
+    /// Each pair over its runs, in table order.
+    pub fn pair_stats(&self) -> Vec<PairStats> {
+        let mut v: Vec<PairStats> = Vec::new();
+        for c in &self.cells {
+            if v.iter()
+                .any(|p| (p.listen, p.connect) == (c.listen, c.connect))
+            {
+                continue;
+            }
+            let runs: Vec<&Cell> = self
+                .cells
+                .iter()
+                .filter(|x| (x.listen, x.connect) == (c.listen, c.connect))
+                .collect();
+            v.push(PairStats {
+                listen: c.listen,
+                connect: c.connect,
+                expected: c.expected,
+                runs: runs.len(),
+                passed: runs.iter().filter(|x| x.ok).count(),
+                direct: runs.iter().filter(|x| x.direct_ms().is_some()).count(),
+                time_to_direct: TimeStats::of(runs.iter().filter_map(|x| x.direct_ms()).collect()),
+            });
+        }
+        v
+    }
+
+    /// Whether some pair ran more than once.
+    fn repeated(&self) -> bool {
+        self.pair_stats().iter().any(|p| p.runs > 1)
+    }
+
     /// Whether every pair passed.
     pub fn all_ok(&self) -> bool {
         self.cells.iter().all(|c| c.ok)
@@ -400,6 +478,16 @@ impl Matrix {
             self.profile.name(),
             self.connect_times()
         );
+        if self.repeated() {
+            for p in self.pair_stats() {
+                let t = p.time_to_direct.map_or("none".into(), |t| t.to_string());
+                let _ = writeln!(
+                    s,
+                    "{} x {}: {}/{} passed, {} direct; time to direct {t}",
+                    p.listen, p.connect, p.passed, p.runs, p.direct
+                );
+            }
+        }
         for c in self.cells.iter().filter(|c| !c.ok) {
             let _ = writeln!(
                 s,
@@ -429,6 +517,28 @@ impl Matrix {
             self.cells.len(),
             self.connect_times()
         );
+        if self.repeated() {
+            let _ = writeln!(
+                s,
+                "Repetitions (time to direct: from having the peer's description to the direct path the session ended on, nearest rank):\n"
+            );
+            let _ = writeln!(
+                s,
+                "| listen | connect | expected | passed | direct | time to direct p50 ms | p90 ms |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+            for p in self.pair_stats() {
+                let (p50, p90) = p.time_to_direct.map_or(("-".into(), "-".into()), |t| {
+                    (format!("{:.1}", t.p50_ms), format!("{:.1}", t.p90_ms))
+                });
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:?} | {} of {} | {} | {p50} | {p90} |",
+                    p.listen, p.connect, p.expected, p.passed, p.runs, p.direct
+                );
+            }
+            let _ = writeln!(s);
+        }
         let _ = writeln!(
             s,
             "| listen | connect | expected | path | connect ms | final path at ms | rtt ms | data intact | wall ms | result |"
@@ -472,7 +582,13 @@ impl Matrix {
 pub fn json(matrices: &[Matrix], command: &str, when: &str) -> serde_json::Value {
     let runs: Vec<serde_json::Value> = matrices
         .iter()
-        .map(|m| serde_json::json!({ "connect_times": m.connect_times(), "matrix": m }))
+        .map(|m| {
+            serde_json::json!({
+                "connect_times": m.connect_times(),
+                "pairs": m.pair_stats(),
+                "matrix": m,
+            })
+        })
         .collect();
     serde_json::json!({
         "command": command,
@@ -497,10 +613,11 @@ pub fn markdown(matrices: &[Matrix], command: &str, when: &str) -> String {
          connect with ICE and exchange {} bytes each way over QUIC, spread over a few seconds \
          and checked with SHA-256. A cell gives the path the session ended on and the connect \
          side's `connect_ms` (from having the peer's description to a usable QUIC connection). \
-         The expected path is direct (host, srflx, prflx) wherever hole punching can work and \
-         `relay` where it cannot: an address-and-port-dependent mapping (symmetric NAT) facing \
-         another one or an address-and-port-dependent filter, and any network that lets no UDP \
-         out (there the peer reaches the relay over TCP or TLS).\n",
+         The expected path is direct (host, srflx, prflx) wherever hole punching can work, \
+         natkit's hard-NAT punch included (an address-and-port-dependent mapping, symmetric NAT, \
+         facing an endpoint-independent one, whatever it filters), and `relay` where it cannot: \
+         two symmetric NATs, and any network that lets no UDP out (there the peer reaches the \
+         relay over TCP or TLS).\n",
         first.payload_bytes
     );
     let _ = writeln!(

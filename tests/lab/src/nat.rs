@@ -236,6 +236,20 @@ impl NatKind {
         };
         !blocks(self, other) && !blocks(other, self)
     }
+
+    /// Whether two natkit peers behind `self` and `other` connect directly:
+    /// where plain hole punching does ([`NatKind::direct_possible`]), and
+    /// also where one side maps each destination to another port and the
+    /// other side's mapping is endpoint-independent, whatever it filters:
+    /// natkit's hard-NAT punch (many sockets on the hard side, many probed
+    /// ports from the easy side) meets there. Two such mappings face each
+    /// other only through the relay (or a port mapping, not counted here).
+    pub fn natkit_direct(self, other: NatKind) -> bool {
+        self.direct_possible(other)
+            || (self.udp_allowed()
+                && other.udp_allowed()
+                && !(self.endpoint_dependent_mapping() && other.endpoint_dependent_mapping()))
+    }
 }
 
 impl fmt::Display for NatKind {
@@ -512,6 +526,17 @@ mod tests {
         assert!(PortRestrictedCone.direct_possible(PortRestrictedCone));
         assert!(DoubleNat.direct_possible(NoNat));
         assert!(!UdpBlocked.direct_possible(Open));
+        // natkit's hard-NAT punch: a symmetric side and an
+        // endpoint-independent one, whatever it filters.
+        for hard in [Symmetric, SymmetricSequential, SymmetricPreserving] {
+            for easy in [NoNat, PortRestrictedCone, DoubleNat, RestrictedCone, Open] {
+                assert!(hard.natkit_direct(easy) && easy.natkit_direct(hard));
+            }
+            assert!(!hard.natkit_direct(Symmetric) && !Symmetric.natkit_direct(hard));
+            assert!(!hard.natkit_direct(UdpBlocked));
+        }
+        assert!(PortRestrictedCone.natkit_direct(DoubleNat));
+        assert!(!UdpBlocked.natkit_direct(Open));
     }
 
     #[test]
