@@ -77,6 +77,10 @@ pub enum PairFailure {
         /// The local address it arrived on.
         to: SocketAddr,
     },
+    /// Its local socket was closed: one of the hard-NAT punch's sockets
+    /// that the selected pair does not use
+    /// ([`crate::Agent::remove_punch_base`]).
+    BaseClosed,
 }
 
 impl fmt::Display for PairFailure {
@@ -99,6 +103,9 @@ impl fmt::Display for PairFailure {
             }
             PairFailure::NonSymmetric { from, to } => {
                 write!(f, "response from {from} on {to}: addresses not symmetric")
+            }
+            PairFailure::BaseClosed => {
+                f.write_str("its socket (a hard-NAT punch socket) was closed")
             }
         }
     }

@@ -24,7 +24,7 @@ use rand::Rng;
 
 use super::{Agent, InputError, PairState};
 use crate::candidate::{candidate_priority, Candidate, CandidateKind};
-use crate::event::Transmit;
+use crate::event::{PairFailure, Transmit};
 use crate::wire::{self, CheckRequest, Message};
 
 /// The most probes whose answer is still recognised (a punch sends at most
@@ -74,9 +74,23 @@ impl Agent {
 
     /// `base` is closed: checks arriving on it are no longer expected.
     /// A punch base that a check already paired stays a local candidate
-    /// (its pair may be the selected one); a closed one fails its checks.
+    /// (indices hold), but its pairs fail ([`PairFailure::BaseClosed`])
+    /// and its checks stop, so no nomination can select a pair on a
+    /// closed socket; the selected pair is left alone (the driver keeps
+    /// its socket).
     pub fn remove_punch_base(&mut self, base: SocketAddr) {
         self.punch.bases.retain(|b| *b != base);
+        if !self.punch.promoted.contains(&base) {
+            return;
+        }
+        let on_base: Vec<usize> = (0..self.pairs.len())
+            .filter(|&p| self.local[self.pairs[p].local].base == base && self.selected != Some(p))
+            .collect();
+        for &p in &on_base {
+            self.fail_pair(p, PairFailure::BaseClosed);
+        }
+        self.checks.retain(|c| !on_base.contains(&c.pair));
+        self.triggered.retain(|p| !on_base.contains(p));
     }
 
     /// Whether `base` is a punch base that a check of the peer paired (it
@@ -218,5 +232,113 @@ impl Agent {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::{Config, PairInfo, Role};
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// The peer's check (from `from`, on our `to`), as the peer would send
+    /// it with our credentials.
+    fn check(agent: &Agent, peer_ufrag: &str) -> Vec<u8> {
+        let lc = agent.local_credentials();
+        let username = format!("{}:{peer_ufrag}", lc.ufrag);
+        let req = CheckRequest {
+            username: &username,
+            key: lc.pwd.as_bytes(),
+            priority: 1_000_000,
+            role: Role::Controlling,
+            tiebreaker: 7,
+            use_candidate: false,
+        };
+        wire::request(&[9; 12], &req).unwrap()
+    }
+
+    #[test]
+    fn a_punch_base_pairs_only_with_its_checker_and_its_pairs_fail_when_closed() {
+        let now = Instant::now();
+        let mut agent = Agent::new(
+            Config {
+                role: Role::Controlled,
+                seed: Some(3),
+                ..Config::default()
+            },
+            now,
+        );
+        agent
+            .add_local_candidate(Candidate::host(a("10.1.0.1:2000"), 65535))
+            .unwrap();
+        agent
+            .set_remote_credentials("peerufrag", "peerpassword0123456789ab")
+            .unwrap();
+        let (base, peer, other) = (
+            a("10.1.0.1:31000"),
+            a("203.0.113.1:40001"),
+            a("203.0.113.9:5000"),
+        );
+        agent.add_punch_base(base);
+        // A punch base forms no pair of its own.
+        agent
+            .add_remote_candidate(Candidate::remote(
+                CandidateKind::ServerReflexive,
+                other,
+                100,
+                "x",
+            ))
+            .unwrap();
+        assert!(agent.check_list().iter().all(|p| p.local.base != base));
+        // The peer's check on it: answered, and paired with the sender only.
+        let req = check(&agent, "peerufrag");
+        agent.handle_input(peer, base, &req, now).unwrap();
+        let on_base: Vec<PairInfo> = agent
+            .check_list()
+            .into_iter()
+            .filter(|p| p.local.base == base)
+            .collect();
+        assert_eq!(on_base.len(), 1);
+        assert_eq!(on_base[0].remote.addr, peer);
+        assert!(agent.punch_base_used(base));
+        let answered =
+            std::iter::from_fn(|| agent.poll_transmit()).any(|t| t.from == base && t.to == peer);
+        assert!(answered);
+        // A remote candidate trickled later does not pair with it.
+        agent
+            .add_remote_candidate(Candidate::remote(
+                CandidateKind::ServerReflexive,
+                a("203.0.113.9:5001"),
+                100,
+                "y",
+            ))
+            .unwrap();
+        assert_eq!(
+            agent
+                .check_list()
+                .iter()
+                .filter(|p| p.local.base == base)
+                .count(),
+            1
+        );
+        // Closed: its pair fails, and nothing more leaves from it.
+        agent.remove_punch_base(base);
+        let p = agent
+            .check_list()
+            .into_iter()
+            .find(|p| p.local.base == base)
+            .unwrap();
+        assert_eq!(p.state, PairState::Failed);
+        assert_eq!(p.failure, Some(PairFailure::BaseClosed));
+        agent.handle_timeout(now + std::time::Duration::from_secs(1));
+        assert!(std::iter::from_fn(|| agent.poll_transmit()).all(|t| t.from != base));
+        // The description side: never a local candidate to signal twice.
+        agent.restart();
+        assert!(agent.local_candidates().iter().all(|c| c.base != base));
     }
 }
