@@ -134,7 +134,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`session`] | the tokio [`Session`]: builder, errors, events; private `driver` (runs the core inside quinn's endpoint task) and `socket` (quinn's socket: reads every base, sends by the published route) |
-//! | [`session_core`] | [`SessionCore`]; private submodules `gather` (STUN probes), `relays` (TURN allocations), `port_mapping` (the port-mapped candidate), `route`, `freshness` (consent across restarts), `report` (events, paths, problems) |
+//! | [`session_core`] | [`SessionCore`]; private submodules `gather` (STUN probes), `relays` (TURN allocations), `port_mapping` (the port-mapped candidate), `punch` (the hard-NAT punch: N sockets, M probes, between natkit peers), `route`, `freshness` (consent across restarts), `report` (events, paths, problems) |
 //! | [`portmap`] | port mapping on the gateway, sans-IO: PCP (RFC 6887), NAT-PMP (RFC 6886), UPnP IGD; the default gateway from the routing table; with `tokio`, a driver |
 //! | [`turn`] | TURN over tokio: [`turn::TurnConnection`] and the TCP/TLS stream both it and the session use |
 //! | [`candidate`] | candidate types, priorities, foundations (RFC 8445 §5.1), pair priority (§6.1.2.3) |

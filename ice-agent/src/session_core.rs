@@ -19,6 +19,9 @@
 //!   (port mapping): feed what comes back to
 //!   [`SessionCore::handle_http_data`] and the end to
 //!   [`SessionCore::handle_http_end`] ([`Output::Disconnect`] cancels it);
+//! - [`Output::OpenSockets`] / [`Output::CloseSockets`]: UDP sockets for
+//!   the hard-NAT punch (`punch`), reported with
+//!   [`SessionCore::handle_sockets_opened`];
 //! - [`Output::Event`]: a [`SessionEvent`] for the application;
 //! - [`Output::Timeout`]: when to call [`SessionCore::handle_timeout`].
 //!
@@ -42,6 +45,7 @@
 //! | `route` | [`Route`]: how application datagrams go, for the selected pair or learnt before it |
 //! | `freshness` | consent across ICE restarts (RFC 7675) and the degraded-path warning |
 //! | `port_mapping` | the port-mapped candidate ([`crate::portmap`]: PCP, NAT-PMP, UPnP IGD), its renewals and deletion |
+//! | `punch` | the hard-NAT punch between natkit peers: how the NAT maps (from gathering), the announcement, the hard side's sockets ([`Output::OpenSockets`]), the easy side's probes, the [`PunchReport`]; its docs give N, M, the pacing and the cost |
 //! | `closing` | the close grace and the deletions (RFC 8656 §8, the port mapping's) |
 //! | `report` | events, paths, server problems, endings |
 
@@ -65,8 +69,8 @@ use natkit_proto::turn::client::{self as turn, Credentials, Transport};
 
 pub use port_mapping::PORTMAP_FIRST_ANSWER;
 pub use punch::{
-    PunchReport, FIRST_PORT, PREDICTION_WINDOW, PROBE_BATCH, PROBE_BUDGET, PROBE_INTERVAL,
-    PUNCH_LIFETIME, PUNCH_SOCKETS, WINDOW_REPEAT_AFTER,
+    PunchReport, FIRST_PORT, MAX_FAILED_PUNCHES, PREDICTION_WINDOW, PROBE_BATCH, PROBE_BUDGET,
+    PROBE_INTERVAL, PUNCH_LIFETIME, PUNCH_SOCKETS, WINDOW_REPEAT_AFTER,
 };
 pub use report::{
     ConnectionError, ConnectionStage, Ending, PathInfo, PathKind, Problem, ServerKind,
@@ -337,6 +341,8 @@ pub struct SessionCore {
     punch_sockets: Vec<SocketAddr>,
     /// How long the punch took to a direct pair.
     punch_direct: Option<Duration>,
+    /// Punches that found no direct path (see `punch::MAX_FAILED_PUNCHES`).
+    punch_failed: u32,
     transmits: VecDeque<Transmit>,
     streams: VecDeque<Output>,
     events: VecDeque<SessionEvent>,
@@ -410,6 +416,7 @@ impl SessionCore {
             punch: None,
             punch_sockets: Vec::new(),
             punch_direct: None,
+            punch_failed: 0,
             transmits: VecDeque::new(),
             streams: VecDeque::new(),
             events: VecDeque::new(),

@@ -91,6 +91,10 @@ const PROBE_LINGER: Duration = Duration::from_millis(500);
 pub const WINDOW_REPEAT_AFTER: usize = 200;
 /// The lowest port probed: Linux NAT's random ports start here.
 pub const FIRST_PORT: u16 = 1024;
+/// Punches that found no direct path before the session stops trying
+/// (each ICE restart may try again, e.g. after a network change; a path
+/// that keeps degrading must not bring a flood each time).
+pub const MAX_FAILED_PUNCHES: u32 = 2;
 /// How long the hard side keeps its sockets when no pair on them is
 /// selected (the easy side's whole budget takes about 1.5 s).
 pub const PUNCH_LIFETIME: Duration = Duration::from_secs(5);
@@ -393,6 +397,7 @@ impl SessionCore {
             || !self.gathering_done
             || self.cfg.relay_only
             || self.closing.is_some()
+            || self.punch_failed >= MAX_FAILED_PUNCHES
         {
             return;
         }
@@ -562,6 +567,9 @@ impl SessionCore {
             return;
         }
         p.over = true;
+        if self.punch_direct.is_none() && !matches!(p.side, Side::None) {
+            self.punch_failed += 1;
+        }
         self.agent.forget_punch_probes();
         let keep = self.selected.as_ref().map(|s| s.local.base);
         let close: Vec<SocketAddr> = self
