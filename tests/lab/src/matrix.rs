@@ -192,20 +192,29 @@ fn judge(listen: NatKind, connect: NatKind, t: Transfer) -> Cell {
 
 /// Run one pair: listen in `<a>a`, connect in `<b>b`.
 pub fn run_pair(lab: &Lab, spec: &MatrixSpec, a: NatKind, b: NatKind) -> Result<Cell> {
+    run_repetition(lab, spec, a, b, 0)
+}
+
+/// Repetition `rep` of a pair: its own directory (descriptions, reports,
+/// logs), as repetitions of one pair may run at the same time.
+pub fn run_repetition(
+    lab: &Lab,
+    spec: &MatrixSpec,
+    a: NatKind,
+    b: NatKind,
+    rep: usize,
+) -> Result<Cell> {
+    let id = match rep {
+        0 => format!("{}-{}", a.short(), b.short()),
+        r => format!("{}-{}-{r}", a.short(), b.short()),
+    };
     let sa = lab.site(&format!("{}a", a.short()))?;
     let sb = lab.site(&format!("{}b", b.short()))?;
     let mut oa = PeerOptions::for_site(sa);
     let mut ob = PeerOptions::for_site(sb);
     oa.timeout = spec.peer_timeout;
     ob.timeout = spec.peer_timeout;
-    let pair = Pair::start(
-        lab,
-        sa,
-        &oa,
-        sb,
-        &ob,
-        &format!("{}-{}", a.short(), b.short()),
-    )?;
+    let pair = Pair::start(lab, sa, &oa, sb, &ob, &id)?;
     let to_listen = peer::payload(spec.payload);
     let to_connect = peer::payload(spec.payload);
     let t = peer::transfer(pair, &to_listen, &to_connect, spec.spread, spec.pair_limit);
@@ -215,6 +224,7 @@ pub fn run_pair(lab: &Lab, spec: &MatrixSpec, a: NatKind, b: NatKind) -> Result<
 /// Run every pair of `spec` in `lab` (built from [`MatrixSpec::topology`]),
 /// `spec.concurrency` at a time; `progress` sees each cell as it finishes.
 pub fn run(lab: &Lab, spec: &MatrixSpec, progress: &(dyn Fn(&Cell) + Sync)) -> Matrix {
+    let pairs = spec.pairs().len().max(1);
     let mut runs: Vec<_> = spec.runs().into_iter().enumerate().collect();
     // Popped from the end: the first rounds first.
     runs.reverse();
@@ -227,7 +237,8 @@ pub fn run(lab: &Lab, spec: &MatrixSpec, progress: &(dyn Fn(&Cell) + Sync)) -> M
                 let Some((i, (a, b))) = next else {
                     break;
                 };
-                let cell = run_pair(lab, spec, a, b).unwrap_or_else(|e| Cell {
+                let rep = i / pairs;
+                let cell = run_repetition(lab, spec, a, b, rep).unwrap_or_else(|e| Cell {
                     listen: a,
                     connect: b,
                     expected: expect_for(a, b),
