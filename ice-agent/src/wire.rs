@@ -50,6 +50,16 @@ pub(crate) fn request(tid: &[u8; 12], r: &CheckRequest<'_>) -> Result<Vec<u8>, B
     Ok(buf)
 }
 
+/// Encode a Binding indication with FINGERPRINT: RFC 8445 §11's keepalive,
+/// which every ICE agent ignores (RFC 7983 demultiplexing sees STUN).
+pub(crate) fn keepalive(tid: &[u8; 12]) -> Result<Vec<u8>, BufferTooSmall> {
+    let mut buf = vec![0u8; 28];
+    let w = Writer::new(&mut buf, method::BINDING, Class::Indication, tid)?;
+    let n = w.fingerprint()?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// Encode a success response carrying the request's source as
 /// XOR-MAPPED-ADDRESS (RFC 8445 §7.3.1.2), signed with our password.
 pub(crate) fn success(

@@ -292,3 +292,27 @@ fn nothing_is_tried_with_a_standard_peer() {
         assert_eq!(probes.get(), 0, "standard side {standard}");
     }
 }
+
+/// Where the easy side's filter lets the hard side's packets in (a
+/// restricted cone), plain ICE connects anyway, and the hard side's 256
+/// opening packets must not flood the easy side's agent: they are
+/// keepalives, not checks, so it learns no candidate from them.
+#[test]
+fn opening_packets_through_a_loose_filter_teach_the_easy_side_nothing() {
+    let restricted = Nat::new(
+        EASY_IP,
+        Mapping::EndpointIndependent,
+        Filtering::AddressDependent,
+    );
+    let mut sim = world(6, restricted, Nat::symmetric_random(HARD_IP, 9), ms(10));
+    assert!(punch(&mut sim).is_some(), "direct");
+    sim.run_for(secs(2), |_| false);
+    let hard_pairs = sim.peers[0]
+        .core
+        .check_list()
+        .iter()
+        .filter(|p| p.remote.addr.ip().to_string() == HARD_IP)
+        .count();
+    assert!(hard_pairs < 10, "{hard_pairs} pairs to the hard side");
+    assert!(direct(&sim));
+}

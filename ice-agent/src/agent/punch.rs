@@ -99,7 +99,7 @@ impl Agent {
         self.punch.promoted.contains(&base)
     }
 
-    /// A probe from host base (or punch base) `from` to `to`: a Binding request that is a
+    /// A probe from host base `from` to `to`: a Binding request that is a
     /// connectivity check on the wire (RFC 8445 §7.2.2), queued for sending
     /// (see [`Agent::poll_transmit`]). Its authentic success response from
     /// `to` makes `to` a peer-reflexive remote candidate, checked at once.
@@ -109,18 +109,13 @@ impl Agent {
         let Some(rc) = &self.remote_creds else {
             return false;
         };
-        // From a punch base: the priority its promoted candidate would
-        // have as peer-reflexive (local preference 0).
-        let priority = match self
+        let Some(priority) = self
             .local
             .iter()
             .find(|c| c.kind == CandidateKind::Host && c.base == from)
-        {
-            Some(l) => l.peer_reflexive_priority(),
-            None if self.punch.bases.contains(&from) => {
-                candidate_priority(CandidateKind::PeerReflexive, 0)
-            }
-            None => return false,
+            .map(Candidate::peer_reflexive_priority)
+        else {
+            return false;
         };
         let username = format!("{}:{}", rc.ufrag, self.local_creds.ufrag);
         let tid: [u8; 12] = self.rng.gen();
@@ -140,6 +135,25 @@ impl Agent {
             self.punch.probes.pop_front();
         }
         self.punch.probes.push_back(Probe { tid, from, to });
+        true
+    }
+
+    /// The packet a punch base sends to open its NAT mapping towards `to`:
+    /// a Binding indication (RFC 8445 §11's keepalive), queued for sending.
+    /// Not a check: where the peer's filter lets it in (a full or
+    /// restricted cone, where plain ICE works anyway), it must not make the
+    /// peer learn hundreds of peer-reflexive candidates (its list holds
+    /// 100) and check them all; the path is made by the peer's probe that
+    /// hits the mapping, which the punch base answers and checks back.
+    pub fn punch_open(&mut self, from: SocketAddr, to: SocketAddr) -> bool {
+        if !self.punch.bases.contains(&from) {
+            return false;
+        }
+        let tid: [u8; 12] = self.rng.gen();
+        let Ok(payload) = wire::keepalive(&tid) else {
+            return false;
+        };
+        self.transmits.push_back(Transmit { from, to, payload });
         true
     }
 

@@ -23,9 +23,12 @@
 //!    has none, so nothing below runs with a standard peer, and nothing on
 //!    the wire of a standard agent changes.
 //! 3. **The hard side** asks its driver for [`PUNCH_SOCKETS`] (N) more
-//!    UDP sockets ([`Output::OpenSockets`]) and sends one check-like
-//!    Binding request from each to the easy side's address: each opens a
-//!    mapping (a random port of the NAT's range) for that address only.
+//!    UDP sockets ([`Output::OpenSockets`]) and sends one Binding
+//!    indication (RFC 8445 §11's keepalive, ignored by every agent) from
+//!    each to the easy side's address: each opens a mapping (a random port
+//!    of the NAT's range) for that address only. Not a check: where the
+//!    easy side's filter lets them in, hundreds of checks would make it
+//!    learn (and check) hundreds of peer-reflexive candidates.
 //!    The sockets answer checks but form no pairs of their own
 //!    ([`crate::Agent::add_punch_base`]).
 //! 4. **The easy side** sends probes, Binding requests that are ordinary
@@ -381,10 +384,10 @@ impl SessionCore {
         tracing::debug!(sockets = addrs.len(), %target, "hard-NAT punch: sockets open");
         for &a in &addrs {
             self.agent.add_punch_base(a);
-            // One check-like request each: the NAT maps the socket for the
-            // target (the filter at the target may drop it; the mapping is
-            // what matters).
-            self.agent.punch_probe(a, target);
+            // One keepalive each: the NAT maps the socket for the target
+            // (the filter at the target may drop it; the mapping is what
+            // matters).
+            self.agent.punch_open(a, target);
         }
         sockets.extend_from_slice(&addrs);
         self.punch_sockets.extend(addrs);
