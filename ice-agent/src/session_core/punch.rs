@@ -59,10 +59,13 @@
 //! 1 - (1 - p)^k: 50 % at k = 174, 90 % at 580, 95 % at 754 and 99.8 %
 //! at M = 1536. At 1000 probes/s that is 0.58 s to 90 %, 1.54 s at most.
 //! A sequential allocator is hit by the first pass over the window. One
-//! attempt costs at most N + M = 1792 datagrams of about 100 bytes (the
-//! answers to the few probes that hit aside): 256 from the hard side,
-//! 1536 from the easy side (about 154 kB, 0.8 Mbit/s while it lasts), and
-//! N file descriptors on the hard side for at most [`PUNCH_LIFETIME`].
+//! attempt costs at most N + M = 1792 datagrams (the answers to the few
+//! probes that hit aside): 256 keepalives of 28 bytes from the hard side,
+//! 1536 probes of about 100 bytes from the easy side (about 160 kB in all,
+//! 0.8 Mbit/s while it lasts), and N file descriptors on the hard side for
+//! at most [`PUNCH_LIFETIME`] (closed at the first direct selection). A
+//! session stops after [`MAX_FAILED_PUNCHES`] attempts that found nothing.
+//! The lab's figures are in docs/PERFORMANCE.md.
 
 use std::net::IpAddr;
 
