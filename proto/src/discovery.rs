@@ -190,6 +190,16 @@ pub enum Note {
     NoRfc5780 { server: SocketAddr },
     /// The server's success answer had no XOR-MAPPED-ADDRESS.
     NoMappedAddress { server: SocketAddr },
+    /// The socket reported an ICMP error (port or host unreachable) for
+    /// `server`: nothing listens there, so the probe ended at once.
+    Unreachable {
+        server: SocketAddr,
+        test: Test,
+        after: Duration,
+    },
+    /// The caller's overall deadline ended `test` to `to` before it had an
+    /// answer or its own timeout ([`Discovery::give_up`]): it tells nothing.
+    CutShort { test: Test, to: SocketAddr },
 }
 
 /// The classic (RFC 3489) name of the NAT type.
@@ -516,6 +526,72 @@ impl Discovery {
             }
         }
         self.process(now);
+    }
+
+    /// The socket reported an ICMP error for `to` (RFC 8489 §6.2.1 leaves
+    /// the reaction to the client; RFC 1122 §4.1.3.3 passes it up): no
+    /// server listens there, so every probe waiting on `to` ends now instead
+    /// of at its last retransmission, and Test I moves on to the next server.
+    pub fn handle_unreachable(&mut self, now: Instant, to: SocketAddr) {
+        if self.report.is_some() {
+            return;
+        }
+        while let Some(i) = self.active.iter().position(|a| a.txn.destination() == to) {
+            let a = self.active.remove(i);
+            let sent = a.txn.sent();
+            let after = now.saturating_duration_since(a.txn.first_sent());
+            self.observations
+                .push(observation(a.test, to, None, sent, after, None));
+            self.notes.push(Note::Unreachable {
+                server: to,
+                test: a.test,
+                after,
+            });
+            if let Purpose::Search(i) = a.purpose {
+                if let Some(&next) = self.servers.get(i + 1) {
+                    self.launch(now, Purpose::Search(i + 1), Test::Binding, next, None);
+                }
+            }
+            // Other probes to an unreachable server conclude nothing: the
+            // behavior they test stays unknown (incomplete).
+        }
+        self.process(now);
+    }
+
+    /// The caller's overall deadline passed: stop and report what is known.
+    /// Probes still waiting conclude nothing (a filtering test cut short is
+    /// not a timeout), servers not yet tried stay untried.
+    pub fn give_up(&mut self, now: Instant) {
+        if self.report.is_some() {
+            return;
+        }
+        for a in std::mem::take(&mut self.active) {
+            let to = a.txn.destination();
+            if matches!(a.purpose, Purpose::Search(_) | Purpose::Other) {
+                let (sent, waited) = (
+                    a.txn.sent(),
+                    now.saturating_duration_since(a.txn.first_sent()),
+                );
+                self.observations
+                    .push(observation(a.test, to, None, sent, waited, None));
+                self.notes.push(Note::NoAnswer {
+                    server: to,
+                    sends: sent,
+                    waited,
+                });
+            } else {
+                self.notes.push(Note::CutShort { test: a.test, to });
+            }
+        }
+        if let Some(h) = self.hairpin.take() {
+            if !h.timer.is_finished() {
+                self.notes.push(Note::CutShort {
+                    test: Test::Hairpinning,
+                    to: h.to,
+                });
+            }
+        }
+        self.report = Some(self.build_report(now));
     }
 
     /// Whether the run is over ([`Discovery::report`] is then `Some`).
@@ -1583,6 +1659,72 @@ mod tests {
             }]
         );
         assert_eq!(r.mapping_varies_by_server, None);
+    }
+
+    #[test]
+    fn unreachable_server_ends_its_probe_at_once_and_the_next_is_tried() {
+        let t0 = Instant::now();
+        let (dead, next) = (a("192.0.2.99:3478"), a("192.0.2.98:3478"));
+        let local = a("10.0.0.2:5000");
+        let mut d = Discovery::new(t0, local, vec![dead, next], Config::default()).unwrap();
+        assert_eq!(d.poll_transmit().unwrap().to, dead);
+        // Unrelated addresses change nothing.
+        d.handle_unreachable(t0, a("192.0.2.1:9"));
+        assert!(d.poll_transmit().is_none());
+        let later = t0 + Duration::from_millis(3);
+        d.handle_unreachable(later, dead);
+        assert_eq!(d.poll_transmit().unwrap().to, next);
+        d.handle_unreachable(later, next);
+        assert!(d.is_done());
+        let r = d.into_report().unwrap();
+        assert_eq!(r.nat_type, NatType::UdpBlocked);
+        assert_eq!(
+            r.notes,
+            vec![
+                Note::Unreachable {
+                    server: dead,
+                    test: Test::Binding,
+                    after: Duration::from_millis(3)
+                },
+                Note::Unreachable {
+                    server: next,
+                    test: Test::Binding,
+                    after: Duration::ZERO
+                }
+            ]
+        );
+        assert_eq!(r.servers().count(), 2);
+    }
+
+    #[test]
+    fn giving_up_concludes_nothing_from_probes_cut_short() {
+        let t0 = Instant::now();
+        let (p, local) = (a("192.0.2.1:3478"), a("10.0.0.2:5000"));
+        let mut d = Discovery::new(t0, local, vec![p], Config::default()).unwrap();
+        let req = d.poll_transmit().unwrap();
+        let r = parse_request(&req.payload).unwrap();
+        let mut buf = [0u8; 128];
+        let fields = SuccessFields {
+            mapped: a("203.0.113.1:40000"),
+            response_origin: Some(p),
+            other_address: Some(a("192.0.2.2:3479")),
+            padding: None,
+            fingerprint: false,
+        };
+        let n = write_success(&mut buf, &r.transaction_id, &fields).unwrap();
+        d.handle_datagram(t0 + Duration::from_millis(5), p, &buf[..n]);
+        // The filtering test (and the hairpin probe) are now waiting.
+        assert!(!d.is_done());
+        d.give_up(t0 + Duration::from_millis(600));
+        let r = d.into_report().unwrap();
+        assert_eq!(r.filtering, Filtering::Unknown(Undetermined::Incomplete));
+        assert_eq!(r.mapping, Mapping::Unknown(Undetermined::Incomplete));
+        assert_eq!(r.hairpinning, None);
+        assert!(r.notes.contains(&Note::CutShort {
+            test: Test::FilteringChangeIpPort,
+            to: p
+        }));
+        assert_eq!(r.mapped, Some(a("203.0.113.1:40000")));
     }
 
     #[test]

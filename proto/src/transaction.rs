@@ -388,6 +388,11 @@ impl BindingTransaction {
     pub fn sent(&self) -> u32 {
         self.timer.sent()
     }
+
+    /// When the request was first sent (the transaction's start).
+    pub fn first_sent(&self) -> Instant {
+        self.timer.first_sent()
+    }
 }
 
 #[cfg(test)]
