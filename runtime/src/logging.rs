@@ -80,6 +80,21 @@ fn filter_from(env: Option<&str>, default_directives: &str) -> (EnvFilter, Optio
     }
 }
 
+/// Whether log lines on stderr may carry ANSI colour codes: only when stderr is a terminal and
+/// `NO_COLOR` is unset or empty (<https://no-color.org>). A log file, a pipe or a journal gets
+/// plain text.
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    colour_for(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn colour_for(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.map_or(true, |v| v.is_empty())
+}
+
 /// Installs the global subscriber for a server: `format` to stderr, filtered by `RUST_LOG` or
 /// else `default_directives` (`"info"` is the usual choice).
 ///
@@ -88,6 +103,7 @@ pub fn init(format: LogFormat, default_directives: &str) -> bool {
     let (filter, complaint) = filter(default_directives);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.try_init().is_ok(),
@@ -112,6 +128,7 @@ pub fn init_cli() -> bool {
     let (filter, complaint) = filter("warn");
     let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr)
         .compact()
         .without_time()
@@ -165,6 +182,15 @@ mod tests {
         let (f, c) = filter_from(None, "natkit=[");
         assert_eq!(f.to_string(), "info");
         assert!(c.unwrap().contains("default log filter"));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_for(true, None));
+        assert!(colour_for(true, Some(OsStr::new(""))));
+        assert!(!colour_for(true, Some(OsStr::new("1"))));
+        assert!(!colour_for(false, None));
     }
 
     #[test]
