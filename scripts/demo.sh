@@ -77,7 +77,7 @@ start_server() {
             server_pid=
             return 1
         fi
-        if "$NATKIT" stun "127.0.0.1:$p" --json --rto-ms 100 --rc 1 --rm 2 2>/dev/null |
+        if "$NATKIT" stun "127.0.0.1:$p" --json --rto 100ms --rc 1 --rm 2 2>/dev/null |
             grep -q "\"other_address\": *\"127.0.0.2:$p2\"" &&
             kill -0 "$server_pid" 2>/dev/null; then
             return 0

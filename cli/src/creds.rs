@@ -15,8 +15,17 @@ use serde::Serialize;
 pub struct Args {
     /// The shared secret configured on the TURN server (coturn's
     /// static-auth-secret, natkit-turn's --auth-secret).
-    #[arg(long, value_name = "SECRET")]
-    pub secret: String,
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "NATKIT_TURN_SECRET",
+        hide_env_values = true,
+        required_unless_present = "secret_file"
+    )]
+    pub secret: Option<String>,
+    /// Read the shared secret from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "secret")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// Who the credentials are for (the part after the expiry in the
     /// username); empty gives a timestamp-only username.
     #[arg(long, short = 'u', value_name = "USER", default_value = "")]
@@ -55,7 +64,13 @@ struct Output<'a> {
 
 /// Run `natkit creds`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.secret.is_empty() {
+    let secret = crate::secret::resolve(
+        args.secret.as_deref(),
+        args.secret_file.as_deref(),
+        "--secret-file",
+    )?
+    .unwrap_or_default();
+    if secret.is_empty() {
         // An empty HMAC key would let anyone mint the same credentials.
         bail!("--secret must not be empty");
     }
@@ -67,12 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.user
         );
     }
-    let c = rest::generate(
-        args.secret.as_bytes(),
-        &args.user,
-        args.ttl,
-        SystemTime::now(),
-    );
+    let c = rest::generate(secret.as_bytes(), &args.user, args.ttl, SystemTime::now());
     let out = Output {
         username: &c.username,
         password: &c.password,
@@ -86,13 +96,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("username    {}", out.username);
-    println!("password    {}", out.password);
-    println!("expires     {} ({} s from now)", out.expires, out.ttl_s);
-    println!("ice server  {}", serde_json::to_string(&out.ice_server)?);
+    outln!("username    {}", out.username);
+    outln!("password    {}", out.password);
+    outln!("expires     {} ({} s from now)", out.expires, out.ttl_s);
+    outln!("ice server  {}", serde_json::to_string(&out.ice_server)?);
     if args.urls.is_empty() {
         eprintln!(
             "note: no --url given: an RTCIceServer needs at least one, \
@@ -102,35 +112,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `90`, `90s`, `15m`, `1h`, `7d`.
+/// `90`, `90s`, `15m`, `1h`, `7d` (the shared duration spelling), whole
+/// seconds, at least one.
 fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
-        _ => (s, 's'),
-    };
-    let mult: u64 = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        u => return Err(format!("unknown unit {u:?} in {s:?}: use s, m, h or d")),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?}: expected N, Ns, Nm, Nh or Nd"))?;
-    let secs = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("duration {s:?} is too long"))?;
-    if secs == 0 {
+    let d = crate::duration::parse(s)?;
+    if d < Duration::from_secs(1) {
         return Err("the ttl must be at least 1 s".into());
     }
-    // Beyond ~a century the expiry is meaningless and may overflow on
-    // servers that store it in 32 bits.
-    if secs > 100 * 365 * 86_400 {
-        return Err(format!("duration {s:?} is too long (at most 100 years)"));
-    }
-    Ok(Duration::from_secs(secs))
+    Ok(Duration::from_secs(d.as_secs()))
 }
 
 /// A TURN or STUN URI (RFC 7065, RFC 7064), checked only for its scheme
@@ -194,7 +183,6 @@ mod tests {
             "0h",
             "1w",
             "-1h",
-            "1.5h",
             "99999999999999999999d",
             "36600d",
         ] {

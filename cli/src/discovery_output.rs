@@ -136,6 +136,30 @@ pub fn note(n: &Note) -> String {
         Note::NoMappedAddress { server } => {
             format!("{server} answered without XOR-MAPPED-ADDRESS")
         }
+        Note::Unreachable {
+            server,
+            test,
+            after,
+        } => format!(
+            "{server} is unreachable (ICMP port unreachable after {}, {}): nothing listens there, or a firewall rejects it",
+            crate::udp_driver::millis(after),
+            test_name(test)
+        ),
+        Note::CutShort { test, to } => {
+            format!("{} to {to} cut short by --timeout: it tells nothing", test_name(test))
+        }
+    }
+}
+
+/// A test, in words.
+fn test_name(test: Test) -> &'static str {
+    match test {
+        Test::Binding => "Binding test I",
+        Test::FilteringChangeIpPort => "filtering test II",
+        Test::FilteringChangePort => "filtering test III",
+        Test::MappingAlternateIp => "mapping test II",
+        Test::MappingAlternateIpPort => "mapping test III",
+        Test::Hairpinning => "the hairpinning probe",
     }
 }
 

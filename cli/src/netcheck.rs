@@ -9,32 +9,47 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use anyhow::bail;
-use natkit_proto::discovery::{self, Discovery, Mapping, NatType, Observation, Report, Test};
+use natkit_proto::discovery::{self, Discovery, Mapping, NatType, Note, Observation, Report, Test};
 use serde::Serialize;
 
 use crate::discovery_output::{self as words, ReportJson};
 use crate::portmap_check;
-use crate::udp_driver::{self, millis, secs, TimingArgs};
+use crate::servers;
+use crate::stun::ErrorOut;
+use crate::stun_tcp::{self, TcpOut};
+use crate::udp_driver::{self, millis, secs, Progress, TimingArgs};
 
 /// Flags of `natkit netcheck`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// STUN server, HOST[:PORT] (port 3478 by default); repeat for several.
-    /// RFC 5780 tests use the first that supports them; the others show
-    /// whether the mapped address varies by server.
-    #[arg(long = "stun", value_name = "SERVER[:PORT]", required = true)]
+    /// STUN servers, HOST[:PORT] (port 3478 by default). RFC 5780 tests use
+    /// the first that supports them; the others show whether the mapped
+    /// address varies by server. None: the default list (docs/CLI.md), or
+    /// $NATKIT_STUN_SERVERS (comma-separated).
+    #[arg(value_name = "SERVER[:PORT]")]
+    pub servers: Vec<String>,
+    /// Another STUN server (the same as a positional one; repeatable).
+    #[arg(long = "stun", value_name = "SERVER[:PORT]")]
     pub stun: Vec<String>,
-    /// Print JSON instead of text.
+    /// IPv4 only.
+    #[arg(short = '4', long = "ipv4")]
+    pub only_v4: bool,
+    /// IPv6 only.
+    #[arg(short = '6', long = "ipv6", conflicts_with = "only_v4")]
+    pub only_v6: bool,
+    /// Print one JSON document (also on failure) instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Local address to send from (default: the address the system routes
-    /// to the first server from, any port).
-    #[arg(long, value_name = "IP:PORT")]
+    /// Local address to send from, IP or IP:PORT (default: the address the
+    /// system routes to the first server from, any port). Fixes the family.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = servers::parse_bind)]
     pub bind: Option<SocketAddr>,
     /// Skip the hairpinning test.
     #[arg(long)]
     pub no_hairpin: bool,
+    /// Skip the TCP check (a Binding over TCP to the first server).
+    #[arg(long)]
+    pub no_tcp: bool,
     /// Skip the port-mapping check (PCP, NAT-PMP, UPnP IGD on the gateway).
     #[arg(long)]
     pub no_port_mapping: bool,
@@ -45,7 +60,7 @@ pub struct Args {
     pub timing: TimingArgs,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct Given {
     given: String,
     address: SocketAddr,
@@ -59,11 +74,38 @@ enum PortMapping {
     Skipped { skipped: String },
 }
 
+/// One address family's run.
 #[derive(Serialize)]
-struct Output {
+struct FamilyOut {
+    family: &'static str,
     servers_given: Vec<Given>,
     #[serde(flatten)]
-    report: ReportJson,
+    report: Option<ReportJson>,
+    /// `works` (a server answered over UDP), `blocked`, or `not_tested`.
+    udp: &'static str,
+    /// The Binding over TCP to the first server (`null`: not tried).
+    tcp: Option<TcpOut>,
+    /// What UDP and TCP together mean for peer-to-peer connections.
+    connectivity: String,
+    /// Why the family could not run at all (no route, no server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    family_error: Option<String>,
+    #[serde(skip)]
+    learned: bool,
+    #[serde(skip)]
+    raw: Option<Report>,
+}
+
+/// The document: the first family's fields at the top (one-family runs
+/// read as before), every family in `families`.
+#[derive(Serialize)]
+struct Output {
+    ok: bool,
+    error: Option<ErrorOut>,
+    #[serde(flatten)]
+    primary: Option<FamilyOut>,
+    families: Vec<serde_json::Value>,
+    skipped: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     port_mapping: Option<PortMapping>,
 }
@@ -101,99 +143,264 @@ fn start_port_mapping(args: &Args, local: IpAddr) -> Option<std::thread::JoinHan
     }))
 }
 
+/// What UDP and TCP results mean for a connection to a peer.
+fn connectivity(udp: &str, tcp: Option<&TcpOut>) -> String {
+    let tcp_word = match tcp {
+        None => "not tested",
+        Some(t) if t.works => "works",
+        Some(_) => "blocked",
+    };
+    let meaning = match (udp, tcp.map(|t| t.works)) {
+        ("works", _) => "direct UDP connections are possible (see the verdict)",
+        (_, Some(true)) => {
+            "no direct connection: peers connect only through a TURN relay over TCP or TLS"
+        }
+        (_, Some(false)) => "no connection at all from this network to these servers",
+        _ => "UDP gets no answer: expect a TURN relay over TCP or TLS",
+    };
+    format!("UDP: {udp}, TCP: {tcp_word}: {meaning}")
+}
+
+/// One family: Discovery on its own socket, and the TCP check beside it.
+fn family_run(
+    v4: bool,
+    targets: Vec<(String, SocketAddr)>,
+    bound: anyhow::Result<(std::net::UdpSocket, SocketAddr)>,
+    args: &Args,
+    deadline: Instant,
+) -> FamilyOut {
+    let family = servers::family_name(v4);
+    let given: Vec<Given> = targets
+        .iter()
+        .map(|(g, a)| Given {
+            given: g.clone(),
+            address: *a,
+        })
+        .collect();
+    let mut out = FamilyOut {
+        family,
+        servers_given: given,
+        report: None,
+        udp: "not_tested",
+        tcp: None,
+        connectivity: String::new(),
+        family_error: None,
+        learned: false,
+        raw: None,
+    };
+    let (sock, local) = match bound {
+        Ok(b) => b,
+        Err(e) => {
+            out.family_error = Some(format!(
+                "{family}: {e:#} (this host has no {family} connectivity)"
+            ));
+            out.connectivity = format!("{family}: not available on this host");
+            return out;
+        }
+    };
+    let servers: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
+    let tcp = (!args.no_tcp).then(|| {
+        let first = servers[0];
+        std::thread::spawn(move || stun_tcp::probe(first, deadline))
+    });
+    let mut cfg = discovery::Config::with_probe(args.timing.probe_config());
+    cfg.hairpinning = !args.no_hairpin;
+    let report = Discovery::new(Instant::now(), local, servers, cfg)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut d| {
+            let what = format!("{family} NAT tests");
+            let progress = Progress::new(what, deadline, true);
+            udp_driver::run(sock, &mut d, deadline, &progress)?;
+            d.into_report()
+                .ok_or_else(|| anyhow::anyhow!("internal error: discovery did not finish"))
+        });
+    out.tcp = tcp.and_then(|t| t.join().ok());
+    match report {
+        Ok(r) => {
+            out.learned = r.learned_anything();
+            out.udp = if r.servers().any(|o| o.answered_from.is_some()) {
+                "works"
+            } else {
+                "blocked"
+            };
+            out.report = Some((&r).into());
+            out.raw = Some(r);
+        }
+        Err(e) => out.family_error = Some(format!("{family}: {e:#}")),
+    }
+    out.connectivity = connectivity(out.udp, out.tcp.as_ref());
+    out
+}
+
 /// Run `natkit netcheck`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut want_v4 = args.bind.map(|b| b.is_ipv4());
-    let mut given = Vec::with_capacity(args.stun.len());
-    let mut unusable = Vec::new();
-    for s in &args.stun {
-        // A server that cannot be used is skipped while another can: the
-        // others may still tell the whole story.
-        let resolved = udp_driver::parse_server(s).and_then(|spec| {
-            let address = udp_driver::resolve(&spec, want_v4)?;
-            Ok((spec, address))
-        });
-        match resolved {
-            Ok((spec, address)) => {
-                // One socket, one family: the first server fixes it.
-                want_v4 = Some(address.is_ipv4());
-                given.push(Given {
-                    given: spec.to_string(),
-                    address,
-                });
-            }
-            Err(e) => unusable.push(e),
+    let start = Instant::now();
+    let deadline = start + args.timing.timeout;
+    let mut given = args.servers.clone();
+    given.extend(args.stun.iter().cloned());
+    let (list, _default) = servers::chosen(&given);
+    let (resolved, skipped) = servers::resolve_all(&list);
+    let families = servers::families(args.only_v4, args.only_v6, args.bind);
+    // Bind each family's socket first: the port-mapping check needs the
+    // IPv4 run's local address.
+    let mut plans = Vec::new();
+    let mut pm_local = None;
+    for &v4 in &families {
+        let targets: Vec<(String, SocketAddr)> = resolved
+            .iter()
+            .filter_map(|r| r.of_family(v4).map(|a| (r.spec.to_string(), a)))
+            .collect();
+        let Some(&(_, first)) = targets.first() else {
+            continue;
+        };
+        let bound = udp_driver::bind_for(first, args.bind);
+        if let (true, Ok((_, l))) = (v4, &bound) {
+            pm_local = Some(l.ip());
         }
+        plans.push((v4, targets, bound));
     }
-    if given.is_empty() {
-        let why: Vec<String> = unusable.iter().map(|e| format!("{e:#}")).collect();
-        bail!(why.join("; "));
-    }
-    for e in &unusable {
-        eprintln!("warning: {e:#}; skipped");
-    }
-    let servers: Vec<SocketAddr> = given.iter().map(|g| g.address).collect();
-    let (sock, local) = udp_driver::bind_for(servers[0], args.bind)?;
-    let port_mapping = start_port_mapping(&args, local.ip());
-    let mut cfg = discovery::Config::with_probe(args.timing.config());
-    cfg.hairpinning = !args.no_hairpin;
-    let mut d = Discovery::new(Instant::now(), local, servers, cfg)?;
-    udp_driver::run(sock, &mut d)?;
-    let Some(report) = d.into_report() else {
-        bail!("internal error: discovery did not finish");
-    };
+    let port_mapping = pm_local.and_then(|ip| start_port_mapping(&args, ip));
+    let runs: Vec<FamilyOut> = std::thread::scope(|s| {
+        let handles: Vec<_> = plans
+            .into_iter()
+            .map(|(v4, targets, bound)| {
+                let args = &args;
+                s.spawn(move || family_run(v4, targets, bound, args, deadline))
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
     let port_mapping = port_mapping.map(|t| {
         t.join().unwrap_or_else(|_| PortMapping::Skipped {
             skipped: "internal error: the check panicked".into(),
         })
     });
+    let ok = runs
+        .iter()
+        .any(|f| f.learned || f.tcp.as_ref().is_some_and(|t| t.works));
+    let error = (!ok).then(|| failure(&runs, &skipped));
+    for f in &runs {
+        if let Some(r) = f.raw.as_ref().filter(|r| r.learned_anything()) {
+            warn_no_rfc5780(f.family, r);
+        }
+    }
 
     if args.json {
+        let families = runs
+            .iter()
+            .map(|f| serde_json::to_value(f).unwrap_or_default())
+            .collect();
+        let mut runs = runs;
+        // The first family that ran fills the top level.
+        let primary = match runs.iter().position(|f| f.raw.is_some()) {
+            Some(i) => Some(runs.remove(i)),
+            None if !runs.is_empty() => Some(runs.remove(0)),
+            None => None,
+        };
         let out = Output {
-            servers_given: given,
-            report: (&report).into(),
+            ok,
+            error: error.clone(),
+            primary,
+            families,
+            skipped: skipped.clone(),
             port_mapping,
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        if report.learned_anything() {
-            print!("{}", human(&report));
+        for s in &skipped {
+            eprintln!("warning: {s}; skipped");
+        }
+        for f in &runs {
+            match (&f.raw, &f.family_error) {
+                (Some(r), _) if f.learned || ok => {
+                    out!("{}", human(f.family, r, f.tcp.as_ref(), &f.connectivity))
+                }
+                (_, Some(e)) if ok => outln!("{}\n  {e}\n", f.family),
+                _ => {}
+            }
         }
         match &port_mapping {
-            Some(PortMapping::Checked(r)) => print!("{}", portmap_check::human(r)),
-            Some(PortMapping::Skipped { skipped }) if report.learned_anything() => {
-                println!("Port mapping\n  not checked: {skipped}")
+            Some(PortMapping::Checked(r)) => out!("{}", portmap_check::human(r)),
+            Some(PortMapping::Skipped { skipped }) if ok => {
+                outln!("Port mapping\n  not checked: {skipped}")
             }
             _ => {}
         }
     }
-    if !report.learned_anything() {
-        let why: Vec<String> = report.notes.iter().map(words::note).collect();
-        let why = why.join("; ");
-        if report.nat_type == NatType::UdpBlocked {
-            bail!("{why} (server down, wrong address or port, or UDP blocked on this network)");
-        }
-        bail!("nothing learned: {why}");
+    match error {
+        None => Ok(()),
+        Some(e) => Err(crate::turn::Failure::new(e.kind, e.message).into()),
     }
-    if !report.rfc5780 {
-        if let Some(m) = report.mapped {
-            let who = if report.servers().count() > 1 {
-                "no server supports"
+}
+
+/// The error when nothing was learned: what the notes say.
+fn failure(runs: &[FamilyOut], skipped: &[String]) -> ErrorOut {
+    let mut why: Vec<String> = Vec::new();
+    let mut kind = "usage";
+    for f in runs {
+        if let Some(r) = &f.raw {
+            let notes: Vec<String> = r.notes.iter().map(words::note).collect();
+            let mut line = notes.join("; ");
+            if r.nat_type == NatType::UdpBlocked {
+                kind = if r
+                    .notes
+                    .iter()
+                    .all(|n| matches!(n, Note::Unreachable { .. }))
+                {
+                    "unreachable"
+                } else {
+                    "timeout"
+                };
+                line.push_str(
+                    " (server down, wrong address or port, or UDP blocked on this network)",
+                );
+                if let Some(t) = f.tcp.as_ref().and_then(|t| t.error.as_ref()) {
+                    line.push_str(&format!("; TCP: {t}"));
+                }
             } else {
-                "server does not support"
-            };
-            // Without a NAT the mapping is known anyway (RFC 5780 §4.3).
-            let (what, tail) = if report.mapping == Mapping::NoNat {
-                ("filtering cannot", " (same as local: no NAT)")
-            } else {
-                ("mapping and filtering cannot", "")
-            };
-            eprintln!(
-                "warning: {who} RFC 5780 (no OTHER-ADDRESS): {what} be determined; mapped address is {m}{tail}"
-            );
+                kind = "incomplete";
+                line = format!("nothing learned: {line}");
+            }
+            why.push(line);
+        } else if let Some(e) = &f.family_error {
+            if kind == "usage" {
+                kind = "no_route";
+            }
+            why.push(e.clone());
         }
     }
-    Ok(())
+    if runs.is_empty() {
+        kind = if skipped.is_empty() { "usage" } else { "dns" };
+        why.extend(skipped.iter().cloned());
+    }
+    if why.is_empty() {
+        why.push("no STUN server to ask".into());
+    }
+    ErrorOut {
+        kind,
+        message: why.join("; "),
+    }
+}
+
+fn warn_no_rfc5780(family: &str, report: &Report) {
+    if report.rfc5780 {
+        return;
+    }
+    let Some(m) = report.mapped else { return };
+    let who = if report.servers().count() > 1 {
+        "no server supports"
+    } else {
+        "server does not support"
+    };
+    // Without a NAT the mapping is known anyway (RFC 5780 §4.3).
+    let (what, tail) = if report.mapping == Mapping::NoNat {
+        ("filtering cannot", " (same as local: no NAT)")
+    } else {
+        ("mapping and filtering cannot", "")
+    };
+    eprintln!(
+        "warning: {family}: {who} RFC 5780 (no OTHER-ADDRESS): {what} be determined; mapped address is {m}{tail}"
+    );
 }
 
 fn yes_no(b: Option<bool>, none: &str) -> String {
@@ -229,8 +436,8 @@ fn server_line(o: &Observation) -> String {
     }
 }
 
-/// The human-readable report: an aligned block.
-fn human(r: &Report) -> String {
+/// The human-readable report of one family: an aligned block.
+fn human(family: &str, r: &Report, tcp: Option<&TcpOut>, connectivity: &str) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: &str| {
         let _ = writeln!(s, "  {k:<17} {v}");
@@ -264,6 +471,19 @@ fn human(r: &Report) -> String {
     );
     line("NAT type", words::nat_type_name(r.nat_type));
     line("verdict", words::verdict(r));
+    if let Some(t) = tcp {
+        let v = match (t.works, t.mapped, &t.error) {
+            (true, Some(m), _) => format!(
+                "works: {} -> {m}{}",
+                t.server,
+                t.ms.map_or(String::new(), |ms| format!(" ({ms:.1} ms)"))
+            ),
+            (_, _, Some(e)) => format!("{} -> {e}", t.server),
+            _ => format!("{} -> no answer", t.server),
+        };
+        line("TCP", &v);
+    }
+    line("UDP and TCP", connectivity);
     line("took", &udp_driver::human(r.elapsed));
     let hairpin_note = r
         .observations
@@ -282,5 +502,5 @@ fn human(r: &Report) -> String {
             let _ = writeln!(s, "  - {n}");
         }
     }
-    format!("NAT behavior discovery (RFC 5780)\n{s}")
+    format!("NAT behavior discovery (RFC 5780), {family}\n{s}")
 }

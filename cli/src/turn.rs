@@ -29,7 +29,8 @@ use natkit_ice::turn::{ConnectError, SendError, TurnConnection};
 use natkit_proto::turn::client::{AddressFamily, Config, Event};
 
 use crate::udp_driver;
-use failure::{Doing, Failure, Who};
+pub use failure::Failure;
+use failure::{Doing, Who};
 use report::{AllocationOut, Printer, RoundTripOut};
 use session::{Alloc, Session};
 
@@ -362,8 +363,9 @@ async fn relay_check(
     out.step_text("round trip", summary);
     if lost > 0 {
         eprintln!(
-            "warning: {lost} of {} round trips got no echo within {} ms",
-            rt.sent, args.data_timeout_ms
+            "warning: {lost} of {} round trips got no echo within {}",
+            rt.sent,
+            udp_driver::human(args.data_timeout)
         );
     }
 
@@ -406,7 +408,7 @@ async fn round_trips(
     let mut b_to_a = None;
     let mut b_received = 0u32;
     let tag: u64 = rand::random();
-    let wait = Duration::from_millis(args.data_timeout_ms);
+    let wait = args.data_timeout;
     for seq in 0..args.count {
         // Payload: a run tag and the sequence number, padded; an echo of an
         // earlier (late) round never matches a later one.

@@ -25,25 +25,96 @@ pub trait Machine {
     fn handle_timeout(&mut self, now: Instant);
     /// A datagram arrived.
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]);
+    /// The socket reported an ICMP error (port, host or network
+    /// unreachable) for datagrams sent to `to`.
+    fn handle_unreachable(&mut self, now: Instant, to: SocketAddr);
+    /// The overall deadline passed: stop waiting.
+    fn give_up(&mut self, now: Instant);
     /// Nothing more to do.
     fn is_done(&self) -> bool;
 }
 
-impl Machine for BindingTransaction {
+/// One Binding transaction that also ends on an ICMP error or a deadline.
+#[derive(Debug)]
+pub struct Probe {
+    /// The transaction.
+    pub txn: BindingTransaction,
+    /// How long after the first send the server was reported unreachable.
+    pub unreachable: Option<Duration>,
+    /// The overall deadline ended it.
+    pub gave_up: bool,
+}
+
+impl Probe {
+    /// A probe running `txn`.
+    pub fn new(txn: BindingTransaction) -> Probe {
+        Probe {
+            txn,
+            unreachable: None,
+            gave_up: false,
+        }
+    }
+}
+
+impl Machine for Probe {
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        BindingTransaction::poll_transmit(self)
+        if self.is_done() {
+            return None;
+        }
+        self.txn.poll_transmit()
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        BindingTransaction::poll_timeout(self)
+        if self.is_done() {
+            return None;
+        }
+        self.txn.poll_timeout()
     }
     fn handle_timeout(&mut self, now: Instant) {
-        BindingTransaction::handle_timeout(self, now)
+        self.txn.handle_timeout(now)
     }
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        BindingTransaction::handle_datagram(self, now, from, datagram);
+        if !self.is_done() {
+            self.txn.handle_datagram(now, from, datagram);
+        }
+    }
+    fn handle_unreachable(&mut self, now: Instant, to: SocketAddr) {
+        if to == self.txn.destination() && !self.is_done() {
+            self.unreachable = Some(now.saturating_duration_since(self.txn.first_sent()));
+        }
+    }
+    fn give_up(&mut self, _now: Instant) {
+        if !self.is_done() {
+            self.gave_up = true;
+        }
     }
     fn is_done(&self) -> bool {
-        self.outcome().is_some()
+        self.txn.outcome().is_some() || self.unreachable.is_some() || self.gave_up
+    }
+}
+
+/// Several probes on one socket, at the same time.
+impl Machine for Vec<Probe> {
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.iter_mut().find_map(|p| p.poll_transmit())
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.iter().filter_map(|p| p.poll_timeout()).min()
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.iter_mut().for_each(|p| p.handle_timeout(now))
+    }
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.iter_mut()
+            .for_each(|p| p.handle_datagram(now, from, datagram))
+    }
+    fn handle_unreachable(&mut self, now: Instant, to: SocketAddr) {
+        self.iter_mut().for_each(|p| p.handle_unreachable(now, to))
+    }
+    fn give_up(&mut self, now: Instant) {
+        self.iter_mut().for_each(|p| p.give_up(now))
+    }
+    fn is_done(&self) -> bool {
+        self.iter().all(|p| p.is_done())
     }
 }
 
@@ -60,6 +131,12 @@ impl Machine for Discovery {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         Discovery::handle_datagram(self, now, from, datagram)
     }
+    fn handle_unreachable(&mut self, now: Instant, to: SocketAddr) {
+        Discovery::handle_unreachable(self, now, to)
+    }
+    fn give_up(&mut self, now: Instant) {
+        Discovery::give_up(self, now)
+    }
     fn is_done(&self) -> bool {
         Discovery::is_done(self)
     }
@@ -67,88 +144,346 @@ impl Machine for Discovery {
 
 /// [`drive`] on a one-thread tokio runtime of its own, for the commands'
 /// synchronous code.
-pub fn run(sock: UdpSocket, m: &mut impl Machine) -> anyhow::Result<()> {
+pub fn run(
+    sock: UdpSocket,
+    m: &mut impl Machine,
+    deadline: Instant,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         sock.set_nonblocking(true)?;
+        // Best effort: without it ICMP errors on an unconnected socket stay
+        // silent and the timers decide, as before.
+        let _ = icmp::enable(&sock);
         let sock = AsyncUdpSocket::from_std(sock).context("cannot use the UDP socket")?;
-        drive(&sock, m).await
+        drive(&sock, m, deadline, progress).await
     })
 }
 
-/// Run `m` on `sock` until it is done: send what it queues, then wait for
-/// a datagram or its next deadline (the RFC 8489 §6.2.1 timers), nothing
-/// else. tokio's timers fire within a millisecond of the deadline, so the
-/// schedule does not drift over the retransmissions.
-pub async fn drive(sock: &AsyncUdpSocket, m: &mut impl Machine) -> anyhow::Result<()> {
+/// Run `m` on `sock` until it is done or `deadline` passes: send what it
+/// queues, then wait for a datagram, an ICMP error, its next deadline (the
+/// RFC 8489 §6.2.1 timers) or the next progress line. tokio's timers fire
+/// within a millisecond of the deadline, so the schedule does not drift
+/// over the retransmissions.
+pub async fn drive(
+    sock: &AsyncUdpSocket,
+    m: &mut impl Machine,
+    deadline: Instant,
+    progress: &Progress,
+) -> anyhow::Result<()> {
     // Larger than any datagram a Binding response can be on a sane path;
     // a larger one is truncated and then fails to parse, which is right.
     let mut buf = vec![0u8; 64 * 1024];
+    let v6 = sock.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     loop {
         while let Some(t) = m.poll_transmit() {
-            sock.send_to(&t.payload, t.to)
-                .await
-                .with_context(|| format!("cannot send to {}", t.to))?;
+            match sock.send_to(&t.payload, t.to).await {
+                Ok(_) => {}
+                // An ICMP error for an earlier datagram can surface on the
+                // next send: the error queue says for whom.
+                Err(e) if icmp::is_unreachable(&e) => {
+                    for to in icmp::drain(sock, v6) {
+                        m.handle_unreachable(Instant::now(), to);
+                    }
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot send to {}", t.to)),
+            }
         }
         if m.is_done() {
             return Ok(());
         }
-        let Some(deadline) = m.poll_timeout() else {
+        let now = Instant::now();
+        if now >= deadline {
+            m.give_up(now);
+            return Ok(());
+        }
+        let Some(next) = m.poll_timeout() else {
             // Not done and nothing to wait for cannot happen with the proto
             // machines; stop rather than block forever.
             bail!("internal error: client has nothing to wait for");
         };
-        let now = Instant::now();
-        if deadline <= now {
+        if next <= now {
             m.handle_timeout(now);
             continue;
         }
+        let wake = next.min(deadline).min(progress.next(now));
         tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) => m.handle_datagram(Instant::now(), from, &buf[..n]),
-                // ICMP errors reported on the socket, signals: the timers
-                // decide when to give up, not a single error.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if icmp::is_unreachable(&e) => {
+                    for to in icmp::drain(sock, v6) {
+                        m.handle_unreachable(Instant::now(), to);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e).context("cannot receive"),
             },
-            _ = tokio::time::sleep_until(deadline.into()) => m.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                progress.tick(now);
+                if now >= next {
+                    m.handle_timeout(now);
+                }
+            }
         }
     }
 }
 
-/// RFC 8489 §6.2.1 retransmission flags, shared by the commands.
+/// Progress on stderr while a command waits for answers: a line a second
+/// after the first second of silence, so an unanswered probe never looks
+/// like a hang.
+#[derive(Debug)]
+pub struct Progress {
+    what: String,
+    start: Instant,
+    deadline: Instant,
+    enabled: bool,
+    printed: std::cell::Cell<u32>,
+}
+
+impl Progress {
+    /// Progress for `what` ("waiting for 192.0.2.1:3478"), from now until
+    /// `deadline`.
+    pub fn new(what: impl Into<String>, deadline: Instant, enabled: bool) -> Progress {
+        Progress {
+            what: what.into(),
+            start: Instant::now(),
+            deadline,
+            enabled,
+            printed: std::cell::Cell::new(0),
+        }
+    }
+
+    /// When the next line is due.
+    fn next(&self, now: Instant) -> Instant {
+        if !self.enabled {
+            return now + Duration::from_secs(3600);
+        }
+        self.start + Duration::from_secs(u64::from(self.printed.get()) + 1)
+    }
+
+    /// Print a line if one is due.
+    fn tick(&self, now: Instant) {
+        if !self.enabled || now < self.next(now) {
+            return;
+        }
+        self.printed.set(self.printed.get() + 1);
+        eprintln!(
+            "... {}: {} of {}",
+            self.what,
+            secs(now.saturating_duration_since(self.start)),
+            secs(self.deadline.saturating_duration_since(self.start))
+        );
+    }
+}
+
+/// ICMP errors on an unconnected UDP socket (Linux `IP_RECVERR`, `ip(7)`):
+/// the error queue names the destination of the datagram that bounced, so
+/// one socket can talk to many servers and still learn which is closed.
+mod icmp {
+    use std::io;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    use std::os::fd::AsRawFd;
+
+    /// Ask the kernel to queue ICMP errors on `sock`.
+    pub fn enable(sock: &impl AsRawFd) -> io::Result<()> {
+        let fd = sock.as_raw_fd();
+        let on: libc::c_int = 1;
+        let set = |level, name| {
+            // SAFETY: a valid fd and a c_int option of the right size.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    level,
+                    name,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        // An IPv6 socket may carry IPv4-mapped traffic too: set both.
+        let v4 = set(libc::SOL_IP, libc::IP_RECVERR);
+        let v6 = set(libc::SOL_IPV6, libc::IPV6_RECVERR);
+        v4.or(v6)
+    }
+
+    /// Whether `e` is the socket reporting an ICMP unreachable.
+    pub fn is_unreachable(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH)
+        )
+    }
+
+    /// Read the error queue empty; the destinations that bounced as
+    /// unreachable.
+    pub fn drain(sock: &impl AsRawFd, _v6: bool) -> Vec<SocketAddr> {
+        let fd = sock.as_raw_fd();
+        let mut out = Vec::new();
+        // Bounded: the queue is short, and a loop must end.
+        for _ in 0..64 {
+            // SAFETY: zeroed plain C structs; recvmsg writes within the
+            // lengths given.
+            let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut data = [0u8; 64];
+            let mut control = [0u64; 64];
+            let mut iov = libc::iovec {
+                iov_base: data.as_mut_ptr().cast(),
+                iov_len: data.len(),
+            };
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            // SAFETY: msg points at live buffers for the call.
+            let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+            if n < 0 {
+                break;
+            }
+            if unreachable_errno(&msg) {
+                if let Some(a) = to_socket_addr(&name) {
+                    out.push(a);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the queued error is an ICMP (v4 or v6) unreachable.
+    fn unreachable_errno(msg: &libc::msghdr) -> bool {
+        // SAFETY: walking the control messages recvmsg filled in.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(msg);
+            while !c.is_null() {
+                let h = &*c;
+                let ours = (h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_RECVERR)
+                    || (h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_RECVERR);
+                if ours {
+                    let e: libc::sock_extended_err =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    let icmp = e.ee_origin == libc::SO_EE_ORIGIN_ICMP
+                        || e.ee_origin == libc::SO_EE_ORIGIN_ICMP6;
+                    let errno = e.ee_errno as i32;
+                    return icmp
+                        && matches!(
+                            errno,
+                            libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH
+                        );
+                }
+                c = libc::CMSG_NXTHDR(msg, c);
+            }
+        }
+        false
+    }
+
+    fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+        match s.ss_family as libc::c_int {
+            libc::AF_INET => {
+                // SAFETY: the family says it is a sockaddr_in.
+                let a: libc::sockaddr_in =
+                    unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says it is a sockaddr_in6.
+                let a: libc::sockaddr_in6 =
+                    unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
+                let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+                let port = u16::from_be(a.sin6_port);
+                // A v4-mapped destination is the IPv4 server it stands for.
+                Some(match ip.to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                    None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, a.sin6_scope_id)),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The overall time limit and the RFC 8489 §6.2.1 retransmission flags,
+/// shared by the commands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TimingArgs {
-    /// Initial retransmission timeout in milliseconds (RFC 8489 §6.2.1: 500).
-    #[arg(long, value_name = "MS", default_value_t = 500,
-          value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub rto_ms: u64,
-    /// Rc: how many times a request is sent before giving up.
-    #[arg(long, value_name = "N", default_value_t = 7,
-          value_parser = clap::value_parser!(u32).range(1..=20))]
-    pub rc: u32,
+    /// Give up after this long in all (e.g. 5s, 1.5s, 500ms). An ICMP port
+    /// unreachable ends the wait on that server at once.
+    #[arg(long, value_name = "DURATION", default_value = "5s",
+          value_parser = crate::duration::positive)]
+    pub timeout: Duration,
+    /// Initial retransmission timeout (RFC 8489 §6.2.1; default: a
+    /// twentieth of --timeout, at most 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = rto)]
+    pub rto: Option<Duration>,
+    /// Rc: how many times a request is sent before giving up (default: as
+    /// many as fit in --timeout).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rc: Option<u32>,
     /// Rm: after the last send, wait Rm × RTO for an answer.
-    #[arg(long, value_name = "N", default_value_t = 16,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub rm: u32,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rm: Option<u32>,
+}
+
+fn rto(s: &str) -> Result<Duration, String> {
+    let d = crate::duration::positive(s)?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(60) {
+        return Err(format!("{s:?}: give 1ms to 60s"));
+    }
+    Ok(d)
 }
 
 impl TimingArgs {
-    /// The transaction configuration.
+    /// The initial RTO: given, else a twentieth of the timeout (250 ms for
+    /// 5 s), between 10 ms and RFC 8489's 500 ms.
+    pub fn rto(&self) -> Duration {
+        self.rto.unwrap_or_else(|| {
+            (self.timeout / 20).clamp(Duration::from_millis(10), Duration::from_millis(500))
+        })
+    }
+
+    /// One transaction that may use the whole timeout: sends at 0, 1, 3,
+    /// 7, 15 RTOs while they fit, then waits out the rest.
     pub fn config(&self) -> transaction::Config {
+        let rto = self.rto();
+        let units = (self.timeout.as_secs_f64() / rto.as_secs_f64())
+            .floor()
+            .max(1.0) as u64;
+        // Send n goes at 2^(n-1) - 1 RTOs; keep at least one RTO to wait.
+        let mut rc = 1u32;
+        while rc < 7 && (1u64 << rc) - 1 < units {
+            rc += 1;
+        }
+        let last = (1u64 << (rc - 1)) - 1;
+        let rm = (units.saturating_sub(last)).clamp(1, 1000) as u32;
         transaction::Config {
-            rto: Duration::from_millis(self.rto_ms),
-            rc: self.rc,
-            rm: self.rm,
+            rto,
+            rc: self.rc.unwrap_or(rc),
+            rm: self.rm.unwrap_or(rm),
+        }
+    }
+
+    /// A probe among several in one run (netcheck): three sends over 7
+    /// RTOs (1.75 s with a 5 s timeout), so a silent server leaves time
+    /// for the next.
+    pub fn probe_config(&self) -> transaction::Config {
+        transaction::Config {
+            rto: self.rto(),
+            rc: self.rc.unwrap_or(3),
+            rm: self.rm.unwrap_or(4),
         }
     }
 }

@@ -46,7 +46,7 @@ fn natkit(args: &[&str]) -> (bool, Value, String) {
 fn wait_ready(server: &str) {
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
-        if natkit(&["stun", server, "--rto-ms", "100", "--rc", "2"]).0 {
+        if natkit(&["stun", server, "--rto", "100ms", "--rc", "2"]).0 {
             return;
         }
     }

@@ -26,10 +26,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use natkit_proto::turn::client::{Config, Credentials, Transport};
+use natkit_proto::turn::client::{Config, Transport};
 use natkit_runtime::batch::{udp_socket, UdpSocketOptions};
 use serde::Serialize;
 
@@ -52,11 +52,18 @@ pub struct FloodArgs {
     #[arg(long, default_value = "bench")]
     pub user: String,
     /// Password of a static user.
-    #[arg(long, conflicts_with = "secret")]
+    #[arg(long, env = "NATKIT_TURN_PASSWORD", hide_env_values = true,
+          conflicts_with_all = ["secret", "secret_file"])]
     pub password: Option<String>,
+    /// Read the password from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "password")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Shared secret for REST credentials.
-    #[arg(long)]
+    #[arg(long, env = "NATKIT_TURN_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// Read the shared secret from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "secret")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// How long the floods run (e.g. 10s; at most 600s).
     #[arg(long, default_value = "10s", value_parser = parse_run_duration)]
     pub duration: Duration,
@@ -115,7 +122,12 @@ fn validate(a: &FloodArgs) -> anyhow::Result<()> {
             super::MAX_DURATION.as_secs()
         );
     }
-    if !a.ceiling && a.password.is_none() && a.secret.is_none() {
+    if !a.ceiling
+        && a.password.is_none()
+        && a.secret.is_none()
+        && a.password_file.is_none()
+        && a.secret_file.is_none()
+    {
         bail!("give --password (static user) or --secret (REST credentials)");
     }
     Ok(())
@@ -376,12 +388,12 @@ fn ceiling(a: &FloodArgs) -> anyhow::Result<()> {
     .map_err(|_| anyhow::anyhow!("the flood thread panicked"))?;
     let rate = sent as f64 / t0.elapsed().as_secs_f64();
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"ceiling": true, "udp_flood_sent": sent, "udp_flood_per_second": rate})
         );
     } else {
-        println!(
+        outln!(
             "natkit bench flood --ceiling: {} datagrams/s into a socket that never reads ({} in {:.1} s)",
             rate.round(),
             sent,
@@ -399,15 +411,11 @@ pub fn run(a: FloodArgs) -> anyhow::Result<()> {
     }
     let server = resolve(a.server.as_deref().unwrap_or_default(), 3478)?;
     check_target(server, a.allow_remote)?;
-    let credentials = match &a.secret {
-        Some(s) => Credentials::from_rest_secret(
-            s.as_bytes(),
-            &a.user,
-            Duration::from_secs(24 * 3600),
-            SystemTime::now(),
-        ),
-        None => Credentials::new(&a.user, a.password.clone().unwrap_or_default()),
-    };
+    let credentials = super::credentials(
+        &a.user,
+        (a.password.as_deref(), a.password_file.as_deref()),
+        (a.secret.as_deref(), a.secret_file.as_deref()),
+    )?;
     let config = Config::new(server, Transport::Udp, credentials);
     let cpu0 = process_cpu_time();
     let mut report = Report {
@@ -509,9 +517,9 @@ pub fn run(a: FloodArgs) -> anyhow::Result<()> {
     report.server_rss_after_mib = rss_now(a.server_pid)?;
     report.generator_cpu_seconds = process_cpu_time().saturating_sub(cpu0).as_secs_f64();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.human());
+        out!("{}", report.human());
     }
     if report.baseline.stream_back == 0 {
         bail!("no stream packet came back through the relay at {server}, even before the floods");

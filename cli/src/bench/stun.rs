@@ -214,9 +214,9 @@ pub fn run(a: StunArgs) -> anyhow::Result<()> {
     }
     let report = Report::new(&a, server, &total, cpu);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.human());
+        out!("{}", report.human());
     }
     if total.received == 0 {
         let why = if total.refused > 0 {

@@ -13,10 +13,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use natkit_proto::turn::client::{Config, Credentials, Transport};
+use natkit_proto::turn::client::{Config, Transport};
 use serde::Serialize;
 
 use super::histogram::Latency;
@@ -49,11 +49,19 @@ pub struct TurnArgs {
     #[arg(long, default_value = "bench")]
     pub user: String,
     /// Password of a static user.
-    #[arg(long, conflicts_with = "secret", required_unless_present = "secret")]
+    #[arg(long, env = "NATKIT_TURN_PASSWORD", hide_env_values = true,
+          conflicts_with_all = ["secret", "secret_file"],
+          required_unless_present_any = ["secret", "secret_file", "password_file"])]
     pub password: Option<String>,
+    /// Read the password from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "password")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Shared secret for REST credentials (coturn's use-auth-secret).
-    #[arg(long)]
+    #[arg(long, env = "NATKIT_TURN_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// Read the shared secret from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "secret")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// Allocations (each on its own UDP socket, with one channel to its peer).
     #[arg(long, default_value_t = 8)]
     pub allocations: usize,
@@ -181,16 +189,11 @@ pub fn run(a: TurnArgs) -> anyhow::Result<()> {
             need.next_power_of_two()
         );
     }
-    let credentials = match &a.secret {
-        // Valid for the whole run and then some.
-        Some(s) => Credentials::from_rest_secret(
-            s.as_bytes(),
-            &a.user,
-            Duration::from_secs(24 * 3600),
-            SystemTime::now(),
-        ),
-        None => Credentials::new(&a.user, a.password.clone().unwrap_or_default()),
-    };
+    let credentials = super::credentials(
+        &a.user,
+        (a.password.as_deref(), a.password_file.as_deref()),
+        (a.secret.as_deref(), a.secret_file.as_deref()),
+    )?;
     let config = Config::new(server, Transport::Udp, credentials);
 
     let mem_before = a.server_pid.map(memory::sample).transpose()?;
@@ -233,9 +236,9 @@ pub fn run(a: TurnArgs) -> anyhow::Result<()> {
 
     let report = Report::new(&a, server, setup, memory, load.as_ref(), cpu, closed_in);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.human());
+        out!("{}", report.human());
     }
     if let Some(s) = &load {
         if s.received == 0 {

@@ -30,12 +30,24 @@ pub struct Common {
     #[arg(long, value_name = "U")]
     pub turn_user: Option<String>,
     /// TURN password (long-term credentials, RFC 8489 §9.2).
-    #[arg(long, value_name = "P")]
+    #[arg(
+        long,
+        value_name = "P",
+        env = "NATKIT_TURN_PASSWORD",
+        hide_env_values = true
+    )]
     pub turn_password: Option<String>,
+    /// Read the TURN password from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "turn_password")]
+    pub turn_password_file: Option<PathBuf>,
     /// Shared secret of the TURN server's REST API: credentials valid for
     /// 1 h are minted from it.
-    #[arg(long, value_name = "S", conflicts_with = "turn_password")]
+    #[arg(long, value_name = "S", conflicts_with_all = ["turn_password", "turn_password_file"],
+          env = "NATKIT_TURN_SECRET", hide_env_values = true)]
     pub turn_secret: Option<String>,
+    /// Read the TURN shared secret from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["turn_secret", "turn_password", "turn_password_file"])]
+    pub turn_secret_file: Option<PathBuf>,
     /// Use only relayed candidates (needs --turn): hides your addresses
     /// from the peer, or tests the relay path.
     #[arg(long)]
@@ -69,20 +81,20 @@ pub struct Common {
     pub report: Option<PathBuf>,
     /// The most seconds connecting may take, from having the peer's
     /// description to a usable QUIC connection.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = secs)]
+    #[arg(long, value_name = "DURATION", default_value = "30", value_parser = secs)]
     pub timeout: Duration,
     /// The most seconds to wait for the peer's description (file or
     /// terminal).
-    #[arg(long, value_name = "SECS", default_value = "600", value_parser = secs)]
+    #[arg(long, value_name = "DURATION", default_value = "600", value_parser = secs)]
     pub wait: Duration,
     /// Consent freshness (RFC 7675): the peer is gone when it answers no
     /// check for this long. Checks go every sixth of it (at most 5 s).
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = secs)]
+    #[arg(long, value_name = "DURATION", default_value = "30", value_parser = secs)]
     pub consent_timeout: Duration,
     /// Call the path degraded after this long without an answered check
     /// (default: 2.5 check intervals); the controlling side then restarts
     /// ICE if descriptions travel by file (--desc-out and --remote).
-    #[arg(long, value_name = "SECS", value_parser = secs)]
+    #[arg(long, value_name = "DURATION", value_parser = secs)]
     pub degraded_after: Option<Duration>,
     /// Print and write your description as JSON instead of the nk1. text.
     #[arg(long)]
@@ -100,16 +112,14 @@ pub struct Common {
     pub tls_name: Option<String>,
 }
 
-/// Seconds as a flag: a positive number, fractions allowed, at most a day.
+/// A duration flag (the shared spelling, `30s`, `2m`, or seconds): above
+/// zero, at most a day.
 fn secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(v > 0.0 && v <= 86_400.0) {
-        return Err(format!("{s:?}: give more than 0 and at most 86400 seconds"));
+    let d = crate::duration::positive(s)?;
+    if d > Duration::from_secs(86_400) {
+        return Err(format!("{s:?}: at most a day (86400 s)"));
     }
-    Ok(Duration::from_secs_f64(v))
+    Ok(d)
 }
 
 /// RFC 7675 §5.1 checks every 5 s for a 30 s timeout: keep that ratio for
@@ -184,18 +194,31 @@ impl Common {
         Vec<TurnServer>,
         Option<std::sync::Arc<rustls::ClientConfig>>,
     )> {
-        let any_creds =
-            self.turn_user.is_some() || self.turn_password.is_some() || self.turn_secret.is_some();
+        // A password or secret may come from the environment (NATKIT_TURN_*),
+        // set for other runs: only flags say the user meant a relay.
+        let any_creds = self.turn_user.is_some()
+            || self.turn_password_file.is_some()
+            || self.turn_secret_file.is_some();
         if self.turn.is_empty() {
             if any_creds {
                 bail!("--turn-user, --turn-password and --turn-secret need --turn URI");
             }
             return Ok((Vec::new(), None));
         }
+        let password = crate::secret::resolve(
+            self.turn_password.as_deref(),
+            self.turn_password_file.as_deref(),
+            "--turn-password-file",
+        )?;
+        let shared = crate::secret::resolve(
+            self.turn_secret.as_deref(),
+            self.turn_secret_file.as_deref(),
+            "--turn-secret-file",
+        )?;
         let (creds, _rest) = credentials_from(
             self.turn_user.as_deref(),
-            self.turn_password.as_deref(),
-            self.turn_secret.as_deref(),
+            password.as_deref(),
+            shared.as_deref(),
             ("--turn-user", "--turn-password", "--turn-secret"),
         )
         .map_err(|f| anyhow::anyhow!("{}", f.message))?;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use natkit_proto::turn::client::{Credentials, Transport};
 
 use super::failure::Failure;
+use crate::secret;
 use crate::udp_driver::{self, ServerSpec, TimingArgs};
 
 /// Default port for TURN over TLS (RFC 8656 §18, "turns").
@@ -28,12 +29,29 @@ pub struct Args {
     #[arg(long, short = 'u', value_name = "USER")]
     pub user: Option<String>,
     /// Password for --user (long-term credentials, RFC 8489 §9.2).
-    #[arg(long, short = 'p', value_name = "PASSWORD")]
+    #[arg(
+        long,
+        short = 'p',
+        value_name = "PASSWORD",
+        env = "NATKIT_TURN_PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
+    /// Read the password from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "password")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Shared secret of the server's REST API (coturn's
     /// static-auth-secret): credentials valid for 1 h are minted from it.
-    #[arg(long, value_name = "SECRET")]
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "NATKIT_TURN_SECRET",
+        hide_env_values = true
+    )]
     pub secret: Option<String>,
+    /// Read the shared secret from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "secret")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// How to reach the server (the relayed transport is always UDP).
     #[arg(long, value_enum)]
     pub transport: Option<TransportArg>,
@@ -46,10 +64,10 @@ pub struct Args {
     /// Payload bytes per round trip.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(16..=1200))]
     pub size: u32,
-    /// How long to wait for each echo, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2000,
-          value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub data_timeout_ms: u64,
+    /// How long to wait for each echo (e.g. 2s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "2s",
+          value_parser = crate::duration::positive)]
+    pub data_timeout: Duration,
     /// TLS: trust this PEM file (a private CA or the server's self-signed
     /// certificate) instead of the system's CAs.
     #[arg(long, value_name = "FILE")]
@@ -91,10 +109,23 @@ impl From<TransportArg> for Transport {
 
 /// Credentials from the flags, and whether they are REST ones.
 pub fn credentials(args: &Args) -> Result<(Credentials, bool), Failure> {
+    let usage = |e: anyhow::Error| Failure::new("usage", format!("{e:#}"));
+    let password = secret::resolve(
+        args.password.as_deref(),
+        args.password_file.as_deref(),
+        "--password-file",
+    )
+    .map_err(usage)?;
+    let shared = secret::resolve(
+        args.secret.as_deref(),
+        args.secret_file.as_deref(),
+        "--secret-file",
+    )
+    .map_err(usage)?;
     credentials_from(
         args.user.as_deref(),
-        args.password.as_deref(),
-        args.secret.as_deref(),
+        password.as_deref(),
+        shared.as_deref(),
         ("--user", "--password", "--secret"),
     )
 }

@@ -124,6 +124,18 @@ pub fn from_client(e: &ClientError, doing: Doing, who: &Who) -> Failure {
     }
 }
 
+/// ICMP port unreachable came back for allocation `name`'s requests.
+pub fn unreachable(who: &Who, name: &str) -> Failure {
+    Failure::new(
+        "unreachable",
+        format!(
+            "{} is unreachable (allocation {name}): ICMP port unreachable came back \
+             (nothing listens on that UDP port: wrong port, or the server is not running)",
+            who.server
+        ),
+    )
+}
+
 /// No answer from the server: RFC 8489 §6.2.1 retransmissions over UDP, one
 /// long wait over a stream (§6.2.2).
 pub fn timeout(who: &Who, waited: Duration, attempts: u32) -> Failure {

@@ -184,7 +184,7 @@ impl Printer {
     fn push(&mut self, step: String, took: Option<Duration>, detail: String) {
         if !self.json {
             let t = took.map(millis).unwrap_or_default();
-            println!("{step:<11} {t:>9}  {detail}");
+            outln!("{step:<11} {t:>9}  {detail}");
         }
         self.report.steps.push(Step {
             step,
@@ -202,7 +202,7 @@ impl Printer {
             message: f.message.clone(),
         });
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&self.report)?);
+            outln!("{}", serde_json::to_string_pretty(&self.report)?);
         }
         Ok(())
     }

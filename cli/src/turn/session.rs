@@ -154,10 +154,13 @@ impl Session {
                 channel,
                 at,
             }),
-            // The client's timers decide; the error message names it.
+            // ICMP port unreachable on the connected socket: nothing listens
+            // on that UDP port, and waiting out the retransmissions would
+            // only delay the same news (RFC 1122 §4.1.3.3 passes it up).
             Incoming::Unreachable(kind) => {
                 if kind == io::ErrorKind::ConnectionRefused {
                     self.who.port_unreachable = true;
+                    return Err(super::failure::unreachable(&self.who, a.name));
                 }
             }
         }

@@ -1,0 +1,82 @@
+//! Standard output for every command: [`outln!`] and [`out!`] instead of
+//! `println!` and `print!`.
+//!
+//! `println!` panics when stdout is a closed pipe (`natkit netcheck --json
+//! | head -c1`; Rust ignores SIGPIPE, so the write fails with EPIPE). Here a
+//! closed pipe is remembered and later output dropped: the command still
+//! finishes its work (a TURN check still deletes its allocations) and
+//! `main` then exits quietly. Any other write error (a full disk behind
+//! `> file`) is remembered too and reported as the command's error.
+
+use std::io::{self, Write};
+use std::sync::Mutex;
+
+/// What went wrong writing to stdout, if anything.
+static FAILED: Mutex<Option<io::ErrorKind>> = Mutex::new(None);
+
+/// Write `args` to stdout; see the module docs for errors.
+pub fn write(args: std::fmt::Arguments<'_>) {
+    let mut failed = FAILED.lock().unwrap_or_else(|p| p.into_inner());
+    if failed.is_some() {
+        return;
+    }
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        *failed = Some(e.kind());
+    }
+}
+
+/// How stdout ended: `Ok(true)` when the reader went away (closed pipe),
+/// `Ok(false)` when every write went through, `Err` for other failures.
+pub fn status() -> io::Result<bool> {
+    let failed = *FAILED.lock().unwrap_or_else(|p| p.into_inner());
+    match failed {
+        None => Ok(false),
+        Some(io::ErrorKind::BrokenPipe) => Ok(true),
+        Some(k) => Err(io::Error::new(k, "cannot write to standard output")),
+    }
+}
+
+/// The document `--json` prints when a command fails, for commands that
+/// have no report of their own: `{"ok": false, "error": {"kind", "message"}}`
+/// (the shape of every natkit failure document).
+pub fn failure_json(kind: &str, message: &str) {
+    let doc = serde_json::json!({
+        "ok": false,
+        "error": { "kind": kind, "message": message },
+    });
+    write(format_args!("{doc:#}\n"));
+}
+
+/// The stable kind of a command's error: a [`crate::turn::Failure`]'s
+/// own, `io` for system errors, else `error`.
+pub fn kind_of(e: &anyhow::Error) -> &'static str {
+    for cause in e.chain() {
+        if let Some(f) = cause.downcast_ref::<crate::turn::Failure>() {
+            return f.kind;
+        }
+        if cause.downcast_ref::<io::Error>().is_some() {
+            return "io";
+        }
+    }
+    "error"
+}
+
+/// Whether `message`, a panic's, is std's `println!` failing on a closed
+/// stdout.
+pub fn is_closed_stdout_panic(message: &str) -> bool {
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+}
+
+/// `println!` that never panics: see the module docs.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` that never panics: see the module docs.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*)) };
+}

@@ -1,0 +1,102 @@
+//! One STUN Binding over TCP (RFC 8489 §6.2.2: no retransmissions, the
+//! message framed by its own length), for the UDP verdict: when UDP gets
+//! no answer, whether the same server answers over TCP says whether a relay
+//! over TCP or TLS would work.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use natkit_proto::binding::{self, RequestOptions};
+use natkit_proto::transaction::new_transaction_id;
+use serde::Serialize;
+
+use crate::udp_driver::json_ms;
+
+/// What TCP said.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpOut {
+    /// The server asked.
+    pub server: SocketAddr,
+    /// Whether it answered a Binding request over TCP.
+    pub works: bool,
+    /// The mapped address it saw (the TCP mapping: may differ from UDP's).
+    pub mapped: Option<SocketAddr>,
+    /// Connect plus Binding round trip.
+    pub ms: Option<f64>,
+    /// Why not, when it did not.
+    pub error: Option<String>,
+}
+
+/// Ask `server` over TCP, giving up at `deadline`.
+pub fn probe(server: SocketAddr, deadline: Instant) -> TcpOut {
+    let t0 = Instant::now();
+    match binding(server, deadline) {
+        Ok(mapped) => TcpOut {
+            server,
+            works: true,
+            mapped: Some(mapped),
+            ms: Some(json_ms(t0.elapsed())),
+            error: None,
+        },
+        Err(e) => TcpOut {
+            server,
+            works: false,
+            mapped: None,
+            ms: None,
+            error: Some(e),
+        },
+    }
+}
+
+fn binding(server: SocketAddr, deadline: Instant) -> Result<SocketAddr, String> {
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let mut s = TcpStream::connect_timeout(&server, left()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            "no answer to the TCP handshake (blocked?)".to_string()
+        }
+        _ => format!("cannot connect: {e}"),
+    })?;
+    let tid = new_transaction_id();
+    let mut req = [0u8; 64];
+    let opts = RequestOptions {
+        fingerprint: true,
+        ..Default::default()
+    };
+    let n = binding::write_request(&mut req, &tid, &opts).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(left())).ok();
+    s.write_all(&req[..n])
+        .map_err(|e| format!("cannot send: {e}"))?;
+    // RFC 8489 §6.2.2: the header's length field frames the message.
+    let mut buf = vec![0u8; 20];
+    let mut read = |buf: &mut [u8]| -> Result<(), String> {
+        s.set_read_timeout(Some(left())).ok();
+        s.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                "connected, but no answer to the Binding request".to_string()
+            }
+            _ => format!("connected, then: {e}"),
+        })
+    };
+    read(&mut buf)?;
+    let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    if len > 2048 {
+        return Err("not a STUN answer (message too long)".into());
+    }
+    buf.resize(20 + len, 0);
+    read(&mut buf[20..])?;
+    let r = binding::parse_response(&buf).map_err(|e| format!("not a STUN answer: {e}"))?;
+    if r.transaction_id != tid {
+        return Err("answer to another transaction".into());
+    }
+    match (r.outcome, r.mapped) {
+        (Err(code), _) => Err(format!("answered with error {code}")),
+        (Ok(()), None) => Err("answered without XOR-MAPPED-ADDRESS".into()),
+        (Ok(()), Some(m)) => Ok(m),
+    }
+}
