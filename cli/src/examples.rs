@@ -28,7 +28,7 @@ pub const NETCHECK: &str = "\
 Examples:
   natkit netcheck                           the default servers, IPv4 and IPv6
   natkit netcheck stun.example.org stun2.example.org
-  natkit netcheck stun.example.org --turn turn:turn.example.org -u alice --password-file pw
+  natkit netcheck --turn turns:turn.example.org --turn-user alice --turn-password-file pw
   natkit netcheck --json > here.json        save a report ...
   natkit netcheck --compare here.json there.json
                                             ... and predict a connection between two peers

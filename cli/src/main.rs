@@ -13,6 +13,7 @@ mod examples;
 mod netcheck;
 mod p2p;
 mod portmap_check;
+mod relays;
 mod secret;
 mod servers;
 mod stun;

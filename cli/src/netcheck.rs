@@ -5,19 +5,25 @@
 //! [`crate::discovery_output`]). Meanwhile it asks the gateway for a port
 //! mapping with PCP, NAT-PMP and UPnP IGD ([`crate::portmap_check`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use natkit_proto::discovery::{self, Discovery, Mapping, NatType, Note, Observation, Report, Test};
 use serde::Serialize;
 
 use crate::discovery_output::{self as words, ReportJson};
 use crate::portmap_check;
+use crate::relays::{self, RelayOut, TurnFlags};
 use crate::servers;
 use crate::stun::ErrorOut;
 use crate::stun_tcp::{self, TcpOut};
 use crate::udp_driver::{self, millis, secs, Progress, TimingArgs};
+
+mod compare;
+mod lifetime;
 
 /// Flags of `natkit netcheck`.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +62,26 @@ pub struct Args {
     /// The gateway to ask for a port mapping (default: the default route's).
     #[arg(long, value_name = "IP", conflicts_with = "no_port_mapping")]
     pub gateway: Option<IpAddr>,
+    /// Repeat every DURATION (e.g. 30s) and show what changed; Ctrl-C
+    /// stops (or --count). With --json: one document per line.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::positive)]
+    pub every: Option<Duration>,
+    /// With --every: stop after N runs.
+    #[arg(long, value_name = "N", requires = "every",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: Option<u32>,
+    /// Predict a connection between two peers from their saved reports
+    /// (`natkit netcheck --json > A.json`): direct, how, or relayed, and why.
+    #[arg(long, num_args = 2, value_names = ["A.json", "B.json"],
+          conflicts_with_all = ["every", "lifetime"])]
+    pub compare: Option<Vec<PathBuf>>,
+    /// Measure how long the NAT keeps an idle UDP mapping (RFC 5780 §4.6),
+    /// waiting at most DURATION (e.g. 2m).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::positive,
+          conflicts_with = "every")]
+    pub lifetime: Option<Duration>,
+    #[command(flatten)]
+    pub relays: TurnFlags,
     #[command(flatten)]
     pub timing: TimingArgs,
 }
@@ -99,15 +125,23 @@ struct FamilyOut {
 /// The document: the first family's fields at the top (one-family runs
 /// read as before), every family in `families`.
 #[derive(Serialize)]
-struct Output {
+struct Output<'a> {
     ok: bool,
     error: Option<ErrorOut>,
     #[serde(flatten)]
-    primary: Option<FamilyOut>,
+    primary: Option<&'a FamilyOut>,
     families: Vec<serde_json::Value>,
     skipped: Vec<String>,
+    /// `--turn`: the round trips through each relay.
+    relays: Vec<RelayOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    port_mapping: Option<PortMapping>,
+    port_mapping: Option<&'a PortMapping>,
+    /// `--every`: which run this is (from 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    round: Option<u32>,
+    /// `--every`: what differs from the previous run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<Vec<String>>,
 }
 
 /// Start the port-mapping check on a thread of its own (it runs while the
@@ -232,8 +266,108 @@ fn family_run(
     out
 }
 
+/// One run's findings.
+struct Diagnosis {
+    ok: bool,
+    error: Option<ErrorOut>,
+    runs: Vec<FamilyOut>,
+    skipped: Vec<String>,
+    port_mapping: Option<PortMapping>,
+    relays: Vec<RelayOut>,
+}
+
 /// Run `natkit netcheck`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(files) = &args.compare {
+        return compare::run(&files[0], &files[1], args.json);
+    }
+    if let Some(lifetime) = args.lifetime {
+        return lifetime::run(&args, lifetime);
+    }
+    let rounds = match args.every {
+        None => 1,
+        Some(_) => args.count.unwrap_or(u32::MAX),
+    };
+    let mut previous: Option<BTreeMap<String, String>> = None;
+    let mut last = Ok(());
+    for round in 0..rounds {
+        let started = Instant::now();
+        let d = diagnose(&args);
+        let summary = summary(&d);
+        let changes = previous.as_ref().map(|p| changes(p, &summary));
+        print(&args, &d, changes.as_deref(), round)?;
+        previous = Some(summary);
+        last = match d.error {
+            None => Ok(()),
+            Some(e) => Err(crate::turn::Failure::new(e.kind, e.message).into()),
+        };
+        let (Some(every), true) = (args.every, round + 1 < rounds) else {
+            break;
+        };
+        if args.every.is_some() && last.is_err() && !args.json {
+            if let Err(e) = &last {
+                eprintln!("error: {e:#}");
+            }
+        }
+        std::thread::sleep(every.saturating_sub(started.elapsed()));
+    }
+    last
+}
+
+/// What `--every` compares between runs: per family the mapped address,
+/// the behaviors and UDP/TCP; the relays; the port mapping.
+fn summary(d: &Diagnosis) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for f in &d.runs {
+        let k = |what: &str| format!("{} {what}", f.family);
+        if let Some(r) = &f.raw {
+            // The IP, not the port: each run sends from a new local port.
+            let public = r.mapped.map_or("none".to_string(), |a| a.ip().to_string());
+            m.insert(k("public address"), public);
+            m.insert(k("mapping"), words::mapping(&r.mapping));
+            m.insert(k("filtering"), words::filtering(&r.filtering));
+            m.insert(k("NAT type"), words::nat_type_name(r.nat_type).to_string());
+        }
+        m.insert(k("UDP"), f.udp.to_string());
+        if let Some(t) = &f.tcp {
+            m.insert(k("TCP"), if t.works { "works" } else { "blocked" }.into());
+        }
+    }
+    for r in &d.relays {
+        m.insert(
+            format!("relay {}", r.uri),
+            if r.ok { "works" } else { "fails" }.into(),
+        );
+    }
+    if let Some(PortMapping::Checked(p)) = &d.port_mapping {
+        m.insert(
+            "port mapping".into(),
+            p.via.map_or("none".to_string(), str::to_string),
+        );
+    }
+    m
+}
+
+/// Lines for what differs from the previous run.
+fn changes(before: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in now {
+        match before.get(k) {
+            Some(old) if old != v => out.push(format!("{k}: {old} -> {v}")),
+            None => out.push(format!("{k}: (new) {v}")),
+            _ => {}
+        }
+    }
+    for (k, old) in before {
+        if !now.contains_key(k) {
+            out.push(format!("{k}: {old} -> (gone)"));
+        }
+    }
+    out
+}
+
+/// One diagnosis: both families, TCP, relays and port mapping at once.
+fn diagnose(args: &Args) -> Diagnosis {
     let start = Instant::now();
     let deadline = start + args.timing.timeout;
     let mut given = args.servers.clone();
@@ -241,6 +375,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (list, _default) = servers::chosen(&given);
     let (resolved, skipped) = servers::resolve_all(&list);
     let families = servers::families(args.only_v4, args.only_v6, args.bind);
+    let relays = relays::start(&args.relays, &args.timing);
     // Bind each family's socket first: the port-mapping check needs the
     // IPv4 run's local address.
     let mut plans = Vec::new();
@@ -259,12 +394,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         plans.push((v4, targets, bound));
     }
-    let port_mapping = pm_local.and_then(|ip| start_port_mapping(&args, ip));
+    let port_mapping = pm_local.and_then(|ip| start_port_mapping(args, ip));
     let runs: Vec<FamilyOut> = std::thread::scope(|s| {
         let handles: Vec<_> = plans
             .into_iter()
             .map(|(v4, targets, bound)| {
-                let args = &args;
                 s.spawn(move || family_run(v4, targets, bound, args, deadline))
             })
             .collect();
@@ -275,62 +409,106 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             skipped: "internal error: the check panicked".into(),
         })
     });
+    let relays: Vec<RelayOut> = relays.into_iter().filter_map(|h| h.join().ok()).collect();
     let ok = runs
         .iter()
-        .any(|f| f.learned || f.tcp.as_ref().is_some_and(|t| t.works));
+        .any(|f| f.learned || f.tcp.as_ref().is_some_and(|t| t.works))
+        || relays.iter().any(|r| r.ok);
     let error = (!ok).then(|| failure(&runs, &skipped));
-    for f in &runs {
-        if let Some(r) = f.raw.as_ref().filter(|r| r.learned_anything()) {
-            warn_no_rfc5780(f.family, r);
+    Diagnosis {
+        ok,
+        error,
+        runs,
+        skipped,
+        port_mapping,
+        relays,
+    }
+}
+
+fn print(args: &Args, d: &Diagnosis, changes: Option<&[String]>, round: u32) -> anyhow::Result<()> {
+    let ok = d.ok;
+    if round == 0 {
+        for f in &d.runs {
+            if let Some(r) = f.raw.as_ref().filter(|r| r.learned_anything()) {
+                warn_no_rfc5780(f.family, r);
+            }
         }
     }
-
     if args.json {
-        let families = runs
+        let families = d
+            .runs
             .iter()
             .map(|f| serde_json::to_value(f).unwrap_or_default())
             .collect();
-        let mut runs = runs;
         // The first family that ran fills the top level.
-        let primary = match runs.iter().position(|f| f.raw.is_some()) {
-            Some(i) => Some(runs.remove(i)),
-            None if !runs.is_empty() => Some(runs.remove(0)),
-            None => None,
-        };
+        let primary = d
+            .runs
+            .iter()
+            .position(|f| f.raw.is_some())
+            .or((!d.runs.is_empty()).then_some(0))
+            .map(|i| &d.runs[i]);
         let out = Output {
             ok,
-            error: error.clone(),
+            error: d.error.clone(),
             primary,
             families,
-            skipped: skipped.clone(),
-            port_mapping,
+            skipped: d.skipped.clone(),
+            relays: d.relays.clone(),
+            port_mapping: d.port_mapping.as_ref(),
+            round: args.every.map(|_| round + 1),
+            changes: changes.map(<[String]>::to_vec),
         };
-        outln!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        for s in &skipped {
+        if args.every.is_some() {
+            // --every: one compact document per line (JSON Lines).
+            outln!("{}", serde_json::to_string(&out)?);
+        } else {
+            outln!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        return Ok(());
+    }
+    if round == 0 {
+        for s in &d.skipped {
             eprintln!("warning: {s}; skipped");
         }
-        for f in &runs {
-            match (&f.raw, &f.family_error) {
-                (Some(r), _) if f.learned || ok => {
-                    out!("{}", human(f.family, r, f.tcp.as_ref(), &f.connectivity))
+    }
+    if let Some(every) = args.every {
+        outln!(
+            "== run {} (every {}) ==",
+            round + 1,
+            udp_driver::human(every)
+        );
+        match changes {
+            None => {}
+            Some([]) => outln!("no change since the last run\n"),
+            Some(c) => {
+                outln!("changed since the last run:");
+                for line in c {
+                    outln!("  - {line}");
                 }
-                (_, Some(e)) if ok => outln!("{}\n  {e}\n", f.family),
-                _ => {}
+                outln!();
             }
         }
-        match &port_mapping {
-            Some(PortMapping::Checked(r)) => out!("{}", portmap_check::human(r)),
-            Some(PortMapping::Skipped { skipped }) if ok => {
-                outln!("Port mapping\n  not checked: {skipped}")
+    }
+    for f in &d.runs {
+        match (&f.raw, &f.family_error) {
+            (Some(r), _) if f.learned || ok => {
+                out!("{}", human(f.family, r, f.tcp.as_ref(), &f.connectivity))
             }
+            (_, Some(e)) if ok => outln!("{}\n  {e}\n", f.family),
             _ => {}
         }
     }
-    match error {
-        None => Ok(()),
-        Some(e) => Err(crate::turn::Failure::new(e.kind, e.message).into()),
+    if !d.relays.is_empty() {
+        out!("{}", relays::human(&d.relays));
     }
+    match &d.port_mapping {
+        Some(PortMapping::Checked(r)) => out!("{}", portmap_check::human(r)),
+        Some(PortMapping::Skipped { skipped }) if ok => {
+            outln!("Port mapping\n  not checked: {skipped}")
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The error when nothing was learned: what the notes say.
@@ -503,4 +681,36 @@ fn human(family: &str, r: &Report, tcp: Option<&TcpOut>, connectivity: &str) -> 
         }
     }
     format!("NAT behavior discovery (RFC 5780), {family}\n{s}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_name_what_moved() {
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let a = m(&[
+            ("IPv4 public address", "203.0.113.1"),
+            ("IPv4 UDP", "works"),
+        ]);
+        let b = m(&[
+            ("IPv4 public address", "203.0.113.9"),
+            ("IPv6 UDP", "works"),
+        ]);
+        assert_eq!(
+            changes(&a, &b),
+            vec![
+                "IPv4 public address: 203.0.113.1 -> 203.0.113.9".to_string(),
+                "IPv6 UDP: (new) works".into(),
+                "IPv4 UDP: works -> (gone)".into(),
+            ]
+        );
+        assert!(changes(&a, &a).is_empty());
+    }
 }

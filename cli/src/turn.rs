@@ -15,7 +15,7 @@
 
 pub(crate) mod args;
 mod failure;
-mod report;
+pub(crate) mod report;
 mod session;
 pub(crate) mod tls;
 
@@ -56,6 +56,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => Ok(()),
         Some(f) => Err(f.into()),
     }
+}
+
+/// A whole check without output, for `natkit netcheck --turn`: the report,
+/// failure included.
+pub fn check(args: &Args) -> report::Report {
+    let mut out = Printer::quiet();
+    let result = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(probe(args, &mut out)),
+        Err(e) => Err(Failure::new(
+            "io",
+            format!("cannot start the async runtime: {e}"),
+        )),
+    };
+    let _ = out.finish(result.err().as_ref());
+    out.report
 }
 
 async fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {

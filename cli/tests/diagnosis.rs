@@ -79,6 +79,17 @@ impl Drop for Server {
     }
 }
 
+/// The answer to `req` from `from`, and where it goes: RESPONSE-PORT (RFC
+/// 5780 §7.5) sends it to the same IP at that port.
+fn answer_to(req: &[u8], from: SocketAddr) -> Option<(Vec<u8>, SocketAddr)> {
+    let r = binding::parse_request(req).ok()?;
+    let to = match r.response_port {
+        Some(p) => SocketAddr::new(from.ip(), p),
+        None => from,
+    };
+    Some((answer(req, from)?, to))
+}
+
 fn answer(req: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
     let r = binding::parse_request(req).ok()?;
     let mut out = [0u8; 128];
@@ -110,8 +121,8 @@ impl Server {
                 let Ok((n, from)) = u.recv_from(&mut buf) else {
                     continue;
                 };
-                if let (true, Some(a)) = (udp, answer(&buf[..n], from)) {
-                    let _ = u.send_to(&a, from);
+                if let (true, Some((a, to))) = (udp, answer_to(&buf[..n], from)) {
+                    let _ = u.send_to(&a, to);
                 }
             }
         }));
@@ -461,4 +472,208 @@ fn logs_carry_no_colour_codes_off_a_terminal() {
     let e = stderr(&out);
     assert!(e.contains("RUST_LOG"), "{e}");
     assert!(!e.contains('\u{1b}'), "colour codes in {e:?}");
+}
+
+#[test]
+fn every_repeats_and_says_what_changed() {
+    let s = Server::start("127.0.0.1", true, false);
+    let server = s.addr.to_string();
+    let base = [
+        "netcheck",
+        server.as_str(),
+        "--no-tcp",
+        "--no-hairpin",
+        "--every",
+        "200ms",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--count", "2"]);
+    let out = natkit(&args);
+    assert!(out.status.success());
+    let t = stdout(&out);
+    assert!(t.contains("== run 1 (every 200.0 ms) =="), "{t}");
+    assert!(
+        t.contains("== run 2 (every 200.0 ms) ==\nno change since the last run"),
+        "{t}"
+    );
+    args.push("--json");
+    let out = natkit(&args);
+    assert!(out.status.success());
+    let docs: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON document per line"))
+        .collect();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(
+        (docs[0]["round"].clone(), docs[1]["round"].clone()),
+        (1.into(), 2.into())
+    );
+    assert!(docs[0].get("changes").is_none());
+    assert_eq!(docs[1]["changes"], serde_json::json!([]));
+    // --count needs --every.
+    let out = natkit(&["netcheck", &server, "--count", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn compare_predicts_a_connection_from_two_reports() {
+    let s = Server::start("127.0.0.1", true, false);
+    let dir = std::env::temp_dir().join(format!("natkit-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A real report from here (no NAT on loopback, filtering unknown: a
+    // plain server) ...
+    let addr = s.addr.to_string();
+    let out = natkit(&["netcheck", &addr, "--json", "--no-tcp", "--no-hairpin"]);
+    assert!(out.status.success());
+    let here = dir.join("here.json");
+    std::fs::write(&here, &out.stdout).unwrap();
+    // ... and two written by hand, as natkit writes them.
+    let report = |mapping: &str, filtering: &str, extra: Value| {
+        let mut v = serde_json::json!({
+            "ok": true, "error": null, "family": "IPv4", "udp": "works",
+            "mapped": "203.0.113.1:40000",
+            "mapping": {"behavior": mapping}, "filtering": {"behavior": filtering},
+            "relays": [], "families": []
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let sym = dir.join("sym.json");
+    let pr = dir.join("pr.json");
+    let ub = dir.join("ub.json");
+    let apd = "address_and_port_dependent";
+    std::fs::write(&sym, report(apd, apd, serde_json::json!({})).to_string()).unwrap();
+    std::fs::write(
+        &pr,
+        report("endpoint_independent", apd, serde_json::json!({})).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        &ub,
+        report(
+            "unknown",
+            "unknown",
+            serde_json::json!({"udp": "blocked", "tcp": {"works": true}}),
+        )
+        .to_string(),
+    )
+    .unwrap();
+    let cmp = |a: &std::path::Path, b: &std::path::Path| {
+        let out = natkit(&[
+            "netcheck",
+            "--compare",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(out.status.success());
+        let v = json(&out);
+        (
+            v["outcome"].as_str().unwrap().to_string(),
+            v["method"].as_str().unwrap().to_string(),
+            v,
+        )
+    };
+    assert_eq!(cmp(&pr, &pr).0, "direct");
+    assert_eq!(cmp(&pr, &pr).1, "hole_punching");
+    let (o, m, v) = cmp(&pr, &sym);
+    assert_eq!((o.as_str(), m.as_str()), ("relay", "turn_udp"));
+    assert!(v["why"].as_str().unwrap().contains("dropped"), "{v}");
+    assert_eq!(cmp(&ub, &pr).1, "turn_tcp");
+    // The real report: no NAT here; its filtering is unknown (a plain
+    // server), so against a symmetric NAT the answer is hedged or direct,
+    // never a crash; the text names both files.
+    let out = natkit(&[
+        "netcheck",
+        "--compare",
+        here.to_str().unwrap(),
+        sym.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("prediction"), "{}", stdout(&out));
+    // Not a report: a clear error, and JSON with a kind.
+    let out = natkit(&[
+        "netcheck",
+        "--compare",
+        here.to_str().unwrap(),
+        "/nonexistent.json",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["ok"], false);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn lifetime_on_loopback_is_bounded_and_outlives_the_test() {
+    let s = Server::start("127.0.0.1", true, false);
+    let server = s.addr.to_string();
+    let t = Instant::now();
+    let out = natkit(&["netcheck", &server, "--lifetime", "1s", "--json"]);
+    assert!(out.status.success());
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    let v = json(&out);
+    // No NAT on loopback: the mapping outlives the longest test.
+    assert_eq!(v["alive_after_ms"], 1000.0);
+    assert!(v["expired_after_ms"].is_null());
+    assert_eq!(v["tests"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn relays_round_trips_with_turn() {
+    let bin = natkit_testkit::bins::natkit_turn_next_to(env!("CARGO_BIN_EXE_natkit"));
+    let log = std::env::temp_dir().join(format!("natkit-turn-log-{}", std::process::id()));
+    let relay = natkit_testkit::relay::TurnRelay::builder(bin)
+        .user("u", "p")
+        .allow_loopback_peers()
+        .stderr(std::fs::File::create(&log).unwrap())
+        .start();
+    let s = Server::start("127.0.0.1", true, false);
+    let uri = format!("turn:{}", relay.addr);
+    let mut c = natkit_cmd(&[
+        "netcheck",
+        &s.addr.to_string(),
+        "--no-tcp",
+        "--no-hairpin",
+        "--turn",
+        &uri,
+        "--turn-user",
+        "u",
+        "--json",
+    ]);
+    c.env("NATKIT_TURN_PASSWORD", "p");
+    let out = run(c);
+    assert!(out.status.success());
+    let v = json(&out);
+    let r = &v["relays"][0];
+    assert_eq!(r["ok"], true, "{v}");
+    assert_eq!(r["received"], 3);
+    assert!(r["rtt_avg_ms"].as_f64().unwrap() > 0.0);
+    let out = natkit(&[
+        "netcheck",
+        &s.addr.to_string(),
+        "--no-tcp",
+        "--turn",
+        &uri,
+        "--turn-user",
+        "u",
+        "--turn-password",
+        "p",
+    ]);
+    assert!(
+        stdout(&out).contains("Relays (TURN round trips)"),
+        "{}",
+        stdout(&out)
+    );
+    // The server's own log, written to a file: no colour codes.
+    drop(relay);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.is_empty(), "natkit-turn logged nothing");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in the server log: {text:?}"
+    );
+    let _ = std::fs::remove_file(&log);
 }

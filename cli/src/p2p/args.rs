@@ -20,34 +20,10 @@ pub struct Common {
     /// (repeatable; port 3478 by default).
     #[arg(long = "stun", value_name = "HOST:PORT")]
     pub stun: Vec<String>,
-    /// TURN server to relay through: turn:HOST[:PORT][?transport=udp|tcp]
-    /// or turns:HOST[:PORT] (RFC 7065; repeatable; ports 3478 and 5349 by
-    /// default).
-    #[arg(long = "turn", value_name = "URI")]
-    pub turn: Vec<String>,
-    /// TURN username (with --turn-password), or the user part of REST
-    /// credentials (with --turn-secret).
-    #[arg(long, value_name = "U")]
-    pub turn_user: Option<String>,
-    /// TURN password (long-term credentials, RFC 8489 §9.2).
-    #[arg(
-        long,
-        value_name = "P",
-        env = "NATKIT_TURN_PASSWORD",
-        hide_env_values = true
-    )]
-    pub turn_password: Option<String>,
-    /// Read the TURN password from the first line of FILE.
-    #[arg(long, value_name = "FILE", conflicts_with = "turn_password")]
-    pub turn_password_file: Option<PathBuf>,
-    /// Shared secret of the TURN server's REST API: credentials valid for
-    /// 1 h are minted from it.
-    #[arg(long, value_name = "S", conflicts_with_all = ["turn_password", "turn_password_file"],
-          env = "NATKIT_TURN_SECRET", hide_env_values = true)]
-    pub turn_secret: Option<String>,
-    /// Read the TURN shared secret from the first line of FILE.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["turn_secret", "turn_password", "turn_password_file"])]
-    pub turn_secret_file: Option<PathBuf>,
+    /// --turn and its credentials and TLS trust (the same flags as
+    /// `natkit netcheck --turn`).
+    #[command(flatten)]
+    pub relay: crate::relays::TurnFlags,
     /// Use only relayed candidates (needs --turn): hides your addresses
     /// from the peer, or tests the relay path.
     #[arg(long)]
@@ -99,17 +75,6 @@ pub struct Common {
     /// Print and write your description as JSON instead of the nk1. text.
     #[arg(long)]
     pub json: bool,
-    /// turns: trust this PEM file (a private CA or the server's
-    /// certificate) instead of the system's CAs.
-    #[arg(long, value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// turns: do not verify the server's certificate (prints a warning).
-    #[arg(long, conflicts_with = "ca")]
-    pub insecure: bool,
-    /// turns: the name the server's certificate must carry (default: the
-    /// host of the URI).
-    #[arg(long, value_name = "NAME")]
-    pub tls_name: Option<String>,
 }
 
 /// A duration flag (the shared spelling, `30s`, `2m`, or seconds): above
@@ -133,7 +98,7 @@ impl Common {
     /// are resolved here (the system resolver, only for names: IP literals
     /// are used as they are).
     pub fn builder(&self, role: Role) -> anyhow::Result<Builder> {
-        if self.relay_only && self.turn.is_empty() {
+        if self.relay_only && self.relay.turn.is_empty() {
             bail!("--relay-only needs a TURN server: add --turn turn:HOST[:PORT]");
         }
         let mut b = Session::builder()
@@ -181,7 +146,7 @@ impl Common {
     /// The servers as given, for messages.
     pub fn servers(&self) -> Vec<String> {
         let stun = self.stun.iter().map(|s| format!("--stun {s}"));
-        stun.chain(self.turn.iter().map(|t| format!("--turn {t}")))
+        stun.chain(self.relay.turn.iter().map(|t| format!("--turn {t}")))
             .collect()
     }
 
@@ -196,27 +161,27 @@ impl Common {
     )> {
         // A password or secret may come from the environment (NATKIT_TURN_*),
         // set for other runs: only flags say the user meant a relay.
-        let any_creds = self.turn_user.is_some()
-            || self.turn_password_file.is_some()
-            || self.turn_secret_file.is_some();
-        if self.turn.is_empty() {
+        let any_creds = self.relay.turn_user.is_some()
+            || self.relay.turn_password_file.is_some()
+            || self.relay.turn_secret_file.is_some();
+        if self.relay.turn.is_empty() {
             if any_creds {
                 bail!("--turn-user, --turn-password and --turn-secret need --turn URI");
             }
             return Ok((Vec::new(), None));
         }
         let password = crate::secret::resolve(
-            self.turn_password.as_deref(),
-            self.turn_password_file.as_deref(),
+            self.relay.turn_password.as_deref(),
+            self.relay.turn_password_file.as_deref(),
             "--turn-password-file",
         )?;
         let shared = crate::secret::resolve(
-            self.turn_secret.as_deref(),
-            self.turn_secret_file.as_deref(),
+            self.relay.turn_secret.as_deref(),
+            self.relay.turn_secret_file.as_deref(),
             "--turn-secret-file",
         )?;
         let (creds, _rest) = credentials_from(
-            self.turn_user.as_deref(),
+            self.relay.turn_user.as_deref(),
             password.as_deref(),
             shared.as_deref(),
             ("--turn-user", "--turn-password", "--turn-secret"),
@@ -224,7 +189,7 @@ impl Common {
         .map_err(|f| anyhow::anyhow!("{}", f.message))?;
         let mut out = Vec::new();
         let mut tls_config = None;
-        for uri in &self.turn {
+        for uri in &self.relay.turn {
             let (spec, transport) =
                 parse_target(uri, None).map_err(|f| anyhow::anyhow!("--turn: {}", f.message))?;
             let addr = udp_driver::resolve(&spec, None).with_context(|| format!("--turn {uri}"))?;
@@ -235,7 +200,7 @@ impl Common {
                     if tls_config.is_none() {
                         tls_config = Some(tls::client_config(&self.trust())?);
                     }
-                    let name = self.tls_name.as_deref().unwrap_or(&spec.host);
+                    let name = self.relay.tls_name.as_deref().unwrap_or(&spec.host);
                     // Checked here for a message that names the flag.
                     tls::server_name(name)?;
                     TurnServer::tls(addr, creds.clone(), name)
@@ -247,14 +212,14 @@ impl Common {
     }
 
     fn trust(&self) -> Trust {
-        if self.insecure {
+        if self.relay.insecure {
             eprintln!(
                 "warning: --insecure: the TURN server's certificate is not verified; \
                  anyone on the path could pose as the server"
             );
             return Trust::Insecure;
         }
-        match &self.ca {
+        match &self.relay.ca {
             Some(f) => Trust::CaFile(f.clone()),
             None => Trust::System,
         }
@@ -347,6 +312,18 @@ mod tests {
         let c = parse(&["--relay-only"]).unwrap();
         let e = c.builder(Role::Controlling).unwrap_err().to_string();
         assert!(e.contains("needs a TURN server"), "{e}");
-        assert!(parse(&["--turn-secret", "s", "--turn-password", "p"]).is_err());
+        // Both a password and a secret: refused when the credentials are
+        // built (either may come from the environment, so not by clap).
+        let c = parse(&[
+            "--turn",
+            "turn:127.0.0.1",
+            "--turn-secret",
+            "s",
+            "--turn-password",
+            "p",
+        ])
+        .unwrap();
+        let e = c.turn_servers().unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
     }
 }

@@ -158,6 +158,8 @@ pub struct Report {
 /// Prints steps as they finish (text) or the whole report at the end (JSON).
 pub struct Printer {
     json: bool,
+    /// Print nothing at all (another command reads the report).
+    quiet: bool,
     /// What has been found so far.
     pub report: Report,
 }
@@ -167,6 +169,16 @@ impl Printer {
     pub fn new(json: bool) -> Self {
         Printer {
             json,
+            quiet: false,
+            report: Report::default(),
+        }
+    }
+
+    /// A printer that prints nothing: the caller reads `report`.
+    pub fn quiet() -> Self {
+        Printer {
+            json: true,
+            quiet: true,
             report: Report::default(),
         }
     }
@@ -201,7 +213,7 @@ impl Printer {
             kind: f.kind,
             message: f.message.clone(),
         });
-        if self.json {
+        if self.json && !self.quiet {
             outln!("{}", serde_json::to_string_pretty(&self.report)?);
         }
         Ok(())
