@@ -242,6 +242,7 @@ pub struct Progress {
     start: Instant,
     deadline: Instant,
     enabled: bool,
+    terminal: bool,
     printed: std::cell::Cell<u32>,
 }
 
@@ -254,6 +255,7 @@ impl Progress {
             start: Instant::now(),
             deadline,
             enabled,
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             printed: std::cell::Cell::new(0),
         }
     }
@@ -272,12 +274,26 @@ impl Progress {
             return;
         }
         self.printed.set(self.printed.get() + 1);
-        eprintln!(
+        let line = format!(
             "... {}: {} of {}",
             self.what,
             secs(now.saturating_duration_since(self.start)),
             secs(self.deadline.saturating_duration_since(self.start))
         );
+        if self.terminal {
+            // One line, rewritten in place, erased when done.
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.terminal && self.printed.get() > 0 {
+            eprint!("\r\x1b[K");
+        }
     }
 }
 
