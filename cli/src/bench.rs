@@ -33,13 +33,16 @@ pub const MAX_DURATION: Duration = Duration::from_secs(600);
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Binding requests per second and latency percentiles of a STUN server.
+    #[command(after_help = crate::examples::BENCH_STUN)]
     Stun(StunArgs),
     /// Relayed packets per second, loss and round-trip latency of a TURN
     /// relay (ChannelData to peers and back), and its allocation rate.
+    #[command(after_help = crate::examples::BENCH_TURN)]
     Turn(TurnArgs),
     /// A TURN relay under unauthenticated UDP and TCP floods: an existing
     /// allocation's loss, Binding answers, new users' allocations and the
     /// relay's memory, before and during the floods.
+    #[command(after_help = crate::examples::BENCH_FLOOD)]
     Flood(FloodArgs),
 }
 

@@ -43,6 +43,24 @@ Examples:
   natkit bench turn 127.0.0.1:3478 --secret-file secret.txt --allocations 100
   natkit bench flood 127.0.0.1:3478 --secret-file secret.txt --json";
 
+/// `natkit bench stun --help`.
+pub const BENCH_STUN: &str = "\
+Examples:
+  natkit bench stun 127.0.0.1:3478 --duration 10s
+  natkit bench stun 127.0.0.1:3478 --duration 5s --json > stun.json";
+
+/// `natkit bench turn --help`.
+pub const BENCH_TURN: &str = "\
+Examples:
+  natkit bench turn 127.0.0.1:3478 --secret-file secret.txt --allocations 100
+  NATKIT_TURN_PASSWORD=... natkit bench turn 127.0.0.1:3478 --user bench --json";
+
+/// `natkit bench flood --help`.
+pub const BENCH_FLOOD: &str = "\
+Examples:
+  natkit bench flood 127.0.0.1:3478 --secret-file secret.txt --duration 10s
+  natkit bench flood --ceiling --json";
+
 /// `natkit turn --help`.
 pub const TURN: &str = "\
 Examples:

@@ -460,6 +460,10 @@ fn help_has_examples_everywhere_and_subcommands_take_v() {
     for sub in ["stun", "turn", "flood"] {
         let h = stdout(&natkit(&["bench", sub, "--help"]));
         assert!(h.contains("--json"), "bench {sub}");
+        assert!(
+            h.contains("Examples:"),
+            "bench {sub} --help has no examples"
+        );
     }
 }
 
