@@ -195,6 +195,9 @@ fn connectivity(udp: &str, tcp: Option<&TcpOut>) -> String {
     format!("UDP: {udp}, TCP: {tcp_word}: {meaning}")
 }
 
+/// How long the TCP check may go on once UDP has answered.
+const TCP_GRACE: Duration = Duration::from_secs(1);
+
 /// One family: Discovery on its own socket, and the TCP check beside it.
 fn family_run(
     v4: bool,
@@ -233,9 +236,14 @@ fn family_run(
         }
     };
     let servers: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
+    let first = servers[0];
     let tcp = (!args.no_tcp).then(|| {
-        let first = servers[0];
-        std::thread::spawn(move || stun_tcp::probe(first, deadline))
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Detached: it ends by the deadline on its own.
+        std::thread::spawn(move || {
+            let _ = tx.send(stun_tcp::probe(first, deadline));
+        });
+        rx
     });
     let mut cfg = discovery::Config::with_probe(args.timing.probe_config());
     cfg.hairpinning = !args.no_hairpin;
@@ -248,7 +256,20 @@ fn family_run(
             d.into_report()
                 .ok_or_else(|| anyhow::anyhow!("internal error: discovery did not finish"))
         });
-    out.tcp = tcp.and_then(|t| t.join().ok());
+    // When UDP works, TCP is a side note: a firewall that drops the SYN
+    // must not hold the run until the deadline.
+    let udp_works = report
+        .as_ref()
+        .is_ok_and(|r| r.servers().any(|o| o.answered_from.is_some()));
+    out.tcp = tcp.map(|rx| {
+        let until = if udp_works {
+            deadline.min(Instant::now() + TCP_GRACE)
+        } else {
+            deadline
+        };
+        rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| stun_tcp::unfinished(first, TCP_GRACE))
+    });
     match report {
         Ok(r) => {
             out.learned = r.learned_anything();

@@ -49,6 +49,20 @@ pub fn probe(server: SocketAddr, deadline: Instant) -> TcpOut {
     }
 }
 
+/// The result of a check still connecting when the run moved on.
+pub fn unfinished(server: SocketAddr, grace: Duration) -> TcpOut {
+    TcpOut {
+        server,
+        works: false,
+        mapped: None,
+        ms: None,
+        error: Some(format!(
+            "no answer within {} after the UDP tests (a firewall dropping TCP?)",
+            crate::udp_driver::human(grace)
+        )),
+    }
+}
+
 fn binding(server: SocketAddr, deadline: Instant) -> Result<SocketAddr, String> {
     let left = || {
         deadline

@@ -386,6 +386,20 @@ fn a_closed_stdout_is_no_panic_for_any_command() {
         assert!(!e.contains("panicked"), "{cmd:?}: {e}");
         assert_eq!(out.status.code(), Some(0), "{cmd:?}: {e}");
     }
+    // The peer-to-peer commands print their description first (loopback
+    // host candidates only: no STUN, no gateway asked).
+    for cmd in ["listen", "connect"] {
+        let mut c = natkit_cmd(&[cmd, "--loopback", "--no-port-mapping", "--wait", "2s"]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(101), "{cmd}: {e}");
+        assert!(!e.contains("panicked"), "{cmd}: {e}");
+    }
 }
 
 #[test]
@@ -680,4 +694,27 @@ fn relays_round_trips_with_turn() {
         "colour codes in the server log: {text:?}"
     );
     let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn a_silent_tcp_port_does_not_hold_a_run_whose_udp_works() {
+    let s = Server::start("127.0.0.1", true, false);
+    // Listens (the kernel completes the handshake) but never answers.
+    let _silent = TcpListener::bind(s.addr).unwrap();
+    let t = Instant::now();
+    let out = natkit(&["netcheck", &s.addr.to_string(), "--json", "--no-hairpin"]);
+    let took = t.elapsed();
+    assert!(out.status.success());
+    assert!(
+        took < Duration::from_millis(2500),
+        "took {took:?} (timeout 5s)"
+    );
+    let v = json(&out);
+    assert_eq!(v["udp"], "works");
+    assert_eq!(v["tcp"]["works"], false);
+    let e = v["tcp"]["error"].as_str().unwrap();
+    assert!(
+        e.contains("no answer within 1.0 s after the UDP tests"),
+        "{e}"
+    );
 }
