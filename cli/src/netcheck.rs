@@ -30,7 +30,8 @@ mod lifetime;
 pub struct Args {
     /// STUN servers, HOST[:PORT] (port 3478 by default). RFC 5780 tests use
     /// the first that supports them; the others show whether the mapped
-    /// address varies by server. None: the default list (docs/CLI.md), or
+    /// address varies by server. stuns:HOST[:PORT] (5349 by default) adds
+    /// a Binding over TLS. None: the default list (docs/CLI.md), or
     /// $NATKIT_STUN_SERVERS (comma-separated).
     #[arg(value_name = "SERVER[:PORT]")]
     pub servers: Vec<String>,
@@ -111,6 +112,8 @@ struct FamilyOut {
     udp: &'static str,
     /// The Binding over TCP to the first server (`null`: not tried).
     tcp: Option<TcpOut>,
+    /// The Binding over TLS to the first `stuns:` server (`null`: none given).
+    tls: Option<TcpOut>,
     /// What UDP and TCP together mean for peer-to-peer connections.
     connectivity: String,
     /// Why the family could not run at all (no route, no server).
@@ -178,21 +181,51 @@ fn start_port_mapping(args: &Args, local: IpAddr) -> Option<std::thread::JoinHan
 }
 
 /// What UDP and TCP results mean for a connection to a peer.
-fn connectivity(udp: &str, tcp: Option<&TcpOut>) -> String {
-    let tcp_word = match tcp {
+fn connectivity(udp: &str, tcp: Option<&TcpOut>, tls: Option<&TcpOut>) -> String {
+    let word = |t: Option<&TcpOut>| match t {
         None => "not tested",
         Some(t) if t.works => "works",
         Some(_) => "blocked",
     };
-    let meaning = match (udp, tcp.map(|t| t.works)) {
-        ("works", _) => "direct UDP connections are possible (see the verdict)",
-        (_, Some(true)) => {
+    let works = |t: Option<&TcpOut>| t.map(|t| t.works);
+    let meaning = match (udp, works(tcp), works(tls)) {
+        ("works", ..) => "direct UDP connections are possible (see the verdict)",
+        (_, Some(true), _) => {
             "no direct connection: peers connect only through a TURN relay over TCP or TLS"
         }
-        (_, Some(false)) => "no connection at all from this network to these servers",
+        (_, _, Some(true)) => {
+            "no direct connection: peers connect only through a TURN relay over TLS"
+        }
+        (_, Some(false), None | Some(false)) | (_, None, Some(false)) => {
+            "no connection at all from this network to these servers"
+        }
         _ => "UDP gets no answer: expect a TURN relay over TCP or TLS",
     };
-    format!("UDP: {udp}, TCP: {tcp_word}: {meaning}")
+    let tls_part = match tls {
+        None => String::new(),
+        Some(_) => format!(", TLS: {}", word(tls)),
+    };
+    format!("UDP: {udp}, TCP: {}{tls_part}: {meaning}", word(tcp))
+}
+
+/// A TLS check to run: the server's address, the name its certificate
+/// must carry, and the trust to check it with.
+#[derive(Clone)]
+struct TlsTarget {
+    address: SocketAddr,
+    name: Result<rustls::pki_types::ServerName<'static>, String>,
+    config: Result<std::sync::Arc<rustls::ClientConfig>, String>,
+}
+
+/// Run `probe` on a detached thread (it ends by `deadline` on its own).
+fn background(
+    probe: impl FnOnce() -> TcpOut + Send + 'static,
+) -> std::sync::mpsc::Receiver<TcpOut> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(probe());
+    });
+    rx
 }
 
 /// How long the TCP check may go on once UDP has answered.
@@ -202,6 +235,7 @@ const TCP_GRACE: Duration = Duration::from_secs(1);
 fn family_run(
     v4: bool,
     targets: Vec<(String, SocketAddr)>,
+    tls: Option<TlsTarget>,
     bound: anyhow::Result<(std::net::UdpSocket, SocketAddr)>,
     args: &Args,
     deadline: Instant,
@@ -220,6 +254,7 @@ fn family_run(
         report: None,
         udp: "not_tested",
         tcp: None,
+        tls: None,
         connectivity: String::new(),
         family_error: None,
         learned: false,
@@ -237,13 +272,14 @@ fn family_run(
     };
     let servers: Vec<SocketAddr> = targets.iter().map(|(_, a)| *a).collect();
     let first = servers[0];
-    let tcp = (!args.no_tcp).then(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Detached: it ends by the deadline on its own.
-        std::thread::spawn(move || {
-            let _ = tx.send(stun_tcp::probe(first, deadline));
+    let tcp = (!args.no_tcp).then(|| background(move || stun_tcp::probe(first, deadline)));
+    let tls = tls.map(|t| {
+        let address = t.address;
+        let rx = background(move || match (t.name, t.config) {
+            (Ok(name), Ok(config)) => stun_tcp::probe_tls(address, name, config, deadline),
+            (Err(e), _) | (_, Err(e)) => stun_tcp::failed(address, e),
         });
-        rx
+        (address, rx)
     });
     let mut cfg = discovery::Config::with_probe(args.timing.probe_config());
     cfg.hairpinning = !args.no_hairpin;
@@ -261,15 +297,17 @@ fn family_run(
     let udp_works = report
         .as_ref()
         .is_ok_and(|r| r.servers().any(|o| o.answered_from.is_some()));
-    out.tcp = tcp.map(|rx| {
-        let until = if udp_works {
-            deadline.min(Instant::now() + TCP_GRACE)
-        } else {
-            deadline
-        };
+    let until = if udp_works {
+        deadline.min(Instant::now() + TCP_GRACE)
+    } else {
+        deadline
+    };
+    let collect = |server: SocketAddr, rx: std::sync::mpsc::Receiver<TcpOut>| {
         rx.recv_timeout(until.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| stun_tcp::unfinished(first, TCP_GRACE))
-    });
+            .unwrap_or_else(|_| stun_tcp::unfinished(server, TCP_GRACE))
+    };
+    out.tcp = tcp.map(|rx| collect(first, rx));
+    out.tls = tls.map(|(a, rx)| collect(a, rx));
     match report {
         Ok(r) => {
             out.learned = r.learned_anything();
@@ -283,8 +321,20 @@ fn family_run(
         }
         Err(e) => out.family_error = Some(format!("{family}: {e:#}")),
     }
-    out.connectivity = connectivity(out.udp, out.tcp.as_ref());
+    out.connectivity = connectivity(out.udp, out.tcp.as_ref(), out.tls.as_ref());
     out
+}
+
+/// The TLS trust for `stuns:` checks: --ca or --insecure, else the
+/// system's CAs.
+fn tls_trust(flags: &TurnFlags) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use crate::turn::tls::{client_config, Trust};
+    let trust = match (&flags.ca, flags.insecure) {
+        (Some(f), _) => Trust::CaFile(f.clone()),
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::System,
+    };
+    client_config(&trust).map_err(|e| format!("{e:#}"))
 }
 
 /// One run's findings.
@@ -350,8 +400,10 @@ fn summary(d: &Diagnosis) -> BTreeMap<String, String> {
             m.insert(k("NAT type"), words::nat_type_name(r.nat_type).to_string());
         }
         m.insert(k("UDP"), f.udp.to_string());
-        if let Some(t) = &f.tcp {
-            m.insert(k("TCP"), if t.works { "works" } else { "blocked" }.into());
+        for (name, t) in [("TCP", &f.tcp), ("TLS", &f.tls)] {
+            if let Some(t) = t {
+                m.insert(k(name), if t.works { "works" } else { "blocked" }.into());
+            }
         }
     }
     for r in &d.relays {
@@ -393,10 +445,21 @@ fn diagnose(args: &Args) -> Diagnosis {
     let deadline = start + args.timing.timeout;
     let mut given = args.servers.clone();
     given.extend(args.stun.iter().cloned());
-    let (list, _default) = servers::chosen(&given);
-    let (resolved, skipped) = servers::resolve_all(&list);
+    // stuns: servers get the TLS check; alone, their hosts on 3478 get the
+    // UDP and TCP tests.
+    let (tls_given, mut plain): (Vec<String>, Vec<String>) = given
+        .into_iter()
+        .partition(|s| s.trim_start().starts_with("stuns:"));
+    let (tls_resolved, mut skipped) = servers::resolve_tls_all(&tls_given);
+    if plain.is_empty() {
+        plain = tls_resolved.iter().map(|r| r.spec.host.clone()).collect();
+    }
+    let (list, _default) = servers::chosen(&plain);
+    let (resolved, more_skipped) = servers::resolve_all(&list);
+    skipped.extend(more_skipped);
     let families = servers::families(args.only_v4, args.only_v6, args.bind);
     let relays = relays::start(&args.relays, &args.timing);
+    let trust = tls_trust(&args.relays);
     // Bind each family's socket first: the port-mapping check needs the
     // IPv4 run's local address.
     let mut plans = Vec::new();
@@ -413,14 +476,22 @@ fn diagnose(args: &Args) -> Diagnosis {
         if let (true, Ok((_, l))) = (v4, &bound) {
             pm_local = Some(l.ip());
         }
-        plans.push((v4, targets, bound));
+        let tls = tls_resolved.iter().find_map(|r| {
+            let address = r.of_family(v4)?;
+            Some(TlsTarget {
+                address,
+                name: crate::turn::tls::server_name(&r.spec.host).map_err(|e| format!("{e:#}")),
+                config: trust.clone(),
+            })
+        });
+        plans.push((v4, targets, tls, bound));
     }
     let port_mapping = pm_local.and_then(|ip| start_port_mapping(args, ip));
     let runs: Vec<FamilyOut> = std::thread::scope(|s| {
         let handles: Vec<_> = plans
             .into_iter()
-            .map(|(v4, targets, bound)| {
-                s.spawn(move || family_run(v4, targets, bound, args, deadline))
+            .map(|(v4, targets, tls, bound)| {
+                s.spawn(move || family_run(v4, targets, tls, bound, args, deadline))
             })
             .collect();
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
@@ -431,9 +502,10 @@ fn diagnose(args: &Args) -> Diagnosis {
         })
     });
     let relays: Vec<RelayOut> = relays.into_iter().filter_map(|h| h.join().ok()).collect();
+    let works = |t: &Option<TcpOut>| t.as_ref().is_some_and(|t| t.works);
     let ok = runs
         .iter()
-        .any(|f| f.learned || f.tcp.as_ref().is_some_and(|t| t.works))
+        .any(|f| f.learned || works(&f.tcp) || works(&f.tls))
         || relays.iter().any(|r| r.ok);
     let error = (!ok).then(|| failure(&runs, &skipped));
     Diagnosis {
@@ -513,7 +585,15 @@ fn print(args: &Args, d: &Diagnosis, changes: Option<&[String]>, round: u32) -> 
     for f in &d.runs {
         match (&f.raw, &f.family_error) {
             (Some(r), _) if f.learned || ok => {
-                out!("{}", human(f.family, r, f.tcp.as_ref(), &f.connectivity))
+                out!(
+                    "{}",
+                    human(
+                        f.family,
+                        r,
+                        [f.tcp.as_ref(), f.tls.as_ref()],
+                        &f.connectivity
+                    )
+                )
             }
             (_, Some(e)) if ok => outln!("{}\n  {e}\n", f.family),
             _ => {}
@@ -636,7 +716,7 @@ fn server_line(o: &Observation) -> String {
 }
 
 /// The human-readable report of one family: an aligned block.
-fn human(family: &str, r: &Report, tcp: Option<&TcpOut>, connectivity: &str) -> String {
+fn human(family: &str, r: &Report, streams: [Option<&TcpOut>; 2], connectivity: &str) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: &str| {
         let _ = writeln!(s, "  {k:<17} {v}");
@@ -670,7 +750,8 @@ fn human(family: &str, r: &Report, tcp: Option<&TcpOut>, connectivity: &str) -> 
     );
     line("NAT type", words::nat_type_name(r.nat_type));
     line("verdict", words::verdict(r));
-    if let Some(t) = tcp {
+    for (name, t) in ["TCP", "TLS"].into_iter().zip(streams) {
+        let Some(t) = t else { continue };
         let v = match (t.works, t.mapped, &t.error) {
             (true, Some(m), _) => format!(
                 "works: {} -> {m}{}",
@@ -680,7 +761,7 @@ fn human(family: &str, r: &Report, tcp: Option<&TcpOut>, connectivity: &str) -> 
             (_, _, Some(e)) => format!("{} -> {e}", t.server),
             _ => format!("{} -> no answer", t.server),
         };
-        line("TCP", &v);
+        line(name, &v);
     }
     line("UDP and TCP", connectivity);
     line("took", &udp_driver::human(r.elapsed));

@@ -51,11 +51,11 @@ pub struct TurnFlags {
     /// Read the TURN shared secret from the first line of FILE.
     #[arg(long, value_name = "FILE", conflicts_with = "turn_secret")]
     pub turn_secret_file: Option<PathBuf>,
-    /// turns: trust this PEM file (a private CA or the server's
-    /// certificate) instead of the system's CAs.
+    /// TLS (turns:, and stuns: on netcheck): trust this PEM file (a private
+    /// CA or the server's certificate) instead of the system's CAs.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// turns: do not verify the server's certificate (prints a warning).
+    /// TLS: do not verify the server's certificate (prints a warning).
     #[arg(long, conflicts_with = "ca")]
     pub insecure: bool,
     /// turns: the name the server's certificate must carry (default: the

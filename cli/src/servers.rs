@@ -72,6 +72,30 @@ pub fn resolve_all(list: &[String]) -> (Vec<Resolved>, Vec<String>) {
     (ok, bad)
 }
 
+/// Default port of STUN over TLS (RFC 8489 §18.6, "stuns").
+pub const TLS_PORT: u16 = 5349;
+
+/// [`resolve_all`] for `stuns:HOST[:PORT]` entries (RFC 7064), port 5349
+/// unless written.
+pub fn resolve_tls_all(list: &[String]) -> (Vec<Resolved>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for s in list {
+        let hostport = s.trim().trim_start_matches("stuns:");
+        match udp_driver::parse_server(hostport).and_then(|mut spec| {
+            if !hostport.ends_with(&format!(":{}", spec.port)) {
+                spec.port = TLS_PORT;
+            }
+            let addrs = lookup(&spec)?;
+            Ok(Resolved { spec, addrs })
+        }) {
+            Ok(r) => ok.push(r),
+            Err(e) => bad.push(format!("{e:#}")),
+        }
+    }
+    (ok, bad)
+}
+
 fn lookup(spec: &ServerSpec) -> anyhow::Result<Vec<SocketAddr>> {
     let mut addrs: Vec<SocketAddr> = match spec.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, spec.port)],

@@ -718,3 +718,96 @@ fn a_silent_tcp_port_does_not_hold_a_run_whose_udp_works() {
         "{e}"
     );
 }
+
+/// natkit-stun on loopback with STUN over TLS (a self-signed CA for
+/// 127.0.0.1), killed on drop.
+struct TlsStun {
+    child: std::process::Child,
+    udp: SocketAddr,
+    tls: SocketAddr,
+    ca: std::path::PathBuf,
+    _dir: natkit_testkit::tempdir::TempDir,
+}
+
+impl Drop for TlsStun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_stun() -> TlsStun {
+    use natkit_testkit::{bins::WorkspaceBin, free_port, ready, tempdir::TempDir, tls};
+    let dir = TempDir::new("natkit-stuns");
+    let (ca, key) = tls::self_signed_ca(dir.path(), "stun");
+    let udp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let bin = WorkspaceBin::new("natkit-stun", "natkit-stun")
+        .next_to(env!("CARGO_BIN_EXE_natkit"))
+        .path();
+    let mut child = Command::new(bin)
+        .args([
+            "--listen",
+            &udp.to_string(),
+            "--tls-listen",
+            &tls_addr.to_string(),
+        ])
+        .arg("--cert")
+        .arg(&ca)
+        .arg("--key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start natkit-stun");
+    ready::wait_binding(&mut child, "natkit-stun", udp, Duration::from_secs(30));
+    ready::wait_tcp(tls_addr, "natkit-stun TLS", Duration::from_secs(30));
+    TlsStun {
+        child,
+        udp,
+        tls: tls_addr,
+        ca,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn stuns_servers_get_a_tls_check() {
+    let s = tls_stun();
+    let tls = format!("stuns:{}", s.tls);
+    let udp = s.udp.to_string();
+    let ca = s.ca.to_str().unwrap();
+    let out = natkit(&[
+        "netcheck",
+        &udp,
+        &tls,
+        "--ca",
+        ca,
+        "-4",
+        "--json",
+        "--no-hairpin",
+    ]);
+    assert!(out.status.success());
+    let v = json(&out);
+    assert_eq!(v["tls"]["works"], true, "{v}");
+    assert_eq!(v["tls"]["server"], s.tls.to_string());
+    assert!(v["tls"]["mapped"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    let c = v["connectivity"].as_str().unwrap();
+    assert!(c.starts_with("UDP: works, TCP: works, TLS: works"), "{c}");
+    // Without the CA the certificate is refused, and said so.
+    let out = natkit(&["netcheck", &udp, &tls, "-4", "--json", "--no-hairpin"]);
+    let v = json(&out);
+    assert_eq!(v["tls"]["works"], false);
+    let e = v["tls"]["error"].as_str().unwrap();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // Text: a TLS line.
+    let out = natkit(&["netcheck", &udp, &tls, "--ca", ca, "-4", "--no-hairpin"]);
+    assert!(
+        stdout(&out).contains("  TLS               works: "),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -76,7 +76,12 @@ fn peer(file: &Path) -> anyhow::Result<Peer> {
                 "blocked"
             })
             .to_string(),
-        tcp: v["tcp"]["works"].as_bool(),
+        // A stream that works, TCP or TLS: what a TURN relay over TCP/TLS needs.
+        tcp: match (v["tcp"]["works"].as_bool(), v["tls"]["works"].as_bool()) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (None, None) => None,
+            _ => Some(false),
+        },
         port_mapped: v["port_mapping"]["mapped"].as_str().map(str::to_string),
         relays: v["relays"]
             .as_array()
