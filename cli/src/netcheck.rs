@@ -287,7 +287,7 @@ fn family_run(
         .map_err(anyhow::Error::from)
         .and_then(|mut d| {
             let what = format!("{family} NAT tests");
-            let progress = Progress::new(what, deadline, true);
+            let progress = Progress::new(what, deadline);
             udp_driver::run(sock, &mut d, deadline, &progress)?;
             d.into_report()
                 .ok_or_else(|| anyhow::anyhow!("internal error: discovery did not finish"))

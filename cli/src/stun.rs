@@ -207,7 +207,7 @@ fn family_run(
         1 => format!("waiting for {first}"),
         n => format!("waiting for {n} {family} servers"),
     };
-    let progress = Progress::new(what, deadline, true);
+    let progress = Progress::new(what, deadline);
     udp_driver::run(sock, &mut probes, deadline, &progress).map_err(|e| ErrorOut {
         kind: "io",
         message: format!("{e:#}"),

@@ -210,7 +210,7 @@ pub async fn drive(
             m.handle_timeout(now);
             continue;
         }
-        let wake = next.min(deadline).min(progress.next(now));
+        let wake = next.min(deadline).min(progress.next());
         tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
                 Ok((n, from)) => m.handle_datagram(Instant::now(), from, &buf[..n]),
@@ -241,7 +241,6 @@ pub struct Progress {
     what: String,
     start: Instant,
     deadline: Instant,
-    enabled: bool,
     terminal: bool,
     printed: std::cell::Cell<u32>,
 }
@@ -249,28 +248,24 @@ pub struct Progress {
 impl Progress {
     /// Progress for `what` ("waiting for 192.0.2.1:3478"), from now until
     /// `deadline`.
-    pub fn new(what: impl Into<String>, deadline: Instant, enabled: bool) -> Progress {
+    pub fn new(what: impl Into<String>, deadline: Instant) -> Progress {
         Progress {
             what: what.into(),
             start: Instant::now(),
             deadline,
-            enabled,
             terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             printed: std::cell::Cell::new(0),
         }
     }
 
     /// When the next line is due.
-    fn next(&self, now: Instant) -> Instant {
-        if !self.enabled {
-            return now + Duration::from_secs(3600);
-        }
+    fn next(&self) -> Instant {
         self.start + Duration::from_secs(u64::from(self.printed.get()) + 1)
     }
 
     /// Print a line if one is due.
     fn tick(&self, now: Instant) {
-        if !self.enabled || now < self.next(now) {
+        if now < self.next() {
             return;
         }
         self.printed.set(self.printed.get() + 1);

@@ -34,6 +34,11 @@
 //! comes from an address this socket has just sent to, so an address- or
 //! port-dependent filter does not hide a NAT that does hairpin.
 //!
+//! Two inputs end waits early: [`Discovery::handle_unreachable`] (the
+//! socket reported ICMP port unreachable for a server: nothing listens
+//! there, so Test I moves on at once) and [`Discovery::give_up`] (the
+//! caller's overall deadline: probes cut short conclude nothing).
+//!
 //! The report is typed (enums, addresses, durations): how it reads, in
 //! sentences or in JSON, is the CLI's business.
 
