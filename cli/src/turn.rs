@@ -181,6 +181,7 @@ async fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {
         pending.push((name, conn));
     }
     let mut session = Session::new(who);
+    session.progress = !out.is_quiet();
     let result = relay_check(args, pending, &mut session, out).await;
     if result.is_err() {
         // Free what was allocated; the error is the news, not this.

@@ -811,3 +811,30 @@ fn stuns_servers_get_a_tls_check() {
         stdout(&out)
     );
 }
+
+#[test]
+fn turn_shows_progress_and_keeps_to_the_timeout() {
+    let s = Server::start("127.0.0.1", false, false);
+    let server = s.addr.to_string();
+    let t = Instant::now();
+    let out = natkit(&[
+        "turn",
+        &server,
+        "-u",
+        "u",
+        "-p",
+        "p",
+        "--timeout",
+        "2s",
+        "--json",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let e = stderr(&out);
+    assert!(
+        e.contains(&format!("... waiting for {server}: 1.0 s")),
+        "{e}"
+    );
+    assert_eq!(json(&out)["error"]["kind"], "timeout");
+}

@@ -543,8 +543,6 @@ fn unreachable_server_fails_at_once() {
         "{e}"
     );
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    // The budget and no more (a failed client has nothing to close).
-    assert!(took < Duration::from_secs(3), "took {took:?}");
     // Over TCP nothing listening is a refused connection.
     let out = natkit(&[
         "turn",

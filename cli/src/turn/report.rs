@@ -183,6 +183,11 @@ impl Printer {
         }
     }
 
+    /// Whether nothing is printed (another command reads the report).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// A step finished after `took`.
     pub fn step(&mut self, step: impl Into<String>, took: Duration, detail: String) {
         self.push(step.into(), Some(took), detail);

@@ -9,13 +9,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use natkit_ice::turn::{Incoming, LinkError, TurnConnection};
 use natkit_proto::integrity::PasswordAlgorithm;
 use natkit_proto::turn::client::{Client, Event, State};
 
 use super::failure::{Failure, Who};
+use crate::udp_driver::secs;
 
 /// Data from a peer, as it arrived.
 pub struct Received {
@@ -95,6 +96,9 @@ pub struct Session {
     /// Which allocation is asked first on the next turn (they take turns,
     /// so a busy one cannot keep the others waiting).
     first: usize,
+    /// Print a progress line a second while waiting (not when another
+    /// command reads the report).
+    pub progress: bool,
 }
 
 impl Session {
@@ -103,6 +107,7 @@ impl Session {
             allocs: Vec::new(),
             who,
             first: 0,
+            progress: true,
         }
     }
 
@@ -174,14 +179,32 @@ impl Session {
         deadline: Option<Instant>,
         mut check: impl FnMut(&mut Session) -> Result<Option<T>, Failure>,
     ) -> Result<Option<T>, Failure> {
+        let start = Instant::now();
+        let mut lines = 0u32;
         loop {
             if let Some(v) = check(self)? {
                 return Ok(Some(v));
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
-            self.turn(deadline).await?;
+            // A line a second while nothing comes back: a silent server
+            // must not look like a hang.
+            let tick = start + Duration::from_secs(u64::from(lines) + 1);
+            if now >= tick {
+                lines += 1;
+                if self.progress {
+                    eprintln!(
+                        "... waiting for {}: {}",
+                        self.who.server,
+                        secs(now.saturating_duration_since(start))
+                    );
+                }
+                continue;
+            }
+            self.turn(Some(deadline.map_or(tick, |d| d.min(tick))))
+                .await?;
         }
     }
 
