@@ -77,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.user.contains(rest::SEPARATOR) && args.user.starts_with(|c: char| c.is_ascii_digit()) {
         // Harmless to the server (the expiry is before the first ':'),
         // but likely a username pasted in by mistake.
-        eprintln!(
+        errln!(
             "warning: --user {:?} looks like a REST username already; it becomes the user part",
             args.user
         );
@@ -104,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     outln!("expires     {} ({} s from now)", out.expires, out.ttl_s);
     outln!("ice server  {}", serde_json::to_string(&out.ice_server)?);
     if args.urls.is_empty() {
-        eprintln!(
+        errln!(
             "note: no --url given: an RTCIceServer needs at least one, \
              e.g. --url turn:turn.example.org:3478"
         );

@@ -98,7 +98,8 @@ const USAGE: u8 = 2;
 
 fn main() -> std::process::ExitCode {
     // A safety net under [`output`]: any `println!` left that hits a closed
-    // stdout ends the process quietly instead of with a panic (101).
+    // stdout, or `errln!` a closed stderr pipe, ends the process quietly
+    // instead of with a panic (101).
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let msg = info
@@ -107,7 +108,7 @@ fn main() -> std::process::ExitCode {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if output::is_closed_stdout_panic(msg) {
+        if output::is_closed_pipe_panic(msg) {
             std::process::exit(0);
         }
         default_hook(info);
@@ -146,7 +147,7 @@ fn main() -> std::process::ExitCode {
     };
     // A closed stdout (the reader went away) is a quiet end, not an error.
     if let Err(e) = output::status() {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         return std::process::ExitCode::FAILURE;
     }
     match result {
@@ -155,7 +156,7 @@ fn main() -> std::process::ExitCode {
             if let Json::Generic(true) = json {
                 output::failure_json(output::kind_of(&e), &format!("{e:#}"));
             }
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -377,7 +377,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         if args.every.is_some() && last.is_err() && !args.json {
             if let Err(e) = &last {
-                eprintln!("error: {e:#}");
+                errln!("error: {e:#}");
             }
         }
         std::thread::sleep(every.saturating_sub(started.elapsed()));
@@ -561,7 +561,7 @@ fn print(args: &Args, d: &Diagnosis, changes: Option<&[String]>, round: u32) -> 
     }
     if round == 0 {
         for s in &d.skipped {
-            eprintln!("warning: {s}; skipped");
+            errln!("warning: {s}; skipped");
         }
     }
     if let Some(every) = args.every {
@@ -677,7 +677,7 @@ fn warn_no_rfc5780(family: &str, report: &Report) {
     } else {
         ("mapping and filtering cannot", "")
     };
-    eprintln!(
+    errln!(
         "warning: {family}: {who} RFC 5780 (no OTHER-ADDRESS): {what} be determined; mapped address is {m}{tail}"
     );
 }

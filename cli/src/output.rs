@@ -62,10 +62,12 @@ pub fn kind_of(e: &anyhow::Error) -> &'static str {
     "error"
 }
 
-/// Whether `message`, a panic's, is std's `println!` failing on a closed
-/// stdout.
-pub fn is_closed_stdout_panic(message: &str) -> bool {
-    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+/// Whether `message`, a panic's, is std's `println!` or `eprintln!`
+/// failing on a closed pipe (`natkit ... 2>&1 | head -1`).
+pub fn is_closed_pipe_panic(message: &str) -> bool {
+    (message.starts_with("failed printing to stdout")
+        || message.starts_with("failed printing to stderr"))
+        && message.contains("Broken pipe")
 }
 
 /// `println!` that never panics: see the module docs.
@@ -73,6 +75,25 @@ pub fn is_closed_stdout_panic(message: &str) -> bool {
 macro_rules! outln {
     () => { $crate::output::write(format_args!("\n")) };
     ($($arg:tt)*) => { $crate::output::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprintln!` that never panics: a closed stderr (`natkit ... 2>&1 | head
+/// -1`) drops the line; there is no one left to tell.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics, as [`errln!`].
+#[macro_export]
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
 }
 
 /// `print!` that never panics: see the module docs.

@@ -149,14 +149,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for s in &out.skipped {
-            eprintln!("warning: {s}; skipped");
+            errln!("warning: {s}; skipped");
         }
         if out.ok {
             out!("{}", human(&out.results));
         }
         for e in &family_errors {
             if out.ok {
-                eprintln!("warning: {}", e.message);
+                errln!("warning: {}", e.message);
             }
         }
     }

@@ -85,7 +85,7 @@ async fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {
     out.report.credentials = if rest { "rest" } else { "static" };
     let trust = match transport {
         TransportArg::Tls if args.insecure => {
-            eprintln!(
+            errln!(
                 "warning: --insecure: the server's certificate is not verified; \
                  anyone on the path could pose as the server"
             );
@@ -97,7 +97,7 @@ async fn probe(args: &Args, out: &mut Printer) -> Result<(), Failure> {
         }),
         _ => {
             if args.insecure || args.ca.is_some() || args.tls_name.is_some() {
-                eprintln!("warning: --ca, --insecure and --tls-name apply to --transport tls only");
+                errln!("warning: --ca, --insecure and --tls-name apply to --transport tls only");
             }
             None
         }
@@ -381,7 +381,7 @@ async fn relay_check(
     }
     out.step_text("round trip", summary);
     if lost > 0 {
-        eprintln!(
+        errln!(
             "warning: {lost} of {} round trips got no echo within {}",
             rt.sent,
             udp_driver::human(args.data_timeout)
@@ -405,7 +405,7 @@ async fn relay_check(
             t.elapsed(),
             format!("not confirmed: {}", problems.join("; ")),
         );
-        eprintln!(
+        errln!(
             "warning: deleting the allocations failed: {}",
             problems.join("; ")
         );

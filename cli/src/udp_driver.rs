@@ -277,9 +277,9 @@ impl Progress {
         );
         if self.terminal {
             // One line, rewritten in place, erased when done.
-            eprint!("\r{line}\x1b[K");
+            err!("\r{line}\x1b[K");
         } else {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     }
 }
@@ -287,7 +287,7 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         if self.terminal && self.printed.get() > 0 {
-            eprint!("\r\x1b[K");
+            err!("\r\x1b[K");
         }
     }
 }

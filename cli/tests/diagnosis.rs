@@ -386,6 +386,23 @@ fn a_closed_stdout_is_no_panic_for_any_command() {
         assert!(!e.contains("panicked"), "{cmd:?}: {e}");
         assert_eq!(out.status.code(), Some(0), "{cmd:?}: {e}");
     }
+    // Both ends closed (`natkit ... 2>&1 | true`): warnings and errors go
+    // to stderr, which is gone too.
+    let closed = closed_udp("127.0.0.1").to_string();
+    for cmd in [
+        vec!["stun", closed.as_str()],
+        vec!["netcheck", closed.as_str(), "--no-tcp"],
+    ] {
+        let mut c = natkit_cmd(&cmd);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        // The run failed (nothing listens there): it still says so in
+        // its exit status, the only channel left.
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(1), "{cmd:?}");
+    }
     // The peer-to-peer commands print their description first (loopback
     // host candidates only: no STUN, no gateway asked).
     for cmd in ["listen", "connect"] {

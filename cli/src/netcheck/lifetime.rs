@@ -72,7 +72,7 @@ pub fn run(args: &Args, max: Duration) -> anyhow::Result<()> {
     let mut steps = 0;
     loop {
         if !args.json {
-            eprintln!("... idle {} then probe", human(idle));
+            errln!("... idle {} then probe", human(idle));
         }
         match one(&x, &y, server, idle, wait) {
             Ok((m, ok)) => {

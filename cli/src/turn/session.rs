@@ -195,7 +195,7 @@ impl Session {
             if now >= tick {
                 lines += 1;
                 if self.progress {
-                    eprintln!(
+                    errln!(
                         "... waiting for {}: {}",
                         self.who.server,
                         secs(now.saturating_duration_since(start))
