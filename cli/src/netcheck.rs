@@ -331,7 +331,17 @@ fn tls_trust(flags: &TurnFlags) -> Result<std::sync::Arc<rustls::ClientConfig>, 
     use crate::turn::tls::{client_config, Trust};
     let trust = match (&flags.ca, flags.insecure) {
         (Some(f), _) => Trust::CaFile(f.clone()),
-        (None, true) => Trust::Insecure,
+        (None, true) => {
+            // Once, not on every --every round.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                errln!(
+                    "warning: --insecure: the stuns: servers' certificates are not verified; \
+                     anyone on the path could pose as them"
+                )
+            });
+            Trust::Insecure
+        }
         (None, false) => Trust::System,
     };
     client_config(&trust).map_err(|e| format!("{e:#}"))
@@ -459,7 +469,11 @@ fn diagnose(args: &Args) -> Diagnosis {
     skipped.extend(more_skipped);
     let families = servers::families(args.only_v4, args.only_v6, args.bind);
     let relays = relays::start(&args.relays, &args.timing);
-    let trust = tls_trust(&args.relays);
+    let trust = if tls_resolved.is_empty() {
+        Err("no stuns: server".to_string())
+    } else {
+        tls_trust(&args.relays)
+    };
     // Bind each family's socket first: the port-mapping check needs the
     // IPv4 run's local address.
     let mut plans = Vec::new();

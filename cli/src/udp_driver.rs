@@ -441,10 +441,12 @@ pub struct TimingArgs {
     #[arg(long, value_name = "DURATION", value_parser = rto)]
     pub rto: Option<Duration>,
     /// Rc: how many times a request is sent before giving up (default: as
-    /// many as fit in --timeout).
+    /// many as fit in --timeout; netcheck: 3 per probe, so a silent server
+    /// leaves time for the next).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rc: Option<u32>,
-    /// Rm: after the last send, wait Rm × RTO for an answer.
+    /// Rm: after the last send, wait Rm × RTO for an answer (default: the
+    /// rest of --timeout; netcheck: 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rm: Option<u32>,
 }

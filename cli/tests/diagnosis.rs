@@ -820,6 +820,22 @@ fn stuns_servers_get_a_tls_check() {
     assert_eq!(v["tls"]["works"], false);
     let e = v["tls"]["error"].as_str().unwrap();
     assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // --insecure: works without the CA, and says what it gives up.
+    let out = natkit(&[
+        "netcheck",
+        &udp,
+        &tls,
+        "--insecure",
+        "-4",
+        "--json",
+        "--no-hairpin",
+    ]);
+    assert_eq!(json(&out)["tls"]["works"], true);
+    assert!(
+        stderr(&out).contains("warning: --insecure"),
+        "{}",
+        stderr(&out)
+    );
     // Text: a TLS line.
     let out = natkit(&["netcheck", &udp, &tls, "--ca", ca, "-4", "--no-hairpin"]);
     assert!(
