@@ -185,6 +185,7 @@ fn send_and_receive_move_a_verified_file() {
         &cmd(
             &[
                 "receive",
+                "--yes",
                 "--output",
                 &dir.join("inbox").display().to_string(),
             ],

@@ -75,6 +75,10 @@ pub struct Common {
     /// Print and write your description as JSON instead of the nk1. text.
     #[arg(long)]
     pub json: bool,
+    /// Exchange descriptions by copy-paste even with --turn: `send` and
+    /// `listen` then print their description instead of a short code.
+    #[arg(long)]
+    pub paste: bool,
 }
 
 /// A duration flag (the shared spelling, `30s`, `2m`, or seconds): above
@@ -153,7 +157,7 @@ impl Common {
     /// The TURN servers of `--turn`, with their credentials, and the TLS
     /// client configuration when one is over TLS.
     #[allow(clippy::type_complexity)]
-    fn turn_servers(
+    pub fn turn_servers(
         &self,
     ) -> anyhow::Result<(
         Vec<TurnServer>,

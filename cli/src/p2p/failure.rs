@@ -72,6 +72,11 @@ pub fn quic(e: &quinn::ConnectionError) -> String {
              it stopped hearing from us"
                 .to_owned()
         }
+        ApplicationClosed(c)
+            if c.error_code.into_inner() == u64::from(super::cancel::CLOSE_CANCELLED) =>
+        {
+            format!("the peer cancelled: {}", String::from_utf8_lossy(&c.reason))
+        }
         ApplicationClosed(c) if c.error_code.into_inner() == u64::from(super::CLOSE_ERROR) => {
             format!("the peer gave up: {}", String::from_utf8_lossy(&c.reason))
         }

@@ -16,9 +16,12 @@
 //! connection, and the stream, carry on over the new path.
 
 mod args;
+mod cancel;
+mod code;
 mod failure;
 mod pipe;
 mod progress;
+mod rendezvous;
 mod report;
 mod restart;
 mod signal;
@@ -62,9 +65,10 @@ pub struct ListenArgs {
 /// Flags of `natkit connect`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// The peer's description (the nk1. text or its JSON). Without it, and
-    /// without --remote, the first line of stdin is read.
-    #[arg(value_name = "DESCRIPTION")]
+    /// The short code `natkit listen --turn ...` printed (with the same
+    /// --turn), or the peer's description (the nk1. text or its JSON).
+    /// Without it, and without --remote, the first line of stdin is read.
+    #[arg(value_name = "CODE|DESCRIPTION")]
     description: Option<String>,
     #[command(flatten)]
     common: Common,
@@ -83,11 +87,24 @@ pub struct SendArgs {
 /// Flags of `natkit receive`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiveArgs {
+    /// The short code `natkit send FILE --turn ...` printed (with the same
+    /// --turn), or the sender's description. Without it, and without
+    /// --remote, the description is read from stdin.
+    #[arg(value_name = "CODE|DESCRIPTION")]
+    code: Option<String>,
     /// Where to write the file: a file name, or a directory to put it in
-    /// under the sender's name (default: the sender's name here, never
-    /// replacing a file).
+    /// under the sender's name (an existing one, or any path ending in /,
+    /// made if missing). Default: the sender's name here. An existing file
+    /// is never replaced without --force.
     #[arg(long, short = 'o', value_name = "PATH")]
     output: Option<PathBuf>,
+    /// Replace a file that exists where the received file goes.
+    #[arg(long)]
+    force: bool,
+    /// Accept the sender's file without asking (by default its name and
+    /// size are shown and a "y" on stdin accepts it before data flows).
+    #[arg(long, short = 'y')]
+    yes: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -96,7 +113,7 @@ pub struct ReceiveArgs {
 enum Work {
     Pipe,
     Send(PathBuf),
-    Receive(transfer::Output),
+    Receive(transfer::Output, bool),
 }
 
 impl Work {
@@ -107,7 +124,7 @@ impl Work {
         match self {
             Work::Pipe => b"NKP1",
             Work::Send(_) => b"NKS1",
-            Work::Receive(_) => b"NKR1",
+            Work::Receive(..) => b"NKR1",
         }
     }
 
@@ -116,7 +133,7 @@ impl Work {
         match self {
             Work::Pipe => (b"NKP1", "natkit listen / natkit connect"),
             Work::Send(_) => (b"NKR1", "natkit receive"),
-            Work::Receive(_) => (b"NKS1", "natkit send FILE"),
+            Work::Receive(..) => (b"NKS1", "natkit send FILE"),
         }
     }
 }
@@ -144,16 +161,16 @@ pub fn send(a: SendArgs) -> anyhow::Result<()> {
 
 /// Run `natkit receive`.
 pub fn receive(a: ReceiveArgs) -> anyhow::Result<()> {
-    let out = match a.output {
-        Some(p) => transfer::Output::Given(p),
-        None => transfer::Output::Here,
+    let out = transfer::Output {
+        path: a.output,
+        force: a.force,
     };
     run(
         "receive",
         Role::Controlling,
         a.common,
-        None,
-        Work::Receive(out),
+        a.code,
+        Work::Receive(out, a.yes),
     )
 }
 
@@ -178,6 +195,43 @@ fn run(
     r
 }
 
+/// How the descriptions travel.
+enum Exchange {
+    /// Copy-paste, files or an argument (`Some`: given on the command line).
+    Paste(Option<Description>),
+    /// Print a short code and wait for the other side to use it.
+    Wait,
+    /// Use the other side's short code.
+    Knock(code::ShortCode),
+}
+
+impl Exchange {
+    /// What the command line asks for: a code given, or printed by a
+    /// waiting side that has a relay and no files to exchange through.
+    fn of(command: &str, c: &Common, given: Option<String>) -> anyhow::Result<Exchange> {
+        if let Some(g) = given {
+            if code::ShortCode::looks_like_one(&g) {
+                let code = code::ShortCode::parse(&g)?;
+                if c.turn.is_empty() {
+                    bail!(
+                        "a short code needs the relay it was made on: add --turn with the same \
+                         server (and credentials) as the other side"
+                    );
+                }
+                return Ok(Exchange::Knock(code));
+            }
+            let d = Description::parse_any(&g).map_err(RemoteError::Unusable)?;
+            signal::check_usable(&d)?;
+            return Ok(Exchange::Paste(Some(d)));
+        }
+        let waits = matches!(command, "send" | "listen");
+        if waits && !c.turn.is_empty() && !c.paste && c.remote.is_none() {
+            return Ok(Exchange::Wait);
+        }
+        Ok(Exchange::Paste(None))
+    }
+}
+
 async fn session_main(
     command: &'static str,
     role: Role,
@@ -187,10 +241,7 @@ async fn session_main(
     report: &Report,
 ) -> anyhow::Result<()> {
     // Refuse what can be refused before any socket is opened.
-    let given = match given {
-        Some(g) => Some(Description::parse_any(&g).map_err(RemoteError::Unusable)?),
-        None => None,
-    };
+    let exchange = Exchange::of(command, c, given)?;
     let mut file = None;
     if let Work::Send(path) = &work {
         let f = tokio::fs::File::open(path)
@@ -202,6 +253,9 @@ async fn session_main(
         }
         file = Some((f, meta.len(), transfer::announced_name(path)?));
     }
+    if let Work::Receive(out, _) = &work {
+        out.check()?;
+    }
 
     let session = c.builder(role)?.build().await.map_err(failure::explain)?;
     let events = session.events();
@@ -209,20 +263,66 @@ async fn session_main(
     for p in session.server_problems() {
         eprintln!("warning: {p}");
     }
-    publish(command, c, &local)?;
 
     // The data of listen/connect is stdin; its first line may be the
     // description.
     let mut stdin = BufReader::with_capacity(64 << 10, tokio::io::stdin());
-    let remote = if let Some(d) = given {
-        d
-    } else if let Some(path) = &c.remote {
-        signal::from_file(path, c.wait).await?
-    } else {
-        if std::io::stdin().is_terminal() {
-            eprintln!("natkit: paste the peer's description and press Enter:");
+    let mut linger = None;
+    let remote = match exchange {
+        Exchange::Paste(Some(d)) => {
+            publish(command, c, &local)?;
+            signal::check_not_ours(&d, &local)?;
+            d
         }
-        signal::from_first_line(&mut stdin, c.wait).await?
+        Exchange::Paste(None) => {
+            publish(command, c, &local)?;
+            let d = if let Some(path) = &c.remote {
+                let d = signal::from_file(path, c.wait).await?;
+                signal::check_not_ours(&d, &local)?;
+                d
+            } else {
+                // A bad paste is asked again where stdin is only for the
+                // description (a terminal, or send/receive); in a pipe of
+                // listen/connect the lines after it are data.
+                let again = std::io::stdin().is_terminal() || !matches!(work, Work::Pipe);
+                if std::io::stdin().is_terminal() {
+                    eprintln!(
+                        "natkit: waiting for you to paste the peer's description (then Enter):"
+                    );
+                }
+                signal::from_first_line(&mut stdin, c.wait, &local, again).await?
+            };
+            eprintln!(
+                "natkit: have the peer's description; connecting (waiting for the peer to \
+                 paste this side's, if it has not yet)"
+            );
+            d
+        }
+        Exchange::Wait => {
+            let (server, tls) = first_turn(c)?;
+            let mut rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
+            rv.open_door().await?;
+            let code = code::ShortCode::new(rv.port());
+            let other = match command {
+                "send" => "receive",
+                _ => "connect",
+            };
+            eprintln!("natkit: code: {code}");
+            eprintln!(
+                "natkit: on the other machine run `natkit {other} {code}` with the same --turn \
+                 server and credentials; waiting for it (at most --wait {:.0} s)",
+                c.wait.as_secs_f64()
+            );
+            let (d, l) = rv.wait_for_knock(&code, &local, c.wait).await?;
+            linger = Some(l);
+            d
+        }
+        Exchange::Knock(code) => {
+            let (server, tls) = first_turn(c)?;
+            let rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
+            eprintln!("natkit: exchanging descriptions through the relay under the code");
+            rv.knock(&code, &local).await?
+        }
     };
 
     let restarts = Arc::new(Restarts::default());
@@ -241,11 +341,10 @@ async fn session_main(
             ),
         };
     let took = t0.elapsed();
-    let path = session.path();
-    match &path {
-        Some(p) => eprintln!("natkit: connected in {} ms over {p}", took.as_millis()),
-        None => eprintln!("natkit: connected in {} ms", took.as_millis()),
+    if let Some(l) = linger.take() {
+        l.finish().await;
     }
+    let path = session.path();
     report.connected(path.as_ref(), session.role(), took);
 
     let watchers = [
@@ -265,7 +364,17 @@ async fn session_main(
     ];
 
     let data = async {
-        let (send, recv) = stream(&conn, session.role(), &work).await?;
+        let (send, recv, peer_took) = stream(&conn, session.role(), &work, took).await?;
+        // Each side counts from when it had the other's description; the
+        // later of the two moments is when both were in, so the smaller
+        // count is the connect time (a copy-paste side's count includes
+        // the other person's typing).
+        let took = took.min(peer_took);
+        report.connect_time(took);
+        match &path {
+            Some(p) => eprintln!("natkit: connected in {} ms over {p}", took.as_millis()),
+            None => eprintln!("natkit: connected in {} ms", took.as_millis()),
+        }
         match work {
             Work::Pipe => {
                 pipe::run(
@@ -288,7 +397,14 @@ async fn session_main(
                 let (f, size, name) = file.take().expect("opened above");
                 send_file(send, recv, f, size, &name, report).await
             }
-            Work::Receive(out) => receive_file(send, recv, &out, report).await,
+            Work::Receive(out, yes) => {
+                let accept = if yes {
+                    transfer::Accept::Always
+                } else {
+                    transfer::Accept::Ask(&mut stdin)
+                };
+                receive_file(send, recv, &out, accept, report).await
+            }
         }
     };
     let r = tokio::select! {
@@ -297,7 +413,12 @@ async fn session_main(
             Err(e) => Err(why_stream_failed(&session, &conn, e).await),
         },
         why = restart::ended(&session, c, report, &restarts) => Err(failure::explain(why)),
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        why = cancel::heard(&conn) => Err(why),
+        _ = tokio::signal::ctrl_c() => {
+            let reason = format!("natkit {command} was interrupted (Ctrl-C)");
+            cancel::tell(&conn, &reason).await;
+            Err(anyhow!("interrupted (Ctrl-C); the peer was told"))
+        }
     };
     for w in watchers {
         w.abort();
@@ -344,6 +465,18 @@ async fn why_stream_failed(
     }
 }
 
+/// The first --turn server: the rendezvous of a short code.
+fn first_turn(
+    c: &Common,
+) -> anyhow::Result<(natkit_ice::TurnServer, Option<Arc<rustls::ClientConfig>>)> {
+    let (servers, tls) = c.turn_servers()?;
+    let first = servers
+        .into_iter()
+        .next()
+        .context("a short code needs a relay: add --turn")?;
+    Ok((first, tls))
+}
+
 /// Print our description for the peer, and write it to `--desc-out`.
 fn publish(command: &str, c: &Common, local: &Description) -> anyhow::Result<()> {
     let text = signal::render(local, c.json);
@@ -369,20 +502,23 @@ fn publish(command: &str, c: &Common, local: &Description) -> anyhow::Result<()>
 
 /// The data stream: the controlling side (the QUIC client) opens it. Each
 /// side writes its word first, so the stream reaches the peer even before
-/// any data, and checks the peer's.
+/// any data, and checks the peer's; then how long it took to connect from
+/// its side (microseconds, u64), returned with the streams.
 async fn stream(
     conn: &quinn::Connection,
     role: Role,
     work: &Work,
-) -> anyhow::Result<(SendStream, RecvStream)> {
+    took: Duration,
+) -> anyhow::Result<(SendStream, RecvStream, Duration)> {
     let (mut send, mut recv) = match role {
         Role::Controlling => conn.open_bi().await,
         Role::Controlled => conn.accept_bi().await,
     }
     .map_err(|e| anyhow!(failure::quic(&e)))?;
-    send.write_all(work.word())
-        .await
-        .map_err(pipe::write_error)?;
+    let mut hello = work.word().to_vec();
+    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    hello.extend_from_slice(&us.to_be_bytes());
+    send.write_all(&hello).await.map_err(pipe::write_error)?;
     let mut word = [0u8; 4];
     recv.read_exact(&mut word).await.map_err(|e| match e {
         quinn::ReadExactError::ReadError(e) => pipe::read_error(e),
@@ -400,7 +536,12 @@ async fn stream(
         };
         bail!("the peer runs {theirs}, but this side needs {who} on the other end");
     }
-    Ok((send, recv))
+    let mut us = [0u8; 8];
+    recv.read_exact(&mut us)
+        .await
+        .map_err(|_| anyhow!("the peer ended the stream before saying what it does"))?;
+    let peer_took = Duration::from_micros(u64::from_be_bytes(us));
+    Ok((send, recv, peer_took))
 }
 
 async fn send_file(
@@ -411,9 +552,11 @@ async fn send_file(
     name: &str,
     report: &Report,
 ) -> anyhow::Result<()> {
-    let mut progress = progress::Progress::new("sending", size);
+    eprintln!("natkit: offered {name}; waiting for the receiver to accept it");
+    let mut progress = None;
     let r = transfer::send(
         &mut send,
+        &mut recv,
         name,
         &mut file,
         size,
@@ -421,7 +564,9 @@ async fn send_file(
         &report.sent,
     )
     .await;
-    progress.clear();
+    if let Some(p) = &progress {
+        p.clear();
+    }
     let hash = r?;
     pipe::finish(&mut send).await?;
     let mut verdict = Vec::new();
@@ -431,9 +576,9 @@ async fn send_file(
         .await
         .context("the receiver's answer did not arrive")?;
     transfer::read_verdict(&verdict)?;
+    let summary = progress.map(|p| p.summary()).unwrap_or_default();
     eprintln!(
-        "natkit: sent {name}: {}, sha256 {}, verified by the receiver",
-        progress.summary(),
+        "natkit: sent {name}: {summary}, sha256 {}, verified by the receiver",
         transfer::hex(&hash)
     );
     Ok(())
@@ -443,10 +588,19 @@ async fn receive_file(
     mut send: SendStream,
     mut recv: RecvStream,
     out: &transfer::Output,
+    accept: transfer::Accept<'_>,
     report: &Report,
 ) -> anyhow::Result<()> {
     let mut progress = None;
-    let r = transfer::receive(&mut recv, out, &report.received, &mut progress).await;
+    let r = transfer::receive(
+        &mut recv,
+        &mut send,
+        out,
+        accept,
+        &report.received,
+        &mut progress,
+    )
+    .await;
     if let Some(p) = &progress {
         p.clear();
     }
@@ -458,11 +612,11 @@ async fn receive_file(
     let got = r?;
     let summary = progress.map(|p| p.summary()).unwrap_or_default();
     eprintln!(
-        "natkit: received {}: {summary}, sha256 {} verified",
+        "natkit: received {} ({} bytes): {summary}, sha256 {} verified",
         got.path.display(),
+        got.size,
         transfer::hex(&got.hash)
     );
-    debug_assert_eq!(got.size, report.received.load(Ordering::Relaxed));
     Ok(())
 }
 

@@ -30,18 +30,23 @@ pub struct Progress {
     verb: &'static str,
     total: u64,
     done: u64,
+    /// Bytes that were there before (a resume): counted as done, not in
+    /// the rate.
+    base: u64,
     start: Instant,
     drawn: Option<Instant>,
     tty: bool,
 }
 
 impl Progress {
-    /// A transfer of `total` bytes; `verb` is "sending" or "receiving".
-    pub fn new(verb: &'static str, total: u64) -> Self {
+    /// A transfer of `total` bytes of which `base` were moved before;
+    /// `verb` is "sending" or "receiving".
+    pub fn resumed(verb: &'static str, total: u64, base: u64) -> Self {
         Progress {
             verb,
             total,
-            done: 0,
+            done: base,
+            base,
             start: Instant::now(),
             drawn: None,
             tty: std::io::stderr().is_terminal(),
@@ -62,7 +67,23 @@ impl Progress {
     }
 
     fn rate(&self) -> f64 {
-        self.done as f64 / self.start.elapsed().as_secs_f64().max(1e-6)
+        (self.done - self.base) as f64 / self.start.elapsed().as_secs_f64().max(1e-6)
+    }
+
+    /// Time left at the rate so far, as m:ss (h:mm:ss past an hour); "?"
+    /// before anything moved.
+    fn remaining(&self) -> String {
+        let rate = self.rate();
+        if self.done == self.base || rate <= 0.0 {
+            return "?".into();
+        }
+        let secs = ((self.total.saturating_sub(self.done)) as f64 / rate).ceil() as u64;
+        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        if h > 0 {
+            format!("{h}:{m:02}:{s:02}")
+        } else {
+            format!("{m}:{s:02}")
+        }
     }
 
     /// The bar as one line (without the carriage return).
@@ -74,14 +95,15 @@ impl Progress {
         };
         let filled = (frac * WIDTH as f64).round() as usize;
         format!(
-            "{} [{}{}] {:>3.0}% {} / {}, {}/s ",
+            "{} [{}{}] {:>3.0}% {} / {}, {}/s, {} left ",
             self.verb,
             "#".repeat(filled),
             "-".repeat(WIDTH - filled),
             frac * 100.0,
             human_bytes(self.done),
             human_bytes(self.total),
-            human_bytes(self.rate() as u64)
+            human_bytes(self.rate() as u64),
+            self.remaining()
         )
     }
 
@@ -92,13 +114,18 @@ impl Progress {
         }
     }
 
-    /// The summary: bytes, time and rate.
+    /// The summary: bytes, time and rate (and what a resume skipped).
     pub fn summary(&self) -> String {
         let t = self.start.elapsed();
+        let moved = self.done - self.base;
+        let resumed = if self.base > 0 {
+            format!(" (resumed: {} bytes were there)", self.base)
+        } else {
+            String::new()
+        };
         format!(
-            "{} bytes ({}) in {:.2} s, {}/s",
-            self.done,
-            human_bytes(self.done),
+            "{moved} bytes ({}) in {:.2} s, {}/s{resumed}",
+            human_bytes(moved),
             t.as_secs_f64(),
             human_bytes(self.rate() as u64)
         )
@@ -119,7 +146,7 @@ mod tests {
 
     #[test]
     fn the_bar_fills_with_the_transfer() {
-        let mut p = Progress::new("sending", 1000);
+        let mut p = Progress::resumed("sending", 1000, 0);
         p.tty = false;
         assert!(p.bar().contains(&format!("[{}]", "-".repeat(WIDTH))));
         p.advance(500);
@@ -130,5 +157,23 @@ mod tests {
         assert!(p.bar().contains("100%"), "{}", p.bar());
         assert_eq!(p.done, 1000);
         assert!(p.summary().starts_with("1000 bytes"), "{}", p.summary());
+    }
+
+    #[test]
+    fn time_left_follows_the_rate_and_a_resume_counts_only_what_moved() {
+        let mut p = Progress::resumed("receiving", 10_000, 4_000);
+        p.tty = false;
+        assert!(p.bar().contains(" 40%"), "{}", p.bar());
+        assert!(p.bar().contains("? left"), "{}", p.bar());
+        // 1000 bytes in about 1 s: 5000 left is about 5 s.
+        p.start = Instant::now() - Duration::from_secs(1);
+        p.advance(1_000);
+        let left = p.remaining();
+        assert!(["0:05", "0:04", "0:06"].contains(&left.as_str()), "{left}");
+        assert!(p.summary().starts_with("1000 bytes"), "{}", p.summary());
+        assert!(p.summary().contains("resumed: 4000"), "{}", p.summary());
+        p.start = Instant::now() - Duration::from_secs(7200);
+        let left = p.remaining();
+        assert!(["10:00:00", "10:00:01"].contains(&left.as_str()), "{left}");
     }
 }

@@ -155,6 +155,13 @@ impl Report {
         self.write();
     }
 
+    /// The connect time, corrected once the peer told its own (see
+    /// `super::stream`): from when both descriptions were in.
+    pub fn connect_time(&self, took: Duration) {
+        self.update(|o| o.connect_ms = Some(ms(took)));
+        self.write();
+    }
+
     /// ICE moved to another path.
     pub fn path_changed(&self, path: &PathInfo) {
         let at = self

@@ -101,6 +101,12 @@ pub enum RemoteError {
         /// Where it was expected.
         where_: String,
     },
+    /// It parses but offers no address to try.
+    #[error("the peer's description has no candidates: it offers no address to reach it; the peer must gather some (check its --bind, --stun, --turn)")]
+    NoCandidates,
+    /// It is this side's own.
+    #[error("that is this side's own description: paste the one the peer printed")]
+    Ours,
     /// stdin ended first.
     #[error("stdin ended before the peer's description: paste it as the first line, or use --remote FILE")]
     StdinEnded,
@@ -109,13 +115,33 @@ pub enum RemoteError {
     Io(#[from] anyhow::Error),
 }
 
+/// Refuse a description that cannot lead to a connection: no candidates.
+pub fn check_usable(d: &Description) -> Result<(), RemoteError> {
+    if d.candidates.is_empty() {
+        return Err(RemoteError::NoCandidates);
+    }
+    Ok(())
+}
+
+/// Refuse this side's own description (pasted back by mistake): its
+/// credentials and certificate are ours.
+pub fn check_not_ours(d: &Description, local: &Description) -> Result<(), RemoteError> {
+    if d.ufrag == local.ufrag && d.fingerprint == local.fingerprint {
+        return Err(RemoteError::Ours);
+    }
+    Ok(())
+}
+
 /// Wait for the `--remote` file to exist and parse. A file that stays
 /// unparsable until `wait` is over is reported as such, not as a timeout.
 pub async fn from_file(path: &Path, wait: Duration) -> Result<Description, RemoteError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let last_bad = match look(path)? {
-            FileState::Good(d) => return Ok(d),
+            FileState::Good(d) => {
+                check_usable(&d)?;
+                return Ok(d);
+            }
             FileState::Bad(e) => Some(e),
             FileState::Missing => None,
         };
@@ -132,11 +158,17 @@ pub async fn from_file(path: &Path, wait: Duration) -> Result<Description, Remot
     }
 }
 
-/// The first line of `input` (a terminal paste); what follows stays in the
-/// reader for the data. Blank lines before it are skipped.
+/// The first line of `input` (a terminal paste) that is the peer's
+/// description; what follows stays in the reader for the data. Blank lines
+/// before it are skipped. A line that is no usable description, or is
+/// `local` itself, ends the wait with its error, or with `again` is
+/// reported on stderr and the next line is read (a bad paste costs a
+/// paste, not the session).
 pub async fn from_first_line<R: AsyncRead + Unpin>(
     input: &mut BufReader<R>,
     wait: Duration,
+    local: &Description,
+    again: bool,
 ) -> Result<Description, RemoteError> {
     let read = async {
         loop {
@@ -148,8 +180,23 @@ pub async fn from_first_line<R: AsyncRead + Unpin>(
             if n == 0 {
                 return Err(RemoteError::StdinEnded);
             }
-            if !line.trim().is_empty() {
-                return Ok(Description::parse_any(&line)?);
+            if line.trim().is_empty() {
+                continue;
+            }
+            let r = Description::parse_any(&line)
+                .map_err(RemoteError::from)
+                .and_then(|d| {
+                    check_usable(&d)?;
+                    check_not_ours(&d, local)?;
+                    Ok(d)
+                });
+            match r {
+                Ok(d) => return Ok(d),
+                Err(e) if again => {
+                    eprintln!("natkit: {e}");
+                    eprintln!("natkit: paste the peer's description again (then Enter):");
+                }
+                Err(e) => return Err(e),
             }
         }
     };
@@ -221,7 +268,8 @@ mod tests {
         let desc = sample().await;
         let input = format!("\n{desc}\nhello\nworld");
         let mut r = BufReader::new(input.as_bytes());
-        let got = from_first_line(&mut r, Duration::from_secs(5))
+        let ours = sample().await;
+        let got = from_first_line(&mut r, Duration::from_secs(5), &ours, false)
             .await
             .unwrap();
         assert_eq!(got, desc);
@@ -231,14 +279,34 @@ mod tests {
             .unwrap();
         assert_eq!(rest, "hello\nworld");
         let mut r = BufReader::new(&b"nk1.garbage\n"[..]);
-        let e = from_first_line(&mut r, Duration::from_secs(5))
+        let e = from_first_line(&mut r, Duration::from_secs(5), &ours, false)
             .await
             .unwrap_err();
         assert!(matches!(e, RemoteError::Unusable(_)), "{e}");
         let mut r = BufReader::new(&b"\n\n"[..]);
-        let e = from_first_line(&mut r, Duration::from_secs(5))
+        let e = from_first_line(&mut r, Duration::from_secs(5), &ours, false)
             .await
             .unwrap_err();
         assert!(matches!(e, RemoteError::StdinEnded), "{e}");
+        // Our own description, then garbage, then the peer's: asked again
+        // until the peer's comes.
+        let input = format!("{ours}\nnk1.garbage\n{desc}\nrest");
+        let mut r = BufReader::new(input.as_bytes());
+        let got = from_first_line(&mut r, Duration::from_secs(5), &ours, true)
+            .await
+            .unwrap();
+        assert_eq!(got, desc);
+        let only_ours = format!("{ours}\n");
+        let mut r = BufReader::new(only_ours.as_bytes());
+        let e = from_first_line(&mut r, Duration::from_secs(5), &ours, false)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RemoteError::Ours), "{e}");
+        let mut none = desc.clone();
+        none.candidates.clear();
+        assert!(matches!(
+            check_usable(&none),
+            Err(RemoteError::NoCandidates)
+        ));
     }
 }
