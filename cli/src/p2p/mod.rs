@@ -268,60 +268,73 @@ async fn session_main(
     // description.
     let mut stdin = BufReader::with_capacity(64 << 10, tokio::io::stdin());
     let mut linger = None;
-    let remote = match exchange {
-        Exchange::Paste(Some(d)) => {
-            publish(command, c, &local)?;
-            signal::check_not_ours(&d, &local)?;
-            d
-        }
-        Exchange::Paste(None) => {
-            publish(command, c, &local)?;
-            let d = if let Some(path) = &c.remote {
-                let d = signal::from_file(path, c.wait).await?;
+    let remote = async {
+        Ok(match exchange {
+            Exchange::Paste(Some(d)) => {
+                publish(command, c, &local)?;
                 signal::check_not_ours(&d, &local)?;
                 d
-            } else {
-                // A bad paste is asked again where stdin is only for the
-                // description (a terminal, or send/receive); in a pipe of
-                // listen/connect the lines after it are data.
-                let again = std::io::stdin().is_terminal() || !matches!(work, Work::Pipe);
-                if std::io::stdin().is_terminal() {
-                    eprintln!(
-                        "natkit: waiting for you to paste the peer's description (then Enter):"
-                    );
-                }
-                signal::from_first_line(&mut stdin, c.wait, &local, again).await?
-            };
-            eprintln!(
-                "natkit: have the peer's description; connecting (waiting for the peer to \
+            }
+            Exchange::Paste(None) => {
+                publish(command, c, &local)?;
+                let d = if let Some(path) = &c.remote {
+                    let d = signal::from_file(path, c.wait).await?;
+                    signal::check_not_ours(&d, &local)?;
+                    d
+                } else {
+                    // A bad paste is asked again where stdin is only for the
+                    // description (a terminal, or send/receive); in a pipe of
+                    // listen/connect the lines after it are data.
+                    let again = std::io::stdin().is_terminal() || !matches!(work, Work::Pipe);
+                    if std::io::stdin().is_terminal() {
+                        eprintln!(
+                            "natkit: waiting for you to paste the peer's description (then Enter):"
+                        );
+                    }
+                    signal::from_first_line(&mut stdin, c.wait, &local, again).await?
+                };
+                eprintln!(
+                    "natkit: have the peer's description; connecting (waiting for the peer to \
                  paste this side's, if it has not yet)"
-            );
-            d
-        }
-        Exchange::Wait => {
-            let (server, tls) = first_turn(c)?;
-            let mut rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
-            rv.open_door().await?;
-            let code = code::ShortCode::new(rv.port());
-            let other = match command {
-                "send" => "receive",
-                _ => "connect",
-            };
-            eprintln!("natkit: code: {code}");
-            eprintln!(
+                );
+                d
+            }
+            Exchange::Wait => {
+                let (server, tls) = first_turn(c)?;
+                let mut rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
+                rv.open_door().await?;
+                let code = code::ShortCode::new(rv.port());
+                let other = match command {
+                    "send" => "receive",
+                    _ => "connect",
+                };
+                eprintln!("natkit: code: {code}");
+                eprintln!(
                 "natkit: on the other machine run `natkit {other} {code}` with the same --turn \
                  server and credentials; waiting for it (at most --wait {:.0} s)",
                 c.wait.as_secs_f64()
             );
-            let (d, l) = rv.wait_for_knock(&code, &local, c.wait).await?;
-            linger = Some(l);
-            d
-        }
-        Exchange::Knock(code) => {
-            let (server, tls) = first_turn(c)?;
-            let rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
-            eprintln!("natkit: exchanging descriptions through the relay under the code");
-            rv.knock(&code, &local).await?
+                let (d, l) = rv.wait_for_knock(&code, &local, c.wait).await?;
+                linger = Some(l);
+                d
+            }
+            Exchange::Knock(code) => {
+                let (server, tls) = first_turn(c)?;
+                let rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
+                eprintln!("natkit: exchanging descriptions through the relay under the code");
+                rv.knock(&code, &local).await?
+            }
+        })
+    }
+    .await;
+    // A failed exchange still deletes the session's TURN allocations.
+    let remote: Description = match remote {
+        Ok(d) => d,
+        Err(e) => {
+            let e: anyhow::Error = e;
+            session.close();
+            session.wait_idle().await;
+            return Err(e);
         }
     };
 

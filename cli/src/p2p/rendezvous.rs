@@ -248,6 +248,7 @@ impl Rendezvous {
                         tracing::debug!(%peer, len = data.len(), "rendezvous: ignored a datagram");
                         continue;
                     }
+                    tracing::trace!(%peer, kind = data[4], len = data.len(), "rendezvous: received");
                     return Ok(Some((peer, data)));
                 }
                 Ok(Some(Incoming::Event(Event::Failed(e)))) => {
@@ -261,6 +262,7 @@ impl Rendezvous {
     }
 
     async fn send(&mut self, peer: SocketAddr, msg: &[u8]) -> Result<(), ExchangeError> {
+        tracing::trace!(%peer, kind = msg[4], len = msg.len(), "rendezvous: sending");
         self.conn
             .send_to(peer, msg)
             .await
@@ -284,6 +286,47 @@ impl Rendezvous {
         local: &Description,
         wait: Duration,
     ) -> Result<(Description, Linger), ExchangeError> {
+        let (remote, peer, got_it) = match self.waiting(code, local, wait).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.close().await;
+                return Err(e);
+            }
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let until = Instant::now() + LINGER;
+            let answer = async {
+                // A repeat of its description: our "got it" was lost.
+                while let Ok(Some((_, m))) = self.next_from(Some(peer), until).await {
+                    if m[4] == ANSWER {
+                        let _ = self.send(peer, &got_it).await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = answer => {}
+                _ = stopped => {}
+            }
+            self.close().await;
+        });
+        Ok((
+            remote,
+            Linger {
+                stop: Some(stop),
+                task: Some(task),
+            },
+        ))
+    }
+
+    /// [`Rendezvous::wait_for_knock`] up to the other side's description:
+    /// it, the other side, and our "got it" (to repeat).
+    async fn waiting(
+        &mut self,
+        code: &ShortCode,
+        local: &Description,
+        wait: Duration,
+    ) -> Result<(Description, SocketAddr, Vec<u8>), ExchangeError> {
         let ours = local.to_string();
         if ours.len() > MAX_MESSAGE - 64 {
             return Err(ExchangeError::TooLong(ours.len()));
@@ -347,36 +390,28 @@ impl Rendezvous {
         let mut got_it = header(GOT_IT);
         got_it.extend_from_slice(&keys.seal(Direction::FromWaiting, 1, GOT_IT, b""));
         self.send(peer, &got_it).await?;
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let until = Instant::now() + LINGER;
-            let answer = async {
-                // A repeat of its description: our "got it" was lost.
-                while let Ok(Some((_, m))) = self.next_from(Some(peer), until).await {
-                    if m[4] == ANSWER {
-                        let _ = self.send(peer, &got_it).await;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = answer => {}
-                _ = stopped => {}
-            }
-            self.close().await;
-        });
-        Ok((
-            remote,
-            Linger {
-                stop: Some(stop),
-                task: Some(task),
-            },
-        ))
+        Ok((remote, peer, got_it))
     }
 
     /// The knocking side: knock at `code`'s port on the relay, and
     /// exchange descriptions with whoever waits there.
     pub async fn knock(
         mut self,
+        code: &ShortCode,
+        local: &Description,
+    ) -> Result<Description, ExchangeError> {
+        let r = self.knocking(code, local).await;
+        match r {
+            Ok(_) => {
+                tokio::spawn(self.close());
+            }
+            Err(_) => self.close().await,
+        }
+        r
+    }
+
+    async fn knocking(
+        &mut self,
         code: &ShortCode,
         local: &Description,
     ) -> Result<Description, ExchangeError> {
@@ -422,12 +457,14 @@ impl Rendezvous {
             }
         };
         let Some(theirs) = keys.open(Direction::FromWaiting, 0, REPLY, &reply[5 + B_LEN..]) else {
-            // Repeated: the other side must not wait for an answer that
-            // never comes.
+            // Repeated, spaced: the other side must not wait for an
+            // answer that never comes. Not followed at once by the
+            // deletion of the allocation: natkit-turn was seen to drop
+            // data sent just before a Refresh with lifetime 0.
             for _ in 0..3 {
                 let _ = self.send(peer, &header(WRONG_CODE)).await;
+                tokio::time::sleep(REPEAT_FIRST / 4).await;
             }
-            self.close().await;
             return Err(wrong);
         };
         let text = String::from_utf8_lossy(&theirs);
@@ -446,7 +483,6 @@ impl Rendezvous {
                 waited: Duration::ZERO,
             });
         }
-        tokio::spawn(self.close());
         Ok(remote)
     }
 
