@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use natkit_testkit::TurnRelay;
+use natkit_testkit::{TempDir, TurnRelay};
 use p2p_support::*;
 
 /// Loopback-only flags of one side, with the relay's credentials.
@@ -333,4 +333,64 @@ fn a_cancelled_transfer_reaches_the_receiver_at_once_and_then_resumes() {
         "{}",
         r2.err()
     );
+}
+
+/// `natkit send SEND...` and `natkit receive RECEIVE...` exchanging
+/// descriptions through files (`NAME-send.desc`, `NAME-receive.desc`), the
+/// sender's stdin from `input`; both must succeed. The receiver's stdout is
+/// `NAME-receive.out`.
+fn send_and_receive(dir: &TempDir, name: &str, send: &[&str], receive: &[&str], input: Input) {
+    let (s_name, r_name) = (format!("{name}-send"), format!("{name}-receive"));
+    let (mut s, _) = spawn(
+        dir,
+        &s_name,
+        &cmd(send, side(dir, &s_name, &r_name, &[])),
+        input,
+    );
+    let (mut r, _) = spawn(
+        dir,
+        &r_name,
+        &cmd(receive, side(dir, &r_name, &s_name, &[])),
+        Input::Null,
+    );
+    assert_ok(&mut r);
+    assert_ok(&mut s);
+}
+
+#[test]
+fn a_folder_and_stdin_travel_like_files() {
+    let dir = scratch("folder");
+    let top = dir.join("album");
+    std::fs::create_dir_all(top.join("2024/raw")).unwrap();
+    std::fs::create_dir_all(top.join("empty")).unwrap();
+    let (a, b) = (data(300_000, 61), data(1_000, 67));
+    std::fs::write(top.join("2024/raw/a.bin"), &a).unwrap();
+    std::fs::write(top.join("notes.txt"), &b).unwrap();
+    let inbox = format!("{}/inbox/", dir.path().display());
+    let top_s = top.display().to_string();
+    send_and_receive(
+        &dir,
+        "folder",
+        &["send", &top_s],
+        &["receive", "--yes", "-o", &inbox],
+        Input::Null,
+    );
+    assert!(std::fs::read(dir.join("inbox/album/2024/raw/a.bin")).unwrap() == a);
+    assert!(std::fs::read(dir.join("inbox/album/notes.txt")).unwrap() == b);
+    assert!(dir.join("inbox/album/empty").is_dir());
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    assert!(read("folder-receive.err").contains("received folder"));
+    assert!(read("folder-send.err").contains("2 files"));
+
+    // stdin to the receiver's stdout, through the same commands.
+    let piped = data(400_000, 71);
+    std::fs::write(dir.join("piped.in"), &piped).unwrap();
+    send_and_receive(
+        &dir,
+        "stdin",
+        &["send", "-"],
+        &["receive", "--yes", "-o", "-"],
+        Input::File(&dir.join("piped.in")),
+    );
+    assert!(std::fs::read(dir.join("stdin-receive.out")).unwrap() == piped);
 }

@@ -77,9 +77,13 @@ pub struct ConnectArgs {
 /// Flags of `natkit send`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SendArgs {
-    /// The file to send.
-    #[arg(value_name = "FILE")]
+    /// The file or folder to send; `-` sends stdin (as "stdin", or
+    /// --name).
+    #[arg(value_name = "FILE|FOLDER|-")]
     file: PathBuf,
+    /// The name to offer it under (default: its own; "stdin" for -).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -94,8 +98,9 @@ pub struct ReceiveArgs {
     code: Option<String>,
     /// Where to write the file: a file name, or a directory to put it in
     /// under the sender's name (an existing one, or any path ending in /,
-    /// made if missing). Default: the sender's name here. An existing file
-    /// is never replaced without --force.
+    /// made if missing); `-` writes to stdout. Default: the sender's name
+    /// here. An existing file is never replaced without --force (in a
+    /// folder, files already there and the same are skipped).
     #[arg(long, short = 'o', value_name = "PATH")]
     output: Option<PathBuf>,
     /// Replace a file that exists where the received file goes.
@@ -112,7 +117,7 @@ pub struct ReceiveArgs {
 /// What the command does once connected.
 enum Work {
     Pipe,
-    Send(PathBuf),
+    Send(transfer::Outgoing),
     Receive(transfer::Output, bool),
 }
 
@@ -125,6 +130,18 @@ impl Work {
             Work::Pipe => b"NKP1",
             Work::Send(_) => b"NKS1",
             Work::Receive(..) => b"NKR1",
+        }
+    }
+
+    /// Whether stdin carries data after the description (so a bad line
+    /// cannot be taken for another paste).
+    fn data_on_stdin(&self) -> bool {
+        match self {
+            Work::Pipe => true,
+            Work::Send(o) => {
+                o.sources.iter().any(Option::is_none) && !o.offer.entries.iter().any(|e| e.dir)
+            }
+            Work::Receive(..) => false,
         }
     }
 
@@ -156,7 +173,12 @@ pub fn connect(a: ConnectArgs) -> anyhow::Result<()> {
 
 /// Run `natkit send`.
 pub fn send(a: SendArgs) -> anyhow::Result<()> {
-    run("send", Role::Controlled, a.common, None, Work::Send(a.file))
+    // Checked (and a folder walked) before any socket is opened.
+    let out = transfer::Outgoing::prepare(&a.file, a.name.as_deref())?;
+    for s in &out.skipped {
+        eprintln!("warning: not sent: {s}");
+    }
+    run("send", Role::Controlled, a.common, None, Work::Send(out))
 }
 
 /// Run `natkit receive`.
@@ -242,17 +264,6 @@ async fn session_main(
 ) -> anyhow::Result<()> {
     // Refuse what can be refused before any socket is opened.
     let exchange = Exchange::of(command, c, given)?;
-    let mut file = None;
-    if let Work::Send(path) = &work {
-        let f = tokio::fs::File::open(path)
-            .await
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let meta = f.metadata().await?;
-        if !meta.is_file() {
-            bail!("{} is not a regular file", path.display());
-        }
-        file = Some((f, meta.len(), transfer::announced_name(path)?));
-    }
     if let Work::Receive(out, _) = &work {
         out.check()?;
     }
@@ -285,7 +296,7 @@ async fn session_main(
                     // A bad paste is asked again where stdin is only for the
                     // description (a terminal, or send/receive); in a pipe of
                     // listen/connect the lines after it are data.
-                    let again = std::io::stdin().is_terminal() || !matches!(work, Work::Pipe);
+                    let again = std::io::stdin().is_terminal() || !work.data_on_stdin();
                     if std::io::stdin().is_terminal() {
                         eprintln!(
                             "natkit: waiting for you to paste the peer's description (then Enter):"
@@ -406,10 +417,7 @@ async fn session_main(
                 );
                 Ok(())
             }
-            Work::Send(_) => {
-                let (f, size, name) = file.take().expect("opened above");
-                send_file(send, recv, f, size, &name, report).await
-            }
+            Work::Send(out) => send_file(send, recv, &out, &mut stdin, report).await,
             Work::Receive(out, yes) => {
                 let accept = if yes {
                     transfer::Accept::Always
@@ -557,22 +565,21 @@ async fn stream(
     Ok((send, recv, peer_took))
 }
 
-async fn send_file(
+async fn send_file<I: tokio::io::AsyncRead + Unpin>(
     mut send: SendStream,
     mut recv: RecvStream,
-    mut file: tokio::fs::File,
-    size: u64,
-    name: &str,
+    out: &transfer::Outgoing,
+    stdin: &mut I,
     report: &Report,
 ) -> anyhow::Result<()> {
+    let name = &out.offer.name;
     eprintln!("natkit: offered {name}; waiting for the receiver to accept it");
     let mut progress = None;
     let r = transfer::send(
         &mut send,
         &mut recv,
-        name,
-        &mut file,
-        size,
+        out,
+        stdin,
         &mut progress,
         &report.sent,
     )
@@ -580,7 +587,7 @@ async fn send_file(
     if let Some(p) = &progress {
         p.clear();
     }
-    let hash = r?;
+    let sent = r?;
     pipe::finish(&mut send).await?;
     let mut verdict = Vec::new();
     (&mut recv)
@@ -590,10 +597,16 @@ async fn send_file(
         .context("the receiver's answer did not arrive")?;
     transfer::read_verdict(&verdict)?;
     let summary = progress.map(|p| p.summary()).unwrap_or_default();
-    eprintln!(
-        "natkit: sent {name}: {summary}, sha256 {}, verified by the receiver",
-        transfer::hex(&hash)
-    );
+    match sent.hash {
+        Some(h) => eprintln!(
+            "natkit: sent {name}: {summary}, sha256 {}, verified by the receiver",
+            transfer::hex(&h)
+        ),
+        None => eprintln!(
+            "natkit: sent folder {name}: {} files, {summary}, each verified by the receiver",
+            sent.files
+        ),
+    }
     Ok(())
 }
 
@@ -605,11 +618,13 @@ async fn receive_file(
     report: &Report,
 ) -> anyhow::Result<()> {
     let mut progress = None;
+    let mut stdout = tokio::io::stdout();
     let r = transfer::receive(
         &mut recv,
         &mut send,
         out,
         accept,
+        &mut stdout,
         &report.received,
         &mut progress,
     )
@@ -624,12 +639,24 @@ async fn receive_file(
     }
     let got = r?;
     let summary = progress.map(|p| p.summary()).unwrap_or_default();
-    eprintln!(
-        "natkit: received {} ({} bytes): {summary}, sha256 {} verified",
-        got.path.display(),
-        got.size,
-        transfer::hex(&got.hash)
-    );
+    let same = match got.same {
+        0 => String::new(),
+        n => format!(" ({n} already here and the same)"),
+    };
+    match got.hash {
+        Some(h) => eprintln!(
+            "natkit: received {} ({} bytes): {summary}, sha256 {} verified",
+            got.path.display(),
+            got.size,
+            transfer::hex(&h)
+        ),
+        None => eprintln!(
+            "natkit: received folder {}: {} files, {} bytes{same}: {summary}, each verified",
+            got.path.display(),
+            got.files,
+            got.size
+        ),
+    }
     Ok(())
 }
 

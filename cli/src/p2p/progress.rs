@@ -53,6 +53,13 @@ impl Progress {
         }
     }
 
+    /// `n` bytes that were there before (a resume, a file already in
+    /// place): done, but not in the rate.
+    pub fn skipped(&mut self, n: u64) {
+        self.done += n;
+        self.base += n;
+    }
+
     /// `n` more bytes moved.
     pub fn advance(&mut self, n: u64) {
         self.done += n;
@@ -86,8 +93,17 @@ impl Progress {
         }
     }
 
-    /// The bar as one line (without the carriage return).
+    /// The bar as one line (without the carriage return). A stream of
+    /// unknown length (`total` u64::MAX) shows bytes and rate only.
     pub fn bar(&self) -> String {
+        if self.total == u64::MAX {
+            return format!(
+                "{} {}, {}/s ",
+                self.verb,
+                human_bytes(self.done),
+                human_bytes(self.rate() as u64)
+            );
+        }
         let frac = if self.total == 0 {
             1.0
         } else {
@@ -161,7 +177,8 @@ mod tests {
 
     #[test]
     fn time_left_follows_the_rate_and_a_resume_counts_only_what_moved() {
-        let mut p = Progress::resumed("receiving", 10_000, 4_000);
+        let mut p = Progress::resumed("receiving", 10_000, 0);
+        p.skipped(4_000);
         p.tty = false;
         assert!(p.bar().contains(" 40%"), "{}", p.bar());
         assert!(p.bar().contains("? left"), "{}", p.bar());
