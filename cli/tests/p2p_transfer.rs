@@ -37,7 +37,9 @@ fn code_of(p: &Proc) -> String {
 #[test]
 fn a_short_code_sends_a_file_through_the_users_relay() {
     let dir = scratch("code-file");
-    let relay = start_relay(&[]);
+    // The relay's default peer policy: the code's exchange needs no
+    // relay option (relay-to-relay is allowed, loopback peers are not).
+    let relay = start_relay_default_policy(&[]);
     let content = data(700_000, 41);
     std::fs::write(dir.join("payload.bin"), &content).unwrap();
     let file = dir.join("payload.bin").display().to_string();

@@ -186,16 +186,28 @@ pub fn assert_ok(p: &mut Proc) {
 
 /// natkit-turn on loopback with user `p2p`, killed on drop.
 pub fn start_relay(extra: &[&str]) -> TurnRelay {
-    TurnRelay::builder(bins::natkit_turn_next_to(natkit()))
+    // Both peers' addresses are on loopback, which the relay refuses as
+    // peers by default.
+    relay(extra, true)
+}
+
+/// natkit-turn as deployed: its default peer policy (no loopback peers;
+/// only its own relayed addresses on loopback, relay to relay).
+pub fn start_relay_default_policy(extra: &[&str]) -> TurnRelay {
+    relay(extra, false)
+}
+
+fn relay(extra: &[&str], loopback_peers: bool) -> TurnRelay {
+    let mut b = TurnRelay::builder(bins::natkit_turn_next_to(natkit()))
         .relay_ports(ports::random_block(20_000, 2_000, 20))
         .user("p2p", "right-pw")
-        // Both peers' relayed addresses are on loopback, which the relay
-        // refuses as peers by default.
-        .allow_loopback_peers()
         .no_drain_grace()
         .args(extra)
-        .ready_timeout(Duration::from_secs(20))
-        .start()
+        .ready_timeout(Duration::from_secs(20));
+    if loopback_peers {
+        b = b.allow_loopback_peers();
+    }
+    b.start()
 }
 
 /// The TURN URI of `relay` over `transport`.
