@@ -14,8 +14,13 @@ use p2p_support::*;
 
 /// Loopback-only flags of one side, with the relay's credentials.
 fn flags(relay: &TurnRelay, extra: &[&str]) -> Vec<String> {
+    flags_over(relay, "udp", extra)
+}
+
+/// [`flags`] with TURN over `transport` (udp or tcp).
+fn flags_over(relay: &TurnRelay, transport: &str, extra: &[&str]) -> Vec<String> {
     let mut v = loopback();
-    let turn = ["--turn", &relay_uri(relay, "udp"), "--turn-user", "p2p"];
+    let turn = ["--turn", &relay_uri(relay, transport), "--turn-user", "p2p"];
     let pw = ["--turn-password", "right-pw"];
     v.extend(turn.iter().chain(&pw).chain(extra).map(|s| s.to_string()));
     v
@@ -77,9 +82,10 @@ fn a_short_code_sends_a_file_through_the_users_relay() {
     assert!(s.err().contains("verified by the receiver"), "{}", s.err());
 }
 
-#[test]
-fn a_short_code_connects_listen_and_connect_both_ways() {
-    let dir = scratch("code-pipe");
+/// listen and connect through a short code, with TURN over `transport`
+/// (the rendezvous allocation too).
+fn code_pipe(transport: &str) {
+    let dir = scratch(&format!("code-pipe-{transport}"));
     let relay = start_relay(&[]);
     let (a, b) = (data(120_000, 43), data(90_000, 47));
     std::fs::write(dir.join("a.in"), &a).unwrap();
@@ -87,20 +93,30 @@ fn a_short_code_connects_listen_and_connect_both_ways() {
     let (mut l, _) = spawn(
         &dir,
         "listen",
-        &cmd(&["listen"], flags(&relay, &[])),
+        &cmd(&["listen"], flags_over(&relay, transport, &[])),
         Input::File(&dir.join("a.in")),
     );
     let code = code_of(&l);
     let (mut c, _) = spawn(
         &dir,
         "connect",
-        &cmd(&["connect", &code], flags(&relay, &[])),
+        &cmd(&["connect", &code], flags_over(&relay, transport, &[])),
         Input::File(&dir.join("b.in")),
     );
     assert_ok(&mut c);
     assert_ok(&mut l);
     assert!(std::fs::read(dir.join("connect.out")).unwrap() == a);
     assert!(std::fs::read(dir.join("listen.out")).unwrap() == b);
+}
+
+#[test]
+fn a_short_code_connects_listen_and_connect_both_ways() {
+    code_pipe("udp");
+}
+
+#[test]
+fn a_short_code_works_with_turn_over_tcp() {
+    code_pipe("tcp");
 }
 
 #[test]
