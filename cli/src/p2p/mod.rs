@@ -138,9 +138,7 @@ impl Work {
     fn data_on_stdin(&self) -> bool {
         match self {
             Work::Pipe => true,
-            Work::Send(o) => {
-                o.sources.iter().any(Option::is_none) && !o.offer.entries.iter().any(|e| e.dir)
-            }
+            Work::Send(o) => o.reads_stdin(),
             Work::Receive(..) => false,
         }
     }
@@ -306,7 +304,7 @@ async fn session_main(
                 };
                 eprintln!(
                     "natkit: have the peer's description; connecting (waiting for the peer to \
-                 paste this side's, if it has not yet)"
+                     paste this side's, if it has not yet)"
                 );
                 d
             }
@@ -319,12 +317,12 @@ async fn session_main(
                     "send" => "receive",
                     _ => "connect",
                 };
+                let wait = c.wait.as_secs_f64();
                 eprintln!("natkit: code: {code}");
                 eprintln!(
-                "natkit: on the other machine run `natkit {other} {code}` with the same --turn \
-                 server and credentials; waiting for it (at most --wait {:.0} s)",
-                c.wait.as_secs_f64()
-            );
+                    "natkit: on the other machine run `natkit {other} {code}` with the same \
+                     --turn server and credentials; waiting for it (at most --wait {wait:.0} s)"
+                );
                 let (d, l) = rv.wait_for_knock(&code, &local, c.wait).await?;
                 linger = Some(l);
                 d

@@ -65,6 +65,11 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// Whether the data is stdin (`natkit send -`).
+    pub fn reads_stdin(&self) -> bool {
+        self.offer.kind == Kind::Stream
+    }
+
     /// `natkit send PATH`: `-` is stdin (offered as `name`, default
     /// "stdin"), a directory a folder, anything else must be a regular
     /// file. Checked here, before a socket is opened.
