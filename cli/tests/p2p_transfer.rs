@@ -412,3 +412,48 @@ fn a_folder_and_stdin_travel_like_files() {
     );
     assert!(std::fs::read(dir.join("stdin-receive.out")).unwrap() == piped);
 }
+
+#[test]
+fn connected_in_counts_from_when_both_descriptions_were_in() {
+    let dir = scratch("both-in");
+    let path = |n: &str| dir.join(n).display().to_string();
+    let mut l_args = loopback();
+    l_args.extend(
+        [
+            "--desc-out",
+            &path("listen.written"),
+            "--remote",
+            &path("connect.desc"),
+            "--report",
+            &path("listen.json"),
+        ]
+        .map(String::from),
+    );
+    let (mut l, _) = spawn(&dir, "listen", &cmd(&["listen"], l_args), Input::Null);
+    let mut c_args = loopback();
+    c_args.extend(
+        [
+            "--desc-out",
+            &path("connect.desc"),
+            "--remote",
+            &path("listen.desc"),
+        ]
+        .map(String::from),
+    );
+    let (mut c, _) = spawn(&dir, "connect", &cmd(&["connect"], c_args), Input::Null);
+    // The listener has the connector's description at once; the connector
+    // gets the listener's 2 s later, as if someone pasted it then.
+    wait_until(Duration::from_secs(15), "both descriptions", || {
+        dir.join("listen.written").exists() && dir.join("connect.desc").exists()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::copy(dir.join("listen.written"), dir.join("listen.desc")).unwrap();
+    assert_ok(&mut c);
+    assert_ok(&mut l);
+    let ms = report(&dir, "listen")["connect_ms"].as_f64().unwrap();
+    assert!(
+        ms < 1500.0,
+        "{ms} ms counts the wait for the other side's paste"
+    );
+    assert!(l.err().contains("connected in"), "{}", l.err());
+}
