@@ -6,10 +6,11 @@
 mod p2p_support;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use natkit_testkit::{TempDir, TurnRelay};
+use natkit_testkit::{free_port, http, ready, TempDir, TurnRelay};
 use p2p_support::*;
 
 /// Loopback-only flags of one side, with the relay's credentials.
@@ -456,4 +457,36 @@ fn connected_in_counts_from_when_both_descriptions_were_in() {
         "{ms} ms counts the wait for the other side's paste"
     );
     assert!(l.err().contains("connected in"), "{}", l.err());
+}
+
+#[test]
+fn ctrl_c_before_the_peer_came_deletes_the_relay_allocations() {
+    let dir = scratch("early-int");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let relay = start_relay(&["--metrics", &metrics.to_string()]);
+    ready::wait_tcp(metrics, "natkit-turn's metrics", Duration::from_secs(20));
+    let live = || http::metric(&http::metrics(metrics), "natkit_turn_allocations");
+    // Waiting for a code to be used, then waiting for a paste.
+    for (name, extra, ready) in [
+        ("code", &[][..], "natkit: code: "),
+        ("paste", &["--paste"][..], "natkit: this side's description"),
+    ] {
+        let (mut l, _l_in) = spawn(
+            &dir,
+            name,
+            &cmd(&["listen"], flags(&relay, extra)),
+            Input::Pipe,
+        );
+        wait_until(Duration::from_secs(15), "the listener waiting", || {
+            l.err().contains(ready)
+        });
+        assert!(live() >= 1.0, "{name}: no allocation to delete");
+        signal(&l, libc::SIGINT);
+        let status = l.wait(Duration::from_secs(10));
+        assert!(!status.success());
+        assert!(l.err().contains("interrupted (Ctrl-C)"), "{}", l.err());
+        wait_until(Duration::from_secs(5), "the allocations deleted", || {
+            live() == 0.0
+        });
+    }
 }

@@ -51,6 +51,9 @@ pub const CLOSE_ERROR: u32 = 1;
 /// Longest reason phrase sent with [`CLOSE_ERROR`] (it must fit a packet).
 const MAX_CLOSE_REASON: usize = 400;
 
+/// Ctrl-C before the peer's description came.
+const INTERRUPTED_WAITING: &str = "interrupted (Ctrl-C) while waiting for the peer's description";
+
 /// How long to wait, after the data stream failed, for the session to say
 /// why (consent lost names the dead path; the stream error does not).
 const WHY_GRACE: Duration = Duration::from_millis(1500);
@@ -287,7 +290,10 @@ async fn session_main(
             Exchange::Paste(None) => {
                 publish(command, c, &local)?;
                 let d = if let Some(path) = &c.remote {
-                    let d = signal::from_file(path, c.wait).await?;
+                    let d = tokio::select! {
+                        r = signal::from_file(path, c.wait) => r?,
+                        _ = tokio::signal::ctrl_c() => bail!(INTERRUPTED_WAITING),
+                    };
                     signal::check_not_ours(&d, &local)?;
                     d
                 } else {
@@ -300,7 +306,12 @@ async fn session_main(
                             "natkit: waiting for you to paste the peer's description (then Enter):"
                         );
                     }
-                    signal::from_first_line(&mut stdin, c.wait, &local, again).await?
+                    // Ctrl-C while waiting for a paste: the session's TURN
+                    // allocations are deleted below.
+                    tokio::select! {
+                        r = signal::from_first_line(&mut stdin, c.wait, &local, again) => r?,
+                        _ = tokio::signal::ctrl_c() => bail!(INTERRUPTED_WAITING),
+                    }
                 };
                 eprintln!(
                     "natkit: have the peer's description; connecting (waiting for the peer to \

@@ -123,7 +123,10 @@ pub enum ExchangeError {
         waited: Duration,
     },
     /// The other side stopped answering halfway.
-    #[error("the other side stopped answering during the exchange ({step}) for {:.0} s", .waited.as_secs_f64())]
+    #[error(
+        "the other side stopped answering during the exchange ({step}) for {:.0} s",
+        .waited.as_secs_f64()
+    )]
     Stalled {
         /// The step that got no answer.
         step: &'static str,
@@ -133,6 +136,9 @@ pub enum ExchangeError {
     /// The other side's description opened but is not one.
     #[error("the other side sent an unusable description: {0}")]
     Unusable(natkit_ice::DescriptionError),
+    /// The user pressed Ctrl-C first.
+    #[error("interrupted (Ctrl-C) before the descriptions were exchanged")]
+    Interrupted,
     /// Our description does not fit a datagram.
     #[error("this side's description is {0} bytes, too long for the rendezvous")]
     TooLong(usize),
@@ -248,7 +254,8 @@ impl Rendezvous {
                         tracing::debug!(%peer, len = data.len(), "rendezvous: ignored a datagram");
                         continue;
                     }
-                    tracing::trace!(%peer, kind = data[4], len = data.len(), "rendezvous: received");
+                    let (kind, len) = (data[4], data.len());
+                    tracing::trace!(%peer, kind, len, "rendezvous: received");
                     return Ok(Some((peer, data)));
                 }
                 Ok(Some(Incoming::Event(Event::Failed(e)))) => {
@@ -277,16 +284,22 @@ impl Rendezvous {
         self.permit(me).await
     }
 
-    /// The waiting side (after [`Rendezvous::open_door`]): wait up to `wait` for one knock, and exchange
-    /// descriptions with it. The returned [`Linger`] keeps answering the
-    /// other side's repeats for a while; drop it once connected.
+    /// The waiting side (after [`Rendezvous::open_door`]): wait up to
+    /// `wait` for one knock, and exchange descriptions with it. The
+    /// returned [`Linger`] keeps answering the other side's repeats for a
+    /// while; finish it once connected.
     pub async fn wait_for_knock(
         mut self,
         code: &ShortCode,
         local: &Description,
         wait: Duration,
     ) -> Result<(Description, Linger), ExchangeError> {
-        let (remote, peer, got_it) = match self.waiting(code, local, wait).await {
+        // Ctrl-C is handled here, so that the allocation is deleted.
+        let r = tokio::select! {
+            r = self.waiting(code, local, wait) => r,
+            _ = tokio::signal::ctrl_c() => Err(ExchangeError::Interrupted),
+        };
+        let (remote, peer, got_it) = match r {
             Ok(r) => r,
             Err(e) => {
                 self.close().await;
@@ -400,7 +413,11 @@ impl Rendezvous {
         code: &ShortCode,
         local: &Description,
     ) -> Result<Description, ExchangeError> {
-        let r = self.knocking(code, local).await;
+        // Ctrl-C is handled here, so that the allocation is deleted.
+        let r = tokio::select! {
+            r = self.knocking(code, local) => r,
+            _ = tokio::signal::ctrl_c() => Err(ExchangeError::Interrupted),
+        };
         match r {
             Ok(_) => {
                 tokio::spawn(self.close());
