@@ -235,7 +235,7 @@ impl Exchange {
         if let Some(g) = given {
             if code::ShortCode::looks_like_one(&g) {
                 let code = code::ShortCode::parse(&g)?;
-                if c.turn.is_empty() {
+                if c.relay.turn.is_empty() {
                     bail!(
                         "a short code needs the relay it was made on: add --turn with the same \
                          server (and credentials) as the other side"
@@ -248,7 +248,7 @@ impl Exchange {
             return Ok(Exchange::Paste(Some(d)));
         }
         let waits = matches!(command, "send" | "listen");
-        if waits && !c.turn.is_empty() && !c.paste && c.remote.is_none() {
+        if waits && !c.relay.turn.is_empty() && !c.paste && c.remote.is_none() {
             return Ok(Exchange::Wait);
         }
         Ok(Exchange::Paste(None))
