@@ -14,6 +14,9 @@
 //! - [`tls`]: a rustls (ring) server configuration from PEM certificate and key files, with
 //!   errors that name the file.
 //! - [`config`]: loading a server's TOML file with errors that name file, key and line.
+//! - [`front`]: before the protocol: PROXY protocol v2 from trusted front proxies, and a TLS
+//!   port shared with a web site (TURN told apart by ALPN, SNI or first bytes; the rest
+//!   forwarded, or passed through by SNI).
 //! - [`stream`]: TCP/TLS connections of the servers: reading into the protocol's deframer with
 //!   an idle timeout and a deadline per frame, and a writer with a bounded queue and bounded
 //!   writes.
@@ -23,6 +26,7 @@
 #[cfg(target_os = "linux")]
 pub mod batch;
 pub mod config;
+pub mod front;
 pub mod logging;
 pub mod metrics_http;
 pub mod shutdown;

@@ -19,11 +19,14 @@ use std::time::Duration;
 use natkit_proto::framing::Deframer;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
 
+use crate::front::share::{self, Decision, Routed, ShareError};
+use crate::front::FrontDoor;
 use crate::shutdown::Shutdown;
 use crate::tls::ReloadableAcceptor;
 
@@ -56,6 +59,15 @@ pub enum AcceptOutcome {
     RejectedCap,
     /// The TLS handshake failed or did not finish in time.
     TlsFailed,
+    /// Closed at once: a trusted front proxy sent no valid PROXY v2 header, or another
+    /// address sent one.
+    ProxyRefused,
+    /// On a shared TLS port: not TURN, handed to the web backend (TLS terminated).
+    Web,
+    /// On a shared TLS port: passed through untouched by server name.
+    Passthrough,
+    /// On a shared TLS port: the backend could not be reached.
+    BackendFailed,
 }
 
 impl AcceptOutcome {
@@ -65,6 +77,10 @@ impl AcceptOutcome {
             AcceptOutcome::Accepted => "accepted",
             AcceptOutcome::RejectedCap => "rejected_cap",
             AcceptOutcome::TlsFailed => "tls_failed",
+            AcceptOutcome::ProxyRefused => "proxy_refused",
+            AcceptOutcome::Web => "web",
+            AcceptOutcome::Passthrough => "passthrough",
+            AcceptOutcome::BackendFailed => "backend_failed",
         }
     }
 }
@@ -97,6 +113,8 @@ pub struct StreamLimits {
     pub slots: Arc<Semaphore>,
     /// Stops the listeners and their connections.
     pub shutdown: Shutdown,
+    /// PROXY protocol and port sharing ([`FrontDoor`]).
+    pub front: Arc<FrontDoor>,
 }
 
 impl StreamLimits {
@@ -107,7 +125,14 @@ impl StreamLimits {
             idle_timeout,
             slots: Arc::new(Semaphore::new(max_connections)),
             shutdown,
+            front: Arc::default(),
         }
+    }
+
+    /// With the listeners' PROXY protocol and port sharing settings.
+    pub fn with_front(mut self, front: FrontDoor) -> Self {
+        self.front = Arc::new(front);
+        self
     }
 
     /// How long a TLS handshake may take: a few round trips, so at most 10 s (a client that
@@ -170,26 +195,95 @@ pub async fn accept_loop<H: StreamService>(
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let acceptor = tls.as_ref().map(ReloadableAcceptor::current);
-        let handshake = limits.handshake_timeout();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let open = service.open_gauge(kind);
             open.inc();
-            match acceptor {
-                None => {
-                    service.count(kind, AcceptOutcome::Accepted);
-                    service.serve(stream, kind, peer).await;
-                }
-                Some(a) => match tokio::time::timeout(handshake, a.accept(stream)).await {
-                    Ok(Ok(s)) => {
-                        service.count(kind, AcceptOutcome::Accepted);
-                        service.serve(s, kind, peer).await;
-                    }
-                    _ => service.count(kind, AcceptOutcome::TlsFailed),
-                },
-            }
+            admit(stream, peer, kind, acceptor, &limits, &service).await;
             open.dec();
         });
+    }
+}
+
+/// Takes one accepted connection through the front door (PROXY header, TLS, port sharing)
+/// to the service or a backend. Everything before the service is bounded by the handshake
+/// timeout.
+async fn admit<H: StreamService>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: StreamKind,
+    acceptor: Option<TlsAcceptor>,
+    limits: &StreamLimits,
+    service: &H,
+) {
+    let deadline = Instant::now() + limits.handshake_timeout();
+    let local = stream.local_addr().unwrap_or(peer);
+    let front = &limits.front;
+    let (stream, client) = match front.admit(stream, peer, deadline).await {
+        Ok(x) => x,
+        Err(e) => {
+            service.count(kind, AcceptOutcome::ProxyRefused);
+            if front.trusts(peer.ip()) {
+                warn!(proxy = %peer, "connection from a trusted front proxy refused: {e}");
+            } else {
+                debug!(%peer, "connection refused: {e}");
+            }
+            return;
+        }
+    };
+    let Some(a) = acceptor else {
+        service.count(kind, AcceptOutcome::Accepted);
+        service.serve(stream, kind, client).await;
+        return;
+    };
+    let Some(share) = &front.share else {
+        match tokio::time::timeout_at(deadline, a.accept(stream)).await {
+            Ok(Ok(s)) => {
+                service.count(kind, AcceptOutcome::Accepted);
+                service.serve(s, kind, client).await;
+            }
+            _ => service.count(kind, AcceptOutcome::TlsFailed),
+        }
+        return;
+    };
+    let routed = share
+        .route(
+            stream,
+            client,
+            local,
+            a.config(),
+            deadline,
+            limits.idle_timeout,
+            &limits.shutdown,
+            &|r| {
+                service.count(
+                    kind,
+                    match r {
+                        Routed::Web => AcceptOutcome::Web,
+                        Routed::Passthrough => AcceptOutcome::Passthrough,
+                    },
+                )
+            },
+        )
+        .await;
+    match routed {
+        Ok(Decision::Turn(s)) => {
+            service.count(kind, AcceptOutcome::Accepted);
+            service.serve(s, kind, client).await;
+        }
+        // Counted when the backend took it.
+        Ok(Decision::Routed(_)) => {}
+        Err(e) => {
+            share::log_failure(client, &e);
+            service.count(
+                kind,
+                match e {
+                    ShareError::Backend { .. } => AcceptOutcome::BackendFailed,
+                    ShareError::Tls(_) => AcceptOutcome::TlsFailed,
+                },
+            );
+        }
     }
 }
 

@@ -3,9 +3,11 @@
 //! like any TLS server); nothing else is read again.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use natkit_runtime::config::TlsKeyError;
+use natkit_runtime::front::FrontDoor;
 use natkit_runtime::shutdown::{Shutdown, Signal, Signals};
 use natkit_runtime::stream::{self, StreamLimits};
 use natkit_runtime::tls::ReloadableAcceptor;
@@ -45,7 +47,7 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Resul
     for w in workers {
         let _ = w.join();
     }
-    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    rt.shutdown_timeout(Duration::from_secs(2));
     info!("stopped");
     result
 }
@@ -68,7 +70,8 @@ async fn serve_async(
             cfg.common.tcp_idle_timeout,
             cfg.common.max_tcp_connections,
             shutdown.clone(),
-        ),
+        )
+        .with_front(FrontDoor::from_config(&cfg.common)),
         local: Responder::STREAM_ONLY,
     };
     if cfg.common.tcp {

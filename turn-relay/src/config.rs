@@ -726,20 +726,10 @@ impl Value for ExternalIp {
 pub struct PeerNet(pub IpNet);
 
 impl Value for PeerNet {
-    const EXPECTED: &'static str = "a CIDR range or IP address";
+    const EXPECTED: &'static str = <IpNet as Value>::EXPECTED;
 
     fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(PeerNet(IpNet::from(ip)));
-        }
-        let net: IpNet = s
-            .parse()
-            .map_err(|_| format!("expected {}", Self::EXPECTED))?;
-        if net.trunc() != net {
-            return Err(format!("has host bits set; did you mean {}?", net.trunc()));
-        }
-        Ok(PeerNet(net))
+        <IpNet as Value>::parse(s).map(PeerNet)
     }
 }
 

@@ -103,7 +103,7 @@ impl Metrics {
             ),
             connections: vec(
                 "natkit_turn_connections_total",
-                "TCP/TLS client connections by transport and result (accepted, rejected_cap, tls_failed)",
+                "TCP/TLS client connections by transport and result (accepted, rejected_cap, tls_failed, proxy_refused; on a shared TLS port also web, passthrough, backend_failed)",
                 &["transport", "result"],
             ),
             max_allocations: reg(

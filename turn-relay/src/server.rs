@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use natkit_runtime::batch::{self, UdpSocketOptions};
 use natkit_runtime::config::TlsKeyError;
+use natkit_runtime::front::FrontDoor;
 use natkit_runtime::metrics_http::{self, Health};
 use natkit_runtime::shutdown::{Shutdown, Signal, Signals};
 use natkit_runtime::stream::{self, StreamLimits};
@@ -142,7 +143,8 @@ async fn serve_async(
             cfg.common.tcp_idle_timeout,
             cfg.common.max_tcp_connections,
             shutdown.clone(),
-        ),
+        )
+        .with_front(FrontDoor::from_config(&cfg.common)),
         next_conn: Arc::new(AtomicU64::new(0)),
     };
     if cfg.common.tcp {

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use super::{ConfigError, Sources};
 use crate::logging::LogFormat;
 
@@ -41,6 +43,30 @@ crate::settings! {
         tcp_idle_timeout: Duration ["SECS"] = "300";
         /// Most TCP/TLS connections open at once.
         max_tcp_connections: usize ["N"] = "10000";
+        /// Front proxies (TCP load balancers), CIDR or bare IP (repeatable): their TCP and TLS
+        /// connections must start with a PROXY protocol v2 header, whose client address is the
+        /// one served and policed; a header from any other address is refused.
+        proxy_protocol_from: Vec<IpNet> ["CIDR"] = _;
+        /// Share the TLS port with a web site: connections that are not TURN (told by ALPN,
+        /// server name or first bytes) go to this address as plain bytes after the TLS
+        /// handshake, e.g. the web server's HTTP port on loopback.
+        web_backend: Option<SocketAddr> ["IP:PORT"] = _;
+        /// ALPN protocols (besides stun.turn) offered on a shared TLS port; a connection that
+        /// picks one goes to web-backend at once, which must speak it in clear (add h2 only
+        /// for a backend that takes h2c).
+        web_alpn: Vec<String> ["PROTO"] = "http/1.1";
+        /// TLS server names (SNI) that mean TURN on a shared TLS port (repeatable;
+        /// *.example.org for names under it).
+        turn_server_name: Vec<String> ["NAME"] = _;
+        /// TLS server names (SNI) passed through untouched to passthrough-backend, TLS not
+        /// terminated, so the web server keeps its own certificate (repeatable;
+        /// *.example.org for names under it).
+        passthrough_server_name: Vec<String> ["NAME"] = _;
+        /// Where passthrough-server-name connections go: a TLS server.
+        passthrough_backend: Option<SocketAddr> ["IP:PORT"] = _;
+        /// Start each connection to web-backend and passthrough-backend with a PROXY protocol
+        /// v2 header carrying the client's address: true or false.
+        backend_proxy_protocol: bool ["BOOL"] = "false";
     }
 }
 
@@ -72,6 +98,61 @@ impl Common {
         if self.max_tcp_connections == 0 {
             return Err(s.rule("max_tcp_connections", "must be at least 1"));
         }
+        self.validate_sharing(s)?;
         Ok(tls)
+    }
+
+    /// The rules of the port-sharing keys.
+    fn validate_sharing(&self, s: &Sources<'_>) -> Result<(), ConfigError> {
+        let shared = self.web_backend.is_some() || self.passthrough_backend.is_some();
+        if shared && self.tls_listen.is_empty() {
+            let key = if self.web_backend.is_some() {
+                "web_backend"
+            } else {
+                "passthrough_backend"
+            };
+            return Err(s.rule(key, "only TLS listeners share their port: set tls-listen"));
+        }
+        if self.passthrough_server_name.is_empty() != self.passthrough_backend.is_none() {
+            let key = if self.passthrough_backend.is_none() {
+                "passthrough_server_name"
+            } else {
+                "passthrough_backend"
+            };
+            return Err(s.rule(
+                key,
+                "passthrough-server-name and passthrough-backend go together",
+            ));
+        }
+        if self.backend_proxy_protocol && !shared {
+            return Err(s.rule(
+                "backend_proxy_protocol",
+                "set without web-backend or passthrough-backend",
+            ));
+        }
+        for p in &self.web_alpn {
+            if p.is_empty() || p.len() > 255 || p.as_bytes() == crate::front::TURN_ALPN {
+                return Err(s.rule(
+                    "web_alpn",
+                    format!("{p:?} is not a web ALPN protocol (1-255 bytes, not stun.turn)"),
+                ));
+            }
+        }
+        for n in self
+            .turn_server_name
+            .iter()
+            .chain(&self.passthrough_server_name)
+        {
+            let bare = n.strip_prefix("*.").unwrap_or(n);
+            if bare.is_empty() || bare.contains('*') || bare.contains(char::is_whitespace) {
+                let key = if self.turn_server_name.contains(n) {
+                    "turn_server_name"
+                } else {
+                    "passthrough_server_name"
+                };
+                return Err(s.rule(key, format!("{n:?} is not a server name or *.name pattern")));
+            }
+        }
+        Ok(())
     }
 }

@@ -278,6 +278,26 @@ impl Value for PathBuf {
     }
 }
 
+/// A network range: CIDR (`10.0.0.0/8`) or a bare IP (one address). Host bits set are
+/// refused, since `10.0.0.1/8` more likely means a mistake than `10.0.0.0/8`.
+impl Value for ipnet::IpNet {
+    const EXPECTED: &'static str = "a CIDR range or IP address";
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let s = text.trim();
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(ipnet::IpNet::from(ip));
+        }
+        let net: ipnet::IpNet = s
+            .parse()
+            .map_err(|_| format!("expected {}", Self::EXPECTED))?;
+        if net.trunc() != net {
+            return Err(format!("has host bits set; did you mean {}?", net.trunc()));
+        }
+        Ok(net)
+    }
+}
+
 /// Values read with their `FromStr`: what a valid one looks like, and examples.
 macro_rules! from_str_values {
     ($($t:ty => $expected:literal, $examples:literal;)*) => {$(
