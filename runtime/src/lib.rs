@@ -20,6 +20,8 @@
 //! - [`stream`]: TCP/TLS connections of the servers: reading into the protocol's deframer with
 //!   an idle timeout and a deadline per frame, and a writer with a bounded queue and bounded
 //!   writes.
+//! - [`watch`]: noticing that loaded files (certificates, secrets) changed, symlink swaps
+//!   included, so they are loaded again without a signal.
 
 #![warn(missing_docs)]
 
@@ -32,3 +34,4 @@ pub mod metrics_http;
 pub mod shutdown;
 pub mod stream;
 pub mod tls;
+pub mod watch;

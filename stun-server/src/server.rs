@@ -11,6 +11,7 @@ use natkit_runtime::front::FrontDoor;
 use natkit_runtime::shutdown::{Shutdown, Signal, Signals};
 use natkit_runtime::stream::{self, StreamLimits};
 use natkit_runtime::tls::ReloadableAcceptor;
+use natkit_runtime::watch::FileWatch;
 use tracing::{error, info};
 
 use crate::config::Config;
@@ -107,32 +108,48 @@ async fn serve_async(
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
         info!(addr = %bound.local_addr, "serving /metrics and /healthz");
     }
+    // The certificate and key are also loaded again when they change.
+    let mut watch = FileWatch::new(cfg.tls.iter().flat_map(|(c, k)| [c.clone(), k.clone()]));
+    let mut tick = tokio::time::interval(cfg.common.watch_interval.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let watching = !cfg.common.watch_interval.is_zero() && !watch.is_empty();
     loop {
-        match signals.next().await {
-            Signal::Hangup => reload_tls(cfg, acceptor.as_ref()),
-            s => {
-                info!(signal = ?s, "shutting down");
-                break;
+        let cause = tokio::select! {
+            s = signals.next() => match s {
+                Signal::Hangup => "SIGHUP",
+                s => {
+                    info!(signal = ?s, "shutting down");
+                    break;
+                }
+            },
+            _ = tick.tick(), if watching => {
+                if !watch.changed() {
+                    continue;
+                }
+                "file change"
             }
-        }
+        };
+        reload_tls(cfg, acceptor.as_ref(), cause);
+        watch.changed();
     }
     Ok(())
 }
 
-/// SIGHUP: load the certificate and key files again (same paths) and serve
-/// new connections with them; open connections keep theirs. If the new
-/// files do not load, the running ones stay and the error is logged.
-fn reload_tls(cfg: &Config, acceptor: Option<&ReloadableAcceptor>) {
+/// SIGHUP or a changed file (`cause`): load the certificate and key files
+/// again (same paths) and serve new connections with them; open connections
+/// keep theirs. If the new files do not load, the running ones stay and the
+/// error is logged.
+fn reload_tls(cfg: &Config, acceptor: Option<&ReloadableAcceptor>, cause: &str) {
     // An acceptor exists exactly when `cfg.tls` is set (validated at start-up).
     let (Some(acceptor), Some((cert, key))) = (acceptor, cfg.tls.as_ref()) else {
-        info!("SIGHUP: no TLS configured, nothing to reload");
+        info!("{cause}: no TLS configured, nothing to reload");
         return;
     };
     match acceptor.reload(cert, key) {
-        Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key"),
+        Ok(()) => info!("{cause}: reloaded the TLS certificate and key"),
         // Named by config key (`cert: …` / `key: …`), as at start-up.
         Err(e) => error!(
-            "SIGHUP: keeping the old TLS certificate and key: {}",
+            "{cause}: keeping the old TLS certificate and key: {}",
             TlsKeyError::from(e)
         ),
     }

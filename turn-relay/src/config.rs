@@ -25,7 +25,7 @@
 //! ```
 //!
 //! REST secrets can also come from a file (`auth-secret-file`), one per
-//! line, re-read on every SIGHUP: on Kubernetes a Secret mounted as a file
+//! line, re-read on every SIGHUP and when it changes: on Kubernetes a Secret mounted as a file
 //! can then list the old and the new secret during a rotation, which one
 //! environment variable cannot (see [`read_secret_file`]). The list and
 //! the file are two forms of one setting: given as a flag or env var,
@@ -80,7 +80,8 @@ natkit_runtime::settings! {
         auth_secret: Vec<Secret> ["SECRET"] = _;
         /// File of REST shared secrets, one per line (blank lines and lines starting with `#`
         /// ignored): the first is the one new credentials are expected to be signed with,
-        /// every line verifies. Re-read on SIGHUP. Instead of auth-secret, not with it;
+        /// every line verifies. Re-read on SIGHUP and when it changes (watch-interval).
+        /// Instead of auth-secret, not with it;
         /// either of them as a flag or env var replaces the config file's auth-secret and
         /// auth-secret-file.
         auth_secret_file: Option<PathBuf> ["PATH"] = _;
@@ -171,6 +172,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// The files loaded by path that are loaded again when they change: the certificate,
+    /// the key and `auth-secret-file`.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let tls = self.tls.iter().flat_map(|(c, k)| [c.clone(), k.clone()]);
+        tls.chain(self.auth_secret_file.clone()).collect()
+    }
+
     /// Resolves every key from its sources and validates. Call it again (same `args`) on
     /// SIGHUP: it re-reads the file.
     pub fn resolve(args: &Args) -> anyhow::Result<Config> {

@@ -1,10 +1,12 @@
 //! Start the shards and listeners, then wait for signals: SIGHUP reloads
 //! users, secrets (re-reading `auth-secret-file`), peer lists and the TLS
-//! certificate; SIGTERM drains
+//! certificate, and so does a change of the certificate, key or secret file
+//! (polled every `watch-interval`); SIGTERM drains
 //! (refuse new allocations, keep relaying for the grace period); SIGINT or a
 //! second SIGTERM stops at once.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use natkit_runtime::metrics_http::{self, Health};
 use natkit_runtime::shutdown::{Shutdown, Signal, Signals};
 use natkit_runtime::stream::{self, StreamLimits};
 use natkit_runtime::tls::ReloadableAcceptor;
+use natkit_runtime::watch::FileWatch;
 use tracing::{error, info, warn};
 
 use crate::config::{Args, Config};
@@ -183,18 +186,38 @@ async fn serve_async(
         .chain(&cfg.common.tls_listen)
         .copied()
         .collect();
+    // Files loaded from paths are also loaded again when they change (Kubernetes Secret
+    // rotation needs no signal).
+    let mut watch = FileWatch::new(cfg.watched_files());
+    let interval = cfg.common.watch_interval.max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let watching = !cfg.common.watch_interval.is_zero() && !watch.is_empty();
     loop {
-        match signals.next().await {
-            Signal::Hangup => reload(&args, &shared, acceptor.as_ref(), &bound_listeners),
-            Signal::Interrupt => {
-                info!("SIGINT: stopping");
-                return Ok(());
+        let cause = tokio::select! {
+            s = signals.next() => match s {
+                Signal::Hangup => "SIGHUP",
+                Signal::Interrupt => {
+                    info!("SIGINT: stopping");
+                    return Ok(());
+                }
+                Signal::Terminate => {
+                    drain(&cfg, &shared, &health, &mut signals).await;
+                    return Ok(());
+                }
+            },
+            _ = tick.tick(), if watching => {
+                if !watch.changed() {
+                    continue;
+                }
+                "file change"
             }
-            Signal::Terminate => {
-                drain(&cfg, &shared, &health, &mut signals).await;
-                return Ok(());
-            }
+        };
+        if let Some(files) = reload(&args, &shared, acceptor.as_ref(), &bound_listeners, cause) {
+            watch.set_paths(files);
         }
+        // What this reload read is the version seen.
+        watch.changed();
     }
 }
 
@@ -227,22 +250,25 @@ async fn drain(cfg: &Config, shared: &Shared, health: &Health, signals: &mut Sig
     }
 }
 
-/// SIGHUP: re-read the configuration (and `auth-secret-file`); apply users,
-/// secrets, peer lists and the TLS certificate. Anything else needs a
-/// restart, and a broken file keeps the running configuration (a broken
-/// certificate keeps the running certificate, the rest still applies).
-/// Logs say how many secrets there are, never what they are.
+/// SIGHUP, or a watched file changed (`cause` says which): re-read the
+/// configuration (and `auth-secret-file`); apply users, secrets, peer lists
+/// and the TLS certificate. Anything else needs a restart, and a broken file
+/// keeps the running configuration (a broken certificate keeps the running
+/// certificate, the rest still applies). Logs say how many secrets there
+/// are, never what they are. Returns the files to watch from now on, or
+/// `None` when the configuration was not reloaded.
 fn reload(
     args: &Args,
     shared: &Shared,
     acceptor: Option<&ReloadableAcceptor>,
     listeners: &[SocketAddr],
-) {
+    cause: &str,
+) -> Option<Vec<PathBuf>> {
     let cfg = match Config::resolve(args) {
         Ok(c) => c,
         Err(e) => {
-            error!("SIGHUP: configuration not reloaded, keeping the running one: {e:#}");
-            return;
+            error!("{cause}: configuration not reloaded, keeping the running one: {e:#}");
+            return None;
         }
     };
     shared.reload(Reloadable {
@@ -256,23 +282,24 @@ fn reload(
             .auth_secret_file
             .as_ref()
             .map(|p| p.display().to_string()),
-        "SIGHUP: reloaded users, secrets and peer lists"
+        "{cause}: reloaded users, secrets and peer lists"
     );
     match (acceptor, cfg.tls.as_ref()) {
         (Some(a), Some((cert, key))) => match a.reload(cert, key) {
-            Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key"),
+            Ok(()) => info!("{cause}: reloaded the TLS certificate and key"),
             // Named by config key (`cert: …` / `key: …`), as at start-up.
             Err(e) => error!(
-                "SIGHUP: keeping the old TLS certificate and key: {}",
+                "{cause}: keeping the old TLS certificate and key: {}",
                 TlsKeyError::from(e)
             ),
         },
         (Some(_), None) => warn!(
-            "SIGHUP: cert and key are no longer set; the TLS listeners keep the old certificate until a restart"
+            "{cause}: cert and key are no longer set; the TLS listeners keep the old certificate until a restart"
         ),
         (None, Some(_)) => warn!(
-            "SIGHUP: cert and key are set now; TLS listeners start only with a restart"
+            "{cause}: cert and key are set now; TLS listeners start only with a restart"
         ),
         (None, None) => {}
     }
+    Some(cfg.watched_files())
 }

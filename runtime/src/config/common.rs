@@ -28,9 +28,9 @@ crate::settings! {
         tcp: bool ["BOOL"] = "true";
         /// Address for clients over TLS (repeatable; needs cert and key).
         tls_listen: Vec<SocketAddr> ["IP:PORT"] = _;
-        /// PEM certificate chain for TLS; read again on SIGHUP.
+        /// PEM certificate chain for TLS; read again on SIGHUP and when it changes.
         cert: Option<PathBuf> ["PATH"] = _;
-        /// PEM private key for TLS; read again on SIGHUP.
+        /// PEM private key for TLS; read again on SIGHUP and when it changes.
         key: Option<PathBuf> ["PATH"] = _;
         /// Serve Prometheus metrics at /metrics and health at /healthz on this address.
         metrics: Option<SocketAddr> ["IP:PORT"] = (_, "off");
@@ -64,6 +64,10 @@ crate::settings! {
         passthrough_server_name: Vec<String> ["NAME"] = _;
         /// Where passthrough-server-name connections go: a TLS server.
         passthrough_backend: Option<SocketAddr> ["IP:PORT"] = _;
+        /// Seconds between checks of the cert and key files (and natkit-turn's
+        /// auth-secret-file) for changes, symlink swaps included; a change is loaded as SIGHUP
+        /// loads it, and a bad new file keeps the running one. 0 = only on SIGHUP.
+        watch_interval: Duration ["SECS"] = "2";
         /// Start each connection to web-backend and passthrough-backend with a PROXY protocol
         /// v2 header carrying the client's address: true or false.
         backend_proxy_protocol: bool ["BOOL"] = "false";
