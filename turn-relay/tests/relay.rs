@@ -578,6 +578,8 @@ fn sighup_reloads_the_tls_certificate() {
         cert.to_str().unwrap(),
         "--key",
         key.to_str().unwrap(),
+        "--watch-interval",
+        "0",
     ]);
     relay.wait_tls(tls_addr);
     assert!(tls_handshake(tls_addr, &old));
@@ -623,6 +625,9 @@ fn sighup_with_a_broken_certificate_keeps_the_running_one() {
         cert.to_str().unwrap(),
         "--key",
         key.to_str().unwrap(),
+        // SIGHUP alone: not the file watch (tests/front_door.rs tests that).
+        "--watch-interval",
+        "0",
     ]
     .iter()
     .map(|s| s.to_string())

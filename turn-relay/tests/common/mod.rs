@@ -167,6 +167,17 @@ impl Drop for Relay {
     }
 }
 
+/// A REST credential minted from `secret` for `user`, valid 10 minutes.
+pub fn rest(secret: &str, user: &str) -> (String, String) {
+    let c = natkit_proto::rest::generate(
+        secret.as_bytes(),
+        user,
+        Duration::from_secs(600),
+        std::time::SystemTime::now(),
+    );
+    (c.username, c.password)
+}
+
 /// natkit's TURN client (natkit-testkit's `TurnTestClient`: natkit-ice's
 /// `TurnConnection` behind a blocking facade) for `user`, over UDP or TCP.
 pub fn node(server: SocketAddr, transport: Transport, user: &str, pass: &str) -> TurnTestClient {
@@ -216,6 +227,20 @@ pub struct RawAuth {
     pub pass: String,
     pub realm: String,
     pub nonce: String,
+}
+
+impl RawAuth {
+    /// The credentials of `user` answering `challenge`, which must be a 401 with REALM and
+    /// NONCE (RFC 8489 §9.2.4).
+    pub fn answering(challenge: &RawAnswer, user: &str, pass: &str) -> RawAuth {
+        assert_eq!(challenge.code, Some(401), "{challenge:?}");
+        RawAuth {
+            user: user.into(),
+            pass: pass.into(),
+            realm: challenge.text(attr::REALM).unwrap(),
+            nonce: challenge.text(attr::NONCE).unwrap(),
+        }
+    }
 }
 
 /// A hand-built TURN request: method `m`, attributes from `body`, then
@@ -369,13 +394,7 @@ impl RawUdp {
     pub fn allocate(&mut self, user: &str, pass: &str) -> (SocketAddr, RawAuth) {
         let t = self.tid();
         let r = self.exchange(&raw_request(method::ALLOCATE, t, udp_transport, None, true));
-        assert_eq!(r.code, Some(401), "{r:?}");
-        let auth = RawAuth {
-            user: user.into(),
-            pass: pass.into(),
-            realm: r.text(attr::REALM).unwrap(),
-            nonce: r.text(attr::NONCE).unwrap(),
-        };
+        let auth = RawAuth::answering(&r, user, pass);
         let t = self.tid();
         let r = self.exchange(&raw_request(
             method::ALLOCATE,
