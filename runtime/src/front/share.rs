@@ -193,9 +193,13 @@ impl WebShare {
             }
             let mut rd = &buf[..n];
             while !rd.is_empty() {
-                acceptor
-                    .read_tls(&mut rd)
-                    .map_err(|e| ShareError::Tls(e.to_string()))?;
+                // rustls takes what fits in its buffer; nothing taken from a non-empty slice
+                // means it can take no more, and looping would spin.
+                match acceptor.read_tls(&mut rd) {
+                    Ok(0) => return Err(ShareError::Tls("ClientHello too large".into())),
+                    Ok(_) => {}
+                    Err(e) => return Err(ShareError::Tls(e.to_string())),
+                }
             }
             match acceptor.accept() {
                 Ok(Some(a)) => break a,
@@ -407,6 +411,55 @@ pub fn log_failure(client: SocketAddr, e: &ShareError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is not a ClientHello, or nothing at all, is refused (never a hang, never a
+    /// backend): the bytes are garbage to rustls, and the deadline bounds a silent client.
+    #[tokio::test]
+    async fn garbage_and_silence_are_refused_before_routing() {
+        use tokio::io::AsyncWriteExt;
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).unwrap();
+        let cfg =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![ck.cert.der().clone()], key)
+                .unwrap();
+        // A backend that would notice being used: none is reachable at port 9.
+        let share = WebShare {
+            backend: Some("127.0.0.1:9".parse().unwrap()),
+            passthrough: None,
+            proxy_header: false,
+            turn_names: Vec::new(),
+            web_alpn: vec![b"http/1.1".to_vec()],
+        };
+        let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
+        let shutdown = Shutdown::new();
+        let idle = Duration::from_secs(5);
+        let route = |s, limit| {
+            let (share, cfg, shutdown) = (&share, &cfg, &shutdown);
+            async move {
+                let deadline = Instant::now() + limit;
+                let r = share
+                    .route(s, addr, addr, cfg, deadline, idle, shutdown, &|_| {
+                        panic!("routed")
+                    })
+                    .await;
+                r.map(|_| ())
+            }
+        };
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let r = route(server, idle).await;
+        assert!(matches!(r, Err(ShareError::Tls(_))), "{r:?}");
+        let (_client, server) = tokio::io::duplex(1024);
+        let r = route(server, Duration::from_millis(50)).await;
+        assert!(
+            matches!(&r, Err(ShareError::Tls(m)) if m.contains("in time")),
+            "{r:?}"
+        );
+    }
 
     #[test]
     fn names_match_exactly_or_under_a_wildcard() {
