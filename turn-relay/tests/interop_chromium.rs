@@ -1,6 +1,8 @@
 //! Interop with a browser (issue 7, Interoperability): headless Chromium
 //! relays an RTCDataChannel message between two RTCPeerConnections in one
-//! page through natkit-turn, with `iceTransportPolicy: "relay"`.
+//! page through natkit-turn, with `iceTransportPolicy: "relay"`: over UDP, and (issue 16)
+//! over `turns:` on a TLS port 443 that natkit-turn shares with the web site serving the
+//! page (the page's HTTPS requests are forwarded to the web backend).
 //!
 //! Chromium gathers no candidates when it sees only loopback interfaces, so
 //! the test builds a network namespace of its own (`natkit-chr-<pid>-<n>`)
@@ -65,6 +67,29 @@ static NEXT_NS: AtomicU32 = AtomicU32::new(0);
 
 #[test]
 fn chromium_relays_a_data_channel_message_through_natkit_turn() {
+    relay_a_data_channel(&Route::Udp);
+}
+
+/// Issue 16: `turns:` on 443 shared with a web site. The page itself is loaded from
+/// natkit-turn's TLS port (not TURN: forwarded to the test's HTTP server as the web
+/// backend), and the data channel is relayed over TURN over TLS on that same port.
+#[test]
+fn chromium_relays_over_turns_on_a_port_shared_with_the_web_site() {
+    relay_a_data_channel(&Route::SharedTls);
+}
+
+/// How the page reaches natkit-turn.
+enum Route {
+    /// The page over plain HTTP, TURN over UDP.
+    Udp,
+    /// The page over HTTPS and TURN over TLS, both on natkit-turn's TLS port 443.
+    SharedTls,
+}
+
+/// natkit-turn's TLS port in [`Route::SharedTls`].
+const TLS_PORT: u16 = 443;
+
+fn relay_a_data_channel(route: &Route) {
     let started = Instant::now();
     preflight();
     let chromium = find_in_path("chromium").unwrap_or_else(|| {
@@ -95,6 +120,7 @@ fn chromium_relays_a_data_channel_message_through_natkit_turn() {
             // relay-to-relay rule (issue 7) must let through by itself.
             .args(["--metrics", &format!("{HOST}:{METRICS_PORT}")])
             .args(["--threads", "2"])
+            .args(shared_tls_args(route, &tmp))
             .stderr(File::create(&turn_log).expect("create natkit-turn log")),
         &turn_log,
     );
@@ -106,9 +132,22 @@ fn chromium_relays_a_data_channel_message_through_natkit_turn() {
     let (results, server) = HttpServer::start(&ns);
 
     let token = format!("{:016x}", rand::random::<u64>());
+    let (page, turn_url) = match route {
+        Route::Udp => (
+            format!("http://{HOST}:{HTTP_PORT}"),
+            format!("turn:{HOST}:{TURN_PORT}?transport=udp"),
+        ),
+        Route::SharedTls => {
+            ns.enter(|| ready::wait_tcp(SocketAddr::from((HOST, TLS_PORT)), "TLS port", STEP));
+            (
+                format!("https://{HOST}:{TLS_PORT}"),
+                format!("turns:{HOST}:{TLS_PORT}?transport=tcp"),
+            )
+        }
+    };
     let url = format!(
-        "http://{HOST}:{HTTP_PORT}/?turn={}&user={}&pass={}&token={token}&timeout={}",
-        urlencode(&format!("turn:{HOST}:{TURN_PORT}?transport=udp")),
+        "{page}/?turn={}&user={}&pass={}&token={token}&timeout={}",
+        urlencode(&turn_url),
         urlencode(USER),
         urlencode(PASS),
         PAGE_TIMEOUT.as_millis()
@@ -128,6 +167,8 @@ fn chromium_relays_a_data_channel_message_through_natkit_turn() {
                 "--disable-sync",
                 // Raw host addresses instead of mDNS names.
                 "--disable-features=WebRtcHideLocalIpsWithMdns",
+                // The test's self-signed certificate, for the page and for `turns:`.
+                "--ignore-certificate-errors",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(&url)
@@ -189,11 +230,26 @@ fn chromium_relays_a_data_channel_message_through_natkit_turn() {
         field("a_remote_addr"),
         "the two sides disagree on the pair; result: {body}"
     );
+    let want = match route {
+        Route::Udp => "udp",
+        Route::SharedTls => "tls",
+    };
     assert_eq!(
         field("a_relay_protocol"),
-        "udp",
+        want,
         "allocation made over another transport; result: {body}"
     );
+    if let Route::SharedTls = route {
+        // The page and its result came through the shared port to the web backend.
+        let web = metric(
+            &http_get(&ns, METRICS_PORT, "/metrics"),
+            "natkit_turn_connections_total{result=\"web\",transport=\"tls\"}",
+        );
+        assert!(
+            web >= 2.0,
+            "page and result not forwarded: web connections {web}"
+        );
+    }
 
     // natkit-turn's own view: everything went through it. Between the two
     // allocations each datagram is counted once to_peer (into the sending
@@ -233,6 +289,29 @@ fn chromium_relays_a_data_channel_message_through_natkit_turn() {
     );
     drop(chrome);
     drop(server);
+}
+
+/// natkit-turn's extra flags for `route`: for [`Route::SharedTls`] a TLS listener on 443 with
+/// a self-signed certificate for the namespace's address, sharing the port with the test's
+/// HTTP server as the web backend.
+fn shared_tls_args(route: &Route, tmp: &TempDir) -> Vec<String> {
+    let Route::SharedTls = route else {
+        return Vec::new();
+    };
+    let (cert, key) = (tmp.join("cert.pem"), tmp.join("key.pem"));
+    natkit_testkit::tls::self_signed(&[&HOST.to_string()], &cert, &key);
+    [
+        "--tls-listen",
+        &format!("{HOST}:{TLS_PORT}"),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--web-backend",
+        &format!("{HOST}:{HTTP_PORT}"),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// The page's report, waited for at most RESULT_TIMEOUT; fails early, with
