@@ -159,6 +159,9 @@ fn sighup_reloads_the_tls_certificate() {
             key.display().to_string(),
             "--threads".into(),
             "1".into(),
+            // SIGHUP alone, not the file watch (tested below).
+            "--watch-interval".into(),
+            "0".into(),
         ],
         log_file(&log),
     );
@@ -189,6 +192,48 @@ fn sighup_reloads_the_tls_certificate() {
     assert!(tls_binding(tls_addr, &new));
     // Still serving plain STUN too.
     srv.wait_ready(primary);
+}
+
+/// A certificate replaced on disk is served without a signal (watch-interval), and the log
+/// says what reloaded it.
+#[test]
+fn a_changed_certificate_is_loaded_without_a_signal() {
+    let dir = TempDir::new("natkit-stun-ops-watch");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let log = dir.join("stun.log");
+    let (old, new) = (certificate(), certificate());
+    tls::write_pem(&old, &cert, &key);
+    let (p, t) = (free_port(), free_port());
+    let primary = addr(&format!("127.0.0.1:{p}"));
+    let tls_addr = addr(&format!("127.0.0.1:{t}"));
+    let args = [
+        "--listen",
+        &primary.to_string(),
+        "--tls-listen",
+        &tls_addr.to_string(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--watch-interval",
+        "1",
+    ];
+    let mut srv = Server::spawn(&args.map(String::from), log_file(&log));
+    srv.wait_ready(primary);
+    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", START);
+    assert!(tls_binding(tls_addr, &old));
+    tls::write_pem(&new, &cert, &key);
+    let end = Instant::now() + STEP;
+    while !tls_binding(tls_addr, &new) {
+        assert!(
+            Instant::now() < end,
+            "certificate not reloaded without a signal"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_log(&log, "file change: reloaded the TLS certificate and key");
 }
 
 fn signal(srv: &Server, sig: i32) {
