@@ -1,7 +1,7 @@
 //! natkit-stun's operator interface through the binary: what
 //! `--check-config` reports (each piece of an error once, TLS files loaded
-//! and checked) and SIGHUP reloading the TLS certificate and key. Loopback
-//! only.
+//! and checked) and the TLS certificate and key reloaded on SIGHUP and when
+//! they change. Loopback only.
 
 mod common;
 
@@ -135,63 +135,76 @@ fn wait_log(log: &Path, text: &str) {
     }
 }
 
+/// natkit-stun with a TLS listener, serving `first` from `dir`'s cert.pem and key.pem, its
+/// log in stun.log, and `--watch-interval watch`; ready on both ports.
+struct TlsServer {
+    srv: Server,
+    primary: SocketAddr,
+    tls: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    log: PathBuf,
+}
+
+fn tls_server(dir: &TempDir, first: &rcgen::CertifiedKey, watch: &str) -> TlsServer {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let log = dir.join("stun.log");
+    tls::write_pem(first, &cert, &key);
+    let primary = addr(&format!("127.0.0.1:{}", free_port()));
+    let tls_addr = addr(&format!("127.0.0.1:{}", free_port()));
+    let mut args = tls::listener_args(tls_addr, &cert, &key);
+    let more = ["--listen", &primary.to_string(), "--threads", "1"];
+    args.extend(
+        more.into_iter()
+            .chain(["--watch-interval", watch])
+            .map(String::from),
+    );
+    let mut srv = Server::spawn(&args, log_file(&log));
+    srv.wait_ready(primary);
+    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", START);
+    TlsServer {
+        srv,
+        primary,
+        tls: tls_addr,
+        cert,
+        key,
+        log,
+    }
+}
+
 /// SIGHUP reloads the certificate and key: new TLS clients see the new
 /// certificate. Files that do not load keep the old ones, and say why.
 #[test]
 fn sighup_reloads_the_tls_certificate() {
     let dir = TempDir::new("natkit-stun-ops-reload");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let log = dir.join("stun.log");
     let (old, new) = (certificate(), certificate());
-    tls::write_pem(&old, &cert, &key);
-    let (p, t) = (free_port(), free_port());
-    let primary = addr(&format!("127.0.0.1:{p}"));
-    let tls_addr = addr(&format!("127.0.0.1:{t}"));
-    let mut srv = Server::spawn(
-        &[
-            "--listen".into(),
-            primary.to_string(),
-            "--tls-listen".into(),
-            tls_addr.to_string(),
-            "--cert".into(),
-            cert.display().to_string(),
-            "--key".into(),
-            key.display().to_string(),
-            "--threads".into(),
-            "1".into(),
-            // SIGHUP alone, not the file watch (tested below).
-            "--watch-interval".into(),
-            "0".into(),
-        ],
-        log_file(&log),
-    );
-    srv.wait_ready(primary);
-    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", START);
-    assert!(tls_binding(tls_addr, &old));
-    assert!(!tls_binding(tls_addr, &new));
+    // SIGHUP alone, not the file watch (tested below).
+    let mut s = tls_server(&dir, &old, "0");
+    assert!(tls_binding(s.tls, &old));
+    assert!(!tls_binding(s.tls, &new));
 
-    tls::write_pem(&new, &cert, &key);
-    signal(&srv, libc::SIGHUP);
+    tls::write_pem(&new, &s.cert, &s.key);
+    signal(&s.srv, libc::SIGHUP);
     let end = Instant::now() + STEP;
-    while !tls_binding(tls_addr, &new) {
+    while !tls_binding(s.tls, &new) {
         assert!(Instant::now() < end, "certificate not reloaded");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!tls_binding(tls_addr, &old));
-    wait_log(&log, "SIGHUP: reloaded the TLS certificate and key");
+    assert!(!tls_binding(s.tls, &old));
+    wait_log(&s.log, "SIGHUP: reloaded the TLS certificate and key");
 
     // A broken certificate: the new one (now the running one) stays.
-    std::fs::write(&cert, "not a certificate\n").unwrap();
-    signal(&srv, libc::SIGHUP);
-    wait_log(&log, "keeping the old TLS certificate and key");
-    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&s.cert, "not a certificate\n").unwrap();
+    signal(&s.srv, libc::SIGHUP);
+    wait_log(&s.log, "keeping the old TLS certificate and key");
+    let text = std::fs::read_to_string(&s.log).unwrap();
     assert!(
         text.contains("cert: ") && text.contains("no certificate found"),
         "{text}"
     );
-    assert!(tls_binding(tls_addr, &new));
+    assert!(tls_binding(s.tls, &new));
     // Still serving plain STUN too.
-    srv.wait_ready(primary);
+    s.srv.wait_ready(s.primary);
 }
 
 /// A certificate replaced on disk is served without a signal (watch-interval), and the log
@@ -199,41 +212,19 @@ fn sighup_reloads_the_tls_certificate() {
 #[test]
 fn a_changed_certificate_is_loaded_without_a_signal() {
     let dir = TempDir::new("natkit-stun-ops-watch");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let log = dir.join("stun.log");
     let (old, new) = (certificate(), certificate());
-    tls::write_pem(&old, &cert, &key);
-    let (p, t) = (free_port(), free_port());
-    let primary = addr(&format!("127.0.0.1:{p}"));
-    let tls_addr = addr(&format!("127.0.0.1:{t}"));
-    let args = [
-        "--listen",
-        &primary.to_string(),
-        "--tls-listen",
-        &tls_addr.to_string(),
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--threads",
-        "1",
-        "--watch-interval",
-        "1",
-    ];
-    let mut srv = Server::spawn(&args.map(String::from), log_file(&log));
-    srv.wait_ready(primary);
-    ready::wait_tcp(tls_addr, "natkit-stun's TLS listener", START);
-    assert!(tls_binding(tls_addr, &old));
-    tls::write_pem(&new, &cert, &key);
+    let s = tls_server(&dir, &old, "1");
+    assert!(tls_binding(s.tls, &old));
+    tls::write_pem(&new, &s.cert, &s.key);
     let end = Instant::now() + STEP;
-    while !tls_binding(tls_addr, &new) {
+    while !tls_binding(s.tls, &new) {
         assert!(
             Instant::now() < end,
             "certificate not reloaded without a signal"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    wait_log(&log, "file change: reloaded the TLS certificate and key");
+    wait_log(&s.log, "file change: reloaded the TLS certificate and key");
 }
 
 fn signal(srv: &Server, sig: i32) {

@@ -163,16 +163,7 @@ fn cert(dir: &Path, tag: &str, names: &[&str]) -> (PathBuf, PathBuf, Certificate
 }
 
 fn tls_args(port: u16, cert: &Path, key: &Path) -> Vec<String> {
-    [
-        "--tls-listen",
-        &loopback(port).to_string(),
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec()
+    tls::listener_args(loopback(port), cert, key)
 }
 
 fn start(extra: Vec<String>) -> Relay {

@@ -53,6 +53,20 @@ pub fn self_signed_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (c, k)
 }
 
+/// The flags of a server's TLS listener on `addr` serving `cert` and `key`:
+/// `--tls-listen ADDR --cert CERT --key KEY` (both servers' shared keys).
+pub fn listener_args(addr: SocketAddr, cert: &Path, key: &Path) -> Vec<String> {
+    let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
+    vec![
+        "--tls-listen".into(),
+        addr.to_string(),
+        "--cert".into(),
+        path(cert),
+        "--key".into(),
+        path(key),
+    ]
+}
+
 /// A rustls client configuration (ring provider, default protocol
 /// versions) that trusts only `ca`.
 pub fn client_config(ca: CertificateDer<'static>) -> ClientConfig {
