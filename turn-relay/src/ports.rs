@@ -390,16 +390,18 @@ mod tests {
     const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     /// A block of `n` consecutive ports, starting even, free on 127.0.0.1
-    /// and ::1 right now, and not handed to another test of this process.
-    /// Below the Linux ephemeral range (32768+), where other tests' sockets
-    /// land.
-    /// A block of `n` ports free right now, in 21000-24999 (a range no other
-    /// test of the workspace uses, below the ephemeral ports). Test runners
-    /// like nextest give each test its own process, so the starting point
-    /// comes from the PID, not only from a counter.
+    /// and ::1 right now, in 21000-24999 (a range no other test of the
+    /// workspace uses, below the Linux ephemeral ports where other sockets
+    /// land). Test runners like nextest give each test its own process, and
+    /// other checkouts may run these tests at the same time: the starting
+    /// point is drawn from the PID and the clock, not a counter alone, so two
+    /// processes rarely probe the same blocks.
     fn free_block(n: u16) -> u16 {
         static NEXT: AtomicU16 = AtomicU16::new(0);
-        let start = (std::process::id() % 400) as u16 * 10;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let start = ((std::process::id().wrapping_mul(2_654_435_761) ^ nanos) % 3990) as u16;
         for _ in 0..200 {
             let base = 21000 + (start + NEXT.fetch_add(n + n % 2, Ordering::Relaxed)) % 3990;
             let base = base + base % 2;

@@ -7,6 +7,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use common::*;
+use natkit_proto::binding::{parse_response, write_request, RequestOptions};
 use natkit_proto::turn::client::{ClientError, Transport};
 use natkit_testkit::tls;
 
@@ -348,8 +349,22 @@ fn garbage_is_dropped_and_the_relay_keeps_serving() {
     for j in &junk {
         s.send_to(j, relay.addr).unwrap();
     }
-    let (_a, _) = allocate(relay.addr, Transport::Udp);
+    // A Binding answered on the same socket: the same worker read the junk
+    // before it (one 5-tuple, one SO_REUSEPORT socket) and counts before
+    // answering. An allocation from another socket may land on another
+    // worker and prove nothing about the junk.
+    s.set_read_timeout(Some(STEP)).unwrap();
+    let mut buf = [0u8; 128];
+    let n = write_request(&mut buf, &[7; 12], &RequestOptions::default()).unwrap();
+    s.send_to(&buf[..n], relay.addr).unwrap();
+    let mut rx = [0u8; 1500];
+    let (n, _) = s
+        .recv_from(&mut rx)
+        .expect("the Binding after the junk answered");
+    assert!(parse_response(&rx[..n]).unwrap().outcome.is_ok());
     assert!(relay.metric("natkit_turn_dropped_total{reason=\"malformed\"}") >= 3.0);
+    // And the relay still allocates.
+    let (_a, _) = allocate(relay.addr, Transport::Udp);
 }
 
 #[test]
