@@ -17,6 +17,7 @@
 //! - [`front`]: before the protocol: PROXY protocol v2 from trusted front proxies, and a TLS
 //!   port shared with a web site (TURN told apart by ALPN, SNI or first bytes; the rest
 //!   forwarded, or passed through by SNI).
+//! - [`time`]: wall-clock times as RFC 3339 text.
 //! - [`stream`]: TCP/TLS connections of the servers: reading into the protocol's deframer with
 //!   an idle timeout and a deadline per frame, and a writer with a bounded queue and bounded
 //!   writes.
@@ -33,5 +34,6 @@ pub mod logging;
 pub mod metrics_http;
 pub mod shutdown;
 pub mod stream;
+pub mod time;
 pub mod tls;
 pub mod watch;
