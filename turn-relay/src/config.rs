@@ -123,6 +123,16 @@ natkit_runtime::settings! {
         /// Seconds SIGTERM keeps relaying existing allocations (new ones are refused) before
         /// exiting (0 to 86400).
         drain_grace: Duration ["SECS"] = "30";
+        /// Relay to send new allocations to while draining, instead of refusing them with 508:
+        /// 300 Try Alternate (RFC 8489 §10). Repeatable, at most one per family: a client is
+        /// sent to the one of its own address family (RFC 8489 §14.15), or refused if none.
+        alternate_server: Vec<SocketAddr> ["IP:PORT"] = _;
+        /// Name sent with alternate-server (ALTERNATE-DOMAIN, RFC 8489 §14.16): the name
+        /// TLS clients check the alternate's certificate against.
+        alternate_domain: Option<String> ["NAME"] = _;
+        /// Also send new allocations to alternate-server when full (max-allocations reached or
+        /// no relay port left), not only when draining: true or false.
+        alternate_when_full: bool ["BOOL"] = "false";
     }
 }
 
@@ -305,6 +315,68 @@ impl Config {
                     .into());
             }
         }
+        self.validate_alternate(s)
+    }
+
+    /// RFC 8489 §10: one alternate per family, never this relay itself
+    /// (a client would be sent back to the server that refused it).
+    fn validate_alternate(&self, s: &Sources<'_>) -> anyhow::Result<()> {
+        let t = &self.turn;
+        let mut seen = [false; 2];
+        for a in &t.alternate_server {
+            let f = usize::from(a.is_ipv6());
+            if std::mem::replace(&mut seen[f], true) {
+                return Err(s
+                    .rule(
+                        "alternate_server",
+                        "at most one IPv4 and one IPv6 address: a client is sent to the one of its family",
+                    )
+                    .into());
+            }
+            let own = self.common.listen.iter().chain(&self.common.tls_listen);
+            if own.into_iter().any(|l| l == a) {
+                return Err(s
+                    .rule(
+                        "alternate_server",
+                        format!("{a} is this relay's own listen address"),
+                    )
+                    .into());
+            }
+            if a.ip().is_unspecified() || a.port() == 0 {
+                return Err(s
+                    .rule(
+                        "alternate_server",
+                        format!("{a} is not an address clients can reach"),
+                    )
+                    .into());
+            }
+        }
+        if t.alternate_server.is_empty() {
+            for (field, set) in [
+                ("alternate_domain", t.alternate_domain.is_some()),
+                ("alternate_when_full", t.alternate_when_full),
+            ] {
+                if set {
+                    return Err(s.rule(field, "needs alternate-server").into());
+                }
+            }
+        }
+        if let Some(d) = &t.alternate_domain {
+            // RFC 8489 §14.16: a domain name (RFC 1035: at most 253
+            // characters), sent to every redirected client.
+            let ok = !d.is_empty()
+                && d.len() <= 253
+                && d.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !ok {
+                return Err(s
+                    .rule(
+                        "alternate_domain",
+                        "must be a domain name (letters, digits, '-' and '.', at most 253)",
+                    )
+                    .into());
+            }
+        }
         Ok(())
     }
 
@@ -381,6 +453,20 @@ impl Config {
             bandwidth: self.turn.bandwidth.0,
             unauth_rate: self.turn.unauth_rate,
             draining: false,
+            alternate: [
+                self.turn
+                    .alternate_server
+                    .iter()
+                    .copied()
+                    .find(SocketAddr::is_ipv4),
+                self.turn
+                    .alternate_server
+                    .iter()
+                    .copied()
+                    .find(SocketAddr::is_ipv6),
+            ],
+            alternate_domain: self.turn.alternate_domain.clone(),
+            alternate_when_full: self.turn.alternate_when_full,
         }
     }
 }

@@ -344,6 +344,25 @@ impl SessionCore {
             turn::Event::PermissionFailed { peers, error } => {
                 tracing::debug!(?peers, %error, "TURN permission refused");
             }
+            // RFC 8489 §10: the server sent the Allocate to an alternate.
+            // Over UDP the allocation simply talks to it from now on; a
+            // stream would need a new connection, which sessions do not
+            // open for it: that server is reported as a problem instead.
+            turn::Event::Redirected { to, .. } => {
+                if matches!(self.allocs[ai].link, Link::Udp(_)) {
+                    tracing::debug!(from = %server, %to, "TURN server redirected the allocation");
+                    self.allocs[ai].server.addr = to;
+                    self.send_alloc_transmits(ai);
+                } else {
+                    self.allocs[ai].done = true;
+                    self.allocs[ai].client.close(now);
+                    self.problem(ServerProblem {
+                        server,
+                        kind,
+                        problem: Problem::Turn(turn::ClientError::Redirected { to }),
+                    });
+                }
+            }
             turn::Event::Closed => self.allocs[ai].closed = true,
             turn::Event::Refreshed { .. } => self.allocs[ai].revalidating = false,
             turn::Event::Data { .. } | turn::Event::PermissionCreated { .. } => {}

@@ -59,6 +59,17 @@ pub enum LinkError {
     /// The server sent bytes that are neither STUN nor ChannelData.
     #[error("the server sent data that is not TURN: {0}")]
     Framing(#[from] FramingError),
+    /// The server redirected the Allocate (300 Try Alternate) to an
+    /// alternate that could not be reached over TCP/TLS.
+    #[error("cannot reach the alternate TURN server {server} (redirected by {from}): {error}")]
+    Alternate {
+        /// The server that redirected.
+        from: SocketAddr,
+        /// The alternate.
+        server: SocketAddr,
+        /// What failed.
+        error: ConnectionError,
+    },
 }
 
 /// Why [`TurnConnection::send_to`] did not send.
@@ -151,6 +162,10 @@ pub struct TurnConnection {
     /// (a cancelled flush): sent first by the next one.
     unsent: Option<Vec<u8>>,
     icmp: Option<io::ErrorKind>,
+    /// How a stream was set up, to reach an alternate the same way
+    /// (RFC 8489 §10): the TLS settings and the time limit per step.
+    tls_settings: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    limit: Duration,
 }
 
 /// Room for the largest datagram the server may send: a UDP datagram's
@@ -223,16 +238,19 @@ impl TurnConnection {
                     Transport::Tls => Some(tls.ok_or(ConnectError::TlsSettingsMissing(server))?),
                     _ => None,
                 };
-                let (stream, info) = ServerStream::connect(server, tls, limit)
+                let (stream, info) = ServerStream::connect(server, tls.clone(), limit)
                     .await
                     .map_err(|error| ConnectError::Connection { server, error })?;
                 let local = stream.local_addr();
-                Ok(Self::new(
+                let mut c = Self::new(
                     Link::Stream(stream),
                     local,
                     Client::new(cfg, Instant::now()),
                     info,
-                ))
+                );
+                c.tls_settings = tls;
+                c.limit = limit;
+                Ok(c)
             }
         }
     }
@@ -269,7 +287,47 @@ impl TurnConnection {
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             unsent: None,
             icmp: None,
+            tls_settings: None,
+            limit: Duration::from_secs(5),
         }
+    }
+
+    /// The client was redirected (300 Try Alternate, RFC 8489 §10): talk
+    /// to the alternate from now on. UDP points the socket at it; a stream
+    /// connects anew, the same way, its certificate checked against
+    /// ALTERNATE-DOMAIN when the server gave one (else the name used for
+    /// the first server). The old stream is dropped: over TCP an
+    /// allocation lives as long as its connection, and there is none.
+    async fn follow_redirect(&mut self) -> Result<(), LinkError> {
+        let (from, to) = (self.server, self.client.server());
+        let domain = self.client.alternate_domain().map(str::to_owned);
+        match &mut self.link {
+            Link::Udp(s) => {
+                s.connect(to).await?;
+                self.local = s.local_addr()?;
+            }
+            Link::Stream(_) => {
+                let mut tls = self.tls_settings.clone();
+                if let (Some((_, name)), Some(d)) = (&mut tls, domain) {
+                    if let Ok(n) = ServerName::try_from(d) {
+                        *name = n;
+                    }
+                }
+                let (stream, info) =
+                    ServerStream::connect(to, tls, self.limit)
+                        .await
+                        .map_err(|error| LinkError::Alternate {
+                            from,
+                            server: to,
+                            error,
+                        })?;
+                self.local = stream.local_addr();
+                self.tls = info;
+                self.link = Link::Stream(stream);
+            }
+        }
+        self.server = to;
+        Ok(())
     }
 
     /// Start the allocation over at `now` with a new client of the same
@@ -383,6 +441,12 @@ impl TurnConnection {
     /// Send what the client queued (requests, refreshes).
     pub async fn flush(&mut self) -> Result<(), LinkError> {
         loop {
+            // Redirected: what the client queues now is for the alternate
+            // (a message left unsent for the old server by a cancelled
+            // call goes there too: answered as a stray, harmless).
+            if self.client.server() != self.server {
+                self.follow_redirect().await?;
+            }
             if self.unsent.is_none() {
                 self.unsent = self.client.poll_transmit().map(|t| t.payload);
             }

@@ -110,6 +110,23 @@ pub enum Event {
         /// The payload.
         data: Vec<u8>,
     },
+    /// The server answered the Allocate with 300 Try Alternate
+    /// (RFC 8489 §10, RFC 8656 §7.2: it is draining or full): the client
+    /// now allocates on `to` ([`Client::server`]), starting the
+    /// authentication afresh. A UDP driver that sends to
+    /// [`Transmit::to`] needs do nothing; a stream driver opens a
+    /// connection to `to` (checking its certificate against `domain`, when
+    /// given) before sending what [`Client::poll_transmit`] returns. Once
+    /// only: a second 300 fails with [`ClientError::RedirectLoop`].
+    Redirected {
+        /// The server that redirected.
+        from: SocketAddr,
+        /// The alternate.
+        to: SocketAddr,
+        /// ALTERNATE-DOMAIN (RFC 8489 §14.16): the alternate's name for
+        /// TLS, if the server gave one.
+        domain: Option<String>,
+    },
     /// The allocation was deleted after [`Client::close`].
     Closed,
     /// The allocation could not be made or kept; the client is done.
@@ -234,6 +251,10 @@ pub struct Client {
     channel_peers: HashMap<u16, SocketAddr>,
     next_channel: u16,
     stats: Stats,
+    /// The server that redirected the Allocate, once it has (RFC 8489 §10).
+    redirected_from: Option<SocketAddr>,
+    /// Its ALTERNATE-DOMAIN.
+    alternate_domain: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -271,6 +292,8 @@ impl Client {
             channel_peers: HashMap::new(),
             next_channel: CHANNEL_MIN,
             stats: Stats::default(),
+            redirected_from: None,
+            alternate_domain: None,
         };
         c.start(Op::Allocate, 0, now);
         c
@@ -279,6 +302,19 @@ impl Client {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The server the client talks to: [`Config::server`], or the
+    /// alternate it was redirected to ([`Event::Redirected`]).
+    pub fn server(&self) -> SocketAddr {
+        self.cfg.server
+    }
+
+    /// The ALTERNATE-DOMAIN of the redirect that was followed (RFC 8489
+    /// §14.16): the name a TLS driver checks the alternate's certificate
+    /// against.
+    pub fn alternate_domain(&self) -> Option<&str> {
+        self.alternate_domain.as_deref()
     }
 
     /// Where the allocation stands.
@@ -755,8 +791,11 @@ impl Client {
             // all are taken as they are: servers (coturn among them) leave
             // it off some errors, and the random transaction ID already
             // keeps off-path attackers from forging them.
+            // A 300 must be signed (RFC 8489 §10: the server authenticates
+            // it), or anyone who saw the transaction ID could send the
+            // client to a relay of their choosing.
             let exempt = matches!(code, Some(400 | 401 | 438));
-            let must = code.is_none() || (!exempt && resp.has_integrity);
+            let must = code.is_none() || code == Some(300) || (!exempt && resp.has_integrity);
             if must && integrity::verify(msg, h, auth.key.as_bytes()).is_err() {
                 self.stats.forged += 1;
                 return;
@@ -786,6 +825,9 @@ impl Client {
                 }
             }
             Some(401) => self.fail(p.op, ClientError::WrongCredentials),
+            Some(300) if matches!(p.op, Op::Allocate) && self.state == State::Allocating => {
+                self.redirect(&resp, now)
+            }
             Some(438) => {
                 let attempts = p.stale.saturating_add(1);
                 if attempts > self.cfg.max_stale_nonce_retries {
@@ -803,6 +845,47 @@ impl Client {
             }
             Some(c) => self.fail(p.op, ClientError::from_code(c)),
         }
+    }
+
+    /// RFC 8489 §10, RFC 8656 §7.2: allocate on the alternate instead,
+    /// once. Its realm and nonces are its own: authentication starts over.
+    fn redirect(&mut self, resp: &wire::Response, now: Instant) {
+        let Some(to) = resp.alternate else {
+            return self.fail(
+                Op::Allocate,
+                ClientError::Malformed("300 Try Alternate without ALTERNATE-SERVER"),
+            );
+        };
+        let from = self.cfg.server;
+        if let Some(first) = self.redirected_from {
+            return self.fail(
+                Op::Allocate,
+                ClientError::RedirectLoop {
+                    first,
+                    second: from,
+                },
+            );
+        }
+        // RFC 8489 §14.15: the alternate is of the request's family; the
+        // client's socket could not reach another one anyway.
+        if to.is_ipv4() != from.is_ipv4() || to == from {
+            return self.fail(
+                Op::Allocate,
+                ClientError::Malformed("300 Try Alternate names this server or another family"),
+            );
+        }
+        self.redirected_from = Some(from);
+        // Retransmissions for the old server are moot.
+        self.transmits.retain(|t| t.to != from);
+        self.alternate_domain = resp.alternate_domain.clone();
+        self.cfg.server = to;
+        self.auth = None;
+        self.events.push_back(Event::Redirected {
+            from,
+            to,
+            domain: resp.alternate_domain.clone(),
+        });
+        self.start(Op::Allocate, 0, now);
     }
 
     /// Take REALM, NONCE and PASSWORD-ALGORITHMS from a 401 and derive the

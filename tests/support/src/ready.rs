@@ -139,17 +139,26 @@ pub fn wait_binding_tcp(child: &mut Child, name: &str, server: SocketAddr, timeo
 /// # Panics
 /// After `limit`, with the last answer or error.
 pub fn wait_http_ok(addr: SocketAddr, path: &str, limit: Duration) {
+    wait_http_status(addr, path, 200, limit)
+}
+
+/// Waits (bounded by `limit`) until `GET path` on `addr` answers `status`:
+/// e.g. natkit-turn's `/healthz` turning 503 once it drains.
+///
+/// # Panics
+/// After `limit`, with the last answer or error.
+pub fn wait_http_status(addr: SocketAddr, path: &str, status: u16, limit: Duration) {
     let end = Instant::now() + limit;
     let mut last = String::new();
     while Instant::now() < end {
         match crate::http::get(addr, path) {
-            Ok((200, _)) => return,
+            Ok((code, _)) if code == status => return,
             Ok((code, body)) => last = format!("{code}: {body}"),
             Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("http://{addr}{path} not 200 after {limit:?}; last: {last}");
+    panic!("http://{addr}{path} not {status} after {limit:?}; last: {last}");
 }
 
 #[cfg(test)]

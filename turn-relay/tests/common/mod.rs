@@ -37,8 +37,12 @@ impl Relay {
     /// Start on a free loopback port with relay ports of its own, user
     /// `alice`, metrics, and `extra` flags.
     pub fn start(extra: &[&str]) -> Relay {
-        let port = free_port();
-        let metrics = free_port();
+        Self::start_at(free_port(), free_port(), extra)
+    }
+
+    /// [`Relay::start`] on ports chosen ahead (two relays that name each
+    /// other, e.g. as alternates).
+    pub fn start_at(port: u16, metrics: u16, extra: &[&str]) -> Relay {
         let slot = NEXT_RANGE.fetch_add(1, Ordering::SeqCst);
         // 12000-19999: relay ports of these tests, apart from the other test
         // binaries' ranges and below the ephemeral ports. The PID spreads

@@ -63,6 +63,27 @@ pub enum ClientError {
     /// username, realm or nonce).
     #[error("request too large for a STUN message")]
     RequestTooLarge,
+    /// 300 Try Alternate (RFC 8489 §10) from the alternate too: the client
+    /// follows one redirect, never a chain (no loops between relays that
+    /// each send it to the other).
+    #[error(
+        "redirected twice: {first} sent the Allocate to {second} (300 Try Alternate), which \
+         redirected it again; a client follows one redirect only"
+    )]
+    RedirectLoop {
+        /// The server first asked.
+        first: SocketAddr,
+        /// The alternate it named, which redirected too.
+        second: SocketAddr,
+    },
+    /// 300 Try Alternate to a driver that does not follow redirects over
+    /// its transport (a session's TCP/TLS link): the server is draining
+    /// or full and wants the client at `to`.
+    #[error("the server redirected the allocation to {to} (300 Try Alternate)")]
+    Redirected {
+        /// The alternate.
+        to: SocketAddr,
+    },
     /// Any other error code.
     #[error("the server answered error {0}")]
     Other(u16),

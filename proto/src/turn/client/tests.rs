@@ -37,7 +37,11 @@ struct Req {
 
 impl Req {
     fn new(t: Transmit) -> Self {
-        assert_eq!(t.to, server());
+        Req::at(t, server())
+    }
+    /// A request that must go to `server`.
+    fn at(t: Transmit, server: SocketAddr) -> Self {
+        assert_eq!(t.to, server);
         let header = parse_datagram(&t.payload).expect("client sends well-formed STUN");
         assert_eq!(header.class(), Class::Request);
         assert_eq!(
@@ -385,6 +389,18 @@ fn wrong_password_is_reported_after_the_second_401() {
     assert!(format!("{:?}", c.config().credentials).contains("<redacted>"));
 }
 
+/// A client whose Allocate got the 401 and went again with credentials:
+/// the client, that request (unanswered), its key and t0.
+fn signed_allocate(fake: &Fake) -> (Client, Req, LongTermKey, Instant) {
+    let t0 = Instant::now();
+    let mut c = Client::new(config(Transport::Udp), t0);
+    let r = next_req(&mut c);
+    c.handle_input(&fake.unauthorized(&r), t0);
+    let r = next_req(&mut c);
+    let key = fake.check_auth(&r);
+    (c, r, key, t0)
+}
+
 #[test]
 fn allocate_error_codes_map_to_distinct_errors() {
     for (code, want) in [
@@ -397,26 +413,77 @@ fn allocate_error_codes_map_to_distinct_errors() {
         (500, ClientError::Other(500)),
     ] {
         let fake = Fake::md5();
-        let t0 = Instant::now();
-        let mut c = Client::new(config(Transport::Udp), t0);
-        let r = next_req(&mut c);
-        c.handle_input(&fake.unauthorized(&r), t0);
-        let r = next_req(&mut c);
-        let key = fake.check_auth(&r);
+        let (mut c, r, key, t0) = signed_allocate(&fake);
         c.handle_input(&fake.error(&r, code, Some(&key)), t0);
         assert_eq!(events(&mut c), vec![Event::Failed(want)], "code {code}");
     }
 }
 
+/// RFC 8489 §10: a signed 300 sends the Allocate to the alternate, with a
+/// fresh authentication; a second 300 is an error naming both servers; an
+/// unsigned one is ignored.
+#[test]
+fn try_alternate_is_followed_once() {
+    let alt: SocketAddr = "192.0.2.2:3478".parse().unwrap();
+    let third: SocketAddr = "192.0.2.3:3478".parse().unwrap();
+    let fake = Fake::md5();
+    let (mut c, r, key, t0) = signed_allocate(&fake);
+    let try_alternate = |r: &Req, to: SocketAddr, key: Option<&LongTermKey>| {
+        fake.respond(r, Class::Error, key, |w| {
+            w.error_code(300, "Try Alternate").unwrap();
+            w.address(attr::ALTERNATE_SERVER, to).unwrap();
+            w.bytes(attr::ALTERNATE_DOMAIN, b"turn2.example.test")
+                .unwrap();
+        })
+    };
+    // Unsigned: anyone who saw the transaction ID could have sent it.
+    c.handle_input(&try_alternate(&r, alt, None), t0);
+    assert_eq!(c.stats().forged, 1);
+    assert!(events(&mut c).is_empty());
+    c.handle_input(&try_alternate(&r, alt, Some(&key)), t0);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Redirected {
+            from: server(),
+            to: alt,
+            domain: Some("turn2.example.test".into()),
+        }]
+    );
+    assert_eq!(c.server(), alt);
+    assert_eq!(c.state(), State::Allocating);
+    // The alternate gets an Allocate without credentials: its realm and
+    // nonce are its own.
+    let r = Req::at(c.poll_transmit().unwrap(), alt);
+    assert_eq!(r.method(), method::ALLOCATE);
+    assert_eq!(r.get(attr::USERNAME), None);
+    c.handle_input(&fake.unauthorized(&r), t0);
+    let r = Req::at(c.poll_transmit().unwrap(), alt);
+    let key = fake.check_auth(&r);
+    c.handle_input(&try_alternate(&r, third, Some(&key)), t0);
+    let ev = events(&mut c);
+    assert_eq!(
+        ev,
+        vec![Event::Failed(ClientError::RedirectLoop {
+            first: server(),
+            second: alt,
+        })]
+    );
+    let Event::Failed(e) = &ev[0] else {
+        unreachable!()
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("192.0.2.1:3478") && msg.contains("192.0.2.2:3478"),
+        "{msg}"
+    );
+    assert_eq!(c.state(), State::Failed);
+    assert!(c.poll_transmit().is_none());
+}
+
 #[test]
 fn forged_and_malformed_responses_are_ignored() {
     let fake = Fake::md5();
-    let t0 = Instant::now();
-    let mut c = Client::new(config(Transport::Udp), t0);
-    let r = next_req(&mut c);
-    c.handle_input(&fake.unauthorized(&r), t0);
-    let r = next_req(&mut c);
-    let key = fake.check_auth(&r);
+    let (mut c, r, key, t0) = signed_allocate(&fake);
     let wrong = LongTermKey::derive(PasswordAlgorithm::Md5, USER, REALM, "guess");
     c.handle_input(&fake.allocate_ok(&r, &wrong, &[peer(9, 9)], 600), t0);
     // No integrity at all on a success is as bad as a wrong one.

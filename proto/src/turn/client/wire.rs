@@ -199,6 +199,10 @@ pub(crate) struct Response {
     pub mapped: Option<SocketAddr>,
     pub lifetime: Option<u32>,
     pub reservation_token: Option<u64>,
+    /// ALTERNATE-SERVER of a 300 (RFC 8489 §14.15).
+    pub alternate: Option<SocketAddr>,
+    /// ALTERNATE-DOMAIN (RFC 8489 §14.16).
+    pub alternate_domain: Option<String>,
     /// Whether MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 is present.
     pub has_integrity: bool,
 }
@@ -245,6 +249,12 @@ pub(crate) fn parse_response(msg: &[u8], h: &Header) -> Result<Response, Malform
             attr::LIFETIME if r.lifetime.is_none() => r.lifetime = raw::decode_u32(a.value),
             attr::RESERVATION_TOKEN if r.reservation_token.is_none() => {
                 r.reservation_token = raw::decode_u64(a.value)
+            }
+            attr::ALTERNATE_SERVER if r.alternate.is_none() => {
+                r.alternate = raw::decode_address(a.value)
+            }
+            attr::ALTERNATE_DOMAIN if r.alternate_domain.is_none() => {
+                r.alternate_domain = Some(text(a.value)?)
             }
             attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 => r.has_integrity = true,
             attr::FINGERPRINT => {

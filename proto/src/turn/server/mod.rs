@@ -68,6 +68,17 @@ pub struct Config {
     pub unauth_rate: u32,
     /// Refuse new allocations (drain).
     pub draining: bool,
+    /// RFC 8489 §10, RFC 8656 §7.2: the relay to send Allocates to instead
+    /// of answering 508 while draining, by family of the client's address
+    /// (index 0 IPv4, 1 IPv6: RFC 8489 §14.15 wants the alternate in the
+    /// family the request came from). `None`: 508 as before.
+    pub alternate: [Option<SocketAddr>; 2],
+    /// ALTERNATE-DOMAIN (RFC 8489 §14.16) sent with the alternate: the name
+    /// a TLS client checks the alternate's certificate against.
+    pub alternate_domain: Option<String>,
+    /// Also redirect when full (max-allocations reached or no relay port
+    /// left), not only when draining.
+    pub alternate_when_full: bool,
 }
 
 impl Default for Config {
@@ -82,6 +93,9 @@ impl Default for Config {
             bandwidth: 0,
             unauth_rate: 20,
             draining: false,
+            alternate: [None, None],
+            alternate_domain: None,
+            alternate_when_full: false,
         }
     }
 }
@@ -786,16 +800,49 @@ impl Server {
         self.reply(out, |w| w.error_code(code, reason), m, Class::Error, tid, v)
     }
 
-    /// Refuse an authenticated Allocate for want of room.
+    /// Refuse an authenticated Allocate for want of room: 486 or 508, or
+    /// 300 Try Alternate (RFC 8489 §10, RFC 8656 §7.2) when the relay is
+    /// draining (or full, if so configured) and has an alternate of the
+    /// client's family. The 300 is authenticated like any answer to an
+    /// authenticated request, so the client can trust where it is sent.
     fn refuse(
         &mut self,
         out: &mut [u8],
         tid: &[u8; 12],
+        client: SocketAddr,
         why: Refusal,
         v: Verified,
     ) -> ClientAction {
         self.stats.refused[why.index()] += 1;
-        self.error(out, method::ALLOCATE, tid, why.code(), Some(v))
+        let redirect = match why {
+            Refusal::Draining => true,
+            Refusal::MaxAllocations | Refusal::RelayPorts => self.cfg.alternate_when_full,
+            // The user's own quota is the same on every relay of the group.
+            Refusal::UserQuota => false,
+        };
+        let alternate = self.cfg.alternate[allocation::family_index(client.ip())];
+        match alternate {
+            Some(alt) if redirect => {
+                *self.stats.allocate_errors.entry(300).or_default() += 1;
+                let domain = self.cfg.alternate_domain.clone();
+                self.reply(
+                    out,
+                    |w| {
+                        w.error_code(300, "Try Alternate")?;
+                        w.address(attr::ALTERNATE_SERVER, alt)?;
+                        if let Some(d) = &domain {
+                            w.bytes(attr::ALTERNATE_DOMAIN, d.as_bytes())?;
+                        }
+                        Ok(())
+                    },
+                    method::ALLOCATE,
+                    Class::Error,
+                    tid,
+                    Some(v),
+                )
+            }
+            _ => self.error(out, method::ALLOCATE, tid, why.code(), Some(v)),
+        }
     }
 
     /// Write a response: `body` adds attributes, then integrity (when the
@@ -854,7 +901,7 @@ impl Server {
             return self.error(out, m, &tid, 437, Some(v));
         }
         if self.cfg.draining {
-            return self.refuse(out, &tid, Refusal::Draining, v);
+            return self.refuse(out, &tid, client.addr, Refusal::Draining, v);
         }
         match req.requested_transport {
             None => return self.error(out, m, &tid, 400, Some(v)),
@@ -885,8 +932,12 @@ impl Server {
         // 508 (Insufficient Capacity).
         match env.acquire_allocation(username) {
             Ok(()) => {}
-            Err(QuotaError::PerUser) => return self.refuse(out, &tid, Refusal::UserQuota, v),
-            Err(QuotaError::Total) => return self.refuse(out, &tid, Refusal::MaxAllocations, v),
+            Err(QuotaError::PerUser) => {
+                return self.refuse(out, &tid, client.addr, Refusal::UserQuota, v)
+            }
+            Err(QuotaError::Total) => {
+                return self.refuse(out, &tid, client.addr, Refusal::MaxAllocations, v)
+            }
         }
         let first = env.open_relay(RelayRequest {
             family,
@@ -901,7 +952,9 @@ impl Server {
                 env.release_allocation(username);
                 return match e {
                     RelayError::Family => self.error(out, m, &tid, 440, Some(v)),
-                    RelayError::NoPorts => self.refuse(out, &tid, Refusal::RelayPorts, v),
+                    RelayError::NoPorts => {
+                        self.refuse(out, &tid, client.addr, Refusal::RelayPorts, v)
+                    }
                     // A token that is not (or no longer) ours: RFC 8656
                     // §7.2 step 6 answers 508 too, but it is not capacity.
                     RelayError::BadToken => self.error(out, m, &tid, 508, Some(v)),

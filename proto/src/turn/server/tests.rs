@@ -628,6 +628,101 @@ fn allocate_errors() {
     );
 }
 
+/// An authenticated Allocate for UDP.
+fn signed_allocate(t: u8, auth: &Auth) -> Vec<u8> {
+    build(
+        method::ALLOCATE,
+        Class::Request,
+        tid(t),
+        udp_transport,
+        Some(auth),
+    )
+}
+
+/// RFC 8489 §10 / RFC 8656 §7.2: a draining relay (and a full one, when
+/// told to) sends Allocates to its alternate of the client's family with an
+/// authenticated 300; the user's own quota and a relay without an alternate
+/// of that family still answer 486 / 508.
+#[test]
+fn draining_or_full_relay_answers_try_alternate() {
+    let alt4: SocketAddr = "192.0.2.9:3478".parse().unwrap();
+    let cfg = Config {
+        alternate: [Some(alt4), None],
+        alternate_domain: Some("turn2.example.test".into()),
+        ..Config::default()
+    };
+    let (mut s, mut env, t0) = server(cfg.clone());
+    let c = client(1000);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", true, t0);
+    let c2 = client(1001);
+    let auth2 = rebind(&mut s, &mut env, c2, &auth, t0);
+    let ask = |s: &mut Server, env: &mut FakeEnv, t: u8| {
+        let mut out = [0u8; 512];
+        let msg = signed_allocate(t, &auth2);
+        match s.handle_client(env, c2, &msg, t0, &mut out) {
+            ClientAction::Reply(n) => (parse(&out[..n]), out[..n].to_vec()),
+            other => panic!("no reply: {other:?}"),
+        }
+    };
+    s.set_draining(true);
+    let (r, bytes) = ask(&mut s, &mut env, 10);
+    assert_eq!((r.class, r.code), (Class::Error, Some(300)));
+    assert_eq!(
+        raw::decode_address(r.get(attr::ALTERNATE_SERVER).unwrap()),
+        Some(alt4)
+    );
+    assert_eq!(
+        r.get(attr::ALTERNATE_DOMAIN),
+        Some(&b"turn2.example.test"[..])
+    );
+    // Signed with the user's key: a client can trust the redirect.
+    let key = LongTermKey::derive(PasswordAlgorithm::Sha256, "alice", REALM, "secret");
+    let h = parse_datagram(&bytes).unwrap();
+    assert!(crate::integrity::verify(&bytes, &h, key.as_bytes()).is_ok());
+    assert_eq!(s.stats.refused[Refusal::Draining.index()], 1);
+    assert_eq!(s.stats.allocate_errors.get(&300), Some(&1));
+    s.set_draining(false);
+
+    // Full: 508 unless alternate-when-full.
+    env.max_total = 1;
+    assert_eq!(ask(&mut s, &mut env, 11).0.code, Some(508));
+    env.ports_left = 0;
+    env.max_total = 1000;
+    assert_eq!(ask(&mut s, &mut env, 12).0.code, Some(508));
+    let (mut s, mut env, t0) = server(Config {
+        alternate_when_full: true,
+        ..cfg
+    });
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let auth2 = rebind(&mut s, &mut env, c2, &auth, t0);
+    let code = |s: &mut Server, env: &mut FakeEnv, c: ClientKey, t: u8| {
+        let msg = signed_allocate(t, &auth2);
+        send(s, env, c, &msg, t0).unwrap().code
+    };
+    env.max_total = 1;
+    assert_eq!(code(&mut s, &mut env, c2, 13), Some(300));
+    env.max_total = 1000;
+    env.ports_left = 0;
+    assert_eq!(code(&mut s, &mut env, c2, 14), Some(300));
+    env.ports_left = 10;
+    // The user's quota is the same on the alternate: no redirect.
+    env.max_per_user = 1;
+    assert_eq!(code(&mut s, &mut env, c2, 15), Some(486));
+    env.max_per_user = 10;
+    // No alternate of the client's family (RFC 8489 §14.15): 508.
+    let c6 = ClientKey {
+        addr: "[2001:db8::7]:1000".parse().unwrap(),
+        via: Via::Udp(0),
+    };
+    let auth6 = rebind(&mut s, &mut env, c6, &auth, t0);
+    s.set_draining(true);
+    let msg = signed_allocate(16, &auth6);
+    assert_eq!(
+        send(&mut s, &mut env, c6, &msg, t0).unwrap().code,
+        Some(508)
+    );
+}
+
 #[test]
 fn dual_stack_allocation_reports_the_missing_family() {
     let (mut s, mut env, t0) = server(Config::default());
