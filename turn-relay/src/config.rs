@@ -133,6 +133,13 @@ natkit_runtime::settings! {
         /// Also send new allocations to alternate-server when full (max-allocations reached or
         /// no relay port left), not only when draining: true or false.
         alternate_when_full: bool ["BOOL"] = "false";
+        /// Write a usage record (one JSON line: user, addresses, traffic each way, peers, why
+        /// it ended) for every allocation that ends, to this file (appended; reopened on
+        /// SIGHUP, for logrotate) or `-` for stdout.
+        usage_log: Option<PathBuf> ["PATH|-"] = (_, "off");
+        /// Seconds between interim usage records of a live allocation (totals so far); 0:
+        /// only when it ends (at most 86400).
+        usage_interval: Duration ["SECS"] = "900";
     }
 }
 
@@ -300,6 +307,7 @@ impl Config {
             ("max_lifetime", t.max_lifetime, DEFAULT_LIFETIME),
             ("nonce_ttl", t.nonce_ttl, Duration::from_secs(1)),
             ("drain_grace", t.drain_grace, Duration::ZERO),
+            ("usage_interval", t.usage_interval, Duration::ZERO),
         ] {
             if v < least || v > MAX_SECS {
                 return Err(s
@@ -467,6 +475,8 @@ impl Config {
             ],
             alternate_domain: self.turn.alternate_domain.clone(),
             alternate_when_full: self.turn.alternate_when_full,
+            usage_records: self.turn.usage_log.is_some(),
+            usage_interval: Some(self.turn.usage_interval).filter(|i| !i.is_zero()),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! | [`worker`] | one shard: mio loop, batched listener I/O, relay sockets, the sans-IO core |
 //! | [`stream`] | TURN over TCP and TLS, feeding the shards |
 //! | [`metrics`] | live Prometheus metrics |
+//! | [`usage`] | usage records (JSON lines) of allocations, written off the data path |
 //! | [`server`] | starts everything; SIGHUP reload, SIGTERM drain |
 
 pub mod config;
@@ -18,4 +19,5 @@ pub mod ports;
 pub mod server;
 pub mod shared;
 pub mod stream;
+pub mod usage;
 pub mod worker;

@@ -3,7 +3,9 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use natkit_proto::turn::server::{Drop, Refusal, Stats};
+use natkit_proto::turn::server::{Drop, EndReason, Refusal, Stats};
+
+use crate::usage::UsageCounters;
 
 /// All of natkit-turn's metrics.
 #[derive(Clone)]
@@ -13,6 +15,8 @@ pub struct Metrics {
     allocation_attempts: IntCounterVec,
     refused: IntCounterVec,
     pub allocations_closed: IntCounter,
+    ended: IntCounterVec,
+    usage_records: IntCounterVec,
     pub auth_failures: IntCounter,
     pub permissions: IntCounter,
     pub channels: IntCounter,
@@ -61,6 +65,18 @@ impl Metrics {
             allocations_closed: counter(
                 "natkit_turn_allocations_closed_total",
                 "Allocations ended: expired, deleted, or their connection closed",
+            ),
+            ended: vec(
+                "natkit_turn_allocations_ended_total",
+                "Allocations ended, by reason: expired, deleted, client_gone, drained, shutdown, \
+                 error",
+                &["reason"],
+            ),
+            usage_records: vec(
+                "natkit_turn_usage_records_total",
+                "Usage records (usage-log) by result: written, dropped (the writer fell behind), \
+                 failed (the file could not be written)",
+                &["result"],
             ),
             auth_failures: counter(
                 "natkit_turn_auth_failures_total",
@@ -135,6 +151,9 @@ impl Metrics {
         for r in Refusal::LABELS {
             m.refused.with_label_values(&[r]);
         }
+        for r in EndReason::LABELS {
+            m.ended.with_label_values(&[r]);
+        }
         m.allocation_attempts.with_label_values(&["success"]);
         m
     }
@@ -146,6 +165,16 @@ impl Metrics {
             .set(i64::try_from(max_allocations).unwrap_or(i64::MAX));
         self.relay_ports
             .set(i64::try_from(relay_ports).unwrap_or(i64::MAX));
+    }
+
+    /// The usage writer's counters (series created only when it runs).
+    pub fn usage(&self) -> UsageCounters {
+        let c = |r: &str| self.usage_records.with_label_values(&[r]);
+        UsageCounters {
+            written: c("written"),
+            dropped: c("dropped"),
+            failed: c("failed"),
+        }
     }
 
     /// Counter handles a worker keeps, so the hot path does no label lookup.
@@ -161,6 +190,7 @@ impl Metrics {
             ),
             drops: Drop::LABELS.map(|l| self.drops.with_label_values(&[l])),
             refused: Refusal::LABELS.map(|l| self.refused.with_label_values(&[l])),
+            ended: EndReason::LABELS.map(|l| self.ended.with_label_values(&[l])),
             alloc_success: self.allocation_attempts.with_label_values(&["success"]),
             metrics: self.clone(),
             allocations: 0,
@@ -180,6 +210,7 @@ pub struct WorkerCounters {
     to_client: (IntCounter, IntCounter),
     drops: [IntCounter; Drop::LABELS.len()],
     refused: [IntCounter; Refusal::LABELS.len()],
+    ended: [IntCounter; EndReason::LABELS.len()],
     alloc_success: IntCounter,
     metrics: Metrics,
     /// This worker's share of the allocations gauge.
@@ -198,6 +229,9 @@ impl WorkerCounters {
             add(c, n);
         }
         for (c, n) in self.refused.iter().zip(s.refused) {
+            add(c, n);
+        }
+        for (c, n) in self.ended.iter().zip(s.ended) {
             add(c, n);
         }
         let m = &self.metrics;

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::ports::PortPool;
 use crate::shared::{RelayAddress, Reloadable, Shared};
 use crate::stream::StreamContext;
+use crate::usage::{Sink, UsageLog, UsageSender};
 use crate::worker::{self, WorkerSetup};
 
 /// Run the relay until it is told to stop. `tls`: the certificate and key
@@ -59,6 +60,15 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
         cfg.turn.unauth_rate,
     ));
 
+    // Before the shards: they hand it their records.
+    let usage = match &cfg.turn.usage_log {
+        Some(p) => Some(
+            UsageLog::start(Sink::parse(p), metrics.usage())
+                .with_context(|| format!("usage-log: cannot open {}", p.display()))?,
+        ),
+        None => None,
+    };
+
     // One shard per thread, each with its own SO_REUSEPORT socket on every
     // listen address.
     let mut handles = Vec::new();
@@ -85,6 +95,7 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
             shared: shared.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
+            usage: usage.as_ref().map(UsageLog::sender),
         })
         .context("cannot start a relay worker")?;
         handles.push(handle);
@@ -116,16 +127,23 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
         Arc::new(handles),
         metrics,
         shutdown.clone(),
+        usage.as_ref().map(UsageLog::sender),
     ));
     shutdown.trigger();
     for t in threads {
         let _ = t.join();
+    }
+    // The shards queued their allocations' last records before stopping.
+    if let Some(u) = usage {
+        u.finish();
     }
     rt.shutdown_timeout(Duration::from_secs(2));
     info!("stopped");
     result
 }
 
+// What `run` set up, handed over whole: a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn serve_async(
     cfg: Config,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -134,6 +152,7 @@ async fn serve_async(
     workers: Arc<Vec<worker::WorkerHandle>>,
     metrics: Metrics,
     shutdown: Shutdown,
+    usage: Option<UsageSender>,
 ) -> anyhow::Result<()> {
     // One subscription for the life of the process, before any endpoint
     // opens (a signal to a server that answers is handled, never fatal),
@@ -196,13 +215,19 @@ async fn serve_async(
     loop {
         let cause = tokio::select! {
             s = signals.next() => match s {
-                Signal::Hangup => "SIGHUP",
+                Signal::Hangup => {
+                    // logrotate moved the usage log: write to a new one.
+                    if let Some(u) = &usage {
+                        u.reopen();
+                    }
+                    "SIGHUP"
+                }
                 Signal::Interrupt => {
                     info!("SIGINT: stopping");
                     return Ok(());
                 }
                 Signal::Terminate => {
-                    drain(&cfg, &shared, &health, &mut signals).await;
+                    drain(&cfg, &shared, &health, &mut signals, usage.as_ref()).await;
                     return Ok(());
                 }
             },
@@ -223,7 +248,13 @@ async fn serve_async(
 
 /// SIGTERM: refuse new allocations, keep relaying until the grace period
 /// ends or a second SIGTERM/SIGINT comes.
-async fn drain(cfg: &Config, shared: &Shared, health: &Health, signals: &mut Signals) {
+async fn drain(
+    cfg: &Config,
+    shared: &Shared,
+    health: &Health,
+    signals: &mut Signals,
+    usage: Option<&UsageSender>,
+) {
     info!(
         grace_secs = cfg.turn.drain_grace.as_secs(),
         allocations = shared.total_allocations(),
@@ -240,7 +271,12 @@ async fn drain(cfg: &Config, shared: &Shared, health: &Health, signals: &mut Sig
                 return;
             }
             s = signals.next() => match s {
-                Signal::Hangup => continue,
+                Signal::Hangup => {
+                    if let Some(u) = usage {
+                        u.reopen();
+                    }
+                    continue;
+                }
                 _ => {
                     info!("second signal during drain: stopping now");
                     return;

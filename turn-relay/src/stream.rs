@@ -57,17 +57,18 @@ impl StreamService for StreamContext {
             .with_label_values(&[kind.label()])
     }
 
-    async fn serve<S>(&self, stream: S, _kind: StreamKind, peer: SocketAddr)
+    async fn serve<S>(&self, stream: S, kind: StreamKind, peer: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        connection(stream, peer, self).await;
+        connection(stream, peer, kind == StreamKind::Tls, self).await;
     }
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     peer: SocketAddr,
+    tls: bool,
     ctx: &StreamContext,
 ) {
     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -80,6 +81,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     let opened = worker.send(Inbox::Opened(StreamLink {
         conn,
         addr: peer,
+        tls,
         frames: frames_rx,
         out,
         scheduled: scheduled.clone(),

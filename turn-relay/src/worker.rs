@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use natkit_proto::turn::server::{
-    ClientAction, ClientKey, Config as CoreConfig, Env, Framing, OpenedRelay, QuotaError,
-    RelayError, RelayId, RelayRequest, Server, Via, MAX_FRAMING,
+    ClientAction, ClientKey, Config as CoreConfig, EndReason, Env, Framing, OpenedRelay,
+    QuotaError, RelayError, RelayId, RelayRequest, Server, Via, MAX_FRAMING,
 };
 use natkit_runtime::batch::{gso, RecvBatch, SendBatch};
 use natkit_runtime::shutdown::Shutdown;
@@ -39,6 +39,7 @@ use crate::metrics::{Metrics, WorkerCounters};
 use crate::peer_policy::{PeerPolicy, Verdict};
 use crate::ports::PortRequest;
 use crate::shared::Shared;
+use crate::usage::{ClientTransport, UsageSender};
 
 /// Datagrams per recvmmsg/sendmmsg.
 const BATCH: usize = 64;
@@ -71,6 +72,8 @@ pub struct StreamLink {
     pub conn: u64,
     /// The client's address.
     pub addr: SocketAddr,
+    /// TLS (else plain TCP), for usage records.
+    pub tls: bool,
     /// Frames read from the client. When full, the reader stops reading
     /// the connection until the shard takes some. Disconnected (and empty)
     /// once the reader is done: the allocation ends (RFC 8656 §3.1) after
@@ -123,6 +126,7 @@ impl WorkerHandle {
 /// What the shard keeps of a connection.
 struct Stream {
     addr: SocketAddr,
+    tls: bool,
     frames: StreamReceiver<Vec<u8>>,
     out: StreamSender<Vec<u8>>,
     scheduled: Arc<AtomicBool>,
@@ -297,6 +301,8 @@ pub struct WorkerSetup {
     pub shared: Arc<Shared>,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
+    /// Where usage records go (`usage-log`), if anywhere.
+    pub usage: Option<UsageSender>,
 }
 
 /// Create a shard: returns its handle and the thread body to run.
@@ -352,6 +358,7 @@ pub fn create(setup: WorkerSetup) -> io::Result<(WorkerHandle, impl FnOnce() + S
         send_errors: 0,
         shutdown: setup.shutdown,
         draining: false,
+        usage: setup.usage,
     };
     Ok((WorkerHandle { tx, waker }, move || w.run()))
 }
@@ -377,6 +384,7 @@ struct Worker {
     send_errors: u64,
     shutdown: Shutdown,
     draining: bool,
+    usage: Option<UsageSender>,
 }
 
 impl Worker {
@@ -416,6 +424,17 @@ impl Worker {
             self.round(now);
             self.flush();
         }
+        // The allocations end with the process: their last records say
+        // whether it drained first.
+        let why = if self.shared.draining.load(Ordering::Relaxed) {
+            EndReason::Drained
+        } else {
+            EndReason::Shutdown
+        };
+        let now = Instant::now();
+        let mut env = worker_env!(self, now);
+        self.core.shutdown(&mut env, why, now);
+        self.flush();
         debug!(worker = self.index, "stopped");
     }
 
@@ -467,6 +486,7 @@ impl Worker {
     }
 
     fn flush(&mut self) {
+        self.ship_usage();
         // Metrics first: a client that reads them after its answer sees
         // what the answer did (send errors of this flush count next round).
         let live = self.core.allocation_count();
@@ -487,6 +507,22 @@ impl Worker {
                     b.clear();
                 }
             }
+        }
+    }
+
+    /// Hand the core's usage records to the writer (once per round, off
+    /// the data path; the queue never blocks).
+    fn ship_usage(&mut self) {
+        let Some(tx) = &self.usage else {
+            return;
+        };
+        for r in self.core.take_usage() {
+            let tls = match r.via {
+                Via::Stream(conn) => self.streams.get(&conn).is_some_and(|s| s.tls),
+                Via::Udp(_) => false,
+            };
+            let transport = ClientTransport::of(r.via, tls);
+            tx.send(r, transport);
         }
     }
 
@@ -666,6 +702,7 @@ impl Worker {
                         l.conn,
                         Stream {
                             addr: l.addr,
+                            tls: l.tls,
                             frames: l.frames,
                             out: l.out,
                             scheduled: l.scheduled,
@@ -714,7 +751,7 @@ impl Worker {
                     // The reader is done and every frame it read has been
                     // handled: the allocation goes with the connection.
                     Err(StreamTryRecvError::Disconnected) => {
-                        self.close_stream(conn, now);
+                        self.close_stream(conn, now, EndReason::ClientGone);
                         break;
                     }
                 }
@@ -746,7 +783,7 @@ impl Worker {
                     Err(TrySendError::Full(_)) => {
                         debug!(%addr, "client does not read its answers: closing");
                         self.send_errors += 1;
-                        self.close_stream(conn, now);
+                        self.close_stream(conn, now, EndReason::Error);
                     }
                     // The writer is gone (write timeout): closing already.
                     Err(TrySendError::Closed(_)) => {}
@@ -764,15 +801,19 @@ impl Worker {
     /// Forget a connection: its allocation ends (RFC 8656 §3.1); dropping
     /// its queues stops the reader and lets the writer send what is queued
     /// and close.
-    fn close_stream(&mut self, conn: u64, now: Instant) {
-        if let Some(s) = self.streams.remove(&conn) {
-            let key = ClientKey {
-                addr: s.addr,
-                via: Via::Stream(conn),
-            };
-            let mut env = worker_env!(self, now);
-            self.core.client_gone(&mut env, &key);
-        }
+    fn close_stream(&mut self, conn: u64, now: Instant, why: EndReason) {
+        let Some(s) = self.streams.get(&conn) else {
+            return;
+        };
+        let key = ClientKey {
+            addr: s.addr,
+            via: Via::Stream(conn),
+        };
+        let mut env = worker_env!(self, now);
+        self.core.client_gone(&mut env, &key, why, now);
+        // Its record, while the connection still says TCP or TLS.
+        self.ship_usage();
+        self.streams.remove(&conn);
     }
 }
 

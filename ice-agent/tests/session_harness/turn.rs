@@ -14,8 +14,8 @@ use natkit_proto::raw::{self, attr, method, Attributes, Class};
 use natkit_proto::rest::RestSecrets;
 use natkit_proto::turn::request;
 use natkit_proto::turn::server::{
-    ClientAction, ClientKey, Config, Credentials, Drop as RelayDrop, Env, OpenedRelay, QuotaError,
-    RelayError, RelayId, RelayRequest, Server, MAX_FRAMING,
+    ClientAction, ClientKey, Config, Credentials, Drop as RelayDrop, EndReason, Env, OpenedRelay,
+    QuotaError, RelayError, RelayId, RelayRequest, Server, MAX_FRAMING,
 };
 
 /// The one user the simulated servers know.
@@ -308,13 +308,23 @@ impl SimTurn {
     /// Forget `client`'s allocation, as a relay that restarted or expired
     /// it would: its next request gets 437.
     pub fn forget(&mut self, client: &ClientKey) {
-        self.server.client_gone(&mut self.env, client);
+        let now = self.now();
+        self.server
+            .client_gone(&mut self.env, client, EndReason::Expired, now);
+    }
+
+    /// The simulated clock's time, as `tick` last set it.
+    fn now(&self) -> Instant {
+        let since = self.env.system_now.duration_since(self.system_start);
+        self.start + since.unwrap_or_default()
     }
 
     /// The client's connection ended (its allocation goes with it,
     /// RFC 8656 §3.1).
     pub fn connection_closed(&mut self, client: &ClientKey) {
-        self.server.client_gone(&mut self.env, client);
+        let now = self.now();
+        self.server
+            .client_gone(&mut self.env, client, EndReason::ClientGone, now);
     }
 
     /// Log entries matching `f`.

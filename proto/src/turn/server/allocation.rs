@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::usage::{EndReason, Usage, UsageRecord};
 use crate::integrity::{IntegrityKind, LongTermKey};
 
 /// A relay socket, as numbered by the driver.
@@ -97,6 +98,8 @@ pub struct Allocation {
     /// Reservation token handed out with EVEN-PORT R=1, if any.
     pub reservation: Option<u64>,
     pub bucket: Bucket,
+    /// What it relayed, for its usage records.
+    pub usage: Usage,
 }
 
 /// Family index of an address: 0 for IPv4, 1 for IPv6.
@@ -153,6 +156,25 @@ impl Allocation {
         self.channels
             .iter()
             .find(|c| c.peer == peer && c.expires > now)
+    }
+
+    /// Its usage so far, as a record (`end`: why it ended; `None` for an
+    /// interim record).
+    pub fn usage_record(&self, now: Instant, end: Option<EndReason>) -> UsageRecord {
+        let (peers, peers_capped) = self.usage.peers();
+        UsageRecord {
+            user: self.username.clone(),
+            client: self.client.addr,
+            via: self.client.via,
+            relayed: self.relays.map(|r| r.map(|(_, addr)| addr)),
+            started: self.usage.started,
+            duration: now.saturating_duration_since(self.usage.since),
+            to_peer: self.usage.to_peer,
+            to_client: self.usage.to_client,
+            peers,
+            peers_capped,
+            end,
+        }
     }
 
     /// Drop expired permissions and channels. RFC 8656 §12: an expired

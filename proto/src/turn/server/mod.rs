@@ -13,9 +13,11 @@
 
 mod allocation;
 mod auth;
+mod usage;
 
 pub use allocation::{Allocation, Bucket, Channel, ClientKey, RelayId, Via};
 pub use auth::{AuthError, Authenticator, Credentials, UnauthLimiter, OFFERED_ALGORITHMS};
+pub use usage::{EndReason, Traffic, Usage, UsageRecord, MAX_TRACKED_PEERS};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -79,6 +81,11 @@ pub struct Config {
     /// Also redirect when full (max-allocations reached or no relay port
     /// left), not only when draining.
     pub alternate_when_full: bool,
+    /// Queue a [`UsageRecord`] when an allocation ends
+    /// ([`Server::take_usage`]).
+    pub usage_records: bool,
+    /// With `usage_records`, also one every this long while it lives.
+    pub usage_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -96,6 +103,8 @@ impl Default for Config {
             alternate: [None, None],
             alternate_domain: None,
             alternate_when_full: false,
+            usage_records: false,
+            usage_interval: None,
         }
     }
 }
@@ -310,6 +319,8 @@ pub struct Stats {
     pub allocations_closed: u64,
     /// Authenticated Allocates refused for want of room, by [`Refusal`].
     pub refused: [u64; 4],
+    /// Allocations that ended, by [`EndReason`].
+    pub ended: [u64; 6],
 }
 
 /// One shard's allocations.
@@ -335,6 +346,8 @@ pub struct Server {
     /// Length of the request being answered (bounds unauthenticated
     /// answers, [`AMPLIFICATION_LIMIT`]).
     request_len: usize,
+    /// Usage records not yet taken by the driver.
+    usage: Vec<UsageRecord>,
     pub stats: Stats,
 }
 
@@ -375,6 +388,7 @@ impl Server {
             next_sweep: now,
             request_fingerprint: false,
             request_len: 0,
+            usage: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -411,6 +425,21 @@ impl Server {
             .and_then(|&s| self.allocations[s as usize].as_ref())
     }
 
+    /// The usage records queued since the last call (with
+    /// [`Config::usage_records`]): for the driver to write, off the data
+    /// path.
+    pub fn take_usage(&mut self) -> std::vec::Drain<'_, UsageRecord> {
+        self.usage.drain(..)
+    }
+
+    /// End every allocation (the relay is stopping), each with a usage
+    /// record saying why.
+    pub fn shutdown(&mut self, env: &mut impl Env, reason: EndReason, now: Instant) {
+        for s in 0..self.allocations.len() {
+            self.remove(env, s as Slot, reason, now);
+        }
+    }
+
     /// When [`Server::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Instant {
         self.next_sweep
@@ -422,6 +451,7 @@ impl Server {
             return;
         }
         self.next_sweep = now + Duration::from_secs(1);
+        let interval = self.cfg.usage_interval.filter(|_| self.cfg.usage_records);
         for s in 0..self.allocations.len() {
             let expired = match &mut self.allocations[s] {
                 Some(a) if a.expires <= now => true,
@@ -432,17 +462,33 @@ impl Server {
                 None => false,
             };
             if expired {
-                self.remove(env, s as Slot);
+                self.remove(env, s as Slot, EndReason::Expired, now);
+                continue;
+            }
+            // Interim usage of a long allocation (totals so far).
+            if let (Some(every), Some(a)) = (interval, &mut self.allocations[s]) {
+                if a.usage.next_report.is_some_and(|t| t <= now) {
+                    a.usage.next_report = Some(now + every);
+                    let r = a.usage_record(now, None);
+                    self.usage.push(r);
+                }
             }
         }
     }
 
     /// A client's stream connection closed: its allocation goes with it
     /// (RFC 8656 §3.1: over TCP the allocation lives as long as the
-    /// connection).
-    pub fn client_gone(&mut self, env: &mut impl Env, client: &ClientKey) {
+    /// connection). `why`: [`EndReason::ClientGone`], or
+    /// [`EndReason::Error`] when the relay closed it.
+    pub fn client_gone(
+        &mut self,
+        env: &mut impl Env,
+        client: &ClientKey,
+        why: EndReason,
+        now: Instant,
+    ) {
         if let Some(&s) = self.by_client.get(client) {
-            self.remove(env, s);
+            self.remove(env, s, why, now);
         }
     }
 
@@ -456,10 +502,14 @@ impl Server {
         }
     }
 
-    fn remove(&mut self, env: &mut impl Env, s: Slot) {
+    fn remove(&mut self, env: &mut impl Env, s: Slot, why: EndReason, now: Instant) {
         let Some(a) = self.allocations[s as usize].take() else {
             return;
         };
+        self.stats.ended[why.index()] += 1;
+        if self.cfg.usage_records {
+            self.usage.push(a.usage_record(now, Some(why)));
+        }
         self.by_client.remove(&a.client);
         for (id, _) in a.relays.iter().flatten() {
             if let Some(e) = self.by_relay.get_mut(*id as usize) {
@@ -532,6 +582,7 @@ impl Server {
         {
             return self.drop(Drop::Quota);
         }
+        a.usage.to_peer.add(len);
         self.stats.to_peer.0 += 1;
         self.stats.to_peer.1 += len as u64;
         ClientAction::Relay {
@@ -575,6 +626,7 @@ impl Server {
             },
             None => Framing::Indication { peer },
         };
+        a.usage.to_client.add(len);
         self.stats.to_client.0 += 1;
         self.stats.to_client.1 += len as u64;
         Ok(PeerRoute {
@@ -989,6 +1041,7 @@ impl Server {
             allocate_tid: tid,
             reservation: first.token,
             bucket: Bucket::new(now, self.cfg.bandwidth),
+            usage: Usage::new(env.system_now(), now, self.cfg.usage_interval),
         };
         let s = match self.free.pop() {
             Some(s) => {
@@ -1100,7 +1153,7 @@ impl Server {
         }
         let lifetime = match req.lifetime {
             Some(0) => {
-                self.remove(env, s);
+                self.remove(env, s, EndReason::Deleted, now);
                 Duration::ZERO
             }
             l => {
@@ -1174,6 +1227,7 @@ impl Server {
         }
         for peer in req.peers() {
             a.permit(peer.ip(), now + PERMISSION_LIFETIME, now, max);
+            a.usage.note_peer(peer.ip());
         }
         self.stats.permissions += fresh as u64;
         self.reply(out, |_| Ok(()), m, Class::Success, &tid, Some(v))
@@ -1242,6 +1296,7 @@ impl Server {
         if !a.permit(peer.ip(), now + PERMISSION_LIFETIME, now, max_p) {
             return self.error(out, m, &tid, 508, Some(v));
         }
+        a.usage.note_peer(peer.ip());
         self.reply(out, |_| Ok(()), m, Class::Success, &tid, Some(v))
     }
 
@@ -1285,6 +1340,7 @@ impl Server {
         if !env.peer_allowed(peer) {
             return self.drop(Drop::DeniedPeer);
         }
+        a.usage.to_peer.add(data.len());
         let start = data.as_ptr() as usize - msg.as_ptr() as usize;
         self.stats.to_peer.0 += 1;
         self.stats.to_peer.1 += data.len() as u64;

@@ -723,6 +723,123 @@ fn draining_or_full_relay_answers_try_alternate() {
     );
 }
 
+/// Usage records: interim ones at the interval with the totals so far,
+/// a final one saying why the allocation ended; traffic both ways and the
+/// distinct peers counted; nothing when records are off.
+#[test]
+fn usage_records_count_traffic_peers_and_the_end() {
+    let cfg = Config {
+        usage_records: true,
+        usage_interval: Some(Duration::from_secs(60)),
+        ..Config::default()
+    };
+    let (mut s, mut env, t0) = server(cfg);
+    let c = client(1000);
+    let (relayed, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    let started = env.now;
+    let (p1, p2): (SocketAddr, SocketAddr) = (
+        "192.0.2.50:7000".parse().unwrap(),
+        "192.0.2.51:7000".parse().unwrap(),
+    );
+    for (t, p) in [(3, p1), (4, p2), (5, p1)] {
+        let msg = build(
+            method::CREATE_PERMISSION,
+            Class::Request,
+            tid(t),
+            permission(p),
+            Some(&auth),
+        );
+        assert_eq!(send(&mut s, &mut env, c, &msg, t0).unwrap().code, None);
+    }
+    let send_ind = |s: &mut Server, env: &mut FakeEnv, data: &[u8]| {
+        let msg = build(
+            method::SEND,
+            Class::Indication,
+            tid(9),
+            |w| {
+                w.xor_address(attr::XOR_PEER_ADDRESS, p1).unwrap();
+                w.bytes(attr::DATA, data).unwrap();
+            },
+            None,
+        );
+        let mut out = [0u8; 256];
+        let a = s.handle_client(env, c, &msg, t0, &mut out);
+        assert!(matches!(a, ClientAction::Relay { .. }), "{a:?}");
+    };
+    send_ind(&mut s, &mut env, b"12345");
+    send_ind(&mut s, &mut env, b"678");
+    let relay_id = *env.open.keys().next().unwrap();
+    s.route_peer(relay_id, p2, 100, t0).unwrap();
+    assert_eq!(s.take_usage().count(), 0, "nothing before the interval");
+    s.handle_timeout(&mut env, t0 + Duration::from_secs(61));
+    let interim: Vec<_> = s.take_usage().collect();
+    assert_eq!(interim.len(), 1);
+    let r = &interim[0];
+    assert_eq!(r.end, None);
+    assert_eq!(&*r.user, "alice");
+    assert_eq!((r.client, r.via), (c.addr, c.via));
+    assert_eq!(r.relayed, [Some(relayed), None]);
+    assert_eq!(r.started, started);
+    assert_eq!(r.duration, Duration::from_secs(61));
+    assert_eq!((r.to_peer.packets, r.to_peer.bytes), (2, 8));
+    assert_eq!((r.to_client.packets, r.to_client.bytes), (1, 100));
+    assert_eq!((r.peers, r.peers_capped), (2, false));
+    // Not again until the next interval.
+    s.handle_timeout(&mut env, t0 + Duration::from_secs(100));
+    assert_eq!(s.take_usage().count(), 0);
+    // Deleted: the final record.
+    let msg = build(
+        method::REFRESH,
+        Class::Request,
+        tid(10),
+        |w| w.u32(attr::LIFETIME, 0).unwrap(),
+        Some(&auth),
+    );
+    let later = t0 + Duration::from_secs(130);
+    send(&mut s, &mut env, c, &msg, later).unwrap();
+    let last: Vec<_> = s.take_usage().collect();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].end, Some(EndReason::Deleted));
+    assert_eq!(last[0].duration, Duration::from_secs(130));
+    assert_eq!(last[0].to_peer.bytes, 8);
+    assert_eq!(s.stats.ended[EndReason::Deleted.index()], 1);
+    // Expiry and shutdown say so.
+    allocate(&mut s, &mut env, c, "alice", "secret", false, later);
+    allocate(
+        &mut s,
+        &mut env,
+        client(1001),
+        "bob",
+        "hunter2",
+        false,
+        later,
+    );
+    s.handle_timeout(&mut env, later + Duration::from_secs(601));
+    let ends: Vec<_> = s.take_usage().filter_map(|r| r.end).collect();
+    assert_eq!(ends, [EndReason::Expired, EndReason::Expired]);
+    allocate(&mut s, &mut env, c, "alice", "secret", false, later);
+    s.shutdown(&mut env, EndReason::Drained, later);
+    assert_eq!(s.allocation_count(), 0);
+    let ends: Vec<_> = s.take_usage().filter_map(|r| r.end).collect();
+    assert_eq!(ends, [EndReason::Drained]);
+    // Off: counted in the stats, no records.
+    let (mut s, mut env, t0) = server(Config::default());
+    allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    s.shutdown(&mut env, EndReason::Shutdown, t0);
+    assert_eq!(s.take_usage().count(), 0);
+    assert_eq!(s.stats.ended[EndReason::Shutdown.index()], 1);
+}
+
+#[test]
+fn usage_peers_are_bounded() {
+    let mut u = Usage::new(SystemTime::UNIX_EPOCH, Instant::now(), None);
+    for i in 0..(MAX_TRACKED_PEERS as u32 + 10) {
+        u.note_peer(IpAddr::from((0xC000_0200u32 + i).to_be_bytes()));
+        u.note_peer(IpAddr::from((0xC000_0200u32 + i).to_be_bytes()));
+    }
+    assert_eq!(u.peers(), (MAX_TRACKED_PEERS, true));
+}
+
 #[test]
 fn dual_stack_allocation_reports_the_missing_family() {
     let (mut s, mut env, t0) = server(Config::default());
@@ -956,8 +1073,9 @@ fn stream_clients_get_padded_channel_data() {
         "4 + 5 padded to 12"
     );
     // The connection closing ends the allocation.
-    s.client_gone(&mut env, &c);
+    s.client_gone(&mut env, &c, EndReason::ClientGone, t0);
     assert_eq!(s.allocation_count(), 0);
+    assert_eq!(s.stats.ended[EndReason::ClientGone.index()], 1);
     assert!(env.open.is_empty());
 }
 
