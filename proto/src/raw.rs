@@ -25,6 +25,10 @@ pub mod method {
     pub const DATA: u16 = 0x007;
     pub const CREATE_PERMISSION: u16 = 0x008;
     pub const CHANNEL_BIND: u16 = 0x009;
+    /// RFC 6062 §6.1: TCP allocations.
+    pub const CONNECT: u16 = 0x00A;
+    pub const CONNECTION_BIND: u16 = 0x00B;
+    pub const CONNECTION_ATTEMPT: u16 = 0x00C;
 }
 
 /// STUN message classes (RFC 8489 §5), as the two class bits.
@@ -74,6 +78,8 @@ pub mod attr {
     pub const USERHASH: u16 = 0x001E;
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
     pub const RESERVATION_TOKEN: u16 = 0x0022;
+    /// RFC 6062 §6.2: which peer data connection (TCP allocations).
+    pub const CONNECTION_ID: u16 = 0x002A;
     pub const PRIORITY: u16 = 0x0024;
     pub const USE_CANDIDATE: u16 = 0x0025;
     pub const PADDING: u16 = 0x0026;

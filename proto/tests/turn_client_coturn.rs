@@ -274,3 +274,85 @@ fn unreachable_server_times_out() {
     // The closed port answered with ICMP; the timers still decided.
     assert!(n.unreachable >= 1);
 }
+
+/// Bind a new data connection to `server` for `connection_id` (RFC 6062
+/// §4.4), answering a 401/438 once; returns the bound stream.
+fn bind_data_connection(
+    node: &mut TurnTestClient,
+    server: SocketAddr,
+    connection_id: u32,
+) -> std::net::TcpStream {
+    use natkit_proto::turn::client::BindOutcome;
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(server).expect("data connection");
+    s.set_read_timeout(Some(START)).unwrap();
+    let mut bind = node.client().connection_bind(connection_id).unwrap();
+    loop {
+        s.write_all(bind.request()).unwrap();
+        let answer = natkit_testkit::stream::read_stun_message(&mut s).expect("an answer");
+        match bind.handle_response(&answer) {
+            BindOutcome::Bound => return s,
+            BindOutcome::Retry => continue,
+            other => panic!("ConnectionBind {connection_id}: {other:?}"),
+        }
+    }
+}
+
+/// Bytes both ways between a bound data connection and the peer.
+fn echo_both_ways(data: &mut std::net::TcpStream, peer: &mut std::net::TcpStream) {
+    use std::io::{Read, Write};
+    peer.set_read_timeout(Some(START)).unwrap();
+    data.write_all(b"from the client").unwrap();
+    let mut buf = [0u8; 15];
+    peer.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"from the client");
+    peer.write_all(b"from the peer").unwrap();
+    let mut buf = [0u8; 13];
+    data.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"from the peer");
+}
+
+/// RFC 6062 against coturn: a TCP allocation over a TCP control
+/// connection; Connect to a peer (active), and a peer connecting in
+/// (passive, a ConnectionAttempt), each bound on a data connection of its
+/// own and carrying bytes both ways.
+#[test]
+fn tcp_allocation_connects_and_accepts_through_coturn() {
+    use natkit_proto::turn::client::{Event, RelayedTransport};
+    let server = Coturn::start(None);
+    let mut cfg = Config::new(server.addr(), Transport::Tcp, Credentials::new(USER, PASS));
+    cfg.relayed = RelayedTransport::Tcp;
+    let mut node = TurnTestClient::connect(cfg);
+    let relayed = node.allocated().expect("a TCP allocation");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_addr = listener.local_addr().unwrap();
+    node.permit(peer_addr).expect("permission for the peer");
+
+    // Active: the relay connects to the peer.
+    node.client()
+        .connect(peer_addr, std::time::Instant::now())
+        .unwrap();
+    let id = node.wait("Connected", |e| match e {
+        Event::Connected {
+            peer,
+            connection_id,
+        } if *peer == peer_addr => Some(*connection_id),
+        Event::ConnectFailed { error, .. } => panic!("Connect failed: {error}"),
+        _ => None,
+    });
+    let (mut peer, from) = listener.accept().unwrap();
+    assert_eq!(from.ip(), relayed.ip());
+    assert_eq!(from.port(), relayed.port(), "from the relayed address");
+    let mut data = bind_data_connection(&mut node, server.addr(), id);
+    echo_both_ways(&mut data, &mut peer);
+
+    // Passive: a peer connects to the relayed address.
+    let mut peer2 = std::net::TcpStream::connect(relayed).expect("connect to the relayed address");
+    let id2 = node.wait("ConnectionAttempt", |e| match e {
+        Event::ConnectionAttempt { connection_id, .. } => Some(*connection_id),
+        _ => None,
+    });
+    assert_ne!(id2, id);
+    let mut data2 = bind_data_connection(&mut node, server.addr(), id2);
+    echo_both_ways(&mut data2, &mut peer2);
+}

@@ -365,7 +365,12 @@ impl SessionCore {
             }
             turn::Event::Closed => self.allocs[ai].closed = true,
             turn::Event::Refreshed { .. } => self.allocs[ai].revalidating = false,
-            turn::Event::Data { .. } | turn::Event::PermissionCreated { .. } => {}
+            // Sessions allocate UDP relays (RFC 6062 events never come).
+            turn::Event::Data { .. }
+            | turn::Event::PermissionCreated { .. }
+            | turn::Event::Connected { .. }
+            | turn::Event::ConnectFailed { .. }
+            | turn::Event::ConnectionAttempt { .. } => {}
         }
     }
 

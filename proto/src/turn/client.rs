@@ -31,13 +31,15 @@ use crate::transaction::{self, new_transaction_id, Transaction};
 
 mod config;
 mod error;
+mod tcp;
 mod wire;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::{AddressFamily, Config, Credentials, PortRequest, Transport};
+pub use config::{AddressFamily, Config, Credentials, PortRequest, RelayedTransport, Transport};
 pub use error::{ClientError, UsageError};
+pub use tcp::{BindOutcome, ConnectionBind};
 /// A message for the server: `to` is always [`Config::server`].
 pub use transaction::Transmit;
 
@@ -126,6 +128,33 @@ pub enum Event {
         /// ALTERNATE-DOMAIN (RFC 8489 §14.16): the alternate's name for
         /// TLS, if the server gave one.
         domain: Option<String>,
+    },
+    /// TCP allocations (RFC 6062 §4.3): the relay connected to `peer`
+    /// after [`Client::connect`]; bind a new data connection to it with
+    /// [`Client::connection_bind`] (the relay closes it if that does not
+    /// happen within 30 s).
+    Connected {
+        /// The peer.
+        peer: SocketAddr,
+        /// Its CONNECTION-ID.
+        connection_id: u32,
+    },
+    /// A [`Client::connect`] failed: e.g. [`ClientError::ConnectionFailed`]
+    /// (447) or [`ClientError::Forbidden`] (a peer the relay denies).
+    ConnectFailed {
+        /// The peer.
+        peer: SocketAddr,
+        /// Why.
+        error: ClientError,
+    },
+    /// TCP allocations (RFC 6062 §4.5): `peer` connected to the relayed
+    /// address (it needs a permission); accept it by binding a new data
+    /// connection with [`Client::connection_bind`] within 30 s.
+    ConnectionAttempt {
+        /// The peer.
+        peer: SocketAddr,
+        /// Its CONNECTION-ID.
+        connection_id: u32,
     },
     /// The allocation was deleted after [`Client::close`].
     Closed,
@@ -536,6 +565,37 @@ impl Client {
         Ok(())
     }
 
+    /// Ask the relay to open a TCP connection to `peer` from the relayed
+    /// address (RFC 6062 §4.3; a TCP allocation only). [`Event::Connected`]
+    /// or [`Event::ConnectFailed`] follows.
+    pub fn connect(&mut self, peer: SocketAddr, now: Instant) -> Result<(), UsageError> {
+        self.check_tcp()?;
+        if self.relayed_address_for(peer).is_none() {
+            return Err(UsageError::FamilyNotRelayed(peer));
+        }
+        self.start(Op::Connect(peer), 0, now);
+        Ok(())
+    }
+
+    /// The ConnectionBind for a new data connection to the server (RFC 6062
+    /// §4.4), for peer connection `connection_id` ([`Event::Connected`],
+    /// [`Event::ConnectionAttempt`]), signed with this allocation's
+    /// credentials.
+    pub fn connection_bind(&self, connection_id: u32) -> Result<ConnectionBind, UsageError> {
+        self.check_tcp()?;
+        let auth = self.auth.clone().ok_or(UsageError::NotAllocated)?;
+        ConnectionBind::new(self.cfg.clone(), auth, connection_id)
+            .map_err(|_| UsageError::BufferTooSmall)
+    }
+
+    fn check_tcp(&self) -> Result<(), UsageError> {
+        self.check_allocated()?;
+        if self.cfg.relayed != RelayedTransport::Tcp {
+            return Err(UsageError::NotTcpAllocation);
+        }
+        Ok(())
+    }
+
     /// Refresh the allocation at once instead of at its scheduled time: a
     /// probe of the server when the path through it went silent. The
     /// answer is an [`Event::Refreshed`], or an [`Event::Failed`] when the
@@ -709,6 +769,18 @@ impl Client {
                     None
                 }
             },
+            (Class::Indication, method::CONNECTION_ATTEMPT) => {
+                match wire::parse_connection_attempt(msg, &h) {
+                    Some((peer, connection_id)) => {
+                        self.events.push_back(Event::ConnectionAttempt {
+                            peer,
+                            connection_id,
+                        })
+                    }
+                    None => self.stats.malformed += 1,
+                }
+                None
+            }
             (Class::Success | Class::Error, _) => {
                 self.on_response(msg, &h, now);
                 None
@@ -1006,6 +1078,18 @@ impl Client {
                         .push_back(Event::PermissionCreated { peers: fresh });
                 }
             }
+            Op::Connect(peer) => match resp.connection_id {
+                Some(connection_id) => self.events.push_back(Event::Connected {
+                    peer,
+                    connection_id,
+                }),
+                None => self.fail(
+                    Op::Connect(peer),
+                    ClientError::Malformed("Connect success without CONNECTION-ID"),
+                ),
+            },
+            // Sent on data connections by `ConnectionBind`, never here.
+            Op::ConnectionBind(_) => {}
             Op::ChannelBind { channel, peer } => {
                 let Some(c) = self.channels.get_mut(&peer).filter(|c| c.number == channel) else {
                     return;
@@ -1070,6 +1154,8 @@ impl Client {
                 self.events
                     .push_back(Event::PermissionFailed { peers, error });
             }
+            Op::Connect(peer) => self.events.push_back(Event::ConnectFailed { peer, error }),
+            Op::ConnectionBind(_) => {}
             Op::ChannelBind { channel, peer } => {
                 // The peer keeps its number (see `Channel`): after a timeout
                 // the server may hold the binding and relay on it. An error

@@ -27,6 +27,20 @@ impl Transport {
     }
 }
 
+/// What the relayed transport address relays (RFC 8656 §7.1 REQUESTED-TRANSPORT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RelayedTransport {
+    /// UDP datagrams (RFC 8656).
+    #[default]
+    Udp,
+    /// TCP connections (RFC 6062): over a TCP or TLS control connection
+    /// only; peers are reached with [`Client::connect`](super::Client::connect)
+    /// and come in as [`Event::ConnectionAttempt`](super::Event::ConnectionAttempt),
+    /// each data connection bound with
+    /// [`Client::connection_bind`](super::Client::connection_bind).
+    Tcp,
+}
+
 /// Which relayed address families to ask for (RFC 8656 §7.1, RFC 6156).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum AddressFamily {
@@ -113,6 +127,8 @@ pub struct Config {
     pub credentials: Credentials,
     /// Relayed address families to ask for.
     pub family: AddressFamily,
+    /// UDP (the default) or TCP (RFC 6062) relaying.
+    pub relayed: RelayedTransport,
     /// LIFETIME to request (RFC 8656 §7.2: the server picks the lifetime,
     /// by default 600 s). `None` sends no LIFETIME attribute.
     pub lifetime: Option<Duration>,
@@ -147,6 +163,7 @@ impl Config {
             transport,
             credentials,
             family: AddressFamily::V4,
+            relayed: RelayedTransport::Udp,
             lifetime: None,
             dont_fragment: false,
             port: None,

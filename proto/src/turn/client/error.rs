@@ -84,6 +84,14 @@ pub enum ClientError {
         /// The alternate.
         to: SocketAddr,
     },
+    /// 446 to a Connect (RFC 6062 §5.2): a connection to that peer exists
+    /// or is being made.
+    #[error("a connection to that peer already exists (446)")]
+    ConnectionAlreadyExists,
+    /// 447 to a Connect (RFC 6062 §5.2): the relay could not reach the
+    /// peer (refused, unreachable, or no answer within 30 s).
+    #[error("the relay could not connect to the peer (447)")]
+    ConnectionFailed,
     /// Any other error code.
     #[error("the server answered error {0}")]
     Other(u16),
@@ -100,6 +108,8 @@ impl ClientError {
             440 => ClientError::AddressFamilyNotSupported,
             442 => ClientError::UnsupportedTransport,
             443 => ClientError::PeerAddressFamilyMismatch,
+            446 => ClientError::ConnectionAlreadyExists,
+            447 => ClientError::ConnectionFailed,
             486 => ClientError::QuotaReached,
             508 => ClientError::InsufficientCapacity,
             c => ClientError::Other(c),
@@ -137,6 +147,13 @@ pub enum UsageError {
         /// The server's answer.
         error: ClientError,
     },
+    /// Connect and ConnectionBind need a TCP allocation (RFC 6062), and
+    /// data over it goes on its data connections, not in Send
+    /// indications.
+    #[error(
+        "not a TCP allocation (RFC 6062): allocate with RelayedTransport::Tcp over TCP or TLS"
+    )]
+    NotTcpAllocation,
     /// The output buffer cannot hold the message.
     #[error("output buffer too small")]
     BufferTooSmall,

@@ -480,6 +480,150 @@ fn try_alternate_is_followed_once() {
     assert!(c.poll_transmit().is_none());
 }
 
+/// RFC 6062: a TCP allocation asks for protocol 6, Connect gives a
+/// CONNECTION-ID (or 446/447), ConnectionAttempt indications become
+/// events, and a data connection's ConnectionBind is signed, retried once
+/// with the nonce a 438 brings, and ends Bound.
+#[test]
+fn tcp_allocations_connect_accept_and_bind() {
+    let fake = Fake::md5();
+    let t0 = Instant::now();
+    let mut cfg = config(Transport::Tcp);
+    cfg.relayed = RelayedTransport::Tcp;
+    let mut c = Client::new(cfg, t0);
+    let r = next_req(&mut c);
+    assert_eq!(r.get(attr::REQUESTED_TRANSPORT), Some(vec![6, 0, 0, 0]));
+    c.handle_input(&fake.unauthorized(&r), t0);
+    let r = next_req(&mut c);
+    let key = fake.check_auth(&r);
+    c.handle_input(&fake.allocate_ok(&r, &key, &[relayed()], 600), t0);
+    assert!(matches!(events(&mut c)[..], [Event::Allocated { .. }]));
+
+    // Connect: the peer in XOR-PEER-ADDRESS; success carries CONNECTION-ID.
+    let p = peer(1, 8080);
+    c.connect(p, t0).unwrap();
+    let r = next_req(&mut c);
+    assert_eq!(r.method(), method::CONNECT);
+    assert_eq!(r.peers(), vec![p]);
+    fake.check_auth(&r);
+    let ok = fake.respond(&r, Class::Success, Some(&key), |w| {
+        w.u32(attr::CONNECTION_ID, 0x1234).unwrap()
+    });
+    c.handle_input(&ok, t0);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Connected {
+            peer: p,
+            connection_id: 0x1234
+        }]
+    );
+    for (code, want) in [
+        (446, ClientError::ConnectionAlreadyExists),
+        (447, ClientError::ConnectionFailed),
+        (403, ClientError::Forbidden),
+    ] {
+        c.connect(p, t0).unwrap();
+        let r = next_req(&mut c);
+        c.handle_input(&fake.error(&r, code, Some(&key)), t0);
+        assert_eq!(
+            events(&mut c),
+            vec![Event::ConnectFailed {
+                peer: p,
+                error: want
+            }]
+        );
+    }
+    assert_eq!(
+        c.state(),
+        State::Allocated,
+        "a failed Connect keeps the allocation"
+    );
+
+    // A peer connecting in: a ConnectionAttempt indication.
+    let mut buf = vec![0u8; 256];
+    let mut w = Writer::new(
+        &mut buf,
+        method::CONNECTION_ATTEMPT,
+        Class::Indication,
+        &[9; 12],
+    )
+    .unwrap();
+    w.xor_address(attr::XOR_PEER_ADDRESS, peer(2, 4000))
+        .unwrap();
+    w.u32(attr::CONNECTION_ID, 77).unwrap();
+    let n = w.fingerprint().unwrap();
+    assert!(c.recv(&buf[..n], t0).is_none());
+    assert_eq!(
+        events(&mut c),
+        vec![Event::ConnectionAttempt {
+            peer: peer(2, 4000),
+            connection_id: 77
+        }]
+    );
+
+    // The data connection: ConnectionBind with CONNECTION-ID, signed.
+    let mut b = c.connection_bind(77).unwrap();
+    let req = |b: &ConnectionBind| {
+        let h = parse_datagram(b.request()).unwrap();
+        Req {
+            bytes: b.request().to_vec(),
+            header: h,
+        }
+    };
+    let r = req(&b);
+    assert_eq!(r.method(), method::CONNECTION_BIND);
+    assert_eq!(
+        r.get(attr::CONNECTION_ID),
+        Some(77u32.to_be_bytes().to_vec())
+    );
+    fake.check_auth(&r);
+    // Another 5-tuple: the server wants its own nonce; one retry.
+    let mut fake2 = Fake::md5();
+    let stale = fake2.stale(&r, "nonce-for-the-data-connection");
+    assert_eq!(b.handle_response(&stale), BindOutcome::Retry);
+    let r2 = req(&b);
+    assert_ne!(r2.tid(), r.tid());
+    fake2.check_auth(&r2);
+    // Answers to another transaction, or unsigned, are ignored.
+    assert_eq!(b.handle_response(&fake.ok(&r, &key)), BindOutcome::Ignored);
+    let unsigned = fake2.respond(&r2, Class::Success, None, |_| {});
+    assert_eq!(b.handle_response(&unsigned), BindOutcome::Ignored);
+    assert_eq!(b.handle_response(&fake2.ok(&r2, &key)), BindOutcome::Bound);
+    // A second 438 is not retried; a 400 (unknown id) fails.
+    let mut b = c.connection_bind(78).unwrap();
+    let r = req(&b);
+    assert_eq!(
+        b.handle_response(&fake2.stale(&r, "n2")),
+        BindOutcome::Retry
+    );
+    let r = req(&b);
+    assert!(matches!(
+        b.handle_response(&fake2.stale(&r, "n3")),
+        BindOutcome::Failed(ClientError::StaleNonceLoop { .. })
+    ));
+    let mut b = c.connection_bind(79).unwrap();
+    let r = req(&b);
+    assert_eq!(
+        b.handle_response(&fake.error(&r, 400, Some(&key))),
+        BindOutcome::Failed(ClientError::Other(400))
+    );
+}
+
+#[test]
+fn tcp_calls_need_a_tcp_allocation() {
+    let (mut c, _, t0) = allocated(&Fake::md5(), config(Transport::Udp));
+    assert_eq!(
+        c.connect(peer(1, 80), t0),
+        Err(UsageError::NotTcpAllocation)
+    );
+    assert_eq!(
+        c.connection_bind(1).err(),
+        Some(UsageError::NotTcpAllocation)
+    );
+    let c = Client::new(config(Transport::Tcp), t0);
+    assert_eq!(c.connection_bind(1).err(), Some(UsageError::NotAllocated));
+}
+
 #[test]
 fn forged_and_malformed_responses_are_ignored() {
     let fake = Fake::md5();

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::config::{AddressFamily, Config, PortRequest};
+use super::config::{AddressFamily, Config, PortRequest, RelayedTransport};
 use super::error::ClientError;
 use crate::integrity::{LongTermKey, PasswordAlgorithm};
 use crate::raw::{self, attr, method, Attributes, Class, Header, RawError};
@@ -14,6 +14,8 @@ use crate::writer::Writer;
 /// RFC 8656 §14.7: REQUESTED-TRANSPORT carries the IANA protocol number;
 /// 17 is UDP, the only relayed transport RFC 8656 defines.
 const PROTOCOL_UDP: u8 = 17;
+/// RFC 6062 §6.1: TCP.
+const PROTOCOL_TCP: u8 = 6;
 
 /// Space for everything in a request but the variable-length strings and
 /// peers: header, LIFETIME, transport, family, EVEN-PORT or token,
@@ -50,6 +52,11 @@ pub(crate) enum Op {
         channel: u16,
         peer: SocketAddr,
     },
+    /// RFC 6062 §4.3: the relay connects to the peer.
+    Connect(SocketAddr),
+    /// RFC 6062 §4.4: on a new data connection, tie it to a peer
+    /// connection.
+    ConnectionBind(u32),
 }
 
 impl Op {
@@ -59,6 +66,8 @@ impl Op {
             Op::Refresh(_) => method::REFRESH,
             Op::CreatePermission(_) => method::CREATE_PERMISSION,
             Op::ChannelBind { .. } => method::CHANNEL_BIND,
+            Op::Connect(_) => method::CONNECT,
+            Op::ConnectionBind(_) => method::CONNECTION_BIND,
         }
     }
 }
@@ -99,7 +108,11 @@ fn write_request(
     match op {
         Op::Allocate => {
             // RFC 8656 §7.1 and §14.7: the protocol number, then 24 RFFU bits.
-            w.bytes(attr::REQUESTED_TRANSPORT, &[PROTOCOL_UDP, 0, 0, 0])?;
+            let protocol = match cfg.relayed {
+                RelayedTransport::Udp => PROTOCOL_UDP,
+                RelayedTransport::Tcp => PROTOCOL_TCP,
+            };
+            w.bytes(attr::REQUESTED_TRANSPORT, &[protocol, 0, 0, 0])?;
             if let Some(l) = cfg.lifetime {
                 w.u32(attr::LIFETIME, l.as_secs().min(u32::MAX as u64) as u32)?;
             }
@@ -145,6 +158,8 @@ fn write_request(
             w.bytes(attr::CHANNEL_NUMBER, &[c[0], c[1], 0, 0])?;
             w.xor_address(attr::XOR_PEER_ADDRESS, *peer)?;
         }
+        Op::Connect(peer) => w.xor_address(attr::XOR_PEER_ADDRESS, *peer)?,
+        Op::ConnectionBind(id) => w.u32(attr::CONNECTION_ID, *id)?,
     }
     if let Some(a) = auth {
         // RFC 8489 §9.2.4: USERNAME, REALM, NONCE, and with a
@@ -199,6 +214,8 @@ pub(crate) struct Response {
     pub mapped: Option<SocketAddr>,
     pub lifetime: Option<u32>,
     pub reservation_token: Option<u64>,
+    /// CONNECTION-ID of a Connect success (RFC 6062 §6.2.1).
+    pub connection_id: Option<u32>,
     /// ALTERNATE-SERVER of a 300 (RFC 8489 §14.15).
     pub alternate: Option<SocketAddr>,
     /// ALTERNATE-DOMAIN (RFC 8489 §14.16).
@@ -250,6 +267,9 @@ pub(crate) fn parse_response(msg: &[u8], h: &Header) -> Result<Response, Malform
             attr::RESERVATION_TOKEN if r.reservation_token.is_none() => {
                 r.reservation_token = raw::decode_u64(a.value)
             }
+            attr::CONNECTION_ID if r.connection_id.is_none() => {
+                r.connection_id = raw::decode_u32(a.value)
+            }
             attr::ALTERNATE_SERVER if r.alternate.is_none() => {
                 r.alternate = raw::decode_address(a.value)
             }
@@ -289,6 +309,24 @@ pub(crate) fn parse_data_indication<'a>(
         }
     }
     Some((peer?, data?))
+}
+
+/// The peer and CONNECTION-ID of a ConnectionAttempt indication
+/// (RFC 6062 §4.5). `None` when either is missing.
+pub(crate) fn parse_connection_attempt(msg: &[u8], h: &Header) -> Option<(SocketAddr, u32)> {
+    let mut peer = None;
+    let mut id = None;
+    for a in Attributes::new(msg, h) {
+        let a = a.ok()?;
+        match a.typ {
+            attr::XOR_PEER_ADDRESS if peer.is_none() => {
+                peer = raw::decode_xor_address(a.value, &h.transaction_id)
+            }
+            attr::CONNECTION_ID if id.is_none() => id = raw::decode_u32(a.value),
+            _ => {}
+        }
+    }
+    Some((peer?, id?))
 }
 
 /// Write a Send indication (RFC 8656 §11.1) carrying `data` to `peer` into
