@@ -2,9 +2,9 @@
 //!
 //! | module | what it does |
 //! |---|---|
-//! | [`client`] | a TURN client: allocate (with the 401/438 dance), refresh, permissions, channels, Send/Data |
+//! | [`client`] | a TURN client: allocate (with the 401/438 dance), refresh, permissions, channels, Send/Data, TCP allocations (RFC 6062), following 300 Try Alternate once |
 //! | [`request`] | zero-allocation parsing of TURN attributes |
-//! | [`server`] | the relay's protocol core: allocations, auth, permissions, channels, the data path |
+//! | [`server`] | the relay's protocol core: allocations, auth, permissions, channels, the data path, usage records, 300 Try Alternate |
 
 pub mod client;
 pub mod request;
