@@ -489,12 +489,7 @@ impl Worker {
         self.ship_usage();
         // Metrics first: a client that reads them after its answer sees
         // what the answer did (send errors of this flush count next round).
-        let live = self.core.allocation_count();
-        self.counters.flush(
-            &mut self.core.stats,
-            live,
-            std::mem::take(&mut self.send_errors),
-        );
+        publish(&mut self.counters, &mut self.core, &mut self.send_errors);
         for (i, b) in self.tx.iter_mut().enumerate() {
             if b.is_empty() {
                 continue;
@@ -541,6 +536,7 @@ impl Worker {
             send_errors,
             poll,
             relay_out,
+            counters,
             ..
         } = self;
         let Some(sock) = listeners.get(i) else {
@@ -604,6 +600,9 @@ impl Worker {
                     ClientAction::Drop(_) => {}
                 }
             }
+            // Metrics first, as in `flush`: whoever sees the data arrive
+            // then reads metrics that count it.
+            publish(counters, core, send_errors);
             // Before the next receive overwrites the batch's buffers.
             relay_out.flush(env.relays, rx, send_errors);
             // recvmmsg returned less than a full batch: the queue was empty
@@ -626,6 +625,7 @@ impl Worker {
             streams,
             send_errors,
             client_out,
+            counters,
             ..
         } = self;
         let mut errors = 0;
@@ -686,6 +686,8 @@ impl Worker {
                     }
                 }
             }
+            // Metrics first (see `drain_listener`).
+            publish(counters, core, send_errors);
             client_out.flush(listeners, tx, send_errors);
             if n < BATCH {
                 return true;
@@ -815,6 +817,14 @@ impl Worker {
         self.ship_usage();
         self.streams.remove(&conn);
     }
+}
+
+/// Add what the core counted since the last call (and the send errors) to
+/// the shared metrics. Called before the answers and data it counts leave,
+/// so whoever sees them arrive reads metrics that include them.
+fn publish(counters: &mut WorkerCounters, core: &mut Server, send_errors: &mut u64) {
+    let live = core.allocation_count();
+    counters.flush(&mut core.stats, live, std::mem::take(send_errors));
 }
 
 /// Whether `data` is a STUN request (RFC 8489 §5: class bits C1 C0 both
