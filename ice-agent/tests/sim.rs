@@ -920,3 +920,68 @@ mod chaos {
         }
     }
 }
+
+/// A on a public address, B behind a full-cone NAT with a relayed
+/// candidate A was never told of (allocated after B's description went
+/// out, with nothing to trickle it over). B's checks from its relay reach
+/// A as a peer-reflexive candidate. Between natkit agents that candidate
+/// carries B's relayed priority (natkit's `check_priority`), so both rank
+/// the direct pair to B's server-reflexive address above the relayed one
+/// and agree on it: with §7.1.1's peer-reflexive priority A ranked B's
+/// relay above the direct path and ignored B's nomination of the direct
+/// pair as stale (the NAT lab's port-mapped runs that stayed relayed).
+/// A standard peer still gets §7.1.1's value.
+#[test]
+fn a_relay_learned_from_checks_ranks_as_the_relay_it_is() {
+    for natkit in [true, false] {
+        let stun: SocketAddr = addr("192.0.2.200:3478");
+        let mut sim = Sim::new(
+            [config(Role::Controlled, 5), config(Role::Controlling, 6)],
+            [&["203.0.113.10:1000"], &["10.0.1.1:2000"]],
+            [
+                None,
+                Some(Nat::new(
+                    "198.51.100.1",
+                    Mapping::EndpointIndependent,
+                    Filtering::EndpointIndependent,
+                )),
+            ],
+            7,
+        );
+        sim.gather_srflx(1, addr("10.0.1.1:2000"), stun);
+        let b_relay = sim.add_relay(1, addr("192.0.2.100:50001"), addr("192.0.2.100:3478"));
+        sim.give_credentials(0, 1);
+        sim.give_credentials(1, 0);
+        sim.give_candidates(0, 1, true);
+        sim.give_candidates_where(1, 0, true, |c| c.addr != b_relay.addr);
+        if natkit {
+            sim.announce_options();
+        }
+        assert!(sim.run(Duration::from_secs(5), |s| s.both_connected()));
+        assert!(sim.run_for(Duration::from_secs(10), |s| s.checking_over()));
+        let learned = sim.nodes[0]
+            .agent
+            .remote_candidates()
+            .iter()
+            .find(|c| c.addr == b_relay.addr)
+            .expect("A learned B's relay from its checks")
+            .clone();
+        assert_eq!(learned.kind, CandidateKind::PeerReflexive);
+        let (a, b) = (final_selected(&sim, 0), final_selected(&sim, 1));
+        assert_same_path(&a, &b);
+        if natkit {
+            assert_eq!(learned.priority, b_relay.priority, "natkit: {learned}");
+            assert_ne!(b.local.kind, CandidateKind::Relayed, "natkit: B {b}");
+            assert_ne!(a.remote.addr, b_relay.addr, "natkit: A {a}");
+        } else {
+            assert_eq!(
+                learned.priority,
+                natkit_ice::candidate::candidate_priority(
+                    CandidateKind::PeerReflexive,
+                    b_relay.local_preference()
+                ),
+                "standard: {learned}"
+            );
+        }
+    }
+}

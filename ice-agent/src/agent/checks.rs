@@ -27,6 +27,32 @@ impl Agent {
             .count()
     }
 
+    /// The PRIORITY a check from local candidate `l` carries.
+    ///
+    /// RFC 8445 §7.1.1 gives it the peer-reflexive type preference, the
+    /// priority of the candidate the peer learns should our check arrive
+    /// from an address it was not told of. From a relayed base that
+    /// address is our relayed candidate itself (the relay sends from it),
+    /// so a peer that has not been told of it yet (a relayed candidate
+    /// allocated after the description went out, or not trickled) learns
+    /// our relay as peer-reflexive, type preference 110: above every
+    /// direct server-reflexive (100) and port-mapped (105) pair, while we
+    /// rank the same path by our relayed candidate (0). natkit's
+    /// renomination needs both agents to rank valid pairs alike
+    /// ([`IceOptions::renomination`](crate::IceOptions)); with the two
+    /// rankings apart the peer ignored our upward renomination to the
+    /// direct path as stale and the session stayed on the relay (the NAT
+    /// lab's port-mapped runs, docs/NAT-MATRIX.md). So between natkit
+    /// agents a check from a relayed base carries the relayed candidate's
+    /// own priority; a standard peer gets §7.1.1's value.
+    pub(super) fn check_priority(&self, l: &Candidate) -> u32 {
+        if l.kind == CandidateKind::Relayed && self.remote_options.renomination {
+            l.priority
+        } else {
+            l.peer_reflexive_priority()
+        }
+    }
+
     /// Send a check on pair `p` (RFC 8445 §7.2.4).
     pub(super) fn start_check(
         &mut self,
@@ -45,7 +71,7 @@ impl Agent {
         let req = CheckRequest {
             username: &username,
             key: rc.pwd.as_bytes(),
-            priority: l.peer_reflexive_priority(),
+            priority: self.check_priority(l),
             role: self.role,
             tiebreaker: self.tiebreaker,
             use_candidate: use_candidate || nominates,
