@@ -206,8 +206,15 @@ impl NatKind {
     /// disabled" and answers every request with an error (UPnP 501,
     /// NAT-PMP 3 "network failure"). RFC 6887 §5 leaves that case to a
     /// PCP server on the CGN itself, which real carriers rarely run.
+    ///
+    /// Nor on the UDP-blocked network: its block is the network's policy
+    /// (a firewall the user cannot ask), not a home gateway's. In the lab
+    /// miniupnpd there did open it: a mapped port's inbound flows pass the
+    /// router's forward chain as its own DNAT (`ct status dnat`) and the
+    /// answers as established, so the peer connected directly over UDP
+    /// through a network that "lets out no UDP".
     pub fn port_mapping_possible(self) -> bool {
-        !self.is_public() && self != NatKind::DoubleNat
+        !self.is_public() && !matches!(self, NatKind::DoubleNat | NatKind::UdpBlocked)
     }
 
     /// Whether UDP gets out of the site at all.
