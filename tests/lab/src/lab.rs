@@ -214,7 +214,7 @@ fn work_dir(tag: &str, owner: &str) -> PathBuf {
     std::env::temp_dir().join(format!("natkit-lab-{tag}-{owner}"))
 }
 
-/// The next free /28 block of 192.0.2.0/24, counting `used` up.
+/// The next free /29 block of 192.0.2.0/24, counting `used` up.
 fn next_block(used: &mut usize) -> Result<usize> {
     let b = *used;
     if b >= addr::MAX_BLOCKS {
@@ -246,7 +246,10 @@ impl Lab {
         let t0 = Instant::now();
         spec.validate()?;
         if spec.sites.len() > addr::MAX_BLOCKS {
-            return Err(LabError::Topology("at most 16 sites".into()));
+            return Err(LabError::Topology(format!(
+                "at most {} sites",
+                addr::MAX_BLOCKS
+            )));
         }
         if tag.is_empty()
             || !tag

@@ -5,14 +5,16 @@
 //! natkit-lab status                                                what `up` left running
 //! natkit-lab down                                                  tear it down
 //! natkit-lab netcheck [--kinds K,K...]                             natkit netcheck in each NAT, checked
-//! natkit-lab matrix [--kinds K,K...] [--repetitions N] [--json FILE] [--markdown FILE]  the connection matrix
+//! natkit-lab matrix [--kinds K,K...] [--pairs all|hard] [--repetitions N]
+//!                   [--hard-repetitions N [--hard-profile P]] [--json FILE] [--markdown FILE]
+//!                                                                  the connection matrix
 //! ```
 //!
 //! `up` and `matrix` also take `--profile unshaped|lan|broadband|mobile`
-//! (latency, jitter and loss of every site's access link; `matrix` takes a
-//! comma-separated list and runs once per profile), `--port-mapping
+//! (latency, jitter and loss of every site's access link), `--port-mapping
 //! off|on|refuse` (miniupnpd on every single NAT) and `--udp-timeout SECS` (the
-//! NATs' UDP mapping lifetime).
+//! NATs' UDP mapping lifetime). `matrix` takes comma-separated lists of
+//! profiles and port-mapping settings and runs once per combination.
 //!
 //! Needs root, iproute2, nftables and conntrack (scripts/deps/lab.sh).
 
@@ -24,7 +26,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use natkit_lab::lab::{clean, PERSISTENT_OWNER};
 use natkit_lab::link::{self, LinkProfile};
-use natkit_lab::matrix::{self, MatrixSpec};
+use natkit_lab::matrix::{self, MatrixSpec, Page, PairSet};
 use natkit_lab::{netcheck, netns, Lab, NatKind, PortMapping, TopologySpec};
 
 /// The tag of labs `up` leaves running.
@@ -59,10 +61,12 @@ struct SiteOptions {
     #[arg(long, default_value = "unshaped", value_delimiter = ',', value_parser = parse_profile)]
     profile: Vec<LinkProfile>,
     /// miniupnpd (UPnP IGD, NAT-PMP, PCP) on every single NAT (none on
-    /// double-nat sites, whose carrier-grade NAT a mapping cannot open):
+    /// double-nat sites, whose carrier-grade NAT a mapping cannot open,
+    /// nor on udp-blocked ones, whose network's policy it must not):
     /// off, on, or refuse (answers every request with an error).
-    #[arg(long, default_value = "off", value_parser = parse_port_mapping)]
-    port_mapping: PortMapping,
+    /// `matrix` takes several (comma-separated) and runs once per setting.
+    #[arg(long, default_value = "off", value_delimiter = ',', value_parser = parse_port_mapping)]
+    port_mapping: Vec<PortMapping>,
     /// The NATs' UDP mapping lifetime in seconds (default: conntrack's,
     /// 30 s unanswered, 120 s answered).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -70,20 +74,18 @@ struct SiteOptions {
 }
 
 impl SiteOptions {
-    /// The one profile `up` builds with.
-    fn single_profile(&self) -> anyhow::Result<LinkProfile> {
-        match self.profile[..] {
-            [p] => Ok(p),
-            _ => bail!("give one --profile here (matrix takes several)"),
+    /// The one profile and port-mapping setting `up` builds with.
+    fn single(&self) -> anyhow::Result<(LinkProfile, PortMapping)> {
+        match (&self.profile[..], &self.port_mapping[..]) {
+            ([p], [m]) => Ok((*p, *m)),
+            _ => bail!("give one --profile and one --port-mapping here (matrix takes several)"),
         }
     }
 
     /// `spec` with these options on every site, its links shaped as
-    /// `profile`.
-    fn apply(&self, spec: TopologySpec, profile: LinkProfile) -> TopologySpec {
-        let mut t = spec
-            .with_profile(profile)
-            .with_port_mapping(self.port_mapping);
+    /// `profile`, port mapping as `pm`.
+    fn apply(&self, spec: TopologySpec, profile: LinkProfile, pm: PortMapping) -> TopologySpec {
+        let mut t = spec.with_profile(profile).with_port_mapping(pm);
         if let Some(secs) = self.udp_timeout {
             for s in &mut t.sites {
                 s.udp_timeout = Some(secs);
@@ -91,6 +93,14 @@ impl SiteOptions {
         }
         t
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Pairs {
+    /// Every pair of the kinds.
+    All,
+    /// Only the hard pairs.
+    Hard,
 }
 
 #[derive(Subcommand)]
@@ -153,10 +163,23 @@ enum Command {
         /// The peers' --timeout, seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Which pairs of the kinds: all, or only the hard ones (UDP open,
+        /// a symmetric side, and plain hole punching unable to connect
+        /// them).
+        #[arg(long, value_enum, default_value = "all")]
+        pairs: Pairs,
         /// Run each pair this many times (success rates and time-to-direct
         /// percentiles per pair; the rounds are interleaved).
         #[arg(long, default_value_t = 1)]
         repetitions: usize,
+        /// After the matrices, run the hard pairs of the kinds this many
+        /// times each, once per --port-mapping setting, in --hard-profile
+        /// (their own section of the page, and the goals' success rates).
+        #[arg(long, default_value_t = 0)]
+        hard_repetitions: usize,
+        /// The link profile of the hard pairs' repetitions.
+        #[arg(long, default_value = "broadband", value_parser = parse_profile)]
+        hard_profile: LinkProfile,
         /// Write the matrix as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -219,7 +242,10 @@ fn main() -> anyhow::Result<()> {
             spread,
             concurrency,
             timeout,
+            pairs,
             repetitions,
+            hard_repetitions,
+            hard_profile,
             json,
             markdown,
             sites,
@@ -236,8 +262,14 @@ fn main() -> anyhow::Result<()> {
                 peer_timeout: Duration::from_secs(timeout),
                 pair_limit: Duration::from_secs(timeout * 2 + 10),
                 repetitions: repetitions.max(1),
+                port_mapping: PortMapping::Off,
+                only: match pairs {
+                    Pairs::All => PairSet::All,
+                    Pairs::Hard => PairSet::Hard,
+                },
             };
-            run_matrix(&spec, sites, json, markdown)
+            let hard = (hard_repetitions > 0).then_some((hard_repetitions, hard_profile));
+            run_matrix(&spec, sites, hard, json, markdown)
         }
     }
 }
@@ -251,7 +283,7 @@ fn kinds_or_all(kinds: Vec<NatKind>) -> Vec<NatKind> {
 }
 
 fn up(topology: Topology, kinds: Vec<NatKind>, sites: SiteOptions) -> anyhow::Result<()> {
-    let profile = sites.single_profile()?;
+    let (profile, pm) = sites.single()?;
     let spec = sites.apply(
         match (topology, kinds.is_empty()) {
             (Topology::Everything, true) => TopologySpec::everything(),
@@ -259,6 +291,7 @@ fn up(topology: Topology, kinds: Vec<NatKind>, sites: SiteOptions) -> anyhow::Re
             (Topology::Matrix, _) => TopologySpec::pairs(&kinds_or_all(kinds)),
         },
         profile,
+        pm,
     );
     let lab = Lab::build_persistent(UP_TAG, &spec).context("building the lab")?;
     let s = lab.servers();
@@ -380,30 +413,75 @@ fn run_netcheck(kinds: Vec<NatKind>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The 1-minute load average now (`uptime`'s first figure).
+fn load_now() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Build the lab for `spec` in `profile` and run it.
+fn run_one(
+    spec: &MatrixSpec,
+    sites: &SiteOptions,
+    profile: LinkProfile,
+) -> anyhow::Result<matrix::Matrix> {
+    let lab = Lab::build(
+        "mxcli",
+        &sites.apply(spec.topology(), profile, spec.port_mapping),
+    )
+    .context("building the lab")?;
+    eprintln!(
+        "lab of {} sites ({} links, port mapping {}) built in {:?}; {} runs, {} at a time; load {}",
+        lab.sites().len(),
+        profile.name(),
+        spec.port_mapping,
+        lab.build_time(),
+        spec.runs().len(),
+        spec.concurrency,
+        load_now()
+    );
+    let m = matrix::run(&lab, spec, &|c| {
+        eprintln!("  {} x {}: {}", c.listen, c.connect, c.short());
+    });
+    print!("{}", m.table());
+    Ok(m)
+}
+
 fn run_matrix(
     spec: &MatrixSpec,
     sites: SiteOptions,
+    hard: Option<(usize, LinkProfile)>,
     json: Option<PathBuf>,
     markdown: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
+    let load_start = load_now();
     let mut runs = Vec::new();
     for &profile in &sites.profile {
-        let lab = Lab::build("mxcli", &sites.apply(spec.topology(), profile))
-            .context("building the lab")?;
-        eprintln!(
-            "lab of {} sites ({} links) built in {:?}; {} runs, {} at a time",
-            lab.sites().len(),
-            profile.name(),
-            lab.build_time(),
-            spec.runs().len(),
-            spec.concurrency
-        );
-        let m = matrix::run(&lab, spec, &|c| {
-            eprintln!("  {} x {}: {}", c.listen, c.connect, c.short());
-        });
-        print!("{}", m.table());
-        runs.push(m);
+        for &pm in &sites.port_mapping {
+            let spec = MatrixSpec {
+                port_mapping: pm,
+                ..spec.clone()
+            };
+            runs.push(run_one(&spec, &sites, profile)?);
+        }
+    }
+    let mut hard_runs = Vec::new();
+    if let Some((repetitions, profile)) = hard {
+        for &pm in &sites.port_mapping {
+            let spec = MatrixSpec {
+                port_mapping: pm,
+                only: PairSet::Hard,
+                repetitions,
+                ..spec.clone()
+            };
+            if spec.pairs().is_empty() {
+                bail!("no hard pairs among the kinds (give a symmetric kind and one it cannot punch plainly)");
+            }
+            hard_runs.push(run_one(&spec, &sites, profile)?);
+        }
     }
     eprintln!("took {:.1} s", t0.elapsed().as_secs_f64());
     let command = std::iter::once("natkit-lab".to_string())
@@ -411,16 +489,27 @@ fn run_matrix(
         .collect::<Vec<_>>()
         .join(" ");
     let when = matrix::utc_now();
+    let load = format!(
+        "{load_start} at the start, {} at the end (1 minute)",
+        load_now()
+    );
+    let page = Page {
+        command: &command,
+        when: &when,
+        load: &load,
+        matrices: &runs,
+        hard: &hard_runs,
+    };
     if let Some(p) = json {
-        let doc = matrix::json(&runs, &command, &when);
+        let doc = matrix::json(&page);
         std::fs::write(&p, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = markdown {
-        std::fs::write(&p, matrix::markdown(&runs, &command, &when))
+        std::fs::write(&p, matrix::markdown(&page))
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    if !runs.iter().all(|m| m.all_ok()) {
+    if !runs.iter().chain(&hard_runs).all(|m| m.all_ok()) {
         bail!("some pairs failed");
     }
     Ok(())

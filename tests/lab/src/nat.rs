@@ -206,8 +206,15 @@ impl NatKind {
     /// disabled" and answers every request with an error (UPnP 501,
     /// NAT-PMP 3 "network failure"). RFC 6887 §5 leaves that case to a
     /// PCP server on the CGN itself, which real carriers rarely run.
+    ///
+    /// Nor on the UDP-blocked network: its block is the network's policy
+    /// (a firewall the user cannot ask), not a home gateway's. In the lab
+    /// miniupnpd there did open it: a mapped port's inbound flows pass the
+    /// router's forward chain as its own DNAT (`ct status dnat`) and the
+    /// answers as established, so the peer connected directly over UDP
+    /// through a network that "lets out no UDP".
     pub fn port_mapping_possible(self) -> bool {
-        !self.is_public() && self != NatKind::DoubleNat
+        !self.is_public() && !matches!(self, NatKind::DoubleNat | NatKind::UdpBlocked)
     }
 
     /// Whether UDP gets out of the site at all.
@@ -243,12 +250,47 @@ impl NatKind {
     /// other side's mapping is endpoint-independent, whatever it filters:
     /// natkit's hard-NAT punch (many sockets on the hard side, many probed
     /// ports from the easy side) meets there. Two such mappings face each
-    /// other only through the relay (or a port mapping, not counted here).
+    /// other only through the relay (or a port mapping: [`NatSide`]).
+    ///
+    /// The preserving symmetric NAT counts as hard like the others, as
+    /// natkit sees it: its gathering asks the STUN server from one socket at
+    /// two addresses, the first flow keeps the socket's port and the second
+    /// finds that port held and gets a random one, so natkit announces a
+    /// hard mapping. Facing an easy side, the punch works as with the random
+    /// allocator (each of the hard side's fresh sockets keeps its own port,
+    /// which is as unpredictable to the peer as a random one); facing
+    /// another hard side, natkit tries nothing and relays.
     pub fn natkit_direct(self, other: NatKind) -> bool {
         self.direct_possible(other)
             || (self.udp_allowed()
                 && other.udp_allowed()
                 && !(self.endpoint_dependent_mapping() && other.endpoint_dependent_mapping()))
+    }
+}
+
+/// One side of a pair in the matrix: its NAT, and whether that NAT maps a
+/// port for it (PCP, NAT-PMP or UPnP IGD answered: a port-mapped candidate,
+/// open to every remote address and port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatSide {
+    /// The NAT.
+    pub kind: NatKind,
+    /// Whether the peer gets a port mapping from it.
+    pub mapped: bool,
+}
+
+impl NatSide {
+    /// Whether two natkit peers on `self` and `other` connect directly:
+    /// where [`NatKind::natkit_direct`] says so, and wherever either side
+    /// has a port mapping and both get UDP out. A port-mapped candidate is
+    /// an endpoint-independent mapping with endpoint-independent filtering
+    /// (the gateway forwards the external port whoever sends to it,
+    /// RFC 6887 §11.1), so the other side's checks reach it from whatever
+    /// port its own NAT picks, and the answers go back on the mapping those
+    /// checks opened: two symmetric NATs meet that way.
+    pub fn natkit_direct(self, other: NatSide) -> bool {
+        let udp = self.kind.udp_allowed() && other.kind.udp_allowed();
+        self.kind.natkit_direct(other.kind) || (udp && (self.mapped || other.mapped))
     }
 }
 
@@ -537,6 +579,24 @@ mod tests {
         }
         assert!(PortRestrictedCone.natkit_direct(DoubleNat));
         assert!(!UdpBlocked.natkit_direct(Open));
+    }
+
+    #[test]
+    fn a_port_mapping_on_either_side_makes_two_hard_nats_direct() {
+        use NatKind::*;
+        let side = |kind, mapped| NatSide { kind, mapped };
+        for a in [Symmetric, SymmetricSequential, SymmetricPreserving] {
+            for b in [Symmetric, SymmetricSequential, SymmetricPreserving] {
+                assert!(!side(a, false).natkit_direct(side(b, false)));
+                assert!(side(a, true).natkit_direct(side(b, false)));
+                assert!(side(a, false).natkit_direct(side(b, true)));
+            }
+            // No mapping opens a network that lets no UDP out.
+            assert!(!side(a, true).natkit_direct(side(UdpBlocked, false)));
+        }
+        assert!(!side(UdpBlocked, true).natkit_direct(side(Open, false)));
+        // Without a mapping, what natkit's punch gives.
+        assert!(side(Symmetric, false).natkit_direct(side(DoubleNat, false)));
     }
 
     #[test]

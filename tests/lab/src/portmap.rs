@@ -114,7 +114,7 @@ impl Instance {
 }
 
 /// The configuration of site number `n`'s instance, its LAN `lan_net`
-/// (`a.b.c.d/28`): with `allow`, the LAN's hosts may map their own ports
+/// (`a.b.c.d/29`): with `allow`, the LAN's hosts may map their own ports
 /// 1024-65535 ([`PortMapping::On`]); without, every request is refused
 /// ([`PortMapping::Refuse`]; RFC 6887 §13.1 lets a server refuse).
 pub fn config(inst: &Instance, n: usize, lan_net: &str, allow: bool) -> String {

@@ -146,6 +146,8 @@ impl TopologySpec {
             if s.port_mapping != PortMapping::Off && !s.kind.port_mapping_possible() {
                 let why = if s.kind.is_public() {
                     "has no NAT to map ports on"
+                } else if !s.kind.udp_allowed() {
+                    "blocks UDP by the network's policy, which no port mapping may open"
                 } else {
                     "cannot map ports: a mapping on the home NAT leaves the carrier-grade \
                      NAT in front of it closed (miniupnpd finds that out and disables port \
@@ -214,5 +216,6 @@ mod tests {
             assert_eq!(s.port_mapping == PortMapping::On, want, "{}", s.kind);
         }
         assert!(!NatKind::DoubleNat.port_mapping_possible());
+        assert!(!NatKind::UdpBlocked.port_mapping_possible());
     }
 }
