@@ -646,8 +646,9 @@ fn json_failures_are_one_document_with_a_kind_and_a_closed_stdout_is_no_panic() 
         );
     }
 
-    // An unreachable relay: nothing listens on that UDP port (ICMP).
-    let nobody = format!("turn:127.0.0.1:{}", free_port());
+    // An unreachable relay: nothing listens on that port (TCP is refused
+    // at once).
+    let nobody = format!("turn:127.0.0.1:{}?transport=tcp", free_port());
     let dead = |extra: &[&str]| {
         let mut v = loopback();
         v.extend(
