@@ -79,8 +79,8 @@ impl Command {
             Command::Stun(_) | Command::Netcheck(_) | Command::Turn(_) => Json::Own,
             Command::Creds(a) => Json::Generic(a.json),
             Command::Bench(c) => Json::Generic(c.json()),
-            // The peer-to-peer commands' stdout may carry the peer's data:
-            // nothing is added to it.
+            // The peer-to-peer commands write their own document, on
+            // stderr where stdout carries the peer's data (p2p::outcome).
             _ => Json::Own,
         }
     }
