@@ -478,28 +478,33 @@ fn ctrl_c_during_setup_deletes_the_relay_allocations_within_a_second() {
     let knock_at = format!("{}-acid-acid-acid", free_port());
     // Waiting for a code to be used; waiting for a paste; knocking at a
     // code nobody waits behind; ICE checks towards a vanished peer.
-    let cases: [(&str, Vec<&str>, &[&str], &str); 4] = [
-        ("code", vec!["listen"], &[], "natkit: code: "),
+    // Each: the command, the line that says it waits, the phase named.
+    let exchange = "before the descriptions were exchanged";
+    let cases: [(&str, Vec<&str>, &[&str], &str, &str); 4] = [
+        ("code", vec!["listen"], &[], "natkit: code: ", exchange),
         (
             "paste",
             vec!["listen"],
             &["--paste"],
             "natkit: this side's description",
+            "while waiting for the peer's description",
         ),
         (
             "knock",
             vec!["connect", &knock_at],
             &[],
             "exchanging descriptions through the relay",
+            exchange,
         ),
         (
             "ice",
             vec!["connect", &gone],
             &["--relay-only"],
             "natkit: this side's description",
+            "while connecting (ICE)",
         ),
     ];
-    for (name, line, extra, ready) in cases {
+    for (name, line, extra, ready, phase) in cases {
         let (mut l, _l_in) = spawn(&dir, name, &cmd(&line, flags(&relay, extra)), Input::Pipe);
         wait_until(Duration::from_secs(15), "the command waiting", || {
             l.err().contains(ready)
@@ -510,7 +515,11 @@ fn ctrl_c_during_setup_deletes_the_relay_allocations_within_a_second() {
         let status = l.wait(Duration::from_secs(10));
         let exited = t0.elapsed();
         assert!(!status.success());
-        assert!(l.err().contains("interrupted (Ctrl-C)"), "{}", l.err());
+        let err = l.err();
+        assert!(
+            err.contains(&format!("interrupted (Ctrl-C) {phase}")),
+            "{err}"
+        );
         // Deleted (Refresh with lifetime 0), not left to expire.
         wait_until(Duration::from_secs(5), "the allocations deleted", || {
             live() == 0.0
