@@ -480,26 +480,26 @@ fn ctrl_c_during_setup_deletes_the_relay_allocations_within_a_second() {
     // code nobody waits behind; ICE checks towards a vanished peer.
     // Each: the command, the line that says it waits, the phase named.
     let exchange = "before the descriptions were exchanged";
-    let cases: [(&str, Vec<&str>, &[&str], &str, &str); 4] = [
-        ("code", vec!["listen"], &[], "natkit: code: ", exchange),
+    let cases = [
+        ("code", vec!["listen"], &[][..], "natkit: code: ", exchange),
         (
             "paste",
             vec!["listen"],
-            &["--paste"],
+            &["--paste"][..],
             "natkit: this side's description",
             "while waiting for the peer's description",
         ),
         (
             "knock",
             vec!["connect", &knock_at],
-            &[],
+            &[][..],
             "exchanging descriptions through the relay",
             exchange,
         ),
         (
             "ice",
             vec!["connect", &gone],
-            &["--relay-only"],
+            &["--relay-only"][..],
             "natkit: this side's description",
             "while connecting (ICE)",
         ),
