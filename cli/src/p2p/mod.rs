@@ -558,7 +558,9 @@ async fn exchange_descriptions(
             let (server, tls) = first_turn(c)?;
             let rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
             eprintln!("natkit: exchanging descriptions through the relay under the code");
-            rv.knock(&code, local).await?
+            let (d, l) = rv.knock(&code, local).await?;
+            *linger = Some(l);
+            d
         }
     })
 }

@@ -467,24 +467,36 @@ impl Rendezvous {
     }
 
     /// The knocking side: knock at `code`'s port on the relay, and
-    /// exchange descriptions with whoever waits there.
+    /// exchange descriptions with whoever waits there. The returned
+    /// [`Linger`] is the deletion of the allocation, started at once while
+    /// ICE runs; finish it before exiting (also after a Ctrl-C during
+    /// ICE), so that the process does not end before the relay heard it.
     pub async fn knock(
         mut self,
         code: &ShortCode,
         local: &Description,
-    ) -> Result<Description, ExchangeError> {
+    ) -> Result<(Description, Linger), ExchangeError> {
         // Ctrl-C is handled here, so that the allocation is deleted.
         let r = tokio::select! {
             r = self.knocking(code, local) => r,
             _ = super::interrupt::pressed() => Err(ExchangeError::Interrupted),
         };
         match r {
-            Ok(_) => {
-                tokio::spawn(async move { self.close().await });
+            Ok(remote) => {
+                let task = tokio::spawn(async move { self.close().await });
+                Ok((
+                    remote,
+                    Linger {
+                        stop: None,
+                        task: Some(task),
+                    },
+                ))
             }
-            Err(_) => self.close().await,
+            Err(e) => {
+                self.close().await;
+                Err(e)
+            }
         }
-        r
     }
 
     async fn knocking(
@@ -616,8 +628,9 @@ impl Rendezvous {
     }
 }
 
-/// The waiting side's rendezvous after the exchange: it answers repeats
-/// until dropped (or for [`LINGER`]), then deletes the allocation.
+/// A rendezvous after the exchange: the waiting side's answers repeats
+/// until dropped (or for [`LINGER`]), then deletes the allocation; the
+/// knocking side's only deletes it.
 pub struct Linger {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
