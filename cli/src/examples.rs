@@ -91,10 +91,14 @@ Examples:
 pub const SEND: &str = "\
 Examples:
   natkit send photo.jpg --stun stun.example.org
-  natkit send photo.jpg --turn turn:turn.example.org --turn-secret-file secret.txt";
+  natkit send photo.jpg --turn turn:turn.example.org --turn-secret-file secret.txt
+  natkit send notes.txt slides.pdf photos/ --turn turn:turn.example.org --turn-secret-file secret.txt
+                                  several files and folders, one code, one list to accept
+  natkit send big.iso --turn turn:turn.example.org --turn-secret-file secret.txt --json > sent.json";
 
 /// `natkit receive --help`.
 pub const RECEIVE: &str = "\
 Examples:
   natkit receive --stun stun.example.org -o photos/
-  natkit receive --turn turn:turn.example.org --turn-secret-file secret.txt";
+  natkit receive --turn turn:turn.example.org --turn-secret-file secret.txt
+  natkit receive 48213-copper-lagoon-tiger --turn turn:turn.example.org --turn-secret-file secret.txt -o inbox/ --yes";

@@ -62,10 +62,11 @@ enum Command {
     /// Connect to a peer (ICE controlling, QUIC client), then pipe stdin and stdout to it.
     #[command(after_help = examples::CONNECT)]
     Connect(p2p::ConnectArgs),
-    /// Send a file to a peer running `natkit receive`, with a SHA-256 check.
+    /// Send files or folders (or stdin) to a peer running `natkit receive`, each with a SHA-256
+    /// check.
     #[command(after_help = examples::SEND)]
     Send(p2p::SendArgs),
-    /// Receive a file from a peer running `natkit send`; kept only when verified.
+    /// Receive what a peer running `natkit send` offers; each file kept only when verified.
     #[command(after_help = examples::RECEIVE)]
     Receive(p2p::ReceiveArgs),
 }
@@ -78,8 +79,8 @@ impl Command {
             Command::Stun(_) | Command::Netcheck(_) | Command::Turn(_) => Json::Own,
             Command::Creds(a) => Json::Generic(a.json),
             Command::Bench(c) => Json::Generic(c.json()),
-            // The peer-to-peer commands' stdout may carry the peer's data:
-            // nothing is added to it.
+            // The peer-to-peer commands write their own document, on
+            // stderr where stdout carries the peer's data (p2p::outcome).
             _ => Json::Own,
         }
     }
@@ -146,18 +147,21 @@ fn main() -> std::process::ExitCode {
         Command::Receive(a) => p2p::receive(a),
     };
     // A closed stdout (the reader went away) is a quiet end, not an error.
-    if let Err(e) = output::status() {
+    let code = if let Err(e) = output::status() {
         errln!("error: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            if let Json::Generic(true) = json {
-                output::failure_json(output::kind_of(&e), &format!("{e:#}"));
+        std::process::ExitCode::FAILURE
+    } else {
+        match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                if let Json::Generic(true) = json {
+                    output::failure_json(output::kind_of(&e), &format!("{e:#}"));
+                }
+                errln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
             }
-            errln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
         }
-    }
+    };
+    output::write_last_err_line();
+    code
 }

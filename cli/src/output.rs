@@ -37,6 +37,28 @@ pub fn status() -> io::Result<bool> {
     }
 }
 
+/// A line for the end of stderr, after `main`'s own error line.
+static LAST_ERR_LINE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Write `line` as the last line of stderr ([`write_last_err_line`], in
+/// `main`, after the error line): where stdout carries a peer's data, the
+/// `--json` document goes there, and scripts take the last line.
+pub fn last_err_line(line: String) {
+    *LAST_ERR_LINE.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
+}
+
+/// Write what [`last_err_line`] kept, if anything.
+pub fn write_last_err_line() {
+    let line = LAST_ERR_LINE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(l) = line {
+        // As `errln!`: a closed stderr drops it.
+        let _ = writeln!(io::stderr(), "{l}");
+    }
+}
+
 /// The document `--json` prints when a command fails, for commands that
 /// have no report of their own: `{"ok": false, "error": {"kind", "message"}}`
 /// (the shape of every natkit failure document).

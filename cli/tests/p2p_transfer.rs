@@ -120,6 +120,17 @@ fn a_short_code_works_with_turn_over_tcp() {
     code_pipe("tcp");
 }
 
+/// `code`'s number, and the code with that number and other words.
+fn wrong_code(code: &str) -> (String, String) {
+    let (port, words) = code.split_once('-').unwrap();
+    let wrong = if words == "acid-acid-acid" {
+        format!("{port}-acorn-acid-acid")
+    } else {
+        format!("{port}-acid-acid-acid")
+    };
+    (port.to_owned(), wrong)
+}
+
 #[test]
 fn a_wrong_code_fails_after_one_try_on_both_sides() {
     let dir = scratch("code-wrong");
@@ -132,12 +143,7 @@ fn a_wrong_code_fails_after_one_try_on_both_sides() {
     );
     let code = code_of(&l);
     // The right number, other words.
-    let (port, words) = code.split_once('-').unwrap();
-    let wrong = if words == "acid-acid-acid" {
-        format!("{port}-acorn-acid-acid")
-    } else {
-        format!("{port}-acid-acid-acid")
-    };
+    let (port, wrong) = wrong_code(&code);
     let t0 = Instant::now();
     let (ok, err) = run(&cmd(&["connect", &wrong], flags(&relay, &[])));
     assert!(!ok, "{err}");
@@ -460,33 +466,261 @@ fn connected_in_counts_from_when_both_descriptions_were_in() {
 }
 
 #[test]
-fn ctrl_c_before_the_peer_came_deletes_the_relay_allocations() {
+fn ctrl_c_during_setup_deletes_the_relay_allocations_within_a_second() {
     let dir = scratch("early-int");
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let relay = start_relay(&["--metrics", &metrics.to_string()]);
     ready::wait_tcp(metrics, "natkit-turn's metrics", Duration::from_secs(20));
     let live = || http::metric(&http::metrics(metrics), "natkit_turn_allocations");
-    // Waiting for a code to be used, then waiting for a paste.
-    for (name, extra, ready) in [
-        ("code", &[][..], "natkit: code: "),
-        ("paste", &["--paste"][..], "natkit: this side's description"),
-    ] {
-        let (mut l, _l_in) = spawn(
-            &dir,
-            name,
-            &cmd(&["listen"], flags(&relay, extra)),
-            Input::Pipe,
-        );
-        wait_until(Duration::from_secs(15), "the listener waiting", || {
+    // A peer that is gone: ICE through the relay to it runs until
+    // --timeout (15 s) unless interrupted.
+    let gone = a_description(&dir);
+    let knock_at = format!("{}-acid-acid-acid", free_port());
+    // Waiting for a code to be used; waiting for a paste; knocking at a
+    // code nobody waits behind; ICE checks towards a vanished peer.
+    // Each: the command, the line that says it waits, the phase named.
+    let exchange = "before the descriptions were exchanged";
+    let cases = [
+        ("code", vec!["listen"], &[][..], "natkit: code: ", exchange),
+        (
+            "paste",
+            vec!["listen"],
+            &["--paste"][..],
+            "natkit: this side's description",
+            "while waiting for the peer's description",
+        ),
+        (
+            "knock",
+            vec!["connect", &knock_at],
+            &[][..],
+            "exchanging descriptions through the relay",
+            exchange,
+        ),
+        (
+            "ice",
+            vec!["connect", &gone],
+            &["--relay-only"][..],
+            "natkit: this side's description",
+            "while connecting (ICE)",
+        ),
+    ];
+    for (name, line, extra, ready, phase) in cases {
+        let (mut l, _l_in) = spawn(&dir, name, &cmd(&line, flags(&relay, extra)), Input::Pipe);
+        wait_until(Duration::from_secs(15), "the command waiting", || {
             l.err().contains(ready)
         });
         assert!(live() >= 1.0, "{name}: no allocation to delete");
+        let t0 = Instant::now();
         signal(&l, libc::SIGINT);
         let status = l.wait(Duration::from_secs(10));
+        let exited = t0.elapsed();
         assert!(!status.success());
-        assert!(l.err().contains("interrupted (Ctrl-C)"), "{}", l.err());
+        let err = l.err();
+        assert!(
+            err.contains(&format!("interrupted (Ctrl-C) {phase}")),
+            "{err}"
+        );
+        // Deleted (Refresh with lifetime 0), not left to expire.
         wait_until(Duration::from_secs(5), "the allocations deleted", || {
             live() == 0.0
         });
+        let gone_after = t0.elapsed();
+        eprintln!("{name}: exited after {exited:?}, allocations gone after {gone_after:?}");
+        assert!(exited < Duration::from_secs(1), "{name}: {exited:?}");
+        assert!(
+            gone_after < Duration::from_secs(1),
+            "{name}: {gone_after:?}"
+        );
     }
+}
+
+#[test]
+fn several_files_and_folders_go_in_one_session_accepted_as_a_list() {
+    let dir = scratch("many");
+    let (a, b, c) = (data(1_000, 73), data(600_000, 79), data(90_000, 83));
+    std::fs::create_dir_all(dir.join("album/2024")).unwrap();
+    std::fs::write(dir.join("a.txt"), &a).unwrap();
+    std::fs::write(dir.join("b.bin"), &b).unwrap();
+    std::fs::write(dir.join("album/2024/c.bin"), &c).unwrap();
+    // An earlier, cut try left b.bin's first 200 000 bytes; a.txt is
+    // there already, the same.
+    let inbox = dir.join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    std::fs::write(inbox.join(".b.bin.natkit-part"), &b[..200_000]).unwrap();
+    std::fs::write(inbox.join("a.txt"), &a).unwrap();
+    std::fs::write(dir.join("answer"), "y\n").unwrap();
+    let paths = ["a.txt", "b.bin", "album"].map(|n| dir.join(n).display().to_string());
+    let mut send = vec!["send"];
+    send.extend(paths.iter().map(String::as_str));
+    let (mut s, _) = spawn(
+        &dir,
+        "send",
+        &cmd(&send, side(&dir, "send", "receive", &[])),
+        Input::Null,
+    );
+    let inbox_s = inbox.display().to_string();
+    let (mut r, _) = spawn(
+        &dir,
+        "receive",
+        &cmd(
+            &["receive", "-o", &inbox_s, "--json"],
+            side(&dir, "receive", "send", &[]),
+        ),
+        Input::File(&dir.join("answer")),
+    );
+    assert_ok(&mut r);
+    assert_ok(&mut s);
+    // The list was shown before anything moved: names, sizes, the total.
+    let err = r.err();
+    for line in [
+        "the peer offers 3 items (3 files, ",
+        "  a.txt (",
+        "  b.bin (",
+        "  album/ (1 files, ",
+        "resume? [y/N]",
+    ] {
+        assert!(err.contains(line), "{line:?} missing:\n{err}");
+    }
+    assert!(std::fs::read(inbox.join("a.txt")).unwrap() == a);
+    assert!(std::fs::read(inbox.join("b.bin")).unwrap() == b);
+    assert!(std::fs::read(inbox.join("album/2024/c.bin")).unwrap() == c);
+    assert!(!inbox.join(".b.bin.natkit-part").exists());
+    // Resumed per file: only the rest of b.bin and all of c.bin moved.
+    let sent = report(&dir, "send")["bytes_sent"].as_u64().unwrap();
+    assert_eq!(sent, (b.len() - 200_000 + c.len()) as u64);
+    assert!(err.contains("received 3 files into"), "{err}");
+    assert!(err.contains("each verified"), "{err}");
+    assert!(s.err().contains("sent 3 items: 3 files"), "{}", s.err());
+    // --json: one document on stdout, as the report has it.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("receive.out")).unwrap()).unwrap();
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert!(doc["error"].is_null(), "{doc}");
+    assert_eq!(doc["command"], "receive");
+    assert_eq!(doc["bytes_received"].as_u64(), Some(sent));
+
+    // The same name twice is refused before anything is said.
+    std::fs::create_dir(dir.join("other")).unwrap();
+    std::fs::write(dir.join("other/a.txt"), b"x").unwrap();
+    let (ok, err) = run(&[
+        "send",
+        &paths[0],
+        &dir.join("other/a.txt").display().to_string(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("would both arrive as a.txt"), "{err}");
+    assert!(!err.contains("description"), "{err}");
+}
+
+/// A `--json` document: stdout's whole, or (where stdout is the peer's
+/// data) stderr's last line.
+fn json_doc(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn json_failures_are_one_document_with_a_kind_and_a_closed_stdout_is_no_panic() {
+    let dir = scratch("json-fail");
+    let relay = start_relay(&[]);
+    std::fs::write(dir.join("f.bin"), data(10_000, 89)).unwrap();
+    let file = dir.join("f.bin").display().to_string();
+
+    // A wrong code: both sides say so, each in one document on stdout.
+    let (mut s, _) = spawn(
+        &dir,
+        "send",
+        &cmd(&["send", &file, "--json"], flags(&relay, &[])),
+        Input::Null,
+    );
+    let code = code_of(&s);
+    let (port, wrong) = wrong_code(&code);
+    let (mut r, _) = spawn(
+        &dir,
+        "receive",
+        &cmd(&["receive", &wrong, "--json", "--yes"], flags(&relay, &[])),
+        Input::Null,
+    );
+    for p in [&mut r, &mut s] {
+        let status = p.wait(Duration::from_secs(15));
+        assert_eq!(status.code(), Some(1), "{}", p.err());
+        let doc = json_doc(&std::fs::read_to_string(dir.join(format!("{}.out", p.name))).unwrap());
+        assert_eq!(doc["ok"], false, "{doc}");
+        assert_eq!(doc["error"]["kind"], "wrong_code", "{doc}");
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("wrong code"),
+            "{doc}"
+        );
+    }
+
+    // An unreachable relay: nothing listens on that port (TCP is refused
+    // at once).
+    let nobody = format!("turn:127.0.0.1:{}?transport=tcp", free_port());
+    let dead = |extra: &[&str]| {
+        let mut v = loopback();
+        v.extend(
+            [
+                "--turn",
+                &nobody,
+                "--turn-user",
+                "p2p",
+                "--turn-password",
+                "pw",
+            ]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
+        );
+        v
+    };
+    let out = Command::new(natkit())
+        .args(cmd(&["send", &file, "--json"], dead(&[])))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc = json_doc(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(doc["error"]["kind"], "unreachable", "{doc}");
+    // connect's stdout is the peer's data: the document is stderr's last
+    // line, and stdout stays empty.
+    let out = Command::new(natkit())
+        .args(cmd(
+            &["connect", &format!("{port}-acid-acid-acid"), "--json"],
+            dead(&[]),
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let doc = json_doc(err.lines().last().unwrap());
+    assert_eq!(doc["error"]["kind"], "unreachable", "{doc}");
+    // A file that is not there: before any socket, still one document.
+    let out = Command::new(natkit())
+        .args(["send", "no-such-file", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        json_doc(&String::from_utf8_lossy(&out.stdout))["error"]["kind"],
+        "io"
+    );
+
+    // A closed stdout: the document is dropped, exit 1, no panic.
+    let mut child = Command::new(natkit())
+        .args(cmd(&["send", &file, "--json"], dead(&[])))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -33,7 +33,24 @@ pub fn schema() -> Schema {
     .with::<StunKeys>()
     .default_of("tcp-idle-timeout", "30")
     .default_of("max-tcp-connections", "4096")
+    .examples(EXAMPLES)
 }
+
+/// The end of `natkit-stun --help`. A test runs each line with `--check-config` (in a
+/// directory holding the files they name), so they stay runnable.
+pub const EXAMPLES: &str = "\
+Examples:
+  natkit-stun --listen 0.0.0.0:3478                 # plain STUN over UDP and TCP
+  natkit-stun --listen 192.0.2.1:3478 --other 192.0.2.2:3479
+                                                    # RFC 5780: NAT behavior discovery
+  natkit-stun --tls-listen 0.0.0.0:5349 --cert cert.pem --key key.pem
+                                                    # STUN over TLS as well
+  natkit-stun --listen 0.0.0.0:3478 --metrics 127.0.0.1:9101 --log-format json
+  NATKIT_STUN_LISTEN=0.0.0.0:3478 natkit-stun       # any flag as an environment variable
+  natkit-stun --config stun.toml --check-config     # validate a config file and exit
+
+Each flag is also a NATKIT_STUN_* variable and a key of the --config file;
+the reference table is in the README (natkit-stun --print-config-reference).";
 
 /// The command line and environment, parsed once (`schema().parse()`).
 pub type Args = CommandLine;

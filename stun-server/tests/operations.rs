@@ -231,3 +231,14 @@ fn signal(srv: &Server, sig: i32) {
     // SAFETY: kill(2) on our own child's PID.
     assert_eq!(unsafe { libc::kill(srv.child.id() as i32, sig) }, 0);
 }
+
+#[test]
+fn every_example_in_help_passes_check_config() {
+    let bin = env!("CARGO_BIN_EXE_natkit-stun");
+    let dir = TempDir::new("natkit-stun-examples");
+    // The files the examples name.
+    tls::self_signed(&["localhost"], &dir.join("cert.pem"), &dir.join("key.pem"));
+    std::fs::write(dir.join("stun.toml"), "listen = [\"127.0.0.1:3478\"]\n").unwrap();
+    let ran = bins::check_help_examples(bin, dir.path());
+    assert!(ran >= 5, "only {ran} examples");
+}

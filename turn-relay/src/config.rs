@@ -153,7 +153,29 @@ pub fn schema() -> Schema {
     )
     .with::<Common>()
     .with::<TurnKeys>()
+    .examples(EXAMPLES)
 }
+
+/// The end of `natkit-turn --help`. A test runs each line with `--check-config` (in a
+/// directory holding the files they name), so they stay runnable.
+pub const EXAMPLES: &str = "\
+Examples:
+  natkit-turn --listen 192.0.2.1:3478 --user alice:secret
+                                                   # long-term credentials
+  natkit-turn --listen 192.0.2.1:3478 --auth-secret-file secret.txt
+                                                   # REST credentials (natkit creds mints them)
+  natkit-turn --listen 10.0.0.5:3478 --relay-ip 10.0.0.5 --external-ip 203.0.113.7/10.0.0.5 --auth-secret-file secret.txt
+                                                   # behind a 1:1 NAT
+  natkit-turn --listen 192.0.2.1:3478 --tls-listen 192.0.2.1:5349 --cert cert.pem --key key.pem --auth-secret-file secret.txt
+                                                   # TURN over TLS as well (turns:)
+  natkit-turn --listen 192.0.2.1:3478 --user alice:secret --bandwidth 1M --user-quota 10 --metrics 127.0.0.1:9102
+                                                   # limits, and Prometheus metrics
+  NATKIT_TURN_AUTH_SECRET_FILE=secret.txt natkit-turn --listen 192.0.2.1:3478
+                                                   # any flag as an environment variable
+  natkit-turn --config turn.toml --check-config    # validate a config file and exit
+
+Each flag is also a NATKIT_TURN_* variable and a key of the --config file;
+the reference table is in the README (natkit-turn --print-config-reference).";
 
 /// The command line and environment, parsed once (`schema().parse()`) and kept to resolve
 /// the configuration again on SIGHUP.

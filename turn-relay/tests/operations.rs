@@ -277,3 +277,19 @@ fn auth_secret_file_rotates_on_sighup() {
         assert!(!text.contains(s), "{s} leaked into the log");
     }
 }
+
+#[test]
+fn every_example_in_help_passes_check_config() {
+    let bin = env!("CARGO_BIN_EXE_natkit-turn");
+    let dir = TempDir::new("natkit-turn-examples");
+    // The files the examples name.
+    tls::self_signed(&["localhost"], &dir.join("cert.pem"), &dir.join("key.pem"));
+    std::fs::write(dir.join("secret.txt"), "an-example-secret\n").unwrap();
+    std::fs::write(
+        dir.join("turn.toml"),
+        "listen = [\"127.0.0.1:3478\"]\nauth-secret-file = \"secret.txt\"\n",
+    )
+    .unwrap();
+    let ran = bins::check_help_examples(bin, dir.path());
+    assert!(ran >= 6, "only {ran} examples");
+}

@@ -54,7 +54,11 @@ pub async fn heard(conn: &Connection) -> anyhow::Error {
             continue;
         };
         if let Some(reason) = msg.strip_prefix(MAGIC) {
-            return anyhow::anyhow!("the peer cancelled: {}", String::from_utf8_lossy(reason));
+            let reason = String::from_utf8_lossy(reason);
+            return super::failure::kinded(
+                "peer_cancelled",
+                format!("the peer cancelled: {reason}"),
+            );
         }
     }
 }

@@ -4,13 +4,47 @@
 
 use natkit_ice::session::{Error, CLOSE_CONSENT_LOST};
 
+use super::rendezvous::ExchangeError;
+use super::signal::RemoteError;
+use crate::turn::Failure;
+
+/// An error with its `--json` kind (the same [`Failure`] `natkit turn`
+/// reports, so one shape everywhere).
+pub fn kinded(kind: &'static str, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure::new(kind, message))
+}
+
+/// The `--json` kind of a peer-to-peer command's error: the kind it was
+/// made with, else that of the exchange or description error under it,
+/// else `io` or `error` (see `crate::output::kind_of`).
+pub fn kind(e: &anyhow::Error) -> &'static str {
+    for cause in e.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.kind;
+        }
+        if let Some(x) = cause.downcast_ref::<ExchangeError>() {
+            return x.kind();
+        }
+        if let Some(r) = cause.downcast_ref::<RemoteError>() {
+            return match r {
+                RemoteError::Timeout { .. } => "timeout",
+                RemoteError::StdinEnded => "no_description",
+                RemoteError::Io(_) => "io",
+                _ => "bad_description",
+            };
+        }
+    }
+    crate::output::kind_of(e)
+}
+
 /// The user-facing error for a session error. `servers` are the STUN and
 /// TURN servers as given on the command line, named when none of them
 /// answered before gathering ended.
 pub fn explain_with(e: Error, servers: &[String]) -> anyhow::Error {
     match &e {
-        Error::NoCandidates { problems } if problems.is_empty() && !servers.is_empty() => {
-            anyhow::anyhow!(
+        Error::NoCandidates { problems } if problems.is_empty() && !servers.is_empty() => kinded(
+            "unreachable",
+            format!(
                 "servers unreachable: no candidate could be gathered; no answer in time from:{}\n\
                  hint: check these addresses and that those servers run and are reachable \
                  from here",
@@ -18,15 +52,60 @@ pub fn explain_with(e: Error, servers: &[String]) -> anyhow::Error {
                     .iter()
                     .map(|s| format!("\n  - {s}"))
                     .collect::<String>()
-            )
-        }
+            ),
+        ),
         _ => explain(e),
     }
 }
 
-/// The user-facing error for a session error.
+/// The user-facing error for a session error, with its `--json` kind.
 pub fn explain(e: Error) -> anyhow::Error {
-    let msg = match &e {
+    kinded(kind_of_session(&e), message(&e))
+}
+
+/// The `--json` kind of a session error.
+fn kind_of_session(e: &Error) -> &'static str {
+    match e {
+        Error::Io(_) | Error::Setup(_) => "io",
+        Error::Config(_) => "usage",
+        Error::Description(_) => "bad_description",
+        Error::TurnCredentials { .. } => "wrong_credentials",
+        Error::NoCandidates { .. } => "unreachable",
+        Error::NoPath { .. } => "no_path",
+        Error::FingerprintMismatch { .. } => "fingerprint_mismatch",
+        Error::ConsentLost { .. } => "peer_vanished",
+        Error::Quic(q) => quic_kind(q),
+        Error::RelayLost { .. } => "relay_lost",
+        _ => "error",
+    }
+}
+
+/// The `--json` kind of a QUIC connection error (see [`quic`]).
+pub fn quic_kind(e: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError::*;
+    match e {
+        ApplicationClosed(c)
+            if c.error_code.into_inner() == u64::from(super::cancel::CLOSE_CANCELLED) =>
+        {
+            "peer_cancelled"
+        }
+        ApplicationClosed(c) if c.error_code.into_inner() == u64::from(super::CLOSE_ERROR) => {
+            "peer_failed"
+        }
+        ApplicationClosed(_) | TimedOut | Reset => "peer_vanished",
+        LocallyClosed => "interrupted",
+        _ => "error",
+    }
+}
+
+/// A QUIC connection error as an error with its kind.
+pub fn quic_error(e: &quinn::ConnectionError) -> anyhow::Error {
+    kinded(quic_kind(e), quic(e))
+}
+
+/// The words of a session error.
+fn message(e: &Error) -> String {
+    match e {
         Error::Io(_) => format!("{e}; check the addresses given with --bind"),
         Error::Config(_) => e.to_string(),
         // One wording for an unusable description, wherever it is found.
@@ -59,8 +138,7 @@ pub fn explain(e: Error) -> anyhow::Error {
         // A variant added to the library later (the enum is
         // non_exhaustive) still gets its own text.
         _ => format!("session failed: {e}"),
-    };
-    anyhow::anyhow!(msg)
+    }
 }
 
 /// A QUIC connection error after the handshake, in words.

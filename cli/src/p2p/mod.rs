@@ -19,6 +19,7 @@ mod args;
 mod cancel;
 mod code;
 mod failure;
+mod interrupt;
 mod pipe;
 mod progress;
 mod rendezvous;
@@ -33,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use natkit_ice::session::{Error as SessionError, CLOSE_NORMAL};
 use natkit_ice::{Description, Role, Session};
 use quinn::{RecvStream, SendStream, VarInt};
@@ -52,7 +53,12 @@ pub const CLOSE_ERROR: u32 = 1;
 const MAX_CLOSE_REASON: usize = 400;
 
 /// Ctrl-C before the peer's description came.
-const INTERRUPTED_WAITING: &str = "interrupted (Ctrl-C) while waiting for the peer's description";
+const INTERRUPTED_WAITING: &str = "while waiting for the peer's description";
+
+/// The error of a Ctrl-C `what` (`while ...`).
+fn interrupted(what: &str) -> anyhow::Error {
+    failure::kinded("interrupted", format!("interrupted (Ctrl-C) {what}"))
+}
 
 /// How long to wait, after the data stream failed, for the session to say
 /// why (consent lost names the dead path; the stream error does not).
@@ -80,11 +86,13 @@ pub struct ConnectArgs {
 /// Flags of `natkit send`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SendArgs {
-    /// The file or folder to send; `-` sends stdin (as "stdin", or
-    /// --name).
-    #[arg(value_name = "FILE|FOLDER|-")]
-    file: PathBuf,
-    /// The name to offer it under (default: its own; "stdin" for -).
+    /// The files and folders to send, in one session (the receiver
+    /// accepts the list, then each is resumable and verified on its
+    /// own); `-` sends stdin (alone, as "stdin", or --name).
+    #[arg(value_name = "FILE|FOLDER|-", required = true, num_args = 1..)]
+    files: Vec<PathBuf>,
+    /// The name to offer one file or folder under (default: its own;
+    /// "stdin" for -).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
     #[command(flatten)]
@@ -136,6 +144,16 @@ impl Work {
         }
     }
 
+    /// Whether stdout carries the peer's data (so `--json` puts its
+    /// document on stderr).
+    fn stdout_is_data(&self) -> bool {
+        match self {
+            Work::Pipe => true,
+            Work::Send(_) => false,
+            Work::Receive(out, _) => out.is_stdout(),
+        }
+    }
+
     /// Whether stdin carries data after the description (so a bad line
     /// cannot be taken for another paste).
     fn data_on_stdin(&self) -> bool {
@@ -174,8 +192,9 @@ pub fn connect(a: ConnectArgs) -> anyhow::Result<()> {
 
 /// Run `natkit send`.
 pub fn send(a: SendArgs) -> anyhow::Result<()> {
-    // Checked (and a folder walked) before any socket is opened.
-    let out = transfer::Outgoing::prepare(&a.file, a.name.as_deref())?;
+    // Checked (and folders walked) before any socket is opened.
+    let out = transfer::Outgoing::prepare_all(&a.files, a.name.as_deref())
+        .map_err(|e| early_failure(a.common.json, false, e))?;
     for s in &out.skipped {
         eprintln!("warning: not sent: {s}");
     }
@@ -210,12 +229,45 @@ fn run(
         .build()
         .context("cannot start the async runtime")?;
     let report = Report::new(common.report.clone(), command, role);
-    let r = rt.block_on(session_main(command, role, &common, given, work, &report));
+    let stdout_is_data = work.stdout_is_data();
+    let r = rt.block_on(async {
+        // Before anything is allocated: from here every wait ends on
+        // Ctrl-C and cleans up.
+        interrupt::listen();
+        session_main(command, role, &common, given, work, &report).await
+    });
     report.finish(r.as_ref().err());
+    if common.json {
+        outcome(&report.outcome(r.as_ref().err()), stdout_is_data);
+    }
     // A read of stdin may still be blocked in tokio's blocking pool (the
     // peer vanished while the terminal was quiet): do not wait for it.
     rt.shutdown_background();
     r
+}
+
+/// With `--json`: how the run ended, one document (see
+/// [`Report::outcome`]): on stdout, or where stdout carries the peer's
+/// data (listen, connect, `receive -o -`) as the last line of stderr.
+fn outcome(doc: &serde_json::Value, stdout_is_data: bool) {
+    if stdout_is_data {
+        crate::output::last_err_line(doc.to_string());
+    } else {
+        outln!("{doc:#}");
+    }
+}
+
+/// A failure before the run started (nothing to report but the error):
+/// with `--json` its document, as [`outcome`] writes it.
+fn early_failure(json: bool, stdout_is_data: bool, e: anyhow::Error) -> anyhow::Error {
+    if json {
+        let doc = serde_json::json!({
+            "ok": false,
+            "error": { "kind": failure::kind(&e), "message": format!("{e:#}") },
+        });
+        outcome(&doc, stdout_is_data);
+    }
+    e
 }
 
 /// How the descriptions travel.
@@ -234,12 +286,14 @@ impl Exchange {
     fn of(command: &str, c: &Common, given: Option<String>) -> anyhow::Result<Exchange> {
         if let Some(g) = given {
             if code::ShortCode::looks_like_one(&g) {
-                let code = code::ShortCode::parse(&g)?;
+                let code = code::ShortCode::parse(&g)
+                    .map_err(|e| failure::kinded("bad_code", format!("{e:#}")))?;
                 if c.relay.turn.is_empty() {
-                    bail!(
+                    return Err(failure::kinded(
+                        "usage",
                         "a short code needs the relay it was made on: add --turn with the same \
-                         server (and credentials) as the other side"
-                    );
+                         server (and credentials) as the other side",
+                    ));
                 }
                 return Ok(Exchange::Knock(code));
             }
@@ -266,117 +320,75 @@ async fn session_main(
     // Refuse what can be refused before any socket is opened.
     let exchange = Exchange::of(command, c, given)?;
     if let Work::Receive(out, _) = &work {
-        out.check()?;
+        out.check()
+            .map_err(|e| failure::kinded("usage", format!("{e:#}")))?;
     }
 
     let session = c.builder(role)?.build().await.map_err(failure::explain)?;
     let events = session.events();
-    let local = session.local_description().await;
-    for p in session.server_problems() {
-        eprintln!("warning: {p}");
-    }
 
     // The data of listen/connect is stdin; its first line may be the
     // description.
     let mut stdin = BufReader::with_capacity(64 << 10, tokio::io::stdin());
     let mut linger = None;
-    let remote = async {
-        Ok(match exchange {
-            Exchange::Paste(Some(d)) => {
-                publish(command, c, &local)?;
-                signal::check_not_ours(&d, &local)?;
-                d
-            }
-            Exchange::Paste(None) => {
-                publish(command, c, &local)?;
-                let d = if let Some(path) = &c.remote {
-                    let d = tokio::select! {
-                        r = signal::from_file(path, c.wait) => r?,
-                        _ = tokio::signal::ctrl_c() => bail!(INTERRUPTED_WAITING),
-                    };
-                    signal::check_not_ours(&d, &local)?;
-                    d
-                } else {
-                    // A bad paste is asked again where stdin is only for the
-                    // description (a terminal, or send/receive); in a pipe of
-                    // listen/connect the lines after it are data.
-                    let again = std::io::stdin().is_terminal() || !work.data_on_stdin();
-                    if std::io::stdin().is_terminal() {
-                        eprintln!(
-                            "natkit: waiting for you to paste the peer's description (then Enter):"
-                        );
-                    }
-                    // Ctrl-C while waiting for a paste: the session's TURN
-                    // allocations are deleted below.
-                    tokio::select! {
-                        r = signal::from_first_line(&mut stdin, c.wait, &local, again) => r?,
-                        _ = tokio::signal::ctrl_c() => bail!(INTERRUPTED_WAITING),
-                    }
-                };
-                eprintln!(
-                    "natkit: have the peer's description; connecting (waiting for the peer to \
-                     paste this side's, if it has not yet)"
-                );
-                d
-            }
-            Exchange::Wait => {
-                let (server, tls) = first_turn(c)?;
-                let mut rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
-                rv.open_door().await?;
-                let code = code::ShortCode::new(rv.port());
-                let other = match command {
-                    "send" => "receive",
-                    _ => "connect",
-                };
-                let wait = c.wait.as_secs_f64();
-                eprintln!("natkit: code: {code}");
-                eprintln!(
-                    "natkit: on the other machine run `natkit {other} {code}` with the same \
-                     --turn server and credentials; waiting for it (at most --wait {wait:.0} s)"
-                );
-                let (d, l) = rv.wait_for_knock(&code, &local, c.wait).await?;
-                linger = Some(l);
-                d
-            }
-            Exchange::Knock(code) => {
-                let (server, tls) = first_turn(c)?;
-                let rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
-                eprintln!("natkit: exchanging descriptions through the relay under the code");
-                rv.knock(&code, &local).await?
-            }
-        })
-    }
-    .await;
-    // A failed exchange still deletes the session's TURN allocations.
-    let remote: Description = match remote {
-        Ok(d) => d,
+    // Everything up to a connection. Gathering and ICE end on Ctrl-C here;
+    // the exchange of descriptions ends on it by itself (the rendezvous
+    // deletes its own allocation first). On any failure the session's TURN
+    // allocations (Refresh with lifetime 0, RFC 8656 §7) and its port
+    // mapping are deleted below, before the process exits.
+    let setup = async {
+        let local = tokio::select! {
+            d = session.local_description() => d,
+            _ = interrupt::pressed() => return Err(interrupted("while gathering candidates")),
+        };
+        for p in session.server_problems() {
+            eprintln!("warning: {p}");
+        }
+        let remote =
+            exchange_descriptions(command, c, exchange, &work, &local, &mut stdin, &mut linger)
+                .await?;
+        let t0 = Instant::now();
+        let remote_ufrag = remote.ufrag.clone();
+        let limit = c.timeout + Duration::from_secs(10);
+        let conn = tokio::select! {
+            r = tokio::time::timeout(limit, session.connect(remote)) => match r {
+                Ok(r) => r.map_err(|e| failure::explain_with(e, &c.servers()))?,
+                // The session bounds itself by --timeout; this is the backstop.
+                Err(_) => {
+                    return Err(failure::kinded(
+                        "timeout",
+                        format!(
+                            "timeout: no connection within --timeout {:.0} s, and the session \
+                             did not give up by itself",
+                            c.timeout.as_secs_f64()
+                        ),
+                    ))
+                }
+            },
+            _ = interrupt::pressed() => return Err(interrupted("while connecting (ICE)")),
+        };
+        Ok((conn, t0.elapsed(), remote_ufrag))
+    };
+    let (conn, took, remote_ufrag) = match setup.await {
+        Ok(x) => x,
         Err(e) => {
-            let e: anyhow::Error = e;
+            // The rendezvous allocation (if still answering repeats) and
+            // the session's go together; each is bounded (about 2 s), and
+            // takes a round trip on a live relay.
+            let rendezvous = async {
+                if let Some(l) = linger.take() {
+                    l.finish().await;
+                }
+            };
             session.close();
-            session.wait_idle().await;
+            tokio::join!(rendezvous, session.wait_idle());
             return Err(e);
         }
     };
-
-    let restarts = Arc::new(Restarts::default());
-    let t0 = Instant::now();
-    let remote_ufrag = remote.ufrag.clone();
-    let conn =
-        match tokio::time::timeout(c.timeout + Duration::from_secs(10), session.connect(remote))
-            .await
-        {
-            Ok(r) => r.map_err(|e| failure::explain_with(e, &c.servers()))?,
-            // The session bounds itself by --timeout; this is the backstop.
-            Err(_) => bail!(
-                "timeout: no connection within --timeout {:.0} s, and the session did not \
-                 give up by itself",
-                c.timeout.as_secs_f64()
-            ),
-        };
-    let took = t0.elapsed();
     if let Some(l) = linger.take() {
         l.finish().await;
     }
+    let restarts = Arc::new(Restarts::default());
     let path = session.path();
     report.connected(path.as_ref(), session.role(), took);
 
@@ -444,10 +456,10 @@ async fn session_main(
         },
         why = restart::ended(&session, c, report, &restarts) => Err(failure::explain(why)),
         why = cancel::heard(&conn) => Err(why),
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupt::pressed() => {
             let reason = format!("natkit {command} was interrupted (Ctrl-C)");
             cancel::tell(&conn, &reason).await;
-            Err(anyhow!("interrupted (Ctrl-C); the peer was told"))
+            Err(failure::kinded("interrupted", "interrupted (Ctrl-C); the peer was told"))
         }
     };
     for w in watchers {
@@ -470,6 +482,87 @@ async fn session_main(
     session.close();
     session.wait_idle().await;
     r
+}
+
+/// Exchange descriptions as `exchange` says: print ours (or a short code)
+/// and get the peer's. Ctrl-C ends each wait with an error; the
+/// rendezvous of a short code deletes its allocation first, or leaves it
+/// in `linger` to answer the peer's repeats until connected.
+async fn exchange_descriptions(
+    command: &'static str,
+    c: &Common,
+    exchange: Exchange,
+    work: &Work,
+    local: &Description,
+    stdin: &mut BufReader<tokio::io::Stdin>,
+    linger: &mut Option<rendezvous::Linger>,
+) -> anyhow::Result<Description> {
+    Ok(match exchange {
+        Exchange::Paste(Some(d)) => {
+            publish(command, c, local)?;
+            signal::check_not_ours(&d, local)?;
+            d
+        }
+        Exchange::Paste(None) => {
+            publish(command, c, local)?;
+            let d = if let Some(path) = &c.remote {
+                let d = tokio::select! {
+                    r = signal::from_file(path, c.wait) => r?,
+                    _ = interrupt::pressed() => return Err(interrupted(INTERRUPTED_WAITING)),
+                };
+                signal::check_not_ours(&d, local)?;
+                d
+            } else {
+                // A bad paste is asked again where stdin is only for the
+                // description (a terminal, or send/receive); in a pipe of
+                // listen/connect the lines after it are data.
+                let again = std::io::stdin().is_terminal() || !work.data_on_stdin();
+                if std::io::stdin().is_terminal() {
+                    eprintln!(
+                        "natkit: waiting for you to paste the peer's description (then Enter):"
+                    );
+                }
+                // Ctrl-C while waiting for a paste: the session's TURN
+                // allocations are deleted below.
+                tokio::select! {
+                    r = signal::from_first_line(stdin, c.wait, local, again) => r?,
+                    _ = interrupt::pressed() => return Err(interrupted(INTERRUPTED_WAITING)),
+                }
+            };
+            eprintln!(
+                "natkit: have the peer's description; connecting (waiting for the peer to \
+                 paste this side's, if it has not yet)"
+            );
+            d
+        }
+        Exchange::Wait => {
+            let (server, tls) = first_turn(c)?;
+            let mut rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
+            rv.open_door().await?;
+            let code = code::ShortCode::new(rv.port());
+            let other = match command {
+                "send" => "receive",
+                _ => "connect",
+            };
+            let wait = c.wait.as_secs_f64();
+            eprintln!("natkit: code: {code}");
+            eprintln!(
+                "natkit: on the other machine run `natkit {other} {code}` with the same \
+                 --turn server and credentials; waiting for it (at most --wait {wait:.0} s)"
+            );
+            let (d, l) = rv.wait_for_knock(&code, local, c.wait).await?;
+            *linger = Some(l);
+            d
+        }
+        Exchange::Knock(code) => {
+            let (server, tls) = first_turn(c)?;
+            let rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
+            eprintln!("natkit: exchanging descriptions through the relay under the code");
+            let (d, l) = rv.knock(&code, local).await?;
+            *linger = Some(l);
+            d
+        }
+    })
 }
 
 /// The data stream failed with `e`: when the connection was closed here,
@@ -544,7 +637,7 @@ async fn stream(
         Role::Controlling => conn.open_bi().await,
         Role::Controlled => conn.accept_bi().await,
     }
-    .map_err(|e| anyhow!(failure::quic(&e)))?;
+    .map_err(|e| failure::quic_error(&e))?;
     let mut hello = work.word().to_vec();
     let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
     hello.extend_from_slice(&us.to_be_bytes());
@@ -564,7 +657,10 @@ async fn stream(
             b"NKR1" => "natkit receive",
             _ => "not a natkit peer-to-peer command of this version",
         };
-        bail!("the peer runs {theirs}, but this side needs {who} on the other end");
+        return Err(failure::kinded(
+            "mismatch",
+            format!("the peer runs {theirs}, but this side needs {who} on the other end"),
+        ));
     }
     let mut us = [0u8; 8];
     recv.read_exact(&mut us)
@@ -582,7 +678,13 @@ async fn send_file<I: tokio::io::AsyncRead + Unpin>(
     report: &Report,
 ) -> anyhow::Result<()> {
     let name = &out.offer.name;
-    eprintln!("natkit: offered {name}; waiting for the receiver to accept it");
+    let n = out.offer.entries.len();
+    match out.offer.kind {
+        transfer::Kind::Many => eprintln!(
+            "natkit: offered {name} ({n} entries); waiting for the receiver to accept them"
+        ),
+        _ => eprintln!("natkit: offered {name}; waiting for the receiver to accept it"),
+    }
     let mut progress = None;
     let r = transfer::send(
         &mut send,
@@ -610,6 +712,10 @@ async fn send_file<I: tokio::io::AsyncRead + Unpin>(
         Some(h) => eprintln!(
             "natkit: sent {name}: {summary}, sha256 {}, verified by the receiver",
             transfer::hex(&h)
+        ),
+        None if out.offer.kind == transfer::Kind::Many => eprintln!(
+            "natkit: sent {name}: {} files, {summary}, each verified by the receiver",
+            sent.files
         ),
         None => eprintln!(
             "natkit: sent folder {name}: {} files, {summary}, each verified by the receiver",
@@ -658,6 +764,12 @@ async fn receive_file(
             got.path.display(),
             got.size,
             transfer::hex(&h)
+        ),
+        None if got.many => eprintln!(
+            "natkit: received {} files into {}, {} bytes{same}: {summary}, each verified",
+            got.files,
+            got.path.display(),
+            got.size
         ),
         None => eprintln!(
             "natkit: received folder {}: {} files, {} bytes{same}: {summary}, each verified",

@@ -16,7 +16,7 @@ const CHUNK: usize = 64 << 10;
 pub fn write_error(e: WriteError) -> anyhow::Error {
     match e {
         WriteError::Stopped(code) => anyhow!("the peer stopped reading (code {code})"),
-        WriteError::ConnectionLost(c) => anyhow!(failure::quic(&c)),
+        WriteError::ConnectionLost(c) => failure::quic_error(&c),
         other => anyhow!("sending to the peer failed: {other}"),
     }
 }
@@ -25,7 +25,7 @@ pub fn write_error(e: WriteError) -> anyhow::Error {
 pub fn read_error(e: ReadError) -> anyhow::Error {
     match e {
         ReadError::Reset(code) => anyhow!("the peer abandoned its data (reset, code {code})"),
-        ReadError::ConnectionLost(c) => anyhow!(failure::quic(&c)),
+        ReadError::ConnectionLost(c) => failure::quic_error(&c),
         other => anyhow!("receiving from the peer failed: {other}"),
     }
 }
@@ -44,7 +44,7 @@ pub async fn finish(send: &mut SendStream) -> anyhow::Result<()> {
         {
             Ok(())
         }
-        Err(StoppedError::ConnectionLost(c)) => Err(anyhow!(failure::quic(&c))),
+        Err(StoppedError::ConnectionLost(c)) => Err(failure::quic_error(&c)),
         Err(e) => bail!("sending to the peer failed: {e}"),
     }
 }

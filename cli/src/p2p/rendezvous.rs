@@ -88,6 +88,9 @@ pub enum ExchangeError {
         server: SocketAddr,
         /// What failed.
         what: String,
+        /// The `--json` error kind (`unreachable`, `timeout`,
+        /// `wrong_credentials`, `server_error`, `usage`).
+        kind: &'static str,
     },
     /// The codes of the two sides differ.
     #[error(
@@ -144,6 +147,21 @@ pub enum ExchangeError {
     TooLong(usize),
 }
 
+impl ExchangeError {
+    /// The `--json` error kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExchangeError::Relay { kind, .. } => kind,
+            ExchangeError::WrongCode { .. } => "wrong_code",
+            ExchangeError::NobodyCame(_) | ExchangeError::Stalled { .. } => "timeout",
+            ExchangeError::NoAnswer { .. } => "no_answer",
+            ExchangeError::Unusable(_) => "bad_description",
+            ExchangeError::Interrupted => "interrupted",
+            ExchangeError::TooLong(_) => "usage",
+        }
+    }
+}
+
 /// The rendezvous allocation.
 pub struct Rendezvous {
     conn: TurnConnection,
@@ -160,39 +178,72 @@ impl Rendezvous {
         limit: Duration,
     ) -> Result<Rendezvous, ExchangeError> {
         let addr = server.addr;
-        let fail = |what: String| ExchangeError::Relay { server: addr, what };
+        let fail = |kind, what: String| ExchangeError::Relay {
+            server: addr,
+            what,
+            kind,
+        };
         let cfg = turn::Config::new(addr, server.transport, server.credentials.clone());
         let tls = match (tls, &server.tls_name) {
             (Some(c), Some(name)) => Some((
                 c,
                 rustls::pki_types::ServerName::try_from(name.clone())
-                    .map_err(|e| fail(format!("TLS name {name:?}: {e}")))?,
+                    .map_err(|e| fail("usage", format!("TLS name {name:?}: {e}")))?,
             )),
             _ => None,
         };
-        let mut conn = TurnConnection::connect(cfg, tls, limit)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        // Ctrl-C while connecting: nothing is allocated yet.
+        let mut conn = tokio::select! {
+            r = TurnConnection::connect(cfg, tls, limit) => r.map_err(|e| fail("unreachable", e.to_string()))?,
+            _ = super::interrupt::pressed() => return Err(ExchangeError::Interrupted),
+        };
         let deadline = Instant::now() + limit;
-        loop {
-            match conn.next_until(deadline).await {
-                Ok(Some(Incoming::Event(Event::Allocated { relayed, .. }))) => {
-                    let relayed = relayed[0];
-                    return Ok(Rendezvous {
-                        conn,
-                        server: addr,
-                        relayed,
-                    });
+        let allocated = async {
+            loop {
+                match conn.next_until(deadline).await {
+                    Ok(Some(Incoming::Event(Event::Allocated { relayed, .. }))) => {
+                        return Ok(relayed[0])
+                    }
+                    Ok(Some(Incoming::Event(Event::Failed(e)))) => {
+                        let kind = match e {
+                            turn::ClientError::WrongCredentials => "wrong_credentials",
+                            _ => "server_error",
+                        };
+                        return Err(fail(kind, format!("cannot allocate: {e}")));
+                    }
+                    Ok(Some(Incoming::Unreachable(k))) => {
+                        return Err(fail(
+                            "unreachable",
+                            format!("unreachable ({k}): is the server running?"),
+                        ))
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Err(fail("timeout", format!("no allocation within {limit:?}")))
+                    }
+                    Err(e) => return Err(fail("io", e.to_string())),
                 }
-                Ok(Some(Incoming::Event(Event::Failed(e)))) => {
-                    return Err(fail(format!("cannot allocate: {e}")))
-                }
-                Ok(Some(Incoming::Unreachable(k))) => {
-                    return Err(fail(format!("unreachable ({k}): is the server running?")))
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(fail(format!("no allocation within {limit:?}"))),
-                Err(e) => return Err(fail(e.to_string())),
+            }
+        };
+        let r = tokio::select! {
+            r = allocated => r,
+            _ = super::interrupt::pressed() => Err(ExchangeError::Interrupted),
+        };
+        let mut rv = Rendezvous {
+            conn,
+            server: addr,
+            // Until allocated: what close() needs no address.
+            relayed: addr,
+        };
+        match r {
+            Ok(relayed) => {
+                rv.relayed = relayed;
+                Ok(rv)
+            }
+            Err(e) => {
+                // An Allocate may be in flight or granted: delete it.
+                rv.close().await;
+                Err(e)
             }
         }
     }
@@ -206,6 +257,7 @@ impl Rendezvous {
         ExchangeError::Relay {
             server: self.server,
             what: what.into(),
+            kind: "server_error",
         }
     }
 
@@ -279,9 +331,17 @@ impl Rendezvous {
     /// The waiting side, before its code is shown: let knocks in. Our own
     /// relayed address is one the relay allows; the permission covers its
     /// IP, which is every other allocation's too.
+    /// On failure (Ctrl-C included) the allocation is deleted.
     pub async fn open_door(&mut self) -> Result<(), ExchangeError> {
         let me = self.relayed;
-        self.permit(me).await
+        let r = tokio::select! {
+            r = self.permit(me) => r,
+            _ = super::interrupt::pressed() => Err(ExchangeError::Interrupted),
+        };
+        if r.is_err() {
+            self.close().await;
+        }
+        r
     }
 
     /// The waiting side (after [`Rendezvous::open_door`]): wait up to
@@ -297,7 +357,7 @@ impl Rendezvous {
         // Ctrl-C is handled here, so that the allocation is deleted.
         let r = tokio::select! {
             r = self.waiting(code, local, wait) => r,
-            _ = tokio::signal::ctrl_c() => Err(ExchangeError::Interrupted),
+            _ = super::interrupt::pressed() => Err(ExchangeError::Interrupted),
         };
         let (remote, peer, got_it) = match r {
             Ok(r) => r,
@@ -407,24 +467,36 @@ impl Rendezvous {
     }
 
     /// The knocking side: knock at `code`'s port on the relay, and
-    /// exchange descriptions with whoever waits there.
+    /// exchange descriptions with whoever waits there. The returned
+    /// [`Linger`] is the deletion of the allocation, started at once while
+    /// ICE runs; finish it before exiting (also after a Ctrl-C during
+    /// ICE), so that the process does not end before the relay heard it.
     pub async fn knock(
         mut self,
         code: &ShortCode,
         local: &Description,
-    ) -> Result<Description, ExchangeError> {
+    ) -> Result<(Description, Linger), ExchangeError> {
         // Ctrl-C is handled here, so that the allocation is deleted.
         let r = tokio::select! {
             r = self.knocking(code, local) => r,
-            _ = tokio::signal::ctrl_c() => Err(ExchangeError::Interrupted),
+            _ = super::interrupt::pressed() => Err(ExchangeError::Interrupted),
         };
         match r {
-            Ok(_) => {
-                tokio::spawn(self.close());
+            Ok(remote) => {
+                let task = tokio::spawn(async move { self.close().await });
+                Ok((
+                    remote,
+                    Linger {
+                        stop: None,
+                        task: Some(task),
+                    },
+                ))
             }
-            Err(_) => self.close().await,
+            Err(e) => {
+                self.close().await;
+                Err(e)
+            }
         }
-        r
     }
 
     async fn knocking(
@@ -537,7 +609,15 @@ impl Rendezvous {
 
     /// Delete the allocation (best effort, bounded): the relay would
     /// otherwise keep it until its lifetime ends.
-    async fn close(mut self) {
+    async fn close(&mut self) {
+        // Nothing to delete (never allocated, already failed or closed):
+        // no answer will come, do not wait for one.
+        if !matches!(
+            self.conn.client().state(),
+            turn::State::Allocated | turn::State::Allocating
+        ) {
+            return;
+        }
         self.conn.client().close(Instant::now());
         let deadline = Instant::now() + Duration::from_secs(2);
         while let Ok(Some(i)) = self.conn.next_until(deadline).await {
@@ -548,8 +628,9 @@ impl Rendezvous {
     }
 }
 
-/// The waiting side's rendezvous after the exchange: it answers repeats
-/// until dropped (or for [`LINGER`]), then deletes the allocation.
+/// A rendezvous after the exchange: the waiting side's answers repeats
+/// until dropped (or for [`LINGER`]), then deletes the allocation; the
+/// knocking side's only deletes it.
 pub struct Linger {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,

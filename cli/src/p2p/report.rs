@@ -208,6 +208,22 @@ impl Report {
         self.write();
     }
 
+    /// The `--json` document of a run that ended with `error` (or not):
+    /// the report's fields, and `ok` and `error` (`{kind, message}` or
+    /// `null`) as every natkit JSON document has them.
+    pub fn outcome(&self, error: Option<&anyhow::Error>) -> serde_json::Value {
+        let mut doc = serde_json::to_value(self.snapshot()).expect("report serializes");
+        doc["ok"] = serde_json::Value::Bool(error.is_none());
+        doc["error"] = match error {
+            Some(e) => serde_json::json!({
+                "kind": super::failure::kind(e),
+                "message": format!("{e:#}"),
+            }),
+            None => serde_json::Value::Null,
+        };
+        doc
+    }
+
     /// A copy of the report as it stands.
     pub fn snapshot(&self) -> ReportOut {
         let mut o = self.out.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -114,6 +114,8 @@ pub struct Schema {
     /// Environment variables are this, `_`, and the flag (`NATKIT_TURN`).
     pub env_prefix: &'static str,
     keys: Vec<Key>,
+    /// The block `--help` ends with ([`Schema::examples`]).
+    examples: Option<&'static str>,
 }
 
 impl Schema {
@@ -130,7 +132,17 @@ impl Schema {
             about,
             env_prefix,
             keys: Vec::new(),
+            examples: None,
         }
+    }
+
+    /// The examples `--help` ends with (clap's `after_help`), as the CLI's commands have:
+    /// `"Examples:\n"`, then one command line per line, indented by two spaces, each
+    /// followed by `#` and what it does. Each server's tests run every line with
+    /// `--check-config` (`natkit_testkit::bins::help_examples`), so they stay runnable.
+    pub fn examples(mut self, text: &'static str) -> Schema {
+        self.examples = Some(text);
+        self
     }
 
     /// Adds the keys of `S`.
@@ -220,6 +232,9 @@ impl Schema {
                     .hide(true)
                     .help("Print the configuration reference (Markdown) and exit"),
             );
+        if let Some(text) = self.examples {
+            cmd = cmd.after_help(text);
+        }
         for k in &self.keys {
             let help = match k.default_text() {
                 Some(d) => format!("{} [default: {d}]", k.doc),

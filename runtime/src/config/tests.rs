@@ -325,6 +325,21 @@ fn the_reference_has_a_row_per_key_from_its_definition() {
     assert!(help.contains("NATKIT_RTTEST_MAX_WIDGETS"), "{help}");
 }
 
+#[test]
+fn help_ends_with_the_examples_given() {
+    let text = "Examples:\n  rttest --listen 127.0.0.1:3478   # loopback only";
+    let cmd = schema().examples(text).command();
+    for help in [
+        cmd.clone().render_help().to_string(),
+        cmd.clone().render_long_help().to_string(),
+    ] {
+        assert!(help.trim_end().ends_with(text), "{help}");
+    }
+    // Without examples, no empty block.
+    let help = schema().command().render_long_help().to_string();
+    assert!(!help.contains("Examples:"), "{help}");
+}
+
 /// A bad value in the file is refused even when a flag overrides it: dropping the flag later
 /// must not turn up a broken file.
 #[test]

@@ -152,3 +152,80 @@ pub fn natkit_turn_next_to(sibling: impl AsRef<Path>) -> PathBuf {
         .next_to(sibling)
         .path()
 }
+
+/// The example command lines at the end of `bin --help` (the block after
+/// `Examples:`, see `natkit_runtime::config::Schema::examples`): each line
+/// that runs `bin`, split into words (the examples use no quotes), without
+/// its `# comment`. Leading `NAME=value` words are environment variables.
+///
+/// # Panics
+/// When `--help` fails or has no examples.
+pub fn help_examples(bin: impl AsRef<Path>) -> Vec<Vec<String>> {
+    let bin = bin.as_ref();
+    let name = bin.file_name().unwrap_or_default().to_string_lossy();
+    let out = Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("run {} --help: {e}", bin.display()));
+    assert!(out.status.success(), "{name} --help failed");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let block = help
+        .split_once("\nExamples:\n")
+        .unwrap_or_else(|| panic!("{name} --help has no examples:\n{help}"))
+        .1;
+    let lines: Vec<Vec<String>> = block
+        .lines()
+        .map(|l| l.split_once(" #").map_or(l, |(cmd, _)| cmd))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|w| {
+            w.iter()
+                .find(|w| !w.contains('='))
+                .is_some_and(|w| *w == name)
+        })
+        .collect();
+    assert!(!lines.is_empty(), "{name} --help: no example runs {name}");
+    lines
+}
+
+/// Runs every example of `bin --help` ([`help_examples`]) in `dir`, where
+/// the files they name must be, with `--check-config` (see
+/// [`check_example`]), and asserts that each passes; returns how many ran.
+pub fn check_help_examples(bin: impl AsRef<Path>, dir: &Path) -> usize {
+    let bin = bin.as_ref();
+    let examples = help_examples(bin);
+    for ex in &examples {
+        let out = check_example(bin, ex, dir);
+        assert!(
+            out.status.success(),
+            "{ex:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    examples.len()
+}
+
+/// Runs one example of [`help_examples`] with `--check-config` (added if
+/// missing), in
+/// `dir` (where the files it names must be), and returns its output.
+pub fn check_example(bin: impl AsRef<Path>, example: &[String], dir: &Path) -> Output {
+    let bin = bin.as_ref();
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(dir);
+    let mut words = example.iter();
+    for w in words.by_ref() {
+        match w.split_once('=') {
+            Some((var, value)) if !w.starts_with('-') => {
+                cmd.env(var, value);
+            }
+            _ => break,
+        }
+    }
+    let words: Vec<&String> = words.collect();
+    cmd.args(&words);
+    // An example of --check-config itself has it already.
+    if !words.iter().any(|w| *w == "--check-config") {
+        cmd.arg("--check-config");
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("run {} --check-config: {e}", bin.display()))
+}

@@ -41,12 +41,14 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
+use super::failure::kinded;
 use super::progress::Progress;
 use sink::{part_path, Partial};
 pub use sink::{Accept, Output};
 pub use source::Outgoing;
 use source::{check_name, check_rel};
-use wire::{Have, Kind, Offer, UNKNOWN};
+pub use wire::Kind;
+use wire::{Have, Offer, UNKNOWN};
 
 /// Chunk size for reading files and the stream.
 const CHUNK: usize = 64 << 10;
@@ -90,7 +92,8 @@ where
     if &word == b"ER" {
         let mut m = Vec::new();
         r.take(MAX_VERDICT as u64).read_to_end(&mut m).await.ok();
-        bail!("the receiver declined: {}", String::from_utf8_lossy(&m));
+        let why = String::from_utf8_lossy(&m);
+        return Err(kinded("declined", format!("the receiver declined: {why}")));
     }
     if &word != b"GO" {
         bail!("the receiver's answer is not a natkit answer (another natkit version?)");
@@ -118,8 +121,9 @@ where
             Some(path) => send_file(w, path, e.size, have, p, sent).await?,
         });
     }
+    let one = matches!(out.offer.kind, Kind::File | Kind::Stream);
     Ok(Sent {
-        hash: if files == 1 { last } else { None },
+        hash: if one { last } else { None },
         files,
     })
 }
@@ -259,6 +263,9 @@ pub struct Received {
     pub hash: Option<[u8; 32]>,
     /// Files that were here already, the same.
     pub same: usize,
+    /// Several files and folders came (`path` is the directory they are
+    /// in).
+    pub many: bool,
 }
 
 /// What is here of one entry, and where it goes.
@@ -330,15 +337,19 @@ where
     check_name(&offer.name)?;
     for e in &offer.entries {
         match offer.kind {
-            Kind::Folder => check_rel(&e.rel)?,
+            Kind::Folder | Kind::Many => check_rel(&e.rel)?,
             _ => check_name(&e.rel)?,
         }
     }
     let to_stdout = output.is_stdout();
     let root = match offer.kind {
         Kind::Folder => Some(output.folder_path(&offer.name)?),
+        Kind::Many => Some(output.many_path()?),
         _ => None,
     };
+    // One file's hash is printed; a folder's or several files' are each
+    // checked, not printed.
+    let one = matches!(offer.kind, Kind::File | Kind::Stream);
     let stream = offer.kind == Kind::Stream;
     let mut slots = Vec::with_capacity(offer.entries.len());
     for e in &offer.entries {
@@ -359,7 +370,10 @@ where
     }
     let here: u64 = slots.iter().map(|s| s.have.len).sum();
     if !accept.decide(&offer, here).await? {
-        bail!("the user did not accept {}", offer.name);
+        return Err(kinded(
+            "declined",
+            format!("the user did not accept {}", offer.name),
+        ));
     }
     if let Some(root) = &root {
         tokio::fs::create_dir_all(root)
@@ -414,13 +428,16 @@ where
                 stdout.flush().await.context("cannot write stdout")?;
                 let theirs = read_hash(r, name, n).await?;
                 if theirs != hash {
-                    bail!(
-                        "integrity check failed for {name}: the SHA-256 of the {n} bytes \
-                         received is {}, the sender's is {}; they were written to stdout \
-                         already",
-                        hex(&hash),
-                        hex(&theirs)
-                    );
+                    return Err(kinded(
+                        "integrity",
+                        format!(
+                            "integrity check failed for {name}: the SHA-256 of the {n} bytes \
+                             received is {}, the sender's is {}; they were written to stdout \
+                             already",
+                            hex(&hash),
+                            hex(&theirs)
+                        ),
+                    ));
                 }
                 (n, hash)
             }
@@ -458,8 +475,9 @@ where
         path,
         files,
         size,
-        hash: if files == 1 { last } else { None },
+        hash: if one { last } else { None },
         same,
+        many: offer.kind == Kind::Many,
     })
 }
 
@@ -540,12 +558,15 @@ async fn receive_file<R: AsyncRead + Unpin>(
     let theirs = read_hash(r, &name.to_string(), n).await?;
     if ours != theirs {
         partial.discard();
-        bail!(
-            "integrity check failed for {name}: the SHA-256 of the {n} bytes received is {}, \
-             the sender's is {}; the file was not kept",
-            hex(&ours),
-            hex(&theirs)
-        );
+        return Err(kinded(
+            "integrity",
+            format!(
+                "integrity check failed for {name}: the SHA-256 of the {n} bytes received is \
+                 {}, the sender's is {}; the file was not kept",
+                hex(&ours),
+                hex(&theirs)
+            ),
+        ));
     }
     file.sync_all()
         .await
@@ -653,10 +674,13 @@ pub fn verdict(r: &anyhow::Result<Received>) -> Vec<u8> {
 pub fn read_verdict(v: &[u8]) -> anyhow::Result<()> {
     match v {
         b"OK" => Ok(()),
-        [b'E', b'R', m @ ..] => bail!(
-            "the receiver refused the file: {}",
-            String::from_utf8_lossy(m)
-        ),
+        [b'E', b'R', m @ ..] => Err(kinded(
+            "refused",
+            format!(
+                "the receiver refused the file: {}",
+                String::from_utf8_lossy(m)
+            ),
+        )),
         [] => bail!("the receiver ended without confirming the file"),
         _ => bail!("the receiver's answer is not a natkit verdict"),
     }
@@ -744,11 +768,16 @@ mod tests {
     /// receiver writing to `out`, over two pipes; `answer` is the
     /// receiver's stdin.
     async fn both(what: &Path, input: &[u8], out: Output, answer: &str) -> Run {
+        both_all(&[what.to_path_buf()], input, out, answer).await
+    }
+
+    /// [`both`] with several paths in one offer.
+    async fn both_all(what: &[PathBuf], input: &[u8], out: Output, answer: &str) -> Run {
         let (mut s_w, mut r_r) = tokio::io::duplex(1 << 16);
         let (mut r_w, mut s_r) = tokio::io::duplex(1 << 16);
         let sent = AtomicU64::new(0);
         let received = AtomicU64::new(0);
-        let outgoing = Outgoing::prepare(what, None).unwrap();
+        let outgoing = Outgoing::prepare_all(what, None).unwrap();
         let mut stdin = answer.as_bytes();
         let mut data_in = input;
         let mut stdout = Vec::new();
@@ -911,6 +940,95 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn several_files_and_a_folder_arrive_side_by_side_and_resume_per_file() {
+        let (src, d) = (dir(), dir());
+        std::fs::create_dir_all(src.join("album/2024")).unwrap();
+        std::fs::write(src.join("a.txt"), data(1000)).unwrap();
+        std::fs::write(src.join("b.bin"), data(200_000)).unwrap();
+        std::fs::write(src.join("album/2024/c.bin"), data(70_000)).unwrap();
+        // What an earlier, cut try left: b.bin's first 50 000 bytes; a.txt
+        // is here whole and the same.
+        std::fs::write(d.join(".b.bin.natkit-part"), &data(200_000)[..50_000]).unwrap();
+        std::fs::write(d.join("a.txt"), data(1000)).unwrap();
+        let what = ["a.txt", "b.bin", "album"].map(|n| src.join(n));
+        let run = both_all(&what, b"", into(&d), "y\n").await;
+        let got = run.received.unwrap();
+        assert_eq!((got.files, got.same, got.many), (3, 1, true));
+        assert_eq!(got.size, 271_000);
+        assert_eq!(got.hash, None);
+        assert_eq!(got.path, d);
+        // Only what was missing moved: the rest of b.bin and c.bin.
+        assert_eq!(run.moved, 150_000 + 70_000);
+        assert_eq!(run.sent.unwrap().files, 3);
+        assert_eq!(std::fs::read(d.join("b.bin")).unwrap(), data(200_000));
+        assert_eq!(
+            std::fs::read(d.join("album/2024/c.bin")).unwrap(),
+            data(70_000)
+        );
+        assert_eq!(files(&d), ["a.txt", "album", "b.bin"]);
+        for x in [src, d] {
+            std::fs::remove_dir_all(x).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn one_damaged_file_of_several_is_named_and_the_others_are_kept() {
+        let d = dir();
+        let (a, b) = (data(10_000), data(20_000));
+        let mut w = Offer {
+            kind: Kind::Many,
+            name: "2 items".into(),
+            entries: vec![
+                Entry {
+                    dir: false,
+                    rel: "a.bin".into(),
+                    size: 10_000,
+                },
+                Entry {
+                    dir: false,
+                    rel: "b.bin".into(),
+                    size: 20_000,
+                },
+            ],
+        }
+        .encode();
+        for content in [&a, &b] {
+            w.extend_from_slice(&0u64.to_be_bytes());
+            w.extend_from_slice(content);
+            w.extend_from_slice(&Sha256::digest(content));
+        }
+        let at = w.len() - 32 - 5000;
+        w[at] ^= 1;
+        let e = recv(&d, &w).await.unwrap_err().to_string();
+        assert!(e.contains("integrity check failed for"), "{e}");
+        assert!(e.contains("b.bin"), "{e}");
+        assert_eq!(std::fs::read(d.join("a.bin")).unwrap(), a);
+        assert_eq!(files(&d), ["a.bin"]);
+        // Several files never go to stdout, nor into a file.
+        let to = |p: PathBuf| Output {
+            path: Some(p),
+            force: true,
+        };
+        for out in [to(PathBuf::from("-")), to(d.join("a.bin"))] {
+            let mut r = &w[..];
+            let e = receive(
+                &mut r,
+                &mut Vec::new(),
+                &out,
+                Accept::Always,
+                &mut tokio::io::sink(),
+                &AtomicU64::new(0),
+                &mut None,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("several files"), "{e}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[tokio::test]
     async fn stdin_goes_to_a_file_or_to_stdout_verified() {
         let d = dir();
         let input = data(200_000);
@@ -1000,6 +1118,7 @@ mod tests {
             size: 0,
             hash: None,
             same: 0,
+            many: false,
         })))
         .is_ok());
         let e = read_verdict(&verdict(&Err(anyhow::anyhow!("integrity check failed"))))

@@ -96,6 +96,23 @@ impl Output {
         Ok(root)
     }
 
+    /// Where several files and folders go (`natkit send a b dir/`), each
+    /// under its own name: into `-o DIR` (made if missing, a trailing `/`
+    /// or not) or the current directory. Files already there are treated
+    /// as in a folder: the same ones skipped, others only with --force.
+    pub fn many_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.path {
+            _ if self.is_stdout() => bail!("several files cannot go to stdout (-o -)"),
+            Some(p) if p.exists() && !p.is_dir() => bail!(
+                "--output {}: the sender offers several files, which go into a directory, \
+                 and this is a file",
+                p.display()
+            ),
+            Some(p) => Ok(p.clone()),
+            None => Ok(PathBuf::from(".")),
+        }
+    }
+
     /// Where the sender's file `name` goes.
     pub fn target_path(&self, name: &str) -> PathBuf {
         match &self.path {
@@ -137,20 +154,27 @@ impl Accept<'_> {
             Accept::Ask(i) => i,
         };
         let what = match (offer.kind, offer.total()) {
+            (Kind::Many, Some(t)) => {
+                // The list first, on lines of its own; the question after.
+                eprintln!("natkit: the peer offers {}", many(offer, t));
+                None
+            }
             (Kind::Folder, Some(t)) => {
                 let files = offer.entries.iter().filter(|e| !e.dir).count();
-                format!("folder {} ({files} files, {})", offer.name, human_bytes(t))
+                let t = human_bytes(t);
+                Some(format!("folder {} ({files} files, {t})", offer.name))
             }
-            (_, Some(t)) => format!("{} ({})", offer.name, human_bytes(t)),
-            (_, None) => format!("{} (a stream of unknown length)", offer.name),
+            (_, Some(t)) => Some(format!("{} ({})", offer.name, human_bytes(t))),
+            (_, None) => Some(format!("{} (a stream of unknown length)", offer.name)),
         };
-        if have > 0 {
-            eprint!(
-                "natkit: the peer offers {what}; {} of it are here already. Resume? [y/N] ",
-                human_bytes(have)
-            );
-        } else {
-            eprint!("natkit: the peer offers {what}. Accept? [y/N] ");
+        let here = human_bytes(have);
+        match (what, have > 0) {
+            (None, true) => eprint!("natkit: {here} of them are here already; resume? [y/N] "),
+            (None, false) => eprint!("natkit: accept them? [y/N] "),
+            (Some(w), true) => eprint!(
+                "natkit: the peer offers {w}; {here} of it are here already. Resume? [y/N] "
+            ),
+            (Some(w), false) => eprint!("natkit: the peer offers {w}. Accept? [y/N] "),
         }
         let mut line = String::new();
         let n = input
@@ -166,6 +190,33 @@ impl Accept<'_> {
             "y" | "yes"
         ))
     }
+}
+
+/// Most top-level names listed when several files are offered.
+const MAX_LISTED: usize = 20;
+
+/// Several files offered: how many, their total, and one line per
+/// top-level name (a folder with its files and bytes).
+fn many(offer: &Offer, total: u64) -> String {
+    let top = offer.top_level();
+    let files: usize = top.iter().map(|(_, n, _)| n).sum();
+    let mut s = format!(
+        "{} items ({files} files, {}):",
+        top.len(),
+        human_bytes(total)
+    );
+    for (name, n, bytes) in top.iter().take(MAX_LISTED) {
+        let size = human_bytes(*bytes);
+        if name.ends_with('/') {
+            s.push_str(&format!("\n  {name} ({n} files, {size})"));
+        } else {
+            s.push_str(&format!("\n  {name} ({size})"));
+        }
+    }
+    if top.len() > MAX_LISTED {
+        s.push_str(&format!("\n  ... and {} more", top.len() - MAX_LISTED));
+    }
+    s
 }
 
 /// Deletes the part file when the transfer failed in a way that makes its

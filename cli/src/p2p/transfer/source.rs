@@ -123,6 +123,71 @@ impl Outgoing {
         })
     }
 
+    /// `natkit send PATH...`: one path as [`Outgoing::prepare`]; several
+    /// (files and folders, not `-`) as one offer of [`Kind::Many`], each
+    /// under its own name, which must differ. Checked here, before a
+    /// socket is opened.
+    pub fn prepare_all(paths: &[PathBuf], name: Option<&str>) -> anyhow::Result<Outgoing> {
+        match paths {
+            [] => bail!("nothing to send: name a file, a folder or -"),
+            [one] => return Self::prepare(one, name),
+            _ => {}
+        }
+        if paths.iter().any(|p| p == Path::new("-")) {
+            bail!("- (stdin) is sent alone, not with other files");
+        }
+        if name.is_some() {
+            bail!("--name renames one file or folder; several are sent under their own names");
+        }
+        let mut out = Outgoing {
+            offer: Offer {
+                kind: Kind::Many,
+                name: format!("{} items", paths.len()),
+                entries: Vec::new(),
+            },
+            sources: Vec::new(),
+            skipped: Vec::new(),
+        };
+        let mut names: Vec<(String, &Path)> = Vec::new();
+        for path in paths {
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let name = announced_name(&std::fs::canonicalize(path).unwrap_or(path.to_path_buf()))?;
+            if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+                bail!(
+                    "{} and {} would both arrive as {name}: send them apart, or rename one",
+                    first.display(),
+                    path.display()
+                );
+            }
+            names.push((name.clone(), path));
+            if meta.is_dir() {
+                out.offer.entries.push(Entry {
+                    dir: true,
+                    rel: name.clone(),
+                    size: 0,
+                });
+                out.sources.push(None);
+                out.walk(path, name)?;
+            } else if meta.is_file() {
+                std::fs::File::open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                out.offer.entries.push(Entry {
+                    dir: false,
+                    rel: name,
+                    size: meta.len(),
+                });
+                out.sources.push(Some(path.clone()));
+            } else {
+                bail!("{} is not a regular file or a folder", path.display());
+            }
+            if out.offer.entries.len() > MAX_ENTRIES as usize {
+                bail!("more than {MAX_ENTRIES} entries to send");
+            }
+        }
+        Ok(out)
+    }
+
     /// A folder, walked depth first in name order: directories (also
     /// empty ones) and regular files. Symbolic links are not followed
     /// (they could point anywhere, or in a circle) and are reported.
@@ -136,7 +201,15 @@ impl Outgoing {
             sources: Vec::new(),
             skipped: Vec::new(),
         };
-        let mut stack = vec![(root.to_path_buf(), String::new())];
+        out.walk(root, String::new())?;
+        Ok(out)
+    }
+
+    /// Add what is under `root` (see [`Outgoing::folder`]), its paths
+    /// under `prefix` (none when empty).
+    fn walk(&mut self, root: &Path, prefix: String) -> anyhow::Result<()> {
+        let out = self;
+        let mut stack = vec![(root.to_path_buf(), prefix)];
         while let Some((dir, prefix)) = stack.pop() {
             let mut names: Vec<_> = std::fs::read_dir(&dir)
                 .with_context(|| format!("cannot read folder {}", dir.display()))?
@@ -189,7 +262,7 @@ impl Outgoing {
             // Depth first, in name order: push in reverse.
             stack.extend(subdirs.into_iter().rev());
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -243,6 +316,26 @@ mod tests {
         assert_eq!(o.offer.total(), Some(5));
         let e = Outgoing::prepare(&d.join("nothing"), None).unwrap_err();
         assert!(e.to_string().contains("cannot open"), "{e}");
+        // Several: each under its own name, a folder's entries under it.
+        std::fs::write(d.join("one.txt"), b"1").unwrap();
+        let o = Outgoing::prepare_all(&[d.join("one.txt"), d.join("top/b")], None).unwrap();
+        assert_eq!(o.offer.kind, Kind::Many);
+        let rels: Vec<&str> = o.offer.entries.iter().map(|e| e.rel.as_str()).collect();
+        assert_eq!(rels, ["one.txt", "b", "b/deep", "b/deep/x.bin"]);
+        assert_eq!(
+            o.offer.top_level(),
+            [("one.txt".to_owned(), 1, 1), ("b/".to_owned(), 1, 3)]
+        );
+        // Refused: the same name twice, stdin among others, --name.
+        std::fs::create_dir_all(d.join("other")).unwrap();
+        std::fs::write(d.join("other/one.txt"), b"2").unwrap();
+        let twice = [d.join("one.txt"), d.join("other/one.txt")];
+        let e = Outgoing::prepare_all(&twice, None).unwrap_err();
+        assert!(e.to_string().contains("both arrive as one.txt"), "{e}");
+        let e = Outgoing::prepare_all(&[d.join("one.txt"), PathBuf::from("-")], None);
+        assert!(e.unwrap_err().to_string().contains("sent alone"));
+        let e = Outgoing::prepare_all(&[d.join("one.txt"), d.join("top")], Some("x"));
+        assert!(e.unwrap_err().to_string().contains("--name"));
         let s = Outgoing::prepare(Path::new("-"), None).unwrap();
         assert_eq!(
             (s.offer.kind, s.offer.name.as_str()),

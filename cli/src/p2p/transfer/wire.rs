@@ -20,6 +20,10 @@ pub enum Kind {
     Folder = 1,
     /// Bytes of unknown length (stdin), framed.
     Stream = 2,
+    /// Several files and folders (`natkit send a b dir/`): entries are
+    /// relative to the receiver's directory, each top-level one under its
+    /// own name; the offer's name only describes them ("3 items").
+    Many = 3,
 }
 
 /// One entry of an offer.
@@ -77,6 +81,7 @@ impl Offer {
             0 => Kind::File,
             1 => Kind::Folder,
             2 => Kind::Stream,
+            3 => Kind::Many,
             k => bail!("the sender offers a kind of transfer this natkit does not know ({k})"),
         };
         let name = get_str(r).await?;
@@ -98,11 +103,43 @@ impl Offer {
                 entries.len()
             );
         }
+        if kind == Kind::Many && entries.is_empty() {
+            bail!("the sender's offer of several files is empty");
+        }
         Ok(Offer {
             kind,
             name,
             entries,
         })
+    }
+
+    /// What is in the offer, per top-level name, in order: the name
+    /// (folders with a trailing `/`), its files and their bytes.
+    pub fn top_level(&self) -> Vec<(String, usize, u64)> {
+        let mut out: Vec<(String, usize, u64)> = Vec::new();
+        for e in &self.entries {
+            let (top, nested) = match e.rel.split_once('/') {
+                Some((t, _)) => (t, true),
+                None => (e.rel.as_str(), false),
+            };
+            let shown = if e.dir || nested {
+                format!("{top}/")
+            } else {
+                top.to_owned()
+            };
+            let i = match out.iter().position(|(n, ..)| *n == shown) {
+                Some(i) => i,
+                None => {
+                    out.push((shown, 0, 0));
+                    out.len() - 1
+                }
+            };
+            if !e.dir {
+                out[i].1 += 1;
+                out[i].2 += e.size;
+            }
+        }
+        out
     }
 }
 
