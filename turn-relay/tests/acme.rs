@@ -5,16 +5,14 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use natkit_testkit::pebble::Pebble;
 use natkit_testkit::{bins, ready, tls};
-use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-use rustls::{ClientConnection, StreamOwned};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 
 const DOMAIN: &str = "turn.example.test";
 const ISSUED: &str = "natkit_turn_acme_certificates_issued_total";
@@ -25,23 +23,9 @@ const CHALLENGES: &str =
 const ISSUE: Duration = Duration::from_secs(90);
 
 fn acme_args(tls_port: u16, pebble: &Pebble, state: &Path) -> Vec<String> {
-    [
-        "--tls-listen",
-        &format!("127.0.0.1:{tls_port}"),
-        "--acme-domain",
-        DOMAIN,
-        "--acme-directory",
-        &pebble.directory,
-        "--acme-ca-file",
-        pebble.listener_ca.to_str().unwrap(),
-        "--acme-contact",
-        "ops@example.test",
-        "--acme-state-dir",
-        state.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut args = pebble.server_args(tls_port, DOMAIN, state);
+    args.extend(["--acme-contact".into(), "ops@example.test".into()]);
+    args
 }
 
 fn start(args: &[String]) -> Relay {
@@ -55,14 +39,8 @@ fn metrics_addr(r: &Relay) -> SocketAddr {
 /// A TURN Allocate over TLS to `port` for DOMAIN, trusting only `root`: the relayed address,
 /// and the leaf certificate the server presented.
 fn allocate_over_tls(port: u16, root: &CertificateDer<'static>) -> (SocketAddr, Vec<u8>) {
-    let conn = ClientConnection::new(
-        Arc::new(tls::client_config(root.clone())),
-        ServerName::try_from(DOMAIN).unwrap(),
-    )
-    .unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(STEP)).unwrap();
-    let mut s = StreamOwned::new(conn, tcp);
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = tls::connect_trusting(server, root.clone(), DOMAIN, STEP);
     let (_, relayed) = stream_allocate(&mut s, USER, PASS).expect("Allocate over TLS succeeds");
     let leaf = s.conn.peer_certificates().expect("a certificate")[0].to_vec();
     (relayed, leaf)

@@ -144,6 +144,26 @@ impl Pebble {
         p
     }
 
+    /// The flags of a server (either: the keys are shared) that listens for TLS on
+    /// 127.0.0.1:`tls_port` and takes its certificate for `domain` from this pebble, keeping
+    /// its ACME state in `state`.
+    pub fn server_args(&self, tls_port: u16, domain: &str, state: &Path) -> Vec<String> {
+        [
+            "--tls-listen",
+            &format!("127.0.0.1:{tls_port}"),
+            "--acme-domain",
+            domain,
+            "--acme-directory",
+            &self.directory,
+            "--acme-ca-file",
+            self.listener_ca.to_str().expect("a UTF-8 path"),
+            "--acme-state-dir",
+            state.to_str().expect("a UTF-8 path"),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// The root pebble issues under (regenerated at every start), from its management
     /// endpoint: what a client of the issued certificates trusts.
     pub fn issuing_root(&self) -> CertificateDer<'static> {
