@@ -3,6 +3,8 @@
 //! Protocol code lives in `natkit-proto` (sans-IO); this crate is the I/O and process plumbing
 //! around it:
 //!
+//! - [`acme`]: automatic certificates for the TLS listeners (ACME, RFC 8555; tls-alpn-01,
+//!   RFC 8737, answered on the listeners themselves), renewed and swapped in while serving.
 //! - [`batch`]: batched UDP I/O on Linux (`recvmmsg`/`sendmmsg` over preallocated buffers, one
 //!   destination per datagram) and [`batch::udp_socket`] (SO_REUSEPORT, big buffers, V6ONLY).
 //! - [`metrics_http`]: Prometheus text at `GET /metrics` and `GET /healthz` (settable 200/503),
@@ -26,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acme;
 #[cfg(target_os = "linux")]
 pub mod batch;
 pub mod config;

@@ -22,13 +22,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::front::share::{self, Decision, Routed, ShareError};
 use crate::front::FrontDoor;
 use crate::shutdown::Shutdown;
-use crate::tls::ReloadableAcceptor;
+use crate::tls::{CurrentTls, ReloadableAcceptor};
 
 /// A stream listener's transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,8 @@ pub enum AcceptOutcome {
     Passthrough,
     /// On a shared TLS port: the backend could not be reached.
     BackendFailed,
+    /// An ACME tls-alpn-01 validation handshake (RFC 8737 §3), answered and closed.
+    AcmeChallenge,
 }
 
 impl AcceptOutcome {
@@ -81,6 +83,7 @@ impl AcceptOutcome {
             AcceptOutcome::Web => "web",
             AcceptOutcome::Passthrough => "passthrough",
             AcceptOutcome::BackendFailed => "backend_failed",
+            AcceptOutcome::AcmeChallenge => "acme_challenge",
         }
     }
 }
@@ -213,7 +216,7 @@ async fn admit<H: StreamService>(
     stream: TcpStream,
     peer: SocketAddr,
     kind: StreamKind,
-    acceptor: Option<TlsAcceptor>,
+    acceptor: Option<CurrentTls>,
     limits: &StreamLimits,
     service: &H,
 ) {
@@ -238,8 +241,18 @@ async fn admit<H: StreamService>(
         return;
     };
     let Some(share) = &front.share else {
-        match tokio::time::timeout_at(deadline, a.accept(stream)).await {
-            Ok(Ok(s)) => {
+        // The ClientHello first: a tls-alpn-01 validation (RFC 8737 §3) is answered with
+        // the challenge certificate, everything else with the served one.
+        let handshake = async {
+            let start =
+                LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+            let (config, challenge) = a.config_for(&start.client_hello());
+            Ok::<_, std::io::Error>((start.into_stream(config).await?, challenge))
+        };
+        match tokio::time::timeout_at(deadline, handshake).await {
+            // The validator closes after the handshake; nothing is served.
+            Ok(Ok((_, true))) => service.count(kind, AcceptOutcome::AcmeChallenge),
+            Ok(Ok((s, false))) => {
                 service.count(kind, AcceptOutcome::Accepted);
                 service.serve(s, kind, client).await;
             }
@@ -252,7 +265,7 @@ async fn admit<H: StreamService>(
             stream,
             client,
             local,
-            a.config(),
+            &a,
             deadline,
             limits.idle_timeout,
             &limits.shutdown,
@@ -274,6 +287,7 @@ async fn admit<H: StreamService>(
         }
         // Counted when the backend took it.
         Ok(Decision::Routed(_)) => {}
+        Ok(Decision::AcmeChallenge) => service.count(kind, AcceptOutcome::AcmeChallenge),
         Err(e) => {
             share::log_failure(client, &e);
             service.count(

@@ -7,15 +7,16 @@
 //! [`ReloadableAcceptor`] is the acceptor both servers serve TLS with: SIGHUP reloads the same
 //! files into it, and a pair that fails to load leaves the running one in place.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::ring;
+use rustls::server::ClientHello;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 /// Which of the two PEM files an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,23 +177,132 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A TLS acceptor whose certificate and key can be replaced while the server runs (SIGHUP):
-/// each connection takes the acceptor current when it is accepted, so open connections keep
-/// the pair they started with. Clones share the same acceptor.
+/// ALPN protocol ID of the ACME tls-alpn-01 challenge (RFC 8737 §6.2).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The tls-alpn-01 challenges (RFC 8737 §3) pending on the TLS listeners, by domain: while
+/// one is pending, a ClientHello that offers `acme-tls/1` for that domain gets the challenge
+/// certificate instead of the served one. Clones share the same set.
+#[derive(Clone, Default)]
+pub struct AlpnChallenges(Arc<RwLock<HashMap<String, Arc<ServerConfig>>>>);
+
+impl AlpnChallenges {
+    /// Answers validation handshakes for `domain` with `cert` and `key` (the RFC 8737 §3
+    /// self-signed certificate carrying the acmeIdentifier extension) until
+    /// [`remove`](Self::remove).
+    pub fn insert(
+        &self,
+        domain: &str,
+        cert: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), TlsError> {
+        let provider = Arc::new(ring::default_provider());
+        let signing = provider.key_provider.load_private_key(key)?;
+        // Not `with_single_cert`: it parses the certificate with webpki, which refuses the
+        // critical acmeIdentifier extension the validator needs (RFC 8737 §3).
+        let certified = rustls::sign::CertifiedKey::new(vec![cert], signing);
+        let mut config = ServerConfig::builder_with_provider(provider)
+            // RFC 8737 §4: the validation handshake is TLS 1.2 or later.
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+        // RFC 8737 §3: the server MUST negotiate acme-tls/1, and only it.
+        config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domain.to_ascii_lowercase(), Arc::new(config));
+        Ok(())
+    }
+
+    /// Stops answering for `domain`.
+    pub fn remove(&self, domain: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&domain.to_ascii_lowercase());
+    }
+
+    /// The challenge configuration for `hello`: it offers `acme-tls/1` (RFC 8737 §3: the
+    /// validator offers only that) and names (SNI) a domain with a pending challenge.
+    fn for_hello(&self, hello: &ClientHello<'_>) -> Option<Arc<ServerConfig>> {
+        let mut alpn = hello.alpn()?;
+        if !alpn.any(|p| p == ACME_TLS_ALPN) {
+            return None;
+        }
+        let name = hello
+            .server_name()?
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .cloned()
+    }
+}
+
+/// What one accepted TLS connection is served with: the configuration current when it was
+/// accepted, and the pending tls-alpn-01 challenges.
 #[derive(Clone)]
-pub struct ReloadableAcceptor(Arc<RwLock<TlsAcceptor>>);
+pub struct CurrentTls {
+    /// The served configuration (certificate and key).
+    pub config: Arc<ServerConfig>,
+    challenges: AlpnChallenges,
+}
+
+impl CurrentTls {
+    /// The configuration to answer `hello` with, and whether it is a tls-alpn-01 validation
+    /// (RFC 8737 §3: the handshake is the whole exchange; the connection is closed after it).
+    pub fn config_for(&self, hello: &ClientHello<'_>) -> (Arc<ServerConfig>, bool) {
+        match self.challenges.for_hello(hello) {
+            Some(c) => (c, true),
+            None => (self.config.clone(), false),
+        }
+    }
+}
+
+/// A TLS acceptor whose certificate and key can be replaced while the server runs (SIGHUP,
+/// a changed file, an ACME renewal): each connection takes the configuration current when it
+/// is accepted, so open connections keep the pair they started with. Clones share the same
+/// acceptor.
+#[derive(Clone)]
+pub struct ReloadableAcceptor {
+    config: Arc<RwLock<Arc<ServerConfig>>>,
+    challenges: AlpnChallenges,
+}
 
 impl ReloadableAcceptor {
     /// Serves with `config` until the first successful [`reload`](Self::reload).
     pub fn new(config: Arc<ServerConfig>) -> Self {
-        Self(Arc::new(RwLock::new(TlsAcceptor::from(config))))
+        Self {
+            config: Arc::new(RwLock::new(config)),
+            challenges: AlpnChallenges::default(),
+        }
     }
 
-    /// The acceptor to use for a connection accepted now.
-    pub fn current(&self) -> TlsAcceptor {
+    /// What to serve a connection accepted now with.
+    pub fn current(&self) -> CurrentTls {
         // A poisoned lock only means a writer panicked between two whole assignments: the
-        // value inside is still a complete acceptor.
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        // value inside is still a complete configuration.
+        CurrentTls {
+            config: self
+                .config
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            challenges: self.challenges.clone(),
+        }
+    }
+
+    /// The tls-alpn-01 challenges answered on this acceptor's listeners.
+    pub fn challenges(&self) -> &AlpnChallenges {
+        &self.challenges
+    }
+
+    /// Serves new connections with `config`.
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     /// Loads the certificate chain and key again with [`server_config`] and serves new
@@ -202,8 +312,7 @@ impl ReloadableAcceptor {
         cert_pem_path: impl AsRef<Path>,
         key_pem_path: impl AsRef<Path>,
     ) -> Result<(), TlsError> {
-        let config = server_config(cert_pem_path, key_pem_path)?;
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(config);
+        self.replace(server_config(cert_pem_path, key_pem_path)?);
         Ok(())
     }
 }
@@ -330,11 +439,12 @@ mod tests {
     /// Serves one TLS connection on loopback with `acceptor` and has a client that trusts
     /// only `trust` send four bytes through it; returns what came back, or the client's error.
     async fn echo_once(
-        acceptor: tokio_rustls::TlsAcceptor,
+        acceptor: CurrentTls,
         trust: CertificateDer<'static>,
     ) -> std::io::Result<[u8; 4]> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(acceptor.config);
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             // A client that refuses the certificate ends the handshake: nothing to echo.

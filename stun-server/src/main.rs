@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     // The certificate and key are part of the configuration: refuse files the server could
     // not serve with before starting, with or without --check-config.
     let resolved = Config::resolve(&args).and_then(|cfg| {
-        let tls = natkit_runtime::config::load_tls(cfg.tls.as_ref())?;
+        let tls = natkit_runtime::config::start_tls(&cfg.common, cfg.tls.as_ref())?;
         Ok((cfg, tls))
     });
     let (cfg, tls) = match resolved {

@@ -67,7 +67,7 @@ impl Metrics {
         let connections = counter_vec(
             &registry,
             "natkit_stun_connections_total",
-            "TCP/TLS connections, by transport and result (accepted, rejected_cap, tls_failed, proxy_refused; on a shared TLS port also web, passthrough, backend_failed)",
+            "TCP/TLS connections, by transport and result (accepted, rejected_cap, tls_failed, proxy_refused; on a shared TLS port also web, passthrough, backend_failed; acme_challenge: an ACME tls-alpn-01 validation answered)",
             &["transport", "result"],
         );
         let connections_closed = counter_vec(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use natkit_runtime::acme::{self, AcmeMetrics};
 use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::front::FrontDoor;
 use natkit_runtime::shutdown::{Shutdown, Signal, Signals};
@@ -94,6 +95,11 @@ async fn serve_async(
                 .await
                 .with_context(|| format!("cannot bind TLS {addr}"))?;
         }
+        if let Some(settings) = cfg.common.acme() {
+            let m = AcmeMetrics::new(&metrics.registry, "natkit_stun")
+                .context("cannot register the ACME metrics")?;
+            acme::spawn(settings, shared.clone(), m, shutdown.clone());
+        }
         acceptor = Some(shared);
     }
     if let Some(addr) = cfg.common.metrics {
@@ -142,7 +148,7 @@ async fn serve_async(
 fn reload_tls(cfg: &Config, acceptor: Option<&ReloadableAcceptor>, cause: &str) {
     // An acceptor exists exactly when `cfg.tls` is set (validated at start-up).
     let (Some(acceptor), Some((cert, key))) = (acceptor, cfg.tls.as_ref()) else {
-        info!("{cause}: no TLS configured, nothing to reload");
+        info!("{cause}: no TLS certificate files configured (none, or ACME's), nothing to reload");
         return;
     };
     match acceptor.reload(cert, key) {

@@ -1,7 +1,8 @@
 //! natkit-stun's operator interface through the binary: what
 //! `--check-config` reports (each piece of an error once, TLS files loaded
 //! and checked) and the TLS certificate and key reloaded on SIGHUP and when
-//! they change. Loopback only.
+//! they change, or obtained from an ACME CA (pebble, scripts/deps/acme.sh).
+//! Loopback only.
 
 mod common;
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use natkit_proto::binding::{parse_response, write_request, RequestOptions};
+use natkit_testkit::pebble::Pebble;
 use natkit_testkit::stream::read_stun_message;
 use natkit_testkit::{bins, ready, tls, TempDir};
 
@@ -241,4 +243,35 @@ fn every_example_in_help_passes_check_config() {
     std::fs::write(dir.join("stun.toml"), "listen = [\"127.0.0.1:3478\"]\n").unwrap();
     let ran = bins::check_help_examples(bin, dir.path());
     assert!(ran >= 5, "only {ran} examples");
+}
+
+/// natkit-stun takes its TLS certificate from ACME too (the keys both servers share): pebble
+/// validates tls-alpn-01 (RFC 8737) on its TLS listener, and a client that trusts only
+/// pebble's issuing root gets a Binding answer over TLS (RFC 8489 §6.2.3).
+#[test]
+fn an_acme_certificate_serves_stun_over_tls() {
+    const DOMAIN: &str = "stun.example.test";
+    let dir = TempDir::new("natkit-stun-ops-acme");
+    let primary = addr(&format!("127.0.0.1:{}", free_port()));
+    let tls_addr = addr(&format!("127.0.0.1:{}", free_port()));
+    let metrics = addr(&format!("127.0.0.1:{}", free_port()));
+    let pebble = Pebble::start(dir.path(), tls_addr.port(), Duration::from_secs(3600));
+    let mut args = pebble.server_args(tls_addr.port(), DOMAIN, &dir.join("acme"));
+    let more = ["--listen", &primary.to_string(), "--threads", "1"];
+    args.extend(more.into_iter().map(String::from));
+    args.extend(["--metrics".into(), metrics.to_string()]);
+    let mut srv = Server::spawn(&args, log_file(&dir.join("stun.log")));
+    srv.wait_ready(primary);
+    ready::wait_metric(
+        metrics,
+        "natkit_stun_acme_certificates_issued_total",
+        1.0,
+        Duration::from_secs(90),
+    );
+    let mut tls = tls::connect_trusting(tls_addr, pebble.issuing_root(), DOMAIN, STEP);
+    let mut req = [0u8; 64];
+    let n = write_request(&mut req, &rand_tid(), &RequestOptions::default()).unwrap();
+    tls.write_all(&req[..n]).unwrap();
+    let answer = read_stun_message(&mut tls).expect("a Binding answer over TLS");
+    assert!(parse_response(&answer).is_ok());
 }

@@ -119,7 +119,7 @@ impl Metrics {
             ),
             connections: vec(
                 "natkit_turn_connections_total",
-                "TCP/TLS client connections by transport and result (accepted, rejected_cap, tls_failed, proxy_refused; on a shared TLS port also web, passthrough, backend_failed)",
+                "TCP/TLS client connections by transport and result (accepted, rejected_cap, tls_failed, proxy_refused; on a shared TLS port also web, passthrough, backend_failed; acme_challenge: an ACME tls-alpn-01 validation answered)",
                 &["transport", "result"],
             ),
             max_allocations: reg(

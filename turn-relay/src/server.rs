@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use natkit_runtime::acme::{self, AcmeMetrics};
 use natkit_runtime::batch::{self, UdpSocketOptions};
 use natkit_runtime::config::TlsKeyError;
 use natkit_runtime::front::FrontDoor;
@@ -184,6 +185,11 @@ async fn serve_async(
                 .await
                 .with_context(|| format!("cannot bind TLS {addr}"))?;
         }
+        if let Some(settings) = cfg.common.acme() {
+            let m = AcmeMetrics::new(&metrics.registry, "natkit_turn")
+                .context("cannot register the ACME metrics")?;
+            acme::spawn(settings, a.clone(), m, shutdown.clone());
+        }
         acceptor = Some(a);
     }
     let health = Health::new();
@@ -329,6 +335,8 @@ fn reload(
                 TlsKeyError::from(e)
             ),
         },
+        // ACME's task renews the certificate itself.
+        (Some(_), None) if cfg.common.acme().is_some() => {}
         (Some(_), None) => warn!(
             "{cause}: cert and key are no longer set; the TLS listeners keep the old certificate until a restart"
         ),

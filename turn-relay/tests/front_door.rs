@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use natkit_proto::raw::{self, attr, method, Class};
+use natkit_proto::raw::method;
 use natkit_proto::turn::client::{ClientError, Transport};
-use natkit_testkit::{ready, stream::read_stun_message, tls};
+use natkit_testkit::{ready, tls};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConnection, StreamOwned};
 
@@ -113,43 +113,6 @@ fn get(mut s: impl Read + Write) -> String {
         .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_owned()
-}
-
-/// Allocate over a stream (401, then with credentials): (XOR-MAPPED-ADDRESS, relayed), or
-/// the error code of the second answer.
-fn stream_allocate(
-    s: &mut (impl Read + Write),
-    user: &str,
-    pass: &str,
-) -> Result<(SocketAddr, SocketAddr), u16> {
-    let tid = |n: u8| [n, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7];
-    s.write_all(&raw_request(
-        method::ALLOCATE,
-        tid(1),
-        udp_transport,
-        None,
-        true,
-    ))
-    .unwrap();
-    let r = RawAnswer::parse(&read_stun_message(s).expect("an answer to Allocate")).unwrap();
-    let auth = RawAuth::answering(&r, user, pass);
-    s.write_all(&raw_request(
-        method::ALLOCATE,
-        tid(2),
-        udp_transport,
-        Some(&auth),
-        true,
-    ))
-    .unwrap();
-    let r = RawAnswer::parse(&read_stun_message(s).expect("an answer to Allocate")).unwrap();
-    if r.class != Class::Success {
-        return Err(r.code.unwrap_or(0));
-    }
-    let addr = |a| raw::decode_xor_address(r.get(a).unwrap(), &r.tid).unwrap();
-    Ok((
-        addr(attr::XOR_MAPPED_ADDRESS),
-        addr(attr::XOR_RELAYED_ADDRESS),
-    ))
 }
 
 /// Certificate and key for `names` in `dir` as `<tag>.pem`/`<tag>.key`: (paths, DER).

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::{ConfigError, Sources};
+use crate::acme::AcmeSettings;
 use crate::logging::LogFormat;
 
 /// Most worker threads a server starts.
@@ -71,6 +72,21 @@ crate::settings! {
         /// Start each connection to web-backend and passthrough-backend with a PROXY protocol
         /// v2 header carrying the client's address: true or false.
         backend_proxy_protocol: bool ["BOOL"] = "false";
+        /// Get the TLS certificate automatically (ACME, RFC 8555) for this DNS name
+        /// (repeatable; instead of cert and key): validated with tls-alpn-01 on the TLS
+        /// listeners, so one of them must be reachable on port 443 under each name; renewed at
+        /// 2/3 of its lifetime while serving.
+        acme_domain: Vec<String> ["NAME"] = _;
+        /// Directory URL of the ACME certificate authority (HTTPS).
+        acme_directory: String ["URL"] = "https://acme-v02.api.letsencrypt.org/directory";
+        /// Contact email address for the ACME account: expiry and policy notices (repeatable).
+        acme_contact: Vec<String> ["EMAIL"] = _;
+        /// Directory keeping the ACME account key, the certificate and its key (kept across
+        /// restarts: a valid stored certificate is served at once); required with acme-domain.
+        acme_state_dir: Option<PathBuf> ["PATH"] = _;
+        /// PEM root certificate to trust for the ACME server's HTTPS instead of the system's
+        /// roots (a private or test CA).
+        acme_ca_file: Option<PathBuf> ["PATH"] = _;
     }
 }
 
@@ -87,8 +103,12 @@ impl Common {
         if self.listen.is_empty() {
             return Err(s.rule("listen", "at least one address is needed"));
         }
-        if !self.tls_listen.is_empty() && tls.is_none() {
-            return Err(s.rule("tls_listen", "set without cert and key: TLS needs both"));
+        self.validate_acme(s, tls.is_some())?;
+        if !self.tls_listen.is_empty() && tls.is_none() && self.acme_domain.is_empty() {
+            return Err(s.rule(
+                "tls_listen",
+                "set without cert and key (or acme-domain): TLS needs a certificate",
+            ));
         }
         if self.threads == 0 || self.threads > MAX_THREADS {
             return Err(s.rule(
@@ -104,6 +124,67 @@ impl Common {
         }
         self.validate_sharing(s)?;
         Ok(tls)
+    }
+
+    /// The ACME settings, when certificates come from ACME (already validated).
+    pub fn acme(&self) -> Option<AcmeSettings> {
+        if self.acme_domain.is_empty() {
+            return None;
+        }
+        Some(AcmeSettings {
+            domains: self.acme_domain.clone(),
+            directory: self.acme_directory.clone(),
+            contact: self.acme_contact.clone(),
+            state_dir: self.acme_state_dir.clone()?,
+            ca_file: self.acme_ca_file.clone(),
+        })
+    }
+
+    /// The rules of the ACME keys.
+    fn validate_acme(&self, s: &Sources<'_>, files: bool) -> Result<(), ConfigError> {
+        if self.acme_domain.is_empty() {
+            return Ok(());
+        }
+        if files {
+            let key = if self.cert.is_some() { "cert" } else { "key" };
+            return Err(s.rule(
+                key,
+                "set together with acme-domain: the certificate comes either from cert and key or from ACME, not both",
+            ));
+        }
+        if self.tls_listen.is_empty() {
+            return Err(s.rule(
+                "acme_domain",
+                "set without tls-listen: ACME validation (tls-alpn-01) is answered on the TLS listeners",
+            ));
+        }
+        if self.acme_state_dir.is_none() {
+            return Err(s.rule(
+                "acme_domain",
+                "set without acme-state-dir: the account and certificate need a directory to live in",
+            ));
+        }
+        for d in &self.acme_domain {
+            // RFC 8737 §3: tls-alpn-01 cannot validate wildcard names; IP addresses are
+            // RFC 8738's, which Let's Encrypt does not issue for TLS-ALPN.
+            let bad = d.is_empty()
+                || d.contains('*')
+                || d.contains(char::is_whitespace)
+                || d.parse::<std::net::IpAddr>().is_ok();
+            if bad {
+                return Err(s.rule(
+                    "acme_domain",
+                    format!(
+                        "{d:?} is not a DNS name (no wildcards or IP addresses with tls-alpn-01)"
+                    ),
+                ));
+            }
+        }
+        // RFC 8555 §6.1: ACME runs over HTTPS only.
+        if !self.acme_directory.starts_with("https://") {
+            return Err(s.rule("acme_directory", "must be an https:// URL"));
+        }
+        Ok(())
     }
 
     /// The rules of the port-sharing keys.

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 pub use common::{Common, MAX_THREADS};
 pub use schema::{Key, KeyDefault, Schema, Settings};
 pub use sources::{CommandLine, Source, Sources};
-pub use tls_files::{load_tls, TlsKey, TlsKeyError};
+pub use tls_files::{load_tls, start_tls, StartTlsError, TlsKey, TlsKeyError};
 pub use value::{expected, toml_type, Invalid, Setting, Shape, Value};
 
 /// Why the configuration was refused.

@@ -264,7 +264,7 @@ fn rules_name_where_the_value_was_set() {
     let e = Common::resolve(&s).unwrap().validate(&s).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "tls-listen: set without cert and key: TLS needs both (set by --tls-listen)"
+        "tls-listen: set without cert and key (or acme-domain): TLS needs a certificate (set by --tls-listen)"
     );
     let c = cli(&["--cert", "/c.pem", "--key", "/k.pem"]);
     let s = c.sources().unwrap();

@@ -74,6 +74,30 @@ pub fn load_tls(
         .transpose()
 }
 
+/// The TLS listeners' starting configuration could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum StartTlsError {
+    /// The `cert` or `key` file.
+    #[error(transparent)]
+    Files(#[from] TlsKeyError),
+    /// The ACME state directory.
+    #[error("acme-state-dir: {0}")]
+    Acme(#[from] crate::acme::AcmeError),
+}
+
+/// What a server's TLS listeners start with: with `acme-domain`, the stored ACME certificate
+/// (or a self-signed stand-in until the first one is issued, see [`crate::acme`]); otherwise
+/// the `cert` and `key` files, as [`load_tls`]. `None`: no TLS.
+pub fn start_tls(
+    common: &super::Common,
+    files: Option<&(PathBuf, PathBuf)>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, StartTlsError> {
+    match common.acme() {
+        Some(a) => Ok(Some(crate::acme::initial_config(&a)?)),
+        None => Ok(load_tls(files)?),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

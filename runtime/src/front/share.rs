@@ -35,6 +35,7 @@ use tracing::{debug, warn};
 use super::rewind::Rewind;
 use super::TURN_ALPN;
 use crate::shutdown::Shutdown;
+use crate::tls::CurrentTls;
 
 /// Most bytes read while waiting for a whole ClientHello. rustls refuses larger handshake
 /// messages itself; this bounds what a client can make us hold before that.
@@ -128,6 +129,8 @@ pub enum Decision<S> {
     Turn(Box<Rewind<tokio_rustls::server::TlsStream<S>>>),
     /// Handed to a backend, and served there until it ended.
     Routed(Routed),
+    /// An ACME tls-alpn-01 validation handshake (RFC 8737 §3), answered and closed.
+    AcmeChallenge,
 }
 
 /// Is this the start of a STUN message (RFC 8489 §5)? `None`: too few bytes to tell.
@@ -166,7 +169,7 @@ impl WebShare {
         mut stream: S,
         client: SocketAddr,
         local: SocketAddr,
-        config: &ServerConfig,
+        tls: &CurrentTls,
         deadline: Instant,
         idle: Duration,
         shutdown: &Shutdown,
@@ -222,10 +225,23 @@ impl WebShare {
             return Ok(Decision::Routed(Routed::Passthrough));
         }
         drop(hello);
+        // A tls-alpn-01 validation (RFC 8737 §3) offers only acme-tls/1: answered here, with
+        // the challenge certificate, and closed.
+        let (config, challenge) = tls.config_for(&accepted.client_hello());
+        if challenge {
+            tokio::time::timeout_at(
+                deadline,
+                StartHandshake::from_parts(accepted, stream).into_stream(config),
+            )
+            .await
+            .map_err(|_| late())?
+            .map_err(|e| ShareError::Tls(e.to_string()))?;
+            return Ok(Decision::AcmeChallenge);
+        }
         // 2. The handshake, with `stun.turn` and the web's protocols on offer.
         let tls = tokio::time::timeout_at(
             deadline,
-            StartHandshake::from_parts(accepted, stream).into_stream(self.with_alpn(config)),
+            StartHandshake::from_parts(accepted, stream).into_stream(self.with_alpn(&config)),
         )
         .await
         .map_err(|_| late())?
@@ -426,6 +442,7 @@ mod tests {
                 .with_no_client_auth()
                 .with_single_cert(vec![ck.cert.der().clone()], key)
                 .unwrap();
+        let cfg = crate::tls::ReloadableAcceptor::new(Arc::new(cfg)).current();
         // A backend that would notice being used: none is reachable at port 9.
         let share = WebShare {
             backend: Some("127.0.0.1:9".parse().unwrap()),

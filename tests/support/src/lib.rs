@@ -25,6 +25,7 @@
 
 pub mod bins;
 pub mod http;
+pub mod pebble;
 pub mod ports;
 pub mod ready;
 pub mod relay;

@@ -161,6 +161,28 @@ pub fn wait_http_status(addr: SocketAddr, path: &str, status: u16, limit: Durati
     panic!("http://{addr}{path} not {status} after {limit:?}; last: {last}");
 }
 
+/// Waits (bounded by `limit`) until `series` on `addr`'s `/metrics` reaches `at_least`, and
+/// returns its value: e.g. a certificate issued.
+///
+/// # Panics
+/// After `limit`, with the last value or error.
+pub fn wait_metric(addr: SocketAddr, series: &str, at_least: f64, limit: Duration) -> f64 {
+    let end = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < end {
+        match crate::http::get(addr, "/metrics") {
+            Ok((200, body)) => match crate::http::metric_value(&body, series) {
+                Some(v) if v >= at_least => return v,
+                v => last = format!("{v:?}"),
+            },
+            Ok((code, body)) => last = format!("{code}: {body}"),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{series} on http://{addr}/metrics not >= {at_least} after {limit:?}; last: {last}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,7 +93,20 @@ pub fn connect(
     name: &str,
     read_timeout: Duration,
 ) -> StreamOwned<ClientConnection, TcpStream> {
-    let config = client_config(ca.cert.der().clone());
+    connect_trusting(addr, ca.cert.der().clone(), name, read_timeout)
+}
+
+/// [`connect`] trusting the root `ca` (e.g. an ACME test CA's issuing root).
+///
+/// # Panics
+/// When TCP does not connect, or `name` is not a valid server name.
+pub fn connect_trusting(
+    addr: SocketAddr,
+    ca: CertificateDer<'static>,
+    name: &str,
+    read_timeout: Duration,
+) -> StreamOwned<ClientConnection, TcpStream> {
+    let config = client_config(ca);
     let name = ServerName::try_from(name.to_owned()).expect("a valid server name");
     let conn = ClientConnection::new(Arc::new(config), name).expect("a TLS client");
     let tcp = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));

@@ -423,3 +423,46 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
+
+/// Allocate over a stream (TCP or TLS; 401, then with credentials): (XOR-MAPPED-ADDRESS, relayed), or
+/// the error code of the second answer.
+pub fn stream_allocate(
+    s: &mut (impl Read + Write),
+    user: &str,
+    pass: &str,
+) -> Result<(SocketAddr, SocketAddr), u16> {
+    let tid = |n: u8| [n, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7];
+    s.write_all(&raw_request(
+        method::ALLOCATE,
+        tid(1),
+        udp_transport,
+        None,
+        true,
+    ))
+    .unwrap();
+    let r = RawAnswer::parse(
+        &natkit_testkit::stream::read_stun_message(s).expect("an answer to Allocate"),
+    )
+    .unwrap();
+    let auth = RawAuth::answering(&r, user, pass);
+    s.write_all(&raw_request(
+        method::ALLOCATE,
+        tid(2),
+        udp_transport,
+        Some(&auth),
+        true,
+    ))
+    .unwrap();
+    let r = RawAnswer::parse(
+        &natkit_testkit::stream::read_stun_message(s).expect("an answer to Allocate"),
+    )
+    .unwrap();
+    if r.class != Class::Success {
+        return Err(r.code.unwrap_or(0));
+    }
+    let addr = |a| raw::decode_xor_address(r.get(a).unwrap(), &r.tid).unwrap();
+    Ok((
+        addr(attr::XOR_MAPPED_ADDRESS),
+        addr(attr::XOR_RELAYED_ADDRESS),
+    ))
+}
