@@ -31,6 +31,13 @@ pub fn listen() {
                 Ok(mut s) => {
                     s.recv().await;
                     let _ = tx.send(true);
+                    // The clean-up is bounded (about a second), but a user
+                    // who presses again wants out now: a second Ctrl-C
+                    // exits at once, as the default handler would (128 +
+                    // SIGINT), leaving the allocation to its lifetime.
+                    if s.recv().await.is_some() {
+                        std::process::exit(130);
+                    }
                 }
                 Err(e) => tracing::warn!("cannot listen for Ctrl-C: {e}"),
             }

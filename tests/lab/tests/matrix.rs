@@ -81,13 +81,13 @@ fn with_port_mapping_two_hard_nats_connect_directly() {
         // candidate.
         (Symmetric, SymmetricPreserving),
         (SymmetricSequential, Symmetric),
-        // Not here: a mapped symmetric side facing an unmapped easy one
-        // (the double NAT, no-nat, full cone). There natkit's relayed
-        // allocation, which the open mapping lets in, learns a
-        // peer-reflexive candidate on the relay's address, ranked as prflx
-        // above the direct pairs, and the session mostly ends relayed
-        // (docs/NAT-MATRIX.md counts those runs); `natkit-lab matrix
-        // --port-mapping on` shows it until natkit ranks it as relayed.
+        // A mapped symmetric side facing an unmapped easy one: the open
+        // mapping lets in the checks from the peer's relay too, which used
+        // to rank as peer-reflexive above the direct pairs on one side
+        // only and keep the session relayed (fixed in natkit-ice: such a
+        // check carries the relayed candidate's priority).
+        (NoNat, Symmetric),
+        (Symmetric, DoubleNat),
         // A mapping opens no network that lets out no UDP.
         (Symmetric, UdpBlocked),
     ];

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::ports::free_port;
-use crate::ready::wait_binding;
+use crate::ready::{wait_binding, wait_binding_tcp};
 
 /// A running natkit-turn listening on 127.0.0.1 (UDP and TCP, same port),
 /// relaying from 127.0.0.1. Killed (SIGKILL: no drain wanted in tests) and
@@ -163,6 +163,11 @@ impl TurnRelayBuilder {
         if self.no_drain_grace {
             args.extend(["--drain-grace".into(), "0".into()]);
         }
+        let tcp_off = self
+            .extra
+            .windows(2)
+            .any(|w| w[0] == "--tcp" && w[1] == "false")
+            || self.extra.iter().any(|a| a == "--tcp=false");
         args.extend(self.extra);
         let child = Command::new(&self.bin)
             .args(&args)
@@ -183,6 +188,18 @@ impl TurnRelayBuilder {
             relay.addr,
             self.ready_timeout,
         );
+        // The TCP listener opens after the UDP workers answer: a test that
+        // allocates over TCP connected before it and was refused (seen in
+        // natkit-ice's turn_connection, one run in a few hundred). Wait on
+        // the endpoint the tests use too.
+        if !tcp_off {
+            wait_binding_tcp(
+                &mut relay.child,
+                "natkit-turn",
+                relay.addr,
+                self.ready_timeout,
+            );
+        }
         relay
     }
 }
