@@ -280,6 +280,103 @@ async fn relay_only_over_tls() {
     drop(relay);
 }
 
+/// A full relay sends allocations to its alternate (300 Try Alternate,
+/// RFC 8489 §10): sessions that reach it over UDP talk to the alternate
+/// from then on; over TCP and over TLS they open a new connection to it
+/// and relay through it, the TLS one checking the alternate's certificate
+/// against ALTERNATE-DOMAIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_followed_to_the_alternate_over_udp_tcp_and_tls() {
+    let dir = natkit_testkit::TempDir::new("natkit-ice-redirect");
+    let (cert, key, der) = relay_harness::tls_files(dir.path());
+    let tls_flags = |port: u16| -> Vec<String> {
+        vec![
+            "--tls-listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ]
+    };
+    let (b_tls, b_metrics) = (relay_harness::free_port(), relay_harness::free_port());
+    let b_metrics = SocketAddr::from(([127, 0, 0, 1], b_metrics));
+    let mut b_args = tls_flags(b_tls);
+    b_args.extend(["--metrics".into(), b_metrics.to_string()]);
+    let b = start_relay_with(&b_args);
+    // The alternate over TLS is B's TLS port (the certificate is for
+    // 127.0.0.1, as ALTERNATE-DOMAIN says); one alternate per family, so
+    // each transport gets its own A.
+    let full_relay = |alternate: u16, a_tls: u16| {
+        let mut args = tls_flags(a_tls);
+        args.extend([
+            "--max-allocations".into(),
+            "1".into(),
+            "--alternate-server".into(),
+            format!("127.0.0.1:{alternate}"),
+            "--alternate-domain".into(),
+            "127.0.0.1".into(),
+            "--alternate-when-full".into(),
+            "true".into(),
+        ]);
+        start_relay_with(&args)
+    };
+    let config = Arc::new(natkit_testkit::tls::client_config(der.into()));
+    let mut kept = Vec::new();
+    for transport in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+        let a_tls = relay_harness::free_port();
+        let alternate = match transport {
+            Transport::Tls => b_tls,
+            _ => b.port(),
+        };
+        let a = full_relay(alternate, a_tls);
+        let a_tls_addr = SocketAddr::from(([127, 0, 0, 1], a_tls));
+        natkit_testkit::ready::wait_tcp(a_tls_addr, "the TLS listener", Duration::from_secs(10));
+        // One allocation fills A.
+        let filler = relay_only(Role::Controlling, TurnServer::udp(a.addr, creds()))
+            .await
+            .unwrap();
+        assert_eq!(filler.local_description().await.candidates.len(), 1);
+        let turn = match transport {
+            Transport::Tls => TurnServer::tls(a_tls_addr, creds(), "127.0.0.1"),
+            Transport::Tcp => TurnServer::tcp(a.addr, creds()),
+            Transport::Udp => TurnServer::udp(a.addr, creds()),
+        };
+        let session = |role| {
+            relay_only_builder(role, turn.clone())
+                .turn_tls_config(config.clone())
+                .build()
+        };
+        let (x, y) = (
+            session(Role::Controlling).await.unwrap(),
+            session(Role::Controlled).await.unwrap(),
+        );
+        for s in [&x, &y] {
+            let d = s.local_description().await;
+            assert_eq!(
+                d.candidates.len(),
+                1,
+                "{transport:?}: {:?}",
+                s.server_problems()
+            );
+        }
+        connect_and_echo(&x, &y).await;
+        assert_eq!(x.path().unwrap().kind, PathKind::Relay);
+        // Both allocations live on B (port {alternate}), with the
+        // earlier rounds' sessions, kept open.
+        kept.extend([x, y, filler]);
+        let held = 2.0 * (kept.len() / 3) as f64;
+        let on_b = natkit_testkit::ready::wait_metric(
+            b_metrics,
+            "natkit_turn_allocations",
+            held,
+            Duration::from_secs(10),
+        );
+        assert_eq!(on_b, held, "{transport:?} via {alternate}");
+        drop(a);
+    }
+}
+
 /// A closed session deletes its allocation (RFC 8656 §8) instead of leaving
 /// it to expire: with a quota of one allocation per user, sessions can
 /// follow one another.

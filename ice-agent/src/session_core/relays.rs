@@ -233,7 +233,9 @@ impl SessionCore {
                 while c.poll_transmit().is_some() || c.poll_event().is_some() {}
                 continue;
             }
-            self.send_alloc_transmits(ai);
+            // Events first: a redirect (RFC 8489 §10) moves the allocation
+            // to another server, and the Allocate the client queued for the
+            // alternate must not leave on the old server's stream.
             while let Some(e) = self.allocs[ai].client.poll_event() {
                 self.dirty = true;
                 self.on_turn_event(ai, e, now);
@@ -262,7 +264,9 @@ impl SessionCore {
                 while let Some(t) = a.client.poll_transmit() {
                     self.transmits.push_back(Transmit {
                         via,
-                        to: a.server.addr,
+                        // The client's own server: the alternate at once
+                        // after a redirect over UDP.
+                        to: t.to,
                         payload: t.payload,
                     });
                 }
@@ -344,23 +348,36 @@ impl SessionCore {
             turn::Event::PermissionFailed { peers, error } => {
                 tracing::debug!(?peers, %error, "TURN permission refused");
             }
-            // RFC 8489 §10: the server sent the Allocate to an alternate.
-            // Over UDP the allocation simply talks to it from now on; a
-            // stream would need a new connection, which sessions do not
-            // open for it: that server is reported as a problem instead.
-            turn::Event::Redirected { to, .. } => {
-                if matches!(self.allocs[ai].link, Link::Udp(_)) {
-                    tracing::debug!(from = %server, %to, "TURN server redirected the allocation");
-                    self.allocs[ai].server.addr = to;
-                    self.send_alloc_transmits(ai);
-                } else {
-                    self.allocs[ai].done = true;
-                    self.allocs[ai].client.close(now);
-                    self.problem(ServerProblem {
-                        server,
-                        kind,
-                        problem: Problem::Turn(turn::ClientError::Redirected { to }),
-                    });
+            // RFC 8489 §10: the server sent the Allocate to an alternate
+            // (the client follows one redirect, never a second). Over UDP
+            // the allocation simply talks to it from now on; over TCP/TLS
+            // the alternate needs a connection of its own: the old stream
+            // is closed and a new one opened, and the client's Allocate
+            // waits in it until the stream is up (as at the start). TLS
+            // checks the alternate's certificate against ALTERNATE-DOMAIN
+            // when the server gave one, else against the name first used.
+            turn::Event::Redirected { to, domain, .. } => {
+                tracing::debug!(from = %server, %to, "TURN server redirected the allocation");
+                let old = self.allocs[ai].stream();
+                let a = &mut self.allocs[ai];
+                a.server.addr = to;
+                match old {
+                    None => self.send_alloc_transmits(ai),
+                    Some(old) => {
+                        if let Some(d) = domain {
+                            a.server.tls_name = Some(d);
+                        }
+                        let stream = StreamId(self.next_stream);
+                        self.next_stream += 1;
+                        a.link = Link::Connecting(stream);
+                        self.streams.push_back(Output::Disconnect { stream: old });
+                        self.streams.push_back(Output::Connect {
+                            stream,
+                            server: to,
+                            transport: a.server.transport,
+                            tls_name: a.server.tls_name.clone(),
+                        });
+                    }
                 }
             }
             turn::Event::Closed => self.allocs[ai].closed = true,
