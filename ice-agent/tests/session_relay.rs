@@ -252,17 +252,9 @@ async fn direct_pair_takes_over_from_the_relay_without_reconnecting() {
 async fn relay_only_over_tls() {
     let dir = natkit_testkit::TempDir::new("natkit-ice-tls");
     let (cert, key, der) = relay_harness::tls_files(dir.path());
-    let tls_port = relay_harness::free_port();
-    let relay = start_relay_with(&[
-        "--tls-listen".into(),
-        format!("127.0.0.1:{tls_port}"),
-        "--cert".into(),
-        cert.display().to_string(),
-        "--key".into(),
-        key.display().to_string(),
-    ]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], relay_harness::free_port()));
+    let relay = start_relay_with(&natkit_testkit::tls::listener_args(addr, &cert, &key));
     let config = natkit_testkit::tls::client_config(der.into());
-    let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
     // The relay is ready once it answers on UDP; its TLS listener opens
     // after that: wait for the very port the sessions use.
     natkit_testkit::ready::wait_tcp(addr, "the TLS listener", Duration::from_secs(10));
@@ -289,15 +281,9 @@ async fn relay_only_over_tls() {
 async fn a_redirect_is_followed_to_the_alternate_over_udp_tcp_and_tls() {
     let dir = natkit_testkit::TempDir::new("natkit-ice-redirect");
     let (cert, key, der) = relay_harness::tls_files(dir.path());
-    let tls_flags = |port: u16| -> Vec<String> {
-        vec![
-            "--tls-listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--cert".into(),
-            cert.display().to_string(),
-            "--key".into(),
-            key.display().to_string(),
-        ]
+    let tls_flags = |port: u16| {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        natkit_testkit::tls::listener_args(addr, &cert, &key)
     };
     let (b_tls, b_metrics) = (relay_harness::free_port(), relay_harness::free_port());
     let b_metrics = SocketAddr::from(([127, 0, 0, 1], b_metrics));
