@@ -477,6 +477,9 @@ impl Config {
             alternate_when_full: self.turn.alternate_when_full,
             usage_records: self.turn.usage_log.is_some(),
             usage_interval: Some(self.turn.usage_interval).filter(|i| !i.is_zero()),
+            // Off until the relay does the I/O of TCP allocations.
+            max_peer_connections: 0,
+            shard: (0, 1),
         }
     }
 }

@@ -597,7 +597,9 @@ impl Worker {
                     ClientAction::Relay { relay, peer, data } => {
                         relay_out.stage(relay, peer, k, data)
                     }
-                    ClientAction::Drop(_) => {}
+                    ClientAction::Drop(_)
+                    | ClientAction::Connect { .. }
+                    | ClientAction::Bind { .. } => {}
                 }
             }
             // Metrics first, as in `flush`: whoever sees the data arrive
@@ -796,7 +798,7 @@ impl Worker {
                 peer,
                 data: r,
             } => relay_send(env.relays, relay, peer, &data[r], &mut self.send_errors),
-            ClientAction::Drop(_) => {}
+            ClientAction::Drop(_) | ClientAction::Connect { .. } | ClientAction::Bind { .. } => {}
         }
     }
 
