@@ -131,16 +131,17 @@ pub async fn connect_peer(
     // An IPv4 peer written as IPv4-mapped IPv6 went to the IPv4 relay.
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let attempt = async {
-        let s = if peer.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        // The listener of the relayed address has the port: share it.
-        s.set_reuseaddr(true)?;
-        s.set_reuseport(true)?;
-        s.bind(from)?;
-        s.connect(peer).await
+        match connect_from(from, peer).await {
+            // The 4-tuple exists already: the peer connected to this
+            // relayed address from the very address asked for (two TCP
+            // allocations of one relay connecting to each other, as
+            // coturn's `turnutils_uclient -T` does). The relayed IP with
+            // another port is the closest there is.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                connect_from(SocketAddr::new(from.ip(), 0), peer).await
+            }
+            r => r,
+        }
     };
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Ok(Ok(s)) => {
@@ -160,6 +161,20 @@ pub async fn connect_peer(
         }
     };
     worker.send(Inbox::Connected { id, stream });
+}
+
+/// A connection from `from` to `peer`.
+async fn connect_from(from: SocketAddr, peer: SocketAddr) -> io::Result<TcpStream> {
+    let s = if peer.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // The listener of the relayed address has the port: share it.
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(from)?;
+    s.connect(peer).await
 }
 
 /// A client data connection (RFC 6062 §4.4): `frame`, its first message,

@@ -49,6 +49,8 @@ pub(super) struct PeerConnection {
     /// The allocation's slot in the core.
     pub slot: u32,
     pub peer: SocketAddr,
+    /// Made by a Connect (else accepted from the peer).
+    pub active: bool,
     pub state: State,
     /// When it is given up on (Connecting, Unbound); `None` once bound.
     pub deadline: Option<Instant>,
@@ -155,9 +157,15 @@ impl Connections {
         self.map.values().filter(|c| c.slot == slot).count()
     }
 
-    /// Whether the allocation in `slot` has a connection to `peer`.
-    pub fn has_peer(&self, slot: u32, peer: SocketAddr) -> bool {
-        self.map.values().any(|c| c.slot == slot && c.peer == peer)
+    /// Whether the allocation in `slot` has a Connect to `peer` under way
+    /// or done (RFC 6062 §5.2: 446). A connection the peer made to the
+    /// relayed address does not count: two TCP allocations that connect
+    /// to each other's relayed addresses see the other's connection come
+    /// in from the very address they connect to.
+    pub fn has_connect_to(&self, slot: u32, peer: SocketAddr) -> bool {
+        self.map
+            .values()
+            .any(|c| c.slot == slot && c.active && c.peer == peer)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -211,7 +219,7 @@ impl Server {
         };
         // §5.2: a connection to this peer being made, pending or active
         // already: 446.
-        if self.tcp.has_peer(s, peer) {
+        if self.tcp.has_connect_to(s, peer) {
             return self.error(out, m, &tid, 446, Some(v));
         }
         if self.tcp.count(s) >= self.cfg.max_peer_connections {
@@ -235,6 +243,7 @@ impl Server {
         let id = self.tcp.insert(PeerConnection {
             slot: s,
             peer,
+            active: true,
             state: State::Connecting { tid, v },
             // The driver's attempt ends first; this only forgets a Connect
             // it never reported.
@@ -315,6 +324,7 @@ impl Server {
         let id = self.tcp.insert(PeerConnection {
             slot: s,
             peer,
+            active: false,
             state: State::Unbound,
             deadline: Some(now + BIND_TIMEOUT),
         });
@@ -417,6 +427,7 @@ mod tests {
         PeerConnection {
             slot: 0,
             peer: "192.0.2.1:80".parse().unwrap(),
+            active: false,
             state: State::Unbound,
             deadline: None,
         }
