@@ -7,40 +7,14 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
 
 use common::*;
 use natkit_proto::raw::{attr, method, Class};
-use natkit_proto::turn::client::{
-    ClientError, Config, Credentials, Event, RelayedTransport, Transport,
-};
+use natkit_proto::turn::client::{ClientError, Event};
 
 /// A relay that lets peers on loopback be relayed to.
 fn relay() -> Relay {
     Relay::start(&["--allow-peer", "127.0.0.0/8"])
-}
-
-/// A TCP allocation over a TCP control connection.
-fn tcp_node(relay: &Relay) -> (TurnTestClient, SocketAddr) {
-    let mut cfg = Config::new(relay.addr, Transport::Tcp, Credentials::new(USER, PASS));
-    cfg.relayed = RelayedTransport::Tcp;
-    cfg.transaction.rto = Duration::from_millis(100);
-    let mut n = TurnTestClient::connect(cfg);
-    let relayed = n.allocated().expect("a TCP allocation");
-    (n, relayed)
-}
-
-/// Connect to `peer` (RFC 6062 §4.3): its CONNECTION-ID, or the error.
-fn connect(n: &mut TurnTestClient, peer: SocketAddr) -> Result<u32, ClientError> {
-    n.client().connect(peer, Instant::now()).unwrap();
-    n.wait("Connected or ConnectFailed", |e| match e {
-        Event::Connected {
-            peer: p,
-            connection_id,
-        } if *p == peer => Some(Ok(*connection_id)),
-        Event::ConnectFailed { peer: p, error } if *p == peer => Some(Err(error.clone())),
-        _ => None,
-    })
 }
 
 /// `len` bytes no two connections of a test share.
@@ -96,18 +70,18 @@ fn closes(s: &mut TcpStream) -> bool {
 #[test]
 fn connect_and_connection_attempt_carry_bytes_both_ways() {
     let relay = relay();
-    let (mut n, relayed) = tcp_node(&relay);
+    let (mut n, relayed) = tcp_allocate(relay.addr);
     assert_eq!(relayed.ip().to_string(), "127.0.0.1");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let peer_addr = listener.local_addr().unwrap();
 
     // Active: the relay connects from the relayed address.
-    let id = connect(&mut n, peer_addr).expect("Connect");
+    let id = tcp_connect(&mut n, peer_addr).expect("Connect");
     let (mut peer, from) = listener.accept().unwrap();
     assert_eq!(from, relayed, "the peer sees the relayed address");
     // A second Connect to the same peer while the first lives: 446.
     assert_eq!(
-        connect(&mut n, peer_addr),
+        tcp_connect(&mut n, peer_addr),
         Err(ClientError::ConnectionAlreadyExists)
     );
     // Bytes the peer sends before the bind wait for it (§5.2).
@@ -165,9 +139,9 @@ fn connect_and_connection_attempt_carry_bytes_both_ways() {
 #[test]
 fn allocation_end_closes_connections_and_strangers_are_refused() {
     let relay = relay();
-    let (mut n, relayed) = tcp_node(&relay);
+    let (mut n, relayed) = tcp_allocate(relay.addr);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let id = connect(&mut n, listener.local_addr().unwrap()).expect("Connect");
+    let id = tcp_connect(&mut n, listener.local_addr().unwrap()).expect("Connect");
     let (mut peer, _) = listener.accept().unwrap();
     let mut data = n.bind_data_connection(relay.addr, id).expect("bound");
     both_ways(&mut data, &mut peer, 1000, 3);
@@ -213,16 +187,16 @@ fn tcp_allocation_errors() {
     let r = udp.exchange(&raw_request(method::ALLOCATE, t, tcp, Some(&auth), true));
     assert_eq!((r.class, r.code), (Class::Error, Some(442)), "{r:?}");
 
-    let (mut n, _) = tcp_node(&relay);
+    let (mut n, _) = tcp_allocate(relay.addr);
     // 10.0.0.0/8 is on the default deny list: 403.
     let denied: SocketAddr = "10.1.2.3:80".parse().unwrap();
-    assert_eq!(connect(&mut n, denied), Err(ClientError::Forbidden));
+    assert_eq!(tcp_connect(&mut n, denied), Err(ClientError::Forbidden));
     // A loopback port nothing listens on: refused, 447.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
     assert_eq!(
-        connect(&mut n, closed_addr),
+        tcp_connect(&mut n, closed_addr),
         Err(ClientError::ConnectionFailed)
     );
     // No such connection: 400 (§5.4).
