@@ -394,9 +394,10 @@ fn uclient_send_indications_over_tcp() {
     relay_with_uclient(true, Method::SendIndications);
 }
 
-/// Sessions of the RFC 6062 runs. Known gap: with `-m 4 -T` uclient
-/// stalls after its sixth allocation against natkit-turn (coturn's
-/// turnserver completes it); two sessions complete.
+/// Sessions of the RFC 6062 runs. Known gap: with `-m 3` or more and
+/// `-T`, uclient stalls after its connections are bound against
+/// natkit-turn (with one shard or two), while coturn's turnserver
+/// completes; two sessions complete.
 const TCP_CLIENTS: u64 = 2;
 
 /// uclient's RFC 6062 mode against natkit-turn: `flags` (`-T` active,
