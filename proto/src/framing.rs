@@ -264,6 +264,13 @@ impl Deframer {
     pub fn buffered(&self) -> usize {
         self.end - self.start
     }
+
+    /// Those bytes: what followed the last frame taken. A stream that stops
+    /// carrying frames (an RFC 6062 client data connection after its
+    /// ConnectionBind) passes them on as they are.
+    pub fn remaining(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
 }
 
 #[cfg(test)]

@@ -275,29 +275,6 @@ fn unreachable_server_times_out() {
     assert!(n.unreachable >= 1);
 }
 
-/// Bind a new data connection to `server` for `connection_id` (RFC 6062
-/// §4.4), answering a 401/438 once; returns the bound stream.
-fn bind_data_connection(
-    node: &mut TurnTestClient,
-    server: SocketAddr,
-    connection_id: u32,
-) -> std::net::TcpStream {
-    use natkit_proto::turn::client::BindOutcome;
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(server).expect("data connection");
-    s.set_read_timeout(Some(START)).unwrap();
-    let mut bind = node.client().connection_bind(connection_id).unwrap();
-    loop {
-        s.write_all(bind.request()).unwrap();
-        let answer = natkit_testkit::stream::read_stun_message(&mut s).expect("an answer");
-        match bind.handle_response(&answer) {
-            BindOutcome::Bound => return s,
-            BindOutcome::Retry => continue,
-            other => panic!("ConnectionBind {connection_id}: {other:?}"),
-        }
-    }
-}
-
 /// Bytes both ways between a bound data connection and the peer.
 fn echo_both_ways(data: &mut std::net::TcpStream, peer: &mut std::net::TcpStream) {
     use std::io::{Read, Write};
@@ -343,7 +320,7 @@ fn tcp_allocation_connects_and_accepts_through_coturn() {
     let (mut peer, from) = listener.accept().unwrap();
     assert_eq!(from.ip(), relayed.ip());
     assert_eq!(from.port(), relayed.port(), "from the relayed address");
-    let mut data = bind_data_connection(&mut node, server.addr(), id);
+    let mut data = node.bind_data_connection(server.addr(), id).expect("bound");
     echo_both_ways(&mut data, &mut peer);
 
     // Passive: a peer connects to the relayed address.
@@ -353,6 +330,8 @@ fn tcp_allocation_connects_and_accepts_through_coturn() {
         _ => None,
     });
     assert_ne!(id2, id);
-    let mut data2 = bind_data_connection(&mut node, server.addr(), id2);
+    let mut data2 = node
+        .bind_data_connection(server.addr(), id2)
+        .expect("bound");
     echo_both_ways(&mut data2, &mut peer2);
 }

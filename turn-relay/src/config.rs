@@ -107,6 +107,9 @@ natkit_runtime::settings! {
         max_permissions: usize ["N"] = "32";
         /// Most channels per allocation (at most 4096, RFC 8656 §12).
         max_channels: usize ["N"] = "32";
+        /// Most peer connections per TCP allocation (RFC 6062), made by Connect or accepted on
+        /// the relayed address; 0 turns TCP allocations off (442).
+        max_peer_connections: usize ["N"] = "16";
         /// Bytes per second per allocation, each direction counted; suffixes K, M, G (x1000)
         /// and Ki, Mi, Gi (x1024); 0 = unlimited.
         bandwidth: Bandwidth ["BYTES"] = "0";
@@ -499,6 +502,8 @@ impl Config {
             alternate_when_full: self.turn.alternate_when_full,
             usage_records: self.turn.usage_log.is_some(),
             usage_interval: Some(self.turn.usage_interval).filter(|i| !i.is_zero()),
+            max_peer_connections: self.turn.max_peer_connections,
+            shard: (0, 1),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! | [`shared`] | state the shards share: credentials, policy, quotas, relayed addresses |
 //! | [`worker`] | one shard: mio loop, batched listener I/O, relay sockets, the sans-IO core |
 //! | [`stream`] | TURN over TCP and TLS, feeding the shards |
+//! | [`tcp`] | TCP allocations' sockets (RFC 6062): relayed listeners, Connect, data connections spliced with peers |
 //! | [`metrics`] | live Prometheus metrics |
 //! | [`usage`] | usage records (JSON lines) of allocations, written off the data path |
 //! | [`server`] | starts everything; SIGHUP reload, SIGTERM drain |
@@ -19,5 +20,6 @@ pub mod ports;
 pub mod server;
 pub mod shared;
 pub mod stream;
+pub mod tcp;
 pub mod usage;
 pub mod worker;

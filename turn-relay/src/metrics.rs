@@ -3,7 +3,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use natkit_proto::turn::server::{Drop, EndReason, Refusal, Stats};
+use natkit_proto::turn::server::{Drop, EndReason, Refusal, Stats, TcpEvent};
 
 use crate::usage::UsageCounters;
 
@@ -28,6 +28,11 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     max_allocations: IntGauge,
     relay_ports: IntGauge,
+    tcp_peer_connections: IntCounterVec,
+    /// Client data connections spliced with a peer connection now
+    /// (RFC 6062).
+    pub tcp_spliced: IntGauge,
+    tcp_bytes: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -138,12 +143,36 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            tcp_peer_connections: vec(
+                "natkit_turn_tcp_peer_connections_total",
+                "Peer connections of TCP allocations (RFC 6062) by event: connected, connect_failed \
+                 (447), accepted (ConnectionAttempt sent), refused (no permission or over the cap), \
+                 bound, unbound_timeout (no ConnectionBind in 30 s)",
+                &["event"],
+            ),
+            tcp_spliced: reg(
+                &r,
+                IntGauge::new(
+                    "natkit_turn_tcp_spliced_connections",
+                    "Client data connections spliced with a peer connection (RFC 6062)",
+                )
+                .expect("valid"),
+            ),
+            tcp_bytes: vec(
+                "natkit_turn_tcp_relayed_bytes_total",
+                "Bytes relayed over TCP allocations' spliced connections, by direction (to_peer, to_client)",
+                &["direction"],
+            ),
             registry: r,
         };
         // Series that exist from the start, so dashboards show zeros.
         for d in ["to_peer", "to_client"] {
             m.packets.with_label_values(&[d]);
             m.bytes.with_label_values(&[d]);
+            m.tcp_bytes.with_label_values(&[d]);
+        }
+        for e in TcpEvent::LABELS {
+            m.tcp_peer_connections.with_label_values(&[e]);
         }
         for d in Drop::LABELS {
             m.drops.with_label_values(&[d]);
@@ -177,6 +206,14 @@ impl Metrics {
         }
     }
 
+    /// The byte counters of spliced TCP connections: (to_peer, to_client).
+    pub fn tcp_bytes(&self) -> (IntCounter, IntCounter) {
+        (
+            self.tcp_bytes.with_label_values(&["to_peer"]),
+            self.tcp_bytes.with_label_values(&["to_client"]),
+        )
+    }
+
     /// Counter handles a worker keeps, so the hot path does no label lookup.
     pub fn worker(&self) -> WorkerCounters {
         WorkerCounters {
@@ -192,6 +229,7 @@ impl Metrics {
             refused: Refusal::LABELS.map(|l| self.refused.with_label_values(&[l])),
             ended: EndReason::LABELS.map(|l| self.ended.with_label_values(&[l])),
             alloc_success: self.allocation_attempts.with_label_values(&["success"]),
+            tcp: TcpEvent::LABELS.map(|l| self.tcp_peer_connections.with_label_values(&[l])),
             metrics: self.clone(),
             allocations: 0,
         }
@@ -212,6 +250,7 @@ pub struct WorkerCounters {
     refused: [IntCounter; Refusal::LABELS.len()],
     ended: [IntCounter; EndReason::LABELS.len()],
     alloc_success: IntCounter,
+    tcp: [IntCounter; TcpEvent::LABELS.len()],
     metrics: Metrics,
     /// This worker's share of the allocations gauge.
     allocations: i64,
@@ -232,6 +271,9 @@ impl WorkerCounters {
             add(c, n);
         }
         for (c, n) in self.ended.iter().zip(s.ended) {
+            add(c, n);
+        }
+        for (c, n) in self.tcp.iter().zip(s.tcp) {
             add(c, n);
         }
         let m = &self.metrics;

@@ -36,7 +36,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -157,15 +157,9 @@ impl PortPool {
         if first > last {
             return Err(PortError::Exhausted);
         }
-        let n = (last - first) / step + 1;
         let mut rng = rand::thread_rng();
-        let start = rng.gen_range(0..n);
-        let stride = coprime_stride(&mut rng, n);
         let mut failures = 0;
-        for i in 0..n {
-            let idx = (u64::from(start) + u64::from(i) * u64::from(stride)) % u64::from(n);
-            // `first + idx * step <= last <= 65535`: the casts are exact.
-            let port = (first + idx as u32 * step) as u16;
+        for port in spread(first, last, step) {
             if g.used.contains(&(ip, port)) || (reserve && g.used.contains(&(ip, port + 1))) {
                 continue;
             }
@@ -217,6 +211,37 @@ impl PortPool {
                 port,
                 token,
             });
+        }
+        Err(PortError::Exhausted)
+    }
+
+    /// Binds a listening TCP socket on a free port of `ip`, the relayed
+    /// address of a TCP allocation (RFC 6062 §5.1); give the port back
+    /// with [`PortPool::release`]. SO_REUSEADDR and SO_REUSEPORT: the
+    /// relay's connections to peers (§5.2) leave from this same address.
+    pub fn open_tcp(&self, ip: IpAddr) -> Result<(TcpListener, u16), PortError> {
+        let mut g = self.lock();
+        if self.min > self.max {
+            return Err(PortError::Exhausted);
+        }
+        let mut failures = 0;
+        for port in spread(u32::from(self.min), u32::from(self.max), 1) {
+            if g.used.contains(&(ip, port)) {
+                continue;
+            }
+            match bind_tcp(ip, port) {
+                Ok(l) => {
+                    g.used.insert((ip, port));
+                    return Ok((l, port));
+                }
+                Err(e) if taken(&e) => {
+                    failures += 1;
+                    if failures >= MAX_BIND_FAILURES {
+                        break;
+                    }
+                }
+                Err(e) => return Err(PortError::Io(e)),
+            }
         }
         Err(PortError::Exhausted)
     }
@@ -330,17 +355,59 @@ fn taken(e: &io::Error) -> bool {
     )
 }
 
-/// A non-blocking UDP socket bound to `ip:port`.
-fn bind(ip: IpAddr, port: u16, dont_fragment: bool) -> io::Result<UdpSocket> {
+/// The ports `first..=last` (every `step`-th), from a random one on in a
+/// random stride coprime with their number: each once, in an order a
+/// client cannot predict.
+fn spread(first: u32, last: u32, step: u32) -> impl Iterator<Item = u16> {
+    let n = (last - first) / step + 1;
+    let mut rng = rand::thread_rng();
+    let start = rng.gen_range(0..n);
+    let stride = coprime_stride(&mut rng, n);
+    (0..n).map(move |i| {
+        let idx = (u64::from(start) + u64::from(i) * u64::from(stride)) % u64::from(n);
+        // `first + idx * step <= last <= 65535`: the casts are exact.
+        (first + idx as u32 * step) as u16
+    })
+}
+
+/// A non-blocking TCP listener on `ip:port`, SO_REUSEPORT (see
+/// [`PortPool::open_tcp`]).
+fn bind_tcp(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
+    let s = tcp_socket(ip)?;
+    s.bind(&SocketAddr::new(ip, port).into())?;
+    s.listen(128)?;
+    Ok(s.into())
+}
+
+/// A socket of `ip`'s family; IPv6 ones are `IPV6_V6ONLY` (see the
+/// module's notes).
+fn socket(ip: IpAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
     let domain = if ip.is_ipv4() {
         Domain::IPV4
     } else {
         Domain::IPV6
     };
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    let s = Socket::new(domain, ty, Some(proto))?;
     if ip.is_ipv6() {
         s.set_only_v6(true)?;
     }
+    Ok(s)
+}
+
+/// A non-blocking TCP socket for `ip`'s family with SO_REUSEADDR and
+/// SO_REUSEPORT, so a listener and connections may share a relayed
+/// address (RFC 6062 §5.2: Connect leaves from the relayed address).
+fn tcp_socket(ip: IpAddr) -> io::Result<Socket> {
+    let s = socket(ip, Type::STREAM, Protocol::TCP)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// A non-blocking UDP socket bound to `ip:port`.
+fn bind(ip: IpAddr, port: u16, dont_fragment: bool) -> io::Result<UdpSocket> {
+    let s = socket(ip, Type::DGRAM, Protocol::UDP)?;
     // Buffer sizes are a request the kernel may cap; a refusal is not a
     // reason to fail the allocation.
     let _ = s.set_recv_buffer_size(SOCKET_BUFFER);

@@ -70,6 +70,14 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
         None => None,
     };
 
+    // Before the shards: TCP allocations' sockets (RFC 6062) run on it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("natkit-turn-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+
     // One shard per thread, each with its own SO_REUSEPORT socket on every
     // listen address.
     let mut handles = Vec::new();
@@ -92,11 +100,17 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
         let (handle, body) = worker::create(WorkerSetup {
             index,
             listeners: socks,
-            core: cfg.core_config(),
+            core: natkit_proto::turn::server::Config {
+                // CONNECTION-IDs name their shard (RFC 6062 data
+                // connections are routed by them).
+                shard: (index as u32, cfg.common.threads as u32),
+                ..cfg.core_config()
+            },
             shared: shared.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             usage: usage.as_ref().map(UsageLog::sender),
+            rt: rt.handle().clone(),
         })
         .context("cannot start a relay worker")?;
         handles.push(handle);
@@ -114,12 +128,6 @@ pub fn run(cfg: Config, tls: Option<Arc<rustls::ServerConfig>>, args: Args) -> a
         info!(bind = %r.bind, advertised = %r.advertised, ports = %format!("{}-{}", cfg.turn.min_port, cfg.turn.max_port), "relaying");
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("natkit-turn-io")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let result = rt.block_on(serve_async(
         cfg,
         tls,

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use natkit_proto::framing::Deframer;
+use natkit_proto::turn::server::tcp::connection_bind_id;
 use natkit_runtime::stream::{
     read_more, write_queued, AcceptOutcome, StreamEnd, StreamKind, StreamLimits, StreamService,
 };
@@ -72,6 +73,35 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     ctx: &StreamContext,
 ) {
     let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mut stream = Box::pin(stream);
+    let mut d = Deframer::new(MAX_FRAME, true);
+    // The first message says what the connection is: a client data
+    // connection (RFC 6062 §4.4) starts with a ConnectionBind, which the
+    // shard its CONNECTION-ID names answers; anything else makes it a
+    // control connection, on the shard it is given here.
+    let first = loop {
+        match d.next_frame() {
+            Ok(Some(f)) => break f.message.to_vec(),
+            Ok(None) => {}
+            Err(e) => {
+                debug!(%peer, error = %e, "closing client stream");
+                return;
+            }
+        }
+        tokio::select! {
+            r = read_more(&mut stream, &mut d, ctx.limits.idle_timeout) => {
+                if let Err(end) = r {
+                    debug!(%peer, reason = end.label(), "client stream ending");
+                    return;
+                }
+            }
+            _ = ctx.limits.shutdown.wait() => return,
+        }
+    };
+    if connection_bind_id(&first).is_some() {
+        crate::tcp::data_connection(stream, d, first, peer, conn, ctx).await;
+        return;
+    }
     let worker = &ctx.workers[(conn % ctx.workers.len() as u64) as usize];
     let (frames, frames_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(IN_QUEUE);
     let (out, out_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(OUT_QUEUE);
@@ -91,12 +121,16 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     }
     let (mut reader, writer) = tokio::io::split(stream);
     let write_task = tokio::spawn(write_queued(writer, out_rx, ctx.limits.idle_timeout));
-    let mut d = Deframer::new(MAX_FRAME, true);
+    let mut first = Some(first);
     let end = 'conn: loop {
         // Hand every whole frame to the shard, waiting for room.
         loop {
-            let frame = match d.next_frame() {
-                Ok(Some(f)) => f.message.to_vec(),
+            let next = match first.take() {
+                Some(f) => Ok(Some(f)),
+                None => d.next_frame().map(|f| f.map(|f| f.message.to_vec())),
+            };
+            let frame = match next {
+                Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
                     debug!(%peer, error = %e, "closing client stream");

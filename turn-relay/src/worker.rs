@@ -26,19 +26,22 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use natkit_proto::turn::server::{
-    ClientAction, ClientKey, Config as CoreConfig, EndReason, Env, Framing, OpenedRelay,
-    QuotaError, RelayError, RelayId, RelayRequest, Server, Via, MAX_FRAMING,
+    ClientAction, ClientKey, Config as CoreConfig, ConnectionId, EndReason, Env, Framing,
+    OpenedRelay, QuotaError, RelayError, RelayId, RelayRequest, Server, Via, MAX_FRAMING,
 };
 use natkit_runtime::batch::{gso, RecvBatch, SendBatch};
 use natkit_runtime::shutdown::Shutdown;
 use tokio::sync::mpsc::error::{TryRecvError as StreamTryRecvError, TrySendError};
 use tokio::sync::mpsc::{Receiver as StreamReceiver, Sender as StreamSender};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
 use crate::metrics::{Metrics, WorkerCounters};
 use crate::peer_policy::{PeerPolicy, Verdict};
 use crate::ports::PortRequest;
-use crate::shared::Shared;
+use crate::shared::{RelayAddress, Shared};
+use crate::tcp::{self, BindAnswer, PeerStream, Splice, SpliceBytes};
 use crate::usage::{ClientTransport, UsageSender};
 
 /// Datagrams per recvmmsg/sendmmsg.
@@ -89,12 +92,35 @@ pub struct StreamLink {
 
 /// A message for a shard from the TCP/TLS side. At most one `Opened` and
 /// one outstanding `Ready` per connection, so the inbox stays bounded by
-/// the connection cap.
+/// the connection cap; the messages of TCP allocations (RFC 6062) are
+/// bounded by their peer connections, at most `max-peer-connections` per
+/// allocation, and one `Bind` per data connection at a time.
 pub enum Inbox {
     /// A connection opened.
     Opened(StreamLink),
     /// A connection has frames (or has ended): put it on the ready list.
     Ready(u64),
+    /// A Connect attempt ended (RFC 6062 §5.2): the stream if it connected.
+    Connected {
+        id: ConnectionId,
+        stream: Option<PeerStream>,
+    },
+    /// A peer connected to the relayed address of TCP relay `relay` (§5.3).
+    PeerAccepted {
+        relay: RelayId,
+        peer: SocketAddr,
+        stream: PeerStream,
+    },
+    /// A client data connection's ConnectionBind (§5.4), routed to this
+    /// shard by its CONNECTION-ID.
+    Bind {
+        conn: u64,
+        addr: SocketAddr,
+        frame: Vec<u8>,
+        answer: oneshot::Sender<BindAnswer>,
+    },
+    /// The splice of peer connection `id` ended.
+    SpliceEnded(ConnectionId),
 }
 
 /// How the rest of the relay reaches a shard.
@@ -173,13 +199,125 @@ struct RelayTable {
     free: Vec<u32>,
 }
 
+/// A TCP relayed address (RFC 6062): its listener's accept task.
+struct TcpRelay {
+    accept: AbortHandle,
+    bound: SocketAddr,
+    advertised: SocketAddr,
+}
+
+/// A peer connection of a TCP allocation, as the shard holds it.
+enum PeerConn {
+    /// Connect in progress (its task).
+    Connecting(AbortHandle),
+    /// Connected or accepted, waiting for a ConnectionBind: not read, so
+    /// what the peer sends waits in the kernel (bounded by its buffer).
+    Parked(PeerStream),
+    /// Spliced with a client data connection; dropping the sender ends
+    /// the splice.
+    Spliced {
+        _kill: oneshot::Sender<()>,
+        bytes: Arc<SpliceBytes>,
+    },
+}
+
+/// The shard's side of TCP allocations' I/O: tasks on the relay's tokio
+/// runtime that report to this shard.
+struct TcpIo {
+    rt: tokio::runtime::Handle,
+    me: WorkerHandle,
+    relays: HashMap<RelayId, TcpRelay>,
+    peers: HashMap<ConnectionId, PeerConn>,
+    /// Passive connections one relayed address holds at once.
+    max_peer_connections: usize,
+}
+
+impl TcpIo {
+    fn open(
+        &mut self,
+        id: RelayId,
+        listener: std::net::TcpListener,
+        ra: RelayAddress,
+        port: u16,
+    ) -> io::Result<()> {
+        let _rt = self.rt.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let slots = Arc::new(Semaphore::new(self.max_peer_connections.max(1)));
+        let task = self
+            .rt
+            .spawn(tcp::accept_peers(listener, id, self.me.clone(), slots));
+        self.relays.insert(
+            id,
+            TcpRelay {
+                accept: task.abort_handle(),
+                bound: SocketAddr::new(ra.bind, port),
+                advertised: SocketAddr::new(ra.advertised, port),
+            },
+        );
+        Ok(())
+    }
+
+    /// Start Connect `id` from TCP relay `relay`; false if it has none.
+    fn connect(&mut self, id: ConnectionId, relay: RelayId, peer: SocketAddr) -> bool {
+        let Some(from) = self.relays.get(&relay).map(|r| r.bound) else {
+            return false;
+        };
+        let task = self
+            .rt
+            .spawn(tcp::connect_peer(id, from, peer, self.me.clone()));
+        self.peers
+            .insert(id, PeerConn::Connecting(task.abort_handle()));
+        true
+    }
+}
+
 /// The [`Env`] a shard gives its core: relay sockets, policy, quotas.
 struct WorkerEnv<'a> {
     shared: &'a Shared,
     policy: &'a PeerPolicy,
     relays: &'a mut RelayTable,
+    tcp: &'a mut TcpIo,
     registry: &'a Registry,
     now: Instant,
+}
+
+impl WorkerEnv<'_> {
+    /// A relay number: a free one, or the next.
+    fn relay_id(&mut self) -> RelayId {
+        match self.relays.free.pop() {
+            Some(id) => id,
+            None => {
+                self.relays.socks.push(None);
+                (self.relays.socks.len() - 1) as u32
+            }
+        }
+    }
+
+    /// RFC 6062 §5.1: a TCP relayed address, a listener on a relay port.
+    /// Its number comes from the UDP relays' table (the core indexes
+    /// allocations by it), whose entry stays empty.
+    fn open_tcp_relay(&mut self, ra: RelayAddress) -> Result<OpenedRelay, RelayError> {
+        let (listener, port) = self
+            .shared
+            .ports
+            .open_tcp(ra.bind)
+            .map_err(|_| RelayError::NoPorts)?;
+        let id = self.relay_id();
+        if let Err(e) = self.tcp.open(id, listener, ra, port) {
+            warn!(error = %e, "cannot start a TCP relay listener");
+            self.relays.free.push(id);
+            self.shared.ports.release(ra.bind, port);
+            return Err(RelayError::NoPorts);
+        }
+        let bound = SocketAddr::new(ra.bind, port);
+        let advertised = SocketAddr::new(ra.advertised, port);
+        self.shared.add_relayed(&[bound, advertised]);
+        Ok(OpenedRelay {
+            id,
+            addr: advertised,
+            token: None,
+        })
+    }
 }
 
 impl Env for WorkerEnv<'_> {
@@ -191,6 +329,9 @@ impl Env for WorkerEnv<'_> {
         let Some(ra) = self.shared.relay[req.family] else {
             return Err(RelayError::Family);
         };
+        if req.tcp {
+            return self.open_tcp_relay(ra);
+        }
         let pr = PortRequest {
             even: req.even_port,
             reserve_next: req.reserve,
@@ -206,13 +347,7 @@ impl Env for WorkerEnv<'_> {
                 _ => RelayError::NoPorts,
             })?;
         let mut sock = mio::net::UdpSocket::from_std(opened.socket);
-        let id = match self.relays.free.pop() {
-            Some(id) => id,
-            None => {
-                self.relays.socks.push(None);
-                (self.relays.socks.len() - 1) as u32
-            }
-        };
+        let id = self.relay_id();
         if let Err(e) = self.registry.register(
             &mut sock,
             Token(RELAY_BASE + id as usize),
@@ -239,6 +374,13 @@ impl Env for WorkerEnv<'_> {
     }
 
     fn close_relay(&mut self, id: RelayId) {
+        if let Some(r) = self.tcp.relays.remove(&id) {
+            r.accept.abort();
+            self.shared.remove_relayed(&[r.bound, r.advertised]);
+            self.shared.ports.release(r.bound.ip(), r.bound.port());
+            self.relays.free.push(id);
+            return;
+        }
         let Some(slot) = self.relays.socks.get_mut(id as usize) else {
             return;
         };
@@ -276,6 +418,13 @@ impl Env for WorkerEnv<'_> {
     fn release_allocation(&mut self, user: &str) {
         self.shared.release(user);
     }
+
+    fn close_connection(&mut self, id: ConnectionId) {
+        // Dropped: a parked stream closes, a splice's kill switch fires.
+        if let Some(PeerConn::Connecting(task)) = self.tcp.peers.remove(&id) {
+            task.abort();
+        }
+    }
 }
 
 /// The [`WorkerEnv`] of a worker, borrowing only the fields it needs, so
@@ -286,6 +435,7 @@ macro_rules! worker_env {
             shared: &$w.shared,
             policy: &$w.policy,
             relays: &mut $w.relays,
+            tcp: &mut $w.tcp,
             registry: $w.poll.registry(),
             now: $now,
         }
@@ -303,6 +453,9 @@ pub struct WorkerSetup {
     pub shutdown: Shutdown,
     /// Where usage records go (`usage-log`), if anywhere.
     pub usage: Option<UsageSender>,
+    /// The relay's tokio runtime: TCP allocations' sockets (RFC 6062) run
+    /// there.
+    pub rt: tokio::runtime::Handle,
 }
 
 /// Create a shard: returns its handle and the thread body to run.
@@ -319,6 +472,7 @@ pub fn create(setup: WorkerSetup) -> io::Result<(WorkerHandle, impl FnOnce() + S
         listeners.push(m);
     }
     let (creds, policy) = setup.shared.current();
+    let max_peer_connections = setup.core.max_peer_connections;
     let core = Server::new(
         setup.core,
         creds,
@@ -327,6 +481,7 @@ pub fn create(setup: WorkerSetup) -> io::Result<(WorkerHandle, impl FnOnce() + S
     )
     .with_limiter(setup.shared.limiter.clone());
     let n = listeners.len();
+    let handle = WorkerHandle { tx, waker };
     let w = Worker {
         index: setup.index,
         poll,
@@ -359,8 +514,15 @@ pub fn create(setup: WorkerSetup) -> io::Result<(WorkerHandle, impl FnOnce() + S
         shutdown: setup.shutdown,
         draining: false,
         usage: setup.usage,
+        tcp: TcpIo {
+            rt: setup.rt,
+            me: handle.clone(),
+            relays: HashMap::new(),
+            peers: HashMap::new(),
+            max_peer_connections,
+        },
     };
-    Ok((WorkerHandle { tx, waker }, move || w.run()))
+    Ok((handle, move || w.run()))
 }
 
 struct Worker {
@@ -385,6 +547,7 @@ struct Worker {
     shutdown: Shutdown,
     draining: bool,
     usage: Option<UsageSender>,
+    tcp: TcpIo,
 }
 
 impl Worker {
@@ -441,7 +604,7 @@ impl Worker {
     /// One poll round: every source with work gets its budget.
     fn round(&mut self, now: Instant) {
         // Connections opening and announcing frames: a few entries each.
-        self.drain_inbox();
+        self.drain_inbox(now);
         for i in 0..self.pending.listeners.len() {
             if self.pending.listeners[i] {
                 self.pending.listeners[i] = !self.drain_listener(i, now);
@@ -477,6 +640,15 @@ impl Worker {
             self.core.set_draining(draining);
         }
         if now >= self.core.poll_timeout() {
+            // Spliced bytes into the usage records, before any expires.
+            for (id, p) in &self.tcp.peers {
+                if let PeerConn::Spliced { bytes, .. } = p {
+                    let (to_peer, to_client) = bytes.take();
+                    if to_peer + to_client > 0 {
+                        self.core.credit_connection(*id, to_peer, to_client);
+                    }
+                }
+            }
             let mut env = worker_env!(self, now);
             self.core.handle_timeout(&mut env, now);
             if self.index == 0 {
@@ -537,6 +709,7 @@ impl Worker {
             poll,
             relay_out,
             counters,
+            tcp,
             ..
         } = self;
         let Some(sock) = listeners.get(i) else {
@@ -569,6 +742,7 @@ impl Worker {
                 shared,
                 policy,
                 relays,
+                tcp,
                 registry: poll.registry(),
                 now,
             };
@@ -597,7 +771,11 @@ impl Worker {
                     ClientAction::Relay { relay, peer, data } => {
                         relay_out.stage(relay, peer, k, data)
                     }
-                    ClientAction::Drop(_) => {}
+                    // TCP allocations and their data connections are
+                    // for stream clients only.
+                    ClientAction::Drop(_)
+                    | ClientAction::Connect { .. }
+                    | ClientAction::Bind { .. } => {}
                 }
             }
             // Metrics first, as in `flush`: whoever sees the data arrive
@@ -695,8 +873,9 @@ impl Worker {
         }
     }
 
-    /// Connections that opened or have something: onto the ready list.
-    fn drain_inbox(&mut self) {
+    /// Connections that opened or have something: onto the ready list;
+    /// and the news of TCP allocations' sockets.
+    fn drain_inbox(&mut self, now: Instant) {
         loop {
             match self.inbox.try_recv() {
                 Ok(Inbox::Opened(l)) => {
@@ -712,6 +891,25 @@ impl Worker {
                     );
                 }
                 Ok(Inbox::Ready(conn)) => self.pending.streams.push_back(conn),
+                Ok(Inbox::Connected { id, stream }) => self.connected(id, stream, now),
+                Ok(Inbox::PeerAccepted {
+                    relay,
+                    peer,
+                    stream,
+                }) => self.peer_accepted(relay, peer, stream, now),
+                Ok(Inbox::Bind {
+                    conn,
+                    addr,
+                    frame,
+                    answer,
+                }) => self.bind(conn, addr, &frame, answer, now),
+                Ok(Inbox::SpliceEnded(id)) => {
+                    if let Some(PeerConn::Spliced { bytes, .. }) = self.tcp.peers.remove(&id) {
+                        let (to_peer, to_client) = bytes.take();
+                        self.core.credit_connection(id, to_peer, to_client);
+                    }
+                    self.core.connection_closed(id);
+                }
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
             }
         }
@@ -774,29 +972,146 @@ impl Worker {
             .core
             .handle_client(&mut env, key, data, now, &mut self.out)
         {
-            ClientAction::Reply(len) => {
-                let Some(s) = self.streams.get(&conn) else {
-                    return;
-                };
-                match s.out.try_send(self.out[..len].to_vec()) {
-                    Ok(()) => {}
-                    // Its answers pile up unread: a client that sends and
-                    // does not read is closed rather than buffered for.
-                    Err(TrySendError::Full(_)) => {
-                        debug!(%addr, "client does not read its answers: closing");
-                        self.send_errors += 1;
-                        self.close_stream(conn, now, EndReason::Error);
-                    }
-                    // The writer is gone (write timeout): closing already.
-                    Err(TrySendError::Closed(_)) => {}
-                }
-            }
+            ClientAction::Reply(len) => self.answer_stream(conn, len, now),
             ClientAction::Relay {
                 relay,
                 peer,
                 data: r,
             } => relay_send(env.relays, relay, peer, &data[r], &mut self.send_errors),
-            ClientAction::Drop(_) => {}
+            ClientAction::Connect { id, relay, peer } => {
+                if !env.tcp.connect(id, relay, peer) {
+                    self.connected(id, None, now);
+                }
+            }
+            // A ConnectionBind on a control connection is answered with
+            // an error, never bound.
+            ClientAction::Drop(_) | ClientAction::Bind { .. } => {}
+        }
+    }
+
+    /// Queue `self.out[..len]` to stream connection `conn`.
+    fn answer_stream(&mut self, conn: u64, len: usize, now: Instant) {
+        let Some(s) = self.streams.get(&conn) else {
+            return;
+        };
+        match s.out.try_send(self.out[..len].to_vec()) {
+            Ok(()) => {}
+            // Its answers pile up unread: a client that sends and
+            // does not read is closed rather than buffered for.
+            Err(TrySendError::Full(_)) => {
+                debug!(addr = %s.addr, "client does not read its answers: closing");
+                self.send_errors += 1;
+                self.close_stream(conn, now, EndReason::Error);
+            }
+            // The writer is gone (write timeout): closing already.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Answer the control connection of `key` with `self.out[..len]`.
+    fn answer_client(&mut self, key: ClientKey, len: usize, now: Instant) {
+        // TCP allocations live on stream control connections only.
+        if let Via::Stream(conn) = key.via {
+            self.answer_stream(conn, len, now);
+        }
+    }
+
+    /// A Connect attempt ended (RFC 6062 §5.2): the core answers the
+    /// client (CONNECTION-ID or 447); a connection that no one waits for
+    /// any more is closed (dropped).
+    fn connected(&mut self, id: ConnectionId, stream: Option<PeerStream>, now: Instant) {
+        // Closed meanwhile (its allocation ended): the core forgot it too.
+        let waited = matches!(self.tcp.peers.remove(&id), Some(PeerConn::Connecting(_)));
+        let ok = waited && stream.is_some();
+        if let Some((client, len)) = self.core.connect_result(id, ok, now, &mut self.out) {
+            if let (true, Some(s)) = (ok, stream) {
+                self.tcp.peers.insert(id, PeerConn::Parked(s));
+            }
+            self.answer_client(client, len, now);
+        }
+    }
+
+    /// A peer connected to a TCP relayed address (RFC 6062 §5.3): parked
+    /// and announced, or closed.
+    fn peer_accepted(
+        &mut self,
+        relay: RelayId,
+        peer: SocketAddr,
+        stream: PeerStream,
+        now: Instant,
+    ) {
+        if let Ok((client, id, len)) = self.core.peer_connected(relay, peer, now, &mut self.out) {
+            self.tcp.peers.insert(id, PeerConn::Parked(stream));
+            self.answer_client(client, len, now);
+        }
+    }
+
+    /// A client data connection's ConnectionBind (RFC 6062 §5.4): the
+    /// core's answer, and with a success the peer connection to splice.
+    fn bind(
+        &mut self,
+        conn: u64,
+        addr: SocketAddr,
+        frame: &[u8],
+        answer: oneshot::Sender<BindAnswer>,
+        now: Instant,
+    ) {
+        let key = ClientKey {
+            addr,
+            via: Via::Stream(conn),
+        };
+        let mut env = worker_env!(self, now);
+        let action = self
+            .core
+            .handle_client(&mut env, key, frame, now, &mut self.out);
+        let reply = match action {
+            ClientAction::Reply(len) => BindAnswer {
+                reply: self.out[..len].to_vec(),
+                splice: None,
+            },
+            ClientAction::Bind { id, reply } => match self.tcp.peers.remove(&id) {
+                Some(PeerConn::Parked(peer)) => {
+                    let (kill_tx, kill) = oneshot::channel();
+                    let bytes = Arc::new(SpliceBytes::default());
+                    self.tcp.peers.insert(
+                        id,
+                        PeerConn::Spliced {
+                            _kill: kill_tx,
+                            bytes: bytes.clone(),
+                        },
+                    );
+                    BindAnswer {
+                        reply: self.out[..reply].to_vec(),
+                        splice: Some(Splice {
+                            id,
+                            peer,
+                            kill,
+                            bytes,
+                        }),
+                    }
+                }
+                // The core binds only connections it has as unbound, and
+                // the shard holds those parked: not reached; close both.
+                _ => {
+                    self.core.connection_closed(id);
+                    BindAnswer {
+                        reply: Vec::new(),
+                        splice: None,
+                    }
+                }
+            },
+            _ => BindAnswer {
+                reply: Vec::new(),
+                splice: None,
+            },
+        };
+        // The data connection went away meanwhile: so does the peer's.
+        if let Err(BindAnswer {
+            splice: Some(s), ..
+        }) = answer.send(reply)
+        {
+            self.tcp.peers.remove(&s.id);
+            self.core.connection_closed(s.id);
         }
     }
 

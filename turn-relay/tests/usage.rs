@@ -166,3 +166,38 @@ fn usage_metrics_and_an_unwritable_log() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent-dir/u.jsonl"), "{err}");
 }
+
+/// A TCP allocation's (RFC 6062) record counts the bytes its spliced
+/// connection carried, each way.
+#[test]
+fn tcp_allocations_count_spliced_bytes() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("usage-tcp");
+    let log = dir.join("usage.jsonl");
+    let relay = Relay::start(&[
+        "--usage-log",
+        log.to_str().unwrap(),
+        "--usage-interval",
+        "1",
+        "--allow-peer",
+        "127.0.0.0/8",
+    ]);
+    let (mut n, _) = tcp_allocate(relay.addr);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let id = tcp_connect(&mut n, listener.local_addr().unwrap()).expect("Connect");
+    let (mut peer, _) = listener.accept().unwrap();
+    let mut data = n.bind_data_connection(relay.addr, id).expect("bound");
+    peer.set_read_timeout(Some(STEP)).unwrap();
+    data.set_read_timeout(Some(STEP)).unwrap();
+    data.write_all(&[1u8; 30_000]).unwrap();
+    peer.read_exact(&mut [0u8; 30_000]).unwrap();
+    peer.write_all(&[2u8; 20_000]).unwrap();
+    data.read_exact(&mut [0u8; 20_000]).unwrap();
+    let client = n.local_addr().to_string();
+    let r = wait_record(&log, "with the spliced bytes", |r| {
+        r["client"] == client.as_str()
+            && r["to_peer_bytes"] == 30_000
+            && r["to_client_bytes"] == 20_000
+    });
+    assert_eq!(r["transport"], "tcp");
+}

@@ -8,6 +8,8 @@ use crate::raw::{self, attr, Attributes, Header, RawError};
 
 /// RFC 8656 §18.3: the REQUESTED-TRANSPORT protocol number for UDP.
 pub const TRANSPORT_UDP: u8 = 17;
+/// RFC 6062 §6.1: REQUESTED-TRANSPORT for a TCP allocation.
+pub const TRANSPORT_TCP: u8 = 6;
 /// REQUESTED-ADDRESS-FAMILY / ADDITIONAL-ADDRESS-FAMILY value for IPv4.
 pub const FAMILY_IPV4: u8 = 0x01;
 /// REQUESTED-ADDRESS-FAMILY / ADDITIONAL-ADDRESS-FAMILY value for IPv6.
@@ -48,6 +50,8 @@ pub struct TurnRequest<'a> {
     /// The message, to decode the other peers from without buffering them.
     msg: &'a [u8],
     pub channel: Option<u16>,
+    /// CONNECTION-ID (RFC 6062 §6.2.1).
+    pub connection_id: Option<u32>,
     /// DATA attribute value, borrowed from the message.
     pub data: Option<&'a [u8]>,
     /// Unknown comprehension-required attributes (answer 420).
@@ -102,6 +106,7 @@ pub fn parse(msg: &[u8]) -> Result<TurnRequest<'_>, RawError> {
         peer_count: 0,
         msg,
         channel: None,
+        connection_id: None,
         data: None,
         unknown: raw::Unknown::default(),
         bad_attribute: None,
@@ -165,6 +170,7 @@ pub fn parse(msg: &[u8]) -> Result<TurnRequest<'_>, RawError> {
             },
             attr::CHANNEL_NUMBER => first(&mut r.channel, raw::decode_channel_number(v)),
             attr::DATA => first(&mut r.data, Some(v)),
+            attr::CONNECTION_ID => first(&mut r.connection_id, raw::decode_u32(v)),
             t => {
                 r.unknown.note(t);
                 true

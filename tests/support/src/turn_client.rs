@@ -242,4 +242,35 @@ impl TurnTestClient {
         self.client().close(Instant::now());
         self.wait("the deletion", |e| (*e == Event::Closed).then_some(()));
     }
+
+    /// Open a client data connection to `server` and bind it to peer
+    /// connection `connection_id` (RFC 6062 §4.4), answering a 401/438
+    /// once: the bound stream, or how the server refused.
+    ///
+    /// # Panics
+    /// When the connection cannot be made or no answer comes within [`STEP`].
+    pub fn bind_data_connection(
+        &mut self,
+        server: SocketAddr,
+        connection_id: u32,
+    ) -> Result<std::net::TcpStream, ClientError> {
+        use natkit_proto::turn::client::BindOutcome;
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(server).expect("data connection");
+        s.set_read_timeout(Some(STEP)).unwrap();
+        let mut bind = self
+            .client()
+            .connection_bind(connection_id)
+            .expect("a TCP allocation to bind for");
+        loop {
+            s.write_all(bind.request()).unwrap();
+            let answer = crate::stream::read_stun_message(&mut s).expect("an answer");
+            match bind.handle_response(&answer) {
+                BindOutcome::Bound => return Ok(s),
+                BindOutcome::Retry => continue,
+                BindOutcome::Failed(e) => return Err(e),
+                BindOutcome::Ignored => panic!("ConnectionBind {connection_id}: answer ignored"),
+            }
+        }
+    }
 }

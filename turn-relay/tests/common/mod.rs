@@ -198,6 +198,35 @@ pub fn allocate(server: SocketAddr, transport: Transport) -> (TurnTestClient, So
     (n, relayed)
 }
 
+/// A TCP allocation (RFC 6062) of this crate's user over a TCP control
+/// connection, or a panic.
+pub fn tcp_allocate(server: SocketAddr) -> (TurnTestClient, SocketAddr) {
+    let mut cfg = Config::new(server, Transport::Tcp, Credentials::new(USER, PASS));
+    cfg.relayed = natkit_proto::turn::client::RelayedTransport::Tcp;
+    cfg.transaction.rto = Duration::from_millis(100);
+    let mut n = TurnTestClient::connect(cfg);
+    let relayed = n.allocated().expect("a TCP allocation");
+    (n, relayed)
+}
+
+/// Ask `n`'s relay to connect to `peer` (RFC 6062 §4.3): the CONNECTION-ID,
+/// or the error.
+pub fn tcp_connect(
+    n: &mut TurnTestClient,
+    peer: SocketAddr,
+) -> Result<u32, natkit_proto::turn::client::ClientError> {
+    use natkit_proto::turn::client::Event;
+    n.client().connect(peer, Instant::now()).unwrap();
+    n.wait("Connected or ConnectFailed", |e| match e {
+        Event::Connected {
+            peer: p,
+            connection_id,
+        } if *p == peer => Some(Ok(*connection_id)),
+        Event::ConnectFailed { peer: p, error } if *p == peer => Some(Err(error.clone())),
+        _ => None,
+    })
+}
+
 impl Relay {
     /// Wait (bounded by [`START`]) until the TCP listener answers a Binding
     /// request and the metrics endpoint serves `/metrics`: each endpoint the

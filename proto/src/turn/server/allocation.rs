@@ -100,6 +100,9 @@ pub struct Allocation {
     pub bucket: Bucket,
     /// What it relayed, for its usage records.
     pub usage: Usage,
+    /// A TCP allocation (RFC 6062): its relayed address is a listening
+    /// socket, its data goes over peer connections, not datagrams.
+    pub tcp: bool,
 }
 
 /// Family index of an address: 0 for IPv4, 1 for IPv6.

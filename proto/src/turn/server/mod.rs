@@ -10,13 +10,20 @@
 //! The data path never allocates: ChannelData and Send indications are
 //! relayed as slices of the received buffer, and peer data is framed by
 //! [`Framing::write`] straight into the driver's send buffer.
+//!
+//! TCP allocations (RFC 6062, [`tcp`]): the core keeps the CONNECTION-ID
+//! table and decides; the driver connects, accepts and splices
+//! ([`ClientAction::Connect`], [`Server::connect_result`],
+//! [`Server::peer_connected`], [`ClientAction::Bind`]).
 
 mod allocation;
 mod auth;
+pub mod tcp;
 mod usage;
 
 pub use allocation::{Allocation, Bucket, Channel, ClientKey, RelayId, Via};
 pub use auth::{AuthError, Authenticator, Credentials, UnauthLimiter, OFFERED_ALGORITHMS};
+pub use tcp::{ConnectionId, TcpEvent};
 pub use usage::{EndReason, Traffic, Usage, UsageRecord, MAX_TRACKED_PEERS};
 
 use std::collections::HashMap;
@@ -30,7 +37,9 @@ use crate::demux::{self, PacketKind};
 use crate::integrity::IntegrityKind;
 use crate::nonce::{NonceForm, NonceKey};
 use crate::raw::{self, attr, method, Class};
-use crate::turn::request::{self, TurnRequest, FAMILY_IPV4, FAMILY_IPV6, TRANSPORT_UDP};
+use crate::turn::request::{
+    self, TurnRequest, FAMILY_IPV4, FAMILY_IPV6, TRANSPORT_TCP, TRANSPORT_UDP,
+};
 use crate::writer::{BufferTooSmall, Writer};
 
 use auth::Verified;
@@ -86,6 +95,12 @@ pub struct Config {
     pub usage_records: bool,
     /// With `usage_records`, also one every this long while it lives.
     pub usage_interval: Option<Duration>,
+    /// RFC 6062: most peer connections per TCP allocation; 0 refuses TCP
+    /// allocations (442).
+    pub max_peer_connections: usize,
+    /// This shard's index and the number of shards: CONNECTION-IDs name
+    /// their shard ([`tcp::shard_of`]).
+    pub shard: (u32, u32),
 }
 
 impl Default for Config {
@@ -105,6 +120,8 @@ impl Default for Config {
             alternate_when_full: false,
             usage_records: false,
             usage_interval: None,
+            max_peer_connections: 16,
+            shard: (0, 1),
         }
     }
 }
@@ -120,6 +137,8 @@ pub struct RelayRequest {
     /// RESERVATION-TOKEN from an earlier EVEN-PORT allocation.
     pub token: Option<u64>,
     pub dont_fragment: bool,
+    /// A TCP relayed address (RFC 6062 §5.1): a listening socket.
+    pub tcp: bool,
 }
 
 /// A relay socket the driver opened.
@@ -176,6 +195,11 @@ pub trait Env {
     fn acquire_allocation(&mut self, user: &str) -> Result<(), QuotaError>;
     /// Give back an allocation slot.
     fn release_allocation(&mut self, user: &str);
+    /// Close peer connection `id` of a TCP allocation (RFC 6062), and the
+    /// client data connection bound to it, if any.
+    fn close_connection(&mut self, id: ConnectionId) {
+        let _ = id;
+    }
 }
 
 /// Why a datagram was dropped, for metrics.
@@ -264,6 +288,19 @@ pub enum ClientAction {
     },
     /// Nothing to send.
     Drop(Drop),
+    /// RFC 6062 §5.2: open a TCP connection from relay `relay` (a TCP
+    /// relayed address) to `peer`, within [`tcp::CONNECT_TIMEOUT`], and
+    /// tell [`Server::connect_result`] how it went: that answers the
+    /// client.
+    Connect {
+        id: ConnectionId,
+        relay: RelayId,
+        peer: SocketAddr,
+    },
+    /// RFC 6062 §5.4: send `out[..reply]` (the ConnectionBind success) on
+    /// this client data connection, then splice it with peer connection
+    /// `id`: from now on it carries the peer's bytes as they are.
+    Bind { id: ConnectionId, reply: usize },
 }
 
 /// Where a peer datagram goes and how it is framed.
@@ -321,6 +358,8 @@ pub struct Stats {
     pub refused: [u64; 4],
     /// Allocations that ended, by [`EndReason`].
     pub ended: [u64; 6],
+    /// Peer connections of TCP allocations, by [`TcpEvent`].
+    pub tcp: [u64; 6],
 }
 
 /// One shard's allocations.
@@ -348,6 +387,8 @@ pub struct Server {
     request_len: usize,
     /// Usage records not yet taken by the driver.
     usage: Vec<UsageRecord>,
+    /// Peer connections of TCP allocations (RFC 6062).
+    tcp: tcp::Connections,
     pub stats: Stats,
 }
 
@@ -374,6 +415,7 @@ impl Server {
     pub fn new(cfg: Config, creds: Arc<Credentials>, nonce_key: NonceKey, now: Instant) -> Self {
         let auth = Authenticator::new(cfg.realm.clone(), nonce_key, cfg.nonce_ttl);
         let limiter = Arc::new(UnauthLimiter::new(cfg.unauth_rate, now));
+        let tcp = tcp::Connections::new(cfg.shard.0, cfg.shard.1);
         Server {
             cfg,
             creds,
@@ -389,6 +431,7 @@ impl Server {
             request_fingerprint: false,
             request_len: 0,
             usage: Vec::new(),
+            tcp,
             stats: Stats::default(),
         }
     }
@@ -451,6 +494,7 @@ impl Server {
             return;
         }
         self.next_sweep = now + Duration::from_secs(1);
+        self.expire_connections(env, now);
         let interval = self.cfg.usage_interval.filter(|_| self.cfg.usage_records);
         for s in 0..self.allocations.len() {
             let expired = match &mut self.allocations[s] {
@@ -511,6 +555,13 @@ impl Server {
             self.usage.push(a.usage_record(now, Some(why)));
         }
         self.by_client.remove(&a.client);
+        // RFC 6062: the allocation's peer connections (and the client data
+        // connections bound to them) end with it.
+        if a.tcp {
+            for (id, _) in self.tcp.drain_where(|c| c.slot == s) {
+                env.close_connection(id);
+            }
+        }
         for (id, _) in a.relays.iter().flatten() {
             if let Some(e) = self.by_relay.get_mut(*id as usize) {
                 *e = None;
@@ -681,7 +732,12 @@ impl Server {
         }
         if !matches!(
             m,
-            method::ALLOCATE | method::REFRESH | method::CREATE_PERMISSION | method::CHANNEL_BIND
+            method::ALLOCATE
+                | method::REFRESH
+                | method::CREATE_PERMISSION
+                | method::CHANNEL_BIND
+                | method::CONNECT
+                | method::CONNECTION_BIND
         ) {
             return self.error(out, m, &tid, 400, None);
         }
@@ -739,6 +795,8 @@ impl Server {
             method::ALLOCATE => self.allocate(env, cx, out),
             method::REFRESH => self.refresh(env, cx, out),
             method::CREATE_PERMISSION => self.create_permission(env, cx, out),
+            method::CONNECT => self.connect(env, cx, out),
+            method::CONNECTION_BIND => self.connection_bind(cx, out),
             _ => self.channel_bind(env, cx, out),
         }
     }
@@ -955,10 +1013,21 @@ impl Server {
         if self.cfg.draining {
             return self.refuse(out, &tid, client.addr, Refusal::Draining, v);
         }
-        match req.requested_transport {
+        let tcp = match req.requested_transport {
             None => return self.error(out, m, &tid, 400, Some(v)),
-            Some(TRANSPORT_UDP) => {}
+            Some(TRANSPORT_UDP) => false,
+            // RFC 6062 §5.1: a TCP allocation only over a TCP or TLS
+            // control connection (else 442), when this relay offers them.
+            Some(TRANSPORT_TCP) if client.via.is_stream() && self.cfg.max_peer_connections > 0 => {
+                true
+            }
             Some(_) => return self.error(out, m, &tid, 442, Some(v)),
+        };
+        // RFC 6062 §5.1: DONT-FRAGMENT, EVEN-PORT and RESERVATION-TOKEN
+        // mean nothing for TCP: 400.
+        if tcp && (req.dont_fragment || req.even_port.is_some() || req.reservation_token.is_some())
+        {
+            return self.error(out, m, &tid, 400, Some(v));
         }
         // RFC 8656 §7.2 step 4-6: EVEN-PORT, RESERVATION-TOKEN and the
         // address family attributes exclude one another in these ways.
@@ -997,6 +1066,7 @@ impl Server {
             reserve: req.even_port == Some(true),
             token,
             dont_fragment: req.dont_fragment,
+            tcp,
         });
         let first = match first {
             Ok(r) => r,
@@ -1016,14 +1086,16 @@ impl Server {
         let mut relays = [None, None];
         relays[family] = Some((first.id, first.addr));
         // Dual allocation: the IPv6 half is best effort (RFC 8656 §7.2: on
-        // failure, ADDRESS-ERROR-CODE in the success response).
-        if dual {
+        // failure, ADDRESS-ERROR-CODE in the success response). A TCP
+        // allocation has one relayed address.
+        if dual && !tcp {
             if let Ok(r) = env.open_relay(RelayRequest {
                 family: 1,
                 even_port: false,
                 reserve: false,
                 token: None,
                 dont_fragment: req.dont_fragment,
+                tcp: false,
             }) {
                 relays[1] = Some((r.id, r.addr));
             }
@@ -1042,6 +1114,7 @@ impl Server {
             reservation: first.token,
             bucket: Bucket::new(now, self.cfg.bandwidth),
             usage: Usage::new(env.system_now(), now, self.cfg.usage_interval),
+            tcp,
         };
         let s = match self.free.pop() {
             Some(s) => {
@@ -1256,13 +1329,14 @@ impl Server {
             return self.error(out, m, &tid, 400, Some(v));
         }
         let a = self.allocations[s as usize].as_ref().expect("live");
-        if a.relay_for(peer.ip()).is_none() {
-            return self.error(out, m, &tid, 443, Some(v));
+        // RFC 6062 §5: a TCP allocation has no channels.
+        if a.tcp {
+            return self.error(out, m, &tid, 400, Some(v));
         }
-        if !env.peer_allowed(peer) {
-            self.stats.drops[Drop::DeniedPeer.index()] += 1;
-            return self.error(out, m, &tid, 403, Some(v));
+        if let Err(reply) = self.relay_to(env, s, peer, m, &tid, v, out) {
+            return reply;
         }
+        let a = self.allocations[s as usize].as_ref().expect("live");
         // RFC 8656 §11.2: the number may not be bound to another peer, nor
         // the peer to another number (including recently expired ones).
         let conflict = a
@@ -1300,6 +1374,31 @@ impl Server {
         self.reply(out, |_| Ok(()), m, Class::Success, &tid, Some(v))
     }
 
+    /// The relay socket of allocation `s` that reaches `peer` (else 443),
+    /// if the peer policy allows `peer` (else 403): for requests that name
+    /// one peer (ChannelBind, Connect). The error is the reply to send.
+    #[allow(clippy::too_many_arguments)]
+    fn relay_to(
+        &mut self,
+        env: &impl Env,
+        s: Slot,
+        peer: SocketAddr,
+        m: u16,
+        tid: &[u8; 12],
+        v: Verified,
+        out: &mut [u8],
+    ) -> Result<RelayId, ClientAction> {
+        let a = self.allocations[s as usize].as_ref().expect("live");
+        let Some((relay, _)) = a.relay_for(peer.ip()) else {
+            return Err(self.error(out, m, tid, 443, Some(v)));
+        };
+        if !env.peer_allowed(peer) {
+            self.stats.drops[Drop::DeniedPeer.index()] += 1;
+            return Err(self.error(out, m, tid, 403, Some(v)));
+        }
+        Ok(relay)
+    }
+
     /// RFC 8656 §10.2: a Send indication's DATA goes to XOR-PEER-ADDRESS if
     /// a permission exists. Indications are never answered.
     fn send_indication(
@@ -1319,7 +1418,8 @@ impl Server {
         let Some(a) = self.allocations[s as usize].as_mut() else {
             return self.drop(Drop::NoAllocation);
         };
-        if !a.permitted(peer.ip(), now) {
+        // RFC 6062 §5: no Send indications on a TCP allocation.
+        if a.tcp || !a.permitted(peer.ip(), now) {
             return self.drop(Drop::NoPermission);
         }
         let Some((relay, _)) = a.relay_for(peer.ip()) else {

@@ -18,6 +18,9 @@ struct FakeEnv {
     per_user: HashMap<String, usize>,
     max_per_user: usize,
     max_total: usize,
+    /// TCP relays opened (RFC 6062), and peer connections closed.
+    tcp_relays: Vec<RelayId>,
+    closed: Vec<ConnectionId>,
 }
 
 impl FakeEnv {
@@ -32,6 +35,8 @@ impl FakeEnv {
             per_user: HashMap::new(),
             max_per_user: 10,
             max_total: 1000,
+            tcp_relays: Vec::new(),
+            closed: Vec::new(),
         }
     }
 }
@@ -60,6 +65,9 @@ impl Env for FakeEnv {
             SocketAddr::new("2001:db8::1".parse().unwrap(), port)
         };
         self.open.insert(id, addr);
+        if req.tcp {
+            self.tcp_relays.push(id);
+        }
         Ok(OpenedRelay {
             id,
             addr,
@@ -91,6 +99,9 @@ impl Env for FakeEnv {
     }
     fn release_allocation(&mut self, user: &str) {
         *self.per_user.get_mut(user).unwrap() -= 1;
+    }
+    fn close_connection(&mut self, id: ConnectionId) {
+        self.closed.push(id);
     }
 }
 
@@ -1601,4 +1612,319 @@ fn nonce_keys_from_the_credentials_survive_restarts_and_reloads() {
     after.set_credentials(keyed(2));
     let r = send(&mut after, &mut env, c, &alloc(&auth, 4), t0).unwrap();
     assert_eq!((r.class, r.code), (Class::Success, None));
+}
+
+// ------------------------------------------------------- RFC 6062 (TCP)
+
+fn stream_client(port: u16, conn: u64) -> ClientKey {
+    ClientKey {
+        addr: SocketAddr::new("198.51.100.7".parse().unwrap(), port),
+        via: Via::Stream(conn),
+    }
+}
+
+fn tcp_transport(w: &mut Writer<'_>) {
+    w.u32(attr::REQUESTED_TRANSPORT, 6 << 24).unwrap();
+}
+
+/// A TCP allocation for alice over stream connection `c`.
+fn tcp_allocate(s: &mut Server, env: &mut FakeEnv, c: ClientKey, now: Instant) -> Auth {
+    let (_, auth) = allocate(s, env, c, "alice", "secret", false, now);
+    // That made a UDP one (the helper's transport); replace it with TCP.
+    let del = build(
+        method::REFRESH,
+        Class::Request,
+        tid(3),
+        |w| w.u32(attr::LIFETIME, 0).unwrap(),
+        Some(&auth),
+    );
+    send(s, env, c, &del, now).unwrap();
+    let r = send(
+        s,
+        env,
+        c,
+        &build(
+            method::ALLOCATE,
+            Class::Request,
+            tid(4),
+            tcp_transport,
+            Some(&auth),
+        ),
+        now,
+    )
+    .unwrap();
+    assert_eq!((r.class, r.code), (Class::Success, None));
+    assert_eq!(env.tcp_relays.len(), 1, "a TCP relay was opened");
+    auth
+}
+
+fn connect_msg(n: u8, peer: SocketAddr, auth: &Auth) -> Vec<u8> {
+    build(
+        method::CONNECT,
+        Class::Request,
+        tid(n),
+        permission(peer),
+        Some(auth),
+    )
+}
+
+fn bind_msg(n: u8, id: ConnectionId, auth: &Auth) -> Vec<u8> {
+    build(
+        method::CONNECTION_BIND,
+        Class::Request,
+        tid(n),
+        |w| w.u32(attr::CONNECTION_ID, id).unwrap(),
+        Some(auth),
+    )
+}
+
+#[test]
+fn tcp_allocation_needs_a_stream_control_connection() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let (_, auth) = allocate(&mut s, &mut env, client(1000), "alice", "secret", false, t0);
+    let c = client(1001);
+    let auth = rebind(&mut s, &mut env, c, &auth, t0);
+    let msg = build(
+        method::ALLOCATE,
+        Class::Request,
+        tid(5),
+        tcp_transport,
+        Some(&auth),
+    );
+    // RFC 6062 §5.1: over UDP, 442.
+    assert_eq!(send(&mut s, &mut env, c, &msg, t0).unwrap().code, Some(442));
+    // Over TCP: granted, with a TCP relay; EVEN-PORT with it is 400.
+    let c = stream_client(1002, 7);
+    let auth = rebind(&mut s, &mut env, c, &auth, t0);
+    let even = build(
+        method::ALLOCATE,
+        Class::Request,
+        tid(6),
+        |w| {
+            tcp_transport(w);
+            w.bytes(attr::EVEN_PORT, &[0]).unwrap();
+        },
+        Some(&auth),
+    );
+    assert_eq!(
+        send(&mut s, &mut env, c, &even, t0).unwrap().code,
+        Some(400)
+    );
+    let msg = build(
+        method::ALLOCATE,
+        Class::Request,
+        tid(7),
+        tcp_transport,
+        Some(&auth),
+    );
+    let r = send(&mut s, &mut env, c, &msg, t0).unwrap();
+    assert_eq!((r.class, r.code), (Class::Success, None));
+    assert_eq!(env.tcp_relays.len(), 1);
+    // No channels on a TCP allocation.
+    let cb = build(
+        method::CHANNEL_BIND,
+        Class::Request,
+        tid(8),
+        |w| {
+            w.u32(attr::CHANNEL_NUMBER, 0x4000 << 16).unwrap();
+            w.xor_address(attr::XOR_PEER_ADDRESS, "192.0.2.1:80".parse().unwrap())
+                .unwrap();
+        },
+        Some(&auth),
+    );
+    assert_eq!(send(&mut s, &mut env, c, &cb, t0).unwrap().code, Some(400));
+    // With the cap at 0, TCP allocations are off: 442.
+    let (mut s, mut env, t0) = server(Config {
+        max_peer_connections: 0,
+        ..Config::default()
+    });
+    let c = stream_client(1003, 8);
+    let (_, auth) = allocate(
+        &mut s,
+        &mut env,
+        stream_client(1004, 9),
+        "alice",
+        "secret",
+        false,
+        t0,
+    );
+    let auth = rebind(&mut s, &mut env, c, &auth, t0);
+    let msg = build(
+        method::ALLOCATE,
+        Class::Request,
+        tid(9),
+        tcp_transport,
+        Some(&auth),
+    );
+    assert_eq!(send(&mut s, &mut env, c, &msg, t0).unwrap().code, Some(442));
+}
+
+#[test]
+fn connect_then_bind_on_a_data_connection() {
+    let (mut s, mut env, t0) = server(Config {
+        shard: (1, 3),
+        ..Config::default()
+    });
+    let ctl = stream_client(2000, 1);
+    let auth = tcp_allocate(&mut s, &mut env, ctl, t0);
+    let mut out = [0u8; 512];
+    // A denied peer: 403 (RFC 6062 §5.2, local policy).
+    let denied = connect_msg(10, "10.0.0.1:80".parse().unwrap(), &auth);
+    assert_eq!(
+        send(&mut s, &mut env, ctl, &denied, t0).unwrap().code,
+        Some(403)
+    );
+    let peer: SocketAddr = "192.0.2.1:80".parse().unwrap();
+    let ClientAction::Connect { id, peer: to, .. } =
+        s.handle_client(&mut env, ctl, &connect_msg(11, peer, &auth), t0, &mut out)
+    else {
+        panic!("no Connect")
+    };
+    assert_eq!(to, peer);
+    assert_eq!(tcp::shard_of(id, 3), 1, "the id names its shard");
+    // The same peer again while connecting: 446.
+    let again = connect_msg(12, peer, &auth);
+    assert_eq!(
+        send(&mut s, &mut env, ctl, &again, t0).unwrap().code,
+        Some(446)
+    );
+    // Connected: the answer carries the CONNECTION-ID, to the control
+    // connection, for the Connect's transaction.
+    let (to, n) = s.connect_result(id, true, t0, &mut out).unwrap();
+    assert_eq!(to, ctl);
+    let r = parse(&out[..n]);
+    assert_eq!((r.class, r.tid), (Class::Success, tid(11)));
+    assert_eq!(r.get(attr::CONNECTION_ID), Some(&id.to_be_bytes()[..]));
+    // Permission installed with the Connect.
+    assert!(s.allocation(&ctl).unwrap().permitted(peer.ip(), t0));
+    // A data connection: unknown id 400; the right one binds, once.
+    let data = stream_client(2001, 2);
+    let dauth = rebind(&mut s, &mut env, data, &auth, t0);
+    let unknown = bind_msg(13, id ^ 0x100, &dauth);
+    assert_eq!(
+        send(&mut s, &mut env, data, &unknown, t0).unwrap().code,
+        Some(400)
+    );
+    // Bob may not bind alice's connection.
+    let bob = Auth {
+        user: "bob".into(),
+        pass: "hunter2".into(),
+        ..dauth.clone()
+    };
+    assert_eq!(
+        send(&mut s, &mut env, data, &bind_msg(14, id, &bob), t0)
+            .unwrap()
+            .code,
+        Some(441)
+    );
+    match s.handle_client(&mut env, data, &bind_msg(15, id, &dauth), t0, &mut out) {
+        ClientAction::Bind { id: bound, reply } => {
+            assert_eq!(bound, id);
+            let r = parse(&out[..reply]);
+            assert_eq!((r.class, r.code), (Class::Success, None));
+        }
+        other => panic!("not bound: {other:?}"),
+    }
+    assert_eq!(
+        send(&mut s, &mut env, data, &bind_msg(16, id, &dauth), t0)
+            .unwrap()
+            .code,
+        Some(400)
+    );
+    // A bound connection is not timed out.
+    s.handle_timeout(&mut env, t0 + Duration::from_secs(40));
+    assert!(env.closed.is_empty());
+    // A failed Connect is 447, and frees the peer for another try.
+    let other: SocketAddr = "192.0.2.2:81".parse().unwrap();
+    let ClientAction::Connect { id: id2, .. } =
+        s.handle_client(&mut env, ctl, &connect_msg(17, other, &auth), t0, &mut out)
+    else {
+        panic!("no Connect")
+    };
+    let (_, n) = s.connect_result(id2, false, t0, &mut out).unwrap();
+    assert_eq!(parse(&out[..n]).code, Some(447));
+    assert!(matches!(
+        s.handle_client(&mut env, ctl, &connect_msg(18, other, &auth), t0, &mut out),
+        ClientAction::Connect { .. }
+    ));
+    // The allocation ends: its connections are closed.
+    let del = build(
+        method::REFRESH,
+        Class::Request,
+        tid(19),
+        |w| w.u32(attr::LIFETIME, 0).unwrap(),
+        Some(&auth),
+    );
+    send(&mut s, &mut env, ctl, &del, t0 + Duration::from_secs(41)).unwrap();
+    assert_eq!(env.closed.len(), 2);
+    assert!(env.closed.contains(&id));
+    assert_eq!(s.stats.tcp[TcpEvent::Connected.index()], 1);
+    assert_eq!(s.stats.tcp[TcpEvent::ConnectFailed.index()], 1);
+    assert_eq!(s.stats.tcp[TcpEvent::Bound.index()], 1);
+}
+
+#[test]
+fn peers_connecting_in_need_a_permission_and_a_bind_within_30_s() {
+    let (mut s, mut env, t0) = server(Config {
+        max_peer_connections: 2,
+        ..Config::default()
+    });
+    let ctl = stream_client(3000, 1);
+    let auth = tcp_allocate(&mut s, &mut env, ctl, t0);
+    let relay = env.tcp_relays[0];
+    let mut out = [0u8; 512];
+    let peer: SocketAddr = "192.0.2.9:4000".parse().unwrap();
+    // RFC 6062 §5.3: no permission, no connection.
+    assert_eq!(
+        s.peer_connected(relay, peer, t0, &mut out),
+        Err(Drop::NoPermission)
+    );
+    let perm = build(
+        method::CREATE_PERMISSION,
+        Class::Request,
+        tid(20),
+        permission(peer),
+        Some(&auth),
+    );
+    assert_eq!(
+        send(&mut s, &mut env, ctl, &perm, t0).unwrap().class,
+        Class::Success
+    );
+    let (to, id, n) = s.peer_connected(relay, peer, t0, &mut out).unwrap();
+    assert_eq!(to, ctl);
+    let h = parse_datagram(&out[..n]).unwrap();
+    assert_eq!(
+        (h.method(), h.class()),
+        (method::CONNECTION_ATTEMPT, Class::Indication)
+    );
+    let r = parse(&out[..n]);
+    assert_eq!(r.get(attr::CONNECTION_ID), Some(&id.to_be_bytes()[..]));
+    assert_eq!(r.addr(attr::XOR_PEER_ADDRESS), Some(peer));
+    // The cap: two connections, then refused.
+    let (_, id2, _) = s.peer_connected(relay, peer, t0, &mut out).unwrap();
+    assert_eq!(
+        s.peer_connected(relay, peer, t0, &mut out),
+        Err(Drop::Quota)
+    );
+    // Unbound for 30 s: closed.
+    s.handle_timeout(&mut env, t0 + Duration::from_secs(29));
+    assert!(env.closed.is_empty());
+    s.handle_timeout(&mut env, t0 + Duration::from_secs(31));
+    env.closed.sort();
+    let mut want = vec![id, id2];
+    want.sort();
+    assert_eq!(env.closed, want);
+    assert_eq!(s.stats.tcp[TcpEvent::Unbound.index()], 2);
+    assert_eq!(s.stats.tcp[TcpEvent::Refused.index()], 2);
+    // Bytes spliced count in the usage record.
+    let later = t0 + Duration::from_secs(32);
+    let (_, id3, _) = s.peer_connected(relay, peer, later, &mut out).unwrap();
+    s.credit_connection(id3, 1000, 2000);
+    let a = s.allocation(&ctl).unwrap();
+    assert_eq!(
+        (a.usage.to_peer.bytes, a.usage.to_client.bytes),
+        (1000, 2000)
+    );
+    s.connection_closed(id3);
+    assert!(s.peer_connected(relay, peer, later, &mut out).is_ok());
 }
