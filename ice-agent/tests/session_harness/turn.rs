@@ -257,6 +257,11 @@ impl SimTurn {
                 None => Vec::new(),
             },
             ClientAction::Drop(_) => Vec::new(),
+            // Sessions allocate UDP relays: no RFC 6062 Connect or
+            // ConnectionBind reaches this simulated relay.
+            ClientAction::Connect { .. } | ClientAction::Bind { .. } => {
+                panic!("simulated relay: an RFC 6062 request from {client:?}")
+            }
         }
     }
 
