@@ -985,3 +985,56 @@ fn a_relay_learned_from_checks_ranks_as_the_relay_it_is() {
         }
     }
 }
+
+/// B's checks from its relay reach A from another port of the relay: a NAT
+/// before A rewrote it (Linux conntrack does when the relay's flow to a
+/// port mapping clashes with one A's own checks opened, the NAT lab's
+/// port-mapped symmetric NATs). B learns a peer-reflexive candidate on its
+/// relayed base; it is still B's relay, so between natkit agents it gets
+/// the relayed priority it carried (RFC 8445 §7.2.5.3.1) and both agents
+/// rank the direct pair above it and agree on it. With the peer-reflexive
+/// type preference B ranked the relay above the direct path, nominated
+/// it, and A, ranking it as relayed, kept the direct one.
+#[test]
+fn a_relay_seen_at_another_port_still_ranks_as_the_relay() {
+    for seed in 0..20u64 {
+        let stun: SocketAddr = addr("192.0.2.200:3478");
+        let mut sim = Sim::new(
+            [
+                config(Role::Controlled, seed),
+                config(Role::Controlling, seed ^ 7),
+            ],
+            [&["203.0.113.10:1000"], &["10.0.1.1:2000"]],
+            [
+                None,
+                Some(Nat::new(
+                    "198.51.100.1",
+                    Mapping::EndpointIndependent,
+                    Filtering::EndpointIndependent,
+                )),
+            ],
+            seed,
+        );
+        sim.gather_srflx(1, addr("10.0.1.1:2000"), stun);
+        let b_relay = sim.add_relay(1, addr("192.0.2.100:50001"), addr("192.0.2.100:3478"));
+        let seen = addr("192.0.2.100:42752");
+        sim.relay_port_rewrite = Some((b_relay.addr, seen));
+        sim.exchange_all();
+        sim.announce_options();
+        assert!(sim.run(Duration::from_secs(5), |s| s.both_connected()));
+        assert!(sim.run_for(Duration::from_secs(10), |s| s.checking_over()));
+        let learned = sim.nodes[1]
+            .agent
+            .local_candidates()
+            .iter()
+            .find(|c| c.addr == seen)
+            .unwrap_or_else(|| panic!("seed {seed}: B learned the relay's other port"))
+            .clone();
+        assert_eq!(learned.kind, CandidateKind::PeerReflexive);
+        assert_eq!(learned.base, b_relay.addr);
+        assert_eq!(learned.priority, b_relay.priority, "seed {seed}: {learned}");
+        let (a, b) = (final_selected(&sim, 0), final_selected(&sim, 1));
+        assert_same_path(&a, &b);
+        assert_ne!(b.local.base, b_relay.addr, "seed {seed}: B {b}");
+    }
+}

@@ -484,7 +484,15 @@ impl Agent {
             // its base instead.
             None if self.local_prflx() >= MAX_LOCAL_PRFLX => self.pairs[p].local,
             None => {
-                let prio = self.local[self.pairs[p].local].peer_reflexive_priority();
+                // §7.2.5.3.1: the PRIORITY the check carried. Between natkit
+                // agents a check from a relayed base carries the relayed
+                // priority (`check_priority`), and so does what it learns:
+                // seen from the peer at another address of the relay (a NAT
+                // before the peer rewrote the relay's port: Linux conntrack
+                // does when a port-mapped flow clashes with one of its own),
+                // the path still runs through our relay, and must not rank
+                // as a direct peer-reflexive one.
+                let prio = self.check_priority(&self.local[self.pairs[p].local]);
                 let cand = Candidate::peer_reflexive_local(mapped, c.from, prio);
                 self.events
                     .push_back(Event::PeerReflexiveCandidate(cand.clone()));

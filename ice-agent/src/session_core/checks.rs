@@ -107,6 +107,20 @@ impl SessionCore {
         }
     }
 
+    /// What the application is told of selected pair `sp`. A peer-reflexive
+    /// candidate learned on one of our relayed addresses (the peer saw the
+    /// relay at another port: a NAT before it rewrote the port) is still
+    /// our relay: the path is relayed, whatever its candidate's type.
+    pub(super) fn path_info(&self, sp: SelectedPair) -> PathInfo {
+        let via_relay = sp.local.kind == CandidateKind::PeerReflexive
+            && self.allocs.iter().any(|a| a.relays(sp.local.base));
+        let mut info = PathInfo::new(sp.local, sp.remote, sp.rtt);
+        if via_relay {
+            info.kind = PathKind::Relay;
+        }
+        info
+    }
+
     pub(super) fn on_agent_event(&mut self, e: Event, now: Instant) {
         match e {
             Event::Connected(sp) | Event::SelectedPairChanged(sp) => {
@@ -116,7 +130,7 @@ impl SessionCore {
                 self.set_route(route);
                 self.selected = Some(sp.clone());
                 self.punch_on_selected(&sp);
-                let info = PathInfo::new(sp.local, sp.remote, sp.rtt);
+                let info = self.path_info(sp);
                 self.path = Some(info.clone());
                 self.consent_lost = None;
                 self.relay_lost = None;
@@ -137,7 +151,7 @@ impl SessionCore {
                 if self.consent_lost.is_some() {
                     return;
                 }
-                let info = PathInfo::new(sp.local, sp.remote, sp.rtt);
+                let info = self.path_info(sp);
                 tracing::info!(path = %info, "consent lost");
                 self.consent_lost = Some(info.clone());
                 self.events.push_back(SessionEvent::ConsentLost(info));

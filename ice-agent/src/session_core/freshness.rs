@@ -126,7 +126,7 @@ impl SessionCore {
                 if let Some(a) = self.allocs.iter_mut().find(|a| a.relays(sp.local.base)) {
                     a.client.refresh_now(now);
                 }
-                let path = PathInfo::new(sp.local, sp.remote, sp.rtt);
+                let path = self.path_info(sp);
                 tracing::info!(%path, ?silent_for, "path degraded: consent checks unanswered");
                 self.events
                     .push_back(SessionEvent::PathDegraded { path, silent_for });

@@ -63,6 +63,11 @@ pub struct Sim {
     /// payload: answers from an unexpected address, as from a multihomed
     /// or misbehaving peer.
     pub spoof_source: Option<SourceFilter>,
+    /// `(relayed, seen)`: what a relayed address sends arrives from `seen`,
+    /// and what is sent to `seen` reaches the relayed address, as through a
+    /// NAT before the peer that rewrote the relay's port (Linux conntrack
+    /// resolving a clash with a port mapping's flow).
+    pub relay_port_rewrite: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// See [`Sim::drop_if`].
@@ -137,6 +142,7 @@ impl Sim {
             delivered: 0,
             drop_if: None,
             spoof_source: None,
+            relay_port_rewrite: None,
         }
     }
 
@@ -259,6 +265,11 @@ impl Sim {
             Some(nat) if !relayed => nat.outbound(t.from, t.to),
             _ => t.from,
         };
+        if let Some((relayed, seen)) = self.relay_port_rewrite {
+            if src == relayed {
+                src = seen;
+            }
+        }
         if let Some(spoofed) = self
             .spoof_source
             .as_mut()
@@ -289,7 +300,12 @@ impl Sim {
         });
     }
 
-    fn deliver(&mut self, p: Packet) {
+    fn deliver(&mut self, mut p: Packet) {
+        if let Some((relayed, seen)) = self.relay_port_rewrite {
+            if p.dst == seen {
+                p.dst = relayed;
+            }
+        }
         for j in 0..2 {
             let n = &self.nodes[j];
             let to_local = match &n.nat {
