@@ -921,6 +921,31 @@ mod chaos {
     }
 }
 
+/// A (controlled) on a public address; B (controlling) behind a full-cone
+/// NAT with a server-reflexive candidate and a relayed one. Returns the
+/// sim and B's relayed candidate.
+fn public_and_full_cone_with_relay(agents: [u64; 2], net: u64) -> (Sim, Candidate) {
+    let mut sim = Sim::new(
+        [
+            config(Role::Controlled, agents[0]),
+            config(Role::Controlling, agents[1]),
+        ],
+        [&["203.0.113.10:1000"], &["10.0.1.1:2000"]],
+        [
+            None,
+            Some(Nat::new(
+                "198.51.100.1",
+                Mapping::EndpointIndependent,
+                Filtering::EndpointIndependent,
+            )),
+        ],
+        net,
+    );
+    sim.gather_srflx(1, addr("10.0.1.1:2000"), addr("192.0.2.200:3478"));
+    let b_relay = sim.add_relay(1, addr("192.0.2.100:50001"), addr("192.0.2.100:3478"));
+    (sim, b_relay)
+}
+
 /// A on a public address, B behind a full-cone NAT with a relayed
 /// candidate A was never told of (allocated after B's description went
 /// out, with nothing to trickle it over). B's checks from its relay reach
@@ -934,22 +959,7 @@ mod chaos {
 #[test]
 fn a_relay_learned_from_checks_ranks_as_the_relay_it_is() {
     for natkit in [true, false] {
-        let stun: SocketAddr = addr("192.0.2.200:3478");
-        let mut sim = Sim::new(
-            [config(Role::Controlled, 5), config(Role::Controlling, 6)],
-            [&["203.0.113.10:1000"], &["10.0.1.1:2000"]],
-            [
-                None,
-                Some(Nat::new(
-                    "198.51.100.1",
-                    Mapping::EndpointIndependent,
-                    Filtering::EndpointIndependent,
-                )),
-            ],
-            7,
-        );
-        sim.gather_srflx(1, addr("10.0.1.1:2000"), stun);
-        let b_relay = sim.add_relay(1, addr("192.0.2.100:50001"), addr("192.0.2.100:3478"));
+        let (mut sim, b_relay) = public_and_full_cone_with_relay([5, 6], 7);
         sim.give_credentials(0, 1);
         sim.give_credentials(1, 0);
         sim.give_candidates(0, 1, true);
@@ -998,25 +1008,7 @@ fn a_relay_learned_from_checks_ranks_as_the_relay_it_is() {
 #[test]
 fn a_relay_seen_at_another_port_still_ranks_as_the_relay() {
     for seed in 0..20u64 {
-        let stun: SocketAddr = addr("192.0.2.200:3478");
-        let mut sim = Sim::new(
-            [
-                config(Role::Controlled, seed),
-                config(Role::Controlling, seed ^ 7),
-            ],
-            [&["203.0.113.10:1000"], &["10.0.1.1:2000"]],
-            [
-                None,
-                Some(Nat::new(
-                    "198.51.100.1",
-                    Mapping::EndpointIndependent,
-                    Filtering::EndpointIndependent,
-                )),
-            ],
-            seed,
-        );
-        sim.gather_srflx(1, addr("10.0.1.1:2000"), stun);
-        let b_relay = sim.add_relay(1, addr("192.0.2.100:50001"), addr("192.0.2.100:3478"));
+        let (mut sim, b_relay) = public_and_full_cone_with_relay([seed, seed ^ 7], seed);
         let seen = addr("192.0.2.100:42752");
         sim.relay_port_rewrite = Some((b_relay.addr, seen));
         sim.exchange_all();
