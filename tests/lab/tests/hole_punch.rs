@@ -1,8 +1,9 @@
 //! The lab's NATs on their own, without natkit's ICE agent: a minimal hole
 //! puncher (STUN for the reflexive address, probes to it and to every
 //! address probes come from) connects exactly the pairs of NAT kinds the
-//! matrix expects to connect directly, and no others. This pins the
-//! expected paths of the matrix test to what the NATs really do.
+//! matrix expects to connect directly, and no others, for every pair of
+//! NAT kinds that lets UDP out. This pins the expected paths of the matrix
+//! test to what the NATs really do.
 
 use natkit_lab::matrix::MatrixSpec;
 use natkit_lab::punch::punch;
@@ -12,7 +13,18 @@ use natkit_lab::Lab;
 fn hole_punching_works_exactly_where_expected() {
     let spec = MatrixSpec::default();
     let lab = Lab::build("hp", &spec.topology()).expect("build the lab");
-    let pairs = spec.pairs();
+    // Punching needs UDP out of both sites: the UDP-blocked network has
+    // its own tests (fallback, turn_fallback), here it would only fail to
+    // get a STUN answer.
+    let pairs: Vec<_> = spec
+        .pairs()
+        .into_iter()
+        .filter(|&(a, b)| a.udp_allowed() && b.udp_allowed())
+        .collect();
+    assert!(
+        pairs.len() < spec.pairs().len(),
+        "the UDP-blocked kind left out"
+    );
     // All pairs at once: each punches for a few seconds, on its own ports.
     let results: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = pairs
