@@ -759,13 +759,21 @@ impl Server {
         // first: whether it is ours for this address decides which budget
         // the source's failures are charged to.
         let sys = env.system_now();
-        let form = match self.auth.check_nonce(
-            &self.creds,
-            self.previous_creds.as_deref(),
-            &req,
-            client.addr,
-            sys,
-        ) {
+        let nonce = |addr| {
+            self.auth
+                .check_nonce(&self.creds, self.previous_creds.as_deref(), &req, addr, sys)
+        };
+        // A ConnectionBind (RFC 6062 §5.4) also passes with the nonce of
+        // the control connection whose allocation it binds for, as
+        // coturn's does: a client holds one nonce for its allocation.
+        let owner = (m == method::CONNECTION_BIND)
+            .then(|| self.bind_owner(&req, client))
+            .flatten();
+        let form = match owner.and_then(|o| nonce(o).ok()) {
+            Some(form) => Ok(form),
+            None => nonce(client.addr),
+        };
+        let form = match form {
             Ok(form) => form,
             Err(e) => return self.auth_failure(e, client, m, &tid, now, sys, out),
         };
