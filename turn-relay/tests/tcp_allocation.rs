@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 use natkit_proto::raw::{attr, method, Class};
@@ -279,5 +279,61 @@ fn tcp_allocation_errors() {
     );
     assert!(
         relay.metric("natkit_turn_tcp_peer_connections_total{event=\"connect_failed\"}") >= 1.0
+    );
+}
+
+/// A TCP control connection that holds an allocation lives by the
+/// allocation's lifetime, not by `tcp-idle-timeout` (RFC 8656 §7: a
+/// client may send nothing but a Refresh every few minutes; closing its
+/// connection would end the allocation, §3.1, and the peer connections
+/// spliced for it). With a 1 s idle timeout: a connection without an
+/// allocation is closed after about 1 s of silence; one with a TCP
+/// allocation stays open through quiet spells of 1.5 s, refreshing in
+/// between, and its spliced data connection keeps carrying bytes; once
+/// the allocation is deleted the idle timeout applies to it again.
+#[test]
+fn an_allocation_keeps_its_quiet_control_connection_past_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let relay = Relay::start(&["--allow-peer", "127.0.0.0/8", "--tcp-idle-timeout", "1"]);
+
+    // Without an allocation: closed for idleness.
+    let mut bare = TcpStream::connect(relay.addr).unwrap();
+    let start = Instant::now();
+    assert!(
+        closes(&mut bare),
+        "an idle connection without an allocation"
+    );
+    let after = start.elapsed();
+    assert!(
+        after >= IDLE - Duration::from_millis(100),
+        "closed after {after:?}"
+    );
+
+    let (mut n, _, id, mut peer) = allocation_connected_to_a_peer(&relay);
+    let mut data = n.bind_data_connection(relay.addr, id).expect("bound");
+    for round in 0..3u8 {
+        // Silence on the control connection for longer than the idle
+        // timeout (driving it: a close would fail the test at once).
+        assert_eq!(
+            n.closed_within(IDLE + IDLE / 2),
+            None,
+            "round {round}: the control connection closed"
+        );
+        n.client().refresh_now(Instant::now());
+        n.wait("the Refresh", |e| {
+            matches!(e, Event::Refreshed { .. }).then_some(())
+        });
+        both_ways(&mut data, &mut peer, 1000, 10 + round);
+    }
+
+    // Deleted: the connection has no allocation, so silence closes it.
+    n.close();
+    assert!(closes(&mut data), "the deletion closes the data connection");
+    let after = n
+        .closed_within(STEP)
+        .expect("the idle timeout closes the control connection");
+    assert!(
+        after >= IDLE - Duration::from_millis(100),
+        "closed {after:?} after the deletion"
     );
 }

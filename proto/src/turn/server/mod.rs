@@ -200,6 +200,16 @@ pub trait Env {
     fn close_connection(&mut self, id: ConnectionId) {
         let _ = id;
     }
+    /// Stream (TCP/TLS) client `client` now holds an allocation (`true`)
+    /// or no longer does (`false`). While it holds one the allocation's
+    /// lifetime governs the connection, not the driver's idle timeout: a
+    /// client may send nothing but a Refresh every few minutes (RFC 8656
+    /// §7: lifetime 600 s by default, refreshed before it runs out), and
+    /// closing its connection would end the allocation (§3.1) and its
+    /// TCP peer connections (RFC 6062).
+    fn stream_held(&mut self, client: &ClientKey, held: bool) {
+        let _ = (client, held);
+    }
 }
 
 /// Why a datagram was dropped, for metrics.
@@ -555,6 +565,9 @@ impl Server {
             self.usage.push(a.usage_record(now, Some(why)));
         }
         self.by_client.remove(&a.client);
+        if a.client.via.is_stream() {
+            env.stream_held(&a.client, false);
+        }
         // RFC 6062: the allocation's peer connections (and the client data
         // connections bound to them) end with it.
         if a.tcp {
@@ -1142,6 +1155,9 @@ impl Server {
             self.by_relay[i] = Some(s);
         }
         self.by_client.insert(client, s);
+        if client.via.is_stream() {
+            env.stream_held(&client, true);
+        }
         self.live += 1;
         self.stats.allocations += 1;
         self.allocate_success(s, req, v, out, now)
