@@ -348,13 +348,36 @@ pub async fn read_more<R: AsyncRead + Unpin>(
     d: &mut Deframer,
     idle: Duration,
 ) -> Result<(), StreamEnd> {
-    let (deadline, late) = match d.partial_since() {
-        Some(first) => (Instant::from_std(first) + idle, StreamEnd::FrameTimeout),
-        None => (Instant::now() + idle, StreamEnd::Idle),
+    read_more_with(r, d, Some(idle), idle).await
+}
+
+/// [`read_more`] with the two deadlines apart: `idle` bounds the wait for
+/// a frame to start (`None`: nothing does, for a connection something
+/// else keeps alive, such as a TURN allocation, RFC 8656 §7), `frame` an
+/// unfinished frame from its first byte. Cancel-safe.
+pub async fn read_more_with<R: AsyncRead + Unpin>(
+    r: &mut R,
+    d: &mut Deframer,
+    idle: Option<Duration>,
+    frame: Duration,
+) -> Result<(), StreamEnd> {
+    let (deadline, late) = match (d.partial_since(), idle) {
+        (Some(first), _) => (
+            Some(Instant::from_std(first) + frame),
+            StreamEnd::FrameTimeout,
+        ),
+        (None, Some(idle)) => (Some(Instant::now() + idle), StreamEnd::Idle),
+        (None, None) => (None, StreamEnd::Idle),
+    };
+    let expired = async {
+        match deadline {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
     };
     let read = tokio::select! {
         r = r.read(d.read_buf()) => r,
-        _ = tokio::time::sleep_until(deadline) => return Err(late),
+        _ = expired => return Err(late),
     };
     match read {
         Ok(0) => Err(StreamEnd::Eof),
@@ -464,6 +487,28 @@ mod tests {
         assert_eq!((end, frames), (StreamEnd::Idle, 4));
         // The last frame came at 6 s; idle 3 s after it.
         assert_eq!(start.elapsed(), Duration::from_secs(9));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_idle_bound_silence_is_kept_but_a_trickled_frame_is_not() {
+        let (mut client, mut server) = duplex(1024);
+        let mut d = Deframer::new(2048, false);
+        let frame = Duration::from_secs(3);
+        let start = Instant::now();
+        // An hour of silence, then half a frame that never ends.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            client.write_all(&BINDING[..10]).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        let end = loop {
+            match read_more_with(&mut server, &mut d, None, frame).await {
+                Ok(()) => assert!(d.next_frame().unwrap().is_none()),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(end, StreamEnd::FrameTimeout);
+        assert_eq!(start.elapsed(), Duration::from_secs(3600) + frame);
     }
 
     #[tokio::test(start_paused = true)]

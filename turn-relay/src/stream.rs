@@ -6,7 +6,10 @@
 //! The shard's answers and peer data come back through another bounded
 //! queue to a writer task. The allocation lives as long as the connection;
 //! on EOF every frame already read is answered before the connection
-//! closes (a client may half-close after its last request).
+//! closes (a client may half-close after its last request). The idle
+//! timeout closes a silent connection only while it holds no allocation:
+//! one that does lives by the allocation's lifetime, which the core
+//! enforces (it says which connections hold one, `Env::stream_held`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +18,8 @@ use std::sync::Arc;
 use natkit_proto::framing::Deframer;
 use natkit_proto::turn::server::tcp::connection_bind_id;
 use natkit_runtime::stream::{
-    read_more, write_queued, AcceptOutcome, StreamEnd, StreamKind, StreamLimits, StreamService,
+    read_more, read_more_with, write_queued, AcceptOutcome, StreamEnd, StreamKind, StreamLimits,
+    StreamService,
 };
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -108,6 +112,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
     let scheduled = Arc::new(AtomicBool::new(false));
     // Kept only to notice the writer giving up (its queue closes).
     let writer_alive = out.clone();
+    let (held_tx, mut held) = tokio::sync::watch::channel(false);
     let opened = worker.send(Inbox::Opened(StreamLink {
         conn,
         addr: peer,
@@ -115,6 +120,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
         frames: frames_rx,
         out,
         scheduled: scheduled.clone(),
+        held: held_tx,
     }));
     if !opened {
         return;
@@ -148,12 +154,24 @@ async fn connection<S: AsyncRead + AsyncWrite + Send + 'static>(
                 break 'conn StreamEnd::Error;
             }
         }
+        // While the connection holds an allocation its lifetime governs
+        // the connection (RFC 8656 §7: a client may send nothing but a
+        // Refresh every few minutes), so silence does not close it; a
+        // frame still has the idle timeout from its first byte. When the
+        // allocation begins or ends, the wait starts over: the idle
+        // timeout counts from the allocation's end.
+        let idle = ctx.limits.idle_timeout;
+        let quiet = (!*held.borrow_and_update()).then_some(idle);
         tokio::select! {
-            r = read_more(&mut reader, &mut d, ctx.limits.idle_timeout) => {
+            r = read_more_with(&mut reader, &mut d, quiet, idle) => {
                 if let Err(end) = r {
                     break end;
                 }
             }
+            r = held.changed() => if r.is_err() {
+                // The shard forgot the connection (it closed it, or stopped).
+                break StreamEnd::Error;
+            },
             _ = writer_alive.closed() => break StreamEnd::WriteTimeout,
             _ = ctx.limits.shutdown.wait() => break StreamEnd::Shutdown,
         }

@@ -130,20 +130,11 @@ pub async fn connect_peer(
 ) {
     // An IPv4 peer written as IPv4-mapped IPv6 went to the IPv4 relay.
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    let attempt = async {
-        match connect_from(from, peer).await {
-            // The 4-tuple exists already: the peer connected to this
-            // relayed address from the very address asked for (two TCP
-            // allocations of one relay connecting to each other, as
-            // coturn's `turnutils_uclient -T` does). The relayed IP with
-            // another port is the closest there is.
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
-                connect_from(SocketAddr::new(from.ip(), 0), peer).await
-            }
-            r => r,
-        }
-    };
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+    // From the relayed address itself, always: the peer sees the address
+    // its permission and the client's XOR-PEER-ADDRESS name. When that
+    // 4-tuple is taken (a connection from the peer's very address came in
+    // and is gone, but lingers in TIME_WAIT) the attempt fails: 447.
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect_from(from, peer)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Some(PeerStream {

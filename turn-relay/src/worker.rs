@@ -33,7 +33,7 @@ use natkit_runtime::batch::{gso, RecvBatch, SendBatch};
 use natkit_runtime::shutdown::Shutdown;
 use tokio::sync::mpsc::error::{TryRecvError as StreamTryRecvError, TrySendError};
 use tokio::sync::mpsc::{Receiver as StreamReceiver, Sender as StreamSender};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
@@ -88,6 +88,10 @@ pub struct StreamLink {
     /// Set while the connection is in the shard's ready list or on its way
     /// there ([`WorkerHandle::ready`]), so it is there at most once.
     pub scheduled: Arc<AtomicBool>,
+    /// Whether the connection holds an allocation, as the core says
+    /// ([`Env::stream_held`]): the reader's idle timeout applies only
+    /// while it does not.
+    pub held: watch::Sender<bool>,
 }
 
 /// A message for a shard from the TCP/TLS side. At most one `Opened` and
@@ -156,6 +160,7 @@ struct Stream {
     frames: StreamReceiver<Vec<u8>>,
     out: StreamSender<Vec<u8>>,
     scheduled: Arc<AtomicBool>,
+    held: watch::Sender<bool>,
 }
 
 /// Sources with work left from an earlier round (their readiness edge is
@@ -277,6 +282,7 @@ struct WorkerEnv<'a> {
     policy: &'a PeerPolicy,
     relays: &'a mut RelayTable,
     tcp: &'a mut TcpIo,
+    streams: &'a HashMap<u64, Stream>,
     registry: &'a Registry,
     now: Instant,
 }
@@ -425,6 +431,15 @@ impl Env for WorkerEnv<'_> {
             task.abort();
         }
     }
+
+    fn stream_held(&mut self, client: &ClientKey, held: bool) {
+        if let Via::Stream(conn) = client.via {
+            if let Some(s) = self.streams.get(&conn) {
+                // No reader left to tell is fine: the connection is closing.
+                s.held.send_replace(held);
+            }
+        }
+    }
 }
 
 /// The [`WorkerEnv`] of a worker, borrowing only the fields it needs, so
@@ -436,6 +451,7 @@ macro_rules! worker_env {
             policy: &$w.policy,
             relays: &mut $w.relays,
             tcp: &mut $w.tcp,
+            streams: &$w.streams,
             registry: $w.poll.registry(),
             now: $now,
         }
@@ -710,6 +726,7 @@ impl Worker {
             relay_out,
             counters,
             tcp,
+            streams,
             ..
         } = self;
         let Some(sock) = listeners.get(i) else {
@@ -743,6 +760,7 @@ impl Worker {
                 policy,
                 relays,
                 tcp,
+                streams,
                 registry: poll.registry(),
                 now,
             };
@@ -887,6 +905,7 @@ impl Worker {
                             frames: l.frames,
                             out: l.out,
                             scheduled: l.scheduled,
+                            held: l.held,
                         },
                     );
                 }

@@ -37,8 +37,10 @@ const LEN: u64 = 200;
 /// Interval between one session's messages, in ms (uclient's `-z`): 200
 /// messages/s per session, 800/s for the run, a moderate rate.
 const INTERVAL_MS: u64 = 5;
-/// Longest a uclient run may take before the test kills it and fails.
-const RUN_LIMIT: Duration = Duration::from_secs(30);
+/// Longest a uclient run may take before the test kills it and fails (a
+/// `-P` run takes about 17 s: uclient waits out its stopping time for the
+/// half it counts as lost).
+const RUN_LIMIT: Duration = Duration::from_secs(45);
 
 /// A child process killed (by PID, through `Child::kill`) and reaped on drop.
 struct Guard(Child);
@@ -394,17 +396,23 @@ fn uclient_send_indications_over_tcp() {
     relay_with_uclient(true, Method::SendIndications);
 }
 
-/// Sessions of the RFC 6062 runs. Known gap: with `-m 3` or more and
-/// `-T`, uclient stalls after its connections are bound against
-/// natkit-turn (with one shard or two), while coturn's turnserver
-/// completes; two sessions complete.
-const TCP_CLIENTS: u64 = 2;
+/// Sessions of the RFC 6062 runs (`-m`). With `-T` each session Connects
+/// to the relayed address of every later one, so four sessions make six
+/// Connects, six ConnectionAttempts and twelve data connections bound at
+/// once, all on one control connection per session: what coturn's own
+/// turnserver completes. (Each ConnectionBind must pass with the nonce
+/// of its allocation: uclient keeps one nonce per session, and a 401 on a
+/// data connection would hand its control connection a nonce for another
+/// address, so that its next Connect met a 401 and was sent again to the
+/// wrong peer; that stalled runs of three sessions or more.)
+const TCP_CLIENTS: u64 = 4;
 
-/// uclient's RFC 6062 mode against natkit-turn: `flags` (`-T` active,
-/// `-P` passive; both imply `-y`, client to client: each session's two
-/// TCP allocations reach each other through their relayed addresses, so
-/// every message crosses two spliced connections). The report and the
-/// relay's TCP metrics: at least `bound` connections bound.
+/// uclient's RFC 6062 mode against natkit-turn: `flags` (`-T` active:
+/// every session's TCP allocation reaches the others' through their
+/// relayed addresses, so every message crosses two spliced connections;
+/// `-P` passive: half the sessions are plain TCP peers connecting in).
+/// The report and the relay's TCP metrics: at least `bound` connections
+/// bound, and not one request challenged for a wrong nonce.
 fn tcp_allocations_with_uclient(flags: &[&str], bound: u64) -> Report {
     let want_bound = bound as f64;
     if !coturn_tools() {
@@ -437,15 +445,21 @@ fn tcp_allocations_with_uclient(flags: &[&str], bound: u64) -> Report {
         bytes >= (report.received * LEN) as f64,
         "{bytes} bytes; {ctx}"
     );
+    assert_eq!(
+        relay.metric("natkit_turn_auth_failures_total"),
+        0.0,
+        "auth failures; {ctx}"
+    );
     report
 }
 
-/// `-T`: the client connects (Connect, ConnectionBind), its peer accepts
-/// (ConnectionAttempt, ConnectionBind); every message sent is received.
+/// `-T`: every session Connects to each later session's relayed address
+/// (Connect, ConnectionBind), which accepts (ConnectionAttempt,
+/// ConnectionBind); every message sent is received.
 #[test]
 fn uclient_tcp_allocations_active() {
-    // Each session binds both ends (§5.4): a Connect and a ConnectionAttempt.
-    let r = tcp_allocations_with_uclient(&["-T"], TCP_CLIENTS);
+    // Every pair of sessions binds both ends (§5.4): n(n-1) connections.
+    let r = tcp_allocations_with_uclient(&["-T"], TCP_CLIENTS * (TCP_CLIENTS - 1));
     assert_eq!(
         (r.received, r.lost, r.send_dropped),
         (r.sent, 0, 0),
@@ -459,7 +473,8 @@ fn uclient_tcp_allocations_active() {
 /// report equals that one.
 #[test]
 fn uclient_tcp_allocations_passive() {
-    // uclient's `-m 2` here is one allocation and its peer: one bind.
-    let r = tcp_allocations_with_uclient(&["-P"], 1);
+    // uclient pairs its sessions here, an allocation and a plain TCP peer
+    // that connects in: one bind per pair.
+    let r = tcp_allocations_with_uclient(&["-P"], TCP_CLIENTS / 2);
     assert_eq!((r.received, r.send_dropped), (r.sent / 2, 0), "{r:?}");
 }

@@ -39,8 +39,9 @@ crate::settings! {
         log_format: LogFormat ["text|json"] = "text";
         /// Worker threads (1 to 256).
         threads: usize ["N"] = (cores(), "number of cores");
-        /// Seconds a TCP/TLS connection may stay idle; also bounds a frame from its first byte,
-        /// and a write.
+        /// Seconds a TCP/TLS connection may stay idle (one holding a TURN allocation lives by
+        /// the allocation's lifetime instead); also bounds a frame from its first byte, and a
+        /// write.
         tcp_idle_timeout: Duration ["SECS"] = "300";
         /// Most TCP/TLS connections open at once.
         max_tcp_connections: usize ["N"] = "10000";

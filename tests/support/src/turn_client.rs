@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natkit_ice::turn::{Incoming, TurnConnection};
+use natkit_ice::turn::{Incoming, LinkError, TurnConnection};
 use natkit_proto::turn::client::{Client, ClientError, Config, Event};
 
 /// Longest one wait may take.
@@ -96,23 +96,45 @@ impl TurnTestClient {
             if stop(self) {
                 return true;
             }
-            let got = self.rt.block_on(self.conn.next_until(end));
-            let got =
-                got.unwrap_or_else(|e| panic!("connection to {} failed: {e}", self.conn.server()));
-            match got {
-                None => return false,
-                Some(Incoming::Event(e)) => self.events.push(e),
-                Some(Incoming::Data {
-                    peer,
-                    data,
-                    channel,
-                    ..
-                }) => self.data.push_back(Received {
-                    peer,
-                    data,
-                    channel,
-                }),
-                Some(Incoming::Unreachable(_)) => self.unreachable += 1,
+            let got = self.step(end);
+            if !got.unwrap_or_else(|e| panic!("connection to {} failed: {e}", self.conn.server())) {
+                return false;
+            }
+        }
+    }
+
+    /// Wait until `end` for one thing to arrive and keep it: `Ok(false)`
+    /// when `end` came first, the error when the connection failed.
+    fn step(&mut self, end: Instant) -> Result<bool, LinkError> {
+        match self.rt.block_on(self.conn.next_until(end))? {
+            None => return Ok(false),
+            Some(Incoming::Event(e)) => self.events.push(e),
+            Some(Incoming::Data {
+                peer,
+                data,
+                channel,
+                ..
+            }) => self.data.push_back(Received {
+                peer,
+                data,
+                channel,
+            }),
+            Some(Incoming::Unreachable(_)) => self.unreachable += 1,
+        }
+        Ok(true)
+    }
+
+    /// Drive the connection until the server closes it (or it breaks):
+    /// how long that took, or `None` if it was still open after `limit`.
+    /// What arrives meanwhile is kept.
+    pub fn closed_within(&mut self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let end = start + limit;
+        loop {
+            match self.step(end) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(_) => return Some(start.elapsed()),
             }
         }
     }

@@ -200,6 +200,16 @@ pub trait Env {
     fn close_connection(&mut self, id: ConnectionId) {
         let _ = id;
     }
+    /// Stream (TCP/TLS) client `client` now holds an allocation (`true`)
+    /// or no longer does (`false`). While it holds one the allocation's
+    /// lifetime governs the connection, not the driver's idle timeout: a
+    /// client may send nothing but a Refresh every few minutes (RFC 8656
+    /// §7: lifetime 600 s by default, refreshed before it runs out), and
+    /// closing its connection would end the allocation (§3.1) and its
+    /// TCP peer connections (RFC 6062).
+    fn stream_held(&mut self, client: &ClientKey, held: bool) {
+        let _ = (client, held);
+    }
 }
 
 /// Why a datagram was dropped, for metrics.
@@ -555,6 +565,9 @@ impl Server {
             self.usage.push(a.usage_record(now, Some(why)));
         }
         self.by_client.remove(&a.client);
+        if a.client.via.is_stream() {
+            env.stream_held(&a.client, false);
+        }
         // RFC 6062: the allocation's peer connections (and the client data
         // connections bound to them) end with it.
         if a.tcp {
@@ -759,13 +772,21 @@ impl Server {
         // first: whether it is ours for this address decides which budget
         // the source's failures are charged to.
         let sys = env.system_now();
-        let form = match self.auth.check_nonce(
-            &self.creds,
-            self.previous_creds.as_deref(),
-            &req,
-            client.addr,
-            sys,
-        ) {
+        let nonce = |addr| {
+            self.auth
+                .check_nonce(&self.creds, self.previous_creds.as_deref(), &req, addr, sys)
+        };
+        // A ConnectionBind (RFC 6062 §5.4) also passes with the nonce of
+        // the control connection whose allocation it binds for, as
+        // coturn's does: a client holds one nonce for its allocation.
+        let owner = (m == method::CONNECTION_BIND)
+            .then(|| self.bind_owner(&req, client))
+            .flatten();
+        let form = match owner.and_then(|o| nonce(o).ok()) {
+            Some(form) => Ok(form),
+            None => nonce(client.addr),
+        };
+        let form = match form {
             Ok(form) => form,
             Err(e) => return self.auth_failure(e, client, m, &tid, now, sys, out),
         };
@@ -1134,6 +1155,9 @@ impl Server {
             self.by_relay[i] = Some(s);
         }
         self.by_client.insert(client, s);
+        if client.via.is_stream() {
+            env.stream_held(&client, true);
+        }
         self.live += 1;
         self.stats.allocations += 1;
         self.allocate_success(s, req, v, out, now)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::allocation::{ClientKey, RelayId};
 use super::auth::Verified;
-use super::{Authed, ClientAction, Drop, Env, Server, PERMISSION_LIFETIME};
+use super::{Authed, ClientAction, Drop, Env, Server, TurnRequest, PERMISSION_LIFETIME};
 use crate::raw::{self, attr, method, Attributes, Class};
 use crate::writer::Writer;
 
@@ -49,8 +49,6 @@ pub(super) struct PeerConnection {
     /// The allocation's slot in the core.
     pub slot: u32,
     pub peer: SocketAddr,
-    /// Made by a Connect (else accepted from the peer).
-    pub active: bool,
     pub state: State,
     /// When it is given up on (Connecting, Unbound); `None` once bound.
     pub deadline: Option<Instant>,
@@ -144,6 +142,10 @@ impl Connections {
         id
     }
 
+    pub fn get(&self, id: ConnectionId) -> Option<&PeerConnection> {
+        self.map.get(&id)
+    }
+
     pub fn get_mut(&mut self, id: ConnectionId) -> Option<&mut PeerConnection> {
         self.map.get_mut(&id)
     }
@@ -157,15 +159,15 @@ impl Connections {
         self.map.values().filter(|c| c.slot == slot).count()
     }
 
-    /// Whether the allocation in `slot` has a Connect to `peer` under way
-    /// or done (RFC 6062 §5.2: 446). A connection the peer made to the
-    /// relayed address does not count: two TCP allocations that connect
-    /// to each other's relayed addresses see the other's connection come
-    /// in from the very address they connect to.
-    pub fn has_connect_to(&self, slot: u32, peer: SocketAddr) -> bool {
-        self.map
-            .values()
-            .any(|c| c.slot == slot && c.active && c.peer == peer)
+    /// Whether the allocation in `slot` has a connection with `peer`: a
+    /// Connect under way or done (RFC 6062 §5.2: 446), or one `peer` made
+    /// to the relayed address. That one is the very connection a Connect
+    /// would make (the same two addresses, one TCP 4-tuple): two TCP
+    /// allocations that Connect to each other's relayed addresses, once
+    /// the first connection is up, the second gets 446 (as with coturn),
+    /// and its client has had the ConnectionAttempt for that connection.
+    pub fn has_connection_with(&self, slot: u32, peer: SocketAddr) -> bool {
+        self.map.values().any(|c| c.slot == slot && c.peer == peer)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -219,7 +221,7 @@ impl Server {
         };
         // §5.2: a connection to this peer being made, pending or active
         // already: 446.
-        if self.tcp.has_connect_to(s, peer) {
+        if self.tcp.has_connection_with(s, peer) {
             return self.error(out, m, &tid, 446, Some(v));
         }
         if self.tcp.count(s) >= self.cfg.max_peer_connections {
@@ -243,7 +245,6 @@ impl Server {
         let id = self.tcp.insert(PeerConnection {
             slot: s,
             peer,
-            active: true,
             state: State::Connecting { tid, v },
             // The driver's attempt ends first; this only forgets a Connect
             // it never reported.
@@ -324,7 +325,6 @@ impl Server {
         let id = self.tcp.insert(PeerConnection {
             slot: s,
             peer,
-            active: false,
             state: State::Unbound,
             deadline: Some(now + BIND_TIMEOUT),
         });
@@ -345,6 +345,34 @@ impl Server {
                 Err(self.drop(Drop::Malformed))
             }
         }
+    }
+
+    /// The address of the control connection whose allocation holds the
+    /// unbound peer connection a ConnectionBind from data connection
+    /// `client` names (RFC 6062 §5.4), if any: its nonce authenticates the
+    /// bind. A data connection is a new 5-tuple, and a nonce is bound to
+    /// the address it was issued to; without this each data connection
+    /// would first be challenged (401) for a nonce of its own, and a
+    /// client that keeps one nonce per allocation (coturn's uclient does)
+    /// would then send its next control request with the data
+    /// connection's nonce and be challenged there in turn. The request
+    /// must still carry the allocation's credentials, and the connection
+    /// is a TCP one: its address is not spoofed.
+    pub(super) fn bind_owner(
+        &self,
+        req: &TurnRequest<'_>,
+        client: ClientKey,
+    ) -> Option<SocketAddr> {
+        if !client.via.is_stream() {
+            return None;
+        }
+        let c = self.tcp.get(req.connection_id?)?;
+        if !matches!(c.state, State::Unbound) {
+            return None;
+        }
+        self.allocations[c.slot as usize]
+            .as_ref()
+            .map(|a| a.client.addr)
     }
 
     /// RFC 6062 §5.4: ConnectionBind, the first message of a new client
@@ -427,7 +455,6 @@ mod tests {
         PeerConnection {
             slot: 0,
             peer: "192.0.2.1:80".parse().unwrap(),
-            active: false,
             state: State::Unbound,
             deadline: None,
         }

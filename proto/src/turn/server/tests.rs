@@ -21,6 +21,8 @@ struct FakeEnv {
     /// TCP relays opened (RFC 6062), and peer connections closed.
     tcp_relays: Vec<RelayId>,
     closed: Vec<ConnectionId>,
+    /// Stream connections holding an allocation ([`Env::stream_held`]).
+    held: Vec<ClientKey>,
 }
 
 impl FakeEnv {
@@ -37,6 +39,7 @@ impl FakeEnv {
             max_total: 1000,
             tcp_relays: Vec::new(),
             closed: Vec::new(),
+            held: Vec::new(),
         }
     }
 }
@@ -102,6 +105,15 @@ impl Env for FakeEnv {
     }
     fn close_connection(&mut self, id: ConnectionId) {
         self.closed.push(id);
+    }
+    fn stream_held(&mut self, client: &ClientKey, held: bool) {
+        assert!(client.via.is_stream(), "told of a UDP client");
+        assert_eq!(self.held.contains(client), !held, "told twice");
+        if held {
+            self.held.push(*client);
+        } else {
+            self.held.retain(|c| c != client);
+        }
     }
 }
 
@@ -1088,6 +1100,57 @@ fn stream_clients_get_padded_channel_data() {
     assert_eq!(s.allocation_count(), 0);
     assert_eq!(s.stats.ended[EndReason::ClientGone.index()], 1);
     assert!(env.open.is_empty());
+}
+
+/// The driver hears when a stream connection holds an allocation and when
+/// it stops (deleted, expired, or the connection went): while it holds one
+/// the allocation's lifetime governs the connection, not the idle timeout.
+/// UDP clients are never reported (the fake env asserts it).
+#[test]
+fn stream_connections_are_held_while_their_allocation_lives() {
+    let (mut s, mut env, t0) = server(Config::default());
+    let udp = client(999);
+    allocate(&mut s, &mut env, udp, "alice", "secret", false, t0);
+    let c = stream_client(1000, 42);
+    let (_, auth) = allocate(&mut s, &mut env, c, "alice", "secret", false, t0);
+    assert_eq!(env.held, vec![c]);
+    let refresh = |n: u8, lifetime: u32| {
+        build(
+            method::REFRESH,
+            Class::Request,
+            tid(n),
+            |w| w.u32(attr::LIFETIME, lifetime).unwrap(),
+            Some(&auth),
+        )
+    };
+    // A Refresh keeps it held; a Refresh to 0 (RFC 8656 §7.4) lets go.
+    let r = send(&mut s, &mut env, c, &refresh(3, 600), t0).unwrap();
+    assert_eq!(r.code, None);
+    assert_eq!(env.held, vec![c]);
+    let r = send(&mut s, &mut env, c, &refresh(4, 0), t0).unwrap();
+    assert_eq!(r.code, None);
+    assert!(env.held.is_empty());
+    // Allocated again on the same connection, then the connection went.
+    let again = build(
+        method::ALLOCATE,
+        Class::Request,
+        tid(5),
+        udp_transport,
+        Some(&auth),
+    );
+    let r = send(&mut s, &mut env, c, &again, t0).unwrap();
+    assert_eq!((r.class, r.code), (Class::Success, None));
+    assert_eq!(env.held, vec![c]);
+    s.client_gone(&mut env, &c, EndReason::ClientGone, t0);
+    assert!(env.held.is_empty());
+    // Another connection's allocation expires (600 s, unrefreshed).
+    let c2 = stream_client(1001, 43);
+    allocate(&mut s, &mut env, c2, "alice", "secret", false, t0);
+    assert_eq!(env.held, vec![c2]);
+    s.handle_timeout(&mut env, t0 + Duration::from_secs(599));
+    assert_eq!(env.held, vec![c2]);
+    s.handle_timeout(&mut env, t0 + Duration::from_secs(601));
+    assert!(env.held.is_empty(), "expired");
 }
 
 #[test]
