@@ -217,7 +217,7 @@ impl Common {
 
     fn trust(&self) -> Trust {
         if self.relay.insecure {
-            eprintln!(
+            errln!(
                 "warning: --insecure: the TURN server's certificate is not verified; \
                  anyone on the path could pose as the server"
             );

@@ -196,7 +196,7 @@ pub fn send(a: SendArgs) -> anyhow::Result<()> {
     let out = transfer::Outgoing::prepare_all(&a.files, a.name.as_deref())
         .map_err(|e| early_failure(a.common.json, false, e))?;
     for s in &out.skipped {
-        eprintln!("warning: not sent: {s}");
+        errln!("warning: not sent: {s}");
     }
     run("send", Role::Controlled, a.common, None, Work::Send(out))
 }
@@ -342,7 +342,7 @@ async fn session_main(
             _ = interrupt::pressed() => return Err(interrupted("while gathering candidates")),
         };
         for p in session.server_problems() {
-            eprintln!("warning: {p}");
+            errln!("warning: {p}");
         }
         let remote =
             exchange_descriptions(command, c, exchange, &work, &local, &mut stdin, &mut linger)
@@ -417,8 +417,8 @@ async fn session_main(
         let took = took.min(peer_took);
         report.connect_time(took);
         match &path {
-            Some(p) => eprintln!("natkit: connected in {} ms over {p}", took.as_millis()),
-            None => eprintln!("natkit: connected in {} ms", took.as_millis()),
+            Some(p) => errln!("natkit: connected in {} ms over {p}", took.as_millis()),
+            None => errln!("natkit: connected in {} ms", took.as_millis()),
         }
         match work {
             Work::Pipe => {
@@ -431,7 +431,7 @@ async fn session_main(
                     &report.received,
                 )
                 .await?;
-                eprintln!(
+                errln!(
                     "natkit: done: sent {} bytes, received {} bytes",
                     report.sent.load(Ordering::Relaxed),
                     report.received.load(Ordering::Relaxed)
@@ -518,9 +518,7 @@ async fn exchange_descriptions(
                 // listen/connect the lines after it are data.
                 let again = std::io::stdin().is_terminal() || !work.data_on_stdin();
                 if std::io::stdin().is_terminal() {
-                    eprintln!(
-                        "natkit: waiting for you to paste the peer's description (then Enter):"
-                    );
+                    errln!("natkit: waiting for you to paste the peer's description (then Enter):");
                 }
                 // Ctrl-C while waiting for a paste: the session's TURN
                 // allocations are deleted below.
@@ -529,7 +527,7 @@ async fn exchange_descriptions(
                     _ = interrupt::pressed() => return Err(interrupted(INTERRUPTED_WAITING)),
                 }
             };
-            eprintln!(
+            errln!(
                 "natkit: have the peer's description; connecting (waiting for the peer to \
                  paste this side's, if it has not yet)"
             );
@@ -545,8 +543,8 @@ async fn exchange_descriptions(
                 _ => "connect",
             };
             let wait = c.wait.as_secs_f64();
-            eprintln!("natkit: code: {code}");
-            eprintln!(
+            errln!("natkit: code: {code}");
+            errln!(
                 "natkit: on the other machine run `natkit {other} {code}` with the same \
                  --turn server and credentials; waiting for it (at most --wait {wait:.0} s)"
             );
@@ -557,7 +555,7 @@ async fn exchange_descriptions(
         Exchange::Knock(code) => {
             let (server, tls) = first_turn(c)?;
             let rv = rendezvous::Rendezvous::open(&server, tls, c.timeout).await?;
-            eprintln!("natkit: exchanging descriptions through the relay under the code");
+            errln!("natkit: exchanging descriptions through the relay under the code");
             let (d, l) = rv.knock(&code, local).await?;
             *linger = Some(l);
             d
@@ -612,14 +610,14 @@ fn publish(command: &str, c: &Common, local: &Description) -> anyhow::Result<()>
     match &c.desc_out {
         Some(f) => {
             signal::write_atomic(f, &text)?;
-            eprintln!(
+            errln!(
                 "natkit: this side's description ({how}; also written to {}):",
                 f.display()
             );
         }
-        None => eprintln!("natkit: this side's description ({how}):"),
+        None => errln!("natkit: this side's description ({how}):"),
     }
-    eprintln!("{text}");
+    errln!("{text}");
     Ok(())
 }
 
@@ -680,10 +678,10 @@ async fn send_file<I: tokio::io::AsyncRead + Unpin>(
     let name = &out.offer.name;
     let n = out.offer.entries.len();
     match out.offer.kind {
-        transfer::Kind::Many => eprintln!(
-            "natkit: offered {name} ({n} entries); waiting for the receiver to accept them"
-        ),
-        _ => eprintln!("natkit: offered {name}; waiting for the receiver to accept it"),
+        transfer::Kind::Many => {
+            errln!("natkit: offered {name} ({n} entries); waiting for the receiver to accept them")
+        }
+        _ => errln!("natkit: offered {name}; waiting for the receiver to accept it"),
     }
     let mut progress = None;
     let r = transfer::send(
@@ -709,15 +707,15 @@ async fn send_file<I: tokio::io::AsyncRead + Unpin>(
     transfer::read_verdict(&verdict)?;
     let summary = progress.map(|p| p.summary()).unwrap_or_default();
     match sent.hash {
-        Some(h) => eprintln!(
+        Some(h) => errln!(
             "natkit: sent {name}: {summary}, sha256 {}, verified by the receiver",
             transfer::hex(&h)
         ),
-        None if out.offer.kind == transfer::Kind::Many => eprintln!(
+        None if out.offer.kind == transfer::Kind::Many => errln!(
             "natkit: sent {name}: {} files, {summary}, each verified by the receiver",
             sent.files
         ),
-        None => eprintln!(
+        None => errln!(
             "natkit: sent folder {name}: {} files, {summary}, each verified by the receiver",
             sent.files
         ),
@@ -759,19 +757,19 @@ async fn receive_file(
         n => format!(" ({n} already here and the same)"),
     };
     match got.hash {
-        Some(h) => eprintln!(
+        Some(h) => errln!(
             "natkit: received {} ({} bytes): {summary}, sha256 {} verified",
             got.path.display(),
             got.size,
             transfer::hex(&h)
         ),
-        None if got.many => eprintln!(
+        None if got.many => errln!(
             "natkit: received {} files into {}, {} bytes{same}: {summary}, each verified",
             got.files,
             got.path.display(),
             got.size
         ),
-        None => eprintln!(
+        None => errln!(
             "natkit: received folder {}: {} files, {} bytes{same}: {summary}, each verified",
             got.path.display(),
             got.files,

@@ -69,7 +69,7 @@ impl Progress {
         };
         if self.tty && due {
             self.drawn = Some(Instant::now());
-            eprint!("\r{}", self.bar());
+            err!("\r{}", self.bar());
         }
     }
 
@@ -126,7 +126,7 @@ impl Progress {
     /// Remove the bar before another line is printed.
     pub fn clear(&self) {
         if self.tty && self.drawn.is_some() {
-            eprint!("\r\x1b[2K");
+            err!("\r\x1b[2K");
         }
     }
 

@@ -236,7 +236,7 @@ impl Report {
         let Some(file) = &self.file else { return };
         let text = serde_json::to_string_pretty(&self.snapshot()).expect("report serializes");
         if let Err(e) = write_atomic(file, &text) {
-            eprintln!("warning: {e:#}");
+            errln!("warning: {e:#}");
         }
     }
 }

@@ -89,14 +89,14 @@ async fn restart(session: &Session, out: &Path, json: bool, report: &Report) {
         Ok(d) => match signal::write_atomic(out, &signal::render(&d, json)) {
             Ok(()) => {
                 report.restart(true);
-                eprintln!(
+                errln!(
                     "natkit: restarted ICE; new description written to {}",
                     out.display()
                 );
             }
-            Err(e) => eprintln!("warning: ICE restart: {e:#}"),
+            Err(e) => errln!("warning: ICE restart: {e:#}"),
         },
-        Err(e) => eprintln!("warning: ICE restart failed: {e}"),
+        Err(e) => errln!("warning: ICE restart failed: {e}"),
     }
 }
 
@@ -115,25 +115,25 @@ pub async fn watch_events(
         };
         match ev {
             SessionEvent::PathChanged(p) => {
-                eprintln!("natkit: path changed: {p}");
+                errln!("natkit: path changed: {p}");
                 report.path_changed(&p);
                 restarts.settled();
             }
             SessionEvent::PathDegraded { path, silent_for } => {
-                eprintln!(
+                errln!(
                     "natkit: path degraded: no answer for {:.1} s on {path}",
                     silent_for.as_secs_f64()
                 );
                 maybe_restart(&session, &c, &report, &restarts);
             }
-            SessionEvent::ConsentLost(p) => eprintln!("natkit: consent lost on {p}"),
-            SessionEvent::PortMapped(m) => eprintln!("natkit: port mapped: {m}"),
+            SessionEvent::ConsentLost(p) => errln!("natkit: consent lost on {p}"),
+            SessionEvent::PortMapped(m) => errln!("natkit: port mapped: {m}"),
             SessionEvent::Punch(r) => {
-                eprintln!("natkit: hard-NAT punch: {r}");
+                errln!("natkit: hard-NAT punch: {r}");
                 report.punch(&r);
             }
             SessionEvent::PortMappingLost { mapping, failure } => {
-                eprintln!("natkit: port mapping {} lost: {failure}", mapping.external)
+                errln!("natkit: port mapping {} lost: {failure}", mapping.external)
             }
             _ => {}
         }
@@ -161,13 +161,13 @@ pub async fn watch_remote(session: Session, c: Common, report: Report, mut ufrag
                 let text = signal::render(&local, c.json);
                 match &c.desc_out {
                     Some(out) => match signal::write_atomic(out, &text) {
-                        Ok(()) => eprintln!(
+                        Ok(()) => errln!(
                             "natkit: the peer restarted ICE; new description written to {}",
                             out.display()
                         ),
-                        Err(e) => eprintln!("warning: ICE restart: {e:#}"),
+                        Err(e) => errln!("warning: ICE restart: {e:#}"),
                     },
-                    None => eprintln!(
+                    None => errln!(
                         "natkit: the peer restarted ICE; give it this side's new description:\n{text}"
                     ),
                 }
@@ -175,8 +175,8 @@ pub async fn watch_remote(session: Session, c: Common, report: Report, mut ufrag
             // The restart stays in flight until a new path is selected
             // (or it expires): a relay that stays lost must not make the
             // two sides restart in a loop.
-            Ok(false) => eprintln!("natkit: the peer answered the ICE restart"),
-            Err(e) => eprintln!("warning: the peer's new description was refused: {e}"),
+            Ok(false) => errln!("natkit: the peer answered the ICE restart"),
+            Err(e) => errln!("warning: the peer's new description was refused: {e}"),
         }
     }
 }
@@ -197,7 +197,7 @@ pub async fn ended(
             return why;
         }
         if !told {
-            eprintln!("natkit: {why}");
+            errln!("natkit: {why}");
             told = true;
         }
         maybe_restart(session, c, report, restarts);

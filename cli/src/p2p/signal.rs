@@ -193,8 +193,8 @@ pub async fn from_first_line<R: AsyncRead + Unpin>(
             match r {
                 Ok(d) => return Ok(d),
                 Err(e) if again => {
-                    eprintln!("natkit: {e}");
-                    eprintln!("natkit: paste the peer's description again (then Enter):");
+                    errln!("natkit: {e}");
+                    errln!("natkit: paste the peer's description again (then Enter):");
                 }
                 Err(e) => return Err(e),
             }

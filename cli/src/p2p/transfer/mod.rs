@@ -519,7 +519,7 @@ async fn receive_file<R: AsyncRead + Unpin>(
             have.len
         );
     } else if from == 0 && have.len > 0 {
-        eprintln!(
+        errln!(
             "natkit: the {} bytes of {name} here from an earlier try are not the start of \
              this file; starting over",
             have.len

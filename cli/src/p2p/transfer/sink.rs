@@ -156,7 +156,7 @@ impl Accept<'_> {
         let what = match (offer.kind, offer.total()) {
             (Kind::Many, Some(t)) => {
                 // The list first, on lines of its own; the question after.
-                eprintln!("natkit: the peer offers {}", many(offer, t));
+                errln!("natkit: the peer offers {}", many(offer, t));
                 None
             }
             (Kind::Folder, Some(t)) => {
@@ -169,12 +169,12 @@ impl Accept<'_> {
         };
         let here = human_bytes(have);
         match (what, have > 0) {
-            (None, true) => eprint!("natkit: {here} of them are here already; resume? [y/N] "),
-            (None, false) => eprint!("natkit: accept them? [y/N] "),
-            (Some(w), true) => eprint!(
-                "natkit: the peer offers {w}; {here} of it are here already. Resume? [y/N] "
-            ),
-            (Some(w), false) => eprint!("natkit: the peer offers {w}. Accept? [y/N] "),
+            (None, true) => err!("natkit: {here} of them are here already; resume? [y/N] "),
+            (None, false) => err!("natkit: accept them? [y/N] "),
+            (Some(w), true) => {
+                err!("natkit: the peer offers {w}; {here} of it are here already. Resume? [y/N] ")
+            }
+            (Some(w), false) => err!("natkit: the peer offers {w}. Accept? [y/N] "),
         }
         let mut line = String::new();
         let n = input
@@ -182,7 +182,7 @@ impl Accept<'_> {
             .await
             .context("cannot read the answer from stdin")?;
         if n == 0 {
-            eprintln!();
+            errln!();
             bail!("stdin ended before an answer: pass --yes to accept without asking");
         }
         Ok(matches!(
