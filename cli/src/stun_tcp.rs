@@ -12,6 +12,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use natkit_proto::binding::{self, RequestOptions};
+use natkit_proto::framing::Deframer;
 use natkit_proto::transaction::new_transaction_id;
 use serde::Serialize;
 
@@ -139,23 +140,27 @@ fn exchange(mut s: impl Read + Write) -> Result<SocketAddr, String> {
     s.write_all(&req[..n])
         .and_then(|()| s.flush())
         .map_err(|e| format!("cannot send: {e}"))?;
-    // RFC 8489 §6.2.2: the header's length field frames the message.
-    let mut buf = vec![0u8; 20];
-    let mut read = |buf: &mut [u8]| -> Result<(), String> {
-        s.read_exact(buf).map_err(|e| match e.kind() {
+    // RFC 8489 §6.2.2: the header's length field frames the message; the
+    // one stream deframer checks the cookie and bounds the length.
+    let mut d = Deframer::new(2048, false);
+    let buf = loop {
+        if let Some(f) = d
+            .next_frame()
+            .map_err(|e| format!("not a STUN answer ({e})"))?
+        {
+            break f.message.to_vec();
+        }
+        let n = s.read(d.read_buf()).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 "connected, but no answer to the Binding request".to_string()
             }
             _ => format!("connected, then: {e}"),
-        })
+        })?;
+        if n == 0 {
+            return Err("connected, then: the server closed the connection".into());
+        }
+        d.filled(n, Instant::now());
     };
-    read(&mut buf)?;
-    let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-    if len > 2048 {
-        return Err("not a STUN answer (message too long)".into());
-    }
-    buf.resize(20 + len, 0);
-    read(&mut buf[20..])?;
     let r = binding::parse_response(&buf).map_err(|e| format!("not a STUN answer: {e}"))?;
     if r.transaction_id != tid {
         return Err("answer to another transaction".into());
