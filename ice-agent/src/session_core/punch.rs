@@ -313,6 +313,8 @@ pub(super) struct Punch {
 enum Side {
     /// Nothing to do (both hard); reported.
     None,
+    /// Nothing to do (no side hard, or no common family); not reported.
+    Unneeded,
     Hard {
         target: SocketAddr,
         ip: IpAddr,
@@ -450,7 +452,17 @@ impl SessionCore {
                     hit: None,
                 }
             }
-            _ => return,
+            // Neither side hard, or the families differ: nothing to punch.
+            // Settled once (over, unreported), so the pump does not
+            // classify the mappings again for every datagram.
+            _ => {
+                self.punch = Some(Punch {
+                    started: now,
+                    side: Side::Unneeded,
+                    over: true,
+                });
+                return;
+            }
         };
         tracing::debug!(?local, ?remote, "hard-NAT punch");
         let mut p = Punch {
@@ -475,7 +487,7 @@ impl SessionCore {
             return;
         }
         match &mut p.side {
-            Side::None => {}
+            Side::None | Side::Unneeded => {}
             Side::Hard {
                 ip,
                 asked,
@@ -528,7 +540,7 @@ impl SessionCore {
     pub(super) fn punch_timeout(&self) -> Option<Instant> {
         let p = self.punch.as_ref().filter(|p| !p.over)?;
         match &p.side {
-            Side::None => None,
+            Side::None | Side::Unneeded => None,
             Side::Hard { opened_at, .. } => opened_at.map(|t| t + PUNCH_LIFETIME),
             Side::Easy {
                 next_at,
@@ -601,6 +613,7 @@ impl SessionCore {
     fn report_of(&self, p: &Punch) -> Option<PunchReport> {
         let direct_after = self.punch_direct;
         Some(match &p.side {
+            Side::Unneeded => return None,
             Side::None => PunchReport::BothHard,
             Side::Hard {
                 target,
