@@ -365,6 +365,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(lifetime) = args.lifetime {
         return lifetime::run(&args, lifetime);
     }
+    // Checked once, up front, in the flags' own names (each relay check
+    // would otherwise fail with `natkit turn`'s).
+    if !args.relays.turn.is_empty() {
+        if let Err(e) = args.relays.credentials() {
+            if args.json {
+                crate::output::failure_json(crate::output::kind_of(&e), &format!("{e:#}"));
+            }
+            return Err(e);
+        }
+    }
     let rounds = match args.every {
         None => 1,
         Some(_) => args.count.unwrap_or(u32::MAX),

@@ -64,6 +64,31 @@ pub struct TurnFlags {
     pub tls_name: Option<String>,
 }
 
+impl TurnFlags {
+    /// The credentials the flags give (a password or REST secret may come
+    /// from a file or the environment), or a usage error naming these
+    /// flags: `--turn-user`, not `natkit turn`'s `--user`.
+    pub fn credentials(&self) -> anyhow::Result<(natkit_proto::turn::client::Credentials, bool)> {
+        let password = crate::secret::resolve(
+            self.turn_password.as_deref(),
+            self.turn_password_file.as_deref(),
+            "--turn-password-file",
+        )?;
+        let shared = crate::secret::resolve(
+            self.turn_secret.as_deref(),
+            self.turn_secret_file.as_deref(),
+            "--turn-secret-file",
+        )?;
+        turn::args::credentials_from(
+            self.turn_user.as_deref(),
+            password.as_deref(),
+            shared.as_deref(),
+            ("--turn-user", "--turn-password", "--turn-secret"),
+        )
+        .map_err(Into::into)
+    }
+}
+
 /// One relay's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayOut {

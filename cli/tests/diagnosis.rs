@@ -871,3 +871,24 @@ fn turn_shows_progress_and_keeps_to_the_timeout() {
     );
     assert_eq!(json(&out)["error"]["kind"], "timeout");
 }
+
+/// `netcheck --turn` names its own flags when the credentials are wrong
+/// (it used to fail each relay with `natkit turn`'s "--password needs
+/// --user"), before any packet leaves.
+#[test]
+fn netcheck_turn_credentials_are_checked_in_its_own_flag_names() {
+    let out = natkit(&[
+        "netcheck",
+        "127.0.0.1:9",
+        "--turn",
+        "turn:127.0.0.1:9",
+        "--turn-password",
+        "pw",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["error"]["kind"], "usage", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("--turn-password needs --turn-user"), "{msg}");
+}

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use natkit_ice::session::Builder;
 use natkit_ice::{Config, Role, Session, TurnServer};
 
-use crate::turn::args::{credentials_from, parse_target, TransportArg};
+use crate::turn::args::{parse_target, TransportArg};
 use crate::turn::tls::{self, Trust};
 use crate::udp_driver;
 
@@ -174,23 +174,7 @@ impl Common {
             }
             return Ok((Vec::new(), None));
         }
-        let password = crate::secret::resolve(
-            self.relay.turn_password.as_deref(),
-            self.relay.turn_password_file.as_deref(),
-            "--turn-password-file",
-        )?;
-        let shared = crate::secret::resolve(
-            self.relay.turn_secret.as_deref(),
-            self.relay.turn_secret_file.as_deref(),
-            "--turn-secret-file",
-        )?;
-        let (creds, _rest) = credentials_from(
-            self.relay.turn_user.as_deref(),
-            password.as_deref(),
-            shared.as_deref(),
-            ("--turn-user", "--turn-password", "--turn-secret"),
-        )
-        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+        let (creds, _rest) = self.relay.credentials()?;
         let mut out = Vec::new();
         let mut tls_config = None;
         for uri in &self.relay.turn {
